@@ -53,7 +53,7 @@ __all__ = [
     "WordTokenizerSpec",
     "load_artifact",
     "load_manifest",
-    "sha256_file",
     "save_artifact",
+    "sha256_file",
     "tokenizer_from_spec",
 ]

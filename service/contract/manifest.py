@@ -37,7 +37,9 @@ class StateTensor(_Strict):
     input: str = Field(description="Graph input that receives the state.")
     output: str = Field(description="Graph output that returns the new state.")
     dtype: Literal["float32", "float16"] = "float32"
-    shape: list[int | Literal["batch"]] = Field(description="Shape with 'batch' for the batch axis.")
+    shape: list[int | Literal["batch"]] = Field(
+        description="Shape with 'batch' for the batch axis."
+    )
     batch_axis: int = Field(ge=0)
     init: float = Field(0.0, description="Fill value of a fresh state (e.g. -inf for a max pool).")
 

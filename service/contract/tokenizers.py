@@ -178,7 +178,9 @@ WORD_NORMALIZER: dict[str, Any] = {
 WORD_PRE: dict[str, Any] = {"type": "Whitespace"}
 
 
-def tokenizer_from_spec(spec: CharTokenizerSpec | WordTokenizerSpec) -> CharTokenizer | WordTokenizer:
+def tokenizer_from_spec(
+    spec: CharTokenizerSpec | WordTokenizerSpec,
+) -> CharTokenizer | WordTokenizer:
     if isinstance(spec, CharTokenizerSpec):
         return CharTokenizer.from_spec(spec)
     return WordTokenizer.from_spec(spec)
