@@ -66,9 +66,8 @@ class RNNModel(nn.Module):
         self, tokens: Tensor, lengths: Tensor | None = None, state: State | None = None
     ) -> tuple[Tensor, State]:
         cfg = self.cfg
-        B, T = tokens.shape
         if state is None:
-            state = self.init_state(B, tokens.device)
+            state = self.init_state(tokens.shape[0], tokens.device)
         n_rnn = num_rnn_states(cfg)
         rnn_state, pool_state = state[:n_rnn], state[n_rnn:]
 
