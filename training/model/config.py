@@ -96,6 +96,7 @@ class StateSlot:
     name: str
     dims: tuple[int | None, ...]
     init: float = 0.0
+    positive: bool = False  # a token count: any carried value is > 0 (tests draw states from this)
 
     @property
     def batch_axis(self) -> int:
@@ -122,7 +123,7 @@ def state_layout(cfg: ModelConfig) -> list[StateSlot]:
             slots.append(StateSlot("pool_max", feat, init=-math.inf))
         if cfg.pooling == "mean":
             slots.append(StateSlot("pool_sum", feat))
-            slots.append(StateSlot("pool_count", (1, None, 1)))
+            slots.append(StateSlot("pool_count", (1, None, 1), positive=True))
     return slots
 
 

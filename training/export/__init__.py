@@ -1,0 +1,20 @@
+"""ONNX export with explicit recurrent state, verified before it is written."""
+
+from __future__ import annotations
+
+from training.export.graph import OPSET, build_graph
+from training.export.io import build_io
+from training.export.run import export_command, export_model, export_run, load_run
+from training.export.verify import ExportCheckError, verify_export
+
+__all__ = [
+    "OPSET",
+    "ExportCheckError",
+    "build_graph",
+    "build_io",
+    "export_command",
+    "export_model",
+    "export_run",
+    "load_run",
+    "verify_export",
+]
