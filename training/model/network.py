@@ -23,8 +23,6 @@ from training.model.peephole import PeepholeLSTM
 
 State = tuple[Tensor, ...]
 
-_TORCH_CELLS: dict[str, type[nn.RNNBase]] = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
-
 
 class RNNModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -39,16 +37,14 @@ class RNNModel(nn.Module):
                 cfg.embed_dim, cfg.hidden_size, cfg.num_layers, inter, cfg.bidirectional
             )
         else:
-            extra = {"nonlinearity": "tanh"} if cfg.cell == "rnn" else {}
-            self.rnn = _TORCH_CELLS[cfg.cell](
-                cfg.embed_dim,
-                cfg.hidden_size,
-                cfg.num_layers,
-                batch_first=True,
-                dropout=inter,
-                bidirectional=cfg.bidirectional,
-                **extra,
-            )
+            kwargs = {"batch_first": True, "dropout": inter, "bidirectional": cfg.bidirectional}
+            args = (cfg.embed_dim, cfg.hidden_size, cfg.num_layers)
+            if cfg.cell == "lstm":
+                self.rnn = nn.LSTM(*args, **kwargs)
+            elif cfg.cell == "gru":
+                self.rnn = nn.GRU(*args, **kwargs)
+            else:
+                self.rnn = nn.RNN(*args, nonlinearity="tanh", **kwargs)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.head_in, cfg.num_outputs)
         if cfg.tie_weights:  # Press & Wolf 2017: share the input and output embeddings
