@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Build the rnnserve image with podman on a machine with no Docker engine and no reachable registry.
+#
+#   scripts/build-image.sh [--gpu] [--tag NAME] [--base IMAGE] [--ca FILE]
+#
+# Steps (each skipped when already done):
+#   1. apt-get install podman buildah debootstrap runc           (root only; otherwise must exist)
+#   2. write a containers.conf: runtime runc, ulimits within this machine's hard limits
+#   3. debootstrap a minimal Debian bookworm with python3 + venv from the configured Debian mirror and
+#      import it as localhost/rnnserve-base:bookworm (the stand-in for python:3.11-slim)
+#   4. podman build --format docker (keeps HEALTHCHECK) with BASE_IMAGE set to that image and the
+#      host's CA bundle passed as the `build_ca` build secret: trusted by pip during the build only,
+#      never written to a layer
+#   5. print the image size
+# With --base, step 3 is skipped and the given image is used (e.g. python:3.11-slim where a registry
+# is reachable). Work files live in $RNNSERVE_IMG_WORK (default /tmp/rnnserve-img), outside the repo.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${RNNSERVE_IMG_WORK:-/tmp/rnnserve-img}"
+TAG="localhost/rnnserve:latest"
+BASE=""
+CA="/etc/ssl/certs/ca-certificates.crt"
+DOCKERFILE="$ROOT/Dockerfile"
+SUITE="${DEBIAN_SUITE:-bookworm}"
+MIRROR="${DEBIAN_MIRROR:-}"
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpu) DOCKERFILE="$ROOT/deploy/Dockerfile.gpu"; TAG="localhost/rnnserve:gpu" ;;
+    --tag) TAG="$2"; shift ;;
+    --base) BASE="$2"; shift ;;
+    --ca) CA="$2"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+log() { printf 'build-image: %s\n' "$*" >&2; }
+
+# 1. tools
+missing=()
+for tool in podman buildah debootstrap runc; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing ${missing[*]} and not root: install them first"; exit 1
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah debootstrap runc >/dev/null
+fi
+
+# 2. containers.conf: crun fails on this machine's cgroup layout; default ulimits exceed its hard ones
+mkdir -p "$WORK"
+if [ -z "${CONTAINERS_CONF:-}" ]; then
+  export CONTAINERS_CONF="$WORK/containers.conf"
+  cat >"$CONTAINERS_CONF" <<'EOF'
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
+[engine]
+runtime = "runc"
+EOF
+fi
+
+# 3. base image
+if [ -z "$BASE" ]; then
+  BASE="localhost/rnnserve-base:$SUITE"
+  if ! podman image exists "$BASE"; then
+    if [ -z "$MIRROR" ]; then
+      # the machine's configured Debian mirror (deb822 or one-line sources)
+      MIRROR="$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' \
+        /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
+        | head -n1 | awk '{print $2}')"
+      MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+    fi
+    rootfs="$WORK/rootfs-$SUITE"
+    if [ ! -x "$rootfs/usr/bin/python3" ]; then
+      log "debootstrap $SUITE from $MIRROR into $rootfs"
+      rm -rf "$rootfs"
+      debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        "$SUITE" "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -n 20 "$WORK/debootstrap.log" >&2; exit 1; }
+      # what a slim image leaves out: package caches, docs, man pages, locales
+      rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+        "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
+    fi
+    log "importing $rootfs as $BASE"
+    tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+  fi
+fi
+
+# 4. build
+secret=()
+if [ -s "$CA" ]; then
+  secret=(--secret "id=build_ca,src=$CA")
+else
+  log "no CA bundle at $CA: building without the build_ca secret"
+fi
+log "building $TAG from $DOCKERFILE on $BASE"
+start=$(date +%s)
+podman build --format docker --pull=never \
+  --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" \
+  -f "$DOCKERFILE" -t "$TAG" "$ROOT"
+log "built in $(( $(date +%s) - start )) s"
+
+# 5. size
+size=$(podman image inspect --format '{{.Size}}' "$TAG")
+log "image $TAG: $(( size / 1000000 )) MB ($size bytes); base $BASE: $(( $(podman image inspect --format '{{.Size}}' "$BASE") / 1000000 )) MB"
+echo "$TAG"
