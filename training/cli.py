@@ -1,0 +1,178 @@
+"""Training commands for the `rnnserve` CLI: train, evaluate, sample, compare, reproduce, data.
+
+`register(app)` adds them to the top-level typer app (rnnserve/cli.py); `train_app` holds them
+for standalone use (`python -m training.cli`). torch is imported only inside command bodies, so
+importing this module (and `rnnserve serve`) works without the `train` extra.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from training.config import ConfigError, load_config
+
+SHIPPED = ("sentiment-lstm", "sentiment-gru", "char-lstm", "char-gru")
+
+
+def _need_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        typer.echo("this command needs the train extra: pip install 'rnnserve[train]'", err=True)
+        raise typer.Exit(1) from None
+
+
+def _config(path: str, overrides: list[str]) -> Any:
+    try:
+        return load_config(path, overrides)
+    except ConfigError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def train_cmd(
+    ctx: typer.Context,
+    config: Annotated[str, typer.Argument(help="TOML file, or a name in training/configs/ (e.g. char-lstm)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. model.hidden_size=256")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override (repeatable)")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<name>)")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Resume from RUN_DIR/last.pt (or a run folder)")] = None,
+) -> None:
+    """Train one experiment into a run folder (checkpoint.pt, metrics.jsonl, learning_curve.png...)."""
+    _need_torch()
+    from training.train import train
+
+    extra = [a for a in ctx.args if "=" in a]  # `--model.hidden_size=256` style, passed through
+    cfg = _config(config, [*(overrides or []), *extra, *(set_ or [])])
+    if resume is not None and resume.is_dir():
+        resume = resume / "last.pt"
+    summary = train(cfg, out, resume=resume)
+    typer.echo(json.dumps(summary, indent=1))
+
+
+def evaluate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (or its checkpoint.pt)")],
+    data: Annotated[Path | None, typer.Option(help="File/folder to score (default: the run's validation split)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="imdb | sst2 | table | text (default: the run's)")] = None,
+    split: Annotated[str, typer.Option(help="Split folder for aclImdb / GLUE layouts (test, dev, train)")] = "test",
+    batch_size: Annotated[int, typer.Option(help="0 = the run's eval_batch_size")] = 0,
+    limit: Annotated[int, typer.Option(help="Score only the first N examples / characters")] = 0,
+    device: Annotated[str, typer.Option()] = "auto",
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON")] = None,
+) -> None:
+    """Accuracy, F1, confusion matrix (classifiers); nats/char, bits/char, perplexity (LMs)."""
+    _need_torch()
+    from training.evaluate import evaluate_run, format_report
+
+    rep = evaluate_run(run_dir, data, dataset=dataset, split=split, batch_size=batch_size, device=device, limit=limit)
+    typer.echo(format_report(rep))
+    if json_out is not None:
+        json_out.write_text(json.dumps(rep, indent=1) + "\n")
+
+
+def sample_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A character-model run folder")],
+    prompt: Annotated[str, typer.Option(help="Text fed before sampling")] = "\n",
+    length: Annotated[int, typer.Option(min=1, help="Characters to generate")] = 300,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy")] = 0.8,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Sample among the k most likely")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    device: Annotated[str, typer.Option()] = "cpu",
+) -> None:
+    """Generate text from a next-character model (a classifier prints label probabilities)."""
+    _need_torch()
+    import torch
+
+    from training.sample import classify, sample
+
+    task = torch.load(run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir, map_location="cpu",
+                      weights_only=False)["model_config"]["task"]
+    if task == "classify":
+        typer.echo(json.dumps(classify(run_dir, prompt, device), indent=1))
+        return
+    typer.echo(sample(run_dir, prompt, length, temperature, top_k, seed, device))
+
+
+def compare_cmd(
+    config: Annotated[str, typer.Argument(help="Base config (its cell/hidden size set the parameter budget)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/compare-<name>)")] = None,
+    cells: Annotated[str, typer.Option(help="Comma-separated cells")] = "lstm,gru,rnn,peephole_lstm",
+    minutes: Annotated[float, typer.Option(help="Wall-clock budget per cell (0 = the config's)")] = 0.0,
+    steps: Annotated[int, typer.Option(help="Step budget per cell (0 = the config's)")] = 0,
+) -> None:
+    """Train every cell at matched parameter counts on the same budget; table + overlay plot."""
+    _need_torch()
+    from training.compare import compare
+
+    cfg = _config(config, overrides or [])
+    dest = out or Path("runs") / f"compare-{cfg.name}"
+    compare(cfg, dest, tuple(c.strip() for c in cells.split(",") if c.strip()), minutes, steps)
+    typer.echo((dest / "compare.md").read_text())
+
+
+def reproduce_cmd(
+    only: Annotated[str, typer.Option(help="Comma-separated subset of " + ", ".join(SHIPPED))] = ",".join(SHIPPED),
+    runs: Annotated[Path, typer.Option(help="Where the run folders go")] = Path("runs"),
+    models: Annotated[Path, typer.Option(help="Where the exported artifacts go")] = Path("models"),
+    version: Annotated[str, typer.Option(help="Artifact version")] = "1",
+    export: Annotated[bool, typer.Option(help="Export each model after training")] = True,
+) -> None:
+    """Retrain every shipped model from its committed config, then export it to models/NAME."""
+    _need_torch()
+    from training.train import train
+
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SHIPPED]
+    if unknown:
+        typer.echo(f"error: unknown model(s) {unknown}; shipped: {', '.join(SHIPPED)}", err=True)
+        raise typer.Exit(2)
+    for name in names:
+        run_dir = runs / name
+        typer.echo(f"== {name}: training into {run_dir}")
+        train(load_config(name), run_dir)
+        if export:
+            from training.export import export_command
+
+            typer.echo(f"== {name}: exporting to {models / name}")
+            export_command(run_dir, models / name, name, version)
+
+
+def download_cmd(
+    name: Annotated[str, typer.Argument(help="imdb | sst2 | tinyshakespeare")],
+    to: Annotated[Path, typer.Option("--to", help="Target folder")] = Path("data"),
+) -> None:
+    """Fetch a public dataset, verify its checksum, unpack it into the loaders' layout."""
+    from training.data.download import DownloadError, download
+
+    try:
+        download(name, to, log=typer.echo)
+    except DownloadError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands and the `data` group to `app`."""
+    app.command("train", context_settings=_PASSTHROUGH)(train_cmd)
+    app.command("evaluate")(evaluate_cmd)
+    app.command("sample")(sample_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("reproduce")(reproduce_cmd)
+    data_app = typer.Typer(help="Datasets: download the public originals.", no_args_is_help=True)
+    data_app.command("download")(download_cmd)
+    app.add_typer(data_app, name="data")
+
+
+train_app = typer.Typer(help="rnnserve training commands.", no_args_is_help=True, add_completion=False)
+register(train_app)
+
+if __name__ == "__main__":
+    train_app()

@@ -1,0 +1,103 @@
+"""`rnnserve evaluate RUN_DIR`: score a trained checkpoint.
+
+* classify: accuracy, macro F1, per-class F1, confusion matrix (rows = truth, columns = prediction).
+* next_token: mean cross-entropy in nats/char, bits/char (nats / ln 2) and perplexity (e^nats).
+
+Without `--data` the run's own validation split is rebuilt from its saved config (same seed, same
+split). With `--data` any file or folder the loaders read is scored whole: e.g. the official IMDB
+test split, `--data aclImdb --split test`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training import checkpoint as ck
+from training.config import config_from_dict
+from training.runtime import pick_device
+
+
+def evaluate_run(
+    run_dir: Path, data: Path | None = None, *, dataset: str | None = None, split: str = "test",
+    batch_size: int = 0, device: str = "auto", limit: int = 0,
+) -> dict[str, Any]:
+    dev = pick_device(device)
+    ckpt = ck.load(run_dir, "cpu")
+    cfg = config_from_dict(ckpt["config"])
+    model = ck.rebuild_model(ckpt, dev)
+    spec = ck.tokenizer_spec(ckpt)
+    bs = batch_size or cfg.train.eval_batch_size
+    if cfg.task == "classify":
+        return _classify(cfg, ckpt, model, spec, data, dataset, split, bs, dev, limit)
+    return _lm(cfg, model, spec, data, bs, dev, limit)
+
+
+def _classify(cfg: Any, ckpt: dict[str, Any], model: Any, spec: Any, data: Path | None, dataset: str | None,
+              split: str, bs: int, dev: torch.device, limit: int) -> dict[str, Any]:
+    from training.data.sentiment import load_labelled, read_examples
+    from training.loop_classify import evaluate_examples, truncate
+    from training.tokenization import UNK, encode_words
+
+    dc = cfg.data
+    if data is None:
+        val_path = cfg.resolve(dc.val_path) if dc.val_path else None
+        examples = load_labelled(
+            dc.dataset, cfg.resolve(dc.path), val_path=val_path, val_fraction=dc.val_fraction,
+            split_seed=dc.split_seed, text_column=dc.text_column, label_column=dc.label_column,
+            limit=dc.limit,
+        ).val
+        source = "validation split of the run's config"
+    else:
+        examples = read_examples(dataset or dc.dataset, data, dc.text_column, dc.label_column, split)
+        source = str(data)
+    if limit:
+        examples = examples[:limit]
+    labels: list[str] = ckpt["labels"]
+    unknown = sorted({e.label for e in examples} - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {labels}")
+    vocab = spec.tokenizer_json["model"]["vocab"]
+    ids = encode_words(spec, [e.text for e in examples])
+    xs = [truncate(x, dc.max_len, dc.keep, vocab[UNK]) for x in ids]
+    ys = [labels.index(e.label) for e in examples]
+    rep = evaluate_examples(model, xs, ys, labels, vocab["[PAD]"], bs, dev)
+    return {"task": "classify", "data": source, **rep}
+
+
+def _lm(cfg: Any, model: Any, spec: Any, data: Path | None, bs: int, dev: torch.device, limit: int) -> dict[str, Any]:
+    from service.contract.tokenizers import CharTokenizer
+    from training.data.io import read_text
+    from training.data.text import load_text
+    from training.loop_lm import evaluate_stream
+
+    dc = cfg.data
+    if data is None:
+        val_path = cfg.resolve(dc.val_path) if dc.val_path else None
+        text = load_text(cfg.resolve(dc.path), dc.val_fraction, val_path, dc.limit).val
+        source = "validation split of the run's config"
+    else:
+        text, source = read_text(data), str(data)
+    if limit:
+        text = text[:limit]
+    ids = torch.tensor(CharTokenizer.from_spec(spec).encode(text), dtype=torch.long)
+    out = evaluate_stream(model, ids, bs, cfg.train.seq_len, dev)
+    return {"task": "next_token", "data": source, "characters": len(text), "nats_per_char": out["loss"],
+            "bits_per_char": out["bpc"], "perplexity": out["ppl"]}
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    if rep["task"] == "next_token":
+        return (f"{rep['data']}: {rep['characters']:,} chars  loss {rep['nats_per_char']:.4f} nats/char  "
+                f"{rep['bits_per_char']:.4f} bits/char  perplexity {rep['perplexity']:.3f}")
+    labels = rep["labels"]
+    w = max(len(x) for x in labels) + 2
+    lines = [f"{rep['data']}: {rep['examples']:,} examples  accuracy {rep['accuracy']:.4f}  "
+             f"macro F1 {rep['f1_macro']:.4f}  loss {rep['loss']:.4f}",
+             "confusion (rows = truth, columns = prediction):",
+             " " * w + "".join(f"{x:>{w}}" for x in labels)]
+    for lab, row in zip(labels, rep["confusion"], strict=True):
+        lines.append(f"{lab:<{w}}" + "".join(f"{v:>{w}}" for v in row))
+    return "\n".join(lines)
