@@ -1,0 +1,32 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from service.api.deps import Services, get_services
+
+router = APIRouter(tags=["health"])
+
+
+class Ready(BaseModel):
+    ready: bool = Field(
+        description="True when a model serves (and, with `require_all_models`, none was refused)."
+    )
+    models: list[str] = Field(description="Models serving.")
+    failed: dict[str, str] = Field(description="Artifact folder -> why it was refused.")
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness", response_model=Ready, responses={503: {"model": Ready}})
+async def readyz(s: Services = Depends(get_services)) -> JSONResponse:
+    reg = s.engine.registry
+    ready = bool(reg.models) and not (reg.failed and s.settings.require_all_models)
+    body = Ready(ready=ready, models=sorted(reg.models), failed=reg.failed)
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

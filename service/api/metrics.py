@@ -1,0 +1,17 @@
+"""Prometheus exposition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.deps import Services, get_services
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(s: Services = Depends(get_services)) -> Response:
+    s.metrics.live_sessions.set(await s.store.count())
+    return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)

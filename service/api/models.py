@@ -1,0 +1,92 @@
+"""`/v1/models`: list, describe, predict, stateless generate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import Response
+
+from service.api.deps import Services, get_services
+from service.api.errors import responses
+from service.api.schemas import (
+    GenerateRequest,
+    GenerateResponse,
+    ModelInfo,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+)
+from service.api.streaming import EventStream
+from service.engine.registry import LoadedModel
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or `text/event-stream` when `stream` is true",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def model_info(m: LoadedModel, detail: bool = False) -> ModelInfo:
+    man = m.manifest
+    return ModelInfo(
+        name=man.name,
+        version=man.version,
+        task=man.task,
+        cell=man.cell,
+        num_layers=man.num_layers,
+        hidden_size=man.hidden_size,
+        labels=man.labels,
+        vocab_size=m.tokenizer.vocab_size,
+        tokenizer=man.tokenizer.kind,
+        sha256=man.onnx_sha256,
+        provider=m.runner.provider,
+        state_bytes=man.state_nbytes_per_row(),
+        sampling=man.sampling.model_dump(),
+        training=man.training.model_dump() if detail else None,
+    )
+
+
+@router.get("", response_model=ModelList, summary="Models being served")
+async def list_models(s: Services = Depends(get_services)) -> ModelList:
+    return ModelList(models=[model_info(m) for m in s.engine.registry.models.values()])
+
+
+@router.get("/{model}", response_model=ModelInfo, responses=responses(404))
+async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInfo:
+    return model_info(s.engine.model(model), detail=True)
+
+
+@router.post(
+    "/{model}/predict",
+    response_model=PredictResponse,
+    responses=responses(404, 422, 503),
+    summary="Classify texts, or list next-token probabilities",
+)
+async def predict(
+    model: str, body: PredictRequest, s: Services = Depends(get_services)
+) -> dict[str, Any]:
+    body.check(s.settings)
+    outputs = await s.engine.predict(model, body.inputs, body.top_k)
+    return {"model": model, "outputs": outputs}
+
+
+@router.post(
+    "/{model}/generate",
+    response_model=GenerateResponse,
+    responses={**_STREAM_DOC, **responses(400, 404, 422, 503)},
+    summary="Generate text from a fresh state (JSON or SSE)",
+)
+async def generate(
+    model: str, body: GenerateRequest, s: Services = Depends(get_services)
+) -> Response | dict[str, Any]:
+    gen = await s.engine.generate(model, body.to_params(s.settings))
+    if body.stream:
+        return EventStream(gen)
+    try:
+        return await gen.collect()
+    finally:
+        await gen.aclose()

@@ -1,0 +1,197 @@
+"""Request/response models shared by the native REST and WebSocket surfaces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.engine.engine import GenerateParams
+from service.errors import InvalidInput
+from service.settings import Settings
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def check_text(text: str | None, field: str, settings: Settings) -> None:
+    if text is not None and len(text) > settings.max_text_chars:
+        raise InvalidInput(
+            f"{field} is {len(text)} characters; the limit is {settings.max_text_chars}",
+            field=field,
+        )
+
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+class NextToken(BaseModel):
+    token: str = Field(description="A candidate next token (a character for char models).")
+    prob: float = Field(description="Its probability.")
+
+
+class Output(BaseModel):
+    """Classifier: `label` + `probs`; language model: `next` (most likely next tokens)."""
+
+    label: str | None = Field(None, description="Most likely label (classifiers).")
+    probs: dict[str, float] | None = Field(None, description="Probability per label.")
+    next: list[NextToken] | None = Field(None, description="Top next tokens (language models).")
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="Model name used in URLs.")
+    version: str = Field(description="Artifact version.")
+    task: str = Field(description="`classify` or `next_token`.")
+    cell: str = Field(description="Recurrent cell.")
+    num_layers: int = Field(description="Stacked layers.")
+    hidden_size: int = Field(description="Hidden units per layer.")
+    labels: list[str] | None = Field(None, description="Classifier labels.")
+    vocab_size: int = Field(description="Tokenizer vocabulary size.")
+    tokenizer: str = Field(description="`char` or `word`.")
+    sha256: str = Field(description="sha256 of the ONNX graph.")
+    provider: str = Field(description="onnxruntime execution provider in use.")
+    state_bytes: int = Field(description="Bytes of recurrent state per session.")
+    sampling: dict[str, Any] = Field(description="Generation defaults from the manifest.")
+    training: dict[str, Any] | None = Field(None, description="Training summary (detail view).")
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+
+
+class PredictRequest(_In):
+    inputs: list[str] = Field(min_length=1, description="Texts to classify or continue.")
+    top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
+
+    def check(self, settings: Settings) -> None:
+        if len(self.inputs) > settings.max_inputs:
+            raise InvalidInput(f"at most {settings.max_inputs} inputs", field="inputs")
+        for i, t in enumerate(self.inputs):
+            check_text(t, f"inputs[{i}]", settings)
+
+
+class PredictResponse(BaseModel):
+    model: str
+    outputs: list[Output]
+
+
+class GenerateRequest(_In):
+    """Generation parameters; unset ones take the model's defaults (`GET /v1/models/{m}`)."""
+
+    prompt: str | None = Field(
+        None, description="Text to continue (for a session: appended to its context)."
+    )
+    max_tokens: int | None = Field(None, ge=1, description="Tokens to generate (limit: settings).")
+    temperature: float | None = Field(None, ge=0, le=100, description="0 = greedy.")
+    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely (0 = off).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text.")
+    stop: str | list[str] | None = Field(None, description="Stop string(s); not returned.")
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Return each token's logprob and this many alternatives."
+    )
+    stream: bool = Field(False, description="Server-sent events, one per token.")
+
+    def to_params(self, settings: Settings) -> GenerateParams:
+        check_text(self.prompt, "prompt", settings)
+        if self.max_tokens is not None and self.max_tokens > settings.max_tokens_limit:
+            raise InvalidInput(
+                f"max_tokens must be <= {settings.max_tokens_limit}", field="max_tokens"
+            )
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > settings.max_stop or any(not s or len(s) > 64 for s in stop):
+            raise InvalidInput(
+                f"at most {settings.max_stop} non-empty stop strings of <= 64 characters",
+                field="stop",
+            )
+        return GenerateParams(
+            prompt=self.prompt,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=tuple(stop),
+            logprobs=self.logprobs,
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="Tokens fed before generating (prompt or priming).")
+    completion_tokens: int = Field(description="Tokens generated.")
+    total_tokens: int
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    text: str = Field(description="Generated text (without a matched stop string).")
+    finish_reason: str = Field(description="`length` or `stop`.")
+    stop: str | None = Field(None, description="The stop string that ended it.")
+    usage: Usage
+    seed: int = Field(description="The seed used (send it back to reproduce the text).")
+    logprobs: list[dict[str, Any]] | None = None
+    session_id: str | None = None
+    version: int | None = Field(None, description="Session version after committing.")
+    replayed: bool | None = Field(None, description="True when an Idempotency-Key replay.")
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+SESSION_ID = r"^[A-Za-z0-9._:~-]{1,128}$"
+
+
+class CreateSession(_In):
+    model: str | None = Field(None, description="Model to bind (optional with `state`).")
+    session_id: str | None = Field(
+        None, pattern=SESSION_ID, description="Client-chosen id; default: a random 192-bit id."
+    )
+    ttl_s: float | None = Field(None, gt=0, description="Idle TTL in seconds.")
+    state: str | None = Field(
+        None, max_length=64 << 20, description="A blob from `GET /v1/sessions/{id}/state`."
+    )
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    model: str
+    version: int = Field(description="Increments with every committed change.")
+    created_at: float = Field(description="Unix time.")
+    expires_at: float = Field(description="Unix time the session expires if left idle.")
+    ttl_s: float
+    tokens_seen: int = Field(description="Tokens fed into the state so far.")
+    pending_chars: int = Field(description="Held-back characters of an unfinished word.")
+    replayed: bool | None = None
+
+
+class FeedRequest(_In):
+    text: str = Field(min_length=1, description="Next chunk of text.")
+    top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
+    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+
+
+class FeedResponse(BaseModel):
+    session_id: str
+    version: int
+    tokens: int = Field(description="Tokens this chunk added to the state.")
+    pending_chars: int
+    output: Output | None = Field(description="Running output on all text so far (None if none).")
+    replayed: bool = False
+
+
+class ResetRequest(_In):
+    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+
+
+class SessionGenerateRequest(GenerateRequest):
+    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+
+
+class StateResponse(BaseModel):
+    session_id: str
+    model: str
+    version: int
+    state: str = Field(description="Opaque, checksummed, base64 state blob.")

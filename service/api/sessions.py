@@ -1,0 +1,154 @@
+"""`/v1/sessions`: stateful sessions (DESIGN §4) over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+from starlette.responses import Response
+
+from service.api.deps import Services, get_owner, get_services
+from service.api.errors import responses
+from service.api.models import _STREAM_DOC
+from service.api.schemas import (
+    CreateSession,
+    FeedRequest,
+    FeedResponse,
+    GenerateResponse,
+    ResetRequest,
+    SessionGenerateRequest,
+    SessionInfo,
+    StateResponse,
+    check_text,
+)
+from service.api.streaming import EventStream, unless_disconnected
+from service.errors import InvalidState
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+IdemKey = Header(
+    None,
+    alias="Idempotency-Key",
+    min_length=1,
+    max_length=256,
+    description="Retry-safe key: a repeat returns the stored result without advancing state.",
+)
+
+
+def _replayed(result: dict[str, Any]) -> dict[str, str]:
+    return {"Idempotent-Replayed": "true"} if result.get("replayed") else {}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=SessionInfo,
+    responses=responses(404, 409, 422, 429),
+    summary="Create a session (optionally from an exported state)",
+)
+async def create_session(
+    body: CreateSession, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
+) -> dict[str, Any]:
+    blob = None
+    if body.state is not None:
+        try:
+            blob = base64.b64decode(body.state, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidState("state is not valid base64", field="state") from None
+    return await s.sessions.create(body.model, body.session_id, body.ttl_s, blob, owner)
+
+
+@router.get("/{session_id}", response_model=SessionInfo, responses=responses(404))
+async def get_session(
+    session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
+) -> dict[str, Any]:
+    return await s.sessions.get(session_id, owner)
+
+
+@router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
+async def delete_session(
+    session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
+) -> Response:
+    await s.sessions.delete(session_id, owner)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{session_id}/reset",
+    response_model=SessionInfo,
+    responses=responses(404, 409, 422),
+    summary="Zero the state, keep the id",
+)
+async def reset_session(
+    session_id: str,
+    body: ResetRequest | None = None,
+    idempotency_key: str | None = IdemKey,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> JSONResponse:
+    expected = body.expected_version if body is not None else None
+    result = await s.sessions.reset(session_id, expected, idempotency_key, owner)
+    return JSONResponse(SessionInfo(**result).model_dump(), headers=_replayed(result))
+
+
+@router.post(
+    "/{session_id}/feed",
+    response_model=FeedResponse,
+    responses=responses(404, 409, 422, 503),
+    summary="Feed the next chunk of text; returns the running output",
+)
+async def feed(
+    session_id: str,
+    body: FeedRequest,
+    idempotency_key: str | None = IdemKey,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> JSONResponse:
+    check_text(body.text, "text", s.settings)
+    result = await s.sessions.feed(
+        session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner
+    )
+    return JSONResponse(FeedResponse(**result).model_dump(), headers=_replayed(result))
+
+
+@router.post(
+    "/{session_id}/generate",
+    response_model=GenerateResponse,
+    responses={**_STREAM_DOC, **responses(400, 404, 409, 422, 503)},
+    summary="Generate from the session's state and commit the result to it",
+)
+async def generate(
+    request: Request,
+    session_id: str,
+    body: SessionGenerateRequest,
+    idempotency_key: str | None = IdemKey,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> Response:
+    params = body.to_params(s.settings)
+    gen = await s.sessions.open_generation(
+        session_id, params, body.expected_version, idempotency_key, owner
+    )
+    if body.stream:
+        return EventStream(gen)
+    try:
+        result = await unless_disconnected(request, gen.collect())
+    finally:
+        await gen.aclose()
+    return JSONResponse(GenerateResponse(**result).model_dump(), headers=_replayed(result))
+
+
+@router.get(
+    "/{session_id}/state",
+    response_model=StateResponse,
+    responses=responses(404),
+    summary="Export the state as an opaque, checksummed blob",
+)
+async def export_state(
+    session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
+) -> dict[str, Any]:
+    out = await s.sessions.export_state(session_id, owner)
+    return {**out, "state": base64.b64encode(out["state"]).decode()}

@@ -1,0 +1,96 @@
+"""Server-sent events for generations. THE mapping of stream outcomes to SSE frames:
+
+event: token   data: {"text", "index", "token_id", "logprob"?}     one per token
+event: done    data: <GenerateResponse>                             finish_reason + usage
+event: error   data: {"error": {...}}                               instead of `done`
+data: [DONE]                                                        always last
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncGenerator, Awaitable
+from typing import Any, TypeVar
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from service.engine.engine import Finished, Generation
+from service.engine.stream import TokenEvent
+from service.errors import ServiceError, stream_error
+
+T = TypeVar("T")
+
+
+def token_payload(ev: TokenEvent) -> dict[str, Any]:
+    out: dict[str, Any] = {"text": ev.text, "index": ev.index, "token_id": ev.token_id}
+    if ev.logprob is not None:
+        out["logprob"] = ev.logprob
+    return out
+
+
+def _frame(event: str | None, data: Any) -> str:
+    head = f"event: {event}\n" if event else ""
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"{head}data: {body}\n\n"
+
+
+async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
+    try:
+        async for ev in gen.events():
+            if isinstance(ev, Finished):
+                yield _frame("done", ev.result)
+            else:
+                yield _frame("token", token_payload(ev))
+    except Exception as e:  # a cancellation (client gone) propagates: no frames after it
+        yield _frame("error", stream_error(e))
+    finally:
+        await gen.aclose()
+    yield _frame(None, "[DONE]")
+
+
+class EventStream(StreamingResponse):
+    """`text/event-stream` that always closes the generation, whichever way the response ends
+    (client disconnect detected by a failed send, cancellation, or normal end)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, gen: Generation) -> None:
+        self._gen = gen
+        self._events = sse_events(gen)
+        super().__init__(
+            self._events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
+            await self._gen.aclose()
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work` but cancel it if the client disconnects first (so nothing is committed)."""
+    task = asyncio.ensure_future(work)
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ServiceError("the client closed the request", status=499, code="client_closed")
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()

@@ -1,0 +1,132 @@
+"""`WS /v1/sessions/{id}/ws`: the session operations over one WebSocket, same semantics as HTTP.
+
+Client messages (JSON): `{"type": "feed", "text", ...}`, `{"type": "generate", "prompt"?, ...}`,
+`{"type": "reset"}`; each may carry `id` (echoed back), `expected_version`, `idempotency_key`.
+Server messages: `result` (feed/reset), `token` … `done` (generate), `error`. Messages are handled
+one at a time in arrival order; a client error answers `error` and the socket stays open. If the
+socket closes mid-request, that request is cancelled and commits nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
+from pydantic import Field, TypeAdapter, ValidationError
+
+from service.api.deps import Services, get_owner, get_services
+from service.api.errors import field_of
+from service.api.schemas import FeedRequest, ResetRequest, SessionGenerateRequest, _In, check_text
+from service.api.streaming import token_payload
+from service.engine.engine import Finished
+from service.errors import ServiceError, stream_error
+
+router = APIRouter(tags=["sessions"])
+
+
+class _Msg(_In):
+    id: str | int | None = Field(None, description="Echoed in every reply to this message.")
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+
+
+class WsFeed(FeedRequest, _Msg):
+    type: Literal["feed"]
+
+
+class WsGenerate(SessionGenerateRequest, _Msg):
+    type: Literal["generate"]
+
+
+class WsReset(ResetRequest, _Msg):
+    type: Literal["reset"]
+
+
+Message = Annotated[WsFeed | WsGenerate | WsReset, Field(discriminator="type")]
+_parse = TypeAdapter(Message)
+
+
+async def _handle(
+    ws: WebSocket, msg: WsFeed | WsGenerate | WsReset, s: Services, sid: str, owner: str | None
+) -> None:
+    tag: dict[str, Any] = {} if msg.id is None else {"id": msg.id}
+    key = msg.idempotency_key
+    if isinstance(msg, WsFeed):
+        check_text(msg.text, "text", s.settings)
+        r = await s.sessions.feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner)
+        await ws.send_json({"type": "result", "op": "feed", **tag, **r})
+    elif isinstance(msg, WsReset):
+        r = await s.sessions.reset(sid, msg.expected_version, key, owner)
+        await ws.send_json({"type": "result", "op": "reset", **tag, **r})
+    else:
+        params = msg.to_params(s.settings)
+        gen = await s.sessions.open_generation(sid, params, msg.expected_version, key, owner)
+        try:
+            async for ev in gen.events():
+                if isinstance(ev, Finished):
+                    await ws.send_json({"type": "done", **tag, **ev.result})
+                else:
+                    await ws.send_json({"type": "token", **tag, **token_payload(ev)})
+        finally:
+            await gen.aclose()
+
+
+@router.websocket("/v1/sessions/{session_id}/ws")
+async def session_ws(
+    ws: WebSocket,
+    session_id: str,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> None:
+    await ws.accept()
+    try:
+        await s.sessions.get(session_id, owner)
+    except ServiceError as e:
+        await ws.send_json({"type": "error", **stream_error(e)})
+        await ws.close(code=1008)
+        return
+    inbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            while True:
+                await inbox.put(await ws.receive_text())
+        except (WebSocketDisconnect, RuntimeError):
+            await inbox.put(None)
+
+    reader = asyncio.create_task(read())
+    try:
+        while (raw := await inbox.get()) is not None:
+            try:
+                msg = _parse.validate_json(raw)
+            except ValidationError as e:
+                err = e.errors()[0]
+                field = field_of(err["loc"]) if err["loc"] else "message"
+                bad = ServiceError(
+                    f"{field}: {err['msg']}", status=422, code="invalid_input", field=field
+                )
+                await ws.send_json({"type": "error", **bad.body()})
+                continue
+            work = asyncio.create_task(_handle(ws, msg, s, session_id, owner))
+            # a close while working cancels the work (nothing is committed)
+            await asyncio.wait({work, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work
+                break
+            exc = work.exception()
+            if exc is not None:
+                if isinstance(exc, WebSocketDisconnect | RuntimeError):
+                    break
+                tag = {} if msg.id is None else {"id": msg.id}
+                await ws.send_json({"type": "error", **tag, **stream_error(exc)})
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await ws.close()

@@ -1,0 +1,159 @@
+"""`create_app(settings)`: the FastAPI application factory and its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+from service.api import health, metrics, models, sessions, ws
+from service.api.deps import Services
+from service.api.errors import install_error_handlers
+from service.engine.engine import Engine
+from service.engine.registry import Registry, load_registry
+from service.engine.scheduler import SchedulerConfig
+from service.engine.session_ops import SessionService
+from service.engine.sessions import Clock, MemoryStore, SessionStore
+from service.logging import configure_logging, get_logger, request_id
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = get_logger("app")
+
+
+def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionStore:
+    if settings.store == "redis":
+        raise NotImplementedError("store=redis is not available yet (issue 6)")
+    return MemoryStore(
+        settings.max_sessions,
+        evict=settings.session_evict,
+        expired_memory_s=settings.expired_memory_s,
+        clock=clock,
+        on_change=metrics.live_sessions.set,
+        on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: SessionStore | None = None,
+    registry: Registry | None = None,
+    clock: Clock = time.time,
+    configure_logs: bool = True,
+) -> FastAPI:
+    """The app. `store`, `registry` and `clock` are injectable (tests); else built from settings."""
+    settings = settings or Settings()
+    if configure_logs:
+        configure_logging(settings.log_level, settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        m = Metrics()
+        reg = registry or load_registry(
+            settings.models_dir, settings.providers, settings.intra_op_threads
+        )
+        for model in reg.models.values():
+            man = model.manifest
+            m.model_info.labels(
+                man.name, man.version, man.task, man.cell, man.onnx_sha256, model.runner.provider
+            ).set(1)
+        m.model_load_failures.set(len(reg.failed))
+        config = SchedulerConfig(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+            max_streams=settings.max_streams,
+            max_batch_tokens=settings.max_batch_tokens,
+        )
+        engine = Engine(reg, config, m)
+        engine.start()
+        st = store or build_store(settings, m, clock)
+        svc = SessionService(
+            engine,
+            st,
+            default_ttl_s=settings.session_ttl_s,
+            max_ttl_s=settings.max_session_ttl_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            clock=clock,
+        )
+        app.state.services = Services(settings, engine, svc, st, m)
+        sweeper = asyncio.create_task(_sweep(st))
+        log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await engine.close(settings.shutdown_timeout_s)
+            await st.close()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="rnnserve",
+        summary="Stateful LSTM/GRU serving: predictions, streaming generation, sessions.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    for r in (health.router, metrics.router, models.router, sessions.router, ws.router):
+        app.include_router(r)
+    app.middleware("http")(_observe)
+    return app
+
+
+async def _sweep(store: SessionStore, every_s: float = 30.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            await store.sweep()
+        except Exception:
+            log.exception("session sweep failed")
+
+
+def _route(request: Request) -> str:
+    for r in request.app.router.routes:
+        match, _ = r.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(r, "path", "unmatched"))
+    return "unmatched"
+
+
+async def _observe(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Request id, metrics by route template and status, one access log line (no bodies)."""
+    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+    token = request_id.set(rid[:64])
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        response.headers["X-Request-ID"] = rid[:64]
+        return response
+    finally:
+        dt = time.perf_counter() - t0
+        route = _route(request)
+        services: Services | None = getattr(request.app.state, "services", None)
+        if services is not None:
+            services.metrics.requests.labels(route, request.method, str(status)).inc()
+            services.metrics.request_latency.labels(route, request.method).observe(dt)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": status,
+                "ms": round(dt * 1e3, 2),
+            },
+        )
+        request_id.reset(token)

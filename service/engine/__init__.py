@@ -1,0 +1,1 @@
+"""The engine: runner (pure onnxruntime), registry, scheduler, sampling and session operations."""

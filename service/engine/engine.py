@@ -1,0 +1,226 @@
+"""The engine facade: models, schedulers, encoding, outputs, prediction and generation.
+
+It speaks numpy and plain Python; the API layer translates HTTP/WebSocket to these calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.contract import UnknownCharactersError, WordTokenizer
+from service.engine.registry import LoadedModel, Registry
+from service.engine.sampling import SamplingParams, softmax
+from service.engine.scheduler import Scheduler, SchedulerConfig, StateRows
+from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
+from service.errors import InvalidInput, UnknownCharacters, UnsupportedTask
+from service.metrics import Metrics
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """A validated generation request. `None` fields take the model's manifest defaults."""
+
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last item of a generation: the result body (also the non-streaming response)."""
+
+    result: dict[str, Any]
+
+
+Finalizer = Callable[[DoneEvent, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(eq=False)
+class Generation:
+    """A running generation. Iterate `events()`; `aclose()` always (it cancels and releases)."""
+
+    stream: Stream
+    base: dict[str, Any]
+    finalize: Finalizer | None = None
+    release: Callable[[], Awaitable[None]] | None = None
+    replay: dict[str, Any] | None = None  # an idempotent replay: no stream ran
+    _closed: bool = field(default=False, init=False)
+
+    async def events(self) -> AsyncIterator[TokenEvent | Finished]:
+        if self.replay is not None:
+            yield Finished(self.replay)
+            return
+        pieces: list[str] = []
+        logprobs: list[dict[str, object]] = []
+        try:
+            async for ev in self.stream.iter_events():
+                if isinstance(ev, ErrorEvent):
+                    raise ev.error
+                if isinstance(ev, TokenEvent):
+                    pieces.append(ev.text)
+                    if ev.logprob is not None:
+                        logprobs.append({"token": ev.text, **ev.logprob})
+                    yield ev
+                    continue
+                result = dict(self.base)
+                result["text"] = "".join(pieces)
+                result["finish_reason"] = ev.finish_reason
+                if ev.stop is not None:
+                    result["stop"] = ev.stop
+                usage = result["usage"]
+                usage["completion_tokens"] = ev.completion_tokens
+                usage["total_tokens"] = usage["prompt_tokens"] + ev.completion_tokens
+                if self.stream.params.logprobs is not None:
+                    result["logprobs"] = logprobs
+                if self.finalize is not None:
+                    result = await self.finalize(ev, result)
+                yield Finished(result)
+                return
+        finally:
+            await self.aclose()
+
+    async def collect(self) -> dict[str, Any]:
+        async for ev in self.events():
+            if isinstance(ev, Finished):
+                return ev.result
+        raise RuntimeError("generation ended without a result")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.stream.cancel()
+        if self.release is not None:
+            await self.release()
+
+
+class Engine:
+    def __init__(self, registry: Registry, config: SchedulerConfig, metrics: Metrics | None = None):
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.schedulers: dict[str, Scheduler] = {}
+
+    def start(self) -> None:
+        """Create the schedulers inside the running loop."""
+        for name, m in self.registry.models.items():
+            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics)
+            self.schedulers[name].start()
+
+    async def close(self, timeout: float) -> None:
+        await asyncio.gather(*(s.close(timeout) for s in self.schedulers.values()))
+
+    def model(self, name: str) -> LoadedModel:
+        return self.registry.get(name)
+
+    # -- text in, outputs out ---------------------------------------------------------------
+
+    @staticmethod
+    def encode_stream(m: LoadedModel, pending: str, text: str, field: str) -> tuple[list[int], str]:
+        try:
+            return m.tokenizer.encode_stream(pending, text)
+        except UnknownCharactersError as e:
+            raise UnknownCharacters(str(e), field=field) from None
+
+    @staticmethod
+    def output(m: LoadedModel, logits: np.ndarray | None, top_k: int) -> dict[str, Any] | None:
+        """Classifier: label + probs. Language model: the `top_k` most likely next tokens."""
+        if logits is None:
+            return None
+        p = softmax(logits)
+        labels = m.manifest.labels
+        if labels is not None:
+            return {
+                "label": labels[int(np.argmax(p))],
+                "probs": dict(zip(labels, p.tolist(), strict=True)),
+            }
+        top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
+        return {"next": [{"token": token_text(m, int(i)), "prob": float(p[i])} for i in top]}
+
+    async def prefill(
+        self, m: LoadedModel, ids: list[int], states: StateRows | None
+    ) -> tuple[np.ndarray, StateRows]:
+        return await self.schedulers[m.name].prefill(ids, states)
+
+    async def predict(
+        self, name: str, inputs: list[str], top_k: int
+    ) -> list[dict[str, Any] | None]:
+        m = self.model(name)
+        encoded = [self.encode_full(m, t, f"inputs[{i}]") for i, t in enumerate(inputs)]
+        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in encoded))
+        return [self.output(m, logits, top_k) for logits, _ in done]
+
+    def encode_full(self, m: LoadedModel, text: str, field: str) -> list[int]:
+        ids, pending = self.encode_stream(m, "", text, field)
+        ids += m.tokenizer.encode(pending) if pending else []
+        if not ids:
+            raise InvalidInput("text has no tokens for this model", field=field)
+        return ids
+
+    # -- generation -------------------------------------------------------------------------
+
+    def sampling(self, m: LoadedModel, p: GenerateParams) -> SamplingParams:
+        d = m.manifest.sampling
+        return SamplingParams(
+            temperature=d.temperature if p.temperature is None else p.temperature,
+            top_k=(d.top_k or 0) if p.top_k is None else p.top_k,
+            top_p=d.top_p if p.top_p is None else p.top_p,
+            seed=secrets.randbits(63) if p.seed is None else p.seed,
+            max_tokens=d.max_tokens if p.max_tokens is None else p.max_tokens,
+            stop=p.stop,
+            logprobs=p.logprobs,
+        )
+
+    def require_lm(self, m: LoadedModel) -> None:
+        if m.manifest.task != "next_token":
+            raise UnsupportedTask(
+                f"model {m.name!r} is a {m.manifest.task} model; generation needs a language model",
+                field="model",
+            )
+
+    async def start_generation(
+        self,
+        m: LoadedModel,
+        params: SamplingParams,
+        ids: list[int],
+        states: StateRows | None,
+        logits: np.ndarray | None,
+        base: dict[str, Any],
+    ) -> Stream:
+        """Prefill `ids` (or prime an empty context), then join the decode batch."""
+        if not ids and logits is None:
+            ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
+        if ids:
+            logits, states = await self.prefill(m, ids, states)
+        assert logits is not None
+        rows = states if states is not None else m.manifest.init_states(1)
+        base["usage"] = {"prompt_tokens": len(ids)}
+        base["seed"] = params.seed
+        stream = Stream(params, logits, list(rows), lambda i: token_text(m, i))
+        self.schedulers[m.name].join(stream)
+        return stream
+
+    async def generate(self, name: str, p: GenerateParams) -> Generation:
+        """A stateless generation from a fresh state."""
+        m = self.model(name)
+        self.require_lm(m)
+        ids = self.encode_full(m, p.prompt, "prompt") if p.prompt else []
+        base: dict[str, Any] = {"model": m.name}
+        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None, base)
+        return Generation(stream, base)
+
+
+def token_text(m: LoadedModel, token: int) -> str:
+    text = m.tokenizer.decode([token])
+    return " " + text if isinstance(m.tokenizer, WordTokenizer) else text

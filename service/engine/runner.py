@@ -1,0 +1,86 @@
+"""A pure wrapper around one `onnxruntime.InferenceSession`: arrays in, arrays out, no locks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import ArtifactError, ModelManifest
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+def default_providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class Runner:
+    """`run(tokens, lengths, states) -> (logits, states)` on numpy arrays.
+
+    tokens int64[B, T], lengths int32[B], states as the manifest describes them (batch on each
+    tensor's `batch_axis`); logits float32[B, K] at each row's last real token.
+    """
+
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        onnx_path: Path,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+    ) -> None:
+        self.manifest = manifest
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        self.session = ort.InferenceSession(
+            str(onnx_path), sess_options=opts, providers=list(providers or default_providers())
+        )
+        check_graph(manifest, self.session)
+        self.providers: list[str] = list(self.session.get_providers())
+        io = manifest.io
+        self._inputs = io.input_names()
+        self._outputs = io.output_names()
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0] if self.providers else "unknown"
+
+    def run(
+        self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = dict(zip(self._inputs, (tokens, lengths, *states), strict=True))
+        out = self.session.run(self._outputs, feed)
+        return out[0], list(out[1:])
+
+
+def check_graph(manifest: ModelManifest, session: ort.InferenceSession) -> None:
+    """Refuse a graph whose inputs/outputs differ from the manifest's io contract."""
+    io = manifest.io
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    want_in = {io.tokens: "tensor(int64)", io.lengths: "tensor(int32)"}
+    want_in |= {s.input: _ORT_TYPES[s.dtype] for s in io.states}
+    want_out = {io.logits: "tensor(float)"} | {s.output: _ORT_TYPES[s.dtype] for s in io.states}
+    if set(inputs) != set(want_in):
+        raise ArtifactError(f"graph inputs {sorted(inputs)} != manifest {sorted(want_in)}")
+    missing = set(want_out) - set(outputs)
+    if missing:
+        raise ArtifactError(f"graph lacks outputs {sorted(missing)} named by the manifest")
+    for name, t in want_in.items():
+        if inputs[name].type != t:
+            raise ArtifactError(f"graph input {name!r} is {inputs[name].type}, manifest says {t}")
+    for name, t in want_out.items():
+        if outputs[name].type != t:
+            raise ArtifactError(f"graph output {name!r} is {outputs[name].type}, manifest says {t}")
+    for s in io.states:
+        shape = inputs[s.input].shape
+        if len(shape) != len(s.shape):
+            raise ArtifactError(f"state {s.name!r}: graph rank {len(shape)} != {len(s.shape)}")
+        for got, want in zip(shape, s.shape, strict=True):
+            if isinstance(got, int) and isinstance(want, int) and got != want:
+                raise ArtifactError(f"state {s.name!r}: graph shape {shape} != {s.shape}")

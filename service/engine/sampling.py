@@ -1,0 +1,116 @@
+"""Token sampling vectorised over a batch of streams, each with its own parameters and seed.
+
+Every stream owns a numpy Generator and draws exactly one uniform per token, so a seed gives the
+same text whatever else shares the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_k: int  # 0 = off
+    top_p: float  # 1.0 = off
+    seed: int
+    max_tokens: int
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None = off; N = chosen token + N alternatives
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    out: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.exp(log_softmax(logits))
+    return out
+
+
+def sample(
+    logits: np.ndarray,  # (B, K)
+    temperature: np.ndarray,  # (B,) float, 0 = greedy
+    top_k: np.ndarray,  # (B,) int, 0 = off
+    top_p: np.ndarray,  # (B,) float in (0, 1]
+    uniforms: np.ndarray,  # (B,) in [0, 1), one draw per stream
+) -> np.ndarray:  # (B,) int64
+    K = logits.shape[1]
+    greedy = temperature <= 0
+    out: np.ndarray = np.argmax(logits, axis=-1).astype(np.int64)
+    if greedy.all():
+        return out
+    t = np.where(greedy, 1.0, temperature)[:, None]
+    order = np.argsort(-logits, axis=-1, kind="stable")  # (B, K) best first
+    sorted_logits = np.take_along_axis(logits, order, axis=-1).astype(np.float64) / t
+    probs = np.exp(sorted_logits - sorted_logits[:, :1])
+    ranks = np.arange(K)[None, :]
+    k = np.where(top_k > 0, np.minimum(top_k, K), K)[:, None]
+    probs = np.where(ranks < k, probs, 0.0)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    # top-p: keep the smallest prefix whose mass reaches p (the first token always stays)
+    before = np.cumsum(probs, axis=-1) - probs
+    probs = np.where(before < top_p[:, None], probs, 0.0)
+    cdf = np.cumsum(probs, axis=-1)
+    cdf /= cdf[:, -1:]
+    idx = (cdf <= uniforms[:, None]).sum(axis=-1)
+    idx = np.minimum(idx, K - 1)
+    chosen = np.take_along_axis(order, idx[:, None], axis=-1)[:, 0]
+    result: np.ndarray = np.where(greedy, out, chosen)
+    return result
+
+
+def logprob_info(
+    logits_row: np.ndarray, token: int, n: int, decode: Callable[[int], str]
+) -> dict[str, object]:
+    """The chosen token's log-probability under the model, with the `n` most likely tokens."""
+    lp = log_softmax(logits_row)
+    top = np.argsort(-lp)[:n] if n > 0 else np.array([], dtype=np.int64)
+    return {
+        "logprob": float(lp[token]),
+        "top": [{"token": decode(int(i)), "logprob": float(lp[i])} for i in top],
+    }
+
+
+class StopMatcher:
+    """Holds back text that could still become a stop string; reports when one completes."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buf = ""
+        self.matched: str | None = None
+
+    def push(self, text: str) -> str:
+        """Add generated text; return what may be emitted now."""
+        if not self.stops:
+            return text
+        self.buf += text
+        first = None
+        for s in self.stops:
+            i = self.buf.find(s)
+            if i >= 0 and (first is None or i < first[0]):
+                first = (i, s)
+        if first is not None:
+            self.matched = first[1]
+            out, self.buf = self.buf[: first[0]], ""
+            return out
+        hold = 0
+        for s in self.stops:
+            for n in range(min(len(s) - 1, len(self.buf)), 0, -1):
+                if self.buf.endswith(s[:n]):
+                    hold = max(hold, n)
+                    break
+        out = self.buf[: len(self.buf) - hold]
+        self.buf = self.buf[len(self.buf) - hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out

@@ -1,0 +1,354 @@
+"""Session operations with DESIGN §4 semantics.
+
+Every operation on a session runs under the store's per-session lock (arrival order), checks an
+`Idempotency-Key` first (a replay returns the stored result and changes nothing), then
+`expected_version`, computes the new state from a snapshot and commits it with compare-and-set
+only when the request completes. Cancellation or an error before the commit leaves the session
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import numpy as np
+
+from service.engine.engine import Engine, GenerateParams, Generation
+from service.engine.registry import LoadedModel
+from service.engine.sampling import SamplingParams
+from service.engine.sessions import (
+    Clock,
+    IdempotencyRecord,
+    SessionRecord,
+    SessionStore,
+    decode_state,
+    encode_state,
+)
+from service.engine.sessions.blob import StateBlob
+from service.engine.stream import DoneEvent, Stream
+from service.errors import (
+    IdempotencyKeyReused,
+    InvalidInput,
+    InvalidState,
+    ServiceError,
+    SessionNotFound,
+    VersionConflict,
+)
+
+
+class SessionService:
+    def __init__(
+        self,
+        engine: Engine,
+        store: SessionStore,
+        *,
+        default_ttl_s: float,
+        max_ttl_s: float,
+        idempotency_ttl_s: float,
+        clock: Clock = time.time,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self.clock = clock
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def info(self, rec: SessionRecord) -> dict[str, Any]:
+        return {
+            "session_id": rec.id,
+            "model": rec.model,
+            "version": rec.version,
+            "created_at": rec.created_at,
+            "expires_at": rec.expires_at,
+            "ttl_s": rec.ttl_s,
+            "tokens_seen": rec.tokens_seen,
+            "pending_chars": len(rec.pending),
+        }
+
+    async def _get(self, session_id: str, owner: str | None) -> SessionRecord:
+        rec = await self.store.get(session_id)
+        if rec.owner != owner:  # another key's session looks exactly like a missing one
+            raise SessionNotFound(f"session {session_id!r} does not exist")
+        return rec
+
+    def _model(self, rec: SessionRecord) -> LoadedModel:
+        m = self.engine.model(rec.model)
+        if m.manifest.onnx_sha256 != rec.model_sha256:
+            raise ServiceError(
+                f"model {rec.model!r} changed since this session started; export its state or "
+                "reset it",
+                status=409,
+                code="model_changed",
+            )
+        return m
+
+    @staticmethod
+    def _fingerprint(op: str, body: dict[str, Any]) -> str:
+        raw = json.dumps({"op": op, "body": body}, sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    async def _replay(
+        self, rec: SessionRecord, key: str | None, fingerprint: str
+    ) -> dict[str, Any] | None:
+        if key is None:
+            return None
+        stored = await self.store.get_idempotent(rec.id, key)
+        if stored is None:
+            return None
+        if stored.fingerprint != fingerprint:
+            raise IdempotencyKeyReused(
+                "this Idempotency-Key was used for a different request", field="Idempotency-Key"
+            )
+        return {**stored.result, "replayed": True}
+
+    @staticmethod
+    def _check_version(rec: SessionRecord, expected: int | None) -> None:
+        if expected is not None and expected != rec.version:
+            raise VersionConflict(
+                f"session {rec.id!r} is at version {rec.version}, not {expected}",
+                field="expected_version",
+            )
+
+    async def _commit(
+        self,
+        old: SessionRecord,
+        new: SessionRecord,
+        key: str | None,
+        fp: str,
+        result: dict[str, Any],
+    ) -> SessionRecord:
+        idem = None
+        if key is not None:
+            idem = (key, IdempotencyRecord(fp, result, self.clock() + self.idempotency_ttl_s))
+        return await self.store.commit(new, old.version, idem)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        model: str | None,
+        session_id: str | None,
+        ttl_s: float | None,
+        state: bytes | None,
+        owner: str | None,
+    ) -> dict[str, Any]:
+        blob = decode_state(state) if state is not None else None
+        name = model if model is not None else (blob.model if blob is not None else None)
+        if name is None:
+            raise InvalidInput("`model` is required (or a `state` blob naming one)", field="model")
+        m = self.engine.model(name)
+        ttl = self.default_ttl_s if ttl_s is None else ttl_s
+        if ttl > self.max_ttl_s:
+            raise InvalidInput(f"ttl_s must be <= {self.max_ttl_s}", field="ttl_s")
+        now = self.clock()
+        rec = SessionRecord(
+            id=session_id or secrets.token_urlsafe(24),  # 192 random bits
+            model=m.name,
+            model_sha256=m.manifest.onnx_sha256,
+            version=0,
+            states=tuple(m.manifest.init_states(1)),
+            pending="",
+            logits=None,
+            created_at=now,
+            ttl_s=ttl,
+            expires_at=now + ttl,
+            owner=owner,
+        )
+        if blob is not None:
+            rec = self._restore(m, rec, blob)
+        await self.store.create(rec)
+        return self.info(rec)
+
+    def _restore(self, m: LoadedModel, rec: SessionRecord, blob: StateBlob) -> SessionRecord:
+        if blob.model_sha256 != m.manifest.onnx_sha256 or blob.model != m.name:
+            raise InvalidState(
+                f"the state belongs to model {blob.model!r} ({blob.model_sha256[:12]}…), not "
+                f"{m.name!r} ({m.manifest.onnx_sha256[:12]}…)",
+                field="state",
+                code="state_model_mismatch",
+            )
+        specs = m.manifest.io.states
+        ok = len(blob.states) == len(specs) and all(
+            a.shape == s.concrete_shape(1) and a.dtype == np.dtype(s.dtype)
+            for a, s in zip(blob.states, specs, strict=False)
+        )
+        k = m.runner.session.get_outputs()[0].shape[-1]
+        if blob.logits is not None and (
+            blob.logits.ndim != 1 or (isinstance(k, int) and blob.logits.size != k)
+        ):
+            ok = False
+        if not ok or not np.all(
+            [
+                np.isfinite(a).all() or np.isinf(s.init)
+                for a, s in zip(blob.states, specs, strict=False)
+            ]
+        ):
+            raise InvalidState("the state's tensors do not fit this model", field="state")
+        return rec.replace(
+            states=tuple(blob.states),
+            pending=blob.pending,
+            logits=blob.logits,
+            version=blob.version,
+            tokens_seen=blob.tokens_seen,
+        )
+
+    async def get(self, session_id: str, owner: str | None) -> dict[str, Any]:
+        return self.info(await self._get(session_id, owner))
+
+    async def delete(self, session_id: str, owner: str | None) -> None:
+        async with self.store.lock(session_id):
+            await self._get(session_id, owner)
+            await self.store.delete(session_id)
+
+    async def export_state(self, session_id: str, owner: str | None) -> dict[str, Any]:
+        rec = await self._get(session_id, owner)
+        m = self.engine.model(rec.model)
+        blob = StateBlob(
+            rec.model,
+            rec.model_sha256,
+            rec.version,
+            rec.pending,
+            rec.tokens_seen,
+            list(rec.states),
+            rec.logits,
+        )
+        data = encode_state(blob, [s.name for s in m.manifest.io.states])
+        return {"session_id": rec.id, "model": rec.model, "version": rec.version, "state": data}
+
+    # -- state-changing operations ----------------------------------------------------------
+
+    async def reset(
+        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
+    ) -> dict[str, Any]:
+        async with self.store.lock(session_id):
+            rec = await self._get(session_id, owner)
+            fp = self._fingerprint("reset", {})
+            replay = await self._replay(rec, key, fp)
+            if replay is not None:
+                return replay
+            self._check_version(rec, expected_version)
+            m = self.engine.model(rec.model)
+            new = rec.replace(
+                version=rec.version + 1,
+                states=tuple(m.manifest.init_states(1)),
+                pending="",
+                logits=None,
+                tokens_seen=0,
+                model_sha256=m.manifest.onnx_sha256,
+            )
+            result = self.info(new)
+            return self.info(await self._commit(rec, new, key, fp, result)) | {"replayed": False}
+
+    async def feed(
+        self,
+        session_id: str,
+        text: str,
+        top_k: int,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> dict[str, Any]:
+        async with self.store.lock(session_id):
+            rec = await self._get(session_id, owner)
+            fp = self._fingerprint("feed", {"text": text, "top_k": top_k})
+            replay = await self._replay(rec, key, fp)
+            if replay is not None:
+                return replay
+            self._check_version(rec, expected_version)
+            m = self._model(rec)
+            ids, pending = self.engine.encode_stream(m, rec.pending, text, "text")
+            states, logits = list(rec.states), rec.logits
+            peek = m.tokenizer.encode(pending) if pending else []
+            # the output peeks through the unfinished word without committing it, so it equals
+            # a one-shot prediction on all text so far; both rows share one prefill batch
+            jobs = []
+            if ids:
+                jobs.append(self.engine.prefill(m, ids, states))
+            if peek:
+                jobs.append(self.engine.prefill(m, ids + peek, states))
+            done = await asyncio.gather(*jobs)
+            if ids:
+                logits, states = done[0]
+            shown = done[-1][0] if peek else logits
+            new = rec.replace(
+                version=rec.version + 1,
+                states=tuple(states),
+                pending=pending,
+                logits=logits,
+                tokens_seen=rec.tokens_seen + len(ids),
+            )
+            result = {
+                "session_id": rec.id,
+                "version": new.version,
+                "tokens": len(ids),
+                "pending_chars": len(pending),
+                "output": self.engine.output(m, shown, top_k),
+            }
+            await self._commit(rec, new, key, fp, result)
+            return result | {"replayed": False}
+
+    async def open_generation(
+        self,
+        session_id: str,
+        p: GenerateParams,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> Generation:
+        """Take the session's lock and start generating; the lock is held until the
+        generation is closed, and the state is committed only when it finishes."""
+        stack = AsyncExitStack()
+        await stack.enter_async_context(self.store.lock(session_id))
+        try:
+            rec = await self._get(session_id, owner)
+            fp = self._fingerprint("generate", {**p.__dict__, "seed": p.seed})
+            replay = await self._replay(rec, key, fp)
+            m = self._model(rec)
+            self.engine.require_lm(m)
+            if replay is None:
+                self._check_version(rec, expected_version)
+            ids, pending = (
+                self.engine.encode_stream(m, rec.pending, p.prompt, "prompt")
+                if p.prompt
+                else ([], rec.pending)
+            )
+            params = self.engine.sampling(m, p)
+            base: dict[str, Any] = {"model": m.name, "session_id": rec.id}
+            if replay is not None:
+                stream = _idle_stream(params)
+                return Generation(stream, base, release=stack.aclose, replay=replay)
+            stream = await self.engine.start_generation(
+                m, params, ids, list(rec.states), rec.logits, base
+            )
+        except BaseException:
+            await stack.aclose()
+            raise
+
+        async def finalize(done: DoneEvent, result: dict[str, Any]) -> dict[str, Any]:
+            fed = result["usage"]["prompt_tokens"] + done.completion_tokens
+            new = rec.replace(
+                version=rec.version + 1,
+                states=tuple(done.states),
+                pending=pending,
+                logits=done.logits,
+                tokens_seen=rec.tokens_seen + fed,
+            )
+            result["version"] = new.version
+            await self._commit(rec, new, key, fp, result)
+            return result | {"replayed": False}
+
+        return Generation(stream, base, finalize=finalize, release=stack.aclose)
+
+
+def _idle_stream(params: SamplingParams) -> Stream:
+    """A stream that never joins a batch (for a replayed result)."""
+    return Stream(params, np.zeros(1, np.float32), [], lambda i: "")

@@ -1,0 +1,18 @@
+"""Session records, the store interface, the in-memory store and the state blob."""
+
+from __future__ import annotations
+
+from service.engine.sessions.blob import decode_state, encode_state
+from service.engine.sessions.memory import MemoryStore
+from service.engine.sessions.record import IdempotencyRecord, SessionRecord
+from service.engine.sessions.store import Clock, SessionStore
+
+__all__ = [
+    "Clock",
+    "IdempotencyRecord",
+    "MemoryStore",
+    "SessionRecord",
+    "SessionStore",
+    "decode_state",
+    "encode_state",
+]

@@ -1,0 +1,191 @@
+"""The embedded in-memory session store: TTL with an injectable clock, a cap, LRU order."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from service.engine.sessions.record import IdempotencyRecord, SessionRecord
+from service.engine.sessions.store import Clock
+from service.errors import (
+    SessionEvicted,
+    SessionExists,
+    SessionExpired,
+    SessionLimit,
+    SessionNotFound,
+    VersionConflict,
+)
+
+Gone = Literal["expired", "evicted"]
+_MAX_GONE = 100_000
+
+
+class MemoryStore:
+    def __init__(
+        self,
+        max_sessions: int,
+        evict: Literal["refuse", "lru"] = "refuse",
+        expired_memory_s: float = 86400.0,
+        clock: Clock = time.monotonic,
+        on_change: Callable[[int], None] | None = None,
+        on_evict: Callable[[str], None] | None = None,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.evict = evict
+        self.expired_memory_s = expired_memory_s
+        self.clock = clock
+        self._on_change = on_change
+        self._on_evict = on_evict
+        self._live: OrderedDict[str, SessionRecord] = OrderedDict()  # least recently used first
+        self._gone: OrderedDict[str, tuple[Gone, float]] = OrderedDict()
+        self._idem: dict[str, dict[str, IdempotencyRecord]] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    # -- lifecycle helpers ------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(len(self._live))
+
+    def _bury(self, session_id: str, why: Gone) -> None:
+        self._live.pop(session_id, None)
+        self._idem.pop(session_id, None)
+        self._gone[session_id] = (why, self.clock())
+        self._gone.move_to_end(session_id)
+        while len(self._gone) > _MAX_GONE:
+            self._gone.popitem(last=False)
+        if self._on_evict is not None:
+            self._on_evict(why)
+        self._changed()
+
+    def _missing(self, session_id: str) -> Exception:
+        gone = self._gone.get(session_id)
+        if gone is None or self.clock() - gone[1] > self.expired_memory_s:
+            return SessionNotFound(f"session {session_id!r} does not exist")
+        if gone[0] == "evicted":
+            return SessionEvicted(f"session {session_id!r} was evicted (live-session cap reached)")
+        return SessionExpired(f"session {session_id!r} expired after its idle TTL")
+
+    def _live_record(self, session_id: str) -> SessionRecord:
+        rec = self._live.get(session_id)
+        if rec is None:
+            raise self._missing(session_id)
+        if rec.expires_at <= self.clock():
+            self._bury(session_id, "expired")
+            raise self._missing(session_id)
+        return rec
+
+    def _make_room(self) -> None:
+        if len(self._live) < self.max_sessions:
+            return
+        now = self.clock()
+        for sid in [s for s, r in self._live.items() if r.expires_at <= now]:
+            self._bury(sid, "expired")
+        if len(self._live) < self.max_sessions:
+            return
+        if self.evict == "lru":
+            for sid in self._live:
+                if sid not in self._locks:  # never evict a session in use
+                    self._bury(sid, "evicted")
+                    return
+        raise SessionLimit(f"the live-session cap ({self.max_sessions}) is reached")
+
+    # -- SessionStore -----------------------------------------------------------------------
+
+    async def create(self, record: SessionRecord) -> None:
+        if record.id in self._live:
+            try:
+                self._live_record(record.id)
+            except (SessionExpired, SessionNotFound, SessionEvicted):
+                pass
+            else:
+                raise SessionExists(f"session {record.id!r} already exists", field="session_id")
+        self._make_room()
+        self._gone.pop(record.id, None)
+        self._live[record.id] = record
+        self._changed()
+
+    async def get(self, session_id: str) -> SessionRecord:
+        rec = self._live_record(session_id)
+        rec = rec.replace(expires_at=self.clock() + rec.ttl_s)
+        self._live[session_id] = rec
+        self._live.move_to_end(session_id)
+        return rec
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        idempotency: tuple[str, IdempotencyRecord] | None = None,
+    ) -> SessionRecord:
+        current = self._live_record(record.id)
+        if current.version != expected_version:
+            raise VersionConflict(
+                f"session {record.id!r} is at version {current.version}, not {expected_version}",
+                field="expected_version",
+            )
+        record = record.replace(expires_at=self.clock() + record.ttl_s)
+        self._live[record.id] = record
+        self._live.move_to_end(record.id)
+        if idempotency is not None:
+            self._idem.setdefault(record.id, {})[idempotency[0]] = idempotency[1]
+        return record
+
+    async def delete(self, session_id: str) -> None:
+        self._live_record(session_id)
+        del self._live[session_id]
+        self._idem.pop(session_id, None)
+        self._changed()
+
+    async def count(self) -> int:
+        return len(self._live)
+
+    async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
+        rec = self._idem.get(session_id, {}).get(key)
+        if rec is not None and rec.expires_at <= self.clock():
+            del self._idem[session_id][key]
+            return None
+        return rec
+
+    async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
+        self._idem.setdefault(session_id, {})[key] = record
+
+    @asynccontextmanager
+    async def lock(self, session_id: str) -> AsyncIterator[None]:
+        # asyncio.Lock wakes waiters first come first served: arrival order
+        lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
+        self._locks[session_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[session_id]
+            if users <= 1:
+                del self._locks[session_id]
+            else:
+                self._locks[session_id] = (lock, users - 1)
+
+    async def sweep(self) -> int:
+        now = self.clock()
+        expired = [s for s, r in self._live.items() if r.expires_at <= now and s not in self._locks]
+        for sid in expired:
+            self._bury(sid, "expired")
+        while self._gone:
+            sid, (_, at) = next(iter(self._gone.items()))
+            if now - at <= self.expired_memory_s:
+                break
+            del self._gone[sid]
+        for sid in list(self._idem):
+            live = {k: v for k, v in self._idem[sid].items() if v.expires_at > now}
+            if live:
+                self._idem[sid] = live
+            else:
+                del self._idem[sid]
+        return len(expired)
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,45 @@
+"""What a session is: a model version bound to its recurrent state, plus lifecycle fields."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    """An immutable snapshot; a change is a new record committed with the next `version`.
+
+    `states` hold ONE row each (batch axis of size 1, as the manifest describes the tensor);
+    `pending` is tokenizer text held back (an unfinished word); `logits` (K,) are the model's
+    output after the last committed token (None before any token), so a generation can start
+    right after a feed without re-running the model.
+    """
+
+    id: str
+    model: str
+    model_sha256: str
+    version: int
+    states: tuple[np.ndarray, ...]
+    pending: str
+    logits: np.ndarray | None
+    created_at: float
+    ttl_s: float
+    expires_at: float
+    owner: str | None = None  # the API key scope (placeholder until keys exist)
+    tokens_seen: int = 0
+
+    def replace(self, **changes: Any) -> SessionRecord:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """The stored outcome of a request made with an `Idempotency-Key`."""
+
+    fingerprint: str  # hash of (operation, request body): a reused key with another body is refused
+    result: dict[str, Any]
+    expires_at: float

@@ -1,0 +1,58 @@
+"""The session store interface. In-memory here; a Redis implementation shares it.
+
+Guarantees an implementation must give:
+* `get` raises `SessionNotFound` / `SessionExpired` / `SessionEvicted` (never a fresh state) and
+  refreshes the idle TTL;
+* `commit` is compare-and-set: it writes only if the stored version equals `expected_version`
+  (else `VersionConflict`), and writes the idempotency record in the same atomic step;
+* `lock(id)` serializes operations on one session in arrival order (an asyncio lock in memory;
+  a lease with expiry across replicas).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from service.engine.sessions.record import IdempotencyRecord, SessionRecord
+
+Clock = Callable[[], float]  # seconds, monotonic enough for TTLs (injectable in tests)
+
+
+class SessionStore(Protocol):
+    async def create(self, record: SessionRecord) -> None:
+        """Insert a new session; `SessionExists` if the id is live, `SessionLimit` at the cap."""
+
+    async def get(self, session_id: str) -> SessionRecord:
+        """The live record (TTL refreshed) or a distinct not-found/expired/evicted error."""
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        idempotency: tuple[str, IdempotencyRecord] | None = None,
+    ) -> SessionRecord:
+        """Store `record` if the current version is `expected_version`; returns it with the
+        expiry refreshed."""
+
+    async def delete(self, session_id: str) -> None:
+        """Remove a session (`SessionNotFound` if unknown)."""
+
+    async def count(self) -> int:
+        """Live sessions."""
+
+    async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
+        """A stored result for this session and key, if any and not expired."""
+
+    async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
+        """Store a result without a state change (e.g. for a replayed delete)."""
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """Serialize operations on one session, first come first served."""
+
+    async def sweep(self) -> int:
+        """Drop expired sessions and records; returns how many sessions went."""
+
+    async def close(self) -> None:
+        """Release connections."""

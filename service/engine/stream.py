@@ -1,0 +1,87 @@
+"""A generation stream: per-stream sampling state and the events its consumer reads."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine.sampling import SamplingParams, StopMatcher
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str  # text released by this token (stop-string lookahead may delay text)
+    token_id: int
+    index: int
+    logprob: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    finish_reason: str  # "length" | "stop"
+    completion_tokens: int
+    logits: np.ndarray  # (K,) after the last generated token
+    states: list[np.ndarray]  # one row each, after the last generated token
+    stop: str | None = None
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    error: BaseException
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class Stream:
+    """Joins a model's decode batch with a state row and the logits to sample the first token."""
+
+    params: SamplingParams
+    logits: np.ndarray  # (K,)
+    states: list[np.ndarray]  # one row each
+    decode: Callable[[int], str]
+    created: float = field(default_factory=time.perf_counter)
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    produced: int = 0
+    last_emit: float | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.params.seed)
+        self.stopper = StopMatcher(self.params.stop)
+
+    def cancel(self) -> None:
+        """The consumer went away: the scheduler drops the stream before its next step."""
+        self.cancelled = True
+
+    def on_token(self, token: int, logprob: dict[str, object] | None) -> bool:
+        """Record a sampled token; return True when the stream is finished."""
+        self.produced += 1
+        text = self.stopper.push(self.decode(token))
+        finished = self.stopper.matched is not None or self.produced >= self.params.max_tokens
+        if finished and self.stopper.matched is None:
+            text += self.stopper.flush()
+        if text or logprob is not None:
+            self.events.put_nowait(TokenEvent(text, token, self.produced - 1, logprob))
+        return finished
+
+    def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
+        reason = "stop" if self.stopper.matched is not None else "length"
+        self.events.put_nowait(
+            DoneEvent(reason, self.produced, logits, states, self.stopper.matched)
+        )
+
+    def fail(self, error: BaseException) -> None:
+        self.events.put_nowait(ErrorEvent(error))
+
+    async def iter_events(self) -> AsyncIterator[Event]:
+        while True:
+            ev = await self.events.get()
+            yield ev
+            if not isinstance(ev, TokenEvent):
+                return

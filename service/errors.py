@@ -1,0 +1,114 @@
+"""One exception hierarchy for every client-visible failure.
+
+Each error carries an HTTP status and a stable machine-readable `code`. The API layer maps them
+to HTTP responses in one place (`service.api.errors`) and to stream events in one place
+(`stream_error`); the engine raises them and knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        status: int | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            err["field"] = self.field
+        return {"error": err}
+
+
+class InvalidInput(ServiceError):
+    status, code = 422, "invalid_input"
+
+
+class UnknownCharacters(InvalidInput):
+    code = "unknown_characters"
+
+
+class UnsupportedTask(ServiceError):
+    status, code = 400, "unsupported_task"
+
+
+class ModelNotFound(ServiceError):
+    status, code = 404, "model_not_found"
+
+
+class SessionNotFound(ServiceError):
+    status, code = 404, "session_not_found"
+
+
+class SessionExpired(ServiceError):
+    status, code = 404, "session_expired"
+
+
+class SessionEvicted(ServiceError):
+    status, code = 404, "session_evicted"
+
+
+class SessionExists(ServiceError):
+    status, code = 409, "session_exists"
+
+
+class VersionConflict(ServiceError):
+    status, code = 409, "version_conflict"
+
+
+class IdempotencyKeyReused(ServiceError):
+    status, code = 422, "idempotency_key_reused"
+
+
+class InvalidState(ServiceError):
+    status, code = 422, "invalid_state"
+
+
+class SessionLimit(ServiceError):
+    status, code = 429, "session_limit"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class Overloaded(ServiceError):
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str, retry_after_s: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
+
+
+class StoreUnavailable(Overloaded):
+    code = "store_unavailable"
+
+
+class EngineError(ServiceError):
+    """onnxruntime failed on a batch; every request in that batch gets it."""
+
+    status, code = 500, "engine_error"
+
+
+def stream_error(exc: BaseException) -> dict[str, Any]:
+    """The payload of a stream's `error` event (SSE and WebSocket) for any exception."""
+    if isinstance(exc, ServiceError):
+        return exc.body()
+    return ServiceError("internal error").body()

@@ -1,0 +1,75 @@
+"""Service configuration: environment (`RNNSERVE_*`) -> one `Settings` -> constructor arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Each field reads `RNNSERVE_<FIELD>` from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RNNSERVE_", extra="ignore")
+
+    # where and how to serve
+    models_dir: Path = Field(Path("models"), description="Folder scanned for model artifacts.")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
+    providers: list[str] | None = Field(
+        None,
+        description="onnxruntime execution providers in priority order; default: CUDA when "
+        "available, else CPU.",
+    )
+    require_all_models: bool = Field(
+        False, description="/readyz answers 503 when any artifact was refused at start-up."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = auto).")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+    log_json: bool = Field(True, description="Write logs as one JSON object per line.")
+    shutdown_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long in-flight work may take to finish."
+    )
+
+    # scheduler
+    max_batch_size: int = Field(64, ge=1, le=4096, description="Rows per prefill/predict batch.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="How long a prefill/predict batch waits to fill up."
+    )
+    max_queue: int = Field(
+        1024, ge=1, description="Waiting prefill/predict jobs per model before 503 `overloaded`."
+    )
+    max_streams: int = Field(
+        256, ge=1, description="Generation streams decoded together per model (one batch)."
+    )
+    max_batch_tokens: int = Field(
+        1 << 16, ge=1, description="Padded tokens (rows × longest row) per prefill batch."
+    )
+
+    # request limits
+    max_text_chars: int = Field(100_000, ge=1, description="Longest text/prompt accepted.")
+    max_inputs: int = Field(256, ge=1, description="Most texts in one predict request.")
+    max_tokens_limit: int = Field(4096, ge=1, description="Largest `max_tokens` accepted.")
+    max_stop: int = Field(4, ge=0, description="Most stop strings in one generate request.")
+
+    # sessions
+    store: Literal["memory", "redis"] = Field("memory", description="Session store backend.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (store=redis).")
+    max_sessions: int = Field(100_000, ge=1, description="Cap on live sessions.")
+    session_evict: Literal["refuse", "lru"] = Field(
+        "refuse",
+        description="At the cap: refuse new sessions (429 `session_limit`) or evict the least "
+        "recently used idle one (its id then answers 404 `session_evicted`).",
+    )
+    session_ttl_s: float = Field(3600.0, gt=0, description="Default idle TTL of a session.")
+    max_session_ttl_s: float = Field(86400.0, gt=0, description="Largest TTL a client may ask.")
+    expired_memory_s: float = Field(
+        86400.0, ge=0, description="How long expired/evicted ids are remembered for clear 404s."
+    )
+    idempotency_ttl_s: float = Field(
+        3600.0, gt=0, description="How long an `Idempotency-Key` result is kept for replay."
+    )
