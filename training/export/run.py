@@ -57,7 +57,8 @@ def export_model(
     log.info("export checks passed: %s", checks)
 
     base = summary.model_dump() if summary is not None else {}
-    base.setdefault("parameters", model.num_parameters())
+    if base.get("parameters") is None:
+        base["parameters"] = model.num_parameters()
     base["model_config"] = cfg.to_dict()
     base["export_checks"] = checks
     manifest = ModelManifest(
