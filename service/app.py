@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from starlette.responses import Response
-from starlette.routing import Match
 
 from service.api import health, metrics, models, sessions, ws
 from service.api.deps import Services
@@ -120,11 +119,9 @@ async def _sweep(store: SessionStore, every_s: float = 30.0) -> None:
 
 
 def _route(request: Request) -> str:
-    for r in request.app.router.routes:
-        match, _ = r.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(r, "path", "unmatched"))
-    return "unmatched"
+    """The matched route's template (bounded label cardinality), set by the router."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
 
 
 async def _observe(

@@ -77,6 +77,7 @@ async def predict(
 @router.post(
     "/{model}/generate",
     response_model=GenerateResponse,
+    response_model_exclude_none=True,
     responses={**_STREAM_DOC, **responses(400, 404, 422, 503)},
     summary="Generate text from a fresh state (JSON or SSE)",
 )

@@ -138,7 +138,8 @@ async def generate(
         result = await unless_disconnected(request, gen.collect())
     finally:
         await gen.aclose()
-    return JSONResponse(GenerateResponse(**result).model_dump(), headers=_replayed(result))
+    body_out = GenerateResponse(**result).model_dump(exclude_none=True)
+    return JSONResponse(body_out, headers=_replayed(result))
 
 
 @router.get(

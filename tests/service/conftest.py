@@ -1,13 +1,10 @@
-"""Service fixtures, cheap to expensive: fake clock -> models on disk -> registry -> app -> client.
-
-Synthetic models are built with `onnx` (no torch); the exporter's fixture models under
-tests/fixtures/models are used as well when present.
-"""
+"""Service fixtures, cheap to expensive: fake clock -> registry (real onnxruntime on the exported
+fixture models) -> app with its lifespan running -> httpx client over ASGITransport."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,8 +16,16 @@ from service.engine.registry import Registry, load_registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
 
+CHAR_MODELS = ["tiny-char-gru", "tiny-char-lstm", "tiny-char-peephole", "tiny-char-rnn"]
+CLASSIFIERS = ["tiny-sentiment-gru", "tiny-sentiment-lstm"]
+ALL_MODELS = CHAR_MODELS + CLASSIFIERS
+LM = "tiny-char-lstm"
+CLS = "tiny-sentiment-gru"
+
 
 class FakeClock:
+    """A controllable wall clock for TTLs."""
+
     def __init__(self, t: float = 1_800_000_000.0) -> None:
         self.t = t
 
@@ -32,31 +37,11 @@ class FakeClock:
 
 
 @pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("onnx")
-    from tests.service.synthetic import build_all
-
-    return build_all(tmp_path_factory.mktemp("models"))
-
-
-@pytest.fixture(scope="session")
-def registry(synthetic_dir: Path) -> Registry:
-    reg = load_registry(synthetic_dir)
+def registry() -> Registry:
+    reg = load_registry(FIXTURE_MODELS)
     assert not reg.failed, reg.failed
+    assert set(ALL_MODELS) <= set(reg.models), sorted(reg.models)
     return reg
-
-
-def fixture_model_names() -> list[str]:
-    if not FIXTURE_MODELS.is_dir():
-        return []
-    return sorted(p.name for p in FIXTURE_MODELS.iterdir() if p.is_dir())
-
-
-@pytest.fixture(scope="session")
-def fixture_registry() -> Registry:
-    if not fixture_model_names():
-        pytest.skip("no exported fixture models yet")
-    return load_registry(FIXTURE_MODELS)
 
 
 @pytest.fixture
@@ -65,22 +50,21 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def settings(synthetic_dir: Path) -> Settings:
-    return Settings(models_dir=synthetic_dir, max_wait_ms=1.0, log_json=False)
+def settings() -> Settings:
+    return Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0, log_json=False)
 
 
-AppFactory = Callable[..., Any]
+ClientFactory = Callable[..., contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 @pytest.fixture
-async def make_client(
-    registry: Registry, settings: Settings, clock: FakeClock
-) -> AsyncIterator[Callable[..., Any]]:
+def make_client(registry: Registry, settings: Settings, clock: FakeClock) -> ClientFactory:
     """`async with make_client(**settings_overrides) as client:` with the lifespan running."""
-    import contextlib
 
     @contextlib.asynccontextmanager
-    async def make(reg: Registry | None = None, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    async def make(
+        reg: Registry | None = None, **overrides: Any
+    ) -> AsyncIterator[httpx.AsyncClient]:
         s = settings.model_copy(update=overrides)
         app = create_app(s, registry=reg or registry, clock=clock, configure_logs=False)
         async with app.router.lifespan_context(app):
@@ -89,11 +73,11 @@ async def make_client(
                 c.app = app  # type: ignore[attr-defined]
                 yield c
 
-    yield make
+    return make
 
 
 @pytest.fixture
-async def client(make_client: Callable[..., Any]) -> AsyncIterator[httpx.AsyncClient]:
+async def client(make_client: ClientFactory) -> AsyncIterator[httpx.AsyncClient]:
     async with make_client() as c:
         yield c
 
@@ -101,3 +85,10 @@ async def client(make_client: Callable[..., Any]) -> AsyncIterator[httpx.AsyncCl
 def app_of(client: httpx.AsyncClient) -> FastAPI:
     app: FastAPI = client.app  # type: ignore[attr-defined]
     return app
+
+
+async def new_session(client: httpx.AsyncClient, model: str = LM, **kw: Any) -> dict[str, Any]:
+    r = await client.post("/v1/sessions", json={"model": model, **kw})
+    assert r.status_code == 201, r.text
+    out: dict[str, Any] = r.json()
+    return out

@@ -1,0 +1,158 @@
+"""Triton sequences on the shared session store: a v2 sequence IS a native session.
+
+The sequence id is the session id (uint64 42 -> session "42"; a string id is used as is), so a
+session created with `POST /v1/sessions` can be continued by a v2 request without
+`sequence_start`, and the other way round. One request of a sequence runs under the store's
+per-session lock (arrival order) and commits its new state with compare-and-set only when it
+completes, like a native feed:
+
+* `sequence_start`: begin from a fresh state (an existing sequence with that id is restarted);
+* neither: continue; an unknown, expired or evicted id is a 400 naming the sequence and why;
+* `sequence_end`: the state is freed after this request (nothing is stored for start+end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from service.api.deps import Services
+from service.api.v2.protocol import Sequence
+from service.engine.registry import LoadedModel
+from service.engine.sessions import SessionRecord
+from service.errors import (
+    InvalidInput,
+    ServiceError,
+    SessionEvicted,
+    SessionExpired,
+    SessionNotFound,
+)
+
+_REASONS: dict[type[ServiceError], str] = {
+    SessionNotFound: "does not exist (never started, ended, or owned by another key)",
+    SessionExpired: "expired after its idle TTL",
+    SessionEvicted: "was evicted (live-session cap reached)",
+}
+
+
+class SequenceError(ServiceError):
+    status, code = 400, "sequence_error"
+
+
+def _fresh(s: Services, m: LoadedModel, session_id: str, owner: str | None) -> SessionRecord:
+    now = s.sessions.clock()
+    ttl = s.settings.session_ttl_s
+    return SessionRecord(
+        id=session_id,
+        model=m.name,
+        model_sha256=m.manifest.onnx_sha256,
+        version=0,
+        states=tuple(m.manifest.init_states(1)),
+        pending="",
+        logits=None,
+        created_at=now,
+        ttl_s=ttl,
+        expires_at=now + ttl,
+        owner=owner,
+    )
+
+
+async def _current(s: Services, seq: Sequence, owner: str | None) -> SessionRecord | None:
+    """The live record, or None when missing and `sequence_start` allows that."""
+    try:
+        rec = await s.store.get(seq.session_id)
+    except (SessionNotFound, SessionExpired, SessionEvicted) as e:
+        if seq.start:
+            return None
+        raise SequenceError(
+            f"sequence {seq.label} {_REASONS[type(e)]}; send sequence_start=true to begin it",
+            field="parameters.sequence_id",
+        ) from None
+    if rec.owner != owner:
+        if seq.start:
+            raise ServiceError(
+                f"sequence {seq.label} is in use",
+                status=409,
+                code="session_exists",
+                field="parameters.sequence_id",
+            )
+        raise SequenceError(
+            f"sequence {seq.label} {_REASONS[SessionNotFound]}; send sequence_start=true to "
+            "begin it",
+            field="parameters.sequence_id",
+        )
+    return rec
+
+
+def _check_model(seq: Sequence, rec: SessionRecord, m: LoadedModel) -> None:
+    if rec.model != m.name:
+        raise SequenceError(
+            f"sequence {seq.label} belongs to model {rec.model!r}, not {m.name!r}",
+            field="parameters.sequence_id",
+        )
+    if rec.model_sha256 != m.manifest.onnx_sha256:
+        raise ServiceError(
+            f"model {m.name!r} changed since sequence {seq.label} started; restart it with "
+            "sequence_start=true",
+            status=409,
+            code="model_changed",
+        )
+
+
+async def step(
+    s: Services,
+    m: LoadedModel,
+    seq: Sequence,
+    text: str | None,
+    ids: list[int] | None,
+    owner: str | None,
+) -> np.ndarray:
+    """Feed one row (`text` or token `ids`) into the sequence; returns the logits (K,) on all
+    input so far (peeking through an unfinished word, as a native feed does)."""
+    engine = s.engine
+    async with s.store.lock(seq.session_id):
+        rec = await _current(s, seq, owner)
+        if rec is not None and not seq.start:
+            _check_model(seq, rec, m)
+        base = _fresh(s, m, seq.session_id, owner) if seq.start or rec is None else rec
+        if text is not None:
+            new_ids, pending = engine.encode_stream(m, base.pending, text, "TEXT")
+        else:
+            if base.pending:
+                raise InvalidInput(
+                    f"sequence {seq.label} holds unfinished text; continue it with TEXT",
+                    field="TOKEN_IDS",
+                )
+            new_ids, pending = list(ids or []), ""
+        peek = m.tokenizer.encode(pending) if pending else []
+        states, logits = list(base.states), base.logits
+        jobs = []
+        if new_ids:
+            jobs.append(engine.prefill(m, new_ids, states))
+        if peek:
+            jobs.append(engine.prefill(m, new_ids + peek, states))
+        done = await asyncio.gather(*jobs)
+        if new_ids:
+            logits, states = done[0]
+        shown = done[-1][0] if peek else logits
+        if shown is None:
+            raise InvalidInput(
+                f"sequence {seq.label} has no tokens yet: the first request needs non-empty input",
+                field="TEXT" if text is not None else "TOKEN_IDS",
+            )
+        new = base.replace(
+            version=(rec.version + 1) if rec is not None else 1,
+            states=tuple(states),
+            pending=pending,
+            logits=logits,
+            tokens_seen=base.tokens_seen + len(new_ids),
+        )
+        if seq.end:
+            if rec is not None:
+                await s.store.delete(seq.session_id)
+        elif rec is None:
+            await s.store.create(new)
+        else:
+            await s.store.commit(new, rec.version)
+        return shown

@@ -1,0 +1,436 @@
+"""The Redis session store against a real `redis-server` on 127.0.0.1 (skipped without the binary).
+
+Two `RedisStore` instances on one server stand for two replicas: they share nothing but Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from redis.asyncio import Redis
+
+from service.engine.sessions import IdempotencyRecord, SessionRecord, redis_store
+from service.engine.sessions.redis_store import RedisStore
+from service.errors import (
+    SessionEvicted,
+    SessionExists,
+    SessionExpired,
+    SessionLimit,
+    SessionNotFound,
+    StoreUnavailable,
+    VersionConflict,
+)
+
+pytestmark = pytest.mark.redis
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisProcess:
+    """A throwaway redis-server on loopback with append-only persistence (survives a restart)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.dir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c,
+            ):
+                c.sendall(b"PING\r\n")
+                if c.recv(16).startswith(b"+PONG"):
+                    return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def stores(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two stores ("replicas") on one Redis, with a short lease so a dead holder costs little."""
+    a = RedisStore(redis_server.url, 100, lock_lease_s=0.6, socket_timeout_s=1.0)
+    b = RedisStore(redis_server.url, 100, lock_lease_s=0.6, socket_timeout_s=1.0)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def rec(sid: str, ttl: float = 30.0, version: int = 0, fill: float = 0.0) -> SessionRecord:
+    now = time.time()
+    return SessionRecord(
+        sid,
+        "m",
+        "ab" * 32,
+        version,
+        (np.full((1, 1, 3), fill, np.float32), np.arange(6, dtype=np.float32).reshape(2, 1, 3)),
+        "unfinished wo",
+        np.linspace(-1, 1, 5).astype(np.float32),
+        now,
+        ttl,
+        now + ttl,
+        owner="key-1",
+        tokens_seen=7,
+    )
+
+
+def idem(result: dict[str, Any], ttl: float = 30.0) -> IdempotencyRecord:
+    return IdempotencyRecord("fp-" + str(sorted(result.items())), result, time.time() + ttl)
+
+
+async def test_roundtrip_is_exact_and_visible_to_another_replica(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    a, b = stores
+    r = rec("s1", fill=0.25)
+    await a.create(r)
+    got = await b.get("s1")
+    assert (got.id, got.model, got.model_sha256, got.version) == ("s1", "m", "ab" * 32, 0)
+    assert (got.pending, got.owner, got.tokens_seen, got.ttl_s) == ("unfinished wo", "key-1", 7, 30)
+    for x, y in zip(got.states, r.states, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y)
+    assert got.logits is not None and r.logits is not None
+    assert np.array_equal(got.logits, r.logits)
+    assert abs(got.expires_at - (time.time() + 30)) < 2
+    # Redis keeps the idle TTL, and a read refreshes it
+    raw = Redis.from_url(redis_server.url)
+    try:
+        assert 29_000 < await raw.pttl("rnnserve:{s1}:s") <= 30_000
+        blob = await raw.hget("rnnserve:{s1}:s", "st")
+        assert isinstance(blob, bytes) and blob.startswith(b"RNNSTATE")  # the compact blob format
+        assert len(blob) < 4 * 14 + 400  # 14 float32 values plus a few hundred header bytes
+    finally:
+        await raw.aclose()
+
+
+async def test_expired_evicted_and_unknown_are_distinct(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = stores
+    with pytest.raises(SessionNotFound):
+        await a.get("never")
+    await a.create(rec("short", ttl=0.3))
+    await asyncio.sleep(0.2)
+    await b.get("short")  # refreshes the idle TTL
+    await asyncio.sleep(0.2)
+    await a.get("short")
+    await asyncio.sleep(0.45)
+    with pytest.raises(SessionExpired):
+        await b.get("short")
+    with pytest.raises(SessionExpired):  # remembered, never a silently fresh state
+        await a.commit(rec("short", version=1), 0)
+    await a.create(rec("gone"))
+    await a.delete("gone")
+    with pytest.raises(SessionNotFound):
+        await b.get("gone")
+    with pytest.raises(SessionNotFound):
+        await b.delete("gone")
+    await a.create(rec("x"))
+    with pytest.raises(SessionExists):
+        await b.create(rec("x"))
+
+
+async def test_cap_refuses_or_evicts_least_recently_used(redis_server: RedisProcess) -> None:
+    refuse = RedisStore(redis_server.url, 2, key_prefix="r:")
+    lru = RedisStore(redis_server.url, 2, evict="lru", key_prefix="l:")
+    try:
+        await refuse.create(rec("a"))
+        await refuse.create(rec("b"))
+        with pytest.raises(SessionLimit) as e:
+            await refuse.create(rec("c"))
+        assert e.value.headers["Retry-After"]
+        assert await refuse.count() == 2
+        await lru.create(rec("a"))
+        await asyncio.sleep(0.01)
+        await lru.create(rec("b"))
+        await asyncio.sleep(0.01)
+        await lru.get("a")  # b is now least recently used
+        async with lru.lock("b"):  # a session in use is never evicted: a goes instead
+            await lru.create(rec("c"))
+        with pytest.raises(SessionEvicted):
+            await lru.get("a")
+        await lru.get("b")
+        await lru.get("c")
+        assert await lru.count() == 2
+    finally:
+        await refuse.close()
+        await lru.close()
+
+
+async def test_commit_is_compare_and_set(
+    stores: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = stores
+    await a.create(rec("s"))
+    v1 = rec("s", version=1, fill=1.0)
+    monkeypatch.setattr(redis_store.secrets, "token_hex", lambda n: "same-call")
+    out = await a.commit(v1, 0)
+    assert out.version == 1 and out.expires_at > time.time() + 29
+    # the same call resent (redis-py's retry after a lost reply) finds its own write: no conflict
+    await a.commit(v1, 0)
+    monkeypatch.undo()
+    with pytest.raises(VersionConflict):
+        await b.commit(rec("s", version=1, fill=2.0), 0)  # a stale writer on another replica
+    with pytest.raises(VersionConflict):  # even one that computed a byte-identical state
+        await b.commit(v1, 0)
+    got = await b.get("s")
+    assert got.version == 1 and float(got.states[0][0, 0, 0]) == 1.0
+
+
+async def test_idempotency_records_live_beside_the_state(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    a, b = stores
+    await a.create(rec("s"))
+    result = {"version": 1, "output": {"top": [["a", np.float32(0.5)]]}, "text": "héllo"}
+    await a.commit(rec("s", version=1), 0, ("key-1", idem(result, ttl=0.4)))
+    stored = await b.get_idempotent("s", "key-1")
+    assert stored is not None
+    assert stored.result == {"version": 1, "output": {"top": [["a", 0.5]]}, "text": "héllo"}
+    assert stored.fingerprint == idem(result).fingerprint
+    assert await b.get_idempotent("s", "other") is None
+    await b.put_idempotent("s", "key-2", idem({"deleted": True}))
+    assert (await a.get_idempotent("s", "key-2")) is not None
+    raw = Redis.from_url(redis_server.url)
+    try:  # their own TTL, not the session's
+        assert await raw.pttl("rnnserve:{s}:i") > 20_000
+    finally:
+        await raw.aclose()
+    await asyncio.sleep(0.5)
+    assert await a.get_idempotent("s", "key-1") is None  # expired
+    # a session re-created under the same id never replays the old one's results
+    await a.delete("s")
+    await a.create(rec("s"))
+    assert await b.get_idempotent("s", "key-2") is None
+
+
+async def test_lock_serializes_read_modify_write_across_replicas(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """Many concurrent increments through two replicas: none lost, none doubled, no conflict."""
+    a, b = stores
+    await a.create(rec("ctr"))
+    n = 24
+
+    async def bump(store: RedisStore) -> None:
+        async with store.lock("ctr"):
+            cur = await store.get("ctr")
+            await asyncio.sleep(0.002)  # widen the race window
+            await store.commit(cur.replace(version=cur.version + 1), cur.version)
+
+    await asyncio.gather(*(bump(a if i % 2 else b) for i in range(n)))
+    assert (await a.get("ctr")).version == n
+
+    # without the lock, the same race is caught by compare-and-set instead
+    async def unlocked(store: RedisStore) -> bool:
+        cur = await store.get("ctr")
+        await asyncio.sleep(0.01)
+        try:
+            await store.commit(cur.replace(version=cur.version + 1), cur.version)
+        except VersionConflict:
+            return False
+        return True
+
+    wins = await asyncio.gather(unlocked(a), unlocked(b), unlocked(a), unlocked(b))
+    assert sum(wins) == 1
+    assert (await b.get("ctr")).version == n + 1
+
+
+async def test_lock_grants_in_arrival_order_across_replicas(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    a, b = stores
+    order: list[int] = []
+    gate = asyncio.Event()
+
+    async def holder() -> None:
+        async with a.lock("q"):
+            gate.set()
+            await asyncio.sleep(0.3)
+
+    async def waiter(i: int) -> None:
+        async with (a if i % 2 else b).lock("q"):
+            order.append(i)
+
+    h = asyncio.create_task(holder())
+    await gate.wait()
+    tasks = []
+    for i in range(6):
+        tasks.append(asyncio.create_task(waiter(i)))
+        await asyncio.sleep(0.03)  # each has queued before the next arrives
+    await asyncio.gather(h, *tasks)
+    assert order == list(range(6))
+
+
+async def test_lease_is_renewed_while_held(stores: tuple[RedisStore, RedisStore]) -> None:
+    a, b = stores
+    got_it = False
+
+    async def contender() -> None:
+        nonlocal got_it
+        async with b.lock("long"):
+            got_it = True
+
+    async with a.lock("long"):
+        t = asyncio.create_task(contender())
+        await asyncio.sleep(1.5)  # 2.5 leases: only renewal keeps b out
+        assert not got_it
+    await asyncio.wait_for(t, 2)
+    assert got_it
+
+
+async def test_a_dead_holder_blocks_for_at_most_one_lease(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    """A replica killed while holding the lease (no release, no renewal) stalls the session for
+    at most one lease; its late commit is then refused by compare-and-set."""
+    a, b = stores
+    await a.create(rec("d"))
+    raw = Redis.from_url(redis_server.url)
+    try:
+        # what a kill -9 leaves behind: a lease with a token nobody will release or renew
+        await raw.set("rnnserve:{d}:lock", "dead-replica", px=600)
+        stale = await a.get("d")
+        t0 = time.monotonic()
+        async with b.lock("d"):
+            waited = time.monotonic() - t0
+            cur = await b.get("d")
+            await b.commit(cur.replace(version=1), 0)
+        assert 0.3 < waited < 1.5
+        with pytest.raises(VersionConflict):
+            await a.commit(stale.replace(version=1, pending="stale"), 0)
+        assert (await a.get("d")).pending == "unfinished wo"
+        # a waiter that went away (cancelled) does not hold up the ones behind it
+        async with a.lock("d"):
+            gone = asyncio.create_task(b.lock("d").__aenter__())
+            await asyncio.sleep(0.05)
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        t0 = time.monotonic()
+        async with b.lock("d"):
+            assert time.monotonic() - t0 < 0.5
+        assert await raw.exists("rnnserve:{d}:q", "rnnserve:{d}:w", "rnnserve:{d}:lock") == 0
+    finally:
+        await raw.aclose()
+
+
+async def test_unavailable_store_is_503_and_recovers(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    a, _ = stores
+    await a.create(rec("p", ttl=600))
+    redis_server.stop()
+    for op in (a.get("p"), a.create(rec("q")), a.count(), a.ping()):
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable) as e:
+            await op
+        assert time.monotonic() - t0 < 3  # fails fast, does not hang the request
+        assert (e.value.status, e.value.code) == (503, "store_unavailable")
+        assert int(e.value.headers["Retry-After"]) >= 1
+    with pytest.raises(StoreUnavailable):
+        async with a.lock("p"):
+            pass
+    redis_server.start()  # same port, same append-only file: sessions resume, same client
+    await a.ping()
+    got = await a.get("p")
+    assert got.version == 0 and got.pending == "unfinished wo"
+
+
+async def test_out_of_memory_is_503_not_500(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    a, _ = stores
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await raw.config_set("maxmemory", 1)  # noeviction by default: every write is refused
+        with pytest.raises(StoreUnavailable):
+            await a.create(rec("oom"))
+        await raw.config_set("maxmemory", 0)
+        await a.create(rec("oom"))
+    finally:
+        await raw.aclose()
+
+
+async def test_sweep_counts_expired_sessions(redis_server: RedisProcess) -> None:
+    changes: list[int] = []
+    evictions: list[str] = []
+    s = RedisStore(redis_server.url, 10, on_change=changes.append, on_evict=evictions.append)
+    try:
+        await s.create(rec("a", ttl=0.2))
+        await s.create(rec("b", ttl=30))
+        assert await s.count() == 2
+        await asyncio.sleep(0.3)
+        assert await s.sweep() == 1
+        assert await s.count() == 1
+        assert changes[-1] == 1 and evictions == ["expired"]
+    finally:
+        await s.close()

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.engine.sampling import StopMatcher, log_softmax, sample, softmax
+
+
+def _logits(b: int = 4, k: int = 10, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((b, k)).astype(np.float32) * 3
+
+
+def _run(logits: np.ndarray, t: float, k: int, p: float, u: np.ndarray) -> np.ndarray:
+    b = logits.shape[0]
+    return sample(logits, np.full(b, t), np.full(b, k), np.full(b, p), u)
+
+
+def test_greedy_and_degenerate_settings_are_argmax() -> None:
+    lg = _logits()
+    u = np.random.default_rng(1).random(4)
+    best = lg.argmax(-1)
+    assert (_run(lg, 0.0, 0, 1.0, u) == best).all()
+    assert (_run(lg, 1.0, 1, 1.0, u) == best).all()  # top-k 1
+    assert (_run(lg, 1.0, 0, 1e-9, u) == best).all()  # tiny top-p keeps the best token only
+
+
+def test_top_k_never_leaves_the_k_best() -> None:
+    lg = _logits(b=256, k=20)
+    u = np.random.default_rng(2).random(256)
+    out = _run(lg, 5.0, 3, 1.0, u)
+    top3 = np.argsort(-lg, axis=-1)[:, :3]
+    assert all(out[i] in top3[i] for i in range(256))
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p() -> None:
+    lg = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], np.float32))
+    seen = {int(_run(lg, 1.0, 0, 0.7, np.array([u]))[0]) for u in np.linspace(0, 0.999, 200)}
+    assert seen == {0, 1}
+
+
+def test_rows_use_their_own_parameters_and_frequencies_match() -> None:
+    lg = np.log(np.array([[0.6, 0.4]] * 2, np.float32))
+    n = 4000
+    rng = np.random.default_rng(3)
+    counts = np.zeros(2)
+    for _ in range(n):
+        out = sample(lg, np.array([1.0, 0.0]), np.zeros(2, int), np.ones(2), rng.random(2))
+        assert out[1] == 0  # the greedy row
+        counts[out[0]] += 1
+    assert abs(counts[0] / n - 0.6) < 0.03
+
+
+def test_same_seed_same_draws() -> None:
+    lg = _logits(b=1, k=30)
+    a = [int(_run(lg, 1.0, 0, 1.0, np.array([r]))[0]) for r in np.random.default_rng(7).random(50)]
+    b = [int(_run(lg, 1.0, 0, 1.0, np.array([r]))[0]) for r in np.random.default_rng(7).random(50)]
+    assert a == b
+
+
+def test_softmax_is_stable() -> None:
+    p = softmax(np.array([1000.0, 0.0, -1000.0]))
+    assert np.isclose(p.sum(), 1) and p[0] > 0.999
+    assert np.isfinite(log_softmax(np.array([1e4, -1e4]))).all()
+
+
+@pytest.mark.parametrize(
+    ("pieces", "stops", "emitted", "matched"),
+    [
+        (["a", "b", "c"], [], "abc", None),
+        (["he", "ll", "o w"], ["lo"], "hel", "lo"),
+        (["a", "\n", "\n", "b"], ["\n\n"], "a", "\n\n"),
+        (["x", "\n", "y"], ["\n\n"], "x\ny", None),
+        (["ab", "cd"], ["bc", "d"], "a", "bc"),
+    ],
+)
+def test_stop_matcher(
+    pieces: list[str], stops: list[str], emitted: str, matched: str | None
+) -> None:
+    m = StopMatcher(stops)
+    out = ""
+    for p in pieces:
+        out += m.push(p)
+        if m.matched:
+            break
+    if not m.matched:
+        out += m.flush()
+    assert (out, m.matched) == (emitted, matched)

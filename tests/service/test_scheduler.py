@@ -1,0 +1,171 @@
+"""The scheduler against a fake runner at the seam (no onnxruntime)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.contract import load_manifest
+from service.engine.sampling import SamplingParams
+from service.engine.scheduler import Scheduler, SchedulerConfig
+from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
+from service.errors import EngineError, Overloaded
+from tests.conftest import FIXTURE_MODELS
+
+
+class FakeRunner:
+    """State h accumulates the sum of real tokens; logits point at (h mod K)."""
+
+    def __init__(self) -> None:
+        self.manifest = load_manifest(FIXTURE_MODELS / "tiny-char-gru")
+        self.calls: list[tuple[int, int]] = []  # (B, T) per call
+        self.fail = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def run(
+        self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.gate.wait(5)
+        self.calls.append(tokens.shape)
+        if self.fail:
+            raise RuntimeError("boom")
+        mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+        add = (tokens * mask).sum(axis=1).astype(np.float32)  # (B,)
+        h = states[0] + add[None, :, None]
+        k = 58
+        logits = np.full((tokens.shape[0], k), -10.0, np.float32)
+        logits[np.arange(tokens.shape[0]), h[0, :, 0].astype(int) % k] = 10.0
+        return logits, [h]
+
+
+def make(runner: FakeRunner, **cfg: Any) -> Scheduler:
+    s = Scheduler(runner, SchedulerConfig(**{"max_wait_ms": 5.0, **cfg}))  # type: ignore[arg-type]
+    s.start()
+    return s
+
+
+async def test_prefill_batches_concurrent_jobs_exactly() -> None:
+    runner = FakeRunner()
+    s = make(runner, max_batch_size=8)
+    jobs = [[i + 1] * (i % 5 + 1) for i in range(16)]
+    results = await asyncio.gather(*(s.prefill(j) for j in jobs))
+    for j, (_, rows) in zip(jobs, results, strict=True):
+        assert rows[0].shape == (1, 1, 32)
+        assert rows[0][0, 0, 0] == sum(j)  # exact: padding ignored
+    assert len(runner.calls) < len(jobs)  # batched
+    assert max(b for b, _ in runner.calls) <= 8
+    await s.close(1)
+
+
+async def test_buckets_limit_padding() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    s = make(runner, max_batch_size=64)
+    blocker = asyncio.ensure_future(s.prefill([1]))
+    await asyncio.sleep(0.02)  # the loop is now stuck in the first call
+    short = [s.prefill([1, 2]) for _ in range(4)]
+    long = [s.prefill([1] * 500) for _ in range(4)]
+    runner.gate.set()
+    await asyncio.gather(blocker, *short, *long)
+    assert (4, 2) in runner.calls and (4, 500) in runner.calls
+    await s.close(1)
+
+
+async def test_failed_batch_fails_every_waiter_and_recovers() -> None:
+    runner = FakeRunner()
+    runner.fail = True
+    s = make(runner)
+    results = await asyncio.gather(*(s.prefill([1, 2]) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, EngineError) for r in results)
+    runner.fail = False
+    _, rows = await s.prefill([3])
+    assert rows[0][0, 0, 0] == 3
+    await s.close(1)
+
+
+def _stream(runner: FakeRunner, max_tokens: int, seed: int = 0) -> Stream:
+    params = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=seed, max_tokens=max_tokens)
+    logits = np.zeros(58, np.float32)
+    logits[1] = 1
+    return Stream(params, logits, runner.manifest.init_states(1), str)
+
+
+async def _drain(stream: Stream) -> tuple[list[TokenEvent], DoneEvent | ErrorEvent]:
+    toks: list[TokenEvent] = []
+    async for ev in stream.iter_events():
+        if isinstance(ev, TokenEvent):
+            toks.append(ev)
+        else:
+            return toks, ev
+    raise AssertionError("no final event")
+
+
+async def test_decode_is_continuously_batched() -> None:
+    runner = FakeRunner()
+    s = make(runner, max_streams=64)
+    streams = [_stream(runner, max_tokens=3 + i % 4) for i in range(40)]
+    for st in streams:
+        s.join(st)
+    outs = await asyncio.gather(*(_drain(st) for st in streams))
+    for st, (toks, done) in zip(streams, outs, strict=True):
+        assert isinstance(done, DoneEvent)
+        assert len(toks) == st.params.max_tokens == done.completion_tokens
+        # greedy on the fake model: h accumulates tokens, so the final state is their sum
+        assert done.states[0][0, 0, 0] == sum(t.token_id for t in toks)
+    decode_calls = [c for c in runner.calls if c[1] == 1]
+    assert len(decode_calls) == 6  # one call per step for all streams; longest stream has 6
+    assert decode_calls[0] == (40, 1)
+    await s.close(1)
+
+
+async def test_streams_join_between_steps_and_cancelled_ones_leave() -> None:
+    runner = FakeRunner()
+    s = make(runner)
+    a, b = _stream(runner, 50), _stream(runner, 5)
+    s.join(a)
+    while a.produced < 3:
+        await asyncio.sleep(0.001)
+    s.join(b)
+    toks, done = await _drain(b)
+    assert isinstance(done, DoneEvent) and len(toks) == 5
+    a.cancel()
+    await asyncio.sleep(0.02)
+    assert s.active_streams == 0
+    assert any(c == (2, 1) for c in runner.calls)
+    await s.close(1)
+
+
+async def test_decode_failure_fails_all_streams() -> None:
+    runner = FakeRunner()
+    s = make(runner)
+    runner.fail = True
+    streams = [_stream(runner, 10) for _ in range(3)]
+    for st in streams:
+        s.join(st)
+    outs = await asyncio.gather(*(_drain(st) for st in streams))
+    assert all(isinstance(done, ErrorEvent) for _, done in outs)
+    await s.close(1)
+
+
+async def test_bounded_queue_and_shutdown() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    s = make(runner, max_queue=2)
+    first = asyncio.ensure_future(s.prefill([1]))
+    await asyncio.sleep(0.02)
+    queued = [asyncio.ensure_future(s.prefill([1])) for _ in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(Overloaded) as e:
+        await s.prefill([1])
+    assert e.value.headers["Retry-After"]
+    runner.gate.set()
+    await asyncio.gather(first, *queued)
+    await s.close(1)
+    with pytest.raises(Overloaded, match="shutting down"):
+        await s.prefill([1])

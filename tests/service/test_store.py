@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.engine.sessions import IdempotencyRecord, MemoryStore, SessionRecord
+from service.errors import (
+    SessionEvicted,
+    SessionExists,
+    SessionExpired,
+    SessionLimit,
+    SessionNotFound,
+    VersionConflict,
+)
+from tests.service.conftest import FakeClock
+
+
+def rec(sid: str, clock: FakeClock, ttl: float = 10.0, version: int = 0) -> SessionRecord:
+    now = clock()
+    return SessionRecord(
+        sid,
+        "m",
+        "0" * 64,
+        version,
+        (np.zeros((1, 1, 2), np.float32),),
+        "",
+        None,
+        now,
+        ttl,
+        now + ttl,
+    )
+
+
+async def test_ttl_expiry_is_distinct_from_unknown(clock: FakeClock) -> None:
+    store = MemoryStore(10, clock=clock)
+    await store.create(rec("a", clock))
+    clock.advance(9)
+    await store.get("a")  # refreshes the idle TTL
+    clock.advance(9)
+    assert (await store.get("a")).id == "a"
+    clock.advance(10.5)
+    with pytest.raises(SessionExpired):
+        await store.get("a")
+    with pytest.raises(SessionExpired):  # remembered, not silently fresh
+        await store.get("a")
+    with pytest.raises(SessionNotFound):
+        await store.get("never")
+    assert await store.count() == 0
+
+
+async def test_cap_refuses_or_evicts_lru(clock: FakeClock) -> None:
+    store = MemoryStore(2, clock=clock)
+    await store.create(rec("a", clock))
+    await store.create(rec("b", clock))
+    with pytest.raises(SessionLimit) as e:
+        await store.create(rec("c", clock))
+    assert e.value.headers["Retry-After"]
+    lru = MemoryStore(2, evict="lru", clock=clock)
+    await lru.create(rec("a", clock))
+    await lru.create(rec("b", clock))
+    await lru.get("a")  # b is now least recently used
+    await lru.create(rec("c", clock))
+    with pytest.raises(SessionEvicted):
+        await lru.get("b")
+    await lru.get("a")
+    await lru.get("c")
+
+
+async def test_expired_sessions_free_room(clock: FakeClock) -> None:
+    store = MemoryStore(1, clock=clock)
+    await store.create(rec("a", clock))
+    clock.advance(11)
+    await store.create(rec("b", clock))
+    with pytest.raises(SessionExpired):
+        await store.get("a")
+
+
+async def test_commit_is_compare_and_set_with_idempotency(clock: FakeClock) -> None:
+    store = MemoryStore(10, clock=clock)
+    r0 = rec("a", clock)
+    await store.create(r0)
+    with pytest.raises(SessionExists):
+        await store.create(rec("a", clock))
+    idem = IdempotencyRecord("fp", {"x": 1}, clock() + 5)
+    await store.commit(r0.replace(version=1), 0, ("k", idem))
+    with pytest.raises(VersionConflict):
+        await store.commit(r0.replace(version=1), 0)
+    assert (await store.get("a")).version == 1
+    assert await store.get_idempotent("a", "k") == idem
+    clock.advance(6)
+    await store.get("a")
+    assert await store.get_idempotent("a", "k") is None
+    await store.delete("a")
+    with pytest.raises(SessionNotFound):
+        await store.get("a")
+
+
+async def test_lock_serializes_in_arrival_order(clock: FakeClock) -> None:
+    store = MemoryStore(10, clock=clock)
+    order: list[int] = []
+
+    async def op(i: int) -> None:
+        async with store.lock("s"):
+            await asyncio.sleep(0.001 * (i % 3))
+            order.append(i)
+
+    await asyncio.gather(*(op(i) for i in range(20)))
+    assert order == list(range(20))
+    assert not store._locks  # cleaned up
+
+
+async def test_sweep_drops_expired(clock: FakeClock) -> None:
+    store = MemoryStore(10, clock=clock, expired_memory_s=100)
+    await store.create(rec("a", clock))
+    await store.create(rec("b", clock, ttl=1000))
+    clock.advance(11)
+    assert await store.sweep() == 1
+    assert await store.count() == 1
+    clock.advance(200)
+    await store.sweep()
+    with pytest.raises(SessionNotFound):  # forgotten after expired_memory_s
+        await store.get("a")
