@@ -15,6 +15,7 @@ from starlette.responses import Response
 from service.api import health, metrics, models, sessions, ws
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
+from service.api.v2.router import router as v2_router
 from service.engine.engine import Engine
 from service.engine.registry import Registry, load_registry
 from service.engine.scheduler import SchedulerConfig
@@ -105,6 +106,7 @@ def create_app(
     install_error_handlers(app)
     for r in (health.router, metrics.router, models.router, sessions.router, ws.router):
         app.include_router(r)
+    app.include_router(v2_router)
     app.middleware("http")(_observe)
     return app
 

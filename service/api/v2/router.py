@@ -1,0 +1,231 @@
+"""`/v2/...`: the Open Inference Protocol v2 (KServe v2 REST, as Triton implements it).
+
+Errors here have the protocol's shape, `{"error": "message"}`: client mistakes are 400 (the
+native 422 included), unknown models or versions 404, overload 503.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service.api.deps import Services, get_owner, get_services
+from service.api.v2 import binary, protocol, serving
+from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
+from service.engine.registry import LoadedModel
+from service.errors import ModelNotFound, ServiceError
+from service.logging import get_logger
+
+log = get_logger("api.v2")
+
+EXTENSIONS = ["binary_tensor_data", "sequence"]
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class V2Route(APIRoute):
+    """Maps every failure of a v2 route to `{"error": "message"}`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as e:
+                if e.status >= 500:
+                    log.error("v2 request failed", extra={"code": e.code, "reason": e.message})
+                return error_response(400 if e.status == 422 else e.status, e.message, e.headers)
+            except RequestValidationError as e:
+                first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+                where = ".".join(str(p) for p in first.get("loc", ()))
+                return error_response(400, f"{where}: {first.get('msg')}")
+            except HTTPException as e:
+                return error_response(e.status_code, str(e.detail))
+
+        return handle
+
+
+router = APIRouter(prefix="/v2", tags=["v2 (KServe / Triton)"], route_class=V2Route)
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Malformed request, tensor or sequence"},
+    404: {"model": ErrorResponse, "description": "Unknown model or version"},
+    503: {"model": ErrorResponse, "description": "Not ready, queue full or shutting down"},
+}
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("rnnserve")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "0"
+
+
+def _model(s: Services, name: str, version: str | None) -> LoadedModel:
+    m = s.engine.model(name)
+    if version is not None and version != m.manifest.version:
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r} (serving version {m.manifest.version!r})"
+        )
+    return m
+
+
+@router.get("", response_model=ServerMetadata, summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    return ServerMetadata(name="rnnserve", version=_server_version(), extensions=EXTENSIONS)
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness", responses=_ERRORS)
+async def ready(s: Services = Depends(get_services)) -> Response:
+    reg = s.engine.registry
+    # the same rule as /readyz
+    if reg.models and not (reg.failed and s.settings.require_all_models):
+        return JSONResponse({"ready": True})
+    return error_response(
+        503,
+        "not ready: "
+        + ("no model loaded" if not reg.models else f"{len(reg.failed)} model(s) refused"),
+    )
+
+
+def _metadata(m: LoadedModel) -> ModelMetadata:
+    man = m.manifest
+    params: dict[str, Any] = {"task": man.task}
+    if man.labels is not None:
+        params["labels"] = man.labels
+    else:
+        params["vocab_size"] = m.tokenizer.vocab_size
+    return ModelMetadata(
+        name=m.name,
+        versions=[man.version],
+        platform="onnxruntime_onnx",
+        inputs=protocol.input_specs(m),
+        outputs=protocol.output_specs(m),
+        parameters=params,
+    )
+
+
+@router.get(
+    "/models/{model}",
+    response_model=ModelMetadata,
+    responses=_ERRORS,
+    summary="Model metadata: input and output tensors",
+)
+async def model_metadata(model: str, s: Services = Depends(get_services)) -> ModelMetadata:
+    return _metadata(_model(s, model, None))
+
+
+@router.get(
+    "/models/{model}/versions/{version}",
+    response_model=ModelMetadata,
+    responses=_ERRORS,
+    summary="Model metadata (a given version)",
+)
+async def model_version_metadata(
+    model: str, version: str, s: Services = Depends(get_services)
+) -> ModelMetadata:
+    return _metadata(_model(s, model, version))
+
+
+@router.get(
+    "/models/{model}/ready", response_model=ModelReady, responses=_ERRORS, summary="Model readiness"
+)
+async def model_ready(model: str, s: Services = Depends(get_services)) -> ModelReady:
+    return ModelReady(name=_model(s, model, None).name, ready=True)
+
+
+@router.get(
+    "/models/{model}/versions/{version}/ready",
+    response_model=ModelReady,
+    responses=_ERRORS,
+    summary="Model readiness (a given version)",
+)
+async def model_version_ready(
+    model: str, version: str, s: Services = Depends(get_services)
+) -> ModelReady:
+    return ModelReady(name=_model(s, model, version).name, ready=True)
+
+
+_INFER_DOC: dict[str, Any] = {
+    "requestBody": {
+        "description": "A v2 inference request (JSON), optionally followed by binary tensor data "
+        f"(then `{binary.HEADER_LENGTH}` gives the JSON's length).",
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+
+async def _infer(
+    model: str, version: str | None, request: Request, s: Services, owner: str | None
+) -> Response:
+    m = _model(s, model, version)
+    body = binary.decompress(await request.body(), request.headers.get("content-encoding"))
+    header, rest = binary.split_body(body, request.headers.get(binary.HEADER_LENGTH))
+    req = protocol.parse_request(header)
+    params = req.parameters or {}
+    protocol.check_parameters(params)
+    seq = protocol.parse_sequence(params)
+    default_binary = protocol.binary_output_default(params)
+    rows = serving.read_rows(m, req, rest, s)
+    logits = await serving.run(s, m, rows, seq, owner)
+    content, header_length = serving.respond(m, req, logits, default_binary)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={binary.HEADER_LENGTH: str(header_length)},
+    )
+
+
+@router.post(
+    "/models/{model}/infer",
+    response_model=protocol.InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_DOC,
+    summary="Inference (stateless, or one step of a sequence)",
+)
+async def infer(
+    model: str,
+    request: Request,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> Response:
+    return await _infer(model, None, request, s, owner)
+
+
+@router.post(
+    "/models/{model}/versions/{version}/infer",
+    response_model=protocol.InferResponse,
+    responses=_ERRORS,
+    openapi_extra=_INFER_DOC,
+    summary="Inference (a given version)",
+)
+async def infer_version(
+    model: str,
+    version: str,
+    request: Request,
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> Response:
+    return await _infer(model, version, request, s, owner)
