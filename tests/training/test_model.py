@@ -201,3 +201,14 @@ def test_peephole_backward_matches_autograd(masked: bool) -> None:
     want = peephole_scan(*args, mask)
     for x, y in zip(got, want, strict=True):
         assert close(x, y, 1e-12)
+
+
+def test_peephole_runs_in_float32_under_autocast() -> None:
+    """Mixed precision (CUDA AMP in training; bf16 autocast on CPU here) keeps the recurrence fp32."""
+    m = make("next_token", "peephole_lstm")
+    m.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, state = m(torch.randint(0, V, (2, 5)))
+    assert all(s.dtype == torch.float32 for s in state)
+    out.float().sum().backward()
+    assert m.rnn.weight_peep_l0.grad is not None
