@@ -30,7 +30,17 @@ log = get_logger("app")
 
 def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionStore:
     if settings.store == "redis":
-        raise NotImplementedError("store=redis is not available yet (issue 6)")
+        from service.engine.sessions.redis_store import RedisStore
+
+        return RedisStore(
+            settings.redis_url,
+            settings.max_sessions,
+            evict=settings.session_evict,
+            expired_memory_s=settings.expired_memory_s,
+            clock=clock,
+            on_change=metrics.live_sessions.set,
+            on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
+        )
     return MemoryStore(
         settings.max_sessions,
         evict=settings.session_evict,

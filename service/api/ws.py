@@ -102,7 +102,10 @@ async def session_ws(
                 msg = _parse.validate_json(raw)
             except ValidationError as e:
                 err = e.errors()[0]
-                field = field_of(err["loc"]) if err["loc"] else "message"
+                loc = list(err["loc"])
+                if loc and loc[0] in ("feed", "generate", "reset"):  # the union's tag
+                    loc = loc[1:]
+                field = field_of(loc) if loc else "message"
                 bad = ServiceError(
                     f"{field}: {err['msg']}", status=422, code="invalid_input", field=field
                 )

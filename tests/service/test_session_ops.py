@@ -1,0 +1,113 @@
+"""Session semantics at the engine level (no HTTP): order, atomicity under faults."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from service.engine.engine import Engine, GenerateParams
+from service.engine.registry import LoadedModel, Registry
+from service.engine.scheduler import SchedulerConfig
+from service.engine.session_ops import SessionService
+from service.engine.sessions import MemoryStore
+from service.errors import EngineError
+from tests.service.conftest import LM, FakeClock
+
+
+class FlakyRunner:
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.manifest = real.manifest
+        self.session = real.session
+        self.provider = real.provider
+        self.fail_after: int | None = None
+        self.calls = 0
+
+    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]) -> Any:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RuntimeError("injected onnxruntime failure")
+        return self.real.run(tokens, lengths, states)
+
+
+@pytest.fixture
+async def svc(registry: Registry, clock: FakeClock) -> AsyncIterator[SessionService]:
+    m = registry.models[LM]
+    flaky = FlakyRunner(m.runner)
+    reg = Registry({LM: LoadedModel(m.manifest, flaky, m.tokenizer, m.path)})  # type: ignore[arg-type]
+    engine = Engine(reg, SchedulerConfig(max_wait_ms=1.0))
+    engine.start()
+    yield SessionService(
+        engine,
+        MemoryStore(100, clock=clock),
+        default_ttl_s=60,
+        max_ttl_s=600,
+        idempotency_ttl_s=60,
+        clock=clock,
+    )
+    await engine.close(1)
+
+
+def _flaky(svc: SessionService) -> FlakyRunner:
+    runner: FlakyRunner = svc.engine.model(LM).runner  # type: ignore[assignment]
+    return runner
+
+
+async def test_operations_apply_in_arrival_order(svc: SessionService) -> None:
+    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    pieces = [f"{chr(97 + i % 26)}" for i in range(50)]
+    tasks = [asyncio.create_task(svc.feed(sid, p, 3, None, None, None)) for p in pieces]
+    results = await asyncio.gather(*tasks)
+    assert [r["version"] for r in results] == list(range(1, 51))  # task i committed version i+1
+
+
+async def test_engine_failure_leaves_session_unchanged(svc: SessionService) -> None:
+    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    await svc.feed(sid, "abc", 3, None, None, None)
+    before = await svc.export_state(sid, None)
+    _flaky(svc).fail_after = _flaky(svc).calls
+    with pytest.raises(EngineError):
+        await svc.feed(sid, "def", 3, None, None, None)
+    gen = await svc.open_generation(sid, GenerateParams(max_tokens=5), None, None, None)
+    with pytest.raises(EngineError):
+        await gen.collect()
+    assert await svc.export_state(sid, None) == before
+    _flaky(svc).fail_after = None
+    assert (await svc.feed(sid, "def", 3, None, None, None))["version"] == 2
+
+
+async def test_failure_mid_generation_leaves_session_unchanged(svc: SessionService) -> None:
+    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    before = await svc.export_state(sid, None)
+    gen = await svc.open_generation(sid, GenerateParams(max_tokens=50), None, None, None)
+    _flaky(svc).fail_after = _flaky(svc).calls + 5  # fail on the 6th decode step
+    seen = 0
+    with pytest.raises(EngineError):
+        async for _ in gen.events():
+            seen += 1
+    assert seen == 6
+    assert await svc.export_state(sid, None) == before
+
+
+async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None:
+    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    before = await svc.export_state(sid, None)
+    gen = await svc.open_generation(sid, GenerateParams(max_tokens=1000), None, None, None)
+
+    async def consume() -> None:
+        async for _ in gen.events():
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await svc.export_state(sid, None) == before
+    assert svc.engine.schedulers[LM].active_streams in (0, 1)  # dropped before the next step
+    r = await asyncio.wait_for(svc.feed(sid, "a", 1, None, None, None), 2)  # lock released
+    assert r["version"] == 1

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import Settings
+
+
+def test_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNSERVE_MODELS_DIR", "/srv/models")
+    monkeypatch.setenv("RNNSERVE_MAX_BATCH_SIZE", "32")
+    monkeypatch.setenv("RNNSERVE_PROVIDERS", '["CPUExecutionProvider"]')
+    monkeypatch.setenv("RNNSERVE_STORE", "memory")
+    s = Settings()
+    assert s.models_dir == Path("/srv/models") and s.max_batch_size == 32
+    assert s.providers == ["CPUExecutionProvider"]
+
+
+def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RNNSERVE_MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Settings()
+
+
+def test_every_field_is_documented() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
