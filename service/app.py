@@ -15,6 +15,8 @@ from starlette.responses import Response
 from service.api import health, metrics, models, sessions, ws
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
+from service.api.openai.router import compat_router as openai_compat_router
+from service.api.openai.router import router as openai_router
 from service.api.v2.router import router as v2_router
 from service.engine.engine import Engine
 from service.engine.registry import Registry, load_registry
@@ -117,6 +119,8 @@ def create_app(
     for r in (health.router, metrics.router, models.router, sessions.router, ws.router):
         app.include_router(r)
     app.include_router(v2_router)
+    app.include_router(openai_router)
+    app.include_router(openai_compat_router)
     app.middleware("http")(_observe)
     return app
 

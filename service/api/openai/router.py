@@ -1,0 +1,190 @@
+"""OpenAI-compatible surface for the language models: `/openai/v1/{models,completions}`.
+
+`/v1/completions` is also served (it does not clash with the native API); `/v1/models` is the
+native list, so an OpenAI client's `base_url` should be `http://host:port/openai/v1`.
+Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from service.api.deps import Services, get_owner, get_services
+from service.api.openai import serving
+from service.api.openai.protocol import (
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelCardList,
+    error_body,
+)
+from service.engine.registry import LoadedModel
+from service.errors import ModelNotFound, ServiceError
+from service.logging import get_logger
+
+log = get_logger("api.openai")
+
+
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(message, status, param, code), status, headers=headers)
+
+
+def _validation(e: RequestValidationError) -> JSONResponse:
+    errors = list(e.errors())
+    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = loc[0] if loc else None
+    if first.get("type") == "extra_forbidden":
+        msg = f"unsupported parameter {param!r}"
+    elif first.get("type") == "json_invalid":
+        msg, param = f"body is not valid JSON: {first.get('msg')}", None
+    else:
+        msg = f"{'.'.join(loc) or 'body'}: {first.get('msg')}"
+    return error_response(400, msg, param, "invalid_request")
+
+
+class OpenAIRoute(APIRoute):
+    """Maps every failure of an OpenAI route to OpenAI's error shape (client mistakes: 400)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except ServiceError as e:
+                if e.status >= 500:
+                    log.error("openai request failed", extra={"code": e.code, "reason": e.message})
+                status = 400 if e.status == 422 else e.status
+                return error_response(status, e.message, e.field, e.code, e.headers)
+            except RequestValidationError as e:
+                return _validation(e)
+            except HTTPException as e:
+                return error_response(e.status_code, str(e.detail))
+
+        return handle
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "Invalid or unsupported parameter"},
+    404: {"model": ErrorResponse, "description": "Unknown model or session"},
+    409: {"model": ErrorResponse, "description": "Session version conflict"},
+    503: {"model": ErrorResponse, "description": "Overloaded or shutting down (Retry-After)"},
+}
+_STREAM_DOC: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or `text/event-stream` when `stream` is true",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def _card(m: LoadedModel) -> ModelCard:
+    created = int((m.path / "manifest.json").stat().st_mtime) if m.path.is_dir() else 0
+    return ModelCard(id=m.name, created=created)
+
+
+def _language_model(s: Services, name: str) -> LoadedModel:
+    m = s.engine.model(name)
+    if m.manifest.task != "next_token":
+        raise ModelNotFound(
+            f"model {name!r} is a {m.manifest.task} model; the completions API serves language "
+            "models",
+            field="model",
+        )
+    return m
+
+
+async def list_models(s: Services = Depends(get_services)) -> ModelCardList:
+    lms = [m for m in s.engine.registry.models.values() if m.manifest.task == "next_token"]
+    return ModelCardList(data=[_card(m) for m in lms])
+
+
+async def retrieve_model(model: str, s: Services = Depends(get_services)) -> ModelCard:
+    return _card(_language_model(s, model))
+
+
+async def create_completion(
+    body: CompletionRequest,
+    idempotency_key: str | None = Header(
+        None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=256,
+        description="With `session_id`: a retry returns the stored result, state advances once.",
+    ),
+    s: Services = Depends(get_services),
+    owner: str | None = Depends(get_owner),
+) -> Response | dict[str, Any]:
+    req = body.validate_for(s.settings)
+    _language_model(s, req.model)
+    completion = await serving.start(s, req, owner, idempotency_key)
+    if req.stream:
+        return serving.CompletionStream(completion)
+    return await serving.collect(completion)
+
+
+async def chat_completions() -> Response:
+    return error_response(
+        404,
+        "chat completions are not served: these are character-level language models trained on "
+        "plain text, with no chat template or roles; use /completions with a text prompt",
+        None,
+        "unsupported_endpoint",
+    )
+
+
+def _router(prefix: str, with_models: bool) -> APIRouter:
+    r = APIRouter(prefix=prefix, tags=["OpenAI-compatible"], route_class=OpenAIRoute)
+    if with_models:
+        r.add_api_route(
+            "/models",
+            list_models,
+            methods=["GET"],
+            response_model=ModelCardList,
+            summary="Language models (OpenAI model list)",
+        )
+        r.add_api_route(
+            "/models/{model}",
+            retrieve_model,
+            methods=["GET"],
+            response_model=ModelCard,
+            responses=_ERRORS,
+            summary="One language model",
+        )
+    r.add_api_route(
+        "/completions",
+        create_completion,
+        methods=["POST"],
+        response_model=Completion,
+        response_model_exclude_none=True,
+        responses={**_STREAM_DOC, **_ERRORS},
+        summary="Text completion (JSON or SSE)",
+    )
+    r.add_api_route(
+        "/chat/completions",
+        chat_completions,
+        methods=["POST"],
+        responses={404: _ERRORS[404]},
+        summary="Not served (see docs/protocols.md)",
+    )
+    return r
+
+
+router = _router("/openai/v1", with_models=True)
+compat_router = _router("/v1", with_models=False)  # /v1/models is the native list

@@ -1,0 +1,264 @@
+"""Completions over the engine: every choice is one engine generation (they all join the model's
+continuously batched decode loop), or one session generation with the `session_id` extension.
+
+THE mapping of generation outcomes to OpenAI stream chunks:
+
+    data: {"choices": [{"index", "text", "logprobs", "finish_reason": null}], ...}  per token
+    data: {"choices": [{"index", "text": "", "finish_reason": "stop" | "length"}]}  per choice
+    data: {"choices": [], "usage": {...}}                         with include_usage
+    data: {"error": {"message", "type", "param", "code"}}         instead, on failure
+    data: [DONE]                                                  always last
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from service.api.deps import Services
+from service.api.openai.protocol import ValidCompletion, error_body
+from service.engine.engine import Finished, Generation, token_text
+from service.engine.registry import LoadedModel
+from service.engine.stream import TokenEvent
+from service.errors import InvalidInput, ServiceError
+
+
+@dataclass
+class Choice:
+    """One running completion choice and what it has produced so far."""
+
+    index: int
+    prompt: str
+    gen: Generation
+    first: bool  # the first choice of its prompt (its prompt tokens count once in usage)
+    tokens: list[str] = field(default_factory=list)
+    token_logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+
+    def add(self, m: LoadedModel, ev: TokenEvent) -> dict[str, Any] | None:
+        """Record a token; return its logprobs fragment (for a stream chunk) when asked for."""
+        if ev.logprob is None:
+            return None
+        tok = token_text(m, ev.token_id)
+        lp = float(ev.logprob["logprob"])  # type: ignore[arg-type]
+        top_list: list[dict[str, Any]] = ev.logprob["top"]  # type: ignore[assignment]
+        top = {str(t["token"]): float(t["logprob"]) for t in top_list}
+        offset = sum(len(t) for t in self.tokens)
+        self.tokens.append(tok)
+        self.token_logprobs.append(lp)
+        self.top_logprobs.append(top)
+        return {
+            "tokens": [tok],
+            "token_logprobs": [lp],
+            "top_logprobs": [top],
+            "text_offset": [offset],
+        }
+
+    def logprobs(self, echo_len: int) -> dict[str, Any]:
+        """Logprobs of the tokens that make up the returned text (a stop string cuts them)."""
+        assert self.result is not None
+        n_text = len(self.result["text"])
+        offsets, keep, at = [], 0, 0
+        for t in self.tokens:
+            if at >= n_text and self.result["finish_reason"] == "stop":
+                break
+            offsets.append(echo_len + at)
+            at += len(t)
+            keep += 1
+        return {
+            "tokens": self.tokens[:keep],
+            "token_logprobs": self.token_logprobs[:keep],
+            "top_logprobs": self.top_logprobs[:keep],
+            "text_offset": offsets,
+        }
+
+
+@dataclass
+class Running:
+    """A running completion request: its choices, ids and the model."""
+
+    m: LoadedModel
+    req: ValidCompletion
+    choices: list[Choice]
+    id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def head(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "object": "text_completion",
+            "created": self.created,
+            "model": self.m.name,
+            "system_fingerprint": "fp_" + self.m.manifest.onnx_sha256[:12],
+        }
+
+    def usage(self) -> dict[str, int]:
+        prompt = sum(
+            c.result["usage"]["prompt_tokens"] for c in self.choices if c.first and c.result
+        )
+        done = sum(c.result["usage"]["completion_tokens"] for c in self.choices if c.result)
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
+
+    def session_fields(self) -> dict[str, Any]:
+        if self.req.session_id is None or not self.choices or self.choices[0].result is None:
+            return {}
+        return {
+            "session_id": self.req.session_id,
+            "session_version": self.choices[0].result.get("version"),
+        }
+
+    async def aclose(self) -> None:
+        for c in self.choices:
+            await c.gen.aclose()
+
+
+async def start(
+    s: Services, req: ValidCompletion, owner: str | None, idempotency_key: str | None
+) -> Running:
+    """Open every choice's generation (all or none)."""
+    m = s.engine.model(req.model)
+    s.engine.require_lm(m)
+    done = Running(m, req, [])
+    try:
+        if req.session_id is not None:
+            info = await s.sessions.get(req.session_id, owner)
+            if info["model"] != m.name:
+                raise InvalidInput(
+                    f"session {req.session_id!r} belongs to model {info['model']!r}, not "
+                    f"{m.name!r}",
+                    field="model",
+                )
+            gen = await s.sessions.open_generation(
+                req.session_id, req.choices[0][0], req.expected_version, idempotency_key, owner
+            )
+            done.choices.append(Choice(0, req.prompts[0], gen, True))
+            return done
+        for i, (prompt, row) in enumerate(zip(req.prompts, req.choices, strict=True)):
+            for j, params in enumerate(row):
+                gen = await s.engine.generate(m.name, params)
+                done.choices.append(Choice(i * len(row) + j, prompt, gen, j == 0))
+    except BaseException:
+        await done.aclose()
+        raise
+    return done
+
+
+async def collect(c: Running) -> dict[str, Any]:
+    """Run every choice to the end; the response body."""
+
+    async def one(ch: Choice) -> None:
+        async for ev in ch.gen.events():
+            if isinstance(ev, Finished):
+                ch.result = ev.result
+            else:
+                ch.add(c.m, ev)
+
+    try:
+        await asyncio.gather(*(one(ch) for ch in c.choices))
+    finally:
+        await c.aclose()
+    choices = []
+    for ch in c.choices:
+        assert ch.result is not None
+        echo = ch.prompt if c.req.echo else ""
+        choices.append(
+            {
+                "index": ch.index,
+                "text": echo + ch.result["text"],
+                "logprobs": ch.logprobs(len(echo)) if c.req.logprobs else None,
+                "finish_reason": ch.result["finish_reason"],
+            }
+        )
+    return {**c.head(), "choices": choices, "usage": c.usage(), **c.session_fields()}
+
+
+def _frame(data: dict[str, Any] | str) -> str:
+    body = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {body}\n\n"
+
+
+def _error_frame(e: BaseException) -> str:
+    if isinstance(e, ServiceError):
+        status = 400 if e.status == 422 else e.status
+        return _frame(error_body(e.message, status, e.field, e.code))
+    return _frame(error_body("internal error", 500, None, "internal_error"))
+
+
+async def sse(c: Running) -> AsyncGenerator[str, None]:
+    """Chunks of every choice as they come (choices interleave), then usage, then [DONE]."""
+    queue: asyncio.Queue[tuple[Choice, TokenEvent | Finished | BaseException]] = asyncio.Queue()
+
+    async def pump(ch: Choice) -> None:
+        try:
+            async for ev in ch.gen.events():
+                await queue.put((ch, ev))
+        except Exception as e:
+            await queue.put((ch, e))
+
+    tasks = [asyncio.create_task(pump(ch)) for ch in c.choices]
+    try:
+        for ch in c.choices:
+            if c.req.echo and ch.prompt:
+                yield _frame({**c.head(), "choices": [_chunk(ch.index, ch.prompt)]})
+        remaining = len(c.choices)
+        while remaining:
+            ch, ev = await queue.get()
+            if isinstance(ev, BaseException):
+                yield _error_frame(ev)
+                break
+            if isinstance(ev, Finished):
+                ch.result = ev.result
+                remaining -= 1
+                last = _chunk(ch.index, "", finish_reason=ev.result["finish_reason"])
+                yield _frame({**c.head(), "choices": [last], **c.session_fields()})
+                continue
+            lp = ch.add(c.m, ev)
+            if ev.text or lp is not None:
+                yield _frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]})
+        else:
+            if c.req.include_usage:
+                yield _frame({**c.head(), "choices": [], "usage": c.usage()})
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await c.aclose()
+    yield _frame("[DONE]")
+
+
+def _chunk(
+    index: int, text: str, logprobs: dict[str, Any] | None = None, finish_reason: str | None = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+class CompletionStream(StreamingResponse):
+    """`text/event-stream` that always closes every generation, however the response ends."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, c: Running) -> None:
+        self._completion = c
+        self._events = sse(c)
+        super().__init__(
+            self._events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()
+            await self._completion.aclose()
