@@ -37,7 +37,7 @@ from training.export.verify import (  # noqa: E402
     padded_diff,
     random_states,
 )
-from training.model import CELLS, ModelConfig, RNNModel  # noqa: E402
+from training.model import CELLS, ModelConfig, RNNModel, state_layout  # noqa: E402
 
 V = 11
 SPEC = CharTokenizerSpec(vocab=[chr(97 + i) for i in range(V)])
@@ -120,7 +120,8 @@ def test_chunked_equals_whole(
     model, sess, io = _cached(task, cell)
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, V, (2, length))
-    assert chunked_diff(sess, io, tokens, cuts, random_states(model, 2, rng)) <= TOL
+    states = random_states(model, 2, rng)
+    assert chunked_diff(sess, io, tokens, cuts, states, state_layout(model.cfg)) <= TOL
 
 
 # -- artifacts ---------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ class StateSlot:
     dims: tuple[int | None, ...]
     init: float = 0.0
     positive: bool = False  # a token count: any carried value is > 0 (tests draw states from this)
+    divisor: str | None = None  # a running sum, used (and compared) divided by this count state
 
     @property
     def batch_axis(self) -> int:
@@ -122,7 +123,7 @@ def state_layout(cfg: ModelConfig) -> list[StateSlot]:
         if cfg.pooling in ("max", "last_max"):
             slots.append(StateSlot("pool_max", feat, init=-math.inf))
         if cfg.pooling == "mean":
-            slots.append(StateSlot("pool_sum", feat))
+            slots.append(StateSlot("pool_sum", feat, divisor="pool_count"))
             slots.append(StateSlot("pool_count", (1, None, 1), positive=True))
     return slots
 
