@@ -111,6 +111,13 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.schedulers: dict[str, Scheduler] = {}
+        self._vocab: dict[str, list[str]] = {}  # id -> text, for fast decoding
+
+    def vocab(self, m: LoadedModel) -> list[str]:
+        table = self._vocab.get(m.name)
+        if table is None:
+            table = self._vocab[m.name] = [token_text(m, i) for i in range(m.tokenizer.vocab_size)]
+        return table
 
     def start(self) -> None:
         """Create the schedulers inside the running loop."""
@@ -146,7 +153,9 @@ class Engine:
                 "probs": dict(zip(labels, p.tolist(), strict=True)),
             }
         top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
-        return {"next": [{"token": token_text(m, int(i)), "prob": float(p[i])} for i in top]}
+        return {
+            "next": [{"token": token_text(m, int(i)), "prob": float(p[i])} for i in top.tolist()]
+        }
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None
@@ -207,7 +216,7 @@ class Engine:
         rows = states if states is not None else m.manifest.init_states(1)
         base["usage"] = {"prompt_tokens": len(ids)}
         base["seed"] = params.seed
-        stream = Stream(params, logits, list(rows), lambda i: token_text(m, i))
+        stream = Stream(params, logits, list(rows), self.vocab(m).__getitem__)
         self.schedulers[m.name].join(stream)
         return stream
 

@@ -42,29 +42,50 @@ def sample(
     top_p: np.ndarray,  # (B,) float in (0, 1]
     uniforms: np.ndarray,  # (B,) in [0, 1), one draw per stream
 ) -> np.ndarray:  # (B,) int64
+    """One token per row. Each row's result depends only on its own logits, parameters and
+    uniform (never on the other rows), so a seeded stream is reproducible in any batch."""
     K = logits.shape[1]
-    greedy = temperature <= 0
     out: np.ndarray = np.argmax(logits, axis=-1).astype(np.int64)
+    greedy = temperature <= 0
     if greedy.all():
         return out
-    t = np.where(greedy, 1.0, temperature)[:, None]
+    filtered = ((top_k > 0) & (top_k < K)) | (top_p < 1.0)
+    plain = ~greedy & ~filtered
+    if plain.any():  # the common case needs no sort: inverse CDF in vocabulary order
+        x = logits[plain].astype(np.float64) / temperature[plain, None]
+        cdf = np.cumsum(np.exp(x - x.max(axis=-1, keepdims=True)), axis=-1)
+        idx = (cdf < uniforms[plain, None] * cdf[:, -1:]).sum(axis=-1)
+        out[plain] = np.minimum(idx, K - 1)
+    rows = ~greedy & filtered
+    if rows.any():
+        out[rows] = _sample_filtered(
+            logits[rows], temperature[rows], top_k[rows], top_p[rows], uniforms[rows]
+        )
+    return out
+
+
+def _sample_filtered(
+    logits: np.ndarray,
+    temperature: np.ndarray,
+    top_k: np.ndarray,
+    top_p: np.ndarray,
+    uniforms: np.ndarray,
+) -> np.ndarray:
+    """Top-k / top-p: inverse CDF over the tokens sorted best first."""
+    K = logits.shape[1]
     order = np.argsort(-logits, axis=-1, kind="stable")  # (B, K) best first
-    sorted_logits = np.take_along_axis(logits, order, axis=-1).astype(np.float64) / t
-    probs = np.exp(sorted_logits - sorted_logits[:, :1])
-    ranks = np.arange(K)[None, :]
+    x = np.take_along_axis(logits, order, axis=-1).astype(np.float64) / temperature[:, None]
+    probs = np.exp(x - x[:, :1])
     k = np.where(top_k > 0, np.minimum(top_k, K), K)[:, None]
-    probs = np.where(ranks < k, probs, 0.0)
+    probs = np.where(np.arange(K)[None, :] < k, probs, 0.0)
     probs /= probs.sum(axis=-1, keepdims=True)
-    # top-p: keep the smallest prefix whose mass reaches p (the first token always stays)
+    # keep the smallest prefix whose mass reaches p (the best token always stays)
     before = np.cumsum(probs, axis=-1) - probs
     probs = np.where(before < top_p[:, None], probs, 0.0)
     cdf = np.cumsum(probs, axis=-1)
-    cdf /= cdf[:, -1:]
-    idx = (cdf <= uniforms[:, None]).sum(axis=-1)
-    idx = np.minimum(idx, K - 1)
-    chosen = np.take_along_axis(order, idx[:, None], axis=-1)[:, 0]
-    result: np.ndarray = np.where(greedy, out, chosen)
-    return result
+    idx = np.minimum((cdf < uniforms[:, None] * cdf[:, -1:]).sum(axis=-1), K - 1)
+    chosen: np.ndarray = np.take_along_axis(order, idx[:, None], axis=-1)[:, 0]
+    return chosen
 
 
 def logprob_info(

@@ -69,7 +69,10 @@ class Scheduler:
         self._streams: list[Stream] = []
         self._states: StateRows = []
         self._logits = np.zeros((0, 0), np.float32)
+        self._temp, self._top_p = np.zeros(0), np.zeros(0)  # per-row sampling parameters
+        self._top_k = np.zeros(0, np.int64)
         self._ones = np.ones(config.max_streams, np.int32)
+        self._last_step: float | None = None  # start of the last decode step
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.name}")
@@ -234,15 +237,19 @@ class Scheduler:
                 new.append(s)
         if not new:
             return
-        parts = [self._states] if self._streams else []
+        old = [self._states] if self._streams else []
         self._states = [
-            np.concatenate([*(p[k] for p in parts), *(s.states[k] for s in new)], axis=ax)
+            np.concatenate([*(p[k] for p in old), *(s.states[k] for s in new)], axis=ax)
             for k, ax in enumerate(self._axes)
         ]
-        rows = [s.logits[None, :] for s in new]
-        self._logits = (
-            np.concatenate([self._logits, *rows]) if self._streams else np.concatenate(rows)
-        )
+        rows = np.stack([s.logits for s in new])
+        p = [st.params for st in new]
+        if self._streams:
+            rows = np.concatenate([self._logits, rows])
+        self._logits = rows
+        self._temp = np.concatenate([self._temp, [x.temperature for x in p]])
+        self._top_k = np.concatenate([self._top_k, [x.top_k for x in p]]).astype(np.int64)
+        self._top_p = np.concatenate([self._top_p, [x.top_p for x in p]])
         self._streams += new
 
     def _keep(self, keep: np.ndarray) -> None:
@@ -255,48 +262,51 @@ class Scheduler:
             np.take(s, idx, axis=ax) for s, ax in zip(self._states, self._axes, strict=True)
         ]
         self._logits = self._logits[idx]
+        self._temp, self._top_k, self._top_p = self._temp[idx], self._top_k[idx], self._top_p[idx]
+
+    def _clear_batch(self) -> None:
+        self._streams, self._states = [], []
+        self._logits = np.zeros((0, 0), np.float32)
+        self._temp, self._top_p = np.zeros(0), np.zeros(0)
+        self._top_k = np.zeros(0, np.int64)
 
     async def _decode_step(self) -> None:
-        self._keep(np.array([not s.cancelled for s in self._streams], bool))
+        if any(s.cancelled for s in self._streams):
+            self._keep(np.array([not s.cancelled for s in self._streams], bool))
         self._admit_joins()
-        self._gauge()
         streams = self._streams
         n = len(streams)
+        self._gauge()
         if n == 0:
             return
-        temp = np.array([s.params.temperature for s in streams])
-        top_k = np.array([s.params.top_k for s in streams])
-        top_p = np.array([s.params.top_p for s in streams])
-        uniforms = np.array([s.rng.random() for s in streams])
-        tokens = sample(self._logits, temp, top_k, top_p, uniforms)  # (n,)
-        now = time.perf_counter()
+        t0 = time.perf_counter()
+        uniforms = np.fromiter((s.rng.random() for s in streams), np.float64, n)
+        tokens = sample(self._logits, self._temp, self._top_k, self._top_p, uniforms)  # (n,)
+        # (n, 1) tokens: finished rows are fed too, so their final state includes the token.
+        # onnxruntime runs in the worker thread while the per-stream bookkeeping runs here.
+        call = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.runner.run, tokens[:, None], self._ones[:n], self._states
+        )
         done = np.zeros(n, bool)
+        logits_in = self._logits
         for i, s in enumerate(streams):
             tok = int(tokens[i])
             lp = None
             if s.params.logprobs is not None:
-                lp = logprob_info(self._logits[i], tok, s.params.logprobs, s.decode)
-            if self.metrics is not None:
-                if s.last_emit is None:
-                    self.metrics.ttft.labels(self.name).observe(now - s.created)
-                else:
-                    self.metrics.itl.labels(self.name).observe(now - s.last_emit)
-            s.last_emit = now
+                lp = logprob_info(logits_in[i], tok, s.params.logprobs, s.decode)
+            if s.first_token_at is None:
+                s.first_token_at = t0
+                if self.metrics is not None:
+                    self.metrics.ttft.labels(self.name).observe(t0 - s.created)
             done[i] = s.on_token(tok, lp)
-        if self.metrics is not None:
-            self.metrics.tokens.labels(self.name).inc(n)
         try:
-            # (n, 1) tokens: finished rows are fed too, so their final state includes the token
-            logits, states = await self._call(
-                "decode", tokens[:, None], self._ones[:n], self._states
-            )
+            logits, states = await call
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
             err = e if isinstance(e, ServiceError) else EngineError(f"inference failed: {e}")
             for s in streams:
                 s.fail(err)
-            self._streams, self._states = [], []
-            self._logits = np.zeros((0, 0), np.float32)
+            self._clear_batch()
             self._gauge()
             return
         self._logits, self._states = logits, states
@@ -304,7 +314,14 @@ class Scheduler:
             rows = [np.take(st, [r], axis=ax) for st, ax in zip(states, self._axes, strict=True)]
             streams[r].finish(logits[r].copy(), rows)
         self._keep(~done)
-        self._gauge()
+        if self.metrics is not None:
+            m = self.metrics
+            m.step_time.labels(self.name, "decode").observe(time.perf_counter() - t0)
+            m.batch_size.labels(self.name, "decode").observe(n)
+            m.tokens.labels(self.name).inc(n)
+            if self._last_step is not None:  # every continuing stream saw this gap
+                m.itl.labels(self.name).observe(t0 - self._last_step)
+        self._last_step = t0 if self._streams else None
 
     def _fail_all(self, err: ServiceError) -> None:
         while self._prefill:
@@ -313,4 +330,5 @@ class Scheduler:
                 j.future.set_exception(err)
         for s in [*self._streams, *self._joining]:
             s.fail(err)
-        self._streams, self._joining = [], deque()
+        self._clear_batch()
+        self._joining = deque()

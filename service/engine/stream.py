@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -46,14 +47,23 @@ class Stream:
     states: list[np.ndarray]  # one row each
     decode: Callable[[int], str]
     created: float = field(default_factory=time.perf_counter)
-    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     produced: int = 0
-    last_emit: float | None = None
+    first_token_at: float | None = None
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.params.seed)
         self.stopper = StopMatcher(self.params.stop)
+        # a plain buffer + one waiter: cheaper than asyncio.Queue, and a consumer that falls
+        # behind drains several events per wake-up
+        self._buf: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _push(self, ev: Event) -> None:
+        self._buf.append(ev)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
@@ -67,21 +77,22 @@ class Stream:
         if finished and self.stopper.matched is None:
             text += self.stopper.flush()
         if text or logprob is not None:
-            self.events.put_nowait(TokenEvent(text, token, self.produced - 1, logprob))
+            self._push(TokenEvent(text, token, self.produced - 1, logprob))
         return finished
 
     def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
         reason = "stop" if self.stopper.matched is not None else "length"
-        self.events.put_nowait(
-            DoneEvent(reason, self.produced, logits, states, self.stopper.matched)
-        )
+        self._push(DoneEvent(reason, self.produced, logits, states, self.stopper.matched))
 
     def fail(self, error: BaseException) -> None:
-        self.events.put_nowait(ErrorEvent(error))
+        self._push(ErrorEvent(error))
 
     async def iter_events(self) -> AsyncIterator[Event]:
         while True:
-            ev = await self.events.get()
-            yield ev
-            if not isinstance(ev, TokenEvent):
-                return
+            while self._buf:
+                ev = self._buf.popleft()
+                yield ev
+                if not isinstance(ev, TokenEvent):
+                    return
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter

@@ -53,24 +53,24 @@ async def test_readyz_reflects_refused_artifacts(tmp_path: Path) -> None:
     for require_all, status in ((False, 200), (True, 503)):
         s = Settings(models_dir=tmp_path, require_all_models=require_all)
         app = create_app(s, configure_logs=False)
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://t"
-            ) as c:
-                r = await c.get("/readyz")
-                assert r.status_code == status
-                assert r.json()["models"] == [LM] and str(tmp_path / "broken") in r.json()["failed"]
-                assert (
-                    await c.post(f"/v1/models/{LM}/predict", json={"inputs": ["a"]})
-                ).status_code == 200
-                assert "rnnserve_model_load_failures 1.0" in (await c.get("/metrics")).text
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+        ):
+            r = await c.get("/readyz")
+            assert r.status_code == status
+            assert r.json()["models"] == [LM] and str(tmp_path / "broken") in r.json()["failed"]
+            assert (
+                await c.post(f"/v1/models/{LM}/predict", json={"inputs": ["a"]})
+            ).status_code == 200
+            assert "rnnserve_model_load_failures 1.0" in (await c.get("/metrics")).text
 
 
 async def test_no_models_is_not_ready(tmp_path: Path) -> None:
     app = create_app(Settings(models_dir=tmp_path / "missing"), configure_logs=False)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://t"
-        ) as c:
-            assert (await c.get("/readyz")).status_code == 503
-            assert (await c.get("/healthz")).status_code == 200
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c,
+    ):
+        assert (await c.get("/readyz")).status_code == 503
+        assert (await c.get("/healthz")).status_code == 200
