@@ -1,0 +1,251 @@
+"""A scale-out deployment on one machine: redis-server, N `rnnserve serve` replicas and an nginx
+round-robin load balancer, every one a subprocess bound to 127.0.0.1 on a free port.
+
+Used by the multi-replica test; every start waits with a deadline and `close()` always reaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `check` until true; connection errors mean "not yet", anything else propagates."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, httpx.TransportError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not up after {timeout:.0f} s")
+
+
+def _stop(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait: float = 15
+) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class Redis:
+    """redis-server with an fsync-always append-only file, so a stop/start keeps the sessions."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary, self.dir, self.port = binary, workdir, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.3) as c:
+            c.sendall(b"PING\r\n")
+            return c.recv(16).startswith(b"+PONG")
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pong, 15, "redis-server")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+class Replica:
+    def __init__(self, index: int, redis_url: str, workdir: Path, env: dict[str, str]) -> None:
+        self.index, self.port = index, free_port()
+        self.log = workdir / f"replica-{index}.log"
+        self.env = {
+            **os.environ,
+            "RNNSERVE_STORE": "redis",
+            "RNNSERVE_REDIS_URL": redis_url,
+            "RNNSERVE_MODELS_DIR": str(FIXTURE_MODELS),
+            "RNNSERVE_HOST": "127.0.0.1",
+            "RNNSERVE_PORT": str(self.port),
+            "RNNSERVE_INTRA_OP_THREADS": "1",
+            "RNNSERVE_SHUTDOWN_TIMEOUT_S": "5",
+            **env,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rnnserve.cli", "serve"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def ready(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"replica {self.index} exited; see {self.log}")
+        return httpx.get(f"http://{self.addr}/readyz", timeout=1).status_code == 200
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {dir}/nginx-access.log;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream rnnserve {{
+{servers}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://rnnserve;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 60s;
+            proxy_next_upstream error timeout;
+            add_header X-Upstream $upstream_addr always;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, binary: str, workdir: Path, upstreams: list[str]) -> None:
+        self.binary, self.dir, self.port = binary, workdir, free_port()
+        servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=2s;" for u in upstreams)
+        self.conf = workdir / "nginx.conf"
+        self.conf.write_text(NGINX_CONF.format(dir=workdir, servers=servers, port=self.port))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-p", str(self.dir), "-c", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nginx exited; see {self.dir}/nginx-error.log")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.3):
+                return True
+
+        wait_until(up, 15, "nginx")
+
+    def stop(self) -> None:
+        _stop(self.proc, signal.SIGQUIT)
+        self.proc = None
+
+
+class Cluster:
+    def __init__(self, workdir: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+        redis_bin, nginx_bin = which("redis-server"), which("nginx")
+        if redis_bin is None or nginx_bin is None:
+            raise FileNotFoundError("redis-server and nginx are needed (scripts/system-deps.sh)")
+        self.redis = Redis(redis_bin, workdir)
+        self.replicas = [Replica(i, self.redis.url, workdir, env or {}) for i in range(replicas)]
+        self.nginx = Nginx(nginx_bin, workdir, [r.addr for r in self.replicas])
+
+    def start(self) -> None:
+        try:
+            self.redis.start()
+            for r in self.replicas:
+                r.start()
+            for r in self.replicas:
+                wait_until(r.ready, 90, f"replica {r.index}")
+            self.nginx.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def replica_at(self, addr: str) -> Replica:
+        return next(r for r in self.replicas if r.addr == addr)
+
+    def close(self) -> None:
+        self.nginx.stop()
+        for r in self.replicas:
+            r.stop()
+        self.redis.stop()
