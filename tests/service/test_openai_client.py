@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,8 +15,13 @@ from tests.service.test_v2_triton import LiveServer
 
 
 @pytest.fixture(scope="module")
-def live(registry: Registry) -> Iterator[LiveServer]:
-    with LiveServer(registry, FakeClock()) as server:
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="module")
+def live(registry: Registry, clock: FakeClock) -> Iterator[LiveServer]:
+    with LiveServer(registry, clock) as server:
         yield server
 
 
@@ -173,3 +179,38 @@ async def test_async_client_streaming(live: LiveServer) -> None:
         text = "".join([ch.choices[0].text async for ch in stream if ch.choices])
         whole = await client.completions.create(model=LM, prompt="q", max_tokens=6, seed=9)
         assert text == whole.choices[0].text and len(text) == 6
+
+
+def _active_streams(live: LiveServer) -> int:
+    return int(live.app.state.services.engine.schedulers[LM].active_streams)
+
+
+def test_disconnect_mid_stream_frees_the_stream_and_keeps_the_session(live: LiveServer) -> None:
+    base = f"http://{live.url}/v1/sessions"
+    assert httpx.post(base, json={"model": LM, "session_id": "oa-drop"}).status_code == 201
+    body = {"model": LM, "prompt": "x", "max_tokens": 4096, "stream": True, "session_id": "oa-drop"}
+    with httpx.stream("POST", f"http://{live.url}/openai/v1/completions", json=body) as r:
+        first = next(line for line in r.iter_lines() if line)
+        assert first.startswith("data: {")
+    deadline = time.monotonic() + 10
+    while _active_streams(live):
+        assert time.monotonic() < deadline, "the stream was not cancelled"
+        time.sleep(0.02)
+    info = httpx.get(f"{base}/oa-drop").json()
+    assert info["version"] == 0 and info["tokens_seen"] == 0  # nothing committed
+
+
+def test_error_after_the_first_chunk_is_an_error_event(
+    client: openai.OpenAI, live: LiveServer, clock: FakeClock
+) -> None:
+    base = f"http://{live.url}/v1/sessions"
+    assert httpx.post(base, json={"model": LM, "session_id": "oa-exp"}).status_code == 201
+    stream = client.completions.create(
+        model=LM, prompt="x", max_tokens=4096, stream=True, extra_body={"session_id": "oa-exp"}
+    )
+    chunks = iter(stream)
+    next(chunks)
+    clock.advance(10**6)  # the session expires while generating: the commit fails
+    with pytest.raises(openai.APIError, match="expired"):
+        for _ in chunks:
+            pass

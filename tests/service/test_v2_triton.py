@@ -31,6 +31,7 @@ class LiveServer:
             models_dir=FIXTURE_MODELS, max_wait_ms=1.0, log_json=False, session_ttl_s=TTL
         )
         app = create_app(settings, registry=registry, clock=clock, configure_logs=False)
+        self.app = app
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"127.0.0.1:{self.sock.getsockname()[1]}"
@@ -139,6 +140,13 @@ def test_classifier_binary_default(triton: tc.InferenceServerClient, live: LiveS
     logits = res.as_numpy("LOGITS")
     e = np.exp(logits - logits.max(1, keepdims=True))
     np.testing.assert_allclose(e / e.sum(1, keepdims=True), probs, atol=1e-6)
+
+
+def test_compressed_request(triton: tc.InferenceServerClient) -> None:
+    plain = triton.infer(CLS, [text_input(TEXTS)]).as_numpy("PROBS")
+    for algorithm in ("gzip", "deflate"):
+        res = triton.infer(CLS, [text_input(TEXTS)], request_compression_algorithm=algorithm)
+        np.testing.assert_array_equal(res.as_numpy("PROBS"), plain)
 
 
 def test_classifier_json_both_ways(triton: tc.InferenceServerClient) -> None:
