@@ -63,6 +63,7 @@ async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInf
 @router.post(
     "/{model}/predict",
     response_model=PredictResponse,
+    response_model_exclude_none=True,
     responses=responses(404, 422, 503),
     summary="Classify texts, or list next-token probabilities",
 )

@@ -46,6 +46,7 @@ def _replayed(result: dict[str, Any]) -> dict[str, str]:
     "",
     status_code=201,
     response_model=SessionInfo,
+    response_model_exclude_none=True,
     responses=responses(404, 409, 422, 429),
     summary="Create a session (optionally from an exported state)",
 )
@@ -61,7 +62,12 @@ async def create_session(
     return await s.sessions.create(body.model, body.session_id, body.ttl_s, blob, owner)
 
 
-@router.get("/{session_id}", response_model=SessionInfo, responses=responses(404))
+@router.get(
+    "/{session_id}",
+    response_model=SessionInfo,
+    response_model_exclude_none=True,
+    responses=responses(404),
+)
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
@@ -79,6 +85,7 @@ async def delete_session(
 @router.post(
     "/{session_id}/reset",
     response_model=SessionInfo,
+    response_model_exclude_none=True,
     responses=responses(404, 409, 422),
     summary="Zero the state, keep the id",
 )
@@ -91,7 +98,9 @@ async def reset_session(
 ) -> JSONResponse:
     expected = body.expected_version if body is not None else None
     result = await s.sessions.reset(session_id, expected, idempotency_key, owner)
-    return JSONResponse(SessionInfo(**result).model_dump(), headers=_replayed(result))
+    return JSONResponse(
+        SessionInfo(**result).model_dump(exclude_none=True), headers=_replayed(result)
+    )
 
 
 @router.post(
@@ -111,7 +120,9 @@ async def feed(
     result = await s.sessions.feed(
         session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner
     )
-    return JSONResponse(FeedResponse(**result).model_dump(), headers=_replayed(result))
+    out = FeedResponse(**result).model_dump(exclude_none=True)
+    out.setdefault("output", None)  # no tokens so far: an explicit null
+    return JSONResponse(out, headers=_replayed(result))
 
 
 @router.post(

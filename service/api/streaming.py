@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from service.api.schemas import GenerateResponse
 from service.engine.engine import Finished, Generation
 from service.engine.stream import TokenEvent
 from service.errors import ServiceError, stream_error
@@ -42,7 +43,7 @@ async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
     try:
         async for ev in gen.events():
             if isinstance(ev, Finished):
-                yield _frame("done", ev.result)
+                yield _frame("done", GenerateResponse(**ev.result).model_dump(exclude_none=True))
             else:
                 yield _frame("token", token_payload(ev))
     except Exception as e:  # a cancellation (client gone) propagates: no frames after it

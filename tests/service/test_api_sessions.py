@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import base64
 import random
 from typing import Any
@@ -322,3 +323,30 @@ async def test_word_session_peeks_through_pending_word(client: httpx.AsyncClient
 def test_probs_helper() -> None:
     assert close({"a": 0.5}, {"a": 0.5 + 1e-6}) and not close({"a": 0.5}, {"b": 0.5})
     assert np.isclose(1.0, 1.0)
+
+
+async def test_stream_error_is_an_error_event_then_terminal(
+    make_client: ClientFactory, registry: Any
+) -> None:
+    from service.engine.registry import LoadedModel, Registry
+    from tests.service.test_session_ops import FlakyRunner
+
+    m = registry.models[LM]
+    flaky = FlakyRunner(m.runner)
+    reg = Registry({LM: LoadedModel(m.manifest, flaky, m.tokenizer, m.path)})  # type: ignore[arg-type]
+    async with make_client(reg=reg) as client:
+        sid = (await new_session(client))["session_id"]
+        flaky.fail_after = flaky.calls + 3
+        async with client.stream(
+            "POST", f"/v1/sessions/{sid}/generate", json={"max_tokens": 50, "stream": True}
+        ) as r:
+            raw = "".join([c async for c in r.aiter_text()])
+        frames = [f for f in raw.split("\n\n") if f]
+        assert frames[-1] == "data: [DONE]" and frames[-2].startswith("event: error")
+        err = json.loads(frames[-2].split("data: ", 1)[1])["error"]
+        assert err["code"] == "engine_error"
+        assert all(f.startswith("event: token") for f in frames[:-2])
+        assert (await client.get(f"/v1/sessions/{sid}")).json()["version"] == 0
+        flaky.fail_after = None
+        r2 = await client.post(f"/v1/models/{LM}/predict", json={"inputs": ["a"]})
+        assert r2.status_code == 200  # the engine recovered
