@@ -68,8 +68,7 @@ class _Builder:
 
 
 def build_graph(model: RNNModel, io: IOSpec) -> onnx.ModelProto:
-    cfg = model.cfg
-    model = model.eval()
+    cfg = model.cfg  # only weights are read: the model's train/eval mode does not matter
     g = _Builder()
     D, L = cfg.num_directions, cfg.num_layers
     st = {s.name: s for s in io.states}

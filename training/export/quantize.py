@@ -1,0 +1,147 @@
+"""The int8 variant: dynamic quantization of an exported graph, kept only if accuracy holds.
+
+`onnxruntime.quantization.quantize_dynamic` turns LSTM nodes (peepholes included) into
+`DynamicQuantizeLSTM`, and the head Gemm / embedding Gather into int8 weights; GRU and RNN nodes
+stay float (onnxruntime has no quantized kernel for them), so their gain is smaller.
+
+Caveat, measured and recorded: activations are quantized with a range computed per call over the
+whole batch, so an int8 row's result depends slightly on its batch-mates and on how a stream is
+chunked. The fp32 graph's exactness guarantees (padded == alone, chunked == whole) hold only
+approximately here; `int8_checks` in the manifest's training summary gives the deviations seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import (
+    ModelManifest,
+    Variant,
+    load_artifact,
+    save_artifact,
+    sha256_file,
+    tokenizer_from_spec,
+)
+from training.export.verify import make_session, padded_diff, run_graph
+
+INT8_FILE = "model.int8.onnx"
+Evaluate = Callable[[ort.InferenceSession, ModelManifest], float]
+log = logging.getLogger(__name__)
+
+
+def classify_accuracy(
+    sequences: Sequence[Sequence[int]], labels: Sequence[int], batch: int = 64
+) -> Evaluate:
+    """Accuracy of a classify graph on token-id sequences (padded batches, exact lengths)."""
+
+    def evaluate(sess: ort.InferenceSession, m: ModelManifest) -> float:
+        correct = 0
+        for start in range(0, len(sequences), batch):
+            rows = [list(s) or [0] for s in sequences[start : start + batch]]
+            lengths = np.array([len(r) for r in rows], np.int32)
+            tokens = np.zeros((len(rows), int(lengths.max())), np.int64)
+            for b, r in enumerate(rows):
+                tokens[b, : len(r)] = r
+            logits, _ = run_graph(sess, m.io, tokens, lengths, m.init_states(len(rows)))
+            correct += int((logits.argmax(1) == np.asarray(labels[start : start + batch])).sum())
+        return correct / len(sequences)
+
+    return evaluate
+
+
+def lm_loss(ids: Sequence[int], streams: int = 16) -> Evaluate:
+    """Mean next-token loss (nats) of a next_token graph: the text is cut into `streams`
+    contiguous pieces fed one token per call, side by side, with the state carried."""
+    arr = np.asarray(ids, np.int64)
+    n = (len(arr) - 1) // streams
+    x = arr[: n * streams].reshape(streams, n)  # (S, n) inputs
+    y = arr[1 : n * streams + 1].reshape(streams, n)  # (S, n) targets
+
+    def evaluate(sess: ort.InferenceSession, m: ModelManifest) -> float:
+        states = m.init_states(streams)
+        ones = np.ones(streams, np.int32)
+        total = 0.0
+        for t in range(n):
+            logits, states = run_graph(sess, m.io, x[:, t : t + 1], ones, states)  # (S, V)
+            z = logits - logits.max(1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+            total -= float(logp[np.arange(streams), y[:, t]].sum())
+        return total / (n * streams)
+
+    return evaluate
+
+
+def add_int8_variant(
+    artifact_dir: Path,
+    evaluate: Evaluate,
+    metric: str,
+    tolerance: float,
+    higher_is_better: bool = True,
+) -> Variant | None:
+    """Quantize, evaluate both graphs with `evaluate`, and record the variant if the metric moves
+    by at most `tolerance` in the bad direction. Returns the variant, or None if it was refused."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    manifest, onnx_path = load_artifact(artifact_dir)
+    target = artifact_dir / INT8_FILE
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / INT8_FILE
+        logging.disable(logging.WARNING)  # quantize_dynamic warns at length about every input
+        try:
+            quantize_dynamic(onnx_path, staged, weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        fp32_sess, int8_sess = (
+            make_session(onnx_path.read_bytes()),
+            make_session(staged.read_bytes()),
+        )
+        fp32, int8 = evaluate(fp32_sess, manifest), evaluate(int8_sess, manifest)
+        worse = (fp32 - int8) if higher_is_better else (int8 - fp32)
+        if worse > tolerance:
+            log.warning(
+                "int8 refused: %s %.4f -> %.4f (tolerance %g)", metric, fp32, int8, tolerance
+            )
+            return None
+        checks = {
+            "padded_max_abs_diff": _padded_int8(int8_sess, manifest),
+            "max_abs_diff_vs_fp32": _vs_fp32(fp32_sess, int8_sess, manifest),
+        }
+        staged.replace(target)
+    variant = Variant(
+        name="int8",
+        file=INT8_FILE,
+        sha256=sha256_file(target),
+        metric=metric,
+        fp32_value=fp32,
+        value=int8,
+        tolerance=tolerance,
+    )
+    training = manifest.training.model_copy(update={"int8_checks": checks})
+    others = [v for v in manifest.variants if v.name != "int8"]
+    updated = manifest.model_copy(update={"variants": [*others, variant], "training": training})
+    save_artifact(artifact_dir, onnx_path.read_bytes(), updated)
+    return variant
+
+
+def _batch(m: ModelManifest, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([12, 1, 5, 12, 7], np.int32)
+    tokens = rng.integers(0, tokenizer_from_spec(m.tokenizer).vocab_size, (len(lengths), 12))
+    return tokens, lengths
+
+
+def _padded_int8(sess: ort.InferenceSession, m: ModelManifest) -> float:
+    tokens, lengths = _batch(m, np.random.default_rng(0))
+    return padded_diff(sess, m.io, tokens, lengths, m.init_states(len(lengths)))
+
+
+def _vs_fp32(fp32: ort.InferenceSession, int8: ort.InferenceSession, m: ModelManifest) -> float:
+    tokens, lengths = _batch(m, np.random.default_rng(1))
+    a, _ = run_graph(fp32, m.io, tokens, lengths, m.init_states(len(lengths)))
+    b, _ = run_graph(int8, m.io, tokens, lengths, m.init_states(len(lengths)))
+    return float(np.abs(a - b).max())
