@@ -159,6 +159,14 @@ def test_session_extension(client: openai.OpenAI, live: LiveServer) -> None:
     b = client.completions.create(prompt=" a", extra_headers=key, **kw)  # type: ignore[call-overload]
     assert a.choices[0].text == b.choices[0].text
     assert httpx.get(f"{base}/oa-1").json()["version"] == 2
+    # streamed too: the replay sends the stored text (its tokens were never streamed)
+    skey = {"Idempotency-Key": "retry-2"}
+    texts = []
+    for _ in range(2):
+        stream = client.completions.create(prompt=" b", stream=True, extra_headers=skey, **kw)  # type: ignore[call-overload]
+        texts.append("".join(ch.choices[0].text for ch in stream if ch.choices))
+    assert texts[0] == texts[1] and len(texts[0]) == 8
+    assert httpx.get(f"{base}/oa-1").json()["version"] == 3
     with pytest.raises(openai.BadRequestError, match="belongs to model"):
         client.completions.create(prompt="x", **{**kw, "model": CHAR_MODELS[0]})  # type: ignore[call-overload]
     with pytest.raises(openai.ConflictError):

@@ -43,7 +43,23 @@ class Choice:
     tokens: list[str] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
+    streamed: int = 0  # characters of text already sent in stream chunks
     result: dict[str, Any] | None = None
+
+    def finish(self, result: dict[str, Any]) -> str:
+        """Take the final result; return text not streamed yet (all of it for a replay of an
+        `Idempotency-Key`, whose tokens were never streamed)."""
+        self.result = result
+        if not self.tokens:
+            for item in result.get("logprobs") or []:
+                self.tokens.append(str(item["token"]))
+                self.token_logprobs.append(float(item["logprob"]))
+                self.top_logprobs.append(
+                    {str(t["token"]): float(t["logprob"]) for t in item["top"]}
+                )
+        rest: str = result["text"][self.streamed :]
+        self.streamed += len(rest)
+        return rest
 
     def add(self, m: LoadedModel, ev: TokenEvent) -> dict[str, Any] | None:
         """Record a token; return its logprobs fragment (for a stream chunk) when asked for."""
@@ -159,7 +175,7 @@ async def collect(c: Running) -> dict[str, Any]:
     async def one(ch: Choice) -> None:
         async for ev in ch.gen.events():
             if isinstance(ev, Finished):
-                ch.result = ev.result
+                ch.finish(ev.result)
             else:
                 ch.add(c.m, ev)
 
@@ -217,12 +233,13 @@ async def sse(c: Running) -> AsyncGenerator[str, None]:
                 yield _error_frame(ev)
                 break
             if isinstance(ev, Finished):
-                ch.result = ev.result
+                rest = ch.finish(ev.result)
                 remaining -= 1
-                last = _chunk(ch.index, "", finish_reason=ev.result["finish_reason"])
+                last = _chunk(ch.index, rest, finish_reason=ev.result["finish_reason"])
                 yield _frame({**c.head(), "choices": [last], **c.session_fields()})
                 continue
             lp = ch.add(c.m, ev)
+            ch.streamed += len(ev.text)
             if ev.text or lp is not None:
                 yield _frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]})
         else:
