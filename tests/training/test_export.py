@@ -27,6 +27,7 @@ from training.export import (  # noqa: E402
     ExportCheckError,
     build_graph,
     build_io,
+    export_command,
     export_model,
     export_run,
 )
@@ -190,7 +191,7 @@ def test_a_failing_check_writes_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     assert not (tmp_path / "out").exists()
 
 
-def test_export_run_from_a_checkpoint(tmp_path: Path) -> None:
+def test_export_run_from_a_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = make("next_token", "peephole_lstm", num_layers=1)
     run = tmp_path / "run"
     run.mkdir()
@@ -221,3 +222,8 @@ def test_export_run_from_a_checkpoint(tmp_path: Path) -> None:
     raw = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert [s["name"] for s in raw["io"]["states"]] == ["h", "c"]
     check_manifest_against_graph(*load_artifact(tmp_path / "art"))
+
+    export_command(run, tmp_path / "models" / "from-cli", None, "2")  # the CLI's entry point
+    cli = load_artifact(tmp_path / "models" / "from-cli")[0]
+    assert (cli.name, cli.version) == ("from-cli", "2")
+    assert "parity_max_abs_diff" in capsys.readouterr().out
