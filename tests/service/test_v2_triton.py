@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -346,3 +347,15 @@ async def test_async_client(live: LiveServer) -> None:
         with pytest.raises(InferenceServerException) as e:
             await client.infer(CLASSIFIERS[1], [text_input(["x"])], sequence_id="async-seq")
         assert e.value.status() == "400"
+
+
+async def test_concurrent_requests_on_one_sequence_apply_once_each(live: LiveServer) -> None:
+    model = CHAR_MODELS[3]
+    async with tca.InferenceServerClient(live.url) as client:
+        await client.infer(model, [text_input(["x"])], sequence_id=555, sequence_start=True)
+        await asyncio.gather(
+            *(client.infer(model, [text_input(["ab"])], sequence_id=555) for _ in range(12))
+        )
+        res = await client.infer(model, [text_input(["!"])], sequence_id=555, sequence_end=True)
+        whole = await client.infer(model, [text_input(["x" + "ab" * 12 + "!"])])
+    np.testing.assert_allclose(res.as_numpy("PROBS"), whole.as_numpy("PROBS"), atol=1e-5)
