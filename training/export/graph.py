@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from service.contract.manifest import BATCH, IOSpec
 from training.export.weights import layer_weights
 from training.model import ModelConfig, RNNModel
+from training.model.config import C_STATE, H_STATE, POOL_COUNT, POOL_MAX, POOL_SUM
 
 OPSET = 17
 _OP = {"lstm": "LSTM", "peephole_lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
@@ -72,7 +73,7 @@ def build_graph(model: RNNModel, io: IOSpec) -> onnx.ModelProto:
     g = _Builder()
     D, L = cfg.num_directions, cfg.num_layers
     st = {s.name: s for s in io.states}
-    has_c = "c" in st
+    has_c = C_STATE in st
     pooled = cfg.task == "classify" and cfg.pooling != "last"
 
     # (B, T) -> (T, B) -> (T, B, E): ONNX RNN operators want time first (layout=0).
@@ -83,7 +84,7 @@ def build_graph(model: RNNModel, io: IOSpec) -> onnx.ModelProto:
     for layer in range(L):
         w = layer_weights(model.rnn, cfg, layer)
         pre = f"rnn.l{layer}"
-        init_h, init_c = st["h"].input, st["c"].input if has_c else ""
+        init_h, init_c = st[H_STATE].input, st[C_STATE].input if has_c else ""
         if L > 1:  # this layer's slice of the stacked state: (L*D, B, H) -> (D, B, H)
             bounds = (g.i64([layer * D]), g.i64([(layer + 1) * D]), g.i64([0]))
             init_h = g.op1("Slice", [init_h, *bounds])
@@ -130,9 +131,9 @@ def build_graph(model: RNNModel, io: IOSpec) -> onnx.ModelProto:
         else:
             g.op1("Identity", parts, out=out)
 
-    stack(ys_h, st["h"].output)
+    stack(ys_h, st[H_STATE].output)
     if has_c:
-        stack(ys_c, st["c"].output)
+        stack(ys_c, st[C_STATE].output)
 
     feats = []
     if cfg.task == "next_token" or cfg.pooling in ("last", "last_max"):
@@ -174,14 +175,14 @@ def _pools(g: _Builder, cfg: ModelConfig, io: IOSpec, y: str) -> list[str]:
     if cfg.pooling in ("max", "last_max"):
         masked = g.op1("Where", [real, y, g.const("neg_inf", -math.inf)])
         chunk = g.op1("ReduceMax", [masked], axes=[0], keepdims=1)  # (1, B, F)
-        out = g.op1("Max", [st["pool_max"].input, chunk], out=st["pool_max"].output)
+        out = g.op1("Max", [st[POOL_MAX].input, chunk], out=st[POOL_MAX].output)
         feats.append(g.op1("Squeeze", [out, g.i64([0])]))
     if cfg.pooling == "mean":
         masked = g.op1("Where", [real, y, g.const("zero_f", 0.0)])
         chunk = g.op1("ReduceSum", [masked, g.i64([0])], keepdims=1)  # (1, B, F)
-        total = g.op1("Add", [st["pool_sum"].input, chunk], out=st["pool_sum"].output)
+        total = g.op1("Add", [st[POOL_SUM].input, chunk], out=st[POOL_SUM].output)
         n = g.op1("Reshape", [g.op1("Cast", [io.lengths], to=TensorProto.FLOAT), g.i64([1, -1, 1])])
-        count = g.op1("Add", [st["pool_count"].input, n], out=st["pool_count"].output)
+        count = g.op1("Add", [st[POOL_COUNT].input, n], out=st[POOL_COUNT].output)
         feats.append(g.op1("Squeeze", [g.op1("Div", [total, count]), g.i64([0])]))
     return feats
 

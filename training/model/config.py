@@ -15,6 +15,10 @@ TaskName = Literal["classify", "next_token"]
 CellName = Literal["lstm", "gru", "rnn", "peephole_lstm"]
 Pooling = Literal["last", "max", "mean", "last_max"]
 
+# Logical state names, written only here; graph tensor names derive from them ("h" -> h_in/h_out).
+H_STATE, C_STATE = "h", "c"
+POOL_MAX, POOL_SUM, POOL_COUNT = "pool_max", "pool_sum", "pool_count"
+
 CELLS: tuple[str, ...] = ("lstm", "gru", "rnn", "peephole_lstm")
 TASKS: tuple[str, ...] = ("classify", "next_token")
 POOLINGS: tuple[str, ...] = ("last", "max", "mean", "last_max")
@@ -115,16 +119,16 @@ def state_layout(cfg: ModelConfig) -> list[StateSlot]:
     -inf); a mean pool carries the running sum and the count of tokens seen.
     """
     rnn_dims = (cfg.num_layers * cfg.num_directions, None, cfg.hidden_size)
-    slots = [StateSlot("h", rnn_dims)]
+    slots = [StateSlot(H_STATE, rnn_dims)]
     if cfg.cell in ("lstm", "peephole_lstm"):
-        slots.append(StateSlot("c", rnn_dims))
+        slots.append(StateSlot(C_STATE, rnn_dims))
     if cfg.task == "classify":
         feat = (1, None, cfg.feature_size)
         if cfg.pooling in ("max", "last_max"):
-            slots.append(StateSlot("pool_max", feat, init=-math.inf))
+            slots.append(StateSlot(POOL_MAX, feat, init=-math.inf))
         if cfg.pooling == "mean":
-            slots.append(StateSlot("pool_sum", feat, divisor="pool_count"))
-            slots.append(StateSlot("pool_count", (1, None, 1), positive=True))
+            slots.append(StateSlot(POOL_SUM, feat, divisor=POOL_COUNT))
+            slots.append(StateSlot(POOL_COUNT, (1, None, 1), positive=True))
     return slots
 
 
