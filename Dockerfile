@@ -56,6 +56,12 @@ RUN python3 -c "import importlib.util as u, sys; sys.exit('torch found in the se
 RUN pip uninstall -y -q pip setuptools
 
 # --------------------------------------------------------------------------------------------------
+# The shipped models (models/ in the build context), or an empty folder when there are none yet.
+FROM ${BASE_IMAGE} AS models
+COPY . /ctx/
+RUN mkdir -p /ctx/models
+
+# --------------------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
 
 LABEL org.opencontainers.image.title="rnnserve" \
@@ -70,7 +76,7 @@ RUN groupadd --system --gid 10001 rnnserve \
 COPY --from=builder /opt/venv /opt/venv
 # The shipped models, baked in; mount a folder over /app/models (or set RNNSERVE_MODELS_DIR) to
 # serve others.
-COPY --chown=root:root models/ /app/models/
+COPY --from=models --chown=root:root /ctx/models/ /app/models/
 
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -11,7 +11,7 @@
 #   4. podman build --format docker (keeps HEALTHCHECK) with BASE_IMAGE set to that image and the
 #      host's CA bundle passed as the `build_ca` build secret: trusted by pip during the build only,
 #      never written to a layer
-#   5. print the image size
+#   5. print the image size (podman's own output goes to $WORK/build.log)
 # With --base, step 3 is skipped and the given image is used (e.g. python:3.11-slim where a registry
 # is reachable). Work files live in $RNNSERVE_IMG_WORK (default /tmp/rnnserve-img), outside the repo.
 set -euo pipefail
@@ -101,9 +101,13 @@ else
 fi
 log "building $TAG from $DOCKERFILE on $BASE"
 start=$(date +%s)
-podman build --format docker --pull=never \
+if ! podman build --format docker --pull=never \
   --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" \
-  -f "$DOCKERFILE" -t "$TAG" "$ROOT"
+  -f "$DOCKERFILE" -t "$TAG" "$ROOT" >"$WORK/build.log" 2>&1; then
+  tail -n 40 "$WORK/build.log" >&2
+  log "build failed; full log in $WORK/build.log"
+  exit 1
+fi
 log "built in $(( $(date +%s) - start )) s"
 
 # 5. size

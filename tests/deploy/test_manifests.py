@@ -62,7 +62,7 @@ def test_dockerfile_policy(dockerfile: Path) -> None:
     # the extra CA is a build secret: mounted into one RUN, never COPYed or ARGed into a layer
     assert "--mount=type=secret,id=build_ca,required=false" in text
     assert not re.search(r"^(COPY|ADD|ARG|ENV)\b.*(ca\.pem|build_ca|PIP_CERT)", text, re.M)
-    assert "COPY --chown=root:root models/ /app/models/" in text
+    assert "COPY --from=models --chown=root:root /ctx/models/ /app/models/" in text
 
 
 def test_dockerignore_sends_only_what_the_image_needs() -> None:
