@@ -154,15 +154,26 @@ async def start(
                     f"{m.name!r}",
                     field="model",
                 )
-            gen = await s.sessions.open_generation(
+            session_gen = await s.sessions.open_generation(
                 req.session_id, req.choices[0][0], req.expected_version, idempotency_key, owner
             )
-            done.choices.append(Choice(0, req.prompts[0], gen, True))
+            done.choices.append(Choice(0, req.prompts[0], session_gen, True))
             return done
-        for i, (prompt, row) in enumerate(zip(req.prompts, req.choices, strict=True)):
-            for j, params in enumerate(row):
-                gen = await s.engine.generate(m.name, params)
-                done.choices.append(Choice(i * len(row) + j, prompt, gen, j == 0))
+        # opened concurrently, so every choice's prompt goes into the same prefill batch
+        slots = [
+            (i, j, prompt, p)
+            for i, (prompt, row) in enumerate(zip(req.prompts, req.choices, strict=True))
+            for j, p in enumerate(row)
+        ]
+        opened = await asyncio.gather(
+            *(s.engine.generate(m.name, p) for *_, p in slots), return_exceptions=True
+        )
+        for (i, j, prompt, _), gen in zip(slots, opened, strict=True):
+            if isinstance(gen, Generation):
+                done.choices.append(Choice(i * len(req.choices[i]) + j, prompt, gen, j == 0))
+        failed = next((g for g in opened if isinstance(g, BaseException)), None)
+        if failed is not None:
+            raise failed
     except BaseException:
         await done.aclose()
         raise
