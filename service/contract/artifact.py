@@ -48,7 +48,7 @@ def save_artifact(directory: Path, onnx_bytes: bytes, manifest: ModelManifest) -
     manifest = manifest.model_copy(update={"onnx_sha256": digest, "onnx_file": ONNX_FILE})
     ModelManifest.model_validate(manifest.model_dump())  # re-validate after the update
     _atomic_write(directory / ONNX_FILE, onnx_bytes)
-    text = json.dumps(manifest.model_dump(mode="json"), indent=1, ensure_ascii=False)
+    text = manifest.model_dump_json(indent=1)
     _atomic_write(directory / MANIFEST_FILE, (text + "\n").encode())
     return manifest
 

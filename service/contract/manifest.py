@@ -27,7 +27,8 @@ BATCH = "batch"  # the symbolic batch dimension in state shapes
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # -inf (a max pool's initial value) is written as the string "-Infinity": standard JSON
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
 
 
 class StateTensor(_Strict):
@@ -127,7 +128,7 @@ class SamplingDefaults(_Strict):
 
 
 class TrainingSummary(_Strict):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, ser_json_inf_nan="strings")
     config: dict[str, Any] = Field(default_factory=dict)
     dataset: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
@@ -163,6 +164,11 @@ class ModelManifest(_Strict):
     sampling: SamplingDefaults = SamplingDefaults()
     onnx_file: str = "model.onnx"
     onnx_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    streamable: bool = Field(
+        True,
+        description="False for bidirectional encoders: their output depends on the future, so "
+        "sessions (chunked feeding) are refused.",
+    )
     variants: list[Variant] = Field(default_factory=list)
     training: TrainingSummary = TrainingSummary()
 

@@ -71,6 +71,7 @@ def export_model(
         tokenizer=tokenizer_spec,
         io=io,
         labels=labels if cfg.task == "classify" else None,
+        streamable=not cfg.bidirectional,
         sampling=sampling or SamplingDefaults(),
         onnx_sha256=_PLACEHOLDER_SHA,
         training=TrainingSummary.model_validate(base),
