@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from starlette.responses import Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api import health, metrics, models, sessions, ws
+from service.api import health, metrics, models, playground, sessions, ws
 from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.openai.router import compat_router as openai_compat_router
@@ -121,7 +121,8 @@ def create_app(
     app.include_router(v2_router)
     app.include_router(openai_router)
     app.include_router(openai_compat_router)
-    app.middleware("http")(_observe)
+    app.include_router(playground.router)
+    app.add_middleware(ObserveMiddleware)
     return app
 
 
@@ -134,39 +135,56 @@ async def _sweep(store: SessionStore, every_s: float = 30.0) -> None:
             log.exception("session sweep failed")
 
 
-def _route(request: Request) -> str:
-    """The matched route's template (bounded label cardinality), set by the router."""
-    route = request.scope.get("route")
-    return str(getattr(route, "path", "unmatched"))
+class ObserveMiddleware:
+    """Request id, metrics by route template and status, one access log line (no bodies).
+
+    Pure ASGI (not BaseHTTPMiddleware): cheap, and transparent to streaming and cancellation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        token = request_id.set(rid)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            dt = time.perf_counter() - t0
+            route = str(getattr(scope.get("route"), "path", "unmatched"))  # set by the router
+            services: Services | None = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                services.metrics.requests.labels(route, scope["method"], str(status)).inc()
+                services.metrics.request_latency.labels(route, scope["method"]).observe(dt)
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "ms": round(dt * 1e3, 2),
+                },
+            )
+            request_id.reset(token)
 
 
-async def _observe(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    """Request id, metrics by route template and status, one access log line (no bodies)."""
-    rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-    token = request_id.set(rid[:64])
-    t0 = time.perf_counter()
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        response.headers["X-Request-ID"] = rid[:64]
-        return response
-    finally:
-        dt = time.perf_counter() - t0
-        route = _route(request)
-        services: Services | None = getattr(request.app.state, "services", None)
-        if services is not None:
-            services.metrics.requests.labels(route, request.method, str(status)).inc()
-            services.metrics.request_latency.labels(route, request.method).observe(dt)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": route,
-                "status": status,
-                "ms": round(dt * 1e3, 2),
-            },
-        )
-        request_id.reset(token)
+def _request_id(scope: Scope) -> str:
+    for k, v in scope.get("headers", []):
+        if k == b"x-request-id":
+            rid: str = bytes(v).decode("latin-1")[:64]
+            if rid.isprintable():
+                return rid
+    return uuid.uuid4().hex

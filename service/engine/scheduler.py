@@ -136,30 +136,36 @@ class Scheduler:
             raise Overloaded(f"model {self.name!r} queue is full ({self.config.max_queue})")
 
     async def _loop(self) -> None:
-        cfg = self.config
         while True:
-            if not (self._prefill or self._streams or self._joining):
-                if self._closing:
+            try:
+                if await self._iteration():
                     return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            if self._prefill:
-                wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
-                if (
-                    wait > 0
-                    and not self._streams
-                    and not self._joining
-                    and not self._closing
-                    and (len(self._prefill) < cfg.max_batch_size)
-                ):
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
-                    continue
-                await self._run_prefill()
-            if self._streams or self._joining:
-                await self._decode_step()
+            except Exception as e:  # a bug here must not leave waiters hanging forever
+                log.exception("scheduler loop error", extra={"model": self.name})
+                self._fail_all(EngineError(f"scheduler error: {e}"))
+
+    async def _iteration(self) -> bool:
+        """One pass: wait for work, or run a prefill batch and/or a decode step.
+        Returns True when closing and idle."""
+        cfg = self.config
+        if not (self._prefill or self._streams or self._joining):
+            if self._closing:
+                return True
+            self._wake.clear()
+            await self._wake.wait()
+            return False
+        if self._prefill:
+            wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
+            idle = not (self._streams or self._joining or self._closing)
+            if wait > 0 and idle and len(self._prefill) < cfg.max_batch_size:
+                self._wake.clear()  # a new job wakes us to re-check the batch size
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                return False
+            await self._run_prefill()
+        if self._streams or self._joining:
+            await self._decode_step()
+        return False
 
     async def _call(
         self, kind: str, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
