@@ -28,17 +28,20 @@ def build_optimizer(model: nn.Module, oc: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.RMSprop(groups, lr=oc.lr, alpha=oc.alpha, eps=oc.eps, momentum=oc.momentum)
 
 
-def lr_multiplier(step: int, oc: OptimConfig, total_steps: int) -> float:
+def lr_multiplier(step: int, oc: OptimConfig, total_steps: int, time_frac: float = 0.0) -> float:
     """Linear warm-up over `warmup_steps`, then (cosine) a half cosine down to `min_lr_ratio`:
 
         m(s) = r + (1 - r) * (1 + cos(pi * p)) / 2,   p = (s - w) / (S - w) in [0, 1]
+
+    With a wall-clock budget, p = max(that, fraction of the budget used): the schedule anneals by
+    whichever budget runs out first, so a run cut by time still ends at a low learning rate.
     """
     w = oc.warmup_steps
     if w > 0 and step < w:
         return (step + 1) / w
     if oc.schedule != "cosine":
         return 1.0
-    p = min(1.0, (step - w) / max(1, total_steps - w))
+    p = min(1.0, max((step - w) / max(1, total_steps - w), time_frac))
     r = oc.min_lr_ratio
     return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p))
 
@@ -58,15 +61,17 @@ class Schedule:
         self.scale = 1.0
         self.best: float | None = None
         self.bad = 0
+        self.time_frac = 0.0  # set by the loop when the run has a wall-clock budget
         self._apply()
 
     def _apply(self) -> None:
-        m = lr_multiplier(self.step_count, self.oc, self.total_steps) * self.scale
+        m = lr_multiplier(self.step_count, self.oc, self.total_steps, self.time_frac) * self.scale
         for g, base in zip(self.opt.param_groups, self.base_lrs, strict=True):
             g["lr"] = base * m
 
-    def step(self) -> None:
+    def step(self, time_frac: float = 0.0) -> None:
         self.step_count += 1
+        self.time_frac = time_frac
         self._apply()
 
     def on_eval(self, metric: float) -> None:
@@ -86,13 +91,15 @@ class Schedule:
         return float(self.opt.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"step": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad}
+        return {"step": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad,
+                "time_frac": self.time_frac}
 
     def load_state_dict(self, state: dict[str, float | int | None]) -> None:
         self.step_count = int(state["step"] or 0)
         self.scale = float(state["scale"] or 1.0)
         self.best = None if state["best"] is None else float(state["best"])
         self.bad = int(state["bad"] or 0)
+        self.time_frac = float(state.get("time_frac") or 0.0)
         self._apply()
 
 

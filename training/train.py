@@ -4,6 +4,10 @@ The loop, per step: forward + loss (autocast on CUDA) -> backward -> clip by val
 -> optimizer step -> LR schedule step. Evaluation every `train.eval_every` steps (or once per
 epoch); the best validation metric's weights go to checkpoint.pt, the latest state to last.pt.
 
+Budgets: `train.epochs` / `train.max_steps`, and optionally `train.max_minutes` of wall clock;
+with a time budget the cosine schedule anneals by whichever runs out first (then, of course, the
+trajectory depends on the machine's speed and resume is no longer bit-exact).
+
 Exact resume: the data order is a pure function of (seed, epoch) and the position in the epoch;
 last.pt stores that position together with the model, optimizer, schedule, AMP scaler, every RNG
 and the carried LM state, so a resumed run follows the uninterrupted trajectory bit for bit
@@ -103,6 +107,7 @@ def train(
     best_metrics: dict[str, float] = {}
     bad_evals = 0
     history: list[dict[str, Any]] = []
+    run_loss, run_n = 0.0, 0  # running mean of the train loss between log lines
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -113,6 +118,7 @@ def train(
         step, epoch, pos, seconds = state["step"], state["epoch"], state["pos"], state["train_seconds"]
         best, best_metrics, bad_evals = state["best"], state["best_metrics"], state["bad_evals"]
         history = state["history"]
+        run_loss, run_n = state["running_loss"]
 
     (run_dir / ck.CONFIG).write_text(to_toml(cfg.to_dict()), encoding="utf-8")
     log = MetricsLog(run_dir / ck.METRICS, history)
@@ -139,6 +145,7 @@ def train(
                 "task": task.state_dict() if p > 0 else {"carried": None}, "rng": rng_state(),
                 "step": step, "epoch": e, "pos": p, "train_seconds": seconds, "best": best,
                 "best_metrics": best_metrics, "bad_evals": bad_evals, "history": log.records,
+                "running_loss": (run_loss, run_n),
             },
             run_dir / ck.LAST,
         )
@@ -170,7 +177,6 @@ def train(
     t_start = time.perf_counter() - seconds
     deadline = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
     stop = step >= total
-    run_loss, run_n = 0.0, 0
     bar.reset_rate()
     last_eval_step = -1
     while not stop:
@@ -187,9 +193,9 @@ def train(
             gnorm = clip_gradients(params, oc)
             scaler.step(opt)
             scaler.update()
-            sched.step()
-            step, pos = step + 1, pos + 1
             seconds = time.perf_counter() - t_start
+            sched.step(seconds / deadline)  # deadline = inf without a time budget: 0
+            step, pos = step + 1, pos + 1
             run_loss, run_n = run_loss + loss.item(), run_n + 1
             bar.update(n_tok)
             if step % tc.log_every == 0 or step == total:

@@ -74,7 +74,7 @@ def test_overrides_parse_toml_values_and_nest() -> None:
 def test_cross_field_rules() -> None:
     with pytest.raises(ConfigError, match="bidirectional"):
         load_config("char-lstm", ["model.bidirectional=true"])
-    with pytest.raises(ConfigError, match="data.dataset"):
+    with pytest.raises(ConfigError, match=r"data\.dataset"):
         load_config("sentiment-lstm", ["data.dataset=text"])
 
 

@@ -78,7 +78,7 @@ def test_plain_file_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_checksum_mismatch_unpacks_nothing(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "a.tar.gz", {"aclImdb/train/pos/0_9.txt": b"x"})
-    with pytest.raises(dl.DownloadError, match="sha256 .* expected c40f74a1"):
+    with pytest.raises(dl.DownloadError, match=r"sha256 .* expected c40f74a1"):
         dl.download("imdb", tmp_path / "d", fetch=_copy_from(archive), log=lambda s: None)
     assert not (tmp_path / "d").exists()
 
