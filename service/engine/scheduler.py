@@ -293,18 +293,18 @@ class Scheduler:
         call = asyncio.get_running_loop().run_in_executor(
             self._executor, self.runner.run, tokens[:, None], self._ones[:n], self._states
         )
-        done = np.zeros(n, bool)
+        finished: list[int] = []
         logits_in = self._logits
-        for i, s in enumerate(streams):
-            tok = int(tokens[i])
+        for i, (s, tok) in enumerate(zip(streams, tokens.tolist(), strict=True)):
             lp = None
-            if s.params.logprobs is not None:
-                lp = logprob_info(logits_in[i], tok, s.params.logprobs, s.decode)
+            if s.wants_logprobs:
+                lp = logprob_info(logits_in[i], tok, s.params.logprobs or 0, s.decode)
             if s.first_token_at is None:
                 s.first_token_at = t0
                 if self.metrics is not None:
                     self.metrics.ttft.labels(self.name).observe(t0 - s.created)
-            done[i] = s.on_token(tok, lp)
+            if s.on_token(tok, lp):
+                finished.append(i)
         try:
             logits, states = await call
         except Exception as e:
@@ -316,10 +316,13 @@ class Scheduler:
             self._gauge()
             return
         self._logits, self._states = logits, states
-        for r in np.flatnonzero(done).tolist():
+        for r in finished:
             rows = [np.take(st, [r], axis=ax) for st, ax in zip(states, self._axes, strict=True)]
             streams[r].finish(logits[r].copy(), rows)
-        self._keep(~done)
+        if finished:
+            keep = np.ones(n, bool)
+            keep[finished] = False
+            self._keep(keep)
         if self.metrics is not None:
             m = self.metrics
             m.step_time.labels(self.name, "decode").observe(time.perf_counter() - t0)

@@ -13,12 +13,18 @@ import numpy as np
 from service.engine.sampling import SamplingParams, StopMatcher
 
 
-@dataclass(frozen=True)
 class TokenEvent:
-    text: str  # text released by this token (stop-string lookahead may delay text)
-    token_id: int
-    index: int
-    logprob: dict[str, object] | None = None
+    """One generated token (a plain slotted class: cheap to make, one per stream per step)."""
+
+    __slots__ = ("index", "logprob", "text", "token_id")
+
+    def __init__(
+        self, text: str, token_id: int, index: int, logprob: dict[str, object] | None = None
+    ) -> None:
+        self.text = text  # text released by this token (stop-string lookahead may delay text)
+        self.token_id = token_id
+        self.index = index
+        self.logprob = logprob
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,9 @@ class Stream:
         # behind drains several events per wake-up
         self._buf: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._stops = bool(self.stopper.stops)
+        self._max = self.params.max_tokens
+        self.wants_logprobs = self.params.logprobs is not None
 
     def _push(self, ev: Event) -> None:
         self._buf.append(ev)
@@ -72,10 +81,14 @@ class Stream:
     def on_token(self, token: int, logprob: dict[str, object] | None) -> bool:
         """Record a sampled token; return True when the stream is finished."""
         self.produced += 1
-        text = self.stopper.push(self.decode(token))
-        finished = self.stopper.matched is not None or self.produced >= self.params.max_tokens
-        if finished and self.stopper.matched is None:
-            text += self.stopper.flush()
+        text = self.decode(token)
+        finished = self.produced >= self._max
+        if self._stops:
+            text = self.stopper.push(text)
+            if self.stopper.matched is not None:
+                finished = True
+            elif finished:
+                text += self.stopper.flush()
         if text or logprob is not None:
             self._push(TokenEvent(text, token, self.produced - 1, logprob))
         return finished
