@@ -1,0 +1,176 @@
+"""The playground in headless Chromium against a live server: stream a generation, stop one
+(and see the server drop it), watch the live sentiment follow the typing through a session fed
+only the new characters, and see errors displayed. Screenshots go to test-artifacts/playground/."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+expect = pytest.importorskip("playwright.sync_api").expect
+
+LM = "tiny-char-lstm"
+CLS = "tiny-sentiment-lstm"
+
+
+def text_of(page: Any, sel: str) -> str:
+    return str(page.locator(sel).text_content() or "")
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    """Poll from Python: the page's CSP (no eval) rules out `page.wait_for_function`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def wait_fed(page: Any, n: int) -> None:
+    expect(page.locator("#sent-fed")).to_have_text(str(n))
+    expect(page.locator("body")).to_have_attribute("data-sentiment", "idle")
+
+
+def active_streams(server: str, model: str) -> float:
+    metrics = httpx.get(f"{server}/metrics").text
+    m = re.search(rf'^rnnserve_active_streams{{model="{model}"}} (\S+)$', metrics, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_generation_streams_into_the_page(page: Any, server: str, shots: Path) -> None:
+    page.select_option("#gen-model", LM)
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max_tokens", "400")
+    page.fill("#seed", "7")
+    page.fill("#top_k", "20")
+    page.click("#generate")
+    page.wait_for_selector("body[data-gen='idle']")
+    status = text_of(page, "#gen-status")
+    assert "400 tokens" in status and "finished: length" in status and "seed 7" in status
+    shown = text_of(page, "#gen-text")
+    # the page shows exactly what the API generates for the same parameters
+    body = {"prompt": "ROMEO:\n", "max_tokens": 400, "seed": 7, "top_k": 20}
+    body |= {"temperature": 0.8, "top_p": 1.0}  # the model's defaults, set by the page
+    expected = httpx.post(f"{server}/v1/models/{LM}/generate", json=body).json()["text"]
+    assert shown == expected and len(shown) > 0
+    assert text_of(page, "#gen-prompt") == "ROMEO:\n"
+    page.screenshot(path=shots / "generate-done.png")
+
+
+def test_stop_cancels_the_stream(page: Any, server: str, shots: Path) -> None:
+    page.select_option("#gen-model", LM)
+    page.fill("#prompt", "JULIET:\n")
+    page.fill("#max_tokens", "200000")
+    page.fill("#seed", "")
+    page.click("#generate")
+    wait_until(lambda: len(text_of(page, "#gen-text")) > 200, "the first tokens")
+    first = len(text_of(page, "#gen-text"))
+    wait_until(lambda: len(text_of(page, "#gen-text")) > first + 200, "more tokens")
+    assert page.locator("body").get_attribute("data-gen") == "streaming"
+    assert page.is_enabled("#stop") and page.is_disabled("#generate")
+    assert active_streams(server, LM) >= 1
+    page.screenshot(path=shots / "generate-streaming.png")
+    page.click("#stop")
+    page.wait_for_selector("body[data-gen='idle']")
+    assert "stopped after" in text_of(page, "#gen-status")
+    stopped_at = len(text_of(page, "#gen-text"))
+    assert stopped_at < 200_000
+    deadline = time.monotonic() + 10  # closing the connection made the server drop the stream
+    while active_streams(server, LM) > 0:
+        assert time.monotonic() < deadline, "the server kept generating after Stop"
+        time.sleep(0.1)
+    page.wait_for_timeout(300)
+    assert len(text_of(page, "#gen-text")) == stopped_at  # nothing arrives after Stop
+    assert page.is_enabled("#generate") and page.is_disabled("#stop")
+    page.screenshot(path=shots / "generate-stopped.png")
+
+
+def _prob(page: Any) -> float:
+    return float(text_of(page, "#sent-prob").removeprefix("p = "))
+
+
+def _expected(server: str, text: str) -> dict[str, Any]:
+    out: dict[str, Any] = httpx.post(
+        f"{server}/v1/models/{CLS}/predict", json={"inputs": [text]}
+    ).json()["outputs"][0]
+    return out
+
+
+def test_sentiment_follows_typing_through_a_session(page: Any, server: str, shots: Path) -> None:
+    feeds: list[str] = []
+    page.on(
+        "request",
+        lambda r: (
+            feeds.append(json.loads(r.post_data or "{}")["text"])
+            if r.method == "POST" and r.url.endswith("/feed")
+            else None
+        ),
+    )
+    page.select_option("#sent-model", CLS)
+    box = page.locator("#sent-text")
+    first = "This movie was not good at all. "
+    box.press_sequentially(first, delay=15)
+    wait_fed(page, len(first))
+    sid = text_of(page, "#sent-session")
+    assert len(sid) >= 20 and text_of(page, "#sent-label") in ("positive", "negative")
+    v1, p1 = int(text_of(page, "#sent-version")), _prob(page)
+    want = _expected(server, first)
+    assert text_of(page, "#sent-label") == want["label"]
+    assert abs(p1 - want["probs"][want["label"]]) < 1e-3
+    page.screenshot(path=shots / "sentiment-1.png")
+
+    more = "The acting was awful, but the music was great and the ending wonderful!"
+    box.press_sequentially(more, delay=15)
+    whole = first + more
+    wait_fed(page, len(whole))
+    v2, p2 = int(text_of(page, "#sent-version")), _prob(page)
+    want = _expected(server, whole)
+    assert v2 > v1 and p2 != p1 and text_of(page, "#sent-session") == sid
+    assert text_of(page, "#sent-label") == want["label"]
+    assert abs(p2 - want["probs"][want["label"]]) < 1e-3
+    # only the new characters were fed, in order, and they add up to the text
+    assert "".join(feeds) == whole and max(map(len, feeds)) < len(more)
+    assert "reset" not in text_of(page, "#sent-note")
+    page.screenshot(path=shots / "sentiment-2.png")
+
+    # an edit that is not an append: reset the session, re-feed everything
+    box.press("End")
+    for _ in range(10):
+        box.press("Backspace")
+    cut = whole[:-10]
+    wait_fed(page, len(cut))
+    assert "session reset" in text_of(page, "#sent-note")
+    assert int(text_of(page, "#sent-version")) > v2
+    want = _expected(server, cut)
+    assert abs(_prob(page) - want["probs"][want["label"]]) < 1e-3
+    info = httpx.get(f"{server}/v1/sessions/{sid}").json()
+    assert info["version"] == int(text_of(page, "#sent-version"))
+    page.screenshot(path=shots / "sentiment-edited.png")
+    page.close()  # leaving the page deletes its session (a keepalive DELETE on pagehide)
+    gone = lambda: httpx.get(f"{server}/v1/sessions/{sid}").status_code == 404  # noqa: E731
+    wait_until(gone, "the session to be deleted")
+
+
+def test_errors_are_shown(page: Any, shots: Path) -> None:
+    assert page.is_hidden("#error")
+    page.select_option("#gen-model", LM)
+    page.fill("#prompt", "KING:")  # 'K' is not in the tiny model's vocabulary
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "unknown_characters (422)" in text_of(page, "#error-code")
+    assert "prompt" in text_of(page, "#error-message")
+    assert text_of(page, "#gen-status") == "failed"
+    page.screenshot(path=shots / "error.png")
+    page.fill("#prompt", "ROMEO:")
+    page.fill("#max_tokens", "0")
+    page.click("#generate")  # the browser's own validation stops an out-of-range field first
+    assert page.locator("body").get_attribute("data-gen") == "idle"
+    page.click("#error-close")
+    assert page.is_hidden("#error")
