@@ -181,17 +181,14 @@ class SessionService:
             a.shape == s.concrete_shape(1) and a.dtype == np.dtype(s.dtype)
             for a, s in zip(blob.states, specs, strict=False)
         )
-        k = m.runner.session.get_outputs()[0].shape[-1]
-        if blob.logits is not None and (
-            blob.logits.ndim != 1 or (isinstance(k, int) and blob.logits.size != k)
-        ):
-            ok = False
-        if not ok or not np.all(
-            [
-                np.isfinite(a).all() or np.isinf(s.init)
-                for a, s in zip(blob.states, specs, strict=False)
-            ]
-        ):
+        labels = m.manifest.labels
+        k = len(labels) if labels is not None else m.tokenizer.vocab_size
+        if blob.logits is not None:
+            ok = ok and blob.logits.shape == (k,) and bool(np.isfinite(blob.logits).all())
+        for a, spec in zip(blob.states, specs, strict=False):
+            # NaN never; +-inf only where the state starts infinite (e.g. a running max)
+            ok = ok and not np.isnan(a).any() and (np.isinf(spec.init) or np.isfinite(a).all())
+        if not ok:
             raise InvalidState("the state's tensors do not fit this model", field="state")
         return rec.replace(
             states=tuple(blob.states),

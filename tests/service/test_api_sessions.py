@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import base64
+import json
 import random
 from typing import Any
 
@@ -350,3 +350,36 @@ async def test_stream_error_is_an_error_event_then_terminal(
         flaky.fail_after = None
         r2 = await client.post(f"/v1/models/{LM}/predict", json={"inputs": ["a"]})
         assert r2.status_code == 200  # the engine recovered
+
+
+async def test_state_blob_with_nan_or_wrong_shape_is_refused(client: httpx.AsyncClient) -> None:
+    from service.engine.sessions.blob import decode_state, encode_state
+
+    sid = (await new_session(client, LM))["session_id"]
+    await client.post(f"/v1/sessions/{sid}/feed", json={"text": "abc"})
+    st = (await client.get(f"/v1/sessions/{sid}/state")).json()
+    blob = decode_state(base64.b64decode(st["state"]))
+    names = ["h", "c"]
+    bad_nan = blob.states[0].copy()
+    bad_nan[0, 0, 0] = np.nan
+    bad_shape = blob.states[0][:, :, :5].copy()
+    for states in ([bad_nan, blob.states[1]], [bad_shape, blob.states[1]], blob.states[:1]):
+        data = encode_state(
+            blob.__class__(**{**blob.__dict__, "states": states}), names[: len(states)]
+        )
+        r = await client.post("/v1/sessions", json={"state": base64.b64encode(data).decode()})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_state"
+
+
+async def test_fresh_state_with_infinite_pool_round_trips(client: httpx.AsyncClient) -> None:
+    sid = (await new_session(client, CLS))["session_id"]  # pool_max starts at -inf
+    st = (await client.get(f"/v1/sessions/{sid}/state")).json()
+    r = await client.post("/v1/sessions", json={"state": st["state"]})
+    assert r.status_code == 201, r.text
+    a = (await client.post(f"/v1/sessions/{sid}/feed", json={"text": "great fun "})).json()
+    b = (
+        await client.post(
+            f"/v1/sessions/{r.json()['session_id']}/feed", json={"text": "great fun "}
+        )
+    ).json()
+    assert a["output"] == b["output"]
