@@ -73,6 +73,7 @@ class Scheduler:
         self._top_k = np.zeros(0, np.int64)
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
+        self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
         self._wake = asyncio.Event()
         self._closing = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.name}")
@@ -157,7 +158,14 @@ class Scheduler:
         if self._prefill:
             wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
             idle = not (self._streams or self._joining or self._closing)
-            if wait > 0 and idle and len(self._prefill) < cfg.max_batch_size:
+            # wait for company only when requests have been arriving together: a lone client
+            # pays no batching delay, concurrent ones fill batches
+            if (
+                wait > 0
+                and idle
+                and self._last_rows > 1
+                and len(self._prefill) < cfg.max_batch_size
+            ):
                 self._wake.clear()  # a new job wakes us to re-check the batch size
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -207,6 +215,7 @@ class Scheduler:
             if not j.future.done():  # a cancelled caller's job is skipped
                 jobs.append(j)
         self._gauge()
+        self._last_rows = len(jobs)
         for bucket in self._buckets(jobs):
             await self._prefill_bucket(bucket)
 

@@ -169,3 +169,21 @@ async def test_bounded_queue_and_shutdown() -> None:
     await s.close(1)
     with pytest.raises(Overloaded, match="shutting down"):
         await s.prefill([1])
+
+
+async def test_a_lone_client_pays_no_batching_delay() -> None:
+    import time
+
+    runner = FakeRunner()
+    s = make(runner, max_wait_ms=300.0)
+    await s.prefill([1])  # the first batch may wait
+    t0 = time.perf_counter()
+    for _ in range(5):
+        await s.prefill([1])
+    assert time.perf_counter() - t0 < 0.3  # no 300 ms wait per request
+    # concurrent arrivals switch waiting back on, and fill one batch
+    await asyncio.gather(*(s.prefill([1]) for _ in range(2)))
+    runner.calls.clear()
+    await asyncio.gather(*(s.prefill([2]) for _ in range(6)))
+    assert runner.calls == [(6, 1)]
+    await s.close(1)
