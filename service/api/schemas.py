@@ -60,10 +60,16 @@ class ModelInfo(BaseModel):
 
 
 class ModelList(BaseModel):
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="Every model being served.")
 
 
 class PredictRequest(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"inputs": ["a gripping, beautiful film", "dull and far too long"]}]
+        }
+    )
+
     inputs: list[str] = Field(min_length=1, description="Texts to classify or continue.")
     top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
 
@@ -75,12 +81,26 @@ class PredictRequest(_In):
 
 
 class PredictResponse(BaseModel):
-    model: str
-    outputs: list[Output]
+    model: str = Field(description="The model that answered.")
+    outputs: list[Output] = Field(description="One output per input, in order.")
 
 
 class GenerateRequest(_In):
     """Generation parameters; unset ones take the model's defaults (`GET /v1/models/{m}`)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "prompt": "ROMEO:\n",
+                    "max_tokens": 200,
+                    "temperature": 0.8,
+                    "seed": 7,
+                    "stream": True,
+                }
+            ]
+        }
+    )
 
     prompt: str | None = Field(
         None, description="Text to continue (for a session: appended to its context)."
@@ -123,18 +143,20 @@ class GenerateRequest(_In):
 class Usage(BaseModel):
     prompt_tokens: int = Field(description="Tokens fed before generating (prompt or priming).")
     completion_tokens: int = Field(description="Tokens generated.")
-    total_tokens: int
+    total_tokens: int = Field(description="prompt_tokens + completion_tokens.")
 
 
 class GenerateResponse(BaseModel):
-    model: str
+    model: str = Field(description="The model that generated.")
     text: str = Field(description="Generated text (without a matched stop string).")
     finish_reason: str = Field(description="`length` or `stop`.")
     stop: str | None = Field(None, description="The stop string that ended it.")
-    usage: Usage
+    usage: Usage = Field(description="Token counts.")
     seed: int = Field(description="The seed used (send it back to reproduce the text).")
-    logprobs: list[dict[str, Any]] | None = None
-    session_id: str | None = None
+    logprobs: list[dict[str, Any]] | None = Field(
+        None, description="Per token: its logprob and the top alternatives (when asked)."
+    )
+    session_id: str | None = Field(None, description="The session generated from (if any).")
     version: int | None = Field(None, description="Session version after committing.")
     replayed: bool | None = Field(None, description="True when an Idempotency-Key replay.")
 
@@ -145,6 +167,10 @@ SESSION_ID = r"^[A-Za-z0-9._:~-]{1,128}$"
 
 
 class CreateSession(_In):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"model": "sentiment-lstm", "ttl_s": 600}]}
+    )
+
     model: str | None = Field(None, description="Model to bind (optional with `state`).")
     session_id: str | None = Field(
         None, pattern=SESSION_ID, description="Client-chosen id; default: a random 192-bit id."
@@ -156,42 +182,58 @@ class CreateSession(_In):
 
 
 class SessionInfo(BaseModel):
-    session_id: str
-    model: str
+    session_id: str = Field(description="The session's id (use it in URLs).")
+    model: str = Field(description="The model the session is bound to.")
     version: int = Field(description="Increments with every committed change.")
     created_at: float = Field(description="Unix time.")
     expires_at: float = Field(description="Unix time the session expires if left idle.")
-    ttl_s: float
+    ttl_s: float = Field(description="Idle TTL in seconds.")
     tokens_seen: int = Field(description="Tokens fed into the state so far.")
     pending_chars: int = Field(description="Held-back characters of an unfinished word.")
-    replayed: bool | None = None
+    replayed: bool | None = Field(None, description="True when an Idempotency-Key replay.")
 
 
 class FeedRequest(_In):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "I expected to hate this movie, ", "expected_version": 0}]
+        }
+    )
+
     text: str = Field(min_length=1, description="Next chunk of text.")
     top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
     expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
 
 
 class FeedResponse(BaseModel):
-    session_id: str
-    version: int
+    session_id: str = Field(description="The session fed.")
+    version: int = Field(description="Session version after committing this chunk.")
     tokens: int = Field(description="Tokens this chunk added to the state.")
-    pending_chars: int
+    pending_chars: int = Field(description="Held-back characters of an unfinished word.")
     output: Output | None = Field(description="Running output on all text so far (None if none).")
-    replayed: bool = False
+    replayed: bool = Field(False, description="True when an Idempotency-Key replay.")
 
 
 class ResetRequest(_In):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"expected_version": 3}]})
+
     expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
 
 
 class SessionGenerateRequest(GenerateRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"max_tokens": 50, "temperature": 0.7, "stop": "\n\n", "expected_version": 1}
+            ]
+        }
+    )
+
     expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
 
 
 class StateResponse(BaseModel):
-    session_id: str
-    model: str
-    version: int
+    session_id: str = Field(description="The session exported.")
+    model: str = Field(description="The model the state belongs to.")
+    version: int = Field(description="Session version the state was taken at.")
     state: str = Field(description="Opaque, checksummed, base64 state blob.")
