@@ -34,7 +34,7 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="What went wrong.")
 
 
 def error_response(exc: ServiceError) -> JSONResponse:

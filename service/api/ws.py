@@ -28,19 +28,21 @@ router = APIRouter(tags=["sessions"])
 
 class _Msg(_In):
     id: str | int | None = Field(None, description="Echoed in every reply to this message.")
-    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=256, description="As the HTTP `Idempotency-Key` header."
+    )
 
 
 class WsFeed(FeedRequest, _Msg):
-    type: Literal["feed"]
+    type: Literal["feed"] = Field(description="The operation.")
 
 
 class WsGenerate(SessionGenerateRequest, _Msg):
-    type: Literal["generate"]
+    type: Literal["generate"] = Field(description="The operation.")
 
 
 class WsReset(ResetRequest, _Msg):
-    type: Literal["reset"]
+    type: Literal["reset"] = Field(description="The operation.")
 
 
 Message = Annotated[WsFeed | WsGenerate | WsReset, Field(discriminator="type")]

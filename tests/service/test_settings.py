@@ -26,3 +26,23 @@ def test_invalid_values_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_field_is_documented() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, name
+
+
+def test_every_api_field_is_documented() -> None:
+    from pydantic import BaseModel
+
+    import service.api.errors
+    import service.api.health
+    import service.api.schemas
+    import service.api.ws
+
+    mods = (service.api.schemas, service.api.ws, service.api.health, service.api.errors)
+    for mod in mods:
+        for name, cls in vars(mod).items():
+            if (
+                isinstance(cls, type)
+                and issubclass(cls, BaseModel)
+                and cls.__module__ == mod.__name__
+            ):
+                for field, info in cls.model_fields.items():
+                    assert info.description, f"{mod.__name__}.{name}.{field}"
