@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,6 +209,7 @@ class Engine:
         base: dict[str, Any],
     ) -> Stream:
         """Prefill `ids` (or prime an empty context), then join the decode batch."""
+        started = time.perf_counter()  # time to first token includes the prefill
         if not ids and logits is None:
             ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
         if ids:
@@ -216,7 +218,7 @@ class Engine:
         rows = states if states is not None else m.manifest.init_states(1)
         base["usage"] = {"prompt_tokens": len(ids)}
         base["seed"] = params.seed
-        stream = Stream(params, logits, list(rows), self.vocab(m).__getitem__)
+        stream = Stream(params, logits, list(rows), self.vocab(m).__getitem__, created=started)
         self.schedulers[m.name].join(stream)
         return stream
 
