@@ -93,9 +93,17 @@ async def session_ws(
     async def read() -> None:
         try:
             while True:
-                await inbox.put(await ws.receive_text())
+                msg = await ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                text = msg.get("text")
+                if text is None:  # a binary frame: JSON in UTF-8, or garbage that fails parsing
+                    text = (msg.get("bytes") or b"").decode("utf-8", "replace")
+                inbox.put_nowait(text)
         except (WebSocketDisconnect, RuntimeError):
-            await inbox.put(None)
+            return
+        finally:
+            inbox.put_nowait(None)
 
     reader = asyncio.create_task(read())
     try:

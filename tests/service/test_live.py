@@ -119,10 +119,14 @@ async def test_websocket_generate_reset_and_errors(live: tuple[str, FastAPI]) ->
         assert err["error"]["field"] == "max_tokens"
         await ws.send("not json")
         assert json.loads(await ws.recv())["type"] == "error"
+        await ws.send(b"\xff\x00 binary")
+        assert json.loads(await ws.recv())["type"] == "error"
+        [res] = await _ws(ws, {"type": "feed", "text": "a"})  # still serving
+        assert res["version"] == 2
         [res] = await _ws(ws, {"type": "reset", "idempotency_key": "r1"})
-        assert res["op"] == "reset" and res["version"] == 2 and res["tokens_seen"] == 0
+        assert res["op"] == "reset" and res["version"] == 3 and res["tokens_seen"] == 0
         [res] = await _ws(ws, {"type": "reset", "idempotency_key": "r1"})
-        assert res["version"] == 2 and res["replayed"]
+        assert res["version"] == 3 and res["replayed"]
     async with connect(f"ws://{addr}/v1/sessions/nope/ws") as ws:
         msg = json.loads(await ws.recv())
         assert msg["type"] == "error" and msg["error"]["code"] == "session_not_found"
