@@ -33,14 +33,10 @@ def serve(
     from service.server import serve as run_server
     from service.settings import Settings
 
-    overrides: dict[str, object] = {}
-    if models_dir is not None:
-        overrides["models_dir"] = models_dir
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    run_server(Settings(**overrides))
+    # flags win over the environment; each is already typed and checked by typer
+    given = {"models_dir": models_dir, "host": host, "port": port}
+    settings = Settings().model_copy(update={k: v for k, v in given.items() if v is not None})
+    run_server(settings)
 
 
 def _register_training() -> None:
