@@ -255,6 +255,19 @@ def test_dropped_generate_response_replays_the_stored_text(live: tuple[str, Fast
         assert s.info().tokens_seen == 1 + 8
 
 
+def test_dropped_stream_before_any_token_replays_whole_text(live: tuple[str, FastAPI]) -> None:
+    faulty = Faulty(drop="/generate")  # the server streamed and committed; the client saw nothing
+    with Client(live[0], retry=FAST, transport=faulty) as c, c.session(LM) as s:
+        s.feed("A")
+        stream = s.generate(stream=True, max_tokens=8, seed=5)
+        chunks = list(stream)
+        assert stream.result is not None and stream.result.replayed
+        assert chunks == [stream.result.text] and s.version == 2
+        assert s.info().tokens_seen == 1 + 8  # generated once, not twice
+    keys = [k for p, k in faulty.seen if p.endswith("/generate")]
+    assert len(keys) == 2 and keys[0] == keys[1]
+
+
 def test_503_is_retried_after_retry_after(live: tuple[str, FastAPI]) -> None:
     faulty = Faulty(busy="/predict", retry_after="0.3")
     with Client(live[0], retry=FAST, transport=faulty) as c:
