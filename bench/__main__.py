@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, model, targets, venvs
+from bench import loadgen, model, stats, targets, venvs
 from bench.genclient import run as gen_run
 from bench.procs import Server
 
@@ -31,8 +31,15 @@ OUT = REPO / "bench" / ".out"
 RESULTS = REPO / "bench" / "results"
 IMDB = REPO.parent / "shared" / "datasets" / "imdb" / "train.jsonl.gz"
 WORKLOADS = ("step", "classify", "generate", "footprint", "capacity", "overhead")
-ALL_TARGETS = ("rnnserve", "floor", "pytriton-bin", "pytriton-json", "torchserve", "mlserver",
-               "bentoml")
+ALL_TARGETS = (
+    "rnnserve",
+    "floor",
+    "pytriton-bin",
+    "pytriton-json",
+    "torchserve",
+    "mlserver",
+    "bentoml",
+)
 
 
 def log(msg: str) -> None:
@@ -40,20 +47,32 @@ def log(msg: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                if ln.startswith("model name")), platform.processor())
-    mem = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+    info = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")),
+        platform.processor(),
+    )
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem = next(int(ln.split()[1]) for ln in meminfo if ln.startswith("MemTotal"))
     import fastapi
     import numpy
     import onnxruntime
     import uvicorn
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gb": round(mem / 2**20, 1),
-            "kernel": platform.release(), "python": platform.python_version(),
-            "onnxruntime": onnxruntime.__version__, "fastapi": fastapi.__version__,
-            "uvicorn": uvicorn.__version__, "numpy": numpy.__version__,
-            "wrk": subprocess.run(["wrk", "--version"], capture_output=True,
-                                  text=True).stdout.split("\n")[0].strip()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gb": round(mem / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "fastapi": fastapi.__version__,
+        "uvicorn": uvicorn.__version__,
+        "numpy": numpy.__version__,
+        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        .stdout.split("\n")[0]
+        .strip(),
+    }
 
 
 def imdb_texts(n: int = 256) -> list[str]:
@@ -66,14 +85,30 @@ def imdb_texts(n: int = 256) -> list[str]:
     return out
 
 
-def median_of(runs: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in runs)
+# what a correct answer contains (one of)
+EXPECT = {"step": (b'"next"', b'"logits"', b'"h"'), "classify": (b'"probs"', b'"label"')}
 
 
-def wrk_workload(name: str, servers: dict[str, Server], reqs: dict[str, Path], conns: int,
-                 rounds: int, seconds: float, warm: float) -> dict[str, Any]:
+def wrk_workload(
+    name: str,
+    servers: dict[str, Server],
+    reqs: dict[str, Path],
+    conns: int,
+    rounds: int,
+    seconds: float,
+    warm: float,
+) -> dict[str, Any]:
     """Interleaved rounds (every target once per round) so drift hits all targets alike."""
     runs: dict[str, list[dict[str, Any]]] = {t: [] for t in reqs}
+    for t, prefix in list(reqs.items()):
+        status, body = loadgen.probe(
+            servers[targets.TARGETS[t]].base, loadgen.read_requests(Path(f"{prefix}.0"))[0]
+        )
+        ok = status == 200 and any(k in body for k in EXPECT[name])
+        log(f"{name} probe {t}: {status} {body[:100]!r}{'' if ok else '  <- WRONG, skipped'}")
+        if not ok:
+            del reqs[t]
+            runs.pop(t)
     for r in range(rounds):
         for t, prefix in reqs.items():
             srv = servers[targets.TARGETS[t]]
@@ -82,27 +117,21 @@ def wrk_workload(name: str, servers: dict[str, Server], reqs: dict[str, Path], c
             res = loadgen.run_wrk(srv.base, prefix, conns, seconds).as_dict()
             res["server_cpu"] = (srv.cpu() - cpu0) / (time.perf_counter() - t0)
             runs[t].append(res)
-            log(f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms "
+            log(
+                f"{name} round {r + 1} {t}: {res['rps']:.0f} req/s p50 {res['p50_ms']:.2f} ms "
                 f"p99 {res['p99_ms']:.2f} ms errors {res['errors']} client CPU "
-                f"{res['client_cpu']:.2f} server CPU {res['server_cpu']:.2f}")
-    summary = {}
-    for t, rs in runs.items():
-        summary[t] = {k: median_of(rs, k) for k in ("rps", "p50_ms", "p99_ms", "client_cpu",
-                                                    "server_cpu")}
-        summary[t]["errors"] = sum(r["errors"] for r in rs)
-        summary[t]["rps_runs"] = [r["rps"] for r in rs]
-        # ratio per round against each reference measured in the same round, then the median
-        for ref in ("floor", "pytriton-bin"):
-            if ref in runs and t != ref:
-                summary[t][f"x_{ref}"] = statistics.median(
-                    a["rps"] / b["rps"] for a, b in zip(rs, runs[ref], strict=True)
-                    if b["rps"] > 0)
+                f"{res['client_cpu']:.2f} server CPU {res['server_cpu']:.2f}"
+            )
+    summary = stats.summarize(runs)
     return {"connections": conns, "rounds": rounds, "seconds": seconds, "targets": summary}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: ~2 s per measurement")
     ap.add_argument("--only", default=",".join(WORKLOADS), help="workloads, comma-separated")
     ap.add_argument("--peers", default=",".join(ALL_TARGETS), help="targets, comma-separated")
@@ -121,24 +150,32 @@ def main() -> None:
     t_begin = time.time()
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "logs").mkdir(exist_ok=True)
-    res: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                           "argv": sys.argv[1:], "machine": machine(),
-                           "load_before": os.getloadavg(), "peer_versions": {}}
+    res: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "machine": machine(),
+        "load_before": os.getloadavg(),
+        "peer_versions": {},
+    }
     log(f"machine: {res['machine']}; load {res['load_before']}")
 
     mdir = model.models_dir()
-    mods = targets.Models(mdir, mdir / model.CHAR, mdir / "classifier", model.CHAR,
-                          model.classifier_name())
-    res["models"] = {"char": mods.char_name, "classifier": mods.cls_name,
-                     "classifier_source": str(model.classifier_source().relative_to(REPO))}
+    mods = targets.Models(
+        mdir, mdir / model.CHAR, mdir / "classifier", model.CHAR, model.classifier_name()
+    )
+    res["models"] = {
+        "char": mods.char_name,
+        "classifier": mods.cls_name,
+        "classifier_source": str(model.classifier_source().relative_to(REPO)),
+    }
     needed = {targets.TARGETS[t] for t in want}
     if only & {"step", "classify", "footprint"}:
-        for srv in sorted(needed & set(targets.PEER_VENV)):
+        for peer in sorted(needed & set(targets.PEER_VENV)):
             t0 = time.time()
-            log(f"venv {srv}: installing/checking")
-            venvs.ensure(srv, OUT / f"install-{srv}.log")
-            res["peer_versions"][srv] = venvs.versions(srv)
-            log(f"venv {srv}: ready in {time.time() - t0:.0f}s {res['peer_versions'][srv]}")
+            log(f"venv {peer}: installing/checking")
+            venvs.ensure(peer, OUT / f"install-{peer}.log")
+            res["peer_versions"][peer] = venvs.versions(peer)
+            log(f"venv {peer}: ready in {time.time() - t0:.0f}s {res['peer_versions'][peer]}")
     else:
         needed &= {"rnnserve", "floor"}
 
@@ -146,8 +183,11 @@ def main() -> None:
     foot: dict[str, Any] = {}
     try:
         if only & {"step", "classify", "footprint"}:
-            for name in [s for s in ("rnnserve", "floor", "pytriton", "torchserve", "mlserver",
-                                     "bentoml") if s in needed]:
+            for name in [
+                s
+                for s in ("rnnserve", "floor", "pytriton", "torchserve", "mlserver", "bentoml")
+                if s in needed
+            ]:
                 srv = targets.SERVERS[name](mods)
                 log(f"start {name}")
                 try:
@@ -157,11 +197,16 @@ def main() -> None:
                     foot[name] = {"error": str(e)}
                     continue
                 time.sleep(2.0)
-                foot[name] = {"startup_s": srv.startup_s, "idle_pss_mb": srv.pss() / 2**20,
-                              "processes": len(srv.pids())}
+                foot[name] = {
+                    "startup_s": srv.startup_s,
+                    "idle_pss_mb": srv.pss() / 2**20,
+                    "processes": len(srv.pids()),
+                }
                 servers[name] = srv
-                log(f"{name}: ready in {srv.startup_s:.2f}s, idle PSS "
-                    f"{foot[name]['idle_pss_mb']:.0f} MB in {foot[name]['processes']} processes")
+                log(
+                    f"{name}: ready in {srv.startup_s:.2f}s, idle PSS "
+                    f"{foot[name]['idle_pss_mb']:.0f} MB in {foot[name]['processes']} processes"
+                )
             live = [t for t in want if targets.TARGETS[t] in servers]
             if "step" in only:
                 from bench.targets import sample_state, step_requests
@@ -182,8 +227,9 @@ def main() -> None:
                     prefix = OUT / "reqs" / f"classify-{t}"
                     loadgen.write_requests(prefix, targets.classify_requests(t, mods, texts, 2))
                     reqs[t] = prefix
-                res["classify"] = wrk_workload("classify", servers, reqs, 32, a.rounds,
-                                               a.seconds, warm)
+                res["classify"] = wrk_workload(
+                    "classify", servers, reqs, 32, a.rounds, a.seconds, warm
+                )
             for name, srv in servers.items():
                 foot[name]["loaded_pss_mb"] = srv.pss() / 2**20
             for name in [n for n in servers if n not in ("rnnserve", "floor")]:
@@ -199,19 +245,41 @@ def main() -> None:
             body = {"prompt": "ROMEO:", "max_tokens": 200, "stream": True, "temperature": 1.0}
             paths = {"rnnserve": f"/v1/models/{mods.char_name}/generate", "floor": "/generate"}
             secs = a.seconds if a.quick else 10.0
+            for name in [x for x in ("rnnserve", "floor") if x in servers]:
+                port = int(servers[name].base.rsplit(":", 1)[1])  # warm-up, discarded
+                gen_run(
+                    "127.0.0.1",
+                    port,
+                    paths[name],
+                    body,
+                    64,
+                    0.5,
+                    warm,
+                    str(OUT / f"gen-{name}-warm"),
+                )
             for n in [int(x) for x in a.streams.split(",")]:
                 for name in [x for x in ("rnnserve", "floor") if x in servers]:
                     srv = servers[name]
                     port = int(srv.base.rsplit(":", 1)[1])
                     cpu0, t0 = srv.cpu(), time.perf_counter()
-                    r = gen_run("127.0.0.1", port, paths[name], body, n, warm, secs,
-                                str(OUT / f"gen-{name}-{n}"))
+                    r = gen_run(
+                        "127.0.0.1",
+                        port,
+                        paths[name],
+                        body,
+                        n,
+                        warm,
+                        secs,
+                        str(OUT / f"gen-{name}-{n}"),
+                    )
                     r["server_cpu"] = (srv.cpu() - cpu0) / (time.perf_counter() - t0)
                     gen.setdefault(name, {})[str(n)] = r
-                    log(f"generate {name} {n} streams: {r['tokens_per_s']:.0f} tok/s, TTFT p50 "
+                    log(
+                        f"generate {name} {n} streams: {r['tokens_per_s']:.0f} tok/s, TTFT p50 "
                         f"{r['ttft_p50_ms']:.1f} ms, ITL p50 {r['itl_p50_ms']:.2f} p99 "
                         f"{r['itl_p99_ms']:.2f} ms, errors {r['errors']}, client CPU "
-                        f"{r['client_cpu']:.2f}")
+                        f"{r['client_cpu']:.2f}"
+                    )
             res["generate"] = gen
     finally:
         for srv in servers.values():
@@ -221,21 +289,50 @@ def main() -> None:
     if "overhead" in only:
         log("engine overhead (in-process)")
         path = OUT / "overhead.json"
-        subprocess.run([py, "-m", "bench.inproc", "overhead", str(mods.char_dir), str(path),
-                        "1" if a.quick else "4"], check=True, cwd=REPO, capture_output=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "bench.inproc",
+                "overhead",
+                str(mods.char_dir),
+                str(path),
+                "1" if a.quick else "4",
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
         res["overhead"] = json.loads(path.read_text())
         for row in res["overhead"]["rows"]:
-            log(f"overhead batch {row['batch']}: bare {row['bare_ms']:.3f} ms, engine "
-                f"{row['engine_ms']:.3f} ms, x{row['ratio']:.2f}")
+            log(
+                f"overhead batch {row['batch']}: bare {row['bare_ms']:.3f} ms, engine "
+                f"{row['engine_ms']:.3f} ms, x{row['ratio']:.2f}"
+            )
     if "capacity" in only:
         log(f"session capacity ({a.sessions} sessions, in-process)")
         path = OUT / "capacity.json"
-        subprocess.run([py, "-m", "bench.inproc", "capacity", str(mods.root), mods.char_name,
-                        str(a.sessions), str(path)], check=True, cwd=REPO, capture_output=True)
+        subprocess.run(
+            [
+                py,
+                "-m",
+                "bench.inproc",
+                "capacity",
+                str(mods.root),
+                mods.char_name,
+                str(a.sessions),
+                str(path),
+            ],
+            check=True,
+            cwd=REPO,
+            capture_output=True,
+        )
         res["capacity"] = json.loads(path.read_text())
         c = res["capacity"]
-        log(f"capacity: {c['bytes_per_session']:.0f} B/session vs raw state "
-            f"{c['raw_state_bytes']} B (x{c['ratio']:.2f})")
+        log(
+            f"capacity: {c['bytes_per_session']:.0f} B/session vs raw state "
+            f"{c['raw_state_bytes']} B (x{c['ratio']:.2f})"
+        )
 
     res["load_after"] = os.getloadavg()
     res["wall_s"] = time.time() - t_begin

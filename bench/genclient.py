@@ -24,8 +24,9 @@ import numpy as np
 PAT = b"event: token"
 
 
-async def _stream(host: str, port: int, request: bytes, t_start: float, t_end: float,
-                  out: dict[str, Any]) -> None:
+async def _stream(
+    host: str, port: int, request: bytes, t_start: float, t_end: float, out: dict[str, Any]
+) -> None:
     tail = len(PAT) - 1
     while time.perf_counter() < t_end:
         reader, writer = await asyncio.open_connection(host, port)
@@ -69,11 +70,13 @@ async def _stream(host: str, port: int, request: bytes, t_start: float, t_end: f
         out["generations"] += 1
 
 
-async def _main(host: str, port: int, request: bytes, streams: int, t_start: float,
-                t_end: float) -> dict[str, Any]:
+async def _main(
+    host: str, port: int, request: bytes, streams: int, t_start: float, t_end: float
+) -> dict[str, Any]:
     out: dict[str, Any] = {"tokens": 0, "ttft": [], "itl": [], "errors": 0, "generations": 0}
-    await asyncio.gather(*(_stream(host, port, request, t_start, t_end, out)
-                           for _ in range(streams)))
+    await asyncio.gather(
+        *(_stream(host, port, request, t_start, t_end, out) for _ in range(streams))
+    )
     return out
 
 
@@ -96,13 +99,23 @@ def _worker(args: tuple[str, int, bytes, int, float, float, str]) -> None:
 
 def build_request(host: str, port: int, path: str, body: dict[str, Any]) -> bytes:
     data = json.dumps(body).encode()
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {len(data)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nConnection: close\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
     return head.encode() + data
 
 
-def run(host: str, port: int, path: str, body: dict[str, Any], streams: int, warmup_s: float,
-        seconds: float, scratch: str) -> dict[str, Any]:
+def run(
+    host: str,
+    port: int,
+    path: str,
+    body: dict[str, Any],
+    streams: int,
+    warmup_s: float,
+    seconds: float,
+    scratch: str,
+) -> dict[str, Any]:
     """Drive `streams` concurrent streams; returns tokens/s, TTFT and inter-token percentiles."""
     procs = 1 if streams < 32 else min(2, os.cpu_count() or 1)
     request = build_request(host, port, path, body)
@@ -111,8 +124,10 @@ def run(host: str, port: int, path: str, body: dict[str, Any], streams: int, war
     shares = [streams // procs + (i < streams % procs) for i in range(procs)]
     paths = [f"{scratch}.{i}.json" for i in range(procs)]
     ctx = mp.get_context("fork")
-    ps = [ctx.Process(target=_worker, args=((host, port, request, s, t_start, t_end, p),))
-          for s, p in zip(shares, paths)]
+    ps = [
+        ctx.Process(target=_worker, args=((host, port, request, s, t_start, t_end, p),))
+        for s, p in zip(shares, paths, strict=True)
+    ]
     wall0 = time.perf_counter()
     for p in ps:
         p.start()
@@ -122,15 +137,15 @@ def run(host: str, port: int, path: str, body: dict[str, Any], streams: int, war
     tokens = errors = gens = 0
     cpu = 0.0
     itl, ttft = [], []
-    for p in paths:
-        with open(p) as f:
+    for path_ in paths:
+        with open(path_) as f:
             d = json.load(f)
         tokens += d["tokens"]
         errors += d["errors"]
         gens += d["generations"]
         cpu += d["cpu_s"]
-        itl.append(np.load(p + ".itl.npy"))
-        ttft.append(np.load(p + ".ttft.npy"))
+        itl.append(np.load(path_ + ".itl.npy"))
+        ttft.append(np.load(path_ + ".ttft.npy"))
     it, tt = np.concatenate(itl), np.concatenate(ttft)
 
     def pct(a: np.ndarray, q: float) -> float:
@@ -153,8 +168,11 @@ def run(host: str, port: int, path: str, body: dict[str, Any], streams: int, war
 
 if __name__ == "__main__":
     a = sys.argv[1:]
-    body = json.loads(a[8]) if len(a) > 8 else {"prompt": "ROMEO:", "stream": True,
-                                                   "max_tokens": int(a[6])}
+    body = (
+        json.loads(a[8])
+        if len(a) > 8
+        else {"prompt": "ROMEO:", "stream": True, "max_tokens": int(a[6])}
+    )
     r = run(a[0], int(a[1]), a[2], body, int(a[3]), float(a[4]), float(a[5]), a[7])
     r.pop("itl_sample")
     print(json.dumps(r, indent=1))

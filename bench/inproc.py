@@ -40,11 +40,11 @@ def bare_step_s(runner: Any, B: int, seconds: float) -> float:
     lengths = np.ones(B, np.int32)
     names_in, names_out = io.input_names(), io.output_names()
     for _ in range(20):
-        out = sess.run(names_out, dict(zip(names_in, (tokens, lengths, *states))))
+        out = sess.run(names_out, dict(zip(names_in, (tokens, lengths, *states), strict=True)))
         states = out[1:]
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        out = sess.run(names_out, dict(zip(names_in, (tokens, lengths, *states))))
+        out = sess.run(names_out, dict(zip(names_in, (tokens, lengths, *states), strict=True)))
         states = out[1:]
         n += 1
     return (time.perf_counter() - t0) / n
@@ -65,9 +65,12 @@ async def engine_step_s(runner: Any, B: int, seconds: float) -> float:
     rng = np.random.default_rng(0)
     big = 10**9
     streams = [
-        Stream(SamplingParams(1.0, 0, 1.0, seed=i, max_tokens=big),
-               rng.standard_normal(K).astype(np.float32),
-               runner.manifest.init_states(1), vocab.__getitem__)
+        Stream(
+            SamplingParams(1.0, 0, 1.0, seed=i, max_tokens=big),
+            rng.standard_normal(K).astype(np.float32),
+            runner.manifest.init_states(1),
+            vocab.__getitem__,
+        )
         for i in range(B)
     ]
     marks: list[float] = []
@@ -104,8 +107,15 @@ def overhead(model_dir: Path, seconds: float) -> dict[str, Any]:
         eng = asyncio.run(engine_step_s(runner, B, seconds))
         bare2 = bare_step_s(runner, B, seconds)  # before and after: drift shows
         b = (bare + bare2) / 2
-        rows.append({"batch": B, "bare_ms": b * 1e3, "engine_ms": eng * 1e3,
-                     "ratio": eng / b, "bare_spread": abs(bare - bare2) / b})
+        rows.append(
+            {
+                "batch": B,
+                "bare_ms": b * 1e3,
+                "engine_ms": eng * 1e3,
+                "ratio": eng / b,
+                "bare_spread": abs(bare - bare2) / b,
+            }
+        )
     return {"rows": rows}
 
 
@@ -120,8 +130,7 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     engine = Engine(reg, SchedulerConfig(max_batch_size=256, max_queue=1 << 20))
     engine.start()
     store = MemoryStore(n + 10)
-    svc = SessionService(engine, store, default_ttl_s=3600, max_ttl_s=86400,
-                         idempotency_ttl_s=3600)
+    svc = SessionService(engine, store, default_ttl_s=3600, max_ttl_s=86400, idempotency_ttl_s=3600)
     m = reg.get(name)
     raw = sum(a.nbytes for a in m.manifest.init_states(1))
     # warm every code path once, then measure
@@ -133,8 +142,7 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     chunk = 1000
     for i in range(0, n, chunk):
         infos = [await svc.create(name, None, None, None, None) for _ in range(min(chunk, n - i))]
-        await asyncio.gather(*(svc.feed(x["session_id"], "a", 5, None, None, None)
-                               for x in infos))
+        await asyncio.gather(*(svc.feed(x["session_id"], "a", 5, None, None, None) for x in infos))
     elapsed = time.perf_counter() - t0
     gc.collect()
     after = _pss()
@@ -142,9 +150,16 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     rec = await store.get(first["session_id"])
     logits_bytes = rec.logits.nbytes if rec.logits is not None else 0
     await engine.close(1.0)
-    return {"sessions": n, "raw_state_bytes": raw, "logits_bytes": logits_bytes,
-            "bytes_per_session": per, "ratio": per / raw, "create_feed_s": elapsed,
-            "pss_before_mb": before / 2**20, "pss_after_mb": after / 2**20}
+    return {
+        "sessions": n,
+        "raw_state_bytes": raw,
+        "logits_bytes": logits_bytes,
+        "bytes_per_session": per,
+        "ratio": per / raw,
+        "create_feed_s": elapsed,
+        "pss_before_mb": before / 2**20,
+        "pss_after_mb": after / 2**20,
+    }
 
 
 def main() -> None:

@@ -56,14 +56,19 @@ def parse_wrk(output: str) -> dict[str, float]:
     """The BENCHJSON line our Lua `done()` prints."""
     for line in output.splitlines():
         if line.startswith("BENCHJSON "):
-            return dict(json.loads(line[len("BENCHJSON "):]))
+            return dict(json.loads(line[len("BENCHJSON ") :]))
     raise ValueError(f"no BENCHJSON line in wrk output: {output[-500:]!r}")
 
 
 def to_result(d: dict[str, float], cpu_s: float, wall_s: float) -> WrkResult:
     dur = d["duration_us"] / 1e6
-    errors = int(d["connect_errors"] + d["read_errors"] + d["write_errors"]
-                 + d["status_errors"] + d["timeouts"])
+    errors = int(
+        d["connect_errors"]
+        + d["read_errors"]
+        + d["write_errors"]
+        + d["status_errors"]
+        + d["timeouts"]
+    )
     return WrkResult(
         rps=d["requests"] / dur if dur else 0.0,
         requests=int(d["requests"]),
@@ -77,10 +82,26 @@ def to_result(d: dict[str, float], cpu_s: float, wall_s: float) -> WrkResult:
     )
 
 
-def run_wrk(base: str, prefix: Path, connections: int, seconds: float,
-            threads: int = 2, timeout_s: int = 10) -> WrkResult:
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
-            "--timeout", f"{timeout_s}s", "--latency", "-s", str(LUA), base, "--", str(prefix)]
+def run_wrk(
+    base: str, prefix: Path, connections: int, seconds: float, threads: int = 2, timeout_s: int = 10
+) -> WrkResult:
+    argv = [
+        "wrk",
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(seconds))}s",
+        "--timeout",
+        f"{timeout_s}s",
+        "--latency",
+        "-s",
+        str(LUA),
+        base,
+        "--",
+        str(prefix),
+    ]
     t0 = time.perf_counter()
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert p.stdout is not None
@@ -91,3 +112,43 @@ def run_wrk(base: str, prefix: Path, connections: int, seconds: float,
     if p.returncode != 0:
         raise RuntimeError(f"wrk failed ({p.returncode}): {out[-800:]}")
     return to_result(parse_wrk(out), ru.ru_utime + ru.ru_stime, wall)
+
+
+def read_requests(path: Path) -> list[Req]:
+    """Parse one file written by `write_requests` (the inverse; used by probes and tests)."""
+    data = Path(path).read_bytes()
+    out: list[Req] = []
+    i = 0
+
+    def line() -> str:
+        nonlocal i
+        j = data.index(b"\n", i)
+        s = data[i:j].decode()
+        i = j + 1
+        return s
+
+    while i < len(data):
+        method, path_ = line(), line()
+        headers = {}
+        for _ in range(int(line())):
+            k = line()
+            headers[k] = line()
+        n = int(line())
+        body = data[i : i + n]
+        i += n + 1
+        out.append(Req(method, path_, headers, body))
+    return out
+
+
+def probe(base: str, req: Req) -> tuple[int, bytes]:
+    """Send one request (urllib) and return (status, body): each target's answer is checked
+    before it is loaded, so a fast error page can never pass for throughput."""
+    import urllib.error
+    import urllib.request
+
+    r = urllib.request.Request(base + req.path, req.body, req.headers, method=req.method)
+    try:
+        with urllib.request.urlopen(r, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()

@@ -97,7 +97,11 @@ class Server:
         env = {**os.environ, **self.env}
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            self.argv, env=env, cwd=self.cwd, stdout=out, stderr=subprocess.STDOUT,
+            self.argv,
+            env=env,
+            cwd=self.cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         while time.perf_counter() - t0 < timeout:
@@ -134,16 +138,25 @@ class Server:
             return
         pids = self.pids()
         if self.stop_argv is not None:
-            subprocess.run(self.stop_argv, env={**os.environ, **self.env}, cwd=self.cwd,
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                self.stop_argv,
+                env={**os.environ, **self.env},
+                cwd=self.cwd,
+                capture_output=True,
+                timeout=60,
+            )
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         deadline = time.time() + 15
         while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(0.1)
-            pids = [p for p in pids if Path(f"/proc/{p}").exists()
-                    and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]]
+            pids = [
+                p
+                for p in pids
+                if Path(f"/proc/{p}").exists()
+                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]
+            ]
         for p in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)

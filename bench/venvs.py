@@ -50,9 +50,19 @@ def ensure(peer: str, log: Path | None = None) -> Path:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         req.write_text(want)
         subprocess.run(
-            [str(python(peer)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             "-r", str(req)],
-            check=True, stdout=out, stderr=out,
+            [
+                str(python(peer)),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "-r",
+                str(req),
+            ],
+            check=True,
+            stdout=out,
+            stderr=out,
         )
     finally:
         if out:

@@ -9,7 +9,7 @@ from typing import Any
 import bentoml
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import Model, model_dirs  # noqa: E402
+from common import Model, model_dirs
 
 
 @bentoml.service(workers=1)

@@ -115,7 +115,10 @@ class Model:
         assert self.labels is not None
         probs = self.classify(texts)
         return [
-            {"label": self.labels[int(p.argmax())], "probs": dict(zip(self.labels, p.tolist()))}
+            {
+                "label": self.labels[int(p.argmax())],
+                "probs": dict(zip(self.labels, p.tolist(), strict=True)),
+            }
             for p in probs
         ]
 

@@ -19,7 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import Model, model_dirs  # noqa: E402
+from common import Model, model_dirs
 
 char_dir, cls_dir = model_dirs()
 lm = Model(char_dir)
@@ -83,5 +83,4 @@ async def generate(request: Request) -> StreamingResponse:
 
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning",
-                access_log=False)
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)

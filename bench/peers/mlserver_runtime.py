@@ -11,7 +11,7 @@ from mlserver.codecs import NumpyCodec, StringCodec
 from mlserver.types import InferenceRequest, InferenceResponse
 
 sys.path.insert(0, os.environ["BENCH_PEERS_DIR"])
-from common import Model, model_dirs  # noqa: E402
+from common import Model, model_dirs
 
 
 class StepRuntime(MLModel):
@@ -25,7 +25,8 @@ class StepRuntime(MLModel):
         h = NumpyCodec.decode_input(ins["h"]).astype(np.float32)  # (B, L, H)
         c = NumpyCodec.decode_input(ins["c"]).astype(np.float32)
         logits, h2, c2 = self.m.step_batch(
-            list(texts), np.ascontiguousarray(h.transpose(1, 0, 2)),
+            list(texts),
+            np.ascontiguousarray(h.transpose(1, 0, 2)),
             np.ascontiguousarray(c.transpose(1, 0, 2)),
         )
         return InferenceResponse(

@@ -17,7 +17,7 @@ from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from common import Model, model_dirs  # noqa: E402
+from common import Model, model_dirs
 
 char_dir, cls_dir = model_dirs()
 lm = Model(char_dir)

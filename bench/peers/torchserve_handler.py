@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.environ["BENCH_PEERS_DIR"])
-from common import Model, model_dirs  # noqa: E402
+from common import Model, model_dirs
 
 _model: Model | None = None
 
@@ -38,8 +38,13 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[str] | None:
         c = np.concatenate([np.asarray(b["c"], np.float32) for b in bodies], axis=1)
         logits, h2, c2 = m.step_batch([b["text"] for b in bodies], h, c)
         return [
-            json.dumps({"next": m.top(logits[i]), "h": h2[:, i : i + 1].tolist(),
-                        "c": c2[:, i : i + 1].tolist()})
+            json.dumps(
+                {
+                    "next": m.top(logits[i]),
+                    "h": h2[:, i : i + 1].tolist(),
+                    "c": c2[:, i : i + 1].tolist(),
+                }
+            )
             for i in range(len(bodies))
         ]
     texts = [b["inputs"][0] for b in bodies]
