@@ -108,6 +108,7 @@ def train(
     bad_evals = 0
     history: list[dict[str, Any]] = []
     run_loss, run_n = 0.0, 0  # running mean of the train loss between log lines
+    last_val: dict[str, str] = {}  # the latest validation metric, shown on the progress bar
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -171,6 +172,7 @@ def train(
         else:
             bad_evals += 1
         bar.note(f"step {step:>6}  {shown}{'  *' if improved else ''}  ({time.perf_counter() - t0:.1f}s)")
+        last_val[metric] = f"{vals[metric]:.4f}"
         return tc.patience > 0 and bad_evals >= tc.patience
 
     model.train()
@@ -203,7 +205,7 @@ def train(
                 log.write({"kind": "train", "step": step, "epoch": round(step / per_epoch, 3),
                            "loss": run_loss / run_n, "lr": sched.lr(), "grad_norm": gnorm,
                            "tokens_per_s": round(rate, 1), "seconds": round(seconds, 2)})
-                bar.postfix(loss=run_loss / run_n, lr=sched.lr(), tok_s=f"{rate:,.0f}")
+                bar.postfix(loss=run_loss / run_n, lr=sched.lr(), tok_s=f"{rate:,.0f}", **last_val)
                 run_loss, run_n = 0.0, 0
                 bar.reset_rate()
             end_of_epoch = pos >= per_epoch
