@@ -129,12 +129,13 @@ def train(
         f"{per_epoch} steps/epoch, {total} steps; data: {task.dataset}"
     )
     params = [p for p in model.parameters() if p.requires_grad]
+    commit = git_commit()
 
     def meta() -> dict[str, Any]:
         return {
             "model_config": mcfg.to_dict(), "config": cfg.to_dict(), "labels": task.labels,
             "tokenizer": task.tokenizer.model_dump(mode="json"), "dataset": task.dataset,
-            "git_commit": git_commit(), "parameters": n_params, "device": describe_device(device),
+            "git_commit": commit, "parameters": n_params, "device": describe_device(device),
         }
 
     def save_last() -> None:
@@ -249,7 +250,7 @@ def write_summary(
         "steps": step, "epochs": round(step / per_epoch, 3), "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(seconds / max(1e-9, step / per_epoch), 1) if step else None,
         "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
-        "device": describe_device(device), **best,
+        "device": describe_device(device), "run_dir": str(run_dir), **best,
     }
     ck.write_json(run_dir / ck.SUMMARY, summary)
     learning_curve(records, run_dir / ck.CURVE, f"{cfg.name} ({mcfg.cell}, {n_params:,} params)")
