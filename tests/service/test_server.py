@@ -49,14 +49,14 @@ def test_sigterm_drains_in_flight_stream() -> None:
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "server did not start"
             time.sleep(0.05)
-        body = {"max_tokens": 3000, "stream": True, "temperature": 0}
+        body = {"max_tokens": 800, "stream": True, "temperature": 0}
         with httpx.stream("POST", f"{base}/v1/models/{LM}/generate", json=body, timeout=30) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("event: token")
             proc.send_signal(signal.SIGTERM)
             rest = [x for x in lines if x]
         assert rest[-1] == "data: [DONE]" and any(x.startswith("event: done") for x in rest)
-        assert sum(x.startswith("event: token") for x in rest) >= 2000  # it ran to the end
+        assert sum(x.startswith("event: token") for x in rest) >= 700  # it ran to the end
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
     finally:
         if proc.poll() is None:
