@@ -108,6 +108,7 @@ def train(
     bad_evals = 0
     history: list[dict[str, Any]] = []
     run_loss, run_n = 0.0, 0  # running mean of the train loss between log lines
+    work_tokens, work_seconds = 0, 0.0  # training steps only (no evaluation): for tokens/s
     last_val: dict[str, str] = {}  # the latest validation metric, shown on the progress bar
     if state is not None:
         model.load_state_dict(state["model"])
@@ -120,6 +121,7 @@ def train(
         best, best_metrics, bad_evals = state["best"], state["best_metrics"], state["bad_evals"]
         history = state["history"]
         run_loss, run_n = state["running_loss"]
+        work_tokens, work_seconds = state["work"]
 
     (run_dir / ck.CONFIG).write_text(to_toml(cfg.to_dict()), encoding="utf-8")
     log = MetricsLog(run_dir / ck.METRICS, history)
@@ -147,7 +149,7 @@ def train(
                 "task": task.state_dict() if p > 0 else {"carried": None}, "rng": rng_state(),
                 "step": step, "epoch": e, "pos": p, "train_seconds": seconds, "best": best,
                 "best_metrics": best_metrics, "bad_evals": bad_evals, "history": log.records,
-                "running_loss": (run_loss, run_n),
+                "running_loss": (run_loss, run_n), "work": (work_tokens, work_seconds),
             },
             run_dir / ck.LAST,
         )
@@ -186,6 +188,7 @@ def train(
         if pos == 0:
             task.reset()
         for batch in task.batches(epoch, pos):
+            t_step = time.perf_counter()
             batch = batch.to(device)
             with weight_noise(model, oc.weight_noise):
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -201,6 +204,7 @@ def train(
             step, pos = step + 1, pos + 1
             run_loss, run_n = run_loss + loss.item(), run_n + 1
             bar.update(n_tok)
+            work_tokens, work_seconds = work_tokens + n_tok, work_seconds + time.perf_counter() - t_step
             if step % tc.log_every == 0 or step == total:
                 rate = bar.rate()
                 log.write({"kind": "train", "step": step, "epoch": round(step / per_epoch, 3),
@@ -231,7 +235,8 @@ def train(
     save_last()
     bar.close()
     seconds = time.perf_counter() - t_start
-    summary = write_summary(run_dir, cfg, mcfg, n_params, best_metrics, log.records, step, per_epoch, seconds, device)
+    summary = write_summary(run_dir, cfg, mcfg, n_params, best_metrics, log.records, step, per_epoch,
+                            seconds, device, work_tokens, work_seconds)
     if not interrupted and (run_dir / ck.CHECKPOINT).exists():
         # the best checkpoint learns the total training time once the run is over
         best_ck = ck.load(run_dir / ck.CHECKPOINT)
@@ -243,13 +248,16 @@ def train(
 def write_summary(
     run_dir: Path, cfg: ExperimentConfig, mcfg: Any, n_params: int, best: dict[str, float],
     records: list[dict[str, Any]], step: int, per_epoch: int, seconds: float, device: torch.device,
+    work_tokens: int, work_seconds: float,
 ) -> dict[str, Any]:
-    rates = [r["tokens_per_s"] for r in records if r.get("kind") == "train"]
+    """Headline numbers. `train_seconds` is wall clock (evaluations included); `seconds_per_epoch`
+    and `tokens_per_s` count training steps only, so cells compare on their own speed."""
+    epochs = step / per_epoch
     summary = {
         "name": cfg.name, "task": cfg.task, "cell": mcfg.cell, "parameters": n_params,
-        "steps": step, "epochs": round(step / per_epoch, 3), "train_seconds": round(seconds, 1),
-        "seconds_per_epoch": round(seconds / max(1e-9, step / per_epoch), 1) if step else None,
-        "tokens_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+        "steps": step, "epochs": round(epochs, 3), "train_seconds": round(seconds, 1),
+        "seconds_per_epoch": round(work_seconds / epochs, 1) if step else None,
+        "tokens_per_s": round(work_tokens / work_seconds, 1) if work_seconds > 0 else None,
         "device": describe_device(device), "run_dir": str(run_dir), **best,
     }
     ck.write_json(run_dir / ck.SUMMARY, summary)
