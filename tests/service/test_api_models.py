@@ -160,3 +160,13 @@ async def test_metrics_exposed(client: httpx.AsyncClient) -> None:
         assert name in text, name
     assert 'provider="CPUExecutionProvider"' in text
     assert 'route="/v1/models/{model}/generate"' in text
+
+
+async def test_openapi_schema_documents_errors_and_streams(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    gen = spec["paths"]["/v1/sessions/{session_id}/generate"]["post"]
+    assert "text/event-stream" in gen["responses"]["200"]["content"]
+    assert {"404", "409", "422"} <= set(gen["responses"])
+    err = gen["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
+    assert err.endswith("/ErrorBody")
+    assert (await client.get("/docs")).status_code == 200
