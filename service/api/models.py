@@ -17,17 +17,10 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.api.streaming import EventStream
+from service.api.streaming import STREAM_RESPONSE, EventStream
 from service.engine.registry import LoadedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
-
-_STREAM_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "JSON, or `text/event-stream` when `stream` is true",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
-}
 
 
 def model_info(m: LoadedModel, detail: bool = False) -> ModelInfo:
@@ -79,7 +72,7 @@ async def predict(
     "/{model}/generate",
     response_model=GenerateResponse,
     response_model_exclude_none=True,
-    responses={**_STREAM_DOC, **responses(400, 404, 422, 503)},
+    responses={**STREAM_RESPONSE, **responses(400, 404, 422, 503)},
     summary="Generate text from a fresh state (JSON or SSE)",
 )
 async def generate(

@@ -12,7 +12,6 @@ from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
 from service.api.errors import responses
-from service.api.models import _STREAM_DOC
 from service.api.schemas import (
     CreateSession,
     FeedRequest,
@@ -24,7 +23,7 @@ from service.api.schemas import (
     StateResponse,
     check_text,
 )
-from service.api.streaming import EventStream, unless_disconnected
+from service.api.streaming import STREAM_RESPONSE, EventStream, unless_disconnected
 from service.errors import InvalidState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -128,7 +127,7 @@ async def feed(
 @router.post(
     "/{session_id}/generate",
     response_model=GenerateResponse,
-    responses={**_STREAM_DOC, **responses(400, 404, 409, 422, 503)},
+    responses={**STREAM_RESPONSE, **responses(400, 404, 409, 422, 503)},
     summary="Generate from the session's state and commit the result to it",
 )
 async def generate(

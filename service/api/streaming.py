@@ -25,6 +25,14 @@ from service.errors import ServiceError, stream_error
 
 T = TypeVar("T")
 
+# `responses=` entry for a route answering JSON or, with `stream`, server-sent events
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or `text/event-stream` when `stream` is true",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
 
 def token_payload(ev: TokenEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"text": ev.text, "index": ev.index, "token_id": ev.token_id}
