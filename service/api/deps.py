@@ -1,4 +1,9 @@
-"""Dependencies (overridable in tests with `app.dependency_overrides`)."""
+"""Dependencies (overridable in tests with `app.dependency_overrides`).
+
+They are `async def` on purpose: FastAPI runs a plain `def` dependency in its thread pool, and
+two thread hand-offs per request cost ~20 % of a session step's CPU (py-spy, bench/ step
+workload); these do no blocking work.
+"""
 
 from __future__ import annotations
 
@@ -22,11 +27,11 @@ class Services:
     metrics: Metrics
 
 
-def get_services(conn: HTTPConnection) -> Services:
+async def get_services(conn: HTTPConnection) -> Services:
     services: Services = conn.app.state.services
     return services
 
 
-def get_owner(conn: HTTPConnection) -> str | None:
+async def get_owner(conn: HTTPConnection) -> str | None:
     """The caller's key scope. No API keys yet: every caller is the anonymous owner."""
     return None
