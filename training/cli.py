@@ -121,6 +121,8 @@ def reproduce_cmd(
     models: Annotated[Path, typer.Option(help="Where the exported artifacts go")] = Path("models"),
     version: Annotated[str, typer.Option(help="Artifact version")] = "1",
     export: Annotated[bool, typer.Option(help="Export each model after training")] = True,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override for every run, "
+                                                    "e.g. train.max_minutes=0 on a GPU")] = None,
 ) -> None:
     """Retrain every shipped model from its committed config, then export it to models/NAME."""
     _need_torch()
@@ -134,7 +136,7 @@ def reproduce_cmd(
     for name in names:
         run_dir = runs / name
         typer.echo(f"== {name}: training into {run_dir}")
-        train(load_config(name), run_dir)
+        train(_config(name, set_ or []), run_dir)
         if export:
             from training.export import export_command
 
