@@ -9,7 +9,7 @@ One loop per model alternates between
 
 The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache): the
 outputs of one step are the inputs of the next, so a steady step copies nothing; joining
-concatenates rows, leaving filters them. Runner calls go to a one-thread executor per model.
+concatenates rows, leaving filters them. Runner calls go to one worker thread per model.
 A failed call fails every waiter of that call.
 """
 
@@ -20,7 +20,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from service.engine.runner import Runner
 from service.engine.sampling import logprob_info, sample
 from service.engine.stream import Stream
+from service.engine.worker import Worker
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -76,7 +76,7 @@ class Scheduler:
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
         self._wake = asyncio.Event()
         self._closing = False
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{self.name}")
+        self._worker = Worker(f"ort-{self.name}")
         self._task: asyncio.Task[None] | None = None
 
     # -- public API -------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Scheduler:
                     await self._task
         err = Overloaded("the server is shutting down", code="shutting_down")
         self._fail_all(err)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._worker.close()
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -179,8 +179,7 @@ class Scheduler:
         self, kind: str, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
     ) -> tuple[np.ndarray, StateRows]:
         t0 = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._executor, self.runner.run, tokens, lengths, states)
+        out = await self._worker.submit(self.runner.run, tokens, lengths, states)
         if self.metrics is not None:
             self.metrics.step_time.labels(self.name, kind).observe(time.perf_counter() - t0)
             self.metrics.batch_size.labels(self.name, kind).observe(len(lengths))
@@ -299,9 +298,7 @@ class Scheduler:
         tokens = sample(self._logits, self._temp, self._top_k, self._top_p, uniforms)  # (n,)
         # (n, 1) tokens: finished rows are fed too, so their final state includes the token.
         # onnxruntime runs in the worker thread while the per-stream bookkeeping runs here.
-        call = asyncio.get_running_loop().run_in_executor(
-            self._executor, self.runner.run, tokens[:, None], self._ones[:n], self._states
-        )
+        call = self._worker.submit(self.runner.run, tokens[:, None], self._ones[:n], self._states)
         finished: list[int] = []
         logits_in = self._logits
         for i, (s, tok) in enumerate(zip(streams, tokens.tolist(), strict=True)):
