@@ -51,16 +51,24 @@ def sample(
         return out
     filtered = ((top_k > 0) & (top_k < K)) | (top_p < 1.0)
     plain = ~greedy & ~filtered
-    if plain.any():  # the common case needs no sort: inverse CDF in vocabulary order
-        x = logits[plain].astype(np.float64) / temperature[plain, None]
-        cdf = np.cumsum(np.exp(x - x.max(axis=-1, keepdims=True)), axis=-1)
-        idx = (cdf < uniforms[plain, None] * cdf[:, -1:]).sum(axis=-1)
-        out[plain] = np.minimum(idx, K - 1)
+    if plain.all():  # every row plain (the usual case): no masking, no sort
+        return _sample_plain(logits, temperature, uniforms)
+    if plain.any():
+        out[plain] = _sample_plain(logits[plain], temperature[plain], uniforms[plain])
     rows = ~greedy & filtered
     if rows.any():
         out[rows] = _sample_filtered(
             logits[rows], temperature[rows], top_k[rows], top_p[rows], uniforms[rows]
         )
+    return out
+
+
+def _sample_plain(logits: np.ndarray, temperature: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """Temperature only: inverse CDF in vocabulary order."""
+    x = logits.astype(np.float64) / temperature[:, None]
+    cdf = np.cumsum(np.exp(x - x.max(axis=-1, keepdims=True)), axis=-1)
+    idx = (cdf < uniforms[:, None] * cdf[:, -1:]).sum(axis=-1)
+    out: np.ndarray = np.minimum(idx, logits.shape[1] - 1).astype(np.int64)
     return out
 
 
