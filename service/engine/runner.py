@@ -35,6 +35,11 @@ class Runner:
         self.manifest = manifest
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        # No spin-waiting in the intra-op pool: the scheduler overlaps per-stream bookkeeping and
+        # HTTP with the call, and on a small shared CPU spinning threads steal that time
+        # (docs/benchmarks.md: 1.4-2.8x decode tokens/s at 64-256 streams on 2 cores, at a
+        # ~10 % cost to a lone stream).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         self.session = ort.InferenceSession(
