@@ -23,8 +23,10 @@ from service.engine.registry import Registry, load_registry
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
+from service.limits import GuardMiddleware
 from service.logging import configure_logging, get_logger, request_id
 from service.metrics import Metrics
+from service.security import AuthMiddleware, KeyRing
 from service.settings import Settings
 
 log = get_logger("app")
@@ -122,6 +124,9 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(openai_compat_router)
     app.include_router(playground.router)
+    # outermost last: observe -> auth (sets the owner) -> limits (body, timeouts, streams per key)
+    app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(AuthMiddleware, keys=KeyRing.from_settings(settings), settings=settings)
     app.add_middleware(ObserveMiddleware)
     return app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -72,4 +72,54 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_s: float = Field(
         3600.0, gt=0, description="How long an `Idempotency-Key` result is kept for replay."
+    )
+
+    # access (service/security.py; docs/reliability.md)
+    api_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated API keys (`key` or `name:key`); any key set turns "
+        "`Authorization: Bearer` checking on. Off (everyone anonymous) when no key is set.",
+    )
+    api_keys_file: Path | None = Field(
+        None,
+        description="A file of hashed keys, one per line: `name sha256:<hex>` (`python -m "
+        "service.security NAME` prints one); `#` comments. Combined with `api_keys`.",
+    )
+    auth_open_health: bool = Field(
+        True, description="With keys on: /healthz, /readyz and /v2/health/* need no key."
+    )
+    auth_open_metrics: bool = Field(True, description="With keys on: /metrics needs no key.")
+    auth_open_docs: bool = Field(
+        True, description="With keys on: /docs, /openapi.json and the playground page need no key."
+    )
+    debug_log_bodies: bool = Field(
+        False,
+        description="Log request bodies (texts!) at debug level. Never keys. Off unless you are "
+        "debugging on your own data.",
+    )
+
+    # limits and back-pressure (service/limits.py)
+    max_body_bytes: int = Field(
+        16 << 20, ge=1024, description="Largest request body (after decompression: v2 gzip)."
+    )
+    max_sessions_per_key: int = Field(
+        10_000, ge=1, description="Live sessions one API key may hold (429 `session_limit`)."
+    )
+    max_streams_per_key: int = Field(
+        64,
+        ge=1,
+        description="Concurrent generations (streams, JSON generates, completions, WebSocket "
+        "generates) per API key, per replica (429 `stream_limit`).",
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A request must start its response within this (504 `timeout`); a stream's "
+        "body is then bounded by `max_tokens`.",
+    )
+    send_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A client that does not take a response or stream frame (or WebSocket "
+        "message) within this is dropped: its work is cancelled and its slot freed.",
     )

@@ -15,6 +15,7 @@ from service.engine.engine import Engine
 from service.engine.session_ops import SessionService
 from service.engine.sessions import SessionStore
 from service.metrics import Metrics
+from service.security import owner_of
 from service.settings import Settings
 
 
@@ -33,5 +34,6 @@ async def get_services(conn: HTTPConnection) -> Services:
 
 
 async def get_owner(conn: HTTPConnection) -> str | None:
-    """The caller's key scope. No API keys yet: every caller is the anonymous owner."""
-    return None
+    """The caller's key scope: the API key's owner name (`service.security`); None with keys
+    off (every caller is the anonymous owner)."""
+    return owner_of(conn)

@@ -1,0 +1,207 @@
+"""Limits and back-pressure at the ASGI edge, for every surface (pure ASGI, no per-request task).
+
+* **Body size**: a `Content-Length` over `max_body_bytes` is 413 at once; a chunked body is
+  counted as it is read and refused (413) the moment it passes the limit.
+* **Request timeout**: a request must START its response within `request_timeout_s`, else it is
+  cancelled (its work commits nothing: session operations are atomic) and answered 504
+  `timeout`. A stream starts at once; its length is bounded by `max_tokens`.
+* **Stalled clients**: every send to the client (a response chunk, an SSE frame, a WebSocket
+  message) must be taken within `send_timeout_s`; a client that stops reading is dropped: the
+  exception cancels its generation (nothing committed), the decode slot and the session lock
+  are freed. The engine never waits on a consumer: a stream's events are pushed into a buffer
+  bounded by its `max_tokens`.
+* **Concurrent streams per key**: generations (native and session generate, completions) and
+  WebSocket connections count against `max_streams_per_key` for their owner (429
+  `stream_limit`, Retry-After), per replica.
+
+Errors are answered in the shape of the surface the path belongs to (native, v2, OpenAI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import ServiceError
+from service.logging import get_logger
+from service.settings import Settings
+
+log = get_logger("limits")
+
+OWNER_KEY = "rnnserve.owner"  # where AuthMiddleware leaves the caller's owner in scope["state"]
+
+
+class PayloadTooLarge(ServiceError):
+    status, code = 413, "payload_too_large"
+
+
+class RequestTimeout(ServiceError):
+    status, code = 504, "timeout"
+
+
+class StreamLimit(ServiceError):
+    status, code = 429, "stream_limit"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
+class ClientStalled(Exception):
+    """The client did not take a response chunk in time; the response is abandoned."""
+
+
+def error_body(path: str, err: ServiceError) -> dict[str, Any]:
+    """`err` in the error shape of the surface that serves `path`."""
+    if path.startswith("/v2"):
+        return {"error": err.message}
+    if path.startswith("/openai/") or path.rstrip("/").endswith("/completions"):
+        from service.api.openai.protocol import error_body as openai_body
+
+        return openai_body(err.message, err.status, err.field, err.code)
+    return err.body()
+
+
+async def send_error(scope: Scope, send: Send, err: ServiceError) -> None:
+    body = json.dumps(error_body(scope.get("path", ""), err)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _is_stream(scope: Scope) -> bool:
+    if scope["type"] == "websocket":
+        return True
+    path: str = scope["path"].rstrip("/")
+    return scope["method"] == "POST" and path.endswith(("/generate", "/completions"))
+
+
+class GuardMiddleware:
+    """Body size, request timeout, stalled clients, per-key streams (see the module doc)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        self.request_timeout = settings.request_timeout_s
+        self.send_timeout = settings.send_timeout_s
+        self.max_streams = settings.max_streams_per_key
+        self.debug_bodies = settings.debug_log_bodies
+        self.streams: Counter[str] = Counter()  # owner -> open streams
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
+        counted = owner is not None and _is_stream(scope)
+        if counted:
+            assert owner is not None
+            if self.streams[owner] >= self.max_streams:
+                err = StreamLimit(
+                    f"this API key has {self.max_streams} streams open (the per-key limit)"
+                )
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1013, "reason": err.message})
+                else:
+                    await send_error(scope, send, err)
+                return
+            self.streams[owner] += 1
+        try:
+            if scope["type"] == "http":
+                await self._http(scope, receive, send)
+            else:
+                await self.app(scope, receive, self._timed(send))
+        except ClientStalled:
+            log.warning("client stalled; response dropped", extra={"path": scope["path"]})
+        finally:
+            if counted:
+                assert owner is not None
+                self.streams[owner] -= 1
+                if self.streams[owner] <= 0:
+                    del self.streams[owner]
+
+    def _timed(self, send: Send) -> Send:
+        timeout = self.send_timeout
+
+        async def timed_send(message: Message) -> None:
+            try:
+                async with asyncio.timeout(timeout):
+                    await send(message)
+            except TimeoutError:
+                raise ClientStalled from None
+
+        return timed_send
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        length = _content_length(scope)
+        if length is not None and length > self.max_body:
+            await send_error(scope, send, self._too_large(length))
+            return
+        seen = 0
+        logged: list[bytes] = []
+
+        async def counted_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk: bytes = message.get("body", b"")
+                seen += len(chunk)
+                if seen > self.max_body:
+                    raise self._too_large(seen)
+                if self.debug_bodies and sum(map(len, logged)) < 4096:
+                    logged.append(chunk)
+            return message
+
+        started = False
+        timed = self._timed(send)
+        timer: asyncio.Timeout | None = None
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if timer is not None:
+                    timer.reschedule(None)  # the body (a stream) may take longer
+            await timed(message)
+
+        try:
+            async with asyncio.timeout(self.request_timeout) as timer:
+                await self.app(scope, counted_receive, guarded_send)
+        except TimeoutError:
+            if started:
+                raise ClientStalled from None  # pragma: no cover (the timer is off by then)
+            err = RequestTimeout(
+                f"the request did not complete within {self.request_timeout:g} s; retry later",
+            )
+            err.headers = {"Retry-After": "1"}
+            await send_error(scope, send, err)
+        finally:
+            if logged:
+                log.debug(
+                    "request body",
+                    extra={
+                        "path": scope["path"],
+                        "body": b"".join(logged)[:4096].decode("utf-8", "replace"),
+                    },
+                )
+
+    def _too_large(self, n: int) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is {n}+ bytes; the limit is {self.max_body} "
+            "(RNNSERVE_MAX_BODY_BYTES)",
+            field="body",
+        )
+
+
+def _content_length(scope: Scope) -> int | None:
+    for k, v in scope.get("headers", []):
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
