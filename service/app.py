@@ -52,6 +52,7 @@ def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionSt
         clock=clock,
         on_change=metrics.live_sessions.set,
         on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
+        max_per_owner=settings.max_sessions_per_key,
     )
 
 

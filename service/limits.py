@@ -142,16 +142,21 @@ class GuardMiddleware:
             await send_error(scope, send, self._too_large(length))
             return
         seen = 0
+        refused = False  # the 413 went out: the app sees a disconnect and its answer is dropped
         logged: list[bytes] = []
 
         async def counted_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 chunk: bytes = message.get("body", b"")
                 seen += len(chunk)
                 if seen > self.max_body:
-                    raise self._too_large(seen)
+                    refused = True
+                    await send_error(scope, send, self._too_large(seen))
+                    return {"type": "http.disconnect"}
                 if self.debug_bodies and sum(map(len, logged)) < 4096:
                     logged.append(chunk)
             return message
@@ -162,6 +167,8 @@ class GuardMiddleware:
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 started = True
                 if timer is not None:
@@ -172,7 +179,7 @@ class GuardMiddleware:
             async with asyncio.timeout(self.request_timeout) as timer:
                 await self.app(scope, counted_receive, guarded_send)
         except TimeoutError:
-            if started:
+            if started or refused:
                 raise ClientStalled from None  # pragma: no cover (the timer is off by then)
             err = RequestTimeout(
                 f"the request did not complete within {self.request_timeout:g} s; retry later",

@@ -38,6 +38,7 @@ from service.errors import (
     InvalidState,
     ServiceError,
     SessionNotFound,
+    UnsupportedTask,
     VersionConflict,
 )
 
@@ -146,6 +147,7 @@ class SessionService:
         if name is None:
             raise InvalidInput("`model` is required (or a `state` blob naming one)", field="model")
         m = self.engine.model(name)
+        require_streamable(m)
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if ttl > self.max_ttl_s:
             raise InvalidInput(f"ttl_s must be <= {self.max_ttl_s}", field="ttl_s")
@@ -344,6 +346,17 @@ class SessionService:
             return result | {"replayed": False}
 
         return Generation(stream, base, finalize=finalize, release=stack.aclose)
+
+
+def require_streamable(m: LoadedModel) -> None:
+    """A bidirectional encoder's output depends on text not seen yet: no sessions."""
+    if not m.manifest.streamable:
+        raise UnsupportedTask(
+            f"model {m.name!r} is not streamable (a bidirectional encoder sees the whole text at "
+            "once): sessions and sequences are refused; use predict with the full text",
+            field="model",
+            code="not_streamable",
+        )
 
 
 def _idle_stream(params: SamplingParams) -> Stream:

@@ -20,6 +20,7 @@ import numpy as np
 from service.api.deps import Services
 from service.api.v2.protocol import Sequence
 from service.engine.registry import LoadedModel
+from service.engine.session_ops import require_streamable
 from service.engine.sessions import SessionRecord
 from service.errors import (
     InvalidInput,
@@ -111,6 +112,7 @@ async def step(
     """Feed one row (`text` or token `ids`) into the sequence; returns the logits (K,) on all
     input so far (peeking through an unfinished word, as a native feed does)."""
     engine = s.engine
+    require_streamable(m)
     async with s.store.lock(seq.session_id):
         rec = await _current(s, seq, owner)
         if rec is not None and not seq.start:

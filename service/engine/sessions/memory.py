@@ -33,8 +33,10 @@ class MemoryStore:
         clock: Clock = time.monotonic,
         on_change: Callable[[int], None] | None = None,
         on_evict: Callable[[str], None] | None = None,
+        max_per_owner: int | None = None,
     ) -> None:
         self.max_sessions = max_sessions
+        self.max_per_owner = max_per_owner  # per API key (owner None: only the global cap)
         self.evict = evict
         self.expired_memory_s = expired_memory_s
         self.clock = clock
@@ -44,6 +46,7 @@ class MemoryStore:
         self._gone: OrderedDict[str, tuple[Gone, float]] = OrderedDict()
         self._idem: dict[str, dict[str, IdempotencyRecord]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._owned: dict[str, set[str]] = {}  # owner -> live session ids
 
     # -- lifecycle helpers ------------------------------------------------------------------
 
@@ -51,8 +54,19 @@ class MemoryStore:
         if self._on_change is not None:
             self._on_change(len(self._live))
 
+    def _own(self, rec: SessionRecord | None, add: bool) -> None:
+        if rec is None or rec.owner is None:
+            return
+        ids = self._owned.setdefault(rec.owner, set())
+        if add:
+            ids.add(rec.id)
+        else:
+            ids.discard(rec.id)
+            if not ids:
+                del self._owned[rec.owner]
+
     def _bury(self, session_id: str, why: Gone) -> None:
-        self._live.pop(session_id, None)
+        self._own(self._live.pop(session_id, None), add=False)
         self._idem.pop(session_id, None)
         self._gone[session_id] = (why, self.clock())
         self._gone.move_to_end(session_id)
@@ -104,9 +118,24 @@ class MemoryStore:
                 pass
             else:
                 raise SessionExists(f"session {record.id!r} already exists", field="session_id")
+        if (
+            self.max_per_owner is not None
+            and record.owner is not None
+            and len(self._owned.get(record.owner, ())) >= self.max_per_owner
+        ):
+            for sid in [
+                s for s in self._owned[record.owner] if self._live[s].expires_at <= self.clock()
+            ]:
+                self._bury(sid, "expired")
+            if len(self._owned.get(record.owner, ())) >= self.max_per_owner:
+                raise SessionLimit(
+                    f"this API key holds {self.max_per_owner} live sessions (the per-key cap); "
+                    "delete some or let them expire"
+                )
         self._make_room()
         self._gone.pop(record.id, None)
         self._live[record.id] = record
+        self._own(record, add=True)
         self._changed()
 
     async def get(self, session_id: str) -> SessionRecord:
@@ -136,7 +165,7 @@ class MemoryStore:
         return record
 
     async def delete(self, session_id: str) -> None:
-        self._live_record(session_id)
+        self._own(self._live_record(session_id), add=False)
         del self._live[session_id]
         self._idem.pop(session_id, None)
         self._changed()

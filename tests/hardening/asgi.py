@@ -1,0 +1,73 @@
+"""Drive the ASGI app by hand: a client whose sends can be held (a stalled reader)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.types import ASGIApp, Message
+
+
+class HeldClient:
+    """One HTTP request; `hold_after` response messages are taken, then sends block until
+    `release` is set (like a socket whose reader stopped reading)."""
+
+    def __init__(self, hold_after: int | None = None) -> None:
+        self.messages: list[Message] = []
+        self.hold_after = hold_after
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+        self.gone = asyncio.Event()  # set to make receive() report a disconnect
+
+    async def call(
+        self, app: ASGIApp, method: str, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        raw = json.dumps(body).encode()
+        hdrs = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
+        hdrs += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": hdrs,
+            "client": ("127.0.0.1", 5555),
+            "server": ("test", 80),
+            "state": {},
+        }
+        sent_body = False
+
+        async def receive() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await self.gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            if self.hold_after is not None and len(self.messages) >= self.hold_after:
+                self.held.set()
+                await self.release.wait()
+            self.messages.append(message)
+
+        await app(scope, receive, send)
+
+    @property
+    def status(self) -> int | None:
+        for m in self.messages:
+            if m["type"] == "http.response.start":
+                return int(m["status"])
+        return None
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(
+            m.get("body", b"") for m in self.messages if m["type"] == "http.response.body"
+        )
