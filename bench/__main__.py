@@ -234,6 +234,16 @@ def main() -> None:
                 foot[name]["loaded_pss_mb"] = srv.pss() / 2**20
             for name in [n for n in servers if n not in ("rnnserve", "floor")]:
                 servers.pop(name).stop()
+            for name in foot:
+                venv = name if name in targets.PEER_VENV else None
+                if name == "rnnserve":
+                    try:  # its own serving-only install, measured like the peers' venvs
+                        venvs.ensure("rnnserve", OUT / "install-rnnserve.log")
+                        venv = "rnnserve"
+                    except Exception as e:
+                        log(f"serving-only venv for rnnserve failed: {e}")
+                if venv is not None:
+                    foot[name]["install_mb"] = venvs.size_mb(venv)
             res["footprint"] = foot
 
         if "generate" in only:

@@ -70,7 +70,7 @@ def foot_table(foot: dict[str, Any]) -> str:
     ]
     for name, r in foot.items():
         if "error" in r:
-            rows.append(f"| {name} | failed: {r['error'][:60]} | | | |")
+            rows.append(f"| {name} | failed: {r['error'][:60]} | | | | |")
             continue
         rows.append(
             f"| {name} | {_f(r['startup_s'], 2)} | {_f(r['idle_pss_mb'], 0)} | "
@@ -94,11 +94,13 @@ def overhead_table(oh: dict[str, Any]) -> str:
 
 
 def capacity_table(c: dict[str, Any]) -> str:
+    avg = c.get("bytes_per_session_average")
     return (
-        "| sessions | raw state B | + last logits B | measured B / session | × raw state |"
-        " create+feed s |\n|---:|---:|---:|---:|---:|---:|\n"
+        "| sessions | raw state B | + last logits B | marginal B / session (PSS slope n/10→n) | "
+        "× raw state | average B / session (incl. fixed costs) | create+feed s |\n"
+        "|---:|---:|---:|---:|---:|---:|---:|\n"
         f"| {c['sessions']:,} | {c['raw_state_bytes']:,} | {c['logits_bytes']:,} | "
-        f"{_f(c['bytes_per_session'], 0)} | {_f(c['ratio'], 2)} | "
+        f"{_f(c['bytes_per_session'], 0)} | {_f(c['ratio'], 2)} | {_f(avg, 0)} | "
         f"{_f(c['create_feed_s'], 1)} |"
     )
 

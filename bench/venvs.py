@@ -26,6 +26,8 @@ SPECS: dict[str, list[str]] = {
     ],
     "mlserver": ["mlserver==1.7.*", "uvloop<0.22", ORT, "numpy"],
     "bentoml": ["bentoml==1.4.*", ORT, "numpy"],
+    # not a peer: rnnserve's own serving install, only to measure its install size the same way
+    "rnnserve": [f"{ROOT.parent}[serve]"],
 }
 
 
@@ -69,6 +71,14 @@ def ensure(peer: str, log: Path | None = None) -> Path:
             out.close()
     ok.write_text(f"{time.time() - t0:.1f}s\n")
     return python(peer)
+
+
+def size_mb(peer: str) -> float:
+    """Disk size of the venv (a proxy for the image layer the framework needs)."""
+    total = sum(
+        f.stat().st_size for f in (VENVS / peer).rglob("*") if f.is_file() and not f.is_symlink()
+    )
+    return total / 2**20
 
 
 def versions(peer: str) -> dict[str, str]:
