@@ -70,7 +70,8 @@ def to_result(d: dict[str, float], cpu_s: float, wall_s: float) -> WrkResult:
         + d["timeouts"]
     )
     return WrkResult(
-        rps=d["requests"] / dur if dur else 0.0,
+        # only successful answers count as throughput (errors are reported beside it)
+        rps=(d["requests"] - d["status_errors"] - d["timeouts"]) / dur if dur else 0.0,
         requests=int(d["requests"]),
         errors=errors,
         p50_ms=d["p50"] / 1e3,
