@@ -17,6 +17,7 @@ from service.api.deps import Services
 from service.api.errors import install_error_handlers
 from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
+from service.api.openapi import install as install_openapi
 from service.api.v2.router import router as v2_router
 from service.engine.engine import Engine
 from service.engine.registry import Registry, load_registry
@@ -126,9 +127,11 @@ def create_app(
     app.include_router(openai_compat_router)
     app.include_router(playground.router)
     # outermost last: observe -> auth (sets the owner) -> limits (body, timeouts, streams per key)
+    keys = KeyRing.from_settings(settings)
     app.add_middleware(GuardMiddleware, settings=settings)
-    app.add_middleware(AuthMiddleware, keys=KeyRing.from_settings(settings), settings=settings)
+    app.add_middleware(AuthMiddleware, keys=keys, settings=settings)
     app.add_middleware(ObserveMiddleware)
+    install_openapi(app, settings, auth=keys.enabled)
     return app
 
 
