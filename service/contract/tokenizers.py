@@ -112,8 +112,16 @@ def normalize_words(text: str) -> str:
     return unicodedata.normalize("NFKC", text.replace(BR, " ")).lower()
 
 
+# On ASCII text the extra word characters above (all non-ASCII) cannot occur, so plain `\w`
+# gives the same pre-tokens, about 7x faster than the large character class (IMDB reviews,
+# ~90 % ASCII: 404 -> 55 us per review; see docs/benchmarks.md).
+_ASCII_PRE_TOKEN = re.compile(r"\w+|[^\w\s]+")
+
+
 def pre_tokenize(text: str) -> list[str]:
-    return _pre_token_re().findall(normalize_words(text))
+    norm = normalize_words(text)
+    pattern = _ASCII_PRE_TOKEN if norm.isascii() else _pre_token_re()
+    return pattern.findall(norm)
 
 
 def _safe_cut(text: str) -> int:
