@@ -86,9 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        err = ServiceError(str(exc.detail), status=exc.status_code, code=code)
-        err.headers = dict(exc.headers or {})
+        err = http_error(exc)
         if exc.status_code == 405:  # every method the path serves, not the first route's
             err.headers["Allow"] = ", ".join(_allowed(request))
         return error_response(err)
@@ -101,6 +99,25 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_other)
+
+
+def http_error(exc: StarletteHTTPException) -> ServiceError:
+    """A framework HTTP error as a `ServiceError`; a body FastAPI could not read (invalid
+    UTF-8, ...) says so instead of "There was an error parsing the body"."""
+    cause = exc.__cause__
+    if exc.status_code == 400 and cause is not None:
+        what = (
+            f"not valid UTF-8 ({cause.reason} at byte {cause.start})"
+            if isinstance(cause, UnicodeDecodeError)
+            else f"unreadable ({type(cause).__name__})"
+        )
+        return ServiceError(
+            f"body is not valid JSON: it is {what}", status=400, code="invalid_json", field="body"
+        )
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    err = ServiceError(str(exc.detail), status=exc.status_code, code=code)
+    err.headers = dict(exc.headers or {})
+    return err
 
 
 def _allowed(request: Request) -> list[str]:

@@ -107,7 +107,9 @@ class GenerateRequest(_In):
     )
     max_tokens: int | None = Field(None, ge=1, description="Tokens to generate (limit: settings).")
     temperature: float | None = Field(None, ge=0, le=100, description="0 = greedy.")
-    top_k: int | None = Field(None, ge=0, description="Sample from the k most likely (0 = off).")
+    top_k: int | None = Field(
+        None, ge=0, le=1_000_000, description="Sample from the k most likely (0 = off)."
+    )
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text.")
     stop: str | list[str] | None = Field(None, description="Stop string(s); not returned.")

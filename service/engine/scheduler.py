@@ -252,18 +252,27 @@ class Scheduler:
         if not new:
             return
         old = [self._states] if self._streams else []
-        self._states = [
-            np.concatenate([*(p[k] for p in old), *(s.states[k] for s in new)], axis=ax)
-            for k, ax in enumerate(self._axes)
-        ]
-        rows = np.stack([s.logits for s in new])
-        p = [st.params for st in new]
-        if self._streams:
-            rows = np.concatenate([self._logits, rows])
-        self._logits = rows
-        self._temp = np.concatenate([self._temp, [x.temperature for x in p]])
-        self._top_k = np.concatenate([self._top_k, [x.top_k for x in p]]).astype(np.int64)
-        self._top_p = np.concatenate([self._top_p, [x.top_p for x in p]])
+        # built aside and assigned together: a stream that cannot join fails alone and the
+        # running batch stays consistent
+        try:
+            states = [
+                np.concatenate([*(p[k] for p in old), *(s.states[k] for s in new)], axis=ax)
+                for k, ax in enumerate(self._axes)
+            ]
+            rows = np.stack([s.logits for s in new])
+            p = [st.params for st in new]
+            if self._streams:
+                rows = np.concatenate([self._logits, rows])
+            temp = np.concatenate([self._temp, [x.temperature for x in p]])
+            top_k = np.concatenate([self._top_k, [x.top_k for x in p]]).astype(np.int64)
+            top_p = np.concatenate([self._top_p, [x.top_p for x in p]])
+        except Exception as e:
+            log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
+            for st in new:
+                st.fail(EngineError(f"could not join the decode batch: {e}"))
+            return
+        self._states, self._logits = states, rows
+        self._temp, self._top_k, self._top_p = temp, top_k, top_p
         self._streams += new
 
     def _keep(self, keep: np.ndarray) -> None:

@@ -57,7 +57,9 @@ class CompletionRequest(BaseModel):
     frequency_penalty: float | None = Field(None, description="Only 0 is supported.")
     logit_bias: dict[str, float] | None = Field(None, description="Only empty is supported.")
     # rnnserve extensions
-    top_k: int | None = Field(None, ge=0, description="Extension: top-k sampling (0 = off).")
+    top_k: int | None = Field(
+        None, ge=0, le=1_000_000, description="Extension: top-k sampling (0 = off)."
+    )
     session_id: str | None = Field(
         None,
         pattern=SESSION_ID,

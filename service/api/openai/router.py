@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
+from service.api.errors import http_error
 from service.api.openai import serving
 from service.api.openai.protocol import (
     Completion,
@@ -75,7 +76,8 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as e:
                 return _validation(e)
             except HTTPException as e:
-                return error_response(e.status_code, str(e.detail))
+                err = http_error(e)
+                return error_response(err.status, err.message, err.field, err.code, err.headers)
 
         return handle
 

@@ -15,7 +15,6 @@ Pure functions on bytes and numpy arrays; every malformed input is a `ServiceErr
 
 from __future__ import annotations
 
-import gzip
 import json
 import struct
 import zlib
@@ -53,19 +52,28 @@ class BinaryProtocolError(ServiceError):
     status, code = 400, "invalid_tensor"
 
 
-def decompress(body: bytes, encoding: str | None) -> bytes:
-    """Undo a request's `Content-Encoding` (tritonclient may send gzip or deflate)."""
+def decompress(body: bytes, encoding: str | None, limit: int | None = None) -> bytes:
+    """Undo a request's `Content-Encoding` (tritonclient may send gzip or deflate), producing
+    at most `limit` bytes (a small compressed body must not expand without bound: 413)."""
     enc = (encoding or "identity").strip().lower()
-    try:
-        if enc == "gzip":
-            return gzip.decompress(body)
-        if enc == "deflate":
-            return zlib.decompress(body)
-    except (OSError, EOFError, zlib.error) as e:
-        raise BinaryProtocolError(f"body is not valid {enc} data: {e}") from None
-    if enc != "identity":
+    if enc == "identity":
+        return body
+    if enc not in ("gzip", "deflate"):
         raise BinaryProtocolError(f"unsupported Content-Encoding {encoding!r}", status=415)
-    return body
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS if enc == "gzip" else zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, 0 if limit is None else limit + 1)
+    except zlib.error as e:
+        raise BinaryProtocolError(f"body is not valid {enc} data: {e}") from None
+    if limit is not None and len(out) > limit:
+        raise BinaryProtocolError(
+            f"the {enc} body expands past the limit of {limit} bytes (RNNSERVE_MAX_BODY_BYTES)",
+            status=413,
+            code="payload_too_large",
+        )
+    if not d.eof:
+        raise BinaryProtocolError(f"body is not valid {enc} data: truncated")
+    return out
 
 
 def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:

@@ -47,7 +47,10 @@ class V2Route(APIRoute):
             except ServiceError as e:
                 if e.status >= 500:
                     log.error("v2 request failed", extra={"code": e.code, "reason": e.message})
-                return error_response(400 if e.status == 422 else e.status, e.message, e.headers)
+                msg = e.message  # the v2 body has no field: name it in the message
+                if e.field and e.field not in msg:
+                    msg = f"{e.field}: {msg}"
+                return error_response(400 if e.status == 422 else e.status, msg, e.headers)
             except RequestValidationError as e:
                 first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
                 where = ".".join(str(p) for p in first.get("loc", ()))
@@ -179,7 +182,9 @@ async def _infer(
     model: str, version: str | None, request: Request, s: Services, owner: str | None
 ) -> Response:
     m = _model(s, model, version)
-    body = binary.decompress(await request.body(), request.headers.get("content-encoding"))
+    body = binary.decompress(
+        await request.body(), request.headers.get("content-encoding"), s.settings.max_body_bytes
+    )
     header, rest = binary.split_body(body, request.headers.get(binary.HEADER_LENGTH))
     req = protocol.parse_request(header)
     params = req.parameters or {}
