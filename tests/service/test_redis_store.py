@@ -114,9 +114,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
 
 @pytest.fixture
 async def stores(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two stores ("replicas") on one Redis, with a short lease so a dead holder costs little."""
-    a = RedisStore(redis_server.url, 100, lock_lease_s=0.6, socket_timeout_s=1.0)
-    b = RedisStore(redis_server.url, 100, lock_lease_s=0.6, socket_timeout_s=1.0)
+    """Two stores ("replicas") on one Redis, with a short lease so a dead holder costs little
+    (1 s: long enough that renewal survives a busy shared CI machine)."""
+    a = RedisStore(redis_server.url, 100, lock_lease_s=1.0, socket_timeout_s=1.0)
+    b = RedisStore(redis_server.url, 100, lock_lease_s=1.0, socket_timeout_s=1.0)
     try:
         yield a, b
     finally:
@@ -177,12 +178,12 @@ async def test_expired_evicted_and_unknown_are_distinct(
     a, b = stores
     with pytest.raises(SessionNotFound):
         await a.get("never")
-    await a.create(rec("short", ttl=0.3))
-    await asyncio.sleep(0.2)
+    await a.create(rec("short", ttl=1.5))
+    await asyncio.sleep(0.9)
     await b.get("short")  # refreshes the idle TTL
-    await asyncio.sleep(0.2)
-    await a.get("short")
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(0.9)
+    await a.get("short")  # alive 1.8 s after creation only because of the refresh
+    await asyncio.sleep(1.7)
     with pytest.raises(SessionExpired):
         await b.get("short")
     with pytest.raises(SessionExpired):  # remembered, never a silently fresh state
@@ -325,7 +326,7 @@ async def test_lock_grants_in_arrival_order_across_replicas(
     tasks = []
     for i in range(6):
         tasks.append(asyncio.create_task(waiter(i)))
-        await asyncio.sleep(0.03)  # each has queued before the next arrives
+        await asyncio.sleep(0.1)  # each has queued before the next arrives
     await asyncio.gather(h, *tasks)
     assert order == list(range(6))
 
@@ -341,7 +342,7 @@ async def test_lease_is_renewed_while_held(stores: tuple[RedisStore, RedisStore]
 
     async with a.lock("long"):
         t = asyncio.create_task(contender())
-        await asyncio.sleep(1.5)  # 2.5 leases: only renewal keeps b out
+        await asyncio.sleep(2.5)  # 2.5 leases: only renewal keeps b out
         assert not got_it
     await asyncio.wait_for(t, 2)
     assert got_it
@@ -357,14 +358,14 @@ async def test_a_dead_holder_blocks_for_at_most_one_lease(
     raw = Redis.from_url(redis_server.url)
     try:
         # what a kill -9 leaves behind: a lease with a token nobody will release or renew
-        await raw.set("rnnserve:{d}:lock", "dead-replica", px=600)
+        await raw.set("rnnserve:{d}:lock", "dead-replica", px=1000)
         stale = await a.get("d")
         t0 = time.monotonic()
         async with b.lock("d"):
             waited = time.monotonic() - t0
             cur = await b.get("d")
             await b.commit(cur.replace(version=1), 0)
-        assert 0.3 < waited < 1.5
+        assert 0.5 < waited < 4
         with pytest.raises(VersionConflict):
             await a.commit(stale.replace(version=1, pending="stale"), 0)
         assert (await a.get("d")).pending == "unfinished wo"
@@ -377,7 +378,7 @@ async def test_a_dead_holder_blocks_for_at_most_one_lease(
                 await gone
         t0 = time.monotonic()
         async with b.lock("d"):
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 1.5  # under the 2 s a dead waiter would cost
         assert await raw.exists("rnnserve:{d}:q", "rnnserve:{d}:w", "rnnserve:{d}:lock") == 0
     finally:
         await raw.aclose()

@@ -133,10 +133,11 @@ redis.call('ZADD', KEYS[4], now + tonumber(ARGV[6]), ARGV[1])
 if ARGV[8] ~= '' then
   redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
   if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then redis.call('PEXPIRE', KEYS[3], ARGV[10]) end
+  -- bounded cleanup (like Redis's own expiry): sample a few records, drop the expired ones
   if redis.call('HLEN', KEYS[3]) > 64 then
-    for _, f in ipairs(redis.call('HKEYS', KEYS[3])) do
+    for _, f in ipairs(redis.call('HRANDFIELD', KEYS[3], 16)) do
       local v = redis.call('HGET', KEYS[3], f)
-      if tonumber(string.match(v, '^(%d+)|')) <= now then redis.call('HDEL', KEYS[3], f) end
+      if v and tonumber(string.match(v, '^(%d+)|')) <= now then redis.call('HDEL', KEYS[3], f) end
     end
   end
 end
@@ -169,9 +170,11 @@ return {removed, redis.call('ZCARD', KEYS[1])}
 )
 
 # KEYS lock q w | ARGV token lease_ms alive_ms  -> 1 granted, 0 wait
+# (already holding it means granted: a resent call whose first reply was lost)
 _ACQUIRE = (
     _NOW
     + """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then
   redis.call('ZADD', KEYS[2], redis.call('HINCRBY', KEYS[3], '#seq', 1), ARGV[1])
 end
@@ -486,8 +489,18 @@ class RedisStore:
         lease_ms = _ms(self.lock_lease_s)
         alive_ms = max(2000, _ms(40 * self.lock_poll_max_s))
         delay = 0.001
+        task = asyncio.current_task()
         try:
-            while not await self._run(self._acquire, [lk, q, w], [token, lease_ms, alive_ms]):
+            while True:
+                granted = await self._run(self._acquire, [lk, q, w], [token, lease_ms, alive_ms])
+                # redis-py can swallow a cancellation that lands mid-command; the task still
+                # says it is being cancelled, and a waiter whose client left must not go on
+                if task is not None and task.cancelling():
+                    if granted:
+                        await self._run(self._release, [lk], [token])
+                    raise asyncio.CancelledError
+                if granted:
+                    break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.lock_poll_max_s)
         except BaseException:
