@@ -36,11 +36,19 @@ def _config(path: str, overrides: list[str]) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    config: Annotated[str, typer.Argument(help="TOML file, or a name in training/configs/ (e.g. char-lstm)")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides, e.g. model.hidden_size=256")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override (repeatable)")] = None,
+    config: Annotated[
+        str, typer.Argument(help="TOML file, or a name in training/configs/ (e.g. char-lstm)")
+    ],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="key=value overrides, e.g. model.hidden_size=256")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="key=value override (repeatable)")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Run folder (default: runs/<name>)")] = None,
-    resume: Annotated[Path | None, typer.Option(help="Resume from RUN_DIR/last.pt (or a run folder)")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Resume from RUN_DIR/last.pt (or a run folder)")
+    ] = None,
 ) -> None:
     """Train one experiment into a run folder (checkpoint.pt, metrics.jsonl, learning_curve.png...)."""
     _need_torch()
@@ -56,19 +64,35 @@ def train_cmd(
 
 def evaluate_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A run folder (or its checkpoint.pt)")],
-    data: Annotated[Path | None, typer.Option(help="File/folder to score (default: the run's validation split)")] = None,
-    dataset: Annotated[str | None, typer.Option(help="imdb | sst2 | table | text (default: the run's)")] = None,
-    split: Annotated[str, typer.Option(help="Split folder for aclImdb / GLUE layouts (test, dev, train)")] = "test",
+    data: Annotated[
+        Path | None, typer.Option(help="File/folder to score (default: the run's validation split)")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="imdb | sst2 | table | text (default: the run's)")
+    ] = None,
+    split: Annotated[
+        str, typer.Option(help="Split folder for aclImdb / GLUE layouts (test, dev, train)")
+    ] = "test",
     batch_size: Annotated[int, typer.Option(help="0 = the run's eval_batch_size")] = 0,
     limit: Annotated[int, typer.Option(help="Score only the first N examples / characters")] = 0,
     device: Annotated[str, typer.Option()] = "auto",
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON")
+    ] = None,
 ) -> None:
     """Accuracy, F1, confusion matrix (classifiers); nats/char, bits/char, perplexity (LMs)."""
     _need_torch()
     from training.evaluate import evaluate_run, format_report
 
-    rep = evaluate_run(run_dir, data, dataset=dataset, split=split, batch_size=batch_size, device=device, limit=limit)
+    rep = evaluate_run(
+        run_dir,
+        data,
+        dataset=dataset,
+        split=split,
+        batch_size=batch_size,
+        device=device,
+        limit=limit,
+    )
     typer.echo(format_report(rep))
     if json_out is not None:
         json_out.write_text(json.dumps(rep, indent=1) + "\n")
@@ -89,8 +113,11 @@ def sample_cmd(
 
     from training.sample import classify, sample
 
-    task = torch.load(run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir, map_location="cpu",
-                      weights_only=False)["model_config"]["task"]
+    task = torch.load(
+        run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir,
+        map_location="cpu",
+        weights_only=False,
+    )["model_config"]["task"]
     if task == "classify":
         typer.echo(json.dumps(classify(run_dir, prompt, device), indent=1))
         return
@@ -98,11 +125,19 @@ def sample_cmd(
 
 
 def compare_cmd(
-    config: Annotated[str, typer.Argument(help="Base config (its cell/hidden size set the parameter budget)")],
+    config: Annotated[
+        str, typer.Argument(help="Base config (its cell/hidden size set the parameter budget)")
+    ],
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: runs/compare-<name>)")] = None,
-    cells: Annotated[str, typer.Option(help="Comma-separated cells")] = "lstm,gru,rnn,peephole_lstm",
-    minutes: Annotated[float, typer.Option(help="Wall-clock budget per cell (0 = the config's)")] = 0.0,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: runs/compare-<name>)")
+    ] = None,
+    cells: Annotated[
+        str, typer.Option(help="Comma-separated cells")
+    ] = "lstm,gru,rnn,peephole_lstm",
+    minutes: Annotated[
+        float, typer.Option(help="Wall-clock budget per cell (0 = the config's)")
+    ] = 0.0,
     steps: Annotated[int, typer.Option(help="Step budget per cell (0 = the config's)")] = 0,
 ) -> None:
     """Train every cell at matched parameter counts on the same budget; table + overlay plot."""
@@ -116,13 +151,19 @@ def compare_cmd(
 
 
 def reproduce_cmd(
-    only: Annotated[str, typer.Option(help="Comma-separated subset of " + ", ".join(SHIPPED))] = ",".join(SHIPPED),
+    only: Annotated[
+        str, typer.Option(help="Comma-separated subset of " + ", ".join(SHIPPED))
+    ] = ",".join(SHIPPED),
     runs: Annotated[Path, typer.Option(help="Where the run folders go")] = Path("runs"),
     models: Annotated[Path, typer.Option(help="Where the exported artifacts go")] = Path("models"),
     version: Annotated[str, typer.Option(help="Artifact version")] = "1",
     export: Annotated[bool, typer.Option(help="Export each model after training")] = True,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="key=value override for every run, "
-                                                    "e.g. train.max_minutes=0 on a GPU")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="key=value override for every run, e.g. train.max_minutes=0 on a GPU"
+        ),
+    ] = None,
 ) -> None:
     """Retrain every shipped model from its committed config, then export it to models/NAME."""
     _need_torch()
@@ -173,7 +214,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
 
 
-train_app = typer.Typer(help="rnnserve training commands.", no_args_is_help=True, add_completion=False)
+train_app = typer.Typer(
+    help="rnnserve training commands.", no_args_is_help=True, add_completion=False
+)
 register(train_app)
 
 if __name__ == "__main__":

@@ -24,17 +24,25 @@ from training.config import ExperimentConfig
 CELLS = ("lstm", "gru", "rnn", "peephole_lstm")
 
 
-def count_params(cfg: ExperimentConfig, vocab_size: int, outputs: int, hidden: int, cell: str) -> int:
+def count_params(
+    cfg: ExperimentConfig, vocab_size: int, outputs: int, hidden: int, cell: str
+) -> int:
     from training.model import ModelConfig, RNNModel
 
-    mc = dataclasses.asdict(cfg.model) | {"cell": cell, "hidden_size": hidden, "vocab_size": vocab_size,
-                                          "task": cfg.task}
+    mc = dataclasses.asdict(cfg.model) | {
+        "cell": cell,
+        "hidden_size": hidden,
+        "vocab_size": vocab_size,
+        "task": cfg.task,
+    }
     if cfg.task == "classify":
         mc["num_classes"] = outputs
     return sum(p.numel() for p in RNNModel(ModelConfig.from_dict(mc)).parameters())
 
 
-def matched_hidden(cfg: ExperimentConfig, vocab_size: int, outputs: int, cell: str, target: int) -> int:
+def matched_hidden(
+    cfg: ExperimentConfig, vocab_size: int, outputs: int, cell: str, target: int
+) -> int:
     """The hidden size whose parameter count is closest to `target` (bisection on a monotone count)."""
     lo, hi = 1, 8192
     while hi - lo > 1:
@@ -48,7 +56,10 @@ def matched_hidden(cfg: ExperimentConfig, vocab_size: int, outputs: int, cell: s
 
 
 def compare(
-    cfg: ExperimentConfig, out: Path, cells: tuple[str, ...] = CELLS, minutes: float = 0.0,
+    cfg: ExperimentConfig,
+    out: Path,
+    cells: tuple[str, ...] = CELLS,
+    minutes: float = 0.0,
     steps: int = 0,
 ) -> list[dict[str, Any]]:
     from training.plots import overlay
@@ -62,30 +73,58 @@ def compare(
     rows: list[dict[str, Any]] = []
     curves: dict[str, list[dict[str, Any]]] = {}
     for cell in cells:
-        hidden = cfg.model.hidden_size if cell == ref else matched_hidden(cfg, task.vocab_size, outputs, cell, target)
+        hidden = (
+            cfg.model.hidden_size
+            if cell == ref
+            else matched_hidden(cfg, task.vocab_size, outputs, cell, target)
+        )
         run_cfg = dataclasses.replace(
-            cfg, name=f"{cfg.name}-{cell}",
+            cfg,
+            name=f"{cfg.name}-{cell}",
             model=dataclasses.replace(cfg.model, cell=cell, hidden_size=hidden),  # type: ignore[arg-type]
             train=dataclasses.replace(
-                cfg.train, max_minutes=minutes or cfg.train.max_minutes,
+                cfg.train,
+                max_minutes=minutes or cfg.train.max_minutes,
                 max_steps=steps or cfg.train.max_steps,
             ),
         )
         summary = train(run_cfg, out / cell)
-        records = [json.loads(line) for line in (out / cell / "metrics.jsonl").read_text().splitlines()]
+        records = [
+            json.loads(line) for line in (out / cell / "metrics.jsonl").read_text().splitlines()
+        ]
         curves[f"{cell} (h={hidden}, {summary['parameters']:,})"] = records
         rows.append({"cell": cell, "hidden": hidden, **summary})
     metric = "val_accuracy" if cfg.task == "classify" else "val_loss"
     write_table(rows, out, metric)
-    overlay(curves, metric, out / "compare.png", f"{cfg.name}: validation {metric.split('_')[1]} by step")
-    overlay(curves, metric, out / "compare_time.png", f"{cfg.name}: validation {metric.split('_')[1]} by time",
-            x_key="seconds")
+    overlay(
+        curves,
+        metric,
+        out / "compare.png",
+        f"{cfg.name}: validation {metric.split('_')[1]} by step",
+    )
+    overlay(
+        curves,
+        metric,
+        out / "compare_time.png",
+        f"{cfg.name}: validation {metric.split('_')[1]} by time",
+        x_key="seconds",
+    )
     return rows
 
 
 def write_table(rows: list[dict[str, Any]], out: Path, metric: str) -> None:
-    cols = ["cell", "hidden", "parameters", f"best_{metric}", "best_val_loss", "steps", "epochs",
-            "seconds_per_epoch", "tokens_per_s", "train_seconds"]
+    cols = [
+        "cell",
+        "hidden",
+        "parameters",
+        f"best_{metric}",
+        "best_val_loss",
+        "steps",
+        "epochs",
+        "seconds_per_epoch",
+        "tokens_per_s",
+        "train_seconds",
+    ]
     cols = list(dict.fromkeys(cols))  # best_val_loss twice for the LM: keep one
     with (out / "compare.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")

@@ -233,12 +233,17 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.task == "classify" and cfg.data.dataset == "text":
         raise ConfigError("config key 'data.dataset': a classify task needs labelled data")
     if cfg.model.bidirectional and cfg.task == "next_token":
-        raise ConfigError("config key 'model.bidirectional': only classification can be bidirectional")
+        raise ConfigError(
+            "config key 'model.bidirectional': only classification can be bidirectional"
+        )
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("config key 'data.val_fraction': must be in [0, 1)")
     if len(cfg.optim.betas) != 2:
         raise ConfigError("config key 'optim.betas': expected two numbers")
-    for key, v in (("train.batch_size", cfg.train.batch_size), ("train.seq_len", cfg.train.seq_len)):
+    for key, v in (
+        ("train.batch_size", cfg.train.batch_size),
+        ("train.seq_len", cfg.train.seq_len),
+    ):
         if v < 1:
             raise ConfigError(f"config key {key!r}: must be >= 1")
 

@@ -21,8 +21,14 @@ from training.runtime import pick_device
 
 
 def evaluate_run(
-    run_dir: Path, data: Path | None = None, *, dataset: str | None = None, split: str = "test",
-    batch_size: int = 0, device: str = "auto", limit: int = 0,
+    run_dir: Path,
+    data: Path | None = None,
+    *,
+    dataset: str | None = None,
+    split: str = "test",
+    batch_size: int = 0,
+    device: str = "auto",
+    limit: int = 0,
 ) -> dict[str, Any]:
     dev = pick_device(device)
     ckpt = ck.load(run_dir, "cpu")
@@ -35,8 +41,18 @@ def evaluate_run(
     return _lm(cfg, model, spec, data, bs, dev, limit)
 
 
-def _classify(cfg: Any, ckpt: dict[str, Any], model: Any, spec: Any, data: Path | None, dataset: str | None,
-              split: str, bs: int, dev: torch.device, limit: int) -> dict[str, Any]:
+def _classify(
+    cfg: Any,
+    ckpt: dict[str, Any],
+    model: Any,
+    spec: Any,
+    data: Path | None,
+    dataset: str | None,
+    split: str,
+    bs: int,
+    dev: torch.device,
+    limit: int,
+) -> dict[str, Any]:
     from training.data.sentiment import load_labelled, read_examples
     from training.loop_classify import evaluate_examples, truncate
     from training.tokenization import UNK, encode_words
@@ -45,13 +61,20 @@ def _classify(cfg: Any, ckpt: dict[str, Any], model: Any, spec: Any, data: Path 
     if data is None:
         val_path = cfg.resolve(dc.val_path) if dc.val_path else None
         examples = load_labelled(
-            dc.dataset, cfg.resolve(dc.path), val_path=val_path, val_fraction=dc.val_fraction,
-            split_seed=dc.split_seed, text_column=dc.text_column, label_column=dc.label_column,
+            dc.dataset,
+            cfg.resolve(dc.path),
+            val_path=val_path,
+            val_fraction=dc.val_fraction,
+            split_seed=dc.split_seed,
+            text_column=dc.text_column,
+            label_column=dc.label_column,
             limit=dc.limit,
         ).val
         source = "validation split of the run's config"
     else:
-        examples = read_examples(dataset or dc.dataset, data, dc.text_column, dc.label_column, split)
+        examples = read_examples(
+            dataset or dc.dataset, data, dc.text_column, dc.label_column, split
+        )
         source = str(data)
     if limit:
         examples = examples[:limit]
@@ -67,7 +90,9 @@ def _classify(cfg: Any, ckpt: dict[str, Any], model: Any, spec: Any, data: Path 
     return {"task": "classify", "data": source, **rep}
 
 
-def _lm(cfg: Any, model: Any, spec: Any, data: Path | None, bs: int, dev: torch.device, limit: int) -> dict[str, Any]:
+def _lm(
+    cfg: Any, model: Any, spec: Any, data: Path | None, bs: int, dev: torch.device, limit: int
+) -> dict[str, Any]:
     from service.contract.tokenizers import CharTokenizer
     from training.data.io import read_text
     from training.data.text import load_text
@@ -84,20 +109,30 @@ def _lm(cfg: Any, model: Any, spec: Any, data: Path | None, bs: int, dev: torch.
         text = text[:limit]
     ids = torch.tensor(CharTokenizer.from_spec(spec).encode(text), dtype=torch.long)
     out = evaluate_stream(model, ids, bs, cfg.train.seq_len, dev)
-    return {"task": "next_token", "data": source, "characters": len(text), "nats_per_char": out["loss"],
-            "bits_per_char": out["bpc"], "perplexity": out["ppl"]}
+    return {
+        "task": "next_token",
+        "data": source,
+        "characters": len(text),
+        "nats_per_char": out["loss"],
+        "bits_per_char": out["bpc"],
+        "perplexity": out["ppl"],
+    }
 
 
 def format_report(rep: dict[str, Any]) -> str:
     if rep["task"] == "next_token":
-        return (f"{rep['data']}: {rep['characters']:,} chars  loss {rep['nats_per_char']:.4f} nats/char  "
-                f"{rep['bits_per_char']:.4f} bits/char  perplexity {rep['perplexity']:.3f}")
+        return (
+            f"{rep['data']}: {rep['characters']:,} chars  loss {rep['nats_per_char']:.4f} nats/char  "
+            f"{rep['bits_per_char']:.4f} bits/char  perplexity {rep['perplexity']:.3f}"
+        )
     labels = rep["labels"]
     w = max(len(x) for x in labels) + 2
-    lines = [f"{rep['data']}: {rep['examples']:,} examples  accuracy {rep['accuracy']:.4f}  "
-             f"macro F1 {rep['f1_macro']:.4f}  loss {rep['loss']:.4f}",
-             "confusion (rows = truth, columns = prediction):",
-             " " * w + "".join(f"{x:>{w}}" for x in labels)]
+    lines = [
+        f"{rep['data']}: {rep['examples']:,} examples  accuracy {rep['accuracy']:.4f}  "
+        f"macro F1 {rep['f1_macro']:.4f}  loss {rep['loss']:.4f}",
+        "confusion (rows = truth, columns = prediction):",
+        " " * w + "".join(f"{x:>{w}}" for x in labels),
+    ]
     for lab, row in zip(labels, rep["confusion"], strict=True):
         lines.append(f"{lab:<{w}}" + "".join(f"{v:>{w}}" for v in row))
     return "\n".join(lines)

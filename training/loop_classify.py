@@ -92,7 +92,9 @@ def bucketed_order(lengths: np.ndarray, batch_size: int, seed: int, epoch: int) 
 class ClassifyTask:
     kind = "classify"
 
-    def __init__(self, cfg: ExperimentConfig, data: LabelledData, tokenizer: WordTokenizerSpec | None = None):
+    def __init__(
+        self, cfg: ExperimentConfig, data: LabelledData, tokenizer: WordTokenizerSpec | None = None
+    ):
         self.cfg = cfg
         self.labels = data.labels
         self.dataset = data.source
@@ -111,10 +113,17 @@ class ClassifyTask:
         index = {lab: i for i, lab in enumerate(self.labels)}
         ids = encode_words(self.tokenizer, [e.text for e in examples])
         dc = self.cfg.data
-        return [truncate(x, dc.max_len, dc.keep, self.unk_id) for x in ids], [index[e.label] for e in examples]
+        return [truncate(x, dc.max_len, dc.keep, self.unk_id) for x in ids], [
+            index[e.label] for e in examples
+        ]
 
     def model_fields(self) -> dict[str, Any]:
-        return {"task": "classify", "vocab_size": self.vocab_size, "num_classes": len(self.labels), "pad_id": self.pad_id}
+        return {
+            "task": "classify",
+            "vocab_size": self.vocab_size,
+            "num_classes": len(self.labels),
+            "pad_id": self.pad_id,
+        }
 
     def steps_per_epoch(self) -> int:
         return -(-len(self.train_x) // self.cfg.train.batch_size)
@@ -141,19 +150,38 @@ class ClassifyTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        rep = evaluate_examples(model, self.val_x, self.val_y, self.labels, self.pad_id, self.cfg.train.eval_batch_size, device)
-        return {"val_loss": float(rep["loss"]), "val_accuracy": float(rep["accuracy"]), "val_f1": float(rep["f1_macro"])}  # type: ignore[arg-type]
+        rep = evaluate_examples(
+            model,
+            self.val_x,
+            self.val_y,
+            self.labels,
+            self.pad_id,
+            self.cfg.train.eval_batch_size,
+            device,
+        )
+        return {
+            "val_loss": float(rep["loss"]),
+            "val_accuracy": float(rep["accuracy"]),
+            "val_f1": float(rep["f1_macro"]),
+        }  # type: ignore[arg-type]
 
 
 @torch.no_grad()
 def evaluate_examples(
-    model: nn.Module, xs: list[list[int]], ys: list[int], labels: list[str], pad_id: int,
-    batch_size: int, device: torch.device,
+    model: nn.Module,
+    xs: list[list[int]],
+    ys: list[int],
+    labels: list[str],
+    pad_id: int,
+    batch_size: int,
+    device: torch.device,
 ) -> dict[str, object]:
     """Loss, accuracy, macro F1 and the confusion matrix over encoded examples."""
     was_training = model.training
     model.eval()
-    order = np.argsort([len(x) for x in xs], kind="stable")  # similar lengths together: less padding
+    order = np.argsort(
+        [len(x) for x in xs], kind="stable"
+    )  # similar lengths together: less padding
     total, preds, truth = 0.0, [], []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]

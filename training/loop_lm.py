@@ -57,7 +57,9 @@ class LMTask:
     kind = "next_token"
     labels: list[str] | None = None
 
-    def __init__(self, cfg: ExperimentConfig, data: TextData, tokenizer: CharTokenizerSpec | None = None):
+    def __init__(
+        self, cfg: ExperimentConfig, data: TextData, tokenizer: CharTokenizerSpec | None = None
+    ):
         self.cfg = cfg
         self.dataset = data.source
         self.tokenizer = tokenizer or build_char_tokenizer(data.train, cfg.data.char_unk)
@@ -107,12 +109,16 @@ class LMTask:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, device: torch.device) -> dict[str, float]:
-        out = evaluate_stream(model, self.val, self.cfg.train.eval_batch_size, self.cfg.train.seq_len, device)
+        out = evaluate_stream(
+            model, self.val, self.cfg.train.eval_batch_size, self.cfg.train.seq_len, device
+        )
         return {f"val_{k}": v for k, v in out.items()}
 
 
 @torch.no_grad()
-def evaluate_stream(model: nn.Module, data: Tensor, n_streams: int, seq_len: int, device: torch.device) -> dict[str, float]:
+def evaluate_stream(
+    model: nn.Module, data: Tensor, n_streams: int, seq_len: int, device: torch.device
+) -> dict[str, float]:
     """Mean nats/char (and bits/char, perplexity) over `data` with carried state."""
     was_training = model.training
     model.eval()

@@ -25,7 +25,9 @@ def f1_scores(m: list[list[int]]) -> list[float]:
     return out
 
 
-def classification_report(truth: list[int], pred: list[int], labels: list[str]) -> dict[str, object]:
+def classification_report(
+    truth: list[int], pred: list[int], labels: list[str]
+) -> dict[str, object]:
     m = confusion_matrix(truth, pred, len(labels))
     f1 = f1_scores(m)
     correct = sum(m[k][k] for k in range(len(labels)))

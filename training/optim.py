@@ -77,7 +77,9 @@ class Schedule:
     def on_eval(self, metric: float) -> None:
         if self.oc.schedule != "plateau":
             return
-        better = self.best is None or (metric < self.best if self.mode == "min" else metric > self.best)
+        better = self.best is None or (
+            metric < self.best if self.mode == "min" else metric > self.best
+        )
         if better:
             self.best, self.bad = metric, 0
             return
@@ -91,8 +93,13 @@ class Schedule:
         return float(self.opt.param_groups[0]["lr"])
 
     def state_dict(self) -> dict[str, float | int | None]:
-        return {"step": self.step_count, "scale": self.scale, "best": self.best, "bad": self.bad,
-                "time_frac": self.time_frac}
+        return {
+            "step": self.step_count,
+            "scale": self.scale,
+            "best": self.best,
+            "bad": self.bad,
+            "time_frac": self.time_frac,
+        }
 
     def load_state_dict(self, state: dict[str, float | int | None]) -> None:
         self.step_count = int(state["step"] or 0)

@@ -42,7 +42,9 @@ def learning_curve(records: list[dict[str, Any]], path: Path, title: str) -> Pat
     return path
 
 
-def overlay(runs: dict[str, list[dict[str, Any]]], key: str, path: Path, title: str, x_key: str = "step") -> Path:
+def overlay(
+    runs: dict[str, list[dict[str, Any]]], key: str, path: Path, title: str, x_key: str = "step"
+) -> Path:
     """Validation curves of several runs on one axis (the compare plot)."""
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
     for name, records in runs.items():

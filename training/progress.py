@@ -57,7 +57,10 @@ class Progress:
 
     def postfix(self, **values: float | str) -> None:
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in values.items()}, refresh=False)
+            self.bar.set_postfix(
+                {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in values.items()},
+                refresh=False,
+            )
 
     def note(self, text: str) -> None:
         if self.bar is not None:

@@ -16,7 +16,9 @@ from training import checkpoint as ck
 from training.runtime import pick_device
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
+def next_token(
+    logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator
+) -> int:
     """logits: (V,) -> one sampled id."""
     if temperature <= 0:
         return int(logits.argmax())
@@ -30,14 +32,21 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: int | None, gen:
 
 @torch.no_grad()
 def sample(
-    run_dir: Path, prompt: str = "\n", length: int = 300, temperature: float = 0.8,
-    top_k: int | None = None, seed: int = 0, device: str = "cpu",
+    run_dir: Path,
+    prompt: str = "\n",
+    length: int = 300,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    seed: int = 0,
+    device: str = "cpu",
 ) -> str:
     """Prompt + `length` sampled characters."""
     dev = pick_device(device)
     ckpt = ck.load(run_dir, "cpu")
     if ckpt["model_config"]["task"] != "next_token":
-        raise ValueError("sample needs a next_token (language) model; use `classify` for a classifier")
+        raise ValueError(
+            "sample needs a next_token (language) model; use `classify` for a classifier"
+        )
     model = ck.rebuild_model(ckpt, dev)
     tok = CharTokenizer.from_spec(ck.tokenizer_spec(ckpt))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed)

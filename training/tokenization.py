@@ -45,7 +45,10 @@ def _hf_word_tokenizer(vocab_size: int, min_freq: int) -> tuple[Any, Any]:
     )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     trainer = WordLevelTrainer(
-        vocab_size=vocab_size, min_frequency=min_freq, special_tokens=[PAD, UNK], show_progress=False
+        vocab_size=vocab_size,
+        min_frequency=min_freq,
+        special_tokens=[PAD, UNK],
+        show_progress=False,
     )
     return tok, trainer
 

@@ -53,8 +53,13 @@ def build_task(cfg: ExperimentConfig, tokenizer: Any = None) -> Any:
     from training.loop_classify import ClassifyTask
 
     data = load_labelled(
-        dc.dataset, cfg.resolve(dc.path), val_path=val_path, val_fraction=dc.val_fraction,
-        split_seed=dc.split_seed, text_column=dc.text_column, label_column=dc.label_column,
+        dc.dataset,
+        cfg.resolve(dc.path),
+        val_path=val_path,
+        val_fraction=dc.val_fraction,
+        split_seed=dc.split_seed,
+        text_column=dc.text_column,
+        label_column=dc.label_column,
         limit=dc.limit,
     )
     return ClassifyTask(cfg, data, tokenizer)
@@ -74,7 +79,10 @@ def _better(metric: str, new: float, best: float | None) -> bool:
 
 
 def train(
-    cfg: ExperimentConfig, run_dir: Path | None = None, *, resume: Path | None = None,
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    *,
+    resume: Path | None = None,
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) an experiment; returns the summary. `stop_after` ends the process after that
@@ -117,7 +125,12 @@ def train(
         scaler.load_state_dict(state["scaler"])
         task.load_state_dict(state["task"], device)
         set_rng_state(state["rng"])
-        step, epoch, pos, seconds = state["step"], state["epoch"], state["pos"], state["train_seconds"]
+        step, epoch, pos, seconds = (
+            state["step"],
+            state["epoch"],
+            state["pos"],
+            state["train_seconds"],
+        )
         best, best_metrics, bad_evals = state["best"], state["best_metrics"], state["bad_evals"]
         history = state["history"]
         run_loss, run_n = state["running_loss"]
@@ -135,21 +148,37 @@ def train(
 
     def meta() -> dict[str, Any]:
         return {
-            "model_config": mcfg.to_dict(), "config": cfg.to_dict(), "labels": task.labels,
-            "tokenizer": task.tokenizer.model_dump(mode="json"), "dataset": task.dataset,
-            "git_commit": commit, "parameters": n_params, "device": describe_device(device),
+            "model_config": mcfg.to_dict(),
+            "config": cfg.to_dict(),
+            "labels": task.labels,
+            "tokenizer": task.tokenizer.model_dump(mode="json"),
+            "dataset": task.dataset,
+            "git_commit": commit,
+            "parameters": n_params,
+            "device": describe_device(device),
         }
 
     def save_last() -> None:
         e, p = (epoch + 1, 0) if pos >= per_epoch else (epoch, pos)
         ck.atomic_save(
-            meta() | {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "schedule": sched.state_dict(), "scaler": scaler.state_dict(),
-                "task": task.state_dict() if p > 0 else {"carried": None}, "rng": rng_state(),
-                "step": step, "epoch": e, "pos": p, "train_seconds": seconds, "best": best,
-                "best_metrics": best_metrics, "bad_evals": bad_evals, "history": log.records,
-                "running_loss": (run_loss, run_n), "work": (work_tokens, work_seconds),
+            meta()
+            | {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict(),
+                "scaler": scaler.state_dict(),
+                "task": task.state_dict() if p > 0 else {"carried": None},
+                "rng": rng_state(),
+                "step": step,
+                "epoch": e,
+                "pos": p,
+                "train_seconds": seconds,
+                "best": best,
+                "best_metrics": best_metrics,
+                "bad_evals": bad_evals,
+                "history": log.records,
+                "running_loss": (run_loss, run_n),
+                "work": (work_tokens, work_seconds),
             },
             run_dir / ck.LAST,
         )
@@ -159,22 +188,38 @@ def train(
         nonlocal best, best_metrics, bad_evals
         t0 = time.perf_counter()
         vals = task.evaluate(model, device)
-        rec = {"kind": "val", "step": step, "epoch": round(step / per_epoch, 3), "seconds": round(seconds, 2), **vals}
+        rec = {
+            "kind": "val",
+            "step": step,
+            "epoch": round(step / per_epoch, 3),
+            "seconds": round(seconds, 2),
+            **vals,
+        }
         log.write(rec)
         sched.on_eval(vals[metric])
         shown = "  ".join(f"{k}={v:.4f}" for k, v in vals.items())
         improved = _better(metric, vals[metric], best)
         if improved:
             best, bad_evals = vals[metric], 0
-            best_metrics = {f"best_{k}": float(v) for k, v in vals.items()} | {"best_step": float(step)}
+            best_metrics = {f"best_{k}": float(v) for k, v in vals.items()} | {
+                "best_step": float(step)
+            }
             ck.atomic_save(
-                meta() | {"model": model.state_dict(), "metrics": best_metrics, "train_seconds": seconds,
-                          "step": step, "epoch": step / per_epoch},
+                meta()
+                | {
+                    "model": model.state_dict(),
+                    "metrics": best_metrics,
+                    "train_seconds": seconds,
+                    "step": step,
+                    "epoch": step / per_epoch,
+                },
                 run_dir / ck.CHECKPOINT,
             )
         else:
             bad_evals += 1
-        bar.note(f"step {step:>6}  {shown}{'  *' if improved else ''}  ({time.perf_counter() - t0:.1f}s)")
+        bar.note(
+            f"step {step:>6}  {shown}{'  *' if improved else ''}  ({time.perf_counter() - t0:.1f}s)"
+        )
         last_val[metric] = f"{vals[metric]:.4f}"
         return tc.patience > 0 and bad_evals >= tc.patience
 
@@ -204,23 +249,41 @@ def train(
             step, pos = step + 1, pos + 1
             run_loss, run_n = run_loss + loss.item(), run_n + 1
             bar.update(n_tok)
-            work_tokens, work_seconds = work_tokens + n_tok, work_seconds + time.perf_counter() - t_step
+            work_tokens, work_seconds = (
+                work_tokens + n_tok,
+                work_seconds + time.perf_counter() - t_step,
+            )
             if step % tc.log_every == 0 or step == total:
                 rate = bar.rate()
-                log.write({"kind": "train", "step": step, "epoch": round(step / per_epoch, 3),
-                           "loss": run_loss / run_n, "lr": sched.lr(), "grad_norm": gnorm,
-                           "tokens_per_s": round(rate, 1), "seconds": round(seconds, 2)})
+                log.write(
+                    {
+                        "kind": "train",
+                        "step": step,
+                        "epoch": round(step / per_epoch, 3),
+                        "loss": run_loss / run_n,
+                        "lr": sched.lr(),
+                        "grad_norm": gnorm,
+                        "tokens_per_s": round(rate, 1),
+                        "seconds": round(seconds, 2),
+                    }
+                )
                 bar.postfix(loss=run_loss / run_n, lr=sched.lr(), tok_s=f"{rate:,.0f}", **last_val)
                 run_loss, run_n = 0.0, 0
                 bar.reset_rate()
             end_of_epoch = pos >= per_epoch
-            if (tc.eval_every > 0 and step % tc.eval_every == 0) or (tc.eval_every <= 0 and end_of_epoch):
+            if (tc.eval_every > 0 and step % tc.eval_every == 0) or (
+                tc.eval_every <= 0 and end_of_epoch
+            ):
                 last_eval_step = step
                 if evaluate():
                     bar.note(f"early stop: no improvement of {metric} in {tc.patience} evaluations")
                     stop = True
                 save_last()
-            if step >= total or seconds > deadline or (stop_after is not None and step >= stop_after):
+            if (
+                step >= total
+                or seconds > deadline
+                or (stop_after is not None and step >= stop_after)
+            ):
                 stop = True
             if stop:
                 break
@@ -228,15 +291,29 @@ def train(
             epoch, pos = epoch + 1, 0
 
     interrupted = stop_after is not None and step >= stop_after and step < total
-    if not interrupted and last_eval_step != step and not any(
-        r.get("kind") == "val" and r["step"] == step for r in log.records
+    if (
+        not interrupted
+        and last_eval_step != step
+        and not any(r.get("kind") == "val" and r["step"] == step for r in log.records)
     ):
         evaluate()  # the last steps since the previous evaluation count too
     save_last()
     bar.close()
     seconds = time.perf_counter() - t_start
-    summary = write_summary(run_dir, cfg, mcfg, n_params, best_metrics, log.records, step, per_epoch,
-                            seconds, device, work_tokens, work_seconds)
+    summary = write_summary(
+        run_dir,
+        cfg,
+        mcfg,
+        n_params,
+        best_metrics,
+        log.records,
+        step,
+        per_epoch,
+        seconds,
+        device,
+        work_tokens,
+        work_seconds,
+    )
     if not interrupted and (run_dir / ck.CHECKPOINT).exists():
         # the best checkpoint learns the total training time once the run is over
         best_ck = ck.load(run_dir / ck.CHECKPOINT)
@@ -246,19 +323,35 @@ def train(
 
 
 def write_summary(
-    run_dir: Path, cfg: ExperimentConfig, mcfg: Any, n_params: int, best: dict[str, float],
-    records: list[dict[str, Any]], step: int, per_epoch: int, seconds: float, device: torch.device,
-    work_tokens: int, work_seconds: float,
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    mcfg: Any,
+    n_params: int,
+    best: dict[str, float],
+    records: list[dict[str, Any]],
+    step: int,
+    per_epoch: int,
+    seconds: float,
+    device: torch.device,
+    work_tokens: int,
+    work_seconds: float,
 ) -> dict[str, Any]:
     """Headline numbers. `train_seconds` is wall clock (evaluations included); `seconds_per_epoch`
     and `tokens_per_s` count training steps only, so cells compare on their own speed."""
     epochs = step / per_epoch
     summary = {
-        "name": cfg.name, "task": cfg.task, "cell": mcfg.cell, "parameters": n_params,
-        "steps": step, "epochs": round(epochs, 3), "train_seconds": round(seconds, 1),
+        "name": cfg.name,
+        "task": cfg.task,
+        "cell": mcfg.cell,
+        "parameters": n_params,
+        "steps": step,
+        "epochs": round(epochs, 3),
+        "train_seconds": round(seconds, 1),
         "seconds_per_epoch": round(work_seconds / epochs, 1) if step else None,
         "tokens_per_s": round(work_tokens / work_seconds, 1) if work_seconds > 0 else None,
-        "device": describe_device(device), "run_dir": str(run_dir), **best,
+        "device": describe_device(device),
+        "run_dir": str(run_dir),
+        **best,
     }
     ck.write_json(run_dir / ck.SUMMARY, summary)
     learning_curve(records, run_dir / ck.CURVE, f"{cfg.name} ({mcfg.cell}, {n_params:,} params)")

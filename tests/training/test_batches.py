@@ -14,8 +14,12 @@ def test_bucketed_order_is_a_seeded_partition_with_similar_lengths() -> None:
     a = bucketed_order(lengths, 32, seed=1, epoch=0)
     assert len(a) == -(-1000 // 32)
     assert sorted(np.concatenate(a).tolist()) == list(range(1000))
-    assert all(np.array_equal(x, y) for x, y in zip(a, bucketed_order(lengths, 32, 1, 0), strict=True))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, bucketed_order(lengths, 32, 1, 1), strict=True))
+    assert all(
+        np.array_equal(x, y) for x, y in zip(a, bucketed_order(lengths, 32, 1, 0), strict=True)
+    )
+    assert not all(
+        np.array_equal(x, y) for x, y in zip(a, bucketed_order(lengths, 32, 1, 1), strict=True)
+    )
     spread = np.mean([np.ptp(lengths[b]) for b in a if len(b) == 32])
     assert spread < 0.1 * np.ptp(lengths)  # buckets hold similar lengths
 

@@ -13,7 +13,8 @@ from training.config import DEFAULT_DATA_ROOT
 
 runner = CliRunner()
 needs_data = pytest.mark.skipif(
-    not (DEFAULT_DATA_ROOT / "tinyshakespeare" / "input.txt").exists(), reason="shared datasets absent"
+    not (DEFAULT_DATA_ROOT / "tinyshakespeare" / "input.txt").exists(),
+    reason="shared datasets absent",
 )
 
 
@@ -35,17 +36,45 @@ def test_config_errors_exit_2_naming_the_key(tmp_path: Path) -> None:
 def test_train_evaluate_sample_char(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     run = tmp_path / "run"
-    res = runner.invoke(train_app, ["train", "smoke-char", "--out", str(run), "--model.hidden_size=24",
-                                    "--set", "train.max_steps=20"])
+    res = runner.invoke(
+        train_app,
+        [
+            "train",
+            "smoke-char",
+            "--out",
+            str(run),
+            "--model.hidden_size=24",
+            "--set",
+            "train.max_steps=20",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    for f in ("checkpoint.pt", "last.pt", "metrics.jsonl", "learning_curve.png", "summary.json", "config.toml"):
+    for f in (
+        "checkpoint.pt",
+        "last.pt",
+        "metrics.jsonl",
+        "learning_curve.png",
+        "summary.json",
+        "config.toml",
+    ):
         assert (run / f).stat().st_size > 0, f
     assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import torch
 
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
-    assert {"model", "model_config", "config", "labels", "tokenizer", "metrics", "dataset", "git_commit",
-            "parameters", "device", "train_seconds"} <= ckpt.keys()
+    assert {
+        "model",
+        "model_config",
+        "config",
+        "labels",
+        "tokenizer",
+        "metrics",
+        "dataset",
+        "git_commit",
+        "parameters",
+        "device",
+        "train_seconds",
+    } <= ckpt.keys()
     assert ckpt["model_config"]["hidden_size"] == 24 and ckpt["config"]["train"]["max_steps"] == 20
     assert ckpt["tokenizer"]["kind"] == "char" and ckpt["labels"] is None
     assert set(ckpt["metrics"]) >= {"best_val_loss", "best_val_bpc"}
@@ -57,11 +86,15 @@ def test_train_evaluate_sample_char(tmp_path: Path) -> None:
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["nats_per_char"] == pytest.approx(ckpt["metrics"]["best_val_loss"], rel=1e-5)
 
-    res = runner.invoke(train_app, ["sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--seed", "3",
-                                    "--top-k", "5"])
+    res = runner.invoke(
+        train_app,
+        ["sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--seed", "3", "--top-k", "5"],
+    )
     assert res.exit_code == 0 and res.output.startswith("ROMEO:") and len(res.output) >= 46
-    again = runner.invoke(train_app, ["sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--seed", "3",
-                                      "--top-k", "5"])
+    again = runner.invoke(
+        train_app,
+        ["sample", str(run), "--prompt", "ROMEO:", "--length", "40", "--seed", "3", "--top-k", "5"],
+    )
     assert again.output == res.output  # seeded
 
 
@@ -86,8 +119,20 @@ def test_train_and_evaluate_sentiment(tmp_path: Path) -> None:
 def test_compare_writes_table_and_overlay(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     out = tmp_path / "cmp"
-    res = runner.invoke(train_app, ["compare", "smoke-char", "--out", str(out), "--steps", "6",
-                                    "--cells", "lstm,gru,rnn,peephole_lstm", "train.eval_every=3"])
+    res = runner.invoke(
+        train_app,
+        [
+            "compare",
+            "smoke-char",
+            "--out",
+            str(out),
+            "--steps",
+            "6",
+            "--cells",
+            "lstm,gru,rnn,peephole_lstm",
+            "train.eval_every=3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     table = (out / "compare.md").read_text()
     assert all(c in table for c in ("lstm", "gru", "rnn", "peephole_lstm"))

@@ -48,7 +48,9 @@ def test_unknown_key_is_named() -> None:
     ],
 )
 def test_wrong_type_is_named(override: str, key: str) -> None:
-    with pytest.raises(ConfigError, match=rf"'{key.replace('.', '.').replace('[', '.').replace(']', '.')}'"):
+    with pytest.raises(
+        ConfigError, match=rf"'{key.replace('.', '.').replace('[', '.').replace(']', '.')}'"
+    ):
         load_config("char-lstm", [override])
 
 
@@ -63,7 +65,11 @@ def test_overrides_parse_toml_values_and_nest() -> None:
         ["model.hidden_size=64", "--optim.lr=1e-3", "train.amp=false", "model.cell=gru", "name=x"],
     )
     assert (cfg.model.hidden_size, cfg.optim.lr, cfg.train.amp, cfg.model.cell, cfg.name) == (
-        64, 1e-3, False, "gru", "x",
+        64,
+        1e-3,
+        False,
+        "gru",
+        "x",
     )
     assert parse_value("[1, 2]") == [1, 2] and parse_value("lstm") == "lstm"
     assert isinstance(load_config("char-lstm", ["optim.lr=1"]).optim.lr, float)  # int -> float ok
@@ -88,7 +94,7 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
 
 
 def test_round_trip_through_toml(tmp_path: Path) -> None:
-    cfg = load_config("sentiment-gru", ["name=with \"quotes\""])
+    cfg = load_config("sentiment-gru", ['name=with "quotes"'])
     p = tmp_path / "c.toml"
     p.write_text(to_toml(cfg.to_dict()))
     assert load_config(p) == cfg

@@ -41,11 +41,21 @@ def test_glue_tsv_and_folder(fixtures: Path) -> None:
 def test_generic_csv_and_jsonl_columns(fixtures: Path, tmp_path: Path) -> None:
     rows = read_examples("table", fixtures / "reviews.csv", "review", "stars")
     assert rows[1].text == 'Dull, "meh" plot' and rows[3].text.startswith("Multi-line\n")
-    data = load_labelled("table", fixtures / "reviews.csv", text_column="review",
-                         label_column="stars", val_fraction=0.25)
+    data = load_labelled(
+        "table",
+        fixtures / "reviews.csv",
+        text_column="review",
+        label_column="stars",
+        val_fraction=0.25,
+    )
     assert data.labels == ["1", "3", "5", "10"]  # integers sort numerically
-    j = load_labelled("table", fixtures / "reviews.jsonl", text_column="body",
-                      label_column="verdict", val_fraction=0.0)
+    j = load_labelled(
+        "table",
+        fixtures / "reviews.jsonl",
+        text_column="body",
+        label_column="verdict",
+        val_fraction=0.0,
+    )
     assert j.labels == ["no", "yes"] and len(j.train) == 3 and j.val == []
     with pytest.raises(ValueError, match="no column 'text'"):
         read_examples("table", fixtures / "reviews.jsonl")
@@ -53,8 +63,12 @@ def test_generic_csv_and_jsonl_columns(fixtures: Path, tmp_path: Path) -> None:
 
 def test_gzip_is_transparent(fixtures: Path, tmp_path: Path) -> None:
     plain = read_examples("table", fixtures / "reviews.jsonl", "body", "verdict")
-    assert read_examples("table", gz(fixtures / "reviews.jsonl", tmp_path / "r.jsonl.gz"),
-                         "body", "verdict") == plain
+    assert (
+        read_examples(
+            "table", gz(fixtures / "reviews.jsonl", tmp_path / "r.jsonl.gz"), "body", "verdict"
+        )
+        == plain
+    )
     tsv = gz(fixtures / "SST-2" / "train.tsv", tmp_path / "train.tsv.gz")
     assert read_examples("sst2", tsv) == read_examples("sst2", fixtures / "SST-2" / "train.tsv")
     txt = gz(fixtures / "tiny.txt", tmp_path / "tiny.txt.gz")

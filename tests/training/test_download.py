@@ -24,7 +24,9 @@ def _tar(path: Path, files: dict[str, bytes]) -> Path:
     return path
 
 
-def _patch(monkeypatch: pytest.MonkeyPatch, name: str, archive: Path, algorithm: str = "sha256") -> None:
+def _patch(
+    monkeypatch: pytest.MonkeyPatch, name: str, archive: Path, algorithm: str = "sha256"
+) -> None:
     digest = hashlib.new(algorithm, archive.read_bytes()).hexdigest()
     src = dataclasses.replace(dl.SOURCES[name], digest=digest, algorithm=algorithm)
     monkeypatch.setitem(dl.SOURCES, name, src)
@@ -44,10 +46,15 @@ def _copy_from(archive: Path):  # type: ignore[no-untyped-def]
 def test_imdb_unpacks_into_loader_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from training.data.sentiment import read_examples
 
-    archive = _tar(tmp_path / "a.tar.gz", {
-        "aclImdb/train/pos/0_9.txt": b"great", "aclImdb/train/neg/0_1.txt": b"bad",
-        "aclImdb/test/pos/0_8.txt": b"fine", "aclImdb/test/neg/0_2.txt": b"poor",
-    })
+    archive = _tar(
+        tmp_path / "a.tar.gz",
+        {
+            "aclImdb/train/pos/0_9.txt": b"great",
+            "aclImdb/train/neg/0_1.txt": b"bad",
+            "aclImdb/test/pos/0_8.txt": b"fine",
+            "aclImdb/test/neg/0_2.txt": b"poor",
+        },
+    )
     _patch(monkeypatch, "imdb", archive)
     fetch = _copy_from(archive)
     dest = dl.download("imdb", tmp_path / "data", fetch=fetch, log=lambda s: None)
@@ -83,7 +90,9 @@ def test_checksum_mismatch_unpacks_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
-def test_archive_escaping_the_target_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_archive_escaping_the_target_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = _tar(tmp_path / "evil.tar.gz", {"../escape.txt": b"x"})
     _patch(monkeypatch, "imdb", archive)
     with pytest.raises(dl.DownloadError, match="outside"):

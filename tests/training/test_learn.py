@@ -20,7 +20,9 @@ def test_hello_to_ello(cell: str) -> None:
     vocab = {c: i for i, c in enumerate("helo")}
     x = torch.tensor([[vocab[c] for c in "hell"]])  # (1, 4)
     y = torch.tensor([vocab[c] for c in "ello"])  # (4,)
-    model = RNNModel(ModelConfig(task="next_token", cell=cell, vocab_size=4, embed_dim=8, hidden_size=16))  # type: ignore[arg-type]
+    model = RNNModel(
+        ModelConfig(task="next_token", cell=cell, vocab_size=4, embed_dim=8, hidden_size=16)
+    )  # type: ignore[arg-type]
     oc = OptimConfig(lr=0.05, weight_decay=0.0)
     opt = build_optimizer(model, oc)
     for _ in range(150):
@@ -43,8 +45,15 @@ def test_classify_first_token_parity_padded(cell: str) -> None:
     tokens = torch.randint(2, 5, (B, T))  # ids 2..4; 0 is padding
     tokens[torch.arange(T)[None, :] >= lengths[:, None]] = 0
     labels = tokens[:, 0] % 2
-    cfg = ModelConfig(task="classify", cell=cell, vocab_size=5, embed_dim=8, hidden_size=16,  # type: ignore[arg-type]
-                      num_classes=2, pooling="last")
+    cfg = ModelConfig(
+        task="classify",
+        cell=cell,
+        vocab_size=5,
+        embed_dim=8,
+        hidden_size=16,  # type: ignore[arg-type]
+        num_classes=2,
+        pooling="last",
+    )
     model = RNNModel(cfg)
     oc = OptimConfig(lr=0.03, weight_decay=0.0)
     opt = build_optimizer(model, oc)

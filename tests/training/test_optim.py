@@ -60,7 +60,9 @@ def test_warmup_then_cosine() -> None:
 
 def test_plateau_halves_after_patience() -> None:
     m = torch.nn.Linear(2, 2)
-    oc = OptimConfig(schedule="plateau", lr=1.0, warmup_steps=0, plateau_patience=1, plateau_factor=0.5)
+    oc = OptimConfig(
+        schedule="plateau", lr=1.0, warmup_steps=0, plateau_patience=1, plateau_factor=0.5
+    )
     s = Schedule(build_optimizer(m, oc), oc, 100, "min")
     for v in (1.0, 0.9, 0.95, 0.95):  # two evaluations without improvement > patience 1
         s.on_eval(v)

@@ -19,8 +19,10 @@ def _cfg(tmp_path: Path, *extra: str):  # type: ignore[no-untyped-def]
     rng = random.Random(0)
     text = tmp_path / "t.txt"
     text.write_text("".join(rng.choice("abcab \n") for _ in range(5000)))
-    return load_config("smoke-char", [f"data.path='{text}'", "data.limit=0", "train.batch_size=4",
-                                      "train.seq_len=16", *extra])
+    return load_config(
+        "smoke-char",
+        [f"data.path='{text}'", "data.limit=0", "train.batch_size=4", "train.seq_len=16", *extra],
+    )
 
 
 def _val(run: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -30,14 +32,22 @@ def _val(run: Path) -> list[dict]:  # type: ignore[type-arg]
 
 def test_early_stopping(tmp_path: Path) -> None:
     # lr = 0: the validation loss never improves after the first evaluation
-    cfg = _cfg(tmp_path, "optim.lr=0", "train.max_steps=100", "train.eval_every=5", "train.patience=2")
+    cfg = _cfg(
+        tmp_path, "optim.lr=0", "train.max_steps=100", "train.eval_every=5", "train.patience=2"
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["steps"] == 15 and [r["step"] for r in _val(tmp_path / "run")] == [5, 10, 15]
 
 
 def test_checkpoint_holds_the_best_evaluation(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, "train.max_steps=30", "train.eval_every=5", "optim.lr=0.05",
-               "optim.warmup_steps=0", "optim.schedule='constant'")
+    cfg = _cfg(
+        tmp_path,
+        "train.max_steps=30",
+        "train.eval_every=5",
+        "optim.lr=0.05",
+        "optim.warmup_steps=0",
+        "optim.schedule='constant'",
+    )
     train(cfg, tmp_path / "run")
     vals = _val(tmp_path / "run")
     best = min(vals, key=lambda r: r["val_loss"])
@@ -51,8 +61,14 @@ def test_checkpoint_holds_the_best_evaluation(tmp_path: Path) -> None:
 
 
 def test_time_budget_stops_and_anneals(tmp_path: Path) -> None:
-    cfg = _cfg(tmp_path, "train.max_steps=100000", "train.max_minutes=0.02", "train.eval_every=0",
-               "optim.warmup_steps=0", "optim.min_lr_ratio=0.1")
+    cfg = _cfg(
+        tmp_path,
+        "train.max_steps=100000",
+        "train.max_minutes=0.02",
+        "train.eval_every=0",
+        "optim.warmup_steps=0",
+        "optim.min_lr_ratio=0.1",
+    )
     summary = train(cfg, tmp_path / "run")
     assert summary["steps"] < 100000
     last_lr = ck.load(tmp_path / "run" / ck.LAST)["optimizer"]["param_groups"][0]["lr"]

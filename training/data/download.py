@@ -36,22 +36,34 @@ class Source:
 SOURCES: dict[str, Source] = {
     # Maas et al. 2011; the checksum published by many loaders of the same file.
     "imdb": Source(
-        "imdb", "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
-        "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe", "sha256",
-        "tar.gz", "imdb", "aclImdb_v1.tar.gz",
+        "imdb",
+        "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+        "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe",
+        "sha256",
+        "tar.gz",
+        "imdb",
+        "aclImdb_v1.tar.gz",
     ),
     # GLUE's SST-2 zip. Only an MD5 is published for it (torchtext's SST2 loader); we verify that
     # and print the SHA-256 we computed.
     "sst2": Source(
-        "sst2", "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip",
-        "9f81648d4199384278b86e315dac217c", "md5", "zip", "sst2", "SST-2.zip",
+        "sst2",
+        "https://dl.fbaipublicfiles.com/glue/data/SST-2.zip",
+        "9f81648d4199384278b86e315dac217c",
+        "md5",
+        "zip",
+        "sst2",
+        "SST-2.zip",
     ),
     # karpathy/char-rnn's file, byte for byte (sha256 from ../shared/datasets/README.md).
     "tinyshakespeare": Source(
         "tinyshakespeare",
         "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed", "sha256",
-        "file", "tinyshakespeare", "input.txt",
+        "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        "sha256",
+        "file",
+        "tinyshakespeare",
+        "input.txt",
     ),
 }
 
@@ -110,7 +122,10 @@ def unpack(archive: Path, source: Source, dest: Path) -> None:
 
 
 def download(
-    name: str, to: Path, *, fetch: Callable[[str, Path], None] | None = None,
+    name: str,
+    to: Path,
+    *,
+    fetch: Callable[[str, Path], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> Path:
     """Fetch dataset `name` into `to/<subdir>` and return that folder."""
@@ -124,7 +139,9 @@ def download(
         log(f"fetching {source.url}")
         fetch(source.url, archive)
         verify(archive, source)
-        log(f"{source.algorithm} ok ({source.digest[:16]}…); sha256 {file_digest(archive, 'sha256')}")
+        log(
+            f"{source.algorithm} ok ({source.digest[:16]}…); sha256 {file_digest(archive, 'sha256')}"
+        )
         unpack(archive, source, dest)
     log(f"unpacked into {dest}")
     return dest

@@ -104,7 +104,10 @@ def read_sst2(path: Path, split: str = "train") -> list[Example]:
 
 
 def read_examples(
-    dataset: str, path: Path, text_column: str = "text", label_column: str = "label",
+    dataset: str,
+    path: Path,
+    text_column: str = "text",
+    label_column: str = "label",
     split: str = "train",
 ) -> list[Example]:
     """Every example of one file or folder, in file order."""
@@ -122,8 +125,15 @@ def read_examples(
 
 
 def load_labelled(
-    dataset: str, path: Path, *, val_path: Path | None = None, val_fraction: float = 0.1,
-    split_seed: int = 0, text_column: str = "text", label_column: str = "label", limit: int = 0,
+    dataset: str,
+    path: Path,
+    *,
+    val_path: Path | None = None,
+    val_fraction: float = 0.1,
+    split_seed: int = 0,
+    text_column: str = "text",
+    label_column: str = "label",
+    limit: int = 0,
 ) -> LabelledData:
     """Train/val examples and the sorted label list. Without `val_path`, a seeded random split."""
     examples = read_examples(dataset, path, text_column, label_column)

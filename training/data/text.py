@@ -35,4 +35,6 @@ def load_text(
     train, val = tail_split(text, val_fraction)
     if not train or not val:
         raise ValueError(f"{path}: too little text to split ({len(text)} characters)")
-    return TextData(train, val, f"{path} (first {1 - val_fraction:.0%} train / last {val_fraction:.0%} val)")
+    return TextData(
+        train, val, f"{path} (first {1 - val_fraction:.0%} train / last {val_fraction:.0%} val)"
+    )
