@@ -86,7 +86,7 @@ def _patch_operation(path: str, method: str, op: JSON, refs: dict[str, str], aut
     if "requestBody" in op:
         res.setdefault("400", _response(ref, "The body is not valid JSON (or is truncated)"))
         res.setdefault("413", _response(ref, "The body is larger than `RNNSERVE_MAX_BODY_BYTES`"))
-    if method == "post" and path.endswith(("/generate", "/completions")):
+    if method == "post" and path.endswith(("/generate", "/completions")) and "/chat/" not in path:
         res.setdefault(
             "429",
             _response(ref, "Too many streams open for this API key", retry_after=True),

@@ -37,6 +37,9 @@ from service.errors import (
     InvalidInput,
     InvalidState,
     ServiceError,
+    SessionEvicted,
+    SessionExists,
+    SessionExpired,
     SessionNotFound,
     UnsupportedTask,
     VersionConflict,
@@ -65,7 +68,7 @@ class SessionService:
 
     def info(self, rec: SessionRecord) -> dict[str, Any]:
         return {
-            "session_id": rec.id,
+            "session_id": public_id(rec.id),
             "model": rec.model,
             "version": rec.version,
             "created_at": rec.created_at,
@@ -76,7 +79,14 @@ class SessionService:
         }
 
     async def _get(self, session_id: str, owner: str | None) -> SessionRecord:
-        rec = await self.store.get(session_id)
+        sid = store_id(session_id, owner)
+        try:
+            rec = await self.store.get(sid)
+        except (SessionNotFound, SessionExpired, SessionEvicted) as e:
+            if sid != session_id:  # the message names the id the caller sent
+                e.message = e.message.replace(repr(sid), repr(session_id))
+                e.args = (e.message,)
+            raise
         if rec.owner != owner:  # another key's session looks exactly like a missing one
             raise SessionNotFound(f"session {session_id!r} does not exist")
         return rec
@@ -153,7 +163,8 @@ class SessionService:
             raise InvalidInput(f"ttl_s must be <= {self.max_ttl_s}", field="ttl_s")
         now = self.clock()
         rec = SessionRecord(
-            id=session_id or secrets.token_urlsafe(24),  # 192 random bits
+            # 192 random bits; stored under the owner's namespace (ids never clash across keys)
+            id=store_id(session_id or secrets.token_urlsafe(24), owner),
             model=m.name,
             model_sha256=m.manifest.onnx_sha256,
             version=0,
@@ -167,7 +178,12 @@ class SessionService:
         )
         if blob is not None:
             rec = self._restore(m, rec, blob)
-        await self.store.create(rec)
+        try:
+            await self.store.create(rec)
+        except SessionExists:
+            raise SessionExists(
+                f"session {public_id(rec.id)!r} already exists", field="session_id"
+            ) from None
         return self.info(rec)
 
     def _restore(self, m: LoadedModel, rec: SessionRecord, blob: StateBlob) -> SessionRecord:
@@ -204,9 +220,9 @@ class SessionService:
         return self.info(await self._get(session_id, owner))
 
     async def delete(self, session_id: str, owner: str | None) -> None:
-        async with self.store.lock(session_id):
-            await self._get(session_id, owner)
-            await self.store.delete(session_id)
+        async with self.store.lock(store_id(session_id, owner)):
+            rec = await self._get(session_id, owner)
+            await self.store.delete(rec.id)
 
     async def export_state(self, session_id: str, owner: str | None) -> dict[str, Any]:
         rec = await self._get(session_id, owner)
@@ -221,14 +237,19 @@ class SessionService:
             rec.logits,
         )
         data = encode_state(blob, [s.name for s in m.manifest.io.states])
-        return {"session_id": rec.id, "model": rec.model, "version": rec.version, "state": data}
+        return {
+            "session_id": public_id(rec.id),
+            "model": rec.model,
+            "version": rec.version,
+            "state": data,
+        }
 
     # -- state-changing operations ----------------------------------------------------------
 
     async def reset(
         self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
     ) -> dict[str, Any]:
-        async with self.store.lock(session_id):
+        async with self.store.lock(store_id(session_id, owner)):
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("reset", {})
             replay = await self._replay(rec, key, fp)
@@ -256,7 +277,7 @@ class SessionService:
         key: str | None,
         owner: str | None,
     ) -> dict[str, Any]:
-        async with self.store.lock(session_id):
+        async with self.store.lock(store_id(session_id, owner)):
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("feed", {"text": text, "top_k": top_k})
             replay = await self._replay(rec, key, fp)
@@ -286,7 +307,7 @@ class SessionService:
                 tokens_seen=rec.tokens_seen + len(ids),
             )
             result = {
-                "session_id": rec.id,
+                "session_id": public_id(rec.id),
                 "version": new.version,
                 "tokens": len(ids),
                 "pending_chars": len(pending),
@@ -306,7 +327,7 @@ class SessionService:
         """Take the session's lock and start generating; the lock is held until the
         generation is closed, and the state is committed only when it finishes."""
         stack = AsyncExitStack()
-        await stack.enter_async_context(self.store.lock(session_id))
+        await stack.enter_async_context(self.store.lock(store_id(session_id, owner)))
         try:
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("generate", {**p.__dict__, "seed": p.seed})
@@ -321,7 +342,7 @@ class SessionService:
                 else ([], rec.pending)
             )
             params = self.engine.sampling(m, p)
-            base: dict[str, Any] = {"model": m.name, "session_id": rec.id}
+            base: dict[str, Any] = {"model": m.name, "session_id": public_id(rec.id)}
             if replay is not None:
                 stream = _idle_stream(params)
                 return Generation(stream, base, release=stack.aclose, replay=replay)
@@ -346,6 +367,17 @@ class SessionService:
             return result | {"replayed": False}
 
         return Generation(stream, base, finalize=finalize, release=stack.aclose)
+
+
+def store_id(session_id: str, owner: str | None) -> str:
+    """The store key of a caller's session id: the id itself for the anonymous owner, else
+    `owner/id` ("/" is in neither an owner name nor a session id, so this cannot be forged)."""
+    return session_id if owner is None else f"{owner}/{session_id}"
+
+
+def public_id(stored: str) -> str:
+    """The id a caller knows, from a store key."""
+    return stored.rpartition("/")[2]
 
 
 def require_streamable(m: LoadedModel) -> None:

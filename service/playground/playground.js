@@ -44,6 +44,25 @@ function newKey() {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
+// API keys (docs/reliability.md): on a 401 the page asks for a key once and keeps it in this
+// tab's sessionStorage; every API call then sends it as a Bearer token.
+function withKey(headers = {}) {
+  const key = sessionStorage.getItem("rnnserve-key");
+  return key ? { ...headers, authorization: `Bearer ${key}` } : headers;
+}
+
+async function authFetch(path, init) {
+  let r = await fetch(path, { ...init, headers: withKey(init.headers) });
+  if (r.status === 401) {
+    const key = window.prompt("This server needs an API key:");
+    if (key && key.trim()) {
+      sessionStorage.setItem("rnnserve-key", key.trim());
+      r = await fetch(path, { ...init, headers: withKey(init.headers) });
+    }
+  }
+  return r;
+}
+
 async function api(method, path, body, headers = {}) {
   const init = { method, headers: { ...headers } };
   if (body !== undefined) {
@@ -52,7 +71,7 @@ async function api(method, path, body, headers = {}) {
   }
   let r;
   try {
-    r = await fetch(path, init);
+    r = await authFetch(path, init);
   } catch (e) {
     throw new ApiError(0, "network_error", `cannot reach the server (${e.message})`);
   }
@@ -192,7 +211,7 @@ async function generate() {
   try {
     let r;
     try {
-      r = await fetch(`/v1/models/${encodeURIComponent(model)}/generate`, {
+      r = await authFetch(`/v1/models/${encodeURIComponent(model)}/generate`, {
         method: "POST",
         headers: { "content-type": "application/json", accept: "text/event-stream" },
         body: JSON.stringify(body),
@@ -390,7 +409,8 @@ function clearErrorIf(where) {
 
 function dropSession(keepalive = false) {
   if (!sent.sid) return;
-  fetch(`/v1/sessions/${encodeURIComponent(sent.sid)}`, { method: "DELETE", keepalive }).catch(() => {});
+  const init = { method: "DELETE", keepalive, headers: withKey() };
+  fetch(`/v1/sessions/${encodeURIComponent(sent.sid)}`, init).catch(() => {});
   Object.assign(sent, { sid: null, version: null, fed: "" });
 }
 

@@ -187,3 +187,30 @@ async def test_owner_is_never_logged(make_client: ClientFactory, caplog: Any) ->
     text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
     assert KEY_A not in text and "wrong-key" not in text and "secret text" not in text
     assert app_of(c) is not None
+
+
+async def test_ids_are_namespaced_per_key(make_client: ClientFactory) -> None:
+    """Two keys may pick the same session id, or the same Triton sequence id (clients love
+    `sequence_id: 1`): two independent sessions, and neither learns the other exists."""
+    async with make_client(api_keys=KEYS) as c:
+        a, b = auth(KEY_A), auth(KEY_B)
+        for h in (a, b):
+            r = await c.post("/v1/sessions", json={"model": LM, "session_id": "chat-1"}, headers=h)
+            assert r.status_code == 201 and r.json()["session_id"] == "chat-1"
+        await c.post("/v1/sessions/chat-1/feed", json={"text": "abc"}, headers=a)
+        assert (await c.get("/v1/sessions/chat-1", headers=a)).json()["version"] == 1
+        assert (await c.get("/v1/sessions/chat-1", headers=b)).json()["version"] == 0
+        r = await c.post("/v1/sessions", json={"model": LM, "session_id": "chat-1"}, headers=a)
+        assert r.status_code == 409 and "'chat-1'" in r.json()["error"]["message"]
+        infer = {"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["ab"]}]}
+        start = {**infer, "parameters": {"sequence_id": 1, "sequence_start": True}}
+        for h in (a, b):
+            r = await c.post(f"/v2/models/{LM}/infer", json=start, headers=h)
+            assert r.status_code == 200, r.text
+        step = {**infer, "parameters": {"sequence_id": 1}}
+        assert (await c.post(f"/v2/models/{LM}/infer", json=step, headers=a)).status_code == 200
+        va = (await c.get("/v1/sessions/1", headers=a)).json()["version"]
+        vb = (await c.get("/v1/sessions/1", headers=b)).json()["version"]
+        assert (va, vb) == (2, 1)
+        state = (await c.get("/v1/sessions/1/state", headers=a)).json()
+        assert state["session_id"] == "1"

@@ -56,3 +56,26 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, live_url: str) -> N
     case.call_and_validate(
         base_url=live_url, timeout=30, excluded_checks=[checks.positive_data_acceptance]
     )
+
+
+def test_schema_documents_every_field_parameter_and_stream() -> None:
+    spec = create_app(_settings(), configure_logs=False).openapi()
+    missing = [
+        f"{name}.{prop}"
+        for name, comp in spec["components"]["schemas"].items()
+        for prop, sub in comp.get("properties", {}).items()
+        if not sub.get("description")
+    ]
+    assert not missing, missing
+    assert "HTTPValidationError" not in str(spec)  # a body the server never sends
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            for p in op.get("parameters", []):
+                assert p.get("description"), (method, path, p["name"])
+            streams = path.endswith(("/generate", "/completions")) and "/chat/" not in path
+            if method == "post" and streams:
+                ok = op["responses"]["200"]["content"]
+                assert "text/event-stream" in ok and "application/json" in ok, path
+                assert {"400", "413", "429", "504"} <= set(op["responses"]), path
+    predict = spec["components"]["schemas"]["PredictRequest"]["properties"]["inputs"]
+    assert predict["maxItems"] == 16 and predict["items"]["maxLength"] == 2000

@@ -41,7 +41,7 @@ class CompletionRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass; default 1.")
     n: int = Field(1, ge=1, le=128, description="Completions per prompt.")
     stream: bool = Field(False, description="Server-sent events ending with `data: [DONE]`.")
-    stream_options: StreamOptions | None = None
+    stream_options: StreamOptions | None = Field(None, description="With `stream` only.")
     logprobs: int | None = Field(
         None, ge=0, le=20, description="Each token's logprob plus this many alternatives."
     )
@@ -159,58 +159,60 @@ class ValidCompletion:
 
 
 class Logprobs(BaseModel):
-    tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
-    text_offset: list[int]
+    tokens: list[str] = Field(description="The tokens of the returned text.")
+    token_logprobs: list[float] = Field(description="Each token's log-probability.")
+    top_logprobs: list[dict[str, float]] = Field(description="Per token: the top alternatives.")
+    text_offset: list[int] = Field(description="Per token: its character offset in the text.")
 
 
 class CompletionChoice(BaseModel):
-    index: int
-    text: str
-    logprobs: Logprobs | None = None
-    finish_reason: Literal["stop", "length"] | None
+    index: int = Field(description="Choice index (prompt index × n + j).")
+    text: str = Field(description="The completion (the prompt first with `echo`).")
+    logprobs: Logprobs | None = Field(None, description="When `logprobs` was asked for.")
+    finish_reason: Literal["stop", "length"] | None = Field(
+        description="`stop` (a stop string) or `length` (`max_tokens`)."
+    )
 
 
 class CompletionUsage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
+    prompt_tokens: int = Field(description="Prompt tokens (each prompt counted once).")
+    completion_tokens: int = Field(description="Generated tokens, all choices.")
+    total_tokens: int = Field(description="The sum.")
 
 
 class Completion(BaseModel):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int
-    model: str
+    id: str = Field(description="`cmpl-` + a random id.")
+    object: Literal["text_completion"] = Field("text_completion", description="Always this.")
+    created: int = Field(description="Unix time.")
+    model: str = Field(description="The model that generated.")
     system_fingerprint: str | None = Field(None, description="fp_ + the graph's sha256 prefix.")
-    choices: list[CompletionChoice]
-    usage: CompletionUsage | None = None
+    choices: list[CompletionChoice] = Field(description="One per prompt × n.")
+    usage: CompletionUsage | None = Field(None, description="Token counts.")
     session_id: str | None = Field(None, description="Extension: the session committed to.")
     session_version: int | None = Field(None, description="Extension: its version after.")
 
 
 class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "rnnserve"
+    id: str = Field(description="Model name.")
+    object: Literal["model"] = Field("model", description="Always this.")
+    created: int = Field(description="Unix time the artifact was written.")
+    owned_by: str = Field("rnnserve", description="Always `rnnserve`.")
 
 
 class ModelCardList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
+    object: Literal["list"] = Field("list", description="Always this.")
+    data: list[ModelCard] = Field(description="The language models served.")
 
 
 class ErrorInfo(BaseModel):
-    message: str
+    message: str = Field(description="What went wrong.")
     type: str = Field(description="`invalid_request_error`, `rate_limit_error` or `server_error`.")
-    param: str | None = None
-    code: str | None = None
+    param: str | None = Field(None, description="The request field at fault, if any.")
+    code: str | None = Field(None, description="Stable machine-readable code.")
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorInfo
+    error: ErrorInfo = Field(description="What went wrong.")
 
 
 def error_body(message: str, status: int, param: str | None, code: str | None) -> dict[str, Any]:

@@ -50,25 +50,25 @@ def output_specs(m: LoadedModel) -> list[TensorMetadata]:
 
 
 class ServerMetadata(BaseModel):
-    name: str
-    version: str
+    name: str = Field(description="Server name (`rnnserve`).")
+    version: str = Field(description="Server version.")
     extensions: list[str] = Field(description="Protocol extensions this server implements.")
 
 
 class ModelMetadata(BaseModel):
-    name: str
-    versions: list[str]
+    name: str = Field(description="Model name.")
+    versions: list[str] = Field(description="Versions served (one: the newest artifact).")
     platform: str = Field(description="Always `onnxruntime_onnx`.")
-    inputs: list[TensorMetadata]
-    outputs: list[TensorMetadata]
+    inputs: list[TensorMetadata] = Field(description="Input tensors (send exactly one).")
+    outputs: list[TensorMetadata] = Field(description="Output tensors.")
     parameters: dict[str, Any] = Field(
         description="rnnserve extension: `task`, `labels` (PROBS column order) or `vocab_size`."
     )
 
 
 class ModelReady(BaseModel):
-    name: str
-    ready: bool
+    name: str = Field(description="Model name.")
+    ready: bool = Field(description="True while the model serves.")
 
 
 # -- inference ---------------------------------------------------------------------------------
@@ -104,23 +104,25 @@ class InferRequest(_Msg):
         description="`sequence_id`, `sequence_start`, `sequence_end`, `binary_data_output`; "
         "`priority` and `timeout` are accepted and ignored.",
     )
-    inputs: list[RequestInput] = Field(min_length=1)
+    inputs: list[RequestInput] = Field(min_length=1, description="The input tensors.")
     outputs: list[RequestOutput] | None = Field(None, description="Default: every output.")
 
 
 class ResponseOutput(BaseModel):
-    name: str
-    datatype: str
-    shape: list[int]
-    parameters: dict[str, Parameter] | None = None
-    data: list[Any] | None = None
+    name: str = Field(description="Output tensor name.")
+    datatype: str = Field(description="v2 datatype.")
+    shape: list[int] = Field(description="Tensor shape.")
+    parameters: dict[str, Parameter] | None = Field(
+        None, description="`binary_data_size` when the data follows the JSON in binary."
+    )
+    data: list[Any] | None = Field(None, description="Row-major flat data (JSON outputs).")
 
 
 class InferResponse(BaseModel):
-    model_name: str
-    model_version: str
-    id: str | None = None
-    outputs: list[ResponseOutput]
+    model_name: str = Field(description="The model that answered.")
+    model_version: str = Field(description="Its version.")
+    id: str | None = Field(None, description="The request's `id`, echoed.")
+    outputs: list[ResponseOutput] = Field(description="The output tensors asked for.")
 
 
 class ErrorResponse(BaseModel):

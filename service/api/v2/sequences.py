@@ -20,7 +20,7 @@ import numpy as np
 from service.api.deps import Services
 from service.api.v2.protocol import Sequence
 from service.engine.registry import LoadedModel
-from service.engine.session_ops import require_streamable
+from service.engine.session_ops import require_streamable, store_id
 from service.engine.sessions import SessionRecord
 from service.errors import (
     InvalidInput,
@@ -62,7 +62,7 @@ def _fresh(s: Services, m: LoadedModel, session_id: str, owner: str | None) -> S
 async def _current(s: Services, seq: Sequence, owner: str | None) -> SessionRecord | None:
     """The live record, or None when missing and `sequence_start` allows that."""
     try:
-        rec = await s.store.get(seq.session_id)
+        rec = await s.store.get(store_id(seq.session_id, owner))
     except (SessionNotFound, SessionExpired, SessionEvicted) as e:
         if seq.start:
             return None
@@ -113,11 +113,12 @@ async def step(
     input so far (peeking through an unfinished word, as a native feed does)."""
     engine = s.engine
     require_streamable(m)
-    async with s.store.lock(seq.session_id):
+    sid = store_id(seq.session_id, owner)  # the owner's namespace: ids never clash across keys
+    async with s.store.lock(sid):
         rec = await _current(s, seq, owner)
         if rec is not None and not seq.start:
             _check_model(seq, rec, m)
-        base = _fresh(s, m, seq.session_id, owner) if seq.start or rec is None else rec
+        base = _fresh(s, m, sid, owner) if seq.start or rec is None else rec
         if text is not None:
             new_ids, pending = engine.encode_stream(m, base.pending, text, "TEXT")
         else:
@@ -152,7 +153,7 @@ async def step(
         )
         if seq.end:
             if rec is not None:
-                await s.store.delete(seq.session_id)
+                await s.store.delete(sid)
         elif rec is None:
             await s.store.create(new)
         else:
