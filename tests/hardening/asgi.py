@@ -71,3 +71,48 @@ class HeldClient:
         return b"".join(
             m.get("body", b"") for m in self.messages if m["type"] == "http.response.body"
         )
+
+
+class HeldWebSocket:
+    """One WebSocket connection driven by hand: `inbox` feeds client messages; after
+    `hold_after` server messages, sends block until `release` (a reader that stopped reading,
+    or a half-open connection whose socket buffer is full)."""
+
+    def __init__(self, hold_after: int) -> None:
+        self.hold_after = hold_after
+        self.sent: list[Message] = []
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self.inbox.put_nowait({"type": "websocket.connect"})
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def call(self, app: ASGIApp, path: str, headers: dict[str, str] | None = None) -> None:
+        scope = {
+            "type": "websocket",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "scheme": "ws",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+            "client": ("127.0.0.1", 5556),
+            "server": ("test", 80),
+            "subprotocols": [],
+            "state": {},
+        }
+
+        async def receive() -> Message:
+            return await self.inbox.get()
+
+        async def send(message: Message) -> None:
+            if message["type"] == "websocket.send" and len(self.sent) >= self.hold_after:
+                self.held.set()
+                await self.release.wait()
+            self.sent.append(message)
+
+        await app(scope, receive, send)
+
+    def send_json(self, obj: Any) -> None:
+        self.inbox.put_nowait({"type": "websocket.receive", "text": json.dumps(obj)})

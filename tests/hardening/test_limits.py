@@ -171,3 +171,29 @@ async def test_unstreamable_model_refuses_sessions_but_predicts(
         assert r.status_code == 200
         del infer["parameters"]
         assert (await c.post(f"/v2/models/{CLS}/infer", json=infer)).status_code == 200
+
+
+async def test_stalled_websocket_is_dropped_and_frees_everything(
+    make_client: ClientFactory,
+) -> None:
+    from tests.hardening.asgi import HeldWebSocket
+
+    async with make_client(send_timeout_s=0.2) as c:
+        app = app_of(c)
+        sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+        await c.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"})
+        before = (await c.get(f"/v1/sessions/{sid}/state")).json()
+        ws = HeldWebSocket(hold_after=4)  # accept + a few tokens, then the reader stalls
+        ws.send_json({"type": "generate", "max_tokens": 4000, "seed": 3})
+        t0 = time.monotonic()
+        await asyncio.wait_for(ws.call(app, f"/v1/sessions/{sid}/ws"), timeout=10)
+        assert ws.held.is_set() and time.monotonic() - t0 < 5
+        sched = app.state.services.engine.schedulers[LM]
+        for _ in range(50):
+            if sched.active_streams == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert sched.active_streams == 0
+        assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
+        r = await asyncio.wait_for(c.post(f"/v1/sessions/{sid}/feed", json={"text": "c"}), 5)
+        assert r.status_code == 200

@@ -5,6 +5,7 @@ content types, bodies). Bounded: a few dozen examples per operation."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -19,8 +20,12 @@ from tests.service.live import serve_in_thread
 MAX_EXAMPLES = 30
 
 
-def _settings() -> Settings:
+KEY = "schemathesis-key-0123456789"
+
+
+def _settings(**overrides: Any) -> Settings:
     return Settings(
+        **overrides,
         models_dir=FIXTURE_MODELS,
         log_json=False,
         log_level="error",
@@ -34,9 +39,21 @@ def _settings() -> Settings:
 schema = schemathesis.openapi.from_dict(create_app(_settings(), configure_logs=False).openapi())
 
 
+authed = schemathesis.openapi.from_dict(
+    create_app(_settings(api_keys=f"st:{KEY}"), configure_logs=False).openapi()
+)
+
+
 @pytest.fixture(scope="module")
 def live_url() -> Iterator[str]:
     with serve_in_thread(create_app(_settings(), configure_logs=False)) as addr:
+        yield f"http://{addr}"
+
+
+@pytest.fixture(scope="module")
+def authed_url() -> Iterator[str]:
+    app = create_app(_settings(api_keys=f"st:{KEY}"), configure_logs=False)
+    with serve_in_thread(app) as addr:
         yield f"http://{addr}"
 
 
@@ -55,6 +72,27 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case, live_url: str) -> N
     # exists) rightly answer 4xx to schema-valid requests
     case.call_and_validate(
         base_url=live_url, timeout=30, excluded_checks=[checks.positive_data_acceptance]
+    )
+
+
+@authed.parametrize()
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+def test_with_keys_on_every_operation_checks_the_key(
+    case: schemathesis.Case, authed_url: str
+) -> None:
+    # the same checks, plus `ignored_auth`: the operation without the key must answer 401
+    case.call_and_validate(
+        base_url=authed_url,
+        timeout=30,
+        headers={"Authorization": f"Bearer {KEY}"},
+        excluded_checks=[checks.positive_data_acceptance],
     )
 
 
