@@ -214,3 +214,16 @@ async def test_ids_are_namespaced_per_key(make_client: ClientFactory) -> None:
         assert (va, vb) == (2, 1)
         state = (await c.get("/v1/sessions/1/state", headers=a)).json()
         assert state["session_id"] == "1"
+
+
+async def test_bodies_are_logged_only_when_asked(make_client: ClientFactory, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="rnnserve")
+    async with make_client(api_keys=KEYS, debug_log_bodies=True) as c:
+        body = {"inputs": ["debug me"]}
+        assert (
+            await c.post(f"/v1/models/{CLS}/predict", json=body, headers=auth(KEY_A))
+        ).is_success
+    text = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "debug me" in text and KEY_A not in text
