@@ -197,3 +197,24 @@ async def test_stalled_websocket_is_dropped_and_frees_everything(
         assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
         r = await asyncio.wait_for(c.post(f"/v1/sessions/{sid}/feed", json={"text": "c"}), 5)
         assert r.status_code == 200
+
+
+async def test_full_queue_is_503_with_retry_after_never_a_hang(
+    make_client: ClientFactory, registry: Registry
+) -> None:
+    reg, runners = wrapped(registry, CLS)
+    async with make_client(reg, max_queue=2, max_batch_size=1) as c:
+        runners[CLS].delay_s = 0.05
+        body = {"inputs": ["a fine film"]}
+        rs = await asyncio.wait_for(
+            asyncio.gather(*(c.post(f"/v1/models/{CLS}/predict", json=body) for _ in range(12))),
+            20,
+        )
+        codes = sorted(r.status_code for r in rs)
+        assert set(codes) == {200, 503}, codes
+        for r in rs:
+            if r.status_code == 503:
+                assert r.json()["error"]["code"] == "overloaded"
+                assert r.headers["retry-after"] == "1"
+        runners[CLS].delay_s = 0.0
+        assert (await c.post(f"/v1/models/{CLS}/predict", json=body)).status_code == 200
