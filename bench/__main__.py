@@ -271,6 +271,8 @@ def main() -> None:
                 for name in [x for x in ("rnnserve", "floor") if x in servers]:
                     srv = servers[name]
                     port = int(srv.base.rsplit(":", 1)[1])
+                    for other in servers.values():
+                        other.wait_idle()
                     cpu0, t0 = srv.cpu(), time.perf_counter()
                     r = gen_run(
                         "127.0.0.1",

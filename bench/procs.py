@@ -133,6 +133,17 @@ class Server:
     def pss(self) -> int:
         return pss_bytes(self.pids())
 
+    def wait_idle(self, below: float = 0.05, timeout: float = 30.0) -> float:
+        """Wait until the server tree uses < `below` cores over 0.5 s (work left over from a
+        previous run, e.g. streams whose client left, must not steal the next run's CPU)."""
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < timeout:
+            c0 = self.cpu()
+            time.sleep(0.5)
+            if self.cpu() - c0 < below * 0.5:
+                break
+        return time.perf_counter() - t0
+
     def stop(self) -> None:
         if self.proc is None:
             return

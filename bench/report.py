@@ -65,8 +65,9 @@ def gen_table(gen: dict[str, Any]) -> str:
 
 def foot_table(foot: dict[str, Any]) -> str:
     rows = [
-        "| server | start-up to ready s | idle PSS MB | loaded PSS MB | processes |",
-        "|---|---:|---:|---:|---:|",
+        "| server | start-up to ready s | idle PSS MB | loaded PSS MB | processes | "
+        "venv on disk MB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, r in foot.items():
         if "error" in r:
@@ -74,7 +75,8 @@ def foot_table(foot: dict[str, Any]) -> str:
             continue
         rows.append(
             f"| {name} | {_f(r['startup_s'], 2)} | {_f(r['idle_pss_mb'], 0)} | "
-            f"{_f(r.get('loaded_pss_mb'), 0)} | {r['processes']} |"
+            f"{_f(r.get('loaded_pss_mb'), 0)} | {r['processes']} | "
+            f"{_f(r.get('install_mb'), 0)} |"
         )
     return "\n".join(rows)
 
@@ -201,11 +203,20 @@ def plots(res: dict[str, Any], out: Path) -> list[str]:
         plt.close(fig)
         made.append("generation_throughput.png")
         fig, ax = plt.subplots(figsize=(6, 4))
-        for name, runs in gen.items():
-            for n in ("16", "64", "256"):
+        styles = {"16": ":", "64": "-", "256": "--"}
+        for c, (name, runs) in enumerate(gen.items()):
+            for n, ls in styles.items():
                 if n in runs and runs[n].get("itl_sample"):
-                    s = np.asarray(runs[n]["itl_sample"])
-                    ax.plot(s, np.linspace(0, 1, s.size), label=f"{name}, {n} streams")
+                    # seconds -> ms; tokens that came in the same read as the one before
+                    # (gap 0) are drawn at 0.01 ms
+                    s = np.maximum(np.asarray(runs[n]["itl_sample"]) * 1e3, 0.01)
+                    ax.plot(
+                        s,
+                        np.linspace(0, 1, s.size),
+                        ls,
+                        color=f"C{c}",
+                        label=f"{name}, {n} streams",
+                    )
         ax.set_xscale("log")
         ax.set_xlabel("inter-token latency (ms)")
         ax.set_ylabel("fraction of tokens ≤ x")

@@ -66,6 +66,8 @@ async def generate(request: Request) -> StreamingResponse:
         one = np.ones(1, np.int32)
         text = []
         for i in range(max_tokens):
+            if i % 8 == 0 and await request.is_disconnected():
+                return  # the client left: stop, like any server that frees its stream slot
             x = logits[0].astype(np.float64) / max(temperature, 1e-6)
             cdf = np.cumsum(np.exp(x - x.max()))
             tok = min(int((cdf < rng.random() * cdf[-1]).sum()), len(cdf) - 1)
