@@ -25,16 +25,17 @@ def _f(x: float | None, nd: int = 1) -> str:
 def wrk_table(block: dict[str, Any]) -> str:
     rows = [
         "| target | req/s (median) | × floor | × PyTriton-bin | p50 ms | p99 ms | "
-        "server CPU (cores) | client CPU (cores) | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "server CPU (cores) | req/s per server core | client CPU (cores) | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for t in [t for t in TARGETS_ORDER if t in block["targets"]]:
         r = block["targets"][t]
         xf = "1" if t == "floor" else _f(r.get("x_floor"), 2)
         xp = "1" if t == "pytriton-bin" else _f(r.get("x_pytriton-bin"), 2)
+        per_core = r["rps"] / r["server_cpu"] if r["server_cpu"] else float("nan")
         rows.append(
             f"| {t} | {_f(r['rps'], 0)} | {xf} | {xp} | {_f(r['p50_ms'], 2)} | "
-            f"{_f(r['p99_ms'], 2)} | {_f(r['server_cpu'], 2)} | "
+            f"{_f(r['p99_ms'], 2)} | {_f(r['server_cpu'], 2)} | {_f(per_core, 0)} | "
             f"{_f(r['client_cpu'], 2)} | {r['errors']} |"
         )
     return "\n".join(rows)
