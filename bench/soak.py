@@ -177,7 +177,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=log)
     try:
         soak = Soak(base, random.Random(args.seed))
-        limits = httpx.Limits(max_connections=args.max_inflight + 8)
+        # keep-alive shorter than the server's 5 s: never reuse a connection it may be closing
+        limits = httpx.Limits(max_connections=args.max_inflight + 8, keepalive_expiry=4.0)
         async with httpx.AsyncClient(base_url=base, headers=soak.h, timeout=30, limits=limits) as c:
             for _ in range(200):
                 try:

@@ -179,6 +179,8 @@ class GuardMiddleware:
             async with asyncio.timeout(self.request_timeout) as timer:
                 await self.app(scope, counted_receive, guarded_send)
         except TimeoutError:
+            if timer is None or not timer.expired():
+                raise  # the app's own TimeoutError, not ours
             if started or refused:
                 raise ClientStalled from None  # pragma: no cover (the timer is off by then)
             err = RequestTimeout(
