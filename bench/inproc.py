@@ -100,7 +100,12 @@ def overhead(model_dir: Path, seconds: float) -> dict[str, Any]:
     from service.engine.runner import Runner
 
     manifest, onnx = load_artifact(model_dir)
-    runner = Runner(manifest, onnx)
+    import os
+
+    # the server's own knob, so the overhead can be measured under the setting a run uses
+    runner = Runner(
+        manifest, onnx, intra_op_threads=int(os.environ.get("RNNSERVE_INTRA_OP_THREADS", "0"))
+    )
     rows = []
     for B in (1, 64, 256):
         bare = bare_step_s(runner, B, seconds)
