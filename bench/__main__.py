@@ -245,6 +245,7 @@ def main() -> None:
                 if venv is not None:
                     foot[name]["install_mb"] = venvs.size_mb(venv)
             res["footprint"] = foot
+            (OUT / "results-partial.json").write_text(json.dumps(res, indent=1))
 
         if "generate" in only:
             for name in ("rnnserve", "floor"):

@@ -70,6 +70,14 @@ def pss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+def _alive(pid: int) -> bool:
+    """A live, non-zombie process (it may vanish between any two reads)."""
+    try:
+        return "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1][:3]
+    except (OSError, IndexError):
+        return False
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
@@ -159,15 +167,10 @@ class Server:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         deadline = time.time() + 15
-        while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        while time.time() < deadline and any(_alive(p) for p in pids):
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(0.1)
-            pids = [
-                p
-                for p in pids
-                if Path(f"/proc/{p}").exists()
-                and "Z" not in Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1][:3]
-            ]
+            pids = [p for p in pids if _alive(p)]
         for p in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(p, signal.SIGKILL)
