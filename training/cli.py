@@ -185,6 +185,19 @@ def reproduce_cmd(
             export_command(run_dir, models / name, name, version)
 
 
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="Training run folder (holds checkpoint.pt).")],
+    out: Annotated[Path, typer.Option(help="Artifact folder to write, e.g. models/NAME.")],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the run's name).")] = None,
+    version: Annotated[str, typer.Option(help="Model version.")] = "1",
+) -> None:
+    """Export a run to ONNX + manifest, verified (parity, chunked == whole) before writing."""
+    _need_torch()
+    from training.export import export_command
+
+    export_command(run_dir, out, name, version)
+
+
 def download_cmd(
     name: Annotated[str, typer.Argument(help="imdb | sst2 | tinyshakespeare")],
     to: Annotated[Path, typer.Option("--to", help="Target folder")] = Path("data"),
@@ -209,6 +222,7 @@ def register(app: typer.Typer) -> None:
     app.command("sample")(sample_cmd)
     app.command("compare")(compare_cmd)
     app.command("reproduce")(reproduce_cmd)
+    app.command("export")(export_cmd)
     data_app = typer.Typer(help="Datasets: download the public originals.", no_args_is_help=True)
     data_app.command("download")(download_cmd)
     app.add_typer(data_app, name="data")
