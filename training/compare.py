@@ -31,6 +31,7 @@ def count_params(
 
     mc = dataclasses.asdict(cfg.model) | {
         "cell": cell,
+        "forget_bias": lstm_only_forget_bias(cfg, cell),
         "hidden_size": hidden,
         "vocab_size": vocab_size,
         "task": cfg.task,
@@ -38,6 +39,11 @@ def count_params(
     if cfg.task == "classify":
         mc["num_classes"] = outputs
     return sum(p.numel() for p in RNNModel(ModelConfig.from_dict(mc)).parameters())
+
+
+def lstm_only_forget_bias(cfg: ExperimentConfig, cell: str) -> float:
+    """The config's forget-gate bias for the LSTM cells; GRU and tanh-RNN have no forget gate."""
+    return cfg.model.forget_bias if cell in ("lstm", "peephole_lstm") else 0.0
 
 
 def matched_hidden(
@@ -81,7 +87,12 @@ def compare(
         run_cfg = dataclasses.replace(
             cfg,
             name=f"{cfg.name}-{cell}",
-            model=dataclasses.replace(cfg.model, cell=cell, hidden_size=hidden),  # type: ignore[arg-type]
+            model=dataclasses.replace(
+                cfg.model,
+                cell=cell,  # type: ignore[arg-type]
+                hidden_size=hidden,
+                forget_bias=lstm_only_forget_bias(cfg, cell),
+            ),
             train=dataclasses.replace(
                 cfg.train,
                 max_minutes=minutes or cfg.train.max_minutes,

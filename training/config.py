@@ -61,6 +61,7 @@ class ModelSection:
     embed_dropout: float = 0.0
     bidirectional: bool = False  # classification only; a streaming session needs False
     pooling: Literal["last", "max", "mean", "last_max"] = "last"
+    forget_bias: float = 0.0  # LSTM cells only: initial forget-gate bias (1.0 helps early training)
 
 
 @dataclass

@@ -212,3 +212,20 @@ def test_peephole_runs_in_float32_under_autocast() -> None:
     assert all(s.dtype == torch.float32 for s in state)
     out.float().sum().backward()
     assert m.rnn.weight_peep_l0.grad is not None
+
+
+@pytest.mark.parametrize("cell", ["lstm", "peephole_lstm"])
+def test_forget_bias_initialises_the_forget_gate_only(cell: str) -> None:
+    H = 8
+    model = RNNModel(ModelConfig(cell=cell, hidden_size=H, num_layers=2, forget_bias=1.0))
+    for name, p in model.rnn.named_parameters():
+        if name.startswith("bias_"):
+            forget = p[H : 2 * H]
+            other = torch.cat([p[:H], p[2 * H :]])
+            assert torch.all(forget == (1.0 if name.startswith("bias_ih") else 0.0)), name
+            assert not torch.all(other == 0.0), name  # the other gates keep nn.LSTM's init
+
+
+def test_forget_bias_is_refused_for_non_lstm_cells() -> None:
+    with pytest.raises(ValueError, match="forget_bias"):
+        ModelConfig(cell="gru", forget_bias=1.0)

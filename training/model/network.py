@@ -45,10 +45,22 @@ class RNNModel(nn.Module):
                 self.rnn = nn.GRU(*args, **kwargs)
             else:
                 self.rnn = nn.RNN(*args, nonlinearity="tanh", **kwargs)
+        if cfg.forget_bias:
+            self._init_forget_bias(cfg.forget_bias)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.head_in, cfg.num_outputs)
         if cfg.tie_weights:  # Press & Wolf 2017: share the input and output embeddings
             self.head.weight = self.embed.weight
+
+    @torch.no_grad()
+    def _init_forget_bias(self, value: float) -> None:
+        """Set every LSTM layer's forget-gate bias to `value` (gate order i, f, g, o)."""
+        H = self.cfg.hidden_size
+        for name, p in self.rnn.named_parameters():
+            if name.startswith("bias_ih"):
+                p[H : 2 * H].fill_(value)  # (4H,): the f slice
+            elif name.startswith("bias_hh"):
+                p[H : 2 * H].zero_()  # the two biases add; keep the sum exactly `value`
 
     def init_state(self, batch: int, device: torch.device | str | None = None) -> State:
         """A fresh state for `batch` rows (zeros; -inf for a running max)."""
