@@ -58,38 +58,54 @@ class Generation:
     replay: dict[str, Any] | None = None  # an idempotent replay: no stream ran
     _closed: bool = field(default=False, init=False)
 
-    async def events(self) -> AsyncIterator[TokenEvent | Finished]:
+    async def batches(self) -> AsyncIterator[list[TokenEvent | Finished]]:
+        """The events available at each wake-up (see `Stream.iter_batches`); the last batch
+        ends with `Finished`. A failed stream raises its error after its last tokens."""
         if self.replay is not None:
-            yield Finished(self.replay)
+            yield [Finished(self.replay)]
             return
         pieces: list[str] = []
         logprobs: list[dict[str, object]] = []
         try:
-            async for ev in self.stream.iter_events():
-                if isinstance(ev, ErrorEvent):
-                    raise ev.error
-                if isinstance(ev, TokenEvent):
-                    pieces.append(ev.text)
-                    if ev.logprob is not None:
-                        logprobs.append({"token": ev.text, **ev.logprob})
-                    yield ev
-                    continue
-                result = dict(self.base)
-                result["text"] = "".join(pieces)
-                result["finish_reason"] = ev.finish_reason
-                if ev.stop is not None:
-                    result["stop"] = ev.stop
-                usage = result["usage"]
-                usage["completion_tokens"] = ev.completion_tokens
-                usage["total_tokens"] = usage["prompt_tokens"] + ev.completion_tokens
-                if self.stream.params.logprobs is not None:
-                    result["logprobs"] = logprobs
-                if self.finalize is not None:
-                    result = await self.finalize(ev, result)
-                yield Finished(result)
-                return
+            async for evs in self.stream.iter_batches():
+                out: list[TokenEvent | Finished] = []
+                for ev in evs:
+                    if isinstance(ev, TokenEvent):
+                        pieces.append(ev.text)
+                        if ev.logprob is not None:
+                            logprobs.append({"token": ev.text, **ev.logprob})
+                        out.append(ev)
+                    elif isinstance(ev, ErrorEvent):
+                        if out:
+                            yield out
+                        raise ev.error
+                    else:
+                        out.append(Finished(await self._result(ev, pieces, logprobs)))
+                yield out
         finally:
             await self.aclose()
+
+    async def events(self) -> AsyncIterator[TokenEvent | Finished]:
+        async for batch in self.batches():
+            for ev in batch:
+                yield ev
+
+    async def _result(
+        self, ev: DoneEvent, pieces: list[str], logprobs: list[dict[str, object]]
+    ) -> dict[str, Any]:
+        result = dict(self.base)
+        result["text"] = "".join(pieces)
+        result["finish_reason"] = ev.finish_reason
+        if ev.stop is not None:
+            result["stop"] = ev.stop
+        usage = result["usage"]
+        usage["completion_tokens"] = ev.completion_tokens
+        usage["total_tokens"] = usage["prompt_tokens"] + ev.completion_tokens
+        if self.stream.params.logprobs is not None:
+            result["logprobs"] = logprobs
+        if self.finalize is not None:
+            result = await self.finalize(ev, result)
+        return result
 
     async def collect(self) -> dict[str, Any]:
         async for ev in self.events():

@@ -1,7 +1,9 @@
 """Token sampling vectorised over a batch of streams, each with its own parameters and seed.
 
-Every stream owns a numpy Generator and draws exactly one uniform per token, so a seed gives the
-same text whatever else shares the batch.
+Each token consumes exactly one uniform, `counter_uniforms(seed, index)`: a counter-based draw
+(splitmix64 of the stream's seed and the token's index), computed for the whole batch in a few
+numpy operations. A seed therefore gives the same text whatever else shares the batch, and no
+per-stream generator object is stepped in Python on the hot path.
 """
 
 from __future__ import annotations
@@ -21,6 +23,25 @@ class SamplingParams:
     max_tokens: int
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None = off; N = chosen token + N alternatives
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def counter_uniforms(seeds: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Uniform draws in [0, 1), one per row: a pure function of (seed, token index).
+
+    seeds, index: (B,) uint64 -> (B,) float64. splitmix64 (Steele et al. 2014) of the seed
+    advanced by `index + 1` steps; 53 random bits per draw. uint64 arithmetic wraps, as intended.
+    """
+    z = seeds + (index + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    z ^= z >> np.uint64(31)
+    out: np.ndarray = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

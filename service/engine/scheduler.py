@@ -1,15 +1,24 @@
 """Per-model scheduler: dynamic batching of prefill/predict work, continuous batching of decode.
 
-One loop per model alternates between
+Each model has one **engine thread** that alternates between
 * a **prefill** call: waiting jobs (predictions, session feeds, generation prompts) of any length,
   bucketed by length and run with exact variable-length semantics (`lengths`); when nothing is
   decoding, a batch waits up to `max_wait_ms` to fill up;
 * a **decode step**: every active generation stream samples one token and the whole batch
-  advances by that token in ONE runner call. Streams join and leave between steps.
+  advances by that token in ONE onnxruntime call. Streams join and leave between steps.
 
-The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache): the
-outputs of one step are the inputs of the next, so a steady step copies nothing; joining
-concatenates rows, leaving filters them. Runner calls go to one worker thread per model.
+Why a thread and not a task on the event loop: the engine then never waits for the loop. HTTP
+work (parsing, SSE frames, socket sends) runs on the loop thread *while* the next step computes,
+and when the loop falls behind under load, a stream's consumer finds several tokens buffered and
+writes them with one send: throughput grows with concurrency instead of being capped by one
+send per token per step (docs/benchmarks.md has the A/B). Results cross back with ONE
+`call_soon_threadsafe` per step (all tokens of the step) or per prefill bucket; everything a
+waiter sees (futures, stream events) is touched on the loop thread only.
+
+The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache) plus
+per-row arrays of sampling parameters, seeds and token counts, so that sampling, the length
+check and the counter-based random draws are a handful of numpy calls per step, not a Python
+loop over rows. Only rows with stop strings or logprobs take a per-row Python path.
 A failed call fails every waiter of that call.
 """
 
@@ -17,17 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from service.engine.runner import Runner
-from service.engine.sampling import logprob_info, sample
+from service.engine.sampling import counter_uniforms, logprob_info, sample
 from service.engine.stream import Stream
-from service.engine.worker import Worker
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -35,13 +45,14 @@ from service.metrics import Metrics
 log = get_logger("scheduler")
 
 StateRows = list[np.ndarray]
+PrefillResult = tuple[np.ndarray, StateRows]
 
 
 @dataclass(eq=False)
 class PrefillJob:
     tokens: np.ndarray  # int64 (T,), T >= 1
     states: StateRows | None  # one row each; None = a fresh state
-    future: asyncio.Future[tuple[np.ndarray, StateRows]]
+    future: asyncio.Future[PrefillResult]
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -54,8 +65,94 @@ class SchedulerConfig:
     max_batch_tokens: int = 1 << 16
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Per-row sampling parameters and counters of the decode batch, as (B,) arrays."""
+
+    temp: np.ndarray  # float64, 0 = greedy
+    top_k: np.ndarray  # int64, 0 = off
+    top_p: np.ndarray  # float64, 1 = off
+    seeds: np.ndarray  # uint64
+    count: np.ndarray  # uint64, tokens sampled so far (the index of the next draw)
+    max: np.ndarray  # uint64, max_tokens
+    special: np.ndarray  # bool: stop strings or logprobs, the per-row Python path
+
+    @classmethod
+    def of(cls, streams: Sequence[Stream]) -> Rows:
+        p = [s.params for s in streams]
+        return cls(
+            np.array([x.temperature for x in p], np.float64),
+            np.array([x.top_k for x in p], np.int64),  # raises OverflowError past int64
+            np.array([x.top_p for x in p], np.float64),
+            np.array([x.seed for x in p], np.uint64),
+            np.zeros(len(p), np.uint64),
+            np.array([x.max_tokens for x in p], np.uint64),
+            np.array([s.has_stops or s.wants_logprobs for s in streams], bool),
+        )
+
+    def concat(self, other: Rows) -> Rows:
+        return Rows(
+            *(np.concatenate([a, b]) for a, b in zip(self.arrays, other.arrays, strict=True))
+        )
+
+    def take(self, idx: np.ndarray) -> Rows:
+        return Rows(*(a[idx] for a in self.arrays))
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
+
+
+def _shutting_down() -> Overloaded:
+    return Overloaded("the server is shutting down", code="shutting_down")
+
+
+def _as_service_error(e: Exception) -> ServiceError:
+    return e if isinstance(e, ServiceError) else EngineError(f"inference failed: {e}")
+
+
+# -- callbacks run on the event loop (the only place futures and stream events are touched) ----
+
+
+def _resolve(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for fut, res in items:
+        if not fut.done():  # a cancelled caller
+            fut.set_result(res)
+
+
+def _reject(futures: list[asyncio.Future[Any]], err: BaseException) -> None:
+    for fut in futures:
+        if not fut.done():
+            fut.set_exception(err)
+
+
+def _emit(
+    streams: list[Stream],
+    tokens: list[int],
+    texts: dict[int, str] | None,
+    logprobs: dict[int, dict[str, object]] | None,
+) -> None:
+    if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
+        for s, tok in zip(streams, tokens, strict=True):
+            s.emit(tok, None, None)
+        return
+    texts, logprobs = texts or {}, logprobs or {}
+    for i, (s, tok) in enumerate(zip(streams, tokens, strict=True)):
+        s.emit(tok, texts.get(i), logprobs.get(i))
+
+
+def _finish(done: list[tuple[Stream, np.ndarray, StateRows]]) -> None:
+    for s, logits, rows in done:
+        s.finish(logits, rows)
+
+
+def _fail_streams(streams: list[Stream], err: BaseException) -> None:
+    for s in streams:
+        s.fail(err)
+
+
 class Scheduler:
-    """Create inside the running loop (`start()` spawns the loop task)."""
+    """Create inside the running loop (`start()` captures it and starts the engine thread)."""
 
     def __init__(self, runner: Runner, config: SchedulerConfig, metrics: Metrics | None = None):
         self.runner = runner
@@ -64,46 +161,49 @@ class Scheduler:
         self.name = runner.manifest.name
         self._axes = [s.batch_axis for s in runner.manifest.io.states]
         self._init_row = runner.manifest.init_states(1)
+        # shared with the event loop, guarded by _cv
+        self._cv = threading.Condition()
         self._prefill: deque[PrefillJob] = deque()
         self._joining: deque[Stream] = deque()
+        self._closing = False
+        self._abort = False
+        # owned by the engine thread: the decode batch, one entry per row
         self._streams: list[Stream] = []
         self._states: StateRows = []
         self._logits = np.zeros((0, 0), np.float32)
-        self._temp, self._top_p = np.zeros(0), np.zeros(0)  # per-row sampling parameters
-        self._top_k = np.zeros(0, np.int64)
+        self._rows = Rows.of([])
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._worker = Worker(f"ort-{self.name}")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
-    # -- public API -------------------------------------------------------------------------
+    # -- public API (event loop) ------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"sched-{self.name}")
+        self._loop = asyncio.get_running_loop()
+        self._thread.start()
 
     async def prefill(
         self, tokens: Sequence[int] | np.ndarray, states: StateRows | None = None
-    ) -> tuple[np.ndarray, StateRows]:
+    ) -> PrefillResult:
         """Run `tokens` from `states` (one row each); returns (logits (K,), new state rows)."""
-        self._admit(len(self._prefill))
         arr = np.asarray(tokens, dtype=np.int64)
         assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
-        fut: asyncio.Future[tuple[np.ndarray, StateRows]] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._prefill.append(PrefillJob(arr, states, fut))
-        self._wake.set()
+        fut: asyncio.Future[PrefillResult] = asyncio.get_running_loop().create_future()
+        with self._cv:
+            self._admit(len(self._prefill))
+            self._prefill.append(PrefillJob(arr, states, fut))
+            self._cv.notify()
         self._gauge()
         return await fut
 
     def join(self, stream: Stream) -> None:
         """Add a generation stream; it advances from the next decode step on."""
-        self._admit(len(self._joining))
-        self._joining.append(stream)
-        self._wake.set()
+        with self._cv:
+            self._admit(len(self._joining))
+            self._joining.append(stream)
+            self._cv.notify()
 
     @property
     def active_streams(self) -> int:
@@ -115,71 +215,96 @@ class Scheduler:
 
     async def close(self, timeout: float) -> None:
         """Stop accepting work, let in-flight work finish for up to `timeout`, then fail it."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except TimeoutError:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        err = Overloaded("the server is shutting down", code="shutting_down")
-        self._fail_all(err)
-        self._worker.close()
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread.is_alive() and not await self._joined(timeout):
+            with self._cv:
+                self._abort = True  # the thread fails what it holds at its next iteration
+                self._cv.notify()
+            await self._joined(1.0)
+        # whatever is still queued (or held by a thread stuck in a call) fails now
+        err = _shutting_down()
+        with self._cv:
+            jobs, self._prefill = list(self._prefill), deque()
+            joining, self._joining = list(self._joining), deque()
+        _reject([j.future for j in jobs], err)
+        _fail_streams(joining, err)
+        if self._thread.is_alive():
+            _fail_streams(list(self._streams), err)
 
-    # -- the loop ---------------------------------------------------------------------------
+    async def _joined(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        return not self._thread.is_alive()
 
     def _admit(self, depth: int) -> None:
         if self._closing:
-            raise Overloaded("the server is shutting down", code="shutting_down")
+            raise _shutting_down()
         if depth >= self.config.max_queue:
             raise Overloaded(f"model {self.name!r} queue is full ({self.config.max_queue})")
 
-    async def _loop(self) -> None:
+    # -- the engine thread ------------------------------------------------------------------
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` on the event loop (in submission order)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self) -> None:
         while True:
             try:
-                if await self._iteration():
+                jobs = self._next_jobs()
+                if jobs is None:
                     return
+                if jobs:
+                    self._run_prefill(jobs)
+                if self._streams or self._joining:
+                    self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
-                log.exception("scheduler loop error", extra={"model": self.name})
+                log.exception("scheduler error", extra={"model": self.name})
                 self._fail_all(EngineError(f"scheduler error: {e}"))
 
-    async def _iteration(self) -> bool:
-        """One pass: wait for work, or run a prefill batch and/or a decode step.
-        Returns True when closing and idle."""
+    def _next_jobs(self) -> list[PrefillJob] | None:
+        """Block until there is work; return the prefill jobs to run now (maybe none, when only
+        decoding), or None when the thread should exit."""
         cfg = self.config
-        if not (self._prefill or self._streams or self._joining):
-            if self._closing:
-                return True
-            self._wake.clear()
-            await self._wake.wait()
-            return False
-        if self._prefill:
-            wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
-            idle = not (self._streams or self._joining or self._closing)
-            # wait for company only when requests have been arriving together: a lone client
-            # pays no batching delay, concurrent ones fill batches
-            if (
-                wait > 0
-                and idle
-                and self._last_rows > 1
-                and len(self._prefill) < cfg.max_batch_size
-            ):
-                self._wake.clear()  # a new job wakes us to re-check the batch size
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
-                return False
-            await self._run_prefill()
-        if self._streams or self._joining:
-            await self._decode_step()
-        return False
+        with self._cv:
+            while True:
+                if self._abort:
+                    self._fail_all(_shutting_down())
+                    return None
+                decoding = bool(self._streams or self._joining)
+                if not (self._prefill or decoding):
+                    if self._closing:
+                        return None
+                    self._cv.wait()
+                    continue
+                if self._prefill and not decoding and not self._closing:
+                    # wait for company only when requests have been arriving together: a lone
+                    # client pays no batching delay, concurrent ones fill batches
+                    wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
+                    if wait > 0 and self._last_rows > 1 and len(self._prefill) < cfg.max_batch_size:
+                        self._cv.wait(wait)
+                        continue
+                break
+            jobs: list[PrefillJob] = []
+            while self._prefill and len(jobs) < cfg.max_batch_size:
+                j = self._prefill.popleft()
+                if not j.future.done():  # a cancelled caller's job is skipped
+                    jobs.append(j)
+        if jobs:
+            self._last_rows = len(jobs)
+        self._gauge()
+        return jobs
 
-    async def _call(
+    def _call(
         self, kind: str, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
     ) -> tuple[np.ndarray, StateRows]:
         t0 = time.perf_counter()
-        out = await self._worker.submit(self.runner.run, tokens, lengths, states)
+        out = self.runner.run(tokens, lengths, states)
         if self.metrics is not None:
             self.metrics.step_time.labels(self.name, kind).observe(time.perf_counter() - t0)
             self.metrics.batch_size.labels(self.name, kind).observe(len(lengths))
@@ -207,95 +332,89 @@ class Scheduler:
             out.append([j])
         return out
 
-    async def _run_prefill(self) -> None:
-        jobs: list[PrefillJob] = []
-        while self._prefill and len(jobs) < self.config.max_batch_size:
-            j = self._prefill.popleft()
-            if not j.future.done():  # a cancelled caller's job is skipped
-                jobs.append(j)
-        self._gauge()
-        self._last_rows = len(jobs)
+    def _run_prefill(self, jobs: list[PrefillJob]) -> None:
         for bucket in self._buckets(jobs):
-            await self._prefill_bucket(bucket)
+            self._prefill_bucket(bucket)
 
-    async def _prefill_bucket(self, jobs: list[PrefillJob]) -> None:
+    def _prefill_bucket(self, jobs: list[PrefillJob]) -> None:
         B, T = len(jobs), max(j.tokens.size for j in jobs)
         tokens = np.zeros((B, T), np.int64)  # (B, T), zero-padded; lengths make padding inert
         for i, j in enumerate(jobs):
             tokens[i, : j.tokens.size] = j.tokens
         lengths = np.array([j.tokens.size for j in jobs], np.int32)
-        states = [
-            np.concatenate([(j.states or self._init_row)[k] for j in jobs], axis=ax)
-            for k, ax in enumerate(self._axes)
-        ]
         try:
-            logits, out = await self._call("prefill", tokens, lengths, states)
+            states = [
+                np.concatenate([(j.states or self._init_row)[k] for j in jobs], axis=ax)
+                for k, ax in enumerate(self._axes)
+            ]
+            logits, out = self._call("prefill", tokens, lengths, states)
         except Exception as e:
             log.exception("prefill batch failed", extra={"model": self.name, "rows": B})
-            err = e if isinstance(e, ServiceError) else EngineError(f"inference failed: {e}")
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(err)
+            self._post(_reject, [j.future for j in jobs], _as_service_error(e))
             return
-        for i, j in enumerate(jobs):
-            if not j.future.done():
-                rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
-                j.future.set_result((logits[i].copy(), rows))
+        results = [
+            (
+                j.future,
+                (
+                    logits[i].copy(),
+                    [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)],
+                ),
+            )
+            for i, j in enumerate(jobs)
+        ]
+        self._post(_resolve, results)
 
     def _admit_joins(self) -> None:
         room = self.config.max_streams - len(self._streams)
         new: list[Stream] = []
-        while self._joining and len(new) < room:
-            s = self._joining.popleft()
-            if not s.cancelled:
-                new.append(s)
+        with self._cv:
+            while self._joining and len(new) < room:
+                s = self._joining.popleft()
+                if not s.cancelled:
+                    new.append(s)
         if not new:
             return
-        old = [self._states] if self._streams else []
-        # built aside and assigned together: a stream that cannot join fails alone and the
+        old = bool(self._streams)
+        # built aside and assigned together: streams that cannot join fail alone and the
         # running batch stays consistent
         try:
             states = [
-                np.concatenate([*(p[k] for p in old), *(s.states[k] for s in new)], axis=ax)
+                np.concatenate(
+                    [*([self._states[k]] if old else []), *(s.states[k] for s in new)], axis=ax
+                )
                 for k, ax in enumerate(self._axes)
             ]
-            rows = np.stack([s.logits for s in new])
-            p = [st.params for st in new]
-            if self._streams:
-                rows = np.concatenate([self._logits, rows])
-            temp = np.concatenate([self._temp, [x.temperature for x in p]])
-            top_k = np.concatenate([self._top_k, [x.top_k for x in p]]).astype(np.int64)
-            top_p = np.concatenate([self._top_p, [x.top_p for x in p]])
+            logits = np.stack([s.logits for s in new])
+            rows = Rows.of(new)
+            if old:
+                logits = np.concatenate([self._logits, logits])
+                rows = self._rows.concat(rows)
         except Exception as e:
             log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
-            for st in new:
-                st.fail(EngineError(f"could not join the decode batch: {e}"))
+            self._post(_fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
             return
-        self._states, self._logits = states, rows
-        self._temp, self._top_k, self._top_p = temp, top_k, top_p
+        self._states, self._logits, self._rows = states, logits, rows
         self._streams += new
 
     def _keep(self, keep: np.ndarray) -> None:
         """Filter the decode batch to the rows where `keep` is True."""
-        if keep.all():
-            return
         idx = np.flatnonzero(keep)
         self._streams = [self._streams[i] for i in idx]
         self._states = [
             np.take(s, idx, axis=ax) for s, ax in zip(self._states, self._axes, strict=True)
         ]
         self._logits = self._logits[idx]
-        self._temp, self._top_k, self._top_p = self._temp[idx], self._top_k[idx], self._top_p[idx]
+        self._rows = self._rows.take(idx)
 
     def _clear_batch(self) -> None:
         self._streams, self._states = [], []
         self._logits = np.zeros((0, 0), np.float32)
-        self._temp, self._top_p = np.zeros(0), np.zeros(0)
-        self._top_k = np.zeros(0, np.int64)
+        self._rows = Rows.of([])
 
-    async def _decode_step(self) -> None:
-        if any(s.cancelled for s in self._streams):
-            self._keep(np.array([not s.cancelled for s in self._streams], bool))
+    def _decode_step(self) -> None:
+        cancelled = [s.cancelled for s in self._streams]
+        if any(cancelled):
+            self._keep(~np.array(cancelled, bool))
         self._admit_joins()
         streams = self._streams
         n = len(streams)
@@ -303,41 +422,36 @@ class Scheduler:
         if n == 0:
             return
         t0 = time.perf_counter()
-        uniforms = np.fromiter((s.rng.random() for s in streams), np.float64, n)
-        tokens = sample(self._logits, self._temp, self._top_k, self._top_p, uniforms)  # (n,)
-        # (n, 1) tokens: finished rows are fed too, so their final state includes the token.
-        # onnxruntime runs in the worker thread while the per-stream bookkeeping runs here.
-        call = self._worker.submit(self.runner.run, tokens[:, None], self._ones[:n], self._states)
-        finished: list[int] = []
-        logits_in = self._logits
-        for i, (s, tok) in enumerate(zip(streams, tokens.tolist(), strict=True)):
-            lp = None
-            if s.wants_logprobs:
-                lp = logprob_info(logits_in[i], tok, s.params.logprobs or 0, s.decode)
-            if s.first_token_at is None:
-                s.first_token_at = t0
-                if self.metrics is not None:
-                    self.metrics.ttft.labels(self.name).observe(t0 - s.created)
-            if s.on_token(tok, lp):
-                finished.append(i)
+        r = self._rows
+        u = counter_uniforms(r.seeds, r.count)  # (n,), one draw per row
+        tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
+        np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
+        done = r.count >= r.max  # (n,) finished by length
+        texts, logprobs = self._special_rows(streams, tokens, done)
+        self._first_tokens(streams, t0)
+        # the tokens reach their consumers while onnxruntime computes the step
+        self._post(_emit, streams, tokens.tolist(), texts, logprobs)
         try:
-            logits, states = await call
+            # (n, 1) tokens: finished rows are fed too, so their final state includes the token
+            logits, states = self.runner.run(tokens[:, None], self._ones[:n], self._states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
-            err = e if isinstance(e, ServiceError) else EngineError(f"inference failed: {e}")
-            for s in streams:
-                s.fail(err)
+            self._post(_fail_streams, list(streams), _as_service_error(e))
             self._clear_batch()
             self._gauge()
             return
         self._logits, self._states = logits, states
-        for r in finished:
-            rows = [np.take(st, [r], axis=ax) for st, ax in zip(states, self._axes, strict=True)]
-            streams[r].finish(logits[r].copy(), rows)
-        if finished:
-            keep = np.ones(n, bool)
-            keep[finished] = False
-            self._keep(keep)
+        if done.any():
+            finished = [
+                (
+                    streams[r],
+                    logits[r].copy(),
+                    [np.take(st, [r], axis=ax) for st, ax in zip(states, self._axes, strict=True)],
+                )
+                for r in np.flatnonzero(done).tolist()
+            ]
+            self._post(_finish, finished)
+            self._keep(~done)
         if self.metrics is not None:
             m = self.metrics
             m.step_time.labels(self.name, "decode").observe(time.perf_counter() - t0)
@@ -347,12 +461,38 @@ class Scheduler:
                 m.itl.labels(self.name).observe(t0 - self._last_step)
         self._last_step = t0 if self._streams else None
 
+    def _special_rows(
+        self, streams: list[Stream], tokens: np.ndarray, done: np.ndarray
+    ) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
+        """Stop strings (which may end a row early) and logprobs: per row, only where asked."""
+        special = self._rows.special
+        if not special.any():
+            return None, None
+        texts: dict[int, str] = {}
+        logprobs: dict[int, dict[str, object]] = {}
+        for i in np.flatnonzero(special).tolist():
+            s, tok = streams[i], int(tokens[i])
+            if s.wants_logprobs:
+                logprobs[i] = logprob_info(self._logits[i], tok, s.params.logprobs or 0, s.decode)
+            if s.has_stops:
+                texts[i], stopped = s.stop_text(tok, bool(done[i]))
+                if stopped:
+                    done[i] = True
+        return texts or None, logprobs or None
+
+    def _first_tokens(self, streams: list[Stream], t0: float) -> None:
+        """Time to first token, for the rows sampling their first token now (the newest)."""
+        for s in reversed(streams):
+            if s.first_token_at is not None:
+                return
+            s.first_token_at = t0
+            if self.metrics is not None:
+                self.metrics.ttft.labels(self.name).observe(t0 - s.created)
+
     def _fail_all(self, err: ServiceError) -> None:
-        while self._prefill:
-            j = self._prefill.popleft()
-            if not j.future.done():
-                j.future.set_exception(err)
-        for s in [*self._streams, *self._joining]:
-            s.fail(err)
+        with self._cv:
+            jobs, self._prefill = list(self._prefill), deque()
+            joining, self._joining = list(self._joining), deque()
+        self._post(_reject, [j.future for j in jobs], err)
+        self._post(_fail_streams, [*self._streams, *joining], err)
         self._clear_batch()
-        self._joining = deque()

@@ -46,7 +46,13 @@ Event = TokenEvent | DoneEvent | ErrorEvent
 
 @dataclass(eq=False)
 class Stream:
-    """Joins a model's decode batch with a state row and the logits to sample the first token."""
+    """Joins a model's decode batch with a state row and the logits to sample the first token.
+
+    Two threads touch a stream, each its own fields: the model's engine thread runs the stop
+    matcher (`stop_text`) and sets `first_token_at`; the event loop owns the event buffer (`emit`,
+    `finish`, `fail`, `iter_events`), to which the engine hands results with one
+    `call_soon_threadsafe` per step. `cancel()` is a flag the engine reads before each step.
+    """
 
     params: SamplingParams
     logits: np.ndarray  # (K,)
@@ -54,19 +60,34 @@ class Stream:
     decode: Callable[[int], str]
     created: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
-    produced: int = 0
+    produced: int = 0  # tokens handed to the consumer so far
     first_token_at: float | None = None
 
     def __post_init__(self) -> None:
-        self.rng = np.random.default_rng(self.params.seed)
         self.stopper = StopMatcher(self.params.stop)
+        self.has_stops = bool(self.stopper.stops)
         # a plain buffer + one waiter: cheaper than asyncio.Queue, and a consumer that falls
         # behind drains several events per wake-up
         self._buf: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
-        self._stops = bool(self.stopper.stops)
-        self._max = self.params.max_tokens
         self.wants_logprobs = self.params.logprobs is not None
+
+    def cancel(self) -> None:
+        """The consumer went away: the scheduler drops the stream before its next step."""
+        self.cancelled = True
+
+    # -- engine thread ----------------------------------------------------------------------
+
+    def stop_text(self, token: int, last: bool) -> tuple[str, bool]:
+        """Pass a token's text through the stop matcher: (text released now, stopped)."""
+        text = self.stopper.push(self.decode(token))
+        if self.stopper.matched is not None:
+            return text, True
+        if last:
+            text += self.stopper.flush()
+        return text, False
+
+    # -- event loop -------------------------------------------------------------------------
 
     def _push(self, ev: Event) -> None:
         self._buf.append(ev)
@@ -74,24 +95,13 @@ class Stream:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def cancel(self) -> None:
-        """The consumer went away: the scheduler drops the stream before its next step."""
-        self.cancelled = True
-
-    def on_token(self, token: int, logprob: dict[str, object] | None) -> bool:
-        """Record a sampled token; return True when the stream is finished."""
+    def emit(self, token: int, text: str | None, logprob: dict[str, object] | None) -> None:
+        """One sampled token (`text` None: its plain decoding; stop matching gives it)."""
         self.produced += 1
-        text = self.decode(token)
-        finished = self.produced >= self._max
-        if self._stops:
-            text = self.stopper.push(text)
-            if self.stopper.matched is not None:
-                finished = True
-            elif finished:
-                text += self.stopper.flush()
+        if text is None:
+            text = self.decode(token)
         if text or logprob is not None:
             self._push(TokenEvent(text, token, self.produced - 1, logprob))
-        return finished
 
     def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
         reason = "stop" if self.stopper.matched is not None else "length"
@@ -100,12 +110,26 @@ class Stream:
     def fail(self, error: BaseException) -> None:
         self._push(ErrorEvent(error))
 
-    async def iter_events(self) -> AsyncIterator[Event]:
+    async def iter_batches(self) -> AsyncIterator[list[Event]]:
+        """Every event buffered at each wake-up, in order, ending with the terminal event.
+
+        A consumer that fell behind gets several tokens at once and can write them with one
+        send: under load, fewer, larger writes instead of one syscall per token."""
+        buf = self._buf
         while True:
-            while self._buf:
-                ev = self._buf.popleft()
-                yield ev
-                if not isinstance(ev, TokenEvent):
-                    return
+            if buf:
+                batch = list(buf)
+                buf.clear()
+                for i, ev in enumerate(batch):
+                    if not isinstance(ev, TokenEvent):
+                        yield batch[: i + 1]
+                        return
+                yield batch
+                continue
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
+
+    async def iter_events(self) -> AsyncIterator[Event]:
+        async for batch in self.iter_batches():
+            for ev in batch:
+                yield ev

@@ -85,3 +85,30 @@ def test_stop_matcher(
     if not m.matched:
         out += m.flush()
     assert (out, m.matched) == (emitted, matched)
+
+
+def test_counter_uniforms_are_a_pure_function_of_seed_and_index() -> None:
+    from service.engine.sampling import counter_uniforms
+
+    seeds = np.array([0, 1, 2**63 - 1, 42], np.uint64)
+    idx = np.array([0, 0, 5, 7], np.uint64)
+    u = counter_uniforms(seeds, idx)
+    # each row alone gives the same draw as in the batch (batch composition never matters)
+    alone = [counter_uniforms(seeds[i : i + 1], idx[i : i + 1])[0] for i in range(4)]
+    assert u.tolist() == alone
+    assert len(set(u.tolist())) == 4 and ((u >= 0) & (u < 1)).all()
+
+
+def test_counter_uniforms_are_uniform_and_uncorrelated() -> None:
+    from service.engine.sampling import counter_uniforms
+
+    n = 200_000
+    # one seed over many indices, and many neighbouring seeds at one index
+    for seeds, idx in (
+        (np.full(n, 7, np.uint64), np.arange(n, dtype=np.uint64)),
+        (np.arange(n, dtype=np.uint64), np.zeros(n, np.uint64)),
+    ):
+        u = counter_uniforms(seeds, idx)
+        hist = np.histogram(u, bins=20, range=(0, 1))[0] / n
+        assert np.abs(hist - 0.05).max() < 0.003  # ~6 sigma of a binomial bin
+        assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
