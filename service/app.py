@@ -24,10 +24,11 @@ from service.engine.registry import Registry, load_registry
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
+from service.keys import Keys, reload_on_sighup
 from service.limits import GuardMiddleware
 from service.logging import configure_logging, get_logger, request_id
 from service.metrics import Metrics
-from service.security import AuthMiddleware, KeyRing
+from service.security import AuthMiddleware
 from service.settings import Settings
 
 log = get_logger("app")
@@ -45,6 +46,7 @@ def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionSt
             clock=clock,
             on_change=metrics.live_sessions.set,
             on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
+            max_per_owner=settings.max_sessions_per_key,
         )
     return MemoryStore(
         settings.max_sessions,
@@ -69,6 +71,7 @@ def create_app(
     settings = settings or Settings()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
+    keys = Keys.from_settings(settings)  # a broken keys file is fatal here, never on reload
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,7 +107,8 @@ def create_app(
         sweeper = asyncio.create_task(_sweep(st))
         log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
         try:
-            yield
+            with reload_on_sighup(keys):
+                yield
         finally:
             sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -127,7 +131,6 @@ def create_app(
     app.include_router(openai_compat_router)
     app.include_router(playground.router)
     # outermost last: observe -> auth (sets the owner) -> limits (body, timeouts, streams per key)
-    keys = KeyRing.from_settings(settings)
     app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(AuthMiddleware, keys=keys, settings=settings)
     app.add_middleware(ObserveMiddleware)

@@ -1,10 +1,10 @@
 """Optional API keys: `Authorization: Bearer <key>` on every surface (HTTP and WebSocket).
 
-Keys come from `RNNSERVE_API_KEYS` (plain, comma-separated, `key` or `name:key`) and/or
-`RNNSERVE_API_KEYS_FILE` (hashed: `name sha256:<hex>` per line). No key configured = auth off:
-every caller is the anonymous owner (`None`). With keys, each request's owner is the key's
-name (keys sharing a name share sessions: that is how a key is rotated); sessions belong to
-their owner and another owner gets the same 404 as for a session that never existed.
+Keys come from `RNNSERVE_API_KEYS` and/or `RNNSERVE_API_KEYS_FILE`; the file is re-read when it
+changes and on SIGHUP (`service.keys`). No key configured = auth off: every caller is the
+anonymous owner (`None`). With keys, each request's owner is the key's name (keys sharing a
+name share sessions: that is how a key is rotated); sessions belong to their owner and another
+owner gets the same 404 as for a session that never existed.
 
 A presented key is hashed (sha256) and compared with EVERY stored hash with
 `hmac.compare_digest`, so the time taken does not depend on which key (if any) matched.
@@ -13,25 +13,16 @@ Keys are never logged. `python -m service.security KEY` prints a file line for a
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import re
 import secrets
 import sys
-from collections.abc import Iterable
-from dataclasses import dataclass
-from pathlib import Path
 
-from pydantic import SecretStr
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import ServiceError
+from service.keys import Keys, check_key, key_hash
 from service.limits import OWNER_KEY, send_error
 from service.settings import Settings
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Unauthorized(ServiceError):
@@ -39,83 +30,6 @@ class Unauthorized(ServiceError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="rnnserve"'})
-
-
-def key_hash(key: str) -> bytes:
-    return hashlib.sha256(key.encode()).digest()
-
-
-def default_name(key: str) -> str:
-    """The owner name of a key given without one: a short, non-reversible tag."""
-    return "key-" + hashlib.sha256(b"rnnserve-owner:" + key.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class KeyRing:
-    """(sha256 digest, owner name) pairs. Empty = auth off."""
-
-    entries: tuple[tuple[bytes, str], ...] = ()
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.entries)
-
-    def owner(self, presented: str) -> str | None:
-        """The owner of a presented key, or None. Compares against every entry."""
-        digest = key_hash(presented)
-        found: str | None = None
-        for stored, name in self.entries:
-            if hmac.compare_digest(stored, digest) and found is None:
-                found = name
-        return found
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing:
-        entries: list[tuple[bytes, str]] = []
-        keys: SecretStr | str | None = settings.api_keys
-        if keys is not None:
-            raw = keys.get_secret_value() if isinstance(keys, SecretStr) else keys
-            entries += parse_plain(raw.split(","))
-        if settings.api_keys_file is not None:
-            entries += parse_file(Path(settings.api_keys_file).read_text().splitlines())
-        return cls(tuple(entries))
-
-
-def parse_plain(items: Iterable[str]) -> list[tuple[bytes, str]]:
-    out = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        name, sep, key = item.partition(":")
-        if not sep:
-            name, key = default_name(item), item
-        _check(name, key)
-        out.append((key_hash(key), name))
-    return out
-
-
-def parse_file(lines: Iterable[str]) -> list[tuple[bytes, str]]:
-    out = []
-    for n, raw in enumerate(lines, 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 2 or not parts[1].startswith("sha256:"):
-            raise ValueError(f"api keys file line {n}: expected `name sha256:<hex>`")
-        name, hexd = parts[0], parts[1].removeprefix("sha256:").lower()
-        if not _NAME.match(name) or not _HEX.match(hexd):
-            raise ValueError(f"api keys file line {n}: bad name or hash")
-        out.append((bytes.fromhex(hexd), name))
-    return out
-
-
-def _check(name: str, key: str) -> None:
-    if not _NAME.match(name):
-        raise ValueError("API key names are 1-64 of [A-Za-z0-9._-]")
-    if len(key) < 16:
-        raise ValueError(f"API key for {name!r} is shorter than 16 characters")
 
 
 def bearer(scope: Scope) -> str | None:
@@ -145,7 +59,7 @@ def open_paths(settings: Settings) -> tuple[set[str], tuple[str, ...]]:
 class AuthMiddleware:
     """Checks the bearer key of every HTTP request and WebSocket handshake (pure ASGI)."""
 
-    def __init__(self, app: ASGIApp, keys: KeyRing, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, keys: Keys, settings: Settings) -> None:
         self.app = app
         self.keys = keys
         self.exact, self.prefixes = open_paths(settings)
@@ -180,7 +94,7 @@ def main(argv: list[str]) -> int:
     """`python -m service.security [NAME [KEY]]`: print a keys-file line (a new key if none)."""
     name = argv[0] if argv else "default"
     key = argv[1] if len(argv) > 1 else "rk_" + secrets.token_urlsafe(32)
-    _check(name, key)
+    check_key(name, key)
     if len(argv) < 2:
         print(f"# key (give it to the client, store it nowhere else): {key}", file=sys.stderr)
     print(f"{name} sha256:{key_hash(key).hex()}")

@@ -83,7 +83,15 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None,
         description="A file of hashed keys, one per line: `name sha256:<hex>` (`python -m "
-        "service.security NAME` prints one); `#` comments. Combined with `api_keys`.",
+        "service.security NAME` prints one); `#` comments. Combined with `api_keys`. Setting it "
+        "turns key checking on. Re-read when it changes and on SIGHUP, without a restart; a "
+        "file that does not parse (or holds no key) is refused and the previous keys stay.",
+    )
+    api_keys_reload_s: float = Field(
+        5.0,
+        ge=0,
+        description="At most this often (seconds) a request checks whether the keys file "
+        "changed (mtime, size, inode) and re-reads it; 0 = only on SIGHUP.",
     )
     auth_open_health: bool = Field(
         True, description="With keys on: /healthz, /readyz and /v2/health/* need no key."

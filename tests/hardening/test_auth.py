@@ -11,7 +11,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from service.security import KeyRing, main, parse_file, parse_plain
+from service.keys import KeyRing, parse_file, parse_plain
+from service.security import main
 from tests.hardening.conftest import KEY_A, KEY_B, KEYS, auth
 from tests.service.conftest import CLS, LM, ClientFactory, app_of
 

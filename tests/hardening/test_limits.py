@@ -138,6 +138,72 @@ async def test_per_key_session_cap(make_client: ClientFactory) -> None:
         assert (await c.post("/v1/sessions", json={"model": LM}, headers=a)).status_code == 201
 
 
+@pytest.mark.redis
+async def test_per_key_session_cap_with_redis_across_replicas(
+    make_client: ClientFactory, tmp_path: Path
+) -> None:
+    """Two app instances ("replicas") sharing one Redis hold a key to one cap between them,
+    refuse with exactly the memory store's answer, and free a slot on delete and on expiry."""
+    from tests.service.test_redis_store import REDIS_SERVER, RedisProcess
+
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed")
+    async with make_client(api_keys=KEYS, max_sessions_per_key=1) as mem:
+        await mem.post("/v1/sessions", json={"model": LM}, headers=auth(KEY_A))
+        refused_by_memory = await mem.post("/v1/sessions", json={"model": LM}, headers=auth(KEY_A))
+    assert refused_by_memory.status_code == 429
+    server = RedisProcess(tmp_path)
+    server.start()
+    try:
+        cfg: dict[str, Any] = {
+            "api_keys": KEYS,
+            "max_sessions_per_key": 2,
+            "store": "redis",
+            "redis_url": server.url,
+        }
+        async with make_client(**cfg) as r1, make_client(**cfg) as r2:
+            a, b = auth(KEY_A), auth(KEY_B)
+            created = await asyncio.gather(  # racing through both replicas
+                *(
+                    (r1 if i % 2 else r2).post("/v1/sessions", json={"model": LM}, headers=b)
+                    for i in range(6)
+                )
+            )
+            assert sorted(r.status_code for r in created) == [201, 201, 429, 429, 429, 429]
+            keep = (await r1.post("/v1/sessions", json={"model": LM}, headers=a)).json()
+            short = await r2.post("/v1/sessions", json={"model": LM, "ttl_s": 1.0}, headers=a)
+            assert short.status_code == 201
+            for c in (r1, r2):
+                r = await c.post("/v1/sessions", json={"model": LM}, headers=a)
+                assert r.status_code == 429 and "retry-after" in r.headers
+                body = r.json()
+                assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}
+                assert body["error"]["code"] == "session_limit"
+                # the memory store's answer, word for word (its cap was 1, this one is 2)
+                assert (
+                    body["error"]["message"].replace(" 2 ", " 1 ")
+                    == (refused_by_memory.json()["error"]["message"])
+                )
+            infer = {
+                "inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["a"]}],
+                "parameters": {"sequence_id": 77, "sequence_start": True},
+            }
+            r = await r2.post(f"/v2/models/{LM}/infer", json=infer, headers=a)
+            assert r.status_code == 429, r.text  # a v2 sequence is a session too
+            # delete on one replica frees the slot for the other
+            r = await r2.delete(f"/v1/sessions/{keep['session_id']}", headers=a)
+            assert r.status_code == 204, r.text
+            assert (await r1.post("/v1/sessions", json={"model": LM}, headers=a)).status_code == 201
+            assert (await r2.post("/v1/sessions", json={"model": LM}, headers=a)).status_code == 429
+            # expiry frees one too
+            await asyncio.sleep(1.3)
+            assert (await r2.post("/v1/sessions", json={"model": LM}, headers=a)).status_code == 201
+            r = await r1.post(f"/v2/models/{LM}/infer", json=infer, headers=b)
+            assert r.status_code == 429  # the other key is still at its own cap
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="module")
 def bidirectional(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     import shutil

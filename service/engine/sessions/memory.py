@@ -10,12 +10,11 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 from service.engine.sessions.record import IdempotencyRecord, SessionRecord
-from service.engine.sessions.store import Clock
+from service.engine.sessions.store import Clock, global_limit, owner_limit
 from service.errors import (
     SessionEvicted,
     SessionExists,
     SessionExpired,
-    SessionLimit,
     SessionNotFound,
     VersionConflict,
 )
@@ -106,7 +105,7 @@ class MemoryStore:
                 if sid not in self._locks:  # never evict a session in use
                     self._bury(sid, "evicted")
                     return
-        raise SessionLimit(f"the live-session cap ({self.max_sessions}) is reached")
+        raise global_limit(self.max_sessions)
 
     # -- SessionStore -----------------------------------------------------------------------
 
@@ -128,10 +127,7 @@ class MemoryStore:
             ]:
                 self._bury(sid, "expired")
             if len(self._owned.get(record.owner, ())) >= self.max_per_owner:
-                raise SessionLimit(
-                    f"this API key holds {self.max_per_owner} live sessions (the per-key cap); "
-                    "delete some or let them expire"
-                )
+                raise owner_limit(self.max_per_owner)
         self._make_room()
         self._gone.pop(record.id, None)
         self._live[record.id] = record

@@ -16,13 +16,28 @@ from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
 from service.engine.sessions.record import IdempotencyRecord, SessionRecord
+from service.errors import SessionLimit
 
 Clock = Callable[[], float]  # seconds, monotonic enough for TTLs (injectable in tests)
 
 
+def global_limit(cap: int) -> SessionLimit:
+    """The error every store raises at the live-session cap (`max_sessions`)."""
+    return SessionLimit(f"the live-session cap ({cap}) is reached")
+
+
+def owner_limit(cap: int) -> SessionLimit:
+    """The error every store raises when an owner (API key) holds `cap` live sessions."""
+    return SessionLimit(
+        f"this API key holds {cap} live sessions (the per-key cap); delete some or let them expire"
+    )
+
+
 class SessionStore(Protocol):
     async def create(self, record: SessionRecord) -> None:
-        """Insert a new session; `SessionExists` if the id is live, `SessionLimit` at the cap."""
+        """Insert a new session; `SessionExists` if the id is live, `SessionLimit` at the cap
+        or when the record's owner already holds `max_per_owner` live sessions (sessions
+        without an owner count only against the global cap)."""
 
     async def get(self, session_id: str) -> SessionRecord:
         """The live record (TTL refreshed) or a distinct not-found/expired/evicted error."""

@@ -1,0 +1,162 @@
+"""The Lua scripts behind `RedisStore`: every multi-key change of a session is one script, so it
+is atomic however many replicas share the Redis.
+
+Each script reads the server's clock (`TIME`, ms) itself, so replicas never compare clocks.
+Redis refuses a script's writes for OOM only until its first write succeeds, so each script's
+first write is the one that grows memory: reads (ZCOUNT) decide, pruning comes after.
+
+Owner sets: a session created with an owner stores in its hash field `o` the name of its
+owner's sorted set (`{prefix}own:<owner>`, id -> expiry ms, like `{prefix}live`). Every script
+that refreshes, deletes or evicts the session updates that set too, so its scores stay the
+sessions' expiries and `ZCOUNT (now +inf` is the owner's live count without any pruning. These
+scripts name keys they derive (owner sets, eviction victims): the store needs one primary, not a
+cluster (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+
+def ms(seconds: float) -> int:
+    """Seconds as the whole milliseconds (at least 1) the scripts take."""
+    return max(1, round(seconds * 1000))
+
+
+NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# Keep an owner set alive at least as long as its latest member (it expires with its sessions).
+_TOUCH_OWNER = """
+local function touch_owner(own, id, ttl)
+  redis.call('ZADD', own, now + ttl, id)
+  if redis.call('PTTL', own) < ttl then redis.call('PEXPIRE', own, ttl) end
+end
+"""
+
+# KEYS s g i live [own] | ARGV id v st m ttl_ms extra_ms max evict prefix nonce max_own
+# `own` (the owner's set) is given only for a session with an owner; `max_own` 0 = no per-owner
+# cap. The per-owner check comes first, so a refused create never evicts anybody.
+CREATE = (
+    NOW
+    + _TOUCH_OWNER
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'w') == ARGV[10] then return {'ok', tostring(now), '', '0'} end
+  return {'exists'}
+end
+local own = KEYS[5]
+local max_own = tonumber(ARGV[11])
+if own and max_own > 0 and redis.call('ZCOUNT', own, '(' .. now, '+inf') >= max_own then
+  return {'owner_limit'}
+end
+local evicted = ''
+if redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') >= tonumber(ARGV[7]) then
+  if ARGV[8] ~= 'lru' then return {'limit'} end
+  for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'LIMIT', 0, 64)) do
+    local k = ARGV[9] .. '{' .. c .. '}:'
+    if redis.call('EXISTS', k .. 'lock') == 0 then
+      local o = redis.call('HGET', k .. 's', 'o')
+      redis.call('DEL', k .. 's', k .. 'i')
+      redis.call('SET', k .. 'g', 'evicted', 'PX', ARGV[6])
+      redis.call('ZREM', KEYS[4], c)
+      if o then redis.call('ZREM', o, c) end
+      evicted = c
+      break
+    end
+  end
+  if evicted == '' then return {'limit'} end
+end
+local ttl = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'st', ARGV[3], 'm', ARGV[4], 't', ARGV[5], 'w', ARGV[10])
+if own then redis.call('HSET', KEYS[1], 'o', own) end
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[6]))
+redis.call('DEL', KEYS[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
+if own then
+  redis.call('ZREMRANGEBYSCORE', own, '-inf', now)
+  touch_owner(own, ARGV[1], ttl)
+end
+return {'ok', tostring(now), evicted, tostring(redis.call('ZCARD', KEYS[4]))}
+"""
+)
+
+# KEYS s g live | ARGV id extra_ms
+GET = (
+    NOW
+    + _TOUCH_OWNER
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
+local h = redis.call('HMGET', KEYS[1], 'v', 'st', 'm', 't', 'o')
+local ttl = tonumber(h[4])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[2]))
+redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
+if h[5] then touch_owner(h[5], ARGV[1], ttl) end
+return {'ok', tostring(now), h[1], h[2], h[3]}
+"""
+)
+
+# KEYS s g i live | ARGV id expected new st m ttl_ms extra_ms idem_key idem_val idem_ttl_ms nonce
+# (`nonce` is unique per commit call: a network retry of the same call finds its own write)
+COMMIT = (
+    NOW
+    + _TOUCH_OWNER
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur ~= ARGV[2] then
+  if cur == ARGV[3] and redis.call('HGET', KEYS[1], 'w') == ARGV[11] then return {'ok', tostring(now)} end
+  return {'conflict', cur}
+end
+local ttl = tonumber(ARGV[6])
+redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', ARGV[4], 'm', ARGV[5], 't', ARGV[6], 'w', ARGV[11])
+redis.call('PEXPIRE', KEYS[1], ttl)
+redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[7]))
+redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
+local own = redis.call('HGET', KEYS[1], 'o')
+if own then touch_owner(own, ARGV[1], ttl) end
+if ARGV[8] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
+  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then redis.call('PEXPIRE', KEYS[3], ARGV[10]) end
+  -- bounded cleanup (like Redis's own expiry): sample a few records, drop the expired ones
+  if redis.call('HLEN', KEYS[3]) > 64 then
+    for _, f in ipairs(redis.call('HRANDFIELD', KEYS[3], 16)) do
+      local v = redis.call('HGET', KEYS[3], f)
+      if v and tonumber(string.match(v, '^(%d+)|')) <= now then redis.call('HDEL', KEYS[3], f) end
+    end
+  end
+end
+return {'ok', tostring(now)}
+"""
+)
+
+# KEYS i | ARGV field value ttl_ms
+PUT_IDEM = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+# KEYS s g i live | ARGV id  (deleting frees the session's place in its owner's set at once)
+DELETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
+local own = redis.call('HGET', KEYS[1], 'o')
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+if own then redis.call('ZREM', own, ARGV[1]) end
+return {'ok', tostring(redis.call('ZCARD', KEYS[4]))}
+"""
+
+# KEYS live | -> {removed, live}
+# (owner sets need no sweep: an expired member no longer counts, and a set expires with its
+# latest session; `create` prunes the creator's set)
+SWEEP = (
+    NOW
+    + """
+local removed = redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return {removed, redis.call('ZCARD', KEYS[1])}
+"""
+)
