@@ -1,0 +1,222 @@
+"""A/B of rnnserve against itself: this working tree vs a baseline git ref, side by side.
+
+    python -m bench.ab --base 7f9c071                      # generation 1/16/64/256 + step
+    python -m bench.ab --base HEAD~1 --only generate --streams 64,256 --rounds 5
+    python -m bench.ab --base main --env-b RNNSERVE_INTRA_OP_THREADS=1   # a setting, same code
+
+Both servers run at once on loopback (the baseline from a `git worktree` of `--base` under
+bench/.out/, with the same venv), and every measurement goes in interleaved rounds (A, B, A,
+B, ...) so the machine's drift hits both alike; the ratio B/A is taken per round and its median
+reported, with the absolute medians beside it. Workloads are the suite's own (bench/genclient.py
+for SSE generation, wrk for the session step). Results: bench/.out/ab-<UTC>.json and a Markdown
+table on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen, model, targets
+from bench.genclient import run as gen_run
+from bench.procs import Server, free_port
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / ".out"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def worktree(ref: str) -> Path:
+    """A checkout of `ref` under bench/.out/ (re-used when it is already at that commit)."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{ref}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    path = OUT / f"base-{sha[:10]}"
+    if not (path / "service").is_dir():
+        subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(path), sha],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+    return path
+
+
+def server(name: str, cwd: Path, models_root: Path, env: dict[str, str]) -> Server:
+    port = free_port()
+    # `-c` puts the working directory first on sys.path, so each server imports its own tree
+    return Server(
+        name,
+        [sys.executable, "-c", "from service.server import serve; serve()"],
+        f"http://127.0.0.1:{port}/readyz",
+        f"http://127.0.0.1:{port}",
+        {
+            "RNNSERVE_MODELS_DIR": str(models_root),
+            "RNNSERVE_PORT": str(port),
+            "RNNSERVE_HOST": "127.0.0.1",
+            "RNNSERVE_LOG_LEVEL": "warning",
+            **env,
+        },
+        cwd=cwd,
+        log=OUT / "logs" / f"ab-{name}.log",
+    )
+
+
+def _port(s: Server) -> int:
+    return int(s.base.rsplit(":", 1)[1])
+
+
+def gen_round(s: Server, path: str, streams: int, warm: float, secs: float) -> dict[str, Any]:
+    body = {"prompt": "ROMEO:", "max_tokens": 200, "stream": True, "temperature": 1.0}
+    s.wait_idle()
+    cpu0, t0 = s.cpu(), time.perf_counter()
+    r = gen_run("127.0.0.1", _port(s), path, body, streams, warm, secs, str(OUT / f"ab-{s.name}"))
+    r["server_cpu"] = (s.cpu() - cpu0) / (time.perf_counter() - t0)
+    r.pop("itl_sample", None)
+    return r
+
+
+def step_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
+    prefix = OUT / f"ab-step-{s.name}"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    h, c = targets.sample_state(m)
+    loadgen.write_requests(prefix, targets.step_requests("rnnserve", s.base, m, h, c, 2, 32))
+    s.wait_idle()
+    cpu0, t0 = s.cpu(), time.perf_counter()
+    r = loadgen.run_wrk(s.base, prefix, 32, secs)
+    out = {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+    out["server_cpu"] = (s.cpu() - cpu0) / (time.perf_counter() - t0)
+    return out
+
+
+def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, float]:
+    a = [r["A"][key] for r in rounds]
+    b = [r["B"][key] for r in rounds]
+    return {
+        "A": statistics.median(a),
+        "B": statistics.median(b),
+        "B/A": statistics.median(y / x for x, y in zip(a, b, strict=True) if x),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--base", required=True, help="git ref of the baseline (A); B = this tree")
+    p.add_argument("--only", default="generate,step")
+    p.add_argument("--streams", default="1,16,64,256")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--env-a", action="append", default=[], help="KEY=VALUE for A's server")
+    p.add_argument("--env-b", action="append", default=[], help="KEY=VALUE for B's server")
+    a = p.parse_args()
+    only = set(a.only.split(","))
+    (OUT / "logs").mkdir(parents=True, exist_ok=True)
+    char = model.export_char_model()
+    root = OUT / "ab-models"
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / model.CHAR
+    if not link.exists():
+        link.symlink_to(char, target_is_directory=True)
+    mods = targets.Models(root, char, char, model.CHAR, model.CHAR)
+
+    def env(items: list[str]) -> dict[str, str]:
+        return dict(x.split("=", 1) for x in items)
+
+    servers = {
+        "A": server("A", worktree(a.base), root, env(a.env_a)),
+        "B": server("B", REPO, root, env(a.env_b)),
+    }
+    res: dict[str, Any] = {
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "base": a.base,
+        "env_a": a.env_a,
+        "env_b": a.env_b,
+        "cpu": next(
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "load_before": Path("/proc/loadavg").read_text().split()[:3],
+    }
+    try:
+        for s in servers.values():
+            s.start()
+        path = f"/v1/models/{model.CHAR}/generate"
+        for s in servers.values():  # warm-up, discarded
+            gen_round(s, path, 16, 0.3, 1.0)
+        if "generate" in only:
+            for n in [int(x) for x in a.streams.split(",")]:
+                rounds = []
+                for i in range(a.rounds):
+                    order = ("A", "B") if i % 2 == 0 else ("B", "A")
+                    rounds.append(
+                        {k: gen_round(servers[k], path, n, a.warmup, a.seconds) for k in order}
+                    )
+                res[f"generate-{n}"] = {
+                    "rounds": rounds,
+                    "tokens_per_s": summarise(rounds, "tokens_per_s"),
+                    "itl_p50_ms": summarise(rounds, "itl_p50_ms"),
+                    "itl_p99_ms": summarise(rounds, "itl_p99_ms"),
+                    "ttft_p50_ms": summarise(rounds, "ttft_p50_ms"),
+                    "server_cpu": summarise(rounds, "server_cpu"),
+                }
+                t = res[f"generate-{n}"]["tokens_per_s"]
+                log(f"generate {n}: A {t['A']:.0f} B {t['B']:.0f} tok/s, B/A {t['B/A']:.2f}")
+        if "step" in only:
+            rounds = []
+            for i in range(a.rounds):
+                order = ("A", "B") if i % 2 == 0 else ("B", "A")
+                rounds.append({k: step_round(servers[k], mods, a.seconds) for k in order})
+            res["step"] = {
+                "rounds": rounds,
+                "rps": summarise(rounds, "rps"),
+                "p99_ms": summarise(rounds, "p99_ms"),
+                "server_cpu": summarise(rounds, "server_cpu"),
+            }
+            t = res["step"]["rps"]
+            log(f"step: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
+    finally:
+        for s in servers.values():
+            s.stop()
+    res["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    stamp = res["when"].replace(":", "")
+    (OUT / f"ab-{stamp}.json").write_text(json.dumps(res, indent=1))
+    print(table(res))
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = [
+        f"A = {res['base']} {' '.join(res['env_a'])}, B = this tree {' '.join(res['env_b'])}; "
+        f"{res['cpu']}, {res['when']}, load {res['load_before']} -> {res['load_after']}",
+        "",
+        "| workload | metric | A | B | B/A (median of per-round ratios) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for key, d in res.items():
+        if not isinstance(d, dict) or "rounds" not in d:
+            continue
+        for metric, v in d.items():
+            if metric == "rounds":
+                continue
+            lines.append(f"| {key} | {metric} | {v['A']:,.2f} | {v['B']:,.2f} | {v['B/A']:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
