@@ -15,10 +15,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+# as `service.server` does for the server: single-threaded BLAS, set before numpy loads
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -26,8 +30,6 @@ from bench.procs import pss_bytes
 
 
 def _pss() -> int:
-    import os
-
     return pss_bytes([os.getpid()])
 
 
@@ -98,14 +100,14 @@ async def engine_step_s(runner: Any, B: int, seconds: float) -> float:
 def overhead(model_dir: Path, seconds: float) -> dict[str, Any]:
     from service.contract import load_artifact
     from service.engine.runner import Runner
+    from service.settings import Settings
+
+    # the server's own knobs (RNNSERVE_*), so the engine is measured as `serve` runs it
+    settings = Settings()
+    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
 
     manifest, onnx = load_artifact(model_dir)
-    import os
-
-    # the server's own knob, so the overhead can be measured under the setting a run uses
-    runner = Runner(
-        manifest, onnx, intra_op_threads=int(os.environ.get("RNNSERVE_INTRA_OP_THREADS", "0"))
-    )
+    runner = Runner(manifest, onnx, intra_op_threads=settings.intra_op_threads)
     rows = []
     for B in (1, 64, 256):
         bare = bare_step_s(runner, B, seconds)

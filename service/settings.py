@@ -27,6 +27,14 @@ class Settings(BaseSettings):
         False, description="/readyz answers 503 when any artifact was refused at start-up."
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = auto).")
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        le=100,
+        description="Python's thread switch interval (`sys.setswitchinterval`), set by `serve`. "
+        "Each model's engine thread needs the GIL after every onnxruntime call; Python's default "
+        "(5 ms) lets a busy event loop hold it for a whole decode step.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

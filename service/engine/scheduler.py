@@ -103,6 +103,22 @@ class Rows:
         return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
 
 
+class _Meters:
+    """One model's metric children, bound once: `labels()` costs 1-2 us a call, and a decode
+    step would otherwise make six of them."""
+
+    def __init__(self, m: Metrics, name: str) -> None:
+        self.prefill_time = m.step_time.labels(name, "prefill")
+        self.prefill_batch = m.batch_size.labels(name, "prefill")
+        self.decode_time = m.step_time.labels(name, "decode")
+        self.decode_batch = m.batch_size.labels(name, "decode")
+        self.queue_depth = m.queue_depth.labels(name)
+        self.active_streams = m.active_streams.labels(name)
+        self.tokens = m.tokens.labels(name)
+        self.itl = m.itl.labels(name)
+        self.ttft = m.ttft.labels(name)
+
+
 def _shutting_down() -> Overloaded:
     return Overloaded("the server is shutting down", code="shutting_down")
 
@@ -159,6 +175,8 @@ class Scheduler:
         self.config = config
         self.metrics = metrics
         self.name = runner.manifest.name
+        self._m = _Meters(metrics, self.name) if metrics is not None else None
+        self._gauged = (-1, -1)  # (queue depth, active streams) last set
         self._axes = [s.batch_axis for s in runner.manifest.io.states]
         self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
@@ -300,20 +318,22 @@ class Scheduler:
         self._gauge()
         return jobs
 
-    def _call(
-        self, kind: str, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
+    def _run_prefill_call(
+        self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
     ) -> tuple[np.ndarray, StateRows]:
         t0 = time.perf_counter()
         out = self.runner.run(tokens, lengths, states)
-        if self.metrics is not None:
-            self.metrics.step_time.labels(self.name, kind).observe(time.perf_counter() - t0)
-            self.metrics.batch_size.labels(self.name, kind).observe(len(lengths))
+        if self._m is not None:
+            self._m.prefill_time.observe(time.perf_counter() - t0)
+            self._m.prefill_batch.observe(len(lengths))
         return out
 
     def _gauge(self) -> None:
-        if self.metrics is not None:
-            self.metrics.queue_depth.labels(self.name).set(len(self._prefill))
-            self.metrics.active_streams.labels(self.name).set(self.active_streams)
+        now = (len(self._prefill), self.active_streams)
+        if self._m is not None and now != self._gauged:  # most steps change neither
+            self._gauged = now
+            self._m.queue_depth.set(now[0])
+            self._m.active_streams.set(now[1])
 
     def _buckets(self, jobs: list[PrefillJob]) -> list[list[PrefillJob]]:
         """Group by length so short rows are not padded to a long one."""
@@ -347,7 +367,7 @@ class Scheduler:
                 np.concatenate([(j.states or self._init_row)[k] for j in jobs], axis=ax)
                 for k, ax in enumerate(self._axes)
             ]
-            logits, out = self._call("prefill", tokens, lengths, states)
+            logits, out = self._run_prefill_call(tokens, lengths, states)
         except Exception as e:
             log.exception("prefill batch failed", extra={"model": self.name, "rows": B})
             self._post(_reject, [j.future for j in jobs], _as_service_error(e))
@@ -452,13 +472,13 @@ class Scheduler:
             ]
             self._post(_finish, finished)
             self._keep(~done)
-        if self.metrics is not None:
-            m = self.metrics
-            m.step_time.labels(self.name, "decode").observe(time.perf_counter() - t0)
-            m.batch_size.labels(self.name, "decode").observe(n)
-            m.tokens.labels(self.name).inc(n)
+        if self._m is not None:
+            m = self._m
+            m.decode_time.observe(time.perf_counter() - t0)
+            m.decode_batch.observe(n)
+            m.tokens.inc(n)
             if self._last_step is not None:  # every continuing stream saw this gap
-                m.itl.labels(self.name).observe(t0 - self._last_step)
+                m.itl.observe(t0 - self._last_step)
         self._last_step = t0 if self._streams else None
 
     def _special_rows(
@@ -486,8 +506,8 @@ class Scheduler:
             if s.first_token_at is not None:
                 return
             s.first_token_at = t0
-            if self.metrics is not None:
-                self.metrics.ttft.labels(self.name).observe(t0 - s.created)
+            if self._m is not None:
+                self._m.ttft.observe(t0 - s.created)
 
     def _fail_all(self, err: ServiceError) -> None:
         with self._cv:
