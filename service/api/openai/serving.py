@@ -238,24 +238,32 @@ async def sse(c: Running) -> AsyncGenerator[str, None]:
             if c.req.echo and ch.prompt:
                 yield _frame({**c.head(), "choices": [_chunk(ch.index, ch.prompt)]})
         remaining = len(c.choices)
-        while remaining:
-            ch, ev = await queue.get()
-            if isinstance(ev, BaseException):
-                yield _error_frame(ev)
-                break
-            if isinstance(ev, Finished):
-                rest = ch.finish(ev.result)
-                remaining -= 1
-                last = _chunk(ch.index, rest, finish_reason=ev.result["finish_reason"])
-                yield _frame({**c.head(), "choices": [last], **c.session_fields()})
-                continue
-            lp = ch.add(c.m, ev)
-            ch.streamed += len(ev.text)
-            if ev.text or lp is not None:
-                yield _frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]})
-        else:
-            if c.req.include_usage:
-                yield _frame({**c.head(), "choices": [], "usage": c.usage()})
+        failed = False
+        while remaining and not failed:
+            # everything ready goes out in one chunk: one send for several tokens under load
+            ready = [await queue.get()]
+            while not queue.empty():
+                ready.append(queue.get_nowait())
+            frames: list[str] = []
+            for ch, ev in ready:
+                if isinstance(ev, BaseException):
+                    frames.append(_error_frame(ev))
+                    failed = True
+                    break
+                if isinstance(ev, Finished):
+                    rest = ch.finish(ev.result)
+                    remaining -= 1
+                    last = _chunk(ch.index, rest, finish_reason=ev.result["finish_reason"])
+                    frames.append(_frame({**c.head(), "choices": [last], **c.session_fields()}))
+                    continue
+                lp = ch.add(c.m, ev)
+                ch.streamed += len(ev.text)
+                if ev.text or lp is not None:
+                    frames.append(_frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]}))
+            if frames:
+                yield "".join(frames)
+        if not failed and c.req.include_usage:
+            yield _frame({**c.head(), "choices": [], "usage": c.usage()})
     finally:
         for t in tasks:
             t.cancel()
