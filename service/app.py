@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -193,10 +194,17 @@ class ObserveMiddleware:
             request_id.reset(token)
 
 
+# request ids: a random per-process prefix (64 bits: distinct across replicas and restarts) and
+# a counter. Unique like uuid4 for log correlation at a tenth of its cost (one os.urandom
+# syscall each); never used as a secret.
+_RID_PREFIX = secrets.token_hex(8)
+_rid_counter = itertools.count(1)
+
+
 def _request_id(scope: Scope) -> str:
     for k, v in scope.get("headers", []):
         if k == b"x-request-id":
             rid: str = bytes(v).decode("latin-1")[:64]
             if rid.isprintable():
                 return rid
-    return uuid.uuid4().hex
+    return f"{_RID_PREFIX}{next(_rid_counter):08x}"

@@ -170,3 +170,10 @@ async def test_openapi_schema_documents_errors_and_streams(client: httpx.AsyncCl
     err = gen["responses"]["409"]["content"]["application/json"]["schema"]["$ref"]
     assert err.endswith("/ErrorBody")
     assert (await client.get("/docs")).status_code == 200
+
+
+async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) -> None:
+    ids = [(await client.get("/healthz")).headers["x-request-id"] for _ in range(50)]
+    assert len(set(ids)) == 50 and all(len(i) >= 16 and i.isalnum() for i in ids)
+    r = await client.get("/healthz", headers={"X-Request-ID": "trace-abc-123"})
+    assert r.headers["x-request-id"] == "trace-abc-123"  # a caller's own id is kept
