@@ -78,12 +78,18 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         m = Metrics()
         reg = registry or load_registry(
-            settings.models_dir, settings.providers, settings.intra_op_threads
+            settings.models_dir, settings.providers, settings.intra_op_threads, settings.variant
         )
         for model in reg.models.values():
             man = model.manifest
             m.model_info.labels(
-                man.name, man.version, man.task, man.cell, man.onnx_sha256, model.runner.provider
+                man.name,
+                man.version,
+                man.task,
+                man.cell,
+                model.sha256,
+                model.runner.provider,
+                model.variant or "fp32",
             ).set(1)
         m.model_load_failures.set(len(reg.failed))
         config = SchedulerConfig(

@@ -76,7 +76,7 @@ class Metrics:
         self.model_info = Gauge(
             "rnnserve_model_info",
             "Loaded models (value 1)",
-            ["model", "version", "task", "cell", "sha256", "provider"],
+            ["model", "version", "task", "cell", "sha256", "provider", "variant"],
             registry=r,
         )
         self.model_load_failures = Gauge(

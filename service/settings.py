@@ -27,6 +27,13 @@ class Settings(BaseSettings):
         False, description="/readyz answers 503 when any artifact was refused at start-up."
     )
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = auto).")
+    variant: Literal["int8", "fp16"] | None = Field(
+        None,
+        description="Graph variant to serve where a model's manifest has it (others load their "
+        "fp32 graph); default: the fp32 graph everywhere. Opt-in: an int8 graph quantizes "
+        "activations per call over the whole batch, so padded == alone and chunked == whole "
+        "hold only approximately.",
+    )
     gil_switch_interval_ms: float = Field(
         0.5,
         gt=0,

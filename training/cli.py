@@ -190,12 +190,27 @@ def export_cmd(
     out: Annotated[Path, typer.Option(help="Artifact folder to write, e.g. models/NAME.")],
     name: Annotated[str | None, typer.Option(help="Model name (default: the run's name).")] = None,
     version: Annotated[str, typer.Option(help="Model version.")] = "1",
+    int8: Annotated[
+        bool,
+        typer.Option(
+            help="Also add an int8 (dynamically quantized) variant, kept only if the run's "
+            "validation metric holds within --int8-tolerance."
+        ),
+    ] = False,
+    int8_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            help="Worst allowed change, fp32 -> int8. Default: next_token +0.02 nats/char "
+            "validation loss (first 20,000 validation characters); classify -0.005 validation "
+            "accuracy (0.5 percentage points)."
+        ),
+    ] = None,
 ) -> None:
     """Export a run to ONNX + manifest, verified (parity, chunked == whole) before writing."""
     _need_torch()
     from training.export import export_command
 
-    export_command(run_dir, out, name, version)
+    export_command(run_dir, out, name, version, int8, int8_tolerance)
 
 
 def download_cmd(

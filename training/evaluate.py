@@ -19,6 +19,52 @@ from training import checkpoint as ck
 from training.config import config_from_dict
 from training.runtime import pick_device
 
+VALIDATION = "validation split of the run's config"
+
+
+def validation_text(cfg: Any) -> str:
+    """The validation text of a next_token run, rebuilt from its config (same file, same split)."""
+    from training.data.text import load_text
+
+    dc = cfg.data
+    val_path = cfg.resolve(dc.val_path) if dc.val_path else None
+    return load_text(cfg.resolve(dc.path), dc.val_fraction, val_path, dc.limit).val
+
+
+def validation_examples(cfg: Any) -> list[Any]:
+    """The validation examples of a classify run, rebuilt from its config (same seeded split)."""
+    from training.data.sentiment import load_labelled
+
+    dc = cfg.data
+    val_path = cfg.resolve(dc.val_path) if dc.val_path else None
+    return load_labelled(
+        dc.dataset,
+        cfg.resolve(dc.path),
+        val_path=val_path,
+        val_fraction=dc.val_fraction,
+        split_seed=dc.split_seed,
+        text_column=dc.text_column,
+        label_column=dc.label_column,
+        limit=dc.limit,
+    ).val
+
+
+def classify_inputs(
+    cfg: Any, spec: Any, labels: list[str], examples: list[Any]
+) -> tuple[list[list[int]], list[int]]:
+    """Token ids (truncated as in training) and label indices of labelled examples."""
+    from training.loop_classify import truncate
+    from training.tokenization import UNK, encode_words
+
+    unknown = sorted({e.label for e in examples} - set(labels))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {labels}")
+    dc = cfg.data
+    unk = spec.tokenizer_json["model"]["vocab"][UNK]
+    ids = encode_words(spec, [e.text for e in examples])
+    xs = [truncate(x, dc.max_len, dc.keep, unk) for x in ids]
+    return xs, [labels.index(e.label) for e in examples]
+
 
 def evaluate_run(
     run_dir: Path,
@@ -53,24 +99,13 @@ def _classify(
     dev: torch.device,
     limit: int,
 ) -> dict[str, Any]:
-    from training.data.sentiment import load_labelled, read_examples
-    from training.loop_classify import evaluate_examples, truncate
-    from training.tokenization import UNK, encode_words
+    from training.data.sentiment import read_examples
+    from training.loop_classify import evaluate_examples
 
     dc = cfg.data
     if data is None:
-        val_path = cfg.resolve(dc.val_path) if dc.val_path else None
-        examples = load_labelled(
-            dc.dataset,
-            cfg.resolve(dc.path),
-            val_path=val_path,
-            val_fraction=dc.val_fraction,
-            split_seed=dc.split_seed,
-            text_column=dc.text_column,
-            label_column=dc.label_column,
-            limit=dc.limit,
-        ).val
-        source = "validation split of the run's config"
+        examples = validation_examples(cfg)
+        source = VALIDATION
     else:
         examples = read_examples(
             dataset or dc.dataset, data, dc.text_column, dc.label_column, split
@@ -79,13 +114,8 @@ def _classify(
     if limit:
         examples = examples[:limit]
     labels: list[str] = ckpt["labels"]
-    unknown = sorted({e.label for e in examples} - set(labels))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the model's labels {labels}")
+    xs, ys = classify_inputs(cfg, spec, labels, examples)
     vocab = spec.tokenizer_json["model"]["vocab"]
-    ids = encode_words(spec, [e.text for e in examples])
-    xs = [truncate(x, dc.max_len, dc.keep, vocab[UNK]) for x in ids]
-    ys = [labels.index(e.label) for e in examples]
     rep = evaluate_examples(model, xs, ys, labels, vocab["[PAD]"], bs, dev)
     return {"task": "classify", "data": source, **rep}
 
@@ -95,14 +125,10 @@ def _lm(
 ) -> dict[str, Any]:
     from service.contract.tokenizers import CharTokenizer
     from training.data.io import read_text
-    from training.data.text import load_text
     from training.loop_lm import evaluate_stream
 
-    dc = cfg.data
     if data is None:
-        val_path = cfg.resolve(dc.val_path) if dc.val_path else None
-        text = load_text(cfg.resolve(dc.path), dc.val_fraction, val_path, dc.limit).val
-        source = "validation split of the run's config"
+        text, source = validation_text(cfg), VALIDATION
     else:
         text, source = read_text(data), str(data)
     if limit:

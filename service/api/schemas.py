@@ -52,7 +52,11 @@ class ModelInfo(BaseModel):
     labels: list[str] | None = Field(None, description="Classifier labels.")
     vocab_size: int = Field(description="Tokenizer vocabulary size.")
     tokenizer: str = Field(description="`char` or `word`.")
-    sha256: str = Field(description="sha256 of the ONNX graph.")
+    sha256: str = Field(description="sha256 of the ONNX graph being served.")
+    variant: str = Field(
+        description="Graph in use: `fp32` (the base graph) or a manifest variant, e.g. `int8` "
+        "(see `RNNSERVE_VARIANT`)."
+    )
     provider: str = Field(description="onnxruntime execution provider in use.")
     state_bytes: int = Field(description="Bytes of recurrent state per session.")
     sampling: dict[str, Any] = Field(description="Generation defaults from the manifest.")

@@ -28,10 +28,19 @@ class LoadedModel:
     runner: Runner
     tokenizer: CharTokenizer | WordTokenizer
     path: Path
+    variant: str | None = None  # the manifest variant whose graph is loaded; None: the fp32 graph
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the graph actually loaded."""
+        for v in self.manifest.variants:
+            if v.name == self.variant:
+                return v.sha256
+        return self.manifest.onnx_sha256
 
 
 @dataclass
@@ -65,12 +74,17 @@ def find_artifacts(models_dir: Path) -> list[Path]:
 
 
 def load_registry(
-    models_dir: Path, providers: Sequence[str] | None = None, intra_op_threads: int = 0
+    models_dir: Path,
+    providers: Sequence[str] | None = None,
+    intra_op_threads: int = 0,
+    variant: str | None = None,
 ) -> Registry:
+    """Every artifact under `models_dir`; with `variant`, that graph where the manifest has it,
+    else the base (fp32) graph."""
     reg = Registry()
     for path in find_artifacts(models_dir):
         try:
-            manifest, onnx_path = load_artifact(path)
+            manifest, onnx_path, used = _load(path, variant)
             runner = Runner(manifest, onnx_path, providers, intra_op_threads)
             tokenizer = tokenizer_from_spec(manifest.tokenizer)
         except Exception as e:  # ArtifactError, or onnxruntime's own InvalidGraph / Fail / ...
@@ -81,7 +95,7 @@ def load_registry(
             continue
         if manifest.name in reg.models:
             log.info("newer version replaces older", extra={"model": manifest.name})
-        reg.models[manifest.name] = LoadedModel(manifest, runner, tokenizer, path)
+        reg.models[manifest.name] = LoadedModel(manifest, runner, tokenizer, path, used)
         log.info(
             "model loaded",
             extra={
@@ -89,6 +103,21 @@ def load_registry(
                 "version": manifest.version,
                 "task": manifest.task,
                 "provider": runner.provider,
+                "variant": used,
             },
         )
     return reg
+
+
+def _load(path: Path, variant: str | None) -> tuple[ModelManifest, Path, str | None]:
+    manifest, onnx_path = load_artifact(path)
+    if variant is None:
+        return manifest, onnx_path, None
+    if not any(v.name == variant for v in manifest.variants):
+        log.info(
+            "no such variant, loading the base graph",
+            extra={"model": manifest.name, "artifact": str(path), "variant": variant},
+        )
+        return manifest, onnx_path, None
+    manifest, onnx_path = load_artifact(path, variant)  # its own sha256 is checked
+    return manifest, onnx_path, variant

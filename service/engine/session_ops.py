@@ -93,7 +93,7 @@ class SessionService:
 
     def _model(self, rec: SessionRecord) -> LoadedModel:
         m = self.engine.model(rec.model)
-        if m.manifest.onnx_sha256 != rec.model_sha256:
+        if m.sha256 != rec.model_sha256:
             raise ServiceError(
                 f"model {rec.model!r} changed since this session started; export its state or "
                 "reset it",
@@ -166,7 +166,7 @@ class SessionService:
             # 192 random bits; stored under the owner's namespace (ids never clash across keys)
             id=store_id(session_id or secrets.token_urlsafe(24), owner),
             model=m.name,
-            model_sha256=m.manifest.onnx_sha256,
+            model_sha256=m.sha256,
             version=0,
             states=tuple(m.manifest.init_states(1)),
             pending="",
@@ -187,10 +187,10 @@ class SessionService:
         return self.info(rec)
 
     def _restore(self, m: LoadedModel, rec: SessionRecord, blob: StateBlob) -> SessionRecord:
-        if blob.model_sha256 != m.manifest.onnx_sha256 or blob.model != m.name:
+        if blob.model_sha256 != m.sha256 or blob.model != m.name:
             raise InvalidState(
                 f"the state belongs to model {blob.model!r} ({blob.model_sha256[:12]}…), not "
-                f"{m.name!r} ({m.manifest.onnx_sha256[:12]}…)",
+                f"{m.name!r} ({m.sha256[:12]}…)",
                 field="state",
                 code="state_model_mismatch",
             )
@@ -263,7 +263,7 @@ class SessionService:
                 pending="",
                 logits=None,
                 tokens_seen=0,
-                model_sha256=m.manifest.onnx_sha256,
+                model_sha256=m.sha256,
             )
             result = self.info(new)
             return self.info(await self._commit(rec, new, key, fp, result)) | {"replayed": False}

@@ -11,7 +11,11 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime.quantization")
 
+from typer.testing import CliRunner
+
 from service.contract import load_artifact, tokenizer_from_spec
+from training.cli import train_app
+from training.config import DEFAULT_DATA_ROOT
 from training.export.quantize import add_int8_variant, classify_accuracy, lm_loss
 from training.export.verify import make_session, run_graph
 
@@ -58,3 +62,51 @@ def test_int8_classifier_agreement_and_refusal(tmp_path: Path) -> None:
     assert add_int8_variant(art2, classify_accuracy(seqs, flipped), "acc", -1.0) is None
     assert load_artifact(art2)[0].variants == []
     assert not (art2 / "model.int8.onnx").exists()
+
+
+needs_data = pytest.mark.skipif(
+    not (DEFAULT_DATA_ROOT / "tinyshakespeare" / "input.txt").exists(),
+    reason="shared datasets absent",
+)
+
+
+def _train(tmp: Path, config: str, *sets: str) -> Path:
+    run = tmp / "run"
+    res = CliRunner().invoke(train_app, ["train", config, "--out", str(run), *sets])
+    assert res.exit_code == 0, res.output
+    return run
+
+
+@needs_data
+def test_export_cli_int8_on_the_runs_validation_data(tmp_path: Path) -> None:
+    run = _train(tmp_path, "smoke-char", "--set", "train.max_steps=20")
+    out = tmp_path / "models" / "tiny"
+    res = CliRunner().invoke(train_app, ["export", str(run), "--out", str(out), "--int8"])
+    assert res.exit_code == 0, res.output
+    assert "int8 val_loss_nats: fp32" in res.output and "recorded model.int8.onnx" in res.output
+    m = load_artifact(out, variant="int8")[0]  # the variant's sha256 checked
+    (v,) = m.variants
+    assert v.metric == "val_loss_nats" and v.tolerance == 0.02
+    assert v.value - v.fp32_value <= 0.02
+    on = m.training.model_dump()["int8_checks"]["evaluated_on"]
+    assert on["characters"] == 2000 and on["streams"] == 16  # smoke-char: 10 % of 20,000 chars
+    assert "validation split" in on["data"]
+
+    again = tmp_path / "models" / "refused"  # a tolerance nothing can meet: fp32 only
+    args = ["export", str(run), "--out", str(again), "--int8", "--int8-tolerance", "-1"]
+    res = CliRunner().invoke(train_app, args)
+    assert res.exit_code == 0 and "refused (fp32 only)" in res.output, res.output
+    assert load_artifact(again)[0].variants == [] and not (again / "model.int8.onnx").exists()
+
+
+@needs_data
+def test_export_cli_int8_classifier(tmp_path: Path) -> None:
+    run = _train(tmp_path, "smoke-sentiment")
+    out = tmp_path / "models" / "cls"
+    res = CliRunner().invoke(train_app, ["export", str(run), "--out", str(out), "--int8"])
+    assert res.exit_code == 0, res.output
+    assert "int8 val_accuracy: fp32" in res.output, res.output
+    m = load_artifact(out)[0]
+    if m.variants:  # within 0.5 points of fp32 on the validation split
+        assert m.variants[0].metric == "val_accuracy" and m.variants[0].tolerance == 0.005
+        assert m.training.model_dump()["int8_checks"]["evaluated_on"]["examples"] > 0

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -77,6 +79,15 @@ def lm_loss(ids: Sequence[int], streams: int = 16) -> Evaluate:
     return evaluate
 
 
+@dataclass(frozen=True)
+class Int8Outcome:
+    """Both figures of the comparison, and the variant recorded (None: refused)."""
+
+    fp32: float
+    int8: float
+    variant: Variant | None
+
+
 def add_int8_variant(
     artifact_dir: Path,
     evaluate: Evaluate,
@@ -86,6 +97,19 @@ def add_int8_variant(
 ) -> Variant | None:
     """Quantize, evaluate both graphs with `evaluate`, and record the variant if the metric moves
     by at most `tolerance` in the bad direction. Returns the variant, or None if it was refused."""
+    return try_int8(artifact_dir, evaluate, metric, tolerance, higher_is_better).variant
+
+
+def try_int8(
+    artifact_dir: Path,
+    evaluate: Evaluate,
+    metric: str,
+    tolerance: float,
+    higher_is_better: bool = True,
+    evaluated_on: dict[str, Any] | None = None,
+) -> Int8Outcome:
+    """`add_int8_variant` that also returns both figures; `evaluated_on` (what data was measured)
+    is stored with the deviations in the manifest's `training.int8_checks`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     manifest, onnx_path = load_artifact(artifact_dir)
@@ -107,11 +131,13 @@ def add_int8_variant(
             log.warning(
                 "int8 refused: %s %.4f -> %.4f (tolerance %g)", metric, fp32, int8, tolerance
             )
-            return None
-        checks = {
+            return Int8Outcome(fp32, int8, None)
+        checks: dict[str, Any] = {
             "padded_max_abs_diff": _padded_int8(int8_sess, manifest),
             "max_abs_diff_vs_fp32": _vs_fp32(fp32_sess, int8_sess, manifest),
         }
+        if evaluated_on is not None:
+            checks["evaluated_on"] = evaluated_on
         staged.replace(target)
     variant = Variant(
         name="int8",
@@ -126,7 +152,7 @@ def add_int8_variant(
     others = [v for v in manifest.variants if v.name != "int8"]
     updated = manifest.model_copy(update={"variants": [*others, variant], "training": training})
     save_artifact(artifact_dir, onnx_path.read_bytes(), updated)
-    return variant
+    return Int8Outcome(fp32, int8, variant)
 
 
 def _batch(m: ModelManifest, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -130,10 +130,18 @@ def export_run(run_dir: Path, out_dir: Path, name: str, version: str = "1") -> M
     )
 
 
-def export_command(run_dir: Path, out: Path, name: str | None, version: str) -> None:
-    """CLI: `rnnserve export RUN_DIR --out models/NAME [--name NAME] [--version V]`.
+def export_command(
+    run_dir: Path,
+    out: Path,
+    name: str | None,
+    version: str,
+    int8: bool = False,
+    int8_tolerance: float | None = None,
+) -> None:
+    """CLI: `rnnserve export RUN_DIR --out models/NAME [--name NAME] [--version V] [--int8]`.
 
-    The artifact goes to `out` itself; the name defaults to the folder's name.
+    The artifact goes to `out` itself; the name defaults to the folder's name. With `int8`, the
+    verified fp32 artifact is quantized and the variant kept only within tolerance (`int8_run`).
     """
     manifest = export_run(run_dir, out, name or out.name, version)
     checks = manifest.training.model_dump().get("export_checks", {})
@@ -142,3 +150,13 @@ def export_command(run_dir: Path, out: Path, name: str | None, version: str) -> 
     )
     for key, value in checks.items():
         print(f"  {key}: {value:.2e}")
+    if int8:
+        from training.export.int8_run import default_tolerance, int8_for_run
+
+        r = int8_for_run(run_dir, out, int8_tolerance)
+        tol = default_tolerance(manifest.task) if int8_tolerance is None else int8_tolerance
+        metric = "val_loss_nats" if manifest.task == "next_token" else "val_accuracy"
+        verdict = f"recorded {r.variant.file}" if r.variant else "refused (fp32 only)"
+        print(
+            f"  int8 {metric}: fp32 {r.fp32:.4f}  int8 {r.int8:.4f}  (tolerance {tol:g}): {verdict}"
+        )

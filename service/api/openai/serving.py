@@ -115,7 +115,7 @@ class Running:
             "object": "text_completion",
             "created": self.created,
             "model": self.m.name,
-            "system_fingerprint": "fp_" + self.m.manifest.onnx_sha256[:12],
+            "system_fingerprint": "fp_" + self.m.sha256[:12],
         }
 
     def usage(self) -> dict[str, int]:

@@ -47,7 +47,7 @@ def _fresh(s: Services, m: LoadedModel, session_id: str, owner: str | None) -> S
     return SessionRecord(
         id=session_id,
         model=m.name,
-        model_sha256=m.manifest.onnx_sha256,
+        model_sha256=m.sha256,
         version=0,
         states=tuple(m.manifest.init_states(1)),
         pending="",
@@ -92,7 +92,7 @@ def _check_model(seq: Sequence, rec: SessionRecord, m: LoadedModel) -> None:
             f"sequence {seq.label} belongs to model {rec.model!r}, not {m.name!r}",
             field="parameters.sequence_id",
         )
-    if rec.model_sha256 != m.manifest.onnx_sha256:
+    if rec.model_sha256 != m.sha256:
         raise ServiceError(
             f"model {m.name!r} changed since sequence {seq.label} started; restart it with "
             "sequence_start=true",

@@ -1,0 +1,65 @@
+"""`rnnserve export RUN --int8`: add the int8 variant, judged on the run's own validation data.
+
+The data is rebuilt from the run's saved config exactly as `rnnserve evaluate` does
+(`training.evaluate.validation_text` / `validation_examples`). Default tolerances:
+
+* next_token: validation loss may rise by at most 0.02 nats/char, measured on the first
+  `LM_CHARS` characters of the validation split, cut into `LM_STREAMS` streams fed one token per
+  call (the whole 111k-char Tiny Shakespeare split one step at a time takes too long on a CPU);
+* classify: validation accuracy may drop by at most 0.005 (0.5 percentage points), on the whole
+  validation split.
+
+What was measured is stored in the manifest's `training.int8_checks.evaluated_on`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from service.contract import ModelManifest, load_artifact, tokenizer_from_spec
+from training import checkpoint as ck
+from training.config import config_from_dict
+from training.evaluate import VALIDATION, classify_inputs, validation_examples, validation_text
+from training.export.quantize import Int8Outcome, classify_accuracy, lm_loss, try_int8
+
+LM_TOLERANCE = 0.02  # nats/char
+CLASSIFY_TOLERANCE = 0.005  # accuracy, i.e. 0.5 percentage points
+LM_CHARS = 20_000
+LM_STREAMS = 16
+
+
+def default_tolerance(task: str) -> float:
+    return LM_TOLERANCE if task == "next_token" else CLASSIFY_TOLERANCE
+
+
+def int8_for_run(
+    run_dir: Path, artifact_dir: Path, tolerance: float | None = None, lm_chars: int = LM_CHARS
+) -> Int8Outcome:
+    """Quantize `artifact_dir`'s graph and keep it if the run's validation metric holds."""
+    ckpt = ck.load(run_dir, "cpu")
+    cfg = config_from_dict(ckpt["config"])
+    manifest, _ = load_artifact(artifact_dir)
+    tol = default_tolerance(manifest.task) if tolerance is None else tolerance
+    if manifest.task == "next_token":
+        return _lm(cfg, manifest, artifact_dir, tol, lm_chars)
+    examples = validation_examples(cfg)
+    xs, ys = classify_inputs(cfg, ck.tokenizer_spec(ckpt), ckpt["labels"], examples)
+    on: dict[str, Any] = {"data": VALIDATION, "examples": len(xs), "max_len": cfg.data.max_len}
+    return try_int8(artifact_dir, classify_accuracy(xs, ys), "val_accuracy", tol, True, on)
+
+
+def _lm(
+    cfg: Any, manifest: ModelManifest, artifact_dir: Path, tol: float, lm_chars: int
+) -> Int8Outcome:
+    text = validation_text(cfg)
+    text = text[:lm_chars] if lm_chars else text  # 0: the whole split
+    ids = tokenizer_from_spec(manifest.tokenizer).encode(text)
+    streams = max(1, min(LM_STREAMS, (len(ids) - 1) // 64))  # at least 64 steps per stream
+    on: dict[str, Any] = {
+        "data": f"first {len(text):,} characters of the {VALIDATION}",
+        "characters": len(text),
+        "streams": streams,
+        "steps_per_stream": (len(ids) - 1) // streams,
+    }
+    return try_int8(artifact_dir, lm_loss(ids, streams), "val_loss_nats", tol, False, on)
