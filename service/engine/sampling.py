@@ -57,6 +57,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def all_plain(temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, k: int) -> bool:
+    """True when every row samples with temperature only (no greedy, top-k or top-p rows): then
+    `sample_plain` is `sample`, without the per-step masks. Computed once per batch change."""
+    filtered = ((top_k > 0) & (top_k < k)) | (top_p < 1.0)
+    return bool(np.all(temperature > 0) and not filtered.any())
+
+
 def sample(
     logits: np.ndarray,  # (B, K)
     temperature: np.ndarray,  # (B,) float, 0 = greedy
@@ -74,9 +81,9 @@ def sample(
     filtered = ((top_k > 0) & (top_k < K)) | (top_p < 1.0)
     plain = ~greedy & ~filtered
     if plain.all():  # every row plain (the usual case): no masking, no sort
-        return _sample_plain(logits, temperature, uniforms)
+        return sample_plain(logits, temperature, uniforms)
     if plain.any():
-        out[plain] = _sample_plain(logits[plain], temperature[plain], uniforms[plain])
+        out[plain] = sample_plain(logits[plain], temperature[plain], uniforms[plain])
     rows = ~greedy & filtered
     if rows.any():
         out[rows] = _sample_filtered(
@@ -91,7 +98,7 @@ def _upper(k: int) -> np.ndarray:
     return np.triu(np.ones((k, k), np.float32))
 
 
-def _sample_plain(logits: np.ndarray, temperature: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+def sample_plain(logits: np.ndarray, temperature: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Temperature only: inverse CDF in vocabulary order, in float32.
 
     The prefix sums are a matrix product with a triangular matrix: one BLAS call, 2-4x faster

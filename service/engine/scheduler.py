@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.runner import Runner
-from service.engine.sampling import counter_uniforms, logprob_info, sample
+from service.engine.sampling import all_plain, counter_uniforms, logprob_info, sample, sample_plain
 from service.engine.stream import Stream
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
@@ -190,6 +190,8 @@ class Scheduler:
         self._states: StateRows = []
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
+        self._plain = True
+        self._plain = True  # every row temperature-only (see sampling.all_plain)
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
@@ -414,6 +416,7 @@ class Scheduler:
             self._post(_fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
             return
         self._states, self._logits, self._rows = states, logits, rows
+        self._plain = self._rows_plain()
         self._streams += new
 
     def _keep(self, keep: np.ndarray) -> None:
@@ -425,11 +428,17 @@ class Scheduler:
         ]
         self._logits = self._logits[idx]
         self._rows = self._rows.take(idx)
+        self._plain = self._rows_plain()
+
+    def _rows_plain(self) -> bool:
+        r = self._rows
+        return all_plain(r.temp, r.top_k, r.top_p, self._logits.shape[-1])
 
     def _clear_batch(self) -> None:
         self._streams, self._states = [], []
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
+        self._plain = True
 
     def _decode_step(self) -> None:
         cancelled = [s.cancelled for s in self._streams]
@@ -444,7 +453,10 @@ class Scheduler:
         t0 = time.perf_counter()
         r = self._rows
         u = counter_uniforms(r.seeds, r.count)  # (n,), one draw per row
-        tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
+        if self._plain:  # the usual batch: temperature only, no per-step masks
+            tokens = sample_plain(self._logits, r.temp, u)  # (n,)
+        else:
+            tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
         done = r.count >= r.max  # (n,) finished by length
         texts, logprobs = self._special_rows(streams, tokens, done)

@@ -112,3 +112,17 @@ def test_counter_uniforms_are_uniform_and_uncorrelated() -> None:
         hist = np.histogram(u, bins=20, range=(0, 1))[0] / n
         assert np.abs(hist - 0.05).max() < 0.003  # ~6 sigma of a binomial bin
         assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+
+
+def test_all_plain_batches_take_the_plain_path_with_the_same_tokens() -> None:
+    from service.engine.sampling import all_plain, sample_plain
+
+    lg = _logits(b=64, k=30)
+    u = np.random.default_rng(5).random(64)
+    t, k, p = np.full(64, 0.8), np.zeros(64, np.int64), np.ones(64)
+    assert all_plain(t, k, p, 30)
+    assert (sample_plain(lg, t, u) == sample(lg, t, k, p, u)).all()
+    assert not all_plain(np.r_[t[:-1], 0.0], k, p, 30)  # a greedy row
+    assert not all_plain(t, np.r_[k[:-1], 5], p, 30)  # a top-k row
+    assert all_plain(t, np.r_[k[:-1], 30], p, 30)  # top-k = K filters nothing
+    assert not all_plain(t, k, np.r_[p[:-1], 0.9], 30)  # a top-p row
