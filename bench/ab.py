@@ -1,6 +1,6 @@
 """A/B of rnnserve against itself: this working tree vs a baseline git ref, side by side.
 
-    python -m bench.ab --base 7f9c071                      # generation 1/16/64/256 + step
+    python -m bench.ab --base 7f9c071              # generation 1/16/64/256, step, classify
     python -m bench.ab --base HEAD~1 --only generate --streams 64,256 --rounds 5
     python -m bench.ab --base main --env-b RNNSERVE_INTRA_OP_THREADS=1   # a setting, same code
 
@@ -8,7 +8,7 @@ Both servers run at once on loopback (the baseline from a `git worktree` of `--b
 bench/.out/, with the same venv), and every measurement goes in interleaved rounds (A, B, A,
 B, ...) so the machine's drift hits both alike; the ratio B/A is taken per round and its median
 reported, with the absolute medians beside it. Workloads are the suite's own (bench/genclient.py
-for SSE generation, wrk for the session step). Results: bench/.out/ab-<UTC>.json and a Markdown
+for SSE generation, wrk for the session step and IMDB classification at 32 clients). Results: bench/.out/ab-<UTC>.json and a Markdown
 table on stdout.
 """
 
@@ -104,6 +104,17 @@ def step_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
     return out
 
 
+def classify_round(s: Server, m: targets.Models, texts: list[str], secs: float) -> dict[str, Any]:
+    prefix = OUT / f"ab-classify-{s.name}"
+    loadgen.write_requests(prefix, targets.classify_requests("rnnserve", m, texts, 2))
+    s.wait_idle()
+    cpu0, t0 = s.cpu(), time.perf_counter()
+    r = loadgen.run_wrk(s.base, prefix, 32, secs)
+    out = {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
+    out["server_cpu"] = (s.cpu() - cpu0) / (time.perf_counter() - t0)
+    return out
+
+
 def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, float]:
     a = [r["A"][key] for r in rounds]
     b = [r["B"][key] for r in rounds]
@@ -117,7 +128,7 @@ def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, fl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--base", required=True, help="git ref of the baseline (A); B = this tree")
-    p.add_argument("--only", default="generate,step")
+    p.add_argument("--only", default="generate,step,classify")
     p.add_argument("--streams", default="1,16,64,256")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=8.0)
@@ -130,10 +141,12 @@ def main() -> None:
     char = model.export_char_model()
     root = OUT / "ab-models"
     root.mkdir(parents=True, exist_ok=True)
-    link = root / model.CHAR
-    if not link.exists():
-        link.symlink_to(char, target_is_directory=True)
-    mods = targets.Models(root, char, char, model.CHAR, model.CHAR)
+    cls = model.artifact_dir(model.classifier_source())
+    cls_name = model.classifier_source().name
+    for name, src in ((model.CHAR, char), (cls_name, cls)):
+        if not (root / name).exists():
+            (root / name).symlink_to(src.resolve(), target_is_directory=True)
+    mods = targets.Models(root, char, cls, model.CHAR, cls_name)
 
     def env(items: list[str]) -> dict[str, str]:
         return dict(x.split("=", 1) for x in items)
@@ -191,6 +204,24 @@ def main() -> None:
             }
             t = res["step"]["rps"]
             log(f"step: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
+        if "classify" in only:
+            from bench.__main__ import imdb_texts
+
+            texts = imdb_texts()
+            rounds = []
+            for i in range(a.rounds):
+                order = ("A", "B") if i % 2 == 0 else ("B", "A")
+                rounds.append(
+                    {k: classify_round(servers[k], mods, texts, a.seconds) for k in order}
+                )
+            res["classify"] = {
+                "rounds": rounds,
+                "rps": summarise(rounds, "rps"),
+                "p99_ms": summarise(rounds, "p99_ms"),
+                "server_cpu": summarise(rounds, "server_cpu"),
+            }
+            t = res["classify"]["rps"]
+            log(f"classify: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
     finally:
         for s in servers.values():
             s.stop()

@@ -26,7 +26,12 @@ class Settings(BaseSettings):
     require_all_models: bool = Field(
         False, description="/readyz answers 503 when any artifact was refused at start-up."
     )
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0 = auto).")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime intra-op threads per model; 0 = auto: one fewer than the CPUs "
+        "the process may use (at least 1), leaving a core to the event loop.",
+    )
     variant: Literal["int8", "fp16"] | None = Field(
         None,
         description="Graph variant to serve where a model's manifest has it (others load their "
