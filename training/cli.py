@@ -16,6 +16,7 @@ import typer
 from training.config import ConfigError, load_config
 
 SHIPPED = ("sentiment-lstm", "sentiment-gru", "char-lstm", "char-gru")
+INT8_SHIPPED = ("sentiment-lstm", "char-lstm")
 
 
 def _need_torch() -> None:
@@ -182,7 +183,8 @@ def reproduce_cmd(
             from training.export import export_command
 
             typer.echo(f"== {name}: exporting to {models / name}")
-            export_command(run_dir, models / name, name, version)
+            # int8 only where onnxruntime has a quantized kernel for the cell (LSTM)
+            export_command(run_dir, models / name, name, version, int8=name in INT8_SHIPPED)
 
 
 def export_cmd(
@@ -213,6 +215,21 @@ def export_cmd(
     export_command(run_dir, out, name, version, int8, int8_tolerance)
 
 
+def quantize_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="An exported model folder, e.g. models/NAME.")],
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Worst allowed change, fp32 -> int8 (defaults as for export --int8)."),
+    ] = None,
+) -> None:
+    """Add the int8 variant to an exported model, kept only if its validation metric holds
+    (the data is rebuilt from the training config in its manifest; no run folder needed)."""
+    _need_torch()
+    from training.export.run import quantize_command
+
+    quantize_command(model_dir, tolerance)
+
+
 def download_cmd(
     name: Annotated[str, typer.Argument(help="imdb | sst2 | tinyshakespeare")],
     to: Annotated[Path, typer.Option("--to", help="Target folder")] = Path("data"),
@@ -238,6 +255,7 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
     app.command("reproduce")(reproduce_cmd)
     app.command("export")(export_cmd)
+    app.command("quantize")(quantize_cmd)
     data_app = typer.Typer(help="Datasets: download the public originals.", no_args_is_help=True)
     data_app.command("download")(download_cmd)
     app.add_typer(data_app, name="data")

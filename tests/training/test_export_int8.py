@@ -110,3 +110,16 @@ def test_export_cli_int8_classifier(tmp_path: Path) -> None:
     if m.variants:  # within 0.5 points of fp32 on the validation split
         assert m.variants[0].metric == "val_accuracy" and m.variants[0].tolerance == 0.005
         assert m.training.model_dump()["int8_checks"]["evaluated_on"]["examples"] > 0
+
+
+@needs_data
+def test_quantize_cli_needs_only_the_exported_artifact(tmp_path: Path) -> None:
+    run = _train(tmp_path, "smoke-char", "--set", "train.max_steps=20")
+    out = tmp_path / "models" / "tiny"
+    assert CliRunner().invoke(train_app, ["export", str(run), "--out", str(out)]).exit_code == 0
+    shutil.rmtree(run)  # the shipped models have no run folder either
+    res = CliRunner().invoke(train_app, ["quantize", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "recorded model.int8.onnx" in res.output
+    (v,) = load_artifact(out, variant="int8")[0].variants
+    assert v.metric == "val_loss_nats" and v.value - v.fp32_value <= 0.02

@@ -1,6 +1,8 @@
-"""`rnnserve export RUN --int8`: add the int8 variant, judged on the run's own validation data.
+"""`rnnserve export RUN --int8` / `rnnserve quantize MODEL_DIR`: add the int8 variant, judged on
+the model's own validation data.
 
-The data is rebuilt from the run's saved config exactly as `rnnserve evaluate` does
+The data is rebuilt from the training config saved in the manifest (`training.config`, the run's
+config verbatim) exactly as `rnnserve evaluate` does
 (`training.evaluate.validation_text` / `validation_examples`). Default tolerances:
 
 * next_token: validation loss may rise by at most 0.02 nats/char, measured on the first
@@ -18,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from service.contract import ModelManifest, load_artifact, tokenizer_from_spec
-from training import checkpoint as ck
 from training.config import config_from_dict
 from training.evaluate import VALIDATION, classify_inputs, validation_examples, validation_text
 from training.export.quantize import Int8Outcome, classify_accuracy, lm_loss, try_int8
@@ -33,18 +34,19 @@ def default_tolerance(task: str) -> float:
     return LM_TOLERANCE if task == "next_token" else CLASSIFY_TOLERANCE
 
 
-def int8_for_run(
-    run_dir: Path, artifact_dir: Path, tolerance: float | None = None, lm_chars: int = LM_CHARS
+def int8_for_artifact(
+    artifact_dir: Path, tolerance: float | None = None, lm_chars: int = LM_CHARS
 ) -> Int8Outcome:
-    """Quantize `artifact_dir`'s graph and keep it if the run's validation metric holds."""
-    ckpt = ck.load(run_dir, "cpu")
-    cfg = config_from_dict(ckpt["config"])
+    """Quantize `artifact_dir`'s graph and keep it if its validation metric holds: works on any
+    exported model (the shipped ones included) without its training run."""
     manifest, _ = load_artifact(artifact_dir)
+    cfg = config_from_dict(manifest.training.config)
     tol = default_tolerance(manifest.task) if tolerance is None else tolerance
     if manifest.task == "next_token":
         return _lm(cfg, manifest, artifact_dir, tol, lm_chars)
     examples = validation_examples(cfg)
-    xs, ys = classify_inputs(cfg, ck.tokenizer_spec(ckpt), ckpt["labels"], examples)
+    labels = list(manifest.labels or [])
+    xs, ys = classify_inputs(cfg, manifest.tokenizer, labels, examples)
     on: dict[str, Any] = {"data": VALIDATION, "examples": len(xs), "max_len": cfg.data.max_len}
     return try_int8(artifact_dir, classify_accuracy(xs, ys), "val_accuracy", tol, True, on)
 

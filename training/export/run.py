@@ -19,6 +19,7 @@ from service.contract import (
     SamplingDefaults,
     TrainingSummary,
     WordTokenizerSpec,
+    load_manifest,
     save_artifact,
 )
 from training.export.graph import build_graph
@@ -151,12 +152,17 @@ def export_command(
     for key, value in checks.items():
         print(f"  {key}: {value:.2e}")
     if int8:
-        from training.export.int8_run import default_tolerance, int8_for_run
+        quantize_command(out, int8_tolerance)
 
-        r = int8_for_run(run_dir, out, int8_tolerance)
-        tol = default_tolerance(manifest.task) if int8_tolerance is None else int8_tolerance
-        metric = "val_loss_nats" if manifest.task == "next_token" else "val_accuracy"
-        verdict = f"recorded {r.variant.file}" if r.variant else "refused (fp32 only)"
-        print(
-            f"  int8 {metric}: fp32 {r.fp32:.4f}  int8 {r.int8:.4f}  (tolerance {tol:g}): {verdict}"
-        )
+
+def quantize_command(artifact_dir: Path, tolerance: float | None = None) -> None:
+    """CLI: `rnnserve quantize MODEL_DIR [--tolerance X]`: add (or refuse) the int8 variant of an
+    exported model, judged on its validation data; prints both figures either way."""
+    from training.export.int8_run import default_tolerance, int8_for_artifact
+
+    r = int8_for_artifact(artifact_dir, tolerance)
+    task = load_manifest(artifact_dir).task
+    tol = default_tolerance(task) if tolerance is None else tolerance
+    metric = "val_loss_nats" if task == "next_token" else "val_accuracy"
+    verdict = f"recorded {r.variant.file}" if r.variant else "refused (fp32 only)"
+    print(f"  int8 {metric}: fp32 {r.fp32:.4f}  int8 {r.int8:.4f}  (tolerance {tol:g}): {verdict}")
