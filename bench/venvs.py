@@ -7,11 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENVS = ROOT / ".venvs"
-ORT = "onnxruntime==1.31.1"  # the project's version: every peer runs the same kernels
+# the project's own onnxruntime (the suite runs in the project's venv): every peer runs the same
+# kernels, whatever version the project's install resolved to
+ORT = f"onnxruntime=={version('onnxruntime')}"
 
 SPECS: dict[str, list[str]] = {
     "pytriton": ["nvidia-pytriton==0.7.*", ORT, "numpy", "pydantic>=2"],

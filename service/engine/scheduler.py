@@ -147,7 +147,10 @@ def _emit(
     tokens: list[int],
     texts: dict[int, str] | None,
     logprobs: dict[int, dict[str, object]] | None,
+    stats: tuple[_Meters, int, float, float | None] | None,
 ) -> None:
+    if stats is not None:  # the previous step's metrics ride along (off the engine thread)
+        _record(*stats)
     if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
         for s, tok in zip(streams, tokens, strict=True):
             s.emit(tok, None, None)
@@ -155,6 +158,14 @@ def _emit(
     texts, logprobs = texts or {}, logprobs or {}
     for i, (s, tok) in enumerate(zip(streams, tokens, strict=True)):
         s.emit(tok, texts.get(i), logprobs.get(i))
+
+
+def _record(m: _Meters, n: int, step_s: float, gap_s: float | None) -> None:
+    m.decode_time.observe(step_s)
+    m.decode_batch.observe(n)
+    m.tokens.inc(n)
+    if gap_s is not None:  # every continuing stream saw this gap
+        m.itl.observe(gap_s)
 
 
 def _finish(done: list[tuple[Stream, np.ndarray, StateRows]]) -> None:
@@ -194,6 +205,9 @@ class Scheduler:
         self._plain = True  # every row temperature-only (see sampling.all_plain)
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
+        self._stats: tuple[_Meters, int, float, float | None] | None = None  # not yet recorded
+        self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
+        self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
@@ -392,6 +406,7 @@ class Scheduler:
         with self._cv:
             while self._joining and len(new) < room:
                 s = self._joining.popleft()
+                s.on_cancel = self._count_cancel  # before the check: no cancel goes unseen
                 if not s.cancelled:
                     new.append(s)
         if not new:
@@ -440,10 +455,15 @@ class Scheduler:
         self._rows = Rows.of([])
         self._plain = True
 
+    def _count_cancel(self) -> None:
+        self._cancels += 1  # on the loop thread; the engine thread only reads it
+
     def _decode_step(self) -> None:
-        cancelled = [s.cancelled for s in self._streams]
-        if any(cancelled):
-            self._keep(~np.array(cancelled, bool))
+        if self._cancels != self._cancels_seen:
+            self._cancels_seen = self._cancels
+            cancelled = [s.cancelled for s in self._streams]
+            if any(cancelled):
+                self._keep(~np.array(cancelled, bool))
         self._admit_joins()
         streams = self._streams
         n = len(streams)
@@ -462,13 +482,17 @@ class Scheduler:
         texts, logprobs = self._special_rows(streams, tokens, done)
         self._first_tokens(streams, t0)
         # the tokens reach their consumers while onnxruntime computes the step
-        self._post(_emit, streams, tokens.tolist(), texts, logprobs)
+        stats, self._stats = self._stats, None
+        self._post(_emit, streams, tokens.tolist(), texts, logprobs, stats)
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
             logits, states = self.runner.run(tokens[:, None], self._ones[:n], self._states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
             self._post(_fail_streams, list(streams), _as_service_error(e))
+            if self._stats is not None:
+                self._post(_record, *self._stats)
+                self._stats = None
             self._clear_batch()
             self._gauge()
             return
@@ -484,13 +508,12 @@ class Scheduler:
             ]
             self._post(_finish, finished)
             self._keep(~done)
-        if self._m is not None:
-            m = self._m
-            m.decode_time.observe(time.perf_counter() - t0)
-            m.decode_batch.observe(n)
-            m.tokens.inc(n)
-            if self._last_step is not None:  # every continuing stream saw this gap
-                m.itl.observe(t0 - self._last_step)
+        if self._m is not None:  # recorded on the loop with the next step's tokens
+            gap = None if self._last_step is None else t0 - self._last_step
+            self._stats = (self._m, n, time.perf_counter() - t0, gap)
+            if not self._streams:  # no next step: record now
+                self._post(_record, *self._stats)
+                self._stats = None
         self._last_step = t0 if self._streams else None
 
     def _special_rows(

@@ -71,10 +71,15 @@ class Stream:
         self._buf: deque[Event] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.wants_logprobs = self.params.logprobs is not None
+        # set by the scheduler when the stream joins: tells it that a row needs removing, so a
+        # step scans the batch for cancelled rows only when one was cancelled
+        self.on_cancel: Callable[[], None] | None = None
 
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
         self.cancelled = True
+        if self.on_cancel is not None:
+            self.on_cancel()
 
     # -- engine thread ----------------------------------------------------------------------
 
