@@ -17,6 +17,7 @@ from training.config import ConfigError, load_config
 
 SHIPPED = ("sentiment-lstm", "sentiment-gru", "char-lstm", "char-gru")
 INT8_SHIPPED = ("sentiment-lstm", "char-lstm")
+FP16_SHIPPED = ("char-lstm",)  # one fp16 variant, for GPUs: models/ stays under ~25 MB
 
 
 def _need_torch() -> None:
@@ -185,6 +186,10 @@ def reproduce_cmd(
             typer.echo(f"== {name}: exporting to {models / name}")
             # int8 only where onnxruntime has a quantized kernel for the cell (LSTM)
             export_command(run_dir, models / name, name, version, int8=name in INT8_SHIPPED)
+            if name in FP16_SHIPPED:
+                from training.export.run import quantize_command
+
+                quantize_command(models / name, None, "fp16")
 
 
 def export_cmd(
@@ -219,15 +224,24 @@ def quantize_cmd(
     model_dir: Annotated[Path, typer.Argument(help="An exported model folder, e.g. models/NAME.")],
     tolerance: Annotated[
         float | None,
-        typer.Option(help="Worst allowed change, fp32 -> int8 (defaults as for export --int8)."),
+        typer.Option(help="Worst allowed change from fp32 (defaults as for export --int8)."),
     ] = None,
+    kind: Annotated[
+        str,
+        typer.Option(
+            help="int8 (dynamic quantization, for CPU) or fp16 (half precision, for GPU)."
+        ),
+    ] = "int8",
 ) -> None:
-    """Add the int8 variant to an exported model, kept only if its validation metric holds
-    (the data is rebuilt from the training config in its manifest; no run folder needed)."""
+    """Add an int8 or fp16 variant to an exported model, kept only if its validation metric
+    holds (the data is rebuilt from the training config in its manifest; no run folder needed)."""
     _need_torch()
     from training.export.run import quantize_command
 
-    quantize_command(model_dir, tolerance)
+    if kind not in ("int8", "fp16"):
+        typer.echo(f"error: --kind must be int8 or fp16, not {kind!r}", err=True)
+        raise typer.Exit(2)
+    quantize_command(model_dir, tolerance, "int8" if kind == "int8" else "fp16")
 
 
 def download_cmd(

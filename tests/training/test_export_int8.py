@@ -123,3 +123,23 @@ def test_quantize_cli_needs_only_the_exported_artifact(tmp_path: Path) -> None:
     assert "recorded model.int8.onnx" in res.output
     (v,) = load_artifact(out, variant="int8")[0].variants
     assert v.metric == "val_loss_nats" and v.value - v.fp32_value <= 0.02
+
+
+@needs_data
+def test_quantize_cli_fp16_variant_keeps_the_io_contract(tmp_path: Path) -> None:
+    run = _train(tmp_path, "smoke-char", "--set", "train.max_steps=20")
+    out = tmp_path / "models" / "tiny"
+    assert CliRunner().invoke(train_app, ["export", str(run), "--out", str(out)]).exit_code == 0
+    res = CliRunner().invoke(train_app, ["quantize", str(out), "--kind", "fp16"])
+    assert res.exit_code == 0, res.output
+    assert "fp16 val_loss_nats" in res.output and "recorded model.fp16.onnx" in res.output
+    m, path = load_artifact(out, variant="fp16")
+    (v,) = m.variants
+    assert v.name == "fp16" and abs(v.value - v.fp32_value) <= 0.02
+    checks = m.training.model_dump()["fp16_checks"]
+    assert checks["max_abs_diff_vs_fp32"] < 0.1  # half precision, not a different model
+    sess = make_session(path.read_bytes())
+    # float32 in and out (keep_io_types): the server's arrays and check_graph are unchanged
+    assert [i.type for i in sess.get_inputs()][2:] == ["tensor(float)"] * len(m.io.states)
+    bad = CliRunner().invoke(train_app, ["quantize", str(out), "--kind", "bf16"])
+    assert bad.exit_code == 2

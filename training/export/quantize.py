@@ -1,4 +1,11 @@
-"""The int8 variant: dynamic quantization of an exported graph, kept only if accuracy holds.
+"""Variants of an exported graph, each kept only if accuracy holds: int8 (dynamic quantization,
+for CPU) and fp16 (half-precision weights and compute, for GPU).
+
+fp16: `onnxruntime.transformers.float16` converts weights and compute to float16 with the graph's
+inputs and outputs kept float32 (`keep_io_types`), so the manifest's io contract and the server's
+state arrays are unchanged. Its accuracy is measured here with onnxruntime's CPU float16 kernels
+(the same IEEE half format a GPU computes in; accumulation order differs); its speed only matters
+on a GPU.
 
 `onnxruntime.quantization.quantize_dynamic` turns LSTM nodes (peepholes included) into
 `DynamicQuantizeLSTM`, and the head Gemm / embedding Gather into int8 weights; GRU and RNN nodes
@@ -17,7 +24,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -33,6 +40,8 @@ from service.contract import (
 from training.export.verify import make_session, padded_diff, run_graph
 
 INT8_FILE = "model.int8.onnx"
+FP16_FILE = "model.fp16.onnx"
+VariantKind = Literal["int8", "fp16"]
 Evaluate = Callable[[ort.InferenceSession, ModelManifest], float]
 log = logging.getLogger(__name__)
 
@@ -80,11 +89,11 @@ def lm_loss(ids: Sequence[int], streams: int = 16) -> Evaluate:
 
 
 @dataclass(frozen=True)
-class Int8Outcome:
+class VariantOutcome:
     """Both figures of the comparison, and the variant recorded (None: refused)."""
 
     fp32: float
-    int8: float
+    value: float
     variant: Variant | None
 
 
@@ -107,52 +116,78 @@ def try_int8(
     tolerance: float,
     higher_is_better: bool = True,
     evaluated_on: dict[str, Any] | None = None,
-) -> Int8Outcome:
-    """`add_int8_variant` that also returns both figures; `evaluated_on` (what data was measured)
-    is stored with the deviations in the manifest's `training.int8_checks`."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+) -> VariantOutcome:
+    """`add_int8_variant` that also returns both figures (see `try_variant`)."""
+    return try_variant(
+        "int8", artifact_dir, evaluate, metric, tolerance, higher_is_better, evaluated_on
+    )
 
-    manifest, onnx_path = load_artifact(artifact_dir)
-    target = artifact_dir / INT8_FILE
-    with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / INT8_FILE
+
+def _convert(kind: VariantKind, src: Path, dst: Path) -> None:
+    if kind == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
         logging.disable(logging.WARNING)  # quantize_dynamic warns at length about every input
         try:
-            quantize_dynamic(onnx_path, staged, weight_type=QuantType.QInt8)
+            quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
         finally:
             logging.disable(logging.NOTSET)
-        fp32_sess, int8_sess = (
-            make_session(onnx_path.read_bytes()),
-            make_session(staged.read_bytes()),
-        )
-        fp32, int8 = evaluate(fp32_sess, manifest), evaluate(int8_sess, manifest)
-        worse = (fp32 - int8) if higher_is_better else (int8 - fp32)
+        return
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(half, str(dst))
+
+
+def try_variant(
+    kind: VariantKind,
+    artifact_dir: Path,
+    evaluate: Evaluate,
+    metric: str,
+    tolerance: float,
+    higher_is_better: bool = True,
+    evaluated_on: dict[str, Any] | None = None,
+) -> VariantOutcome:
+    """Convert the artifact's fp32 graph to `kind`, evaluate both graphs with `evaluate`, and
+    record the variant if the metric moves by at most `tolerance` in the bad direction.
+    `evaluated_on` (what data was measured) is stored with the deviations in the manifest's
+    `training.<kind>_checks`. A refused variant leaves the artifact as it was."""
+    manifest, onnx_path = load_artifact(artifact_dir)
+    file = INT8_FILE if kind == "int8" else FP16_FILE
+    target = artifact_dir / file
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / file
+        _convert(kind, onnx_path, staged)
+        base_sess, sess = make_session(onnx_path.read_bytes()), make_session(staged.read_bytes())
+        fp32, value = evaluate(base_sess, manifest), evaluate(sess, manifest)
+        worse = (fp32 - value) if higher_is_better else (value - fp32)
         if worse > tolerance:
             log.warning(
-                "int8 refused: %s %.4f -> %.4f (tolerance %g)", metric, fp32, int8, tolerance
+                "%s refused: %s %.4f -> %.4f (tolerance %g)", kind, metric, fp32, value, tolerance
             )
-            return Int8Outcome(fp32, int8, None)
+            return VariantOutcome(fp32, value, None)
         checks: dict[str, Any] = {
-            "padded_max_abs_diff": _padded_int8(int8_sess, manifest),
-            "max_abs_diff_vs_fp32": _vs_fp32(fp32_sess, int8_sess, manifest),
+            "padded_max_abs_diff": _padded(sess, manifest),
+            "max_abs_diff_vs_fp32": _vs_fp32(base_sess, sess, manifest),
         }
         if evaluated_on is not None:
             checks["evaluated_on"] = evaluated_on
         staged.replace(target)
     variant = Variant(
-        name="int8",
-        file=INT8_FILE,
+        name=kind,
+        file=file,
         sha256=sha256_file(target),
         metric=metric,
         fp32_value=fp32,
-        value=int8,
+        value=value,
         tolerance=tolerance,
     )
-    training = manifest.training.model_copy(update={"int8_checks": checks})
-    others = [v for v in manifest.variants if v.name != "int8"]
+    training = manifest.training.model_copy(update={f"{kind}_checks": checks})
+    others = [v for v in manifest.variants if v.name != kind]
     updated = manifest.model_copy(update={"variants": [*others, variant], "training": training})
     save_artifact(artifact_dir, onnx_path.read_bytes(), updated)
-    return Int8Outcome(fp32, int8, variant)
+    return VariantOutcome(fp32, value, variant)
 
 
 def _batch(m: ModelManifest, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -161,13 +196,13 @@ def _batch(m: ModelManifest, rng: np.random.Generator) -> tuple[np.ndarray, np.n
     return tokens, lengths
 
 
-def _padded_int8(sess: ort.InferenceSession, m: ModelManifest) -> float:
+def _padded(sess: ort.InferenceSession, m: ModelManifest) -> float:
     tokens, lengths = _batch(m, np.random.default_rng(0))
     return padded_diff(sess, m.io, tokens, lengths, m.init_states(len(lengths)))
 
 
-def _vs_fp32(fp32: ort.InferenceSession, int8: ort.InferenceSession, m: ModelManifest) -> float:
+def _vs_fp32(fp32: ort.InferenceSession, other: ort.InferenceSession, m: ModelManifest) -> float:
     tokens, lengths = _batch(m, np.random.default_rng(1))
     a, _ = run_graph(fp32, m.io, tokens, lengths, m.init_states(len(lengths)))
-    b, _ = run_graph(int8, m.io, tokens, lengths, m.init_states(len(lengths)))
+    b, _ = run_graph(other, m.io, tokens, lengths, m.init_states(len(lengths)))
     return float(np.abs(a - b).max())

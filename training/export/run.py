@@ -24,6 +24,7 @@ from service.contract import (
 )
 from training.export.graph import build_graph
 from training.export.io import build_io
+from training.export.quantize import VariantKind
 from training.export.verify import verify_export
 from training.model import ModelConfig, RNNModel
 
@@ -142,7 +143,7 @@ def export_command(
     """CLI: `rnnserve export RUN_DIR --out models/NAME [--name NAME] [--version V] [--int8]`.
 
     The artifact goes to `out` itself; the name defaults to the folder's name. With `int8`, the
-    verified fp32 artifact is quantized and the variant kept only within tolerance (`int8_run`).
+    verified fp32 artifact is quantized and the variant kept only within tolerance (`variant_run`).
     """
     manifest = export_run(run_dir, out, name or out.name, version)
     checks = manifest.training.model_dump().get("export_checks", {})
@@ -155,14 +156,18 @@ def export_command(
         quantize_command(out, int8_tolerance)
 
 
-def quantize_command(artifact_dir: Path, tolerance: float | None = None) -> None:
-    """CLI: `rnnserve quantize MODEL_DIR [--tolerance X]`: add (or refuse) the int8 variant of an
-    exported model, judged on its validation data; prints both figures either way."""
-    from training.export.int8_run import default_tolerance, int8_for_artifact
+def quantize_command(
+    artifact_dir: Path, tolerance: float | None = None, kind: VariantKind = "int8"
+) -> None:
+    """CLI: `rnnserve quantize MODEL_DIR [--kind int8|fp16] [--tolerance X]`: add (or refuse) a
+    variant of an exported model, judged on its validation data; prints both figures."""
+    from training.export.variant_run import default_tolerance, variant_for_artifact
 
-    r = int8_for_artifact(artifact_dir, tolerance)
+    r = variant_for_artifact(artifact_dir, kind, tolerance)
     task = load_manifest(artifact_dir).task
     tol = default_tolerance(task) if tolerance is None else tolerance
     metric = "val_loss_nats" if task == "next_token" else "val_accuracy"
     verdict = f"recorded {r.variant.file}" if r.variant else "refused (fp32 only)"
-    print(f"  int8 {metric}: fp32 {r.fp32:.4f}  int8 {r.int8:.4f}  (tolerance {tol:g}): {verdict}")
+    print(
+        f"  {kind} {metric}: fp32 {r.fp32:.4f}  {kind} {r.value:.4f}  (tolerance {tol:g}): {verdict}"
+    )

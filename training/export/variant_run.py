@@ -1,5 +1,5 @@
-"""`rnnserve export RUN --int8` / `rnnserve quantize MODEL_DIR`: add the int8 variant, judged on
-the model's own validation data.
+"""`rnnserve export RUN --int8` / `rnnserve quantize MODEL_DIR [--kind int8|fp16]`: add a variant,
+judged on the model's own validation data.
 
 The data is rebuilt from the training config saved in the manifest (`training.config`, the run's
 config verbatim) exactly as `rnnserve evaluate` does
@@ -22,7 +22,13 @@ from typing import Any
 from service.contract import ModelManifest, load_artifact, tokenizer_from_spec
 from training.config import config_from_dict
 from training.evaluate import VALIDATION, classify_inputs, validation_examples, validation_text
-from training.export.quantize import Int8Outcome, classify_accuracy, lm_loss, try_int8
+from training.export.quantize import (
+    VariantKind,
+    VariantOutcome,
+    classify_accuracy,
+    lm_loss,
+    try_variant,
+)
 
 LM_TOLERANCE = 0.02  # nats/char
 CLASSIFY_TOLERANCE = 0.005  # accuracy, i.e. 0.5 percentage points
@@ -34,26 +40,34 @@ def default_tolerance(task: str) -> float:
     return LM_TOLERANCE if task == "next_token" else CLASSIFY_TOLERANCE
 
 
-def int8_for_artifact(
-    artifact_dir: Path, tolerance: float | None = None, lm_chars: int = LM_CHARS
-) -> Int8Outcome:
-    """Quantize `artifact_dir`'s graph and keep it if its validation metric holds: works on any
-    exported model (the shipped ones included) without its training run."""
+def variant_for_artifact(
+    artifact_dir: Path,
+    kind: VariantKind = "int8",
+    tolerance: float | None = None,
+    lm_chars: int = LM_CHARS,
+) -> VariantOutcome:
+    """Convert `artifact_dir`'s graph to `kind` and keep it if its validation metric holds: works
+    on any exported model (the shipped ones included) without its training run."""
     manifest, _ = load_artifact(artifact_dir)
     cfg = config_from_dict(manifest.training.config)
     tol = default_tolerance(manifest.task) if tolerance is None else tolerance
     if manifest.task == "next_token":
-        return _lm(cfg, manifest, artifact_dir, tol, lm_chars)
+        return _lm(kind, cfg, manifest, artifact_dir, tol, lm_chars)
     examples = validation_examples(cfg)
     labels = list(manifest.labels or [])
     xs, ys = classify_inputs(cfg, manifest.tokenizer, labels, examples)
     on: dict[str, Any] = {"data": VALIDATION, "examples": len(xs), "max_len": cfg.data.max_len}
-    return try_int8(artifact_dir, classify_accuracy(xs, ys), "val_accuracy", tol, True, on)
+    return try_variant(kind, artifact_dir, classify_accuracy(xs, ys), "val_accuracy", tol, True, on)
 
 
 def _lm(
-    cfg: Any, manifest: ModelManifest, artifact_dir: Path, tol: float, lm_chars: int
-) -> Int8Outcome:
+    kind: VariantKind,
+    cfg: Any,
+    manifest: ModelManifest,
+    artifact_dir: Path,
+    tol: float,
+    lm_chars: int,
+) -> VariantOutcome:
     text = validation_text(cfg)
     text = text[:lm_chars] if lm_chars else text  # 0: the whole split
     ids = tokenizer_from_spec(manifest.tokenizer).encode(text)
@@ -64,4 +78,4 @@ def _lm(
         "streams": streams,
         "steps_per_stream": (len(ids) - 1) // streams,
     }
-    return try_int8(artifact_dir, lm_loss(ids, streams), "val_loss_nats", tol, False, on)
+    return try_variant(kind, artifact_dir, lm_loss(ids, streams), "val_loss_nats", tol, False, on)
