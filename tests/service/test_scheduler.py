@@ -127,7 +127,9 @@ async def test_decode_is_continuously_batched() -> None:
 async def test_streams_join_between_steps_and_cancelled_ones_leave() -> None:
     runner = FakeRunner()
     s = make(runner)
-    a, b = _stream(runner, 50), _stream(runner, 5)
+    # `a` runs until cancelled: the engine thread runs ahead of its consumer, so a short `a`
+    # could be finished before `b` joins
+    a, b = _stream(runner, 10**6), _stream(runner, 5)
     s.join(a)
     while a.produced < 3:
         await asyncio.sleep(0.001)
@@ -135,7 +137,10 @@ async def test_streams_join_between_steps_and_cancelled_ones_leave() -> None:
     toks, done = await _drain(b)
     assert isinstance(done, DoneEvent) and len(toks) == 5
     a.cancel()
-    await asyncio.sleep(0.02)
+    for _ in range(200):  # the engine thread drops it at its next step
+        if s.active_streams == 0:
+            break
+        await asyncio.sleep(0.01)
     assert s.active_streams == 0
     assert any(c == (2, 1) for c in runner.calls)
     await s.close(1)
