@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from service.contract import UnknownCharactersError, WordTokenizer
+from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams, softmax
-from service.engine.scheduler import Scheduler, SchedulerConfig, StateRows
+from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
 from service.errors import InvalidInput, UnknownCharacters, UnsupportedTask
 from service.metrics import Metrics

@@ -7,19 +7,15 @@ Each model has one **engine thread** that alternates between
 * a **decode step**: every active generation stream samples one token and the whole batch
   advances by that token in ONE onnxruntime call. Streams join and leave between steps.
 
-Why a thread and not a task on the event loop: the engine then never waits for the loop. HTTP
-work (parsing, SSE frames, socket sends) runs on the loop thread *while* the next step computes,
-and when the loop falls behind under load, a stream's consumer finds several tokens buffered and
-writes them with one send: throughput grows with concurrency instead of being capped by one
-send per token per step (docs/benchmarks.md has the A/B). Results cross back with ONE
-`call_soon_threadsafe` per step (all tokens of the step) or per prefill bucket; everything a
-waiter sees (futures, stream events) is touched on the loop thread only.
+Why a thread, not a task on the event loop: the engine never waits for the loop. HTTP runs on
+the loop *while* the next step computes; a consumer that fell behind finds several tokens and
+writes them with one send (docs/benchmarks.md has the A/B). Results cross back with ONE
+`call_soon_threadsafe` per step or prefill bucket (`handoff.py`): futures and stream events are
+touched on the loop thread only.
 
 The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache) plus
-per-row arrays of sampling parameters, seeds and token counts, so that sampling, the length
-check and the counter-based random draws are a handful of numpy calls per step, not a Python
-loop over rows. Only rows with stop strings or logprobs take a per-row Python path.
-A failed call fails every waiter of that call.
+per-row parameter arrays (`rows.Rows`): a step's sampling, draws and length checks are a few
+numpy calls. A failed call fails every waiter of that call.
 """
 
 from __future__ import annotations
@@ -30,30 +26,31 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from service.engine.handoff import (
+    Meters,
+    as_service_error,
+    emit,
+    fail_streams,
+    finish,
+    record,
+    reject,
+    resolve,
+)
+from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
+from service.engine.rows import Rows, special_rows
 from service.engine.runner import Runner
-from service.engine.sampling import all_plain, counter_uniforms, logprob_info, sample, sample_plain
+from service.engine.sampling import all_plain, counter_uniforms, sample, sample_plain
 from service.engine.stream import Stream
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
 
 log = get_logger("scheduler")
-
-StateRows = list[np.ndarray]
-PrefillResult = tuple[np.ndarray, StateRows]
-
-
-@dataclass(eq=False)
-class PrefillJob:
-    tokens: np.ndarray  # int64 (T,), T >= 1
-    states: StateRows | None  # one row each; None = a fresh state
-    future: asyncio.Future[PrefillResult]
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 @dataclass(frozen=True)
@@ -65,117 +62,11 @@ class SchedulerConfig:
     max_batch_tokens: int = 1 << 16
 
 
-@dataclass(frozen=True)
-class Rows:
-    """Per-row sampling parameters and counters of the decode batch, as (B,) arrays."""
-
-    temp: np.ndarray  # float64, 0 = greedy
-    top_k: np.ndarray  # int64, 0 = off
-    top_p: np.ndarray  # float64, 1 = off
-    seeds: np.ndarray  # uint64
-    count: np.ndarray  # uint64, tokens sampled so far (the index of the next draw)
-    max: np.ndarray  # uint64, max_tokens
-    special: np.ndarray  # bool: stop strings or logprobs, the per-row Python path
-
-    @classmethod
-    def of(cls, streams: Sequence[Stream]) -> Rows:
-        p = [s.params for s in streams]
-        return cls(
-            np.array([x.temperature for x in p], np.float64),
-            np.array([x.top_k for x in p], np.int64),  # raises OverflowError past int64
-            np.array([x.top_p for x in p], np.float64),
-            np.array([x.seed for x in p], np.uint64),
-            np.zeros(len(p), np.uint64),
-            np.array([x.max_tokens for x in p], np.uint64),
-            np.array([s.has_stops or s.wants_logprobs for s in streams], bool),
-        )
-
-    def concat(self, other: Rows) -> Rows:
-        return Rows(
-            *(np.concatenate([a, b]) for a, b in zip(self.arrays, other.arrays, strict=True))
-        )
-
-    def take(self, idx: np.ndarray) -> Rows:
-        return Rows(*(a[idx] for a in self.arrays))
-
-    @property
-    def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
-
-
-class _Meters:
-    """One model's metric children, bound once: `labels()` costs 1-2 us a call, and a decode
-    step would otherwise make six of them."""
-
-    def __init__(self, m: Metrics, name: str) -> None:
-        self.prefill_time = m.step_time.labels(name, "prefill")
-        self.prefill_batch = m.batch_size.labels(name, "prefill")
-        self.decode_time = m.step_time.labels(name, "decode")
-        self.decode_batch = m.batch_size.labels(name, "decode")
-        self.queue_depth = m.queue_depth.labels(name)
-        self.active_streams = m.active_streams.labels(name)
-        self.tokens = m.tokens.labels(name)
-        self.itl = m.itl.labels(name)
-        self.ttft = m.ttft.labels(name)
-
-
 def _shutting_down() -> Overloaded:
     return Overloaded("the server is shutting down", code="shutting_down")
 
 
-def _as_service_error(e: Exception) -> ServiceError:
-    return e if isinstance(e, ServiceError) else EngineError(f"inference failed: {e}")
-
-
 # -- callbacks run on the event loop (the only place futures and stream events are touched) ----
-
-
-def _resolve(items: list[tuple[asyncio.Future[Any], Any]]) -> None:
-    for fut, res in items:
-        if not fut.done():  # a cancelled caller
-            fut.set_result(res)
-
-
-def _reject(futures: list[asyncio.Future[Any]], err: BaseException) -> None:
-    for fut in futures:
-        if not fut.done():
-            fut.set_exception(err)
-
-
-def _emit(
-    streams: list[Stream],
-    tokens: list[int],
-    texts: dict[int, str] | None,
-    logprobs: dict[int, dict[str, object]] | None,
-    stats: tuple[_Meters, int, float, float | None] | None,
-) -> None:
-    if stats is not None:  # the previous step's metrics ride along (off the engine thread)
-        _record(*stats)
-    if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
-        for s, tok in zip(streams, tokens, strict=True):
-            s.emit(tok, None, None)
-        return
-    texts, logprobs = texts or {}, logprobs or {}
-    for i, (s, tok) in enumerate(zip(streams, tokens, strict=True)):
-        s.emit(tok, texts.get(i), logprobs.get(i))
-
-
-def _record(m: _Meters, n: int, step_s: float, gap_s: float | None) -> None:
-    m.decode_time.observe(step_s)
-    m.decode_batch.observe(n)
-    m.tokens.inc(n)
-    if gap_s is not None:  # every continuing stream saw this gap
-        m.itl.observe(gap_s)
-
-
-def _finish(done: list[tuple[Stream, np.ndarray, StateRows]]) -> None:
-    for s, logits, rows in done:
-        s.finish(logits, rows)
-
-
-def _fail_streams(streams: list[Stream], err: BaseException) -> None:
-    for s in streams:
-        s.fail(err)
 
 
 class Scheduler:
@@ -186,7 +77,7 @@ class Scheduler:
         self.config = config
         self.metrics = metrics
         self.name = runner.manifest.name
-        self._m = _Meters(metrics, self.name) if metrics is not None else None
+        self._m = Meters(metrics, self.name) if metrics is not None else None
         self._gauged = (-1, -1)  # (queue depth, active streams) last set
         self._axes = [s.batch_axis for s in runner.manifest.io.states]
         self._init_row = runner.manifest.init_states(1)
@@ -205,7 +96,7 @@ class Scheduler:
         self._plain = True  # every row temperature-only (see sampling.all_plain)
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
-        self._stats: tuple[_Meters, int, float, float | None] | None = None  # not yet recorded
+        self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
@@ -262,10 +153,10 @@ class Scheduler:
         with self._cv:
             jobs, self._prefill = list(self._prefill), deque()
             joining, self._joining = list(self._joining), deque()
-        _reject([j.future for j in jobs], err)
-        _fail_streams(joining, err)
+        reject([j.future for j in jobs], err)
+        fail_streams(joining, err)
         if self._thread.is_alive():
-            _fail_streams(list(self._streams), err)
+            fail_streams(list(self._streams), err)
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -351,42 +242,17 @@ class Scheduler:
             self._m.queue_depth.set(now[0])
             self._m.active_streams.set(now[1])
 
-    def _buckets(self, jobs: list[PrefillJob]) -> list[list[PrefillJob]]:
-        """Group by length so short rows are not padded to a long one."""
-        jobs.sort(key=lambda j: j.tokens.size)
-        out: list[list[PrefillJob]] = []
-        for j in jobs:
-            if out:
-                b = out[-1]
-                n = j.tokens.size
-                if (
-                    n <= 2 * b[0].tokens.size + 16
-                    and n * (len(b) + 1) <= self.config.max_batch_tokens
-                ):
-                    b.append(j)
-                    continue
-            out.append([j])
-        return out
-
     def _run_prefill(self, jobs: list[PrefillJob]) -> None:
-        for bucket in self._buckets(jobs):
+        for bucket in length_buckets(jobs, self.config.max_batch_tokens):
             self._prefill_bucket(bucket)
 
     def _prefill_bucket(self, jobs: list[PrefillJob]) -> None:
-        B, T = len(jobs), max(j.tokens.size for j in jobs)
-        tokens = np.zeros((B, T), np.int64)  # (B, T), zero-padded; lengths make padding inert
-        for i, j in enumerate(jobs):
-            tokens[i, : j.tokens.size] = j.tokens
-        lengths = np.array([j.tokens.size for j in jobs], np.int32)
         try:
-            states = [
-                np.concatenate([(j.states or self._init_row)[k] for j in jobs], axis=ax)
-                for k, ax in enumerate(self._axes)
-            ]
+            tokens, lengths, states = pack(jobs, self._init_row, self._axes)
             logits, out = self._run_prefill_call(tokens, lengths, states)
         except Exception as e:
-            log.exception("prefill batch failed", extra={"model": self.name, "rows": B})
-            self._post(_reject, [j.future for j in jobs], _as_service_error(e))
+            log.exception("prefill batch failed", extra={"model": self.name, "rows": len(jobs)})
+            self._post(reject, [j.future for j in jobs], as_service_error(e))
             return
         results = [
             (
@@ -398,7 +264,7 @@ class Scheduler:
             )
             for i, j in enumerate(jobs)
         ]
-        self._post(_resolve, results)
+        self._post(resolve, results)
 
     def _admit_joins(self) -> None:
         room = self.config.max_streams - len(self._streams)
@@ -428,7 +294,7 @@ class Scheduler:
                 rows = self._rows.concat(rows)
         except Exception as e:
             log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
-            self._post(_fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
+            self._post(fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
             return
         self._states, self._logits, self._rows = states, logits, rows
         self._plain = self._rows_plain()
@@ -479,19 +345,19 @@ class Scheduler:
             tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
         done = r.count >= r.max  # (n,) finished by length
-        texts, logprobs = self._special_rows(streams, tokens, done)
+        texts, logprobs = special_rows(self._rows, streams, self._logits, tokens, done)
         self._first_tokens(streams, t0)
         # the tokens reach their consumers while onnxruntime computes the step
         stats, self._stats = self._stats, None
-        self._post(_emit, streams, tokens.tolist(), texts, logprobs, stats)
+        self._post(emit, streams, tokens.tolist(), texts, logprobs, stats)
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
             logits, states = self.runner.run(tokens[:, None], self._ones[:n], self._states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
-            self._post(_fail_streams, list(streams), _as_service_error(e))
+            self._post(fail_streams, list(streams), as_service_error(e))
             if self._stats is not None:
-                self._post(_record, *self._stats)
+                self._post(record, *self._stats)
                 self._stats = None
             self._clear_batch()
             self._gauge()
@@ -506,34 +372,15 @@ class Scheduler:
                 )
                 for r in np.flatnonzero(done).tolist()
             ]
-            self._post(_finish, finished)
+            self._post(finish, finished)
             self._keep(~done)
         if self._m is not None:  # recorded on the loop with the next step's tokens
             gap = None if self._last_step is None else t0 - self._last_step
             self._stats = (self._m, n, time.perf_counter() - t0, gap)
             if not self._streams:  # no next step: record now
-                self._post(_record, *self._stats)
+                self._post(record, *self._stats)
                 self._stats = None
         self._last_step = t0 if self._streams else None
-
-    def _special_rows(
-        self, streams: list[Stream], tokens: np.ndarray, done: np.ndarray
-    ) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
-        """Stop strings (which may end a row early) and logprobs: per row, only where asked."""
-        special = self._rows.special
-        if not special.any():
-            return None, None
-        texts: dict[int, str] = {}
-        logprobs: dict[int, dict[str, object]] = {}
-        for i in np.flatnonzero(special).tolist():
-            s, tok = streams[i], int(tokens[i])
-            if s.wants_logprobs:
-                logprobs[i] = logprob_info(self._logits[i], tok, s.params.logprobs or 0, s.decode)
-            if s.has_stops:
-                texts[i], stopped = s.stop_text(tok, bool(done[i]))
-                if stopped:
-                    done[i] = True
-        return texts or None, logprobs or None
 
     def _first_tokens(self, streams: list[Stream], t0: float) -> None:
         """Time to first token, for the rows sampling their first token now (the newest)."""
@@ -548,6 +395,6 @@ class Scheduler:
         with self._cv:
             jobs, self._prefill = list(self._prefill), deque()
             joining, self._joining = list(self._joining), deque()
-        self._post(_reject, [j.future for j in jobs], err)
-        self._post(_fail_streams, [*self._streams, *joining], err)
+        self._post(reject, [j.future for j in jobs], err)
+        self._post(fail_streams, [*self._streams, *joining], err)
         self._clear_batch()

@@ -1,0 +1,71 @@
+"""The decode batch's per-row sampling parameters and counters, as (B,) arrays that join,
+leave and are used together (one numpy call per field, never a loop over rows), and the
+per-row path for the rows that need one (stop strings, logprobs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.engine.sampling import logprob_info
+from service.engine.stream import Stream
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Per-row sampling parameters and counters of the decode batch, as (B,) arrays."""
+
+    temp: np.ndarray  # float64, 0 = greedy
+    top_k: np.ndarray  # int64, 0 = off
+    top_p: np.ndarray  # float64, 1 = off
+    seeds: np.ndarray  # uint64
+    count: np.ndarray  # uint64, tokens sampled so far (the index of the next draw)
+    max: np.ndarray  # uint64, max_tokens
+    special: np.ndarray  # bool: stop strings or logprobs, the per-row Python path
+
+    @classmethod
+    def of(cls, streams: Sequence[Stream]) -> Rows:
+        p = [s.params for s in streams]
+        return cls(
+            np.array([x.temperature for x in p], np.float64),
+            np.array([x.top_k for x in p], np.int64),  # raises OverflowError past int64
+            np.array([x.top_p for x in p], np.float64),
+            np.array([x.seed for x in p], np.uint64),
+            np.zeros(len(p), np.uint64),
+            np.array([x.max_tokens for x in p], np.uint64),
+            np.array([s.has_stops or s.wants_logprobs for s in streams], bool),
+        )
+
+    def concat(self, other: Rows) -> Rows:
+        return Rows(
+            *(np.concatenate([a, b]) for a, b in zip(self.arrays, other.arrays, strict=True))
+        )
+
+    def take(self, idx: np.ndarray) -> Rows:
+        return Rows(*(a[idx] for a in self.arrays))
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
+
+
+def special_rows(
+    rows: Rows, streams: list[Stream], logits: np.ndarray, tokens: np.ndarray, done: np.ndarray
+) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
+    """Stop strings (which may end a row early: `done` is updated) and logprobs (against the
+    step's input `logits`): per row, only where asked. (texts by row, logprobs by row)."""
+    if not rows.special.any():
+        return None, None
+    texts: dict[int, str] = {}
+    logprobs: dict[int, dict[str, object]] = {}
+    for i in np.flatnonzero(rows.special).tolist():
+        s, tok = streams[i], int(tokens[i])
+        if s.wants_logprobs:
+            logprobs[i] = logprob_info(logits[i], tok, s.params.logprobs or 0, s.decode)
+        if s.has_stops:
+            texts[i], stopped = s.stop_text(tok, bool(done[i]))
+            if stopped:
+                done[i] = True
+    return texts or None, logprobs or None
