@@ -155,7 +155,7 @@ async def test_redis_dropped_mid_request_is_503_and_nothing_half_written(
     make_client: ClientFactory, registry: Registry, tmp_path: Path
 ) -> None:
     from service.engine.sessions.redis_store import RedisStore
-    from tests.service.test_redis_store import REDIS_SERVER, RedisProcess
+    from tests.service.redis_server import REDIS_SERVER, RedisProcess
 
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed")

@@ -144,7 +144,7 @@ async def test_per_key_session_cap_with_redis_across_replicas(
 ) -> None:
     """Two app instances ("replicas") sharing one Redis hold a key to one cap between them,
     refuse with exactly the memory store's answer, and free a slot on delete and on expiry."""
-    from tests.service.test_redis_store import REDIS_SERVER, RedisProcess
+    from tests.service.redis_server import REDIS_SERVER, RedisProcess
 
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed")

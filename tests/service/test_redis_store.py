@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from service.engine.sessions import IdempotencyRecord, SessionRecord, redis_store
+from service.engine.sessions import IdempotencyRecord, redis_store
 from service.engine.sessions.redis_store import RedisStore
 from service.errors import (
     SessionEvicted,
@@ -30,117 +26,23 @@ from service.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from tests.service.redis_server import (
+    RedisProcess,
+    rec,
+    redis_server,
+    two_stores,
+)
 
 pytestmark = pytest.mark.redis
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisProcess:
-    """A throwaway redis-server on loopback with append-only persistence (survives a restart)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                REDIS_SERVER,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--protected-mode",
-                "yes",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.dir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as c,
-            ):
-                c.sendall(b"PING\r\n")
-                if c.recv(16).startswith(b"+PONG"):
-                    return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
-    server = RedisProcess(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+__all__ = ["redis_server"]  # the fixture, used by name
 
 
 @pytest.fixture
 async def stores(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two stores ("replicas") on one Redis, with a short lease so a dead holder costs little
-    (1 s: long enough that renewal survives a busy shared CI machine)."""
-    a = RedisStore(redis_server.url, 100, lock_lease_s=1.0, socket_timeout_s=1.0)
-    b = RedisStore(redis_server.url, 100, lock_lease_s=1.0, socket_timeout_s=1.0)
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-def rec(sid: str, ttl: float = 30.0, version: int = 0, fill: float = 0.0) -> SessionRecord:
-    now = time.time()
-    return SessionRecord(
-        sid,
-        "m",
-        "ab" * 32,
-        version,
-        (np.full((1, 1, 3), fill, np.float32), np.arange(6, dtype=np.float32).reshape(2, 1, 3)),
-        "unfinished wo",
-        np.linspace(-1, 1, 5).astype(np.float32),
-        now,
-        ttl,
-        now + ttl,
-        owner="key-1",
-        tokens_seen=7,
-    )
+    """Two replicas with a short lease so a dead holder costs little (1 s: long enough that
+    renewal survives a busy shared CI machine)."""
+    async with two_stores(redis_server.url, lock_lease_s=1.0) as pair:
+        yield pair
 
 
 def idem(result: dict[str, Any], ttl: float = 30.0) -> IdempotencyRecord:
@@ -435,111 +337,3 @@ async def test_sweep_counts_expired_sessions(redis_server: RedisProcess) -> None
         assert changes[-1] == 1 and evictions == ["expired"]
     finally:
         await s.close()
-
-
-def owned(sid: str, owner: str | None, ttl: float = 30.0) -> SessionRecord:
-    return rec(sid, ttl=ttl).replace(owner=owner)
-
-
-@pytest.fixture
-async def capped(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two replicas with a per-owner cap of 2 (and a roomy global cap)."""
-    a = RedisStore(redis_server.url, 100, max_per_owner=2, socket_timeout_s=1.0)
-    b = RedisStore(redis_server.url, 100, max_per_owner=2, socket_timeout_s=1.0)
-    try:
-        yield a, b
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def test_per_owner_cap_holds_across_replicas(
-    capped: tuple[RedisStore, RedisStore],
-) -> None:
-    a, b = capped
-    await a.create(owned("alice/1", "alice"))
-    await b.create(owned("alice/2", "alice"))
-    for store in (a, b):
-        with pytest.raises(SessionLimit, match="per-key cap") as e:
-            await store.create(owned("alice/3", "alice"))
-        assert (e.value.status, e.value.code) == (429, "session_limit")
-        assert e.value.headers["Retry-After"]
-    # another owner and the anonymous owner are not affected
-    await b.create(owned("bob/1", "bob"))
-    await a.create(owned("bob/2", "bob"))
-    for i in range(4):
-        await (a if i % 2 else b).create(owned(f"anon-{i}", None))
-    assert await a.count() == 8
-    # deleting frees a slot at once, on any replica
-    await b.delete("alice/1")
-    await a.create(owned("alice/3", "alice"))
-    with pytest.raises(SessionLimit):
-        await b.create(owned("alice/4", "alice"))
-
-
-async def test_per_owner_cap_is_race_free(capped: tuple[RedisStore, RedisStore]) -> None:
-    """Twenty creates for one owner racing through two replicas: exactly the cap succeeds."""
-    a, b = capped
-
-    async def attempt(i: int) -> bool:
-        try:
-            await (a if i % 2 else b).create(owned(f"carol/{i}", "carol"))
-        except SessionLimit:
-            return False
-        return True
-
-    wins = await asyncio.gather(*(attempt(i) for i in range(20)))
-    assert sum(wins) == 2
-
-
-async def test_expiry_frees_an_owner_slot_but_a_refresh_keeps_it(
-    capped: tuple[RedisStore, RedisStore], redis_server: RedisProcess
-) -> None:
-    a, b = capped
-    await b.create(owned("anon", None))
-    await a.create(owned("dave/short", "dave", ttl=1.0))
-    await a.create(owned("dave/kept", "dave", ttl=1.0))
-    await asyncio.sleep(0.6)
-    got = await b.get("dave/kept")  # refreshes its idle TTL (and its place in the owner's set)
-    await b.commit(got.replace(version=1), 0)
-    await asyncio.sleep(0.6)  # "short" has expired, "kept" lives on
-    with pytest.raises(SessionExpired):
-        await a.get("dave/short")
-    await b.create(owned("dave/new", "dave"))  # the expired one's slot is free again
-    with pytest.raises(SessionLimit):  # the refreshed one still counts
-        await a.create(owned("dave/more", "dave"))
-    raw = Redis.from_url(redis_server.url)
-    try:  # the owner's set lives as long as its latest session, no longer
-        assert 25_000 < await raw.pttl("rnnserve:own:dave") <= 30_000
-        assert await raw.hget("rnnserve:{dave/new}:s", "o") == b"rnnserve:own:dave"
-        assert await raw.hget("rnnserve:{anon}:s", "o") is None  # anonymous: no owner set
-        assert await raw.hget("rnnserve:{anon}:s", "v") == b"0"
-    finally:
-        await raw.aclose()
-
-
-async def test_eviction_frees_the_evicted_owners_slot(redis_server: RedisProcess) -> None:
-    s = RedisStore(redis_server.url, 2, evict="lru", max_per_owner=1)
-    try:
-        await s.create(owned("alice/a", "alice"))
-        await asyncio.sleep(0.01)
-        await s.create(owned("bob/b", "bob"))
-        await asyncio.sleep(0.01)
-        with pytest.raises(SessionLimit, match="per-key"):  # refused before evicting anybody
-            await s.create(owned("bob/c", "bob"))
-        await s.get("bob/b")
-        await s.create(owned("carol/c", "carol"))  # the global cap evicts alice's session
-        with pytest.raises(SessionEvicted):
-            await s.get("alice/a")
-        await s.create(owned("alice/again", "alice"))  # ... which freed alice's slot
-        with pytest.raises(SessionEvicted):
-            await s.get("bob/b")
-    finally:
-        await s.close()
-
-
-async def test_no_per_owner_cap_when_unset(stores: tuple[RedisStore, RedisStore]) -> None:
-    a, _ = stores  # max_per_owner=None: only the global cap (100)
-    for i in range(5):
-        await a.create(owned(f"erin/{i}", "erin"))
-    assert await a.count() == 5
