@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,28 +92,26 @@ def gen_round(s: Server, path: str, streams: int, warm: float, secs: float) -> d
     return r
 
 
-def step_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
-    prefix = OUT / f"ab-step-{s.name}"
+def _wrk_round(s: Server, name: str, reqs: list[list[loadgen.Req]], secs: float) -> dict[str, Any]:
+    prefix = OUT / f"ab-{name}-{s.name}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    h, c = targets.sample_state(m)
-    loadgen.write_requests(prefix, targets.step_requests("rnnserve", s.base, m, h, c, 2, 32))
+    loadgen.write_requests(prefix, reqs)
     s.wait_idle()
     cpu0, t0 = s.cpu(), time.perf_counter()
     r = loadgen.run_wrk(s.base, prefix, 32, secs)
     out = {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
     out["server_cpu"] = (s.cpu() - cpu0) / (time.perf_counter() - t0)
     return out
+
+
+def step_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
+    h, c = targets.sample_state(m)
+    reqs = targets.step_requests("rnnserve", s.base, m, h, c, 2, 32)
+    return _wrk_round(s, "step", reqs, secs)
 
 
 def classify_round(s: Server, m: targets.Models, texts: list[str], secs: float) -> dict[str, Any]:
-    prefix = OUT / f"ab-classify-{s.name}"
-    loadgen.write_requests(prefix, targets.classify_requests("rnnserve", m, texts, 2))
-    s.wait_idle()
-    cpu0, t0 = s.cpu(), time.perf_counter()
-    r = loadgen.run_wrk(s.base, prefix, 32, secs)
-    out = {"rps": r.rps, "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors}
-    out["server_cpu"] = (s.cpu() - cpu0) / (time.perf_counter() - t0)
-    return out
+    return _wrk_round(s, "classify", targets.classify_requests("rnnserve", m, texts, 2), secs)
 
 
 def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, float]:
@@ -191,37 +190,30 @@ def main() -> None:
                 }
                 t = res[f"generate-{n}"]["tokens_per_s"]
                 log(f"generate {n}: A {t['A']:.0f} B {t['B']:.0f} tok/s, B/A {t['B/A']:.2f}")
-        if "step" in only:
-            rounds = []
-            for i in range(a.rounds):
-                order = ("A", "B") if i % 2 == 0 else ("B", "A")
-                rounds.append({k: step_round(servers[k], mods, a.seconds) for k in order})
-            res["step"] = {
-                "rounds": rounds,
-                "rps": summarise(rounds, "rps"),
-                "p99_ms": summarise(rounds, "p99_ms"),
-                "server_cpu": summarise(rounds, "server_cpu"),
-            }
-            t = res["step"]["rps"]
-            log(f"step: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
+        texts: list[str] = []
         if "classify" in only:
             from bench.__main__ import imdb_texts
 
             texts = imdb_texts()
+        wrk_rounds: dict[str, Callable[[Server], dict[str, Any]]] = {
+            "step": lambda srv: step_round(srv, mods, a.seconds),
+            "classify": lambda srv: classify_round(srv, mods, texts, a.seconds),
+        }
+        for name, one in wrk_rounds.items():
+            if name not in only:
+                continue
             rounds = []
             for i in range(a.rounds):
                 order = ("A", "B") if i % 2 == 0 else ("B", "A")
-                rounds.append(
-                    {k: classify_round(servers[k], mods, texts, a.seconds) for k in order}
-                )
-            res["classify"] = {
+                rounds.append({k: one(servers[k]) for k in order})
+            res[name] = {
                 "rounds": rounds,
                 "rps": summarise(rounds, "rps"),
                 "p99_ms": summarise(rounds, "p99_ms"),
                 "server_cpu": summarise(rounds, "server_cpu"),
             }
-            t = res["classify"]["rps"]
-            log(f"classify: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
+            t = res[name]["rps"]
+            log(f"{name}: A {t['A']:.0f} B {t['B']:.0f} req/s, B/A {t['B/A']:.2f}")
     finally:
         for s in servers.values():
             s.stop()

@@ -24,29 +24,18 @@ VALIDATION = "validation split of the run's config"
 
 def validation_text(cfg: Any) -> str:
     """The validation text of a next_token run, rebuilt from its config (same file, same split)."""
-    from training.data.text import load_text
+    from training.data.for_config import text_splits
 
-    dc = cfg.data
-    val_path = cfg.resolve(dc.val_path) if dc.val_path else None
-    return load_text(cfg.resolve(dc.path), dc.val_fraction, val_path, dc.limit).val
+    text: str = text_splits(cfg).val
+    return text
 
 
 def validation_examples(cfg: Any) -> list[Any]:
     """The validation examples of a classify run, rebuilt from its config (same seeded split)."""
-    from training.data.sentiment import load_labelled
+    from training.data.for_config import labelled_splits
 
-    dc = cfg.data
-    val_path = cfg.resolve(dc.val_path) if dc.val_path else None
-    return load_labelled(
-        dc.dataset,
-        cfg.resolve(dc.path),
-        val_path=val_path,
-        val_fraction=dc.val_fraction,
-        split_seed=dc.split_seed,
-        text_column=dc.text_column,
-        label_column=dc.label_column,
-        limit=dc.limit,
-    ).val
+    examples: list[Any] = labelled_splits(cfg).val
+    return examples
 
 
 def classify_inputs(

@@ -41,28 +41,15 @@ from training.runtime import (
 
 def build_task(cfg: ExperimentConfig, tokenizer: Any = None) -> Any:
     """Load the data and the tokenizer (built from the training split unless given)."""
-    dc = cfg.data
-    val_path = cfg.resolve(dc.val_path) if dc.val_path else None
+    from training.data.for_config import labelled_splits, text_splits
+
     if cfg.task == "next_token":
-        from training.data.text import load_text
         from training.loop_lm import LMTask
 
-        text = load_text(cfg.resolve(dc.path), dc.val_fraction, val_path, dc.limit)
-        return LMTask(cfg, text, tokenizer)
-    from training.data.sentiment import load_labelled
+        return LMTask(cfg, text_splits(cfg), tokenizer)
     from training.loop_classify import ClassifyTask
 
-    data = load_labelled(
-        dc.dataset,
-        cfg.resolve(dc.path),
-        val_path=val_path,
-        val_fraction=dc.val_fraction,
-        split_seed=dc.split_seed,
-        text_column=dc.text_column,
-        label_column=dc.label_column,
-        limit=dc.limit,
-    )
-    return ClassifyTask(cfg, data, tokenizer)
+    return ClassifyTask(cfg, labelled_splits(cfg), tokenizer)
 
 
 def model_config(cfg: ExperimentConfig, task: Any) -> Any:

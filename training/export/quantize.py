@@ -106,21 +106,7 @@ def add_int8_variant(
 ) -> Variant | None:
     """Quantize, evaluate both graphs with `evaluate`, and record the variant if the metric moves
     by at most `tolerance` in the bad direction. Returns the variant, or None if it was refused."""
-    return try_int8(artifact_dir, evaluate, metric, tolerance, higher_is_better).variant
-
-
-def try_int8(
-    artifact_dir: Path,
-    evaluate: Evaluate,
-    metric: str,
-    tolerance: float,
-    higher_is_better: bool = True,
-    evaluated_on: dict[str, Any] | None = None,
-) -> VariantOutcome:
-    """`add_int8_variant` that also returns both figures (see `try_variant`)."""
-    return try_variant(
-        "int8", artifact_dir, evaluate, metric, tolerance, higher_is_better, evaluated_on
-    )
+    return try_variant("int8", artifact_dir, evaluate, metric, tolerance, higher_is_better).variant
 
 
 def _convert(kind: VariantKind, src: Path, dst: Path) -> None:
