@@ -6,18 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
-from service.engine.sampling import logprob_info
+from service.engine.sampling import inverse_temperature, logprob_info
 from service.engine.stream import Stream
 
 
 @dataclass(frozen=True)
 class Rows:
-    """Per-row sampling parameters and counters of the decode batch, as (B,) arrays."""
+    """Per-row sampling parameters and counters of the decode batch, batch axis first."""
 
     temp: np.ndarray  # float64, 0 = greedy
+    inv_temp: np.ndarray  # float32 (B, 1): 1 / temp (0 where greedy), for sample_plain
     top_k: np.ndarray  # int64, 0 = off
     top_p: np.ndarray  # float64, 1 = off
     seeds: np.ndarray  # uint64
@@ -28,8 +30,10 @@ class Rows:
     @classmethod
     def of(cls, streams: Sequence[Stream]) -> Rows:
         p = [s.params for s in streams]
+        temp = np.array([x.temperature for x in p], np.float64)
         return cls(
-            np.array([x.temperature for x in p], np.float64),
+            temp,
+            inverse_temperature(temp),
             np.array([x.top_k for x in p], np.int64),  # raises OverflowError past int64
             np.array([x.top_p for x in p], np.float64),
             np.array([x.seed for x in p], np.uint64),
@@ -48,7 +52,21 @@ class Rows:
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
+        return (
+            self.temp,
+            self.inv_temp,
+            self.top_k,
+            self.top_p,
+            self.seeds,
+            self.count,
+            self.max,
+            self.special,
+        )
+
+    @cached_property
+    def any_special(self) -> bool:
+        """Some row needs the per-row path (once per batch change, not per step)."""
+        return bool(self.special.any())
 
 
 def special_rows(
@@ -56,7 +74,7 @@ def special_rows(
 ) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
     """Stop strings (which may end a row early: `done` is updated) and logprobs (against the
     step's input `logits`): per row, only where asked. (texts by row, logprobs by row)."""
-    if not rows.special.any():
+    if not rows.any_special:
         return None, None
     texts: dict[int, str] = {}
     logprobs: dict[int, dict[str, object]] = {}

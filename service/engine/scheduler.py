@@ -44,7 +44,7 @@ from service.engine.handoff import (
 from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
 from service.engine.rows import Rows, special_rows
 from service.engine.runner import Runner
-from service.engine.sampling import all_plain, counter_uniforms, sample, sample_plain
+from service.engine.sampling import Draws, all_plain, sample, sample_plain
 from service.engine.stream import Stream
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
@@ -92,7 +92,7 @@ class Scheduler:
         self._states: StateRows = []
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
-        self._plain = True
+        self._draws = Draws()  # the rows' next random draws, computed a block at a time
         self._plain = True  # every row temperature-only (see sampling.all_plain)
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
@@ -288,15 +288,17 @@ class Scheduler:
                 for k, ax in enumerate(self._axes)
             ]
             logits = np.stack([s.logits for s in new])
-            rows = Rows.of(new)
+            joined = Rows.of(new)
+            rows = joined
             if old:
                 logits = np.concatenate([self._logits, logits])
-                rows = self._rows.concat(rows)
+                rows = self._rows.concat(joined)
         except Exception as e:
             log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
             self._post(fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
             return
         self._states, self._logits, self._rows = states, logits, rows
+        self._draws.join(joined.seeds, joined.count)
         self._plain = self._rows_plain()
         self._streams += new
 
@@ -309,6 +311,7 @@ class Scheduler:
         ]
         self._logits = self._logits[idx]
         self._rows = self._rows.take(idx)
+        self._draws.keep(idx)
         self._plain = self._rows_plain()
 
     def _rows_plain(self) -> bool:
@@ -319,6 +322,7 @@ class Scheduler:
         self._streams, self._states = [], []
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
+        self._draws.clear()
         self._plain = True
 
     def _count_cancel(self) -> None:
@@ -338,9 +342,9 @@ class Scheduler:
             return
         t0 = time.perf_counter()
         r = self._rows
-        u = counter_uniforms(r.seeds, r.count)  # (n,), one draw per row
+        u = self._draws.step(r.seeds, r.count)  # (n,), one draw per row
         if self._plain:  # the usual batch: temperature only, no per-step masks
-            tokens = sample_plain(self._logits, r.temp, u)  # (n,)
+            tokens = sample_plain(self._logits, r.inv_temp, u)  # (n,)
         else:
             tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own

@@ -115,14 +115,43 @@ def test_counter_uniforms_are_uniform_and_uncorrelated() -> None:
 
 
 def test_all_plain_batches_take_the_plain_path_with_the_same_tokens() -> None:
-    from service.engine.sampling import all_plain, sample_plain
+    from service.engine.sampling import all_plain, inverse_temperature, sample_plain
 
     lg = _logits(b=64, k=30)
     u = np.random.default_rng(5).random(64)
     t, k, p = np.full(64, 0.8), np.zeros(64, np.int64), np.ones(64)
     assert all_plain(t, k, p, 30)
-    assert (sample_plain(lg, t, u) == sample(lg, t, k, p, u)).all()
+    assert (sample_plain(lg, inverse_temperature(t), u) == sample(lg, t, k, p, u)).all()
     assert not all_plain(np.r_[t[:-1], 0.0], k, p, 30)  # a greedy row
     assert not all_plain(t, np.r_[k[:-1], 5], p, 30)  # a top-k row
     assert all_plain(t, np.r_[k[:-1], 30], p, 30)  # top-k = K filters nothing
     assert not all_plain(t, k, np.r_[p[:-1], 0.9], 30)  # a top-p row
+
+
+def test_block_draws_are_the_per_step_draws_through_joins_and_leaves() -> None:
+    """`Draws` computes a block of steps at once; every step's draws must still be exactly
+    counter_uniforms(seed, tokens sampled so far), whatever joins or leaves, and when."""
+    from service.engine.sampling import Draws, counter_uniforms
+
+    rng = np.random.default_rng(11)
+    draws = Draws(block=8)
+    seeds = np.zeros(0, np.uint64)
+    count = np.zeros(0, np.uint64)
+    for _ in range(300):
+        op = rng.integers(0, 4)
+        if op == 0:  # some rows join, at zero tokens sampled
+            n = int(rng.integers(1, 4))
+            new = rng.integers(0, 2**63, n).astype(np.uint64)
+            draws.join(new, np.zeros(n, np.uint64))
+            seeds, count = np.r_[seeds, new], np.r_[count, np.zeros(n, np.uint64)]
+        elif op == 1 and len(seeds):  # some rows leave
+            keep = np.flatnonzero(rng.random(len(seeds)) < 0.7)
+            draws.keep(keep)
+            seeds, count = seeds[keep], count[keep]
+        else:  # a step
+            u = draws.step(seeds, count)
+            assert u.tolist() == counter_uniforms(seeds, count).tolist()
+            count = count + np.uint64(1)
+        if rng.random() < 0.01:
+            draws.clear()
+            seeds, count = seeds[:0], count[:0]
