@@ -310,7 +310,7 @@ def main() -> None:
                 "overhead",
                 str(mods.char_dir),
                 str(path),
-                "1" if a.quick else "4",
+                "1" if a.quick else "2",
             ],
             check=True,
             cwd=REPO,

@@ -2,7 +2,7 @@
 
 * `overhead`: the scheduler's decode step (sampling, bookkeeping, events, one onnxruntime call)
   vs a bare `InferenceSession.run` of the same (B, 1) step with the state chained, at B = 1, 64,
-  256;
+  256, in interleaved rounds (the median round's ratio);
 * `capacity`: memory per idle session in the in-memory store (created and fed through the
   session service, as over HTTP) vs the raw state bytes, at 100k sessions.
 
@@ -97,7 +97,10 @@ async def engine_step_s(runner: Any, B: int, seconds: float) -> float:
     return (t1 - t0) / max(1, n1 - n0)
 
 
-def overhead(model_dir: Path, seconds: float) -> dict[str, Any]:
+def overhead(model_dir: Path, seconds: float, rounds: int = 5) -> dict[str, Any]:
+    """Per batch size, `rounds` rounds of bare, engine, bare, engine, ..., bare: each engine
+    round is divided by the mean of the bare rounds either side of it, so a slow patch of a
+    shared machine moves both. The reported ratio is the median round's."""
     from service.contract import load_artifact
     from service.engine.runner import Runner
     from service.settings import Settings
@@ -110,17 +113,22 @@ def overhead(model_dir: Path, seconds: float) -> dict[str, Any]:
     runner = Runner(manifest, onnx, intra_op_threads=settings.intra_op_threads)
     rows = []
     for B in (1, 64, 256):
-        bare = bare_step_s(runner, B, seconds)
-        eng = asyncio.run(engine_step_s(runner, B, seconds))
-        bare2 = bare_step_s(runner, B, seconds)  # before and after: drift shows
-        b = (bare + bare2) / 2
+        bare = [bare_step_s(runner, B, seconds)]
+        eng: list[float] = []
+        for _ in range(rounds):
+            eng.append(asyncio.run(engine_step_s(runner, B, seconds)))
+            bare.append(bare_step_s(runner, B, seconds))
+        ratios = [e / ((b0 + b1) / 2) for e, b0, b1 in zip(eng, bare, bare[1:], strict=False)]
         rows.append(
             {
                 "batch": B,
-                "bare_ms": b * 1e3,
-                "engine_ms": eng * 1e3,
-                "ratio": eng / b,
-                "bare_spread": abs(bare - bare2) / b,
+                "rounds": rounds,
+                "bare_ms": float(np.median(bare)) * 1e3,
+                "engine_ms": float(np.median(eng)) * 1e3,
+                "ratio": float(np.median(ratios)),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "bare_spread": (max(bare) - min(bare)) / float(np.median(bare)),
             }
         )
     return {"rows": rows}

@@ -84,14 +84,19 @@ def foot_table(foot: dict[str, Any]) -> str:
 
 def overhead_table(oh: dict[str, Any]) -> str:
     rows = [
-        "| batch | bare onnxruntime step ms | engine decode step ms | engine / bare | "
-        "bare drift (before vs after) |",
-        "|---:|---:|---:|---:|---:|",
+        "| batch | bare onnxruntime step ms | engine decode step ms | engine / bare (median round) "
+        "| rounds' range | bare spread |",
+        "|---:|---:|---:|---:|---:|---:|",
     ]
     for r in oh["rows"]:
+        span = (
+            f"{_f(r['ratio_min'], 3)}-{_f(r['ratio_max'], 3)} ({r['rounds']})"
+            if "ratio_min" in r
+            else "—"
+        )
         rows.append(
             f"| {r['batch']} | {_f(r['bare_ms'], 3)} | {_f(r['engine_ms'], 3)} | "
-            f"{_f(r['ratio'], 2)} | {_f(100 * r['bare_spread'], 0)} % |"
+            f"{_f(r['ratio'], 3)} | {span} | {_f(100 * r['bare_spread'], 0)} % |"
         )
     return "\n".join(rows)
 
