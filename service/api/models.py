@@ -17,7 +17,7 @@ from service.api.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from service.api.streaming import STREAM_RESPONSE, EventStream
+from service.api.streaming import STREAM_RESPONSE, EventStream, sse_events
 from service.engine.registry import LoadedModel
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -81,7 +81,7 @@ async def generate(
 ) -> Response | dict[str, Any]:
     gen = await s.engine.generate(model, body.to_params(s.settings))
     if body.stream:
-        return EventStream(gen)
+        return EventStream(sse_events(gen), gen.aclose)
     try:
         return await gen.collect()
     finally:

@@ -23,7 +23,12 @@ from service.api.schemas import (
     StateResponse,
     check_text,
 )
-from service.api.streaming import STREAM_RESPONSE, EventStream, unless_disconnected
+from service.api.streaming import (
+    STREAM_RESPONSE,
+    EventStream,
+    sse_events,
+    unless_disconnected,
+)
 from service.errors import InvalidState
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -143,7 +148,7 @@ async def generate(
         session_id, params, body.expected_version, idempotency_key, owner
     )
     if body.stream:
-        return EventStream(gen)
+        return EventStream(sse_events(gen), gen.aclose)
     try:
         result = await unless_disconnected(request, gen.collect())
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -74,24 +74,25 @@ async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
 
 
 class EventStream(StreamingResponse):
-    """`text/event-stream` that always closes the generation, whichever way the response ends
-    (client disconnect detected by a failed send, cancellation, or normal end)."""
+    """`text/event-stream` of `events` that always runs `close` (which frees what produces them:
+    a generation, or every choice of a completion) whichever way the response ends (client
+    disconnect detected by a failed send, cancellation, or normal end)."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, gen: Generation) -> None:
-        self._gen = gen
-        self._events = sse_events(gen)
-        super().__init__(
-            self._events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+    def __init__(
+        self, events: AsyncGenerator[str, None], close: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._events = events
+        self._close = close
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self._events.aclose()
-            await self._gen.aclose()
+            await self._close()
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

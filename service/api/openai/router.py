@@ -7,13 +7,11 @@ Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -28,11 +26,10 @@ from service.api.openai.protocol import (
     ModelCardList,
     error_body,
 )
+from service.api.streaming import STREAM_RESPONSE, EventStream
+from service.api.surface_route import SurfaceRoute, client_status
 from service.engine.registry import LoadedModel
 from service.errors import ModelNotFound, ServiceError
-from service.logging import get_logger
-
-log = get_logger("api.openai")
 
 
 def error_response(
@@ -45,41 +42,30 @@ def error_response(
     return JSONResponse(error_body(message, status, param, code), status, headers=headers)
 
 
-def _validation(e: RequestValidationError) -> JSONResponse:
-    errors = list(e.errors())
-    first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-    param = loc[0] if loc else None
-    if first.get("type") == "extra_forbidden":
-        msg = f"unsupported parameter {param!r}"
-    elif first.get("type") == "json_invalid":
-        msg, param = f"body is not valid JSON: {first.get('msg')}", None
-    else:
-        msg = f"{'.'.join(loc) or 'body'}: {first.get('msg')}"
-    return error_response(400, msg, param, "invalid_request")
-
-
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(SurfaceRoute):
     """Maps every failure of an OpenAI route to OpenAI's error shape (client mistakes: 400)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    surface = "openai"
 
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServiceError as e:
-                if e.status >= 500:
-                    log.error("openai request failed", extra={"code": e.code, "reason": e.message})
-                status = 400 if e.status == 422 else e.status
-                return error_response(status, e.message, e.field, e.code, e.headers)
-            except RequestValidationError as e:
-                return _validation(e)
-            except HTTPException as e:
-                err = http_error(e)
-                return error_response(err.status, err.message, err.field, err.code, err.headers)
+    def on_service_error(self, e: ServiceError) -> Response:
+        return error_response(client_status(e), e.message, e.field, e.code, e.headers)
 
-        return handle
+    def on_validation_error(self, e: RequestValidationError) -> Response:
+        errors = list(e.errors())
+        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = loc[0] if loc else None
+        if first.get("type") == "extra_forbidden":
+            msg = f"unsupported parameter {param!r}"
+        elif first.get("type") == "json_invalid":
+            msg, param = f"body is not valid JSON: {first.get('msg')}", None
+        else:
+            msg = f"{'.'.join(loc) or 'body'}: {first.get('msg')}"
+        return error_response(400, msg, param, "invalid_request")
+
+    def on_http_error(self, e: HTTPException) -> Response:
+        err = http_error(e)
+        return error_response(err.status, err.message, err.field, err.code, err.headers)
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -87,12 +73,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "Unknown model or session"},
     409: {"model": ErrorResponse, "description": "Session version conflict"},
     503: {"model": ErrorResponse, "description": "Overloaded or shutting down (Retry-After)"},
-}
-_STREAM_DOC: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "JSON, or `text/event-stream` when `stream` is true",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
 }
 
 
@@ -137,7 +117,7 @@ async def create_completion(
     _language_model(s, req.model)
     completion = await serving.start(s, req, owner, idempotency_key)
     if req.stream:
-        return serving.CompletionStream(completion)
+        return EventStream(serving.sse(completion), completion.aclose)
     return await serving.collect(completion)
 
 
@@ -175,7 +155,7 @@ def _router(prefix: str, with_models: bool) -> APIRouter:
         methods=["POST"],
         response_model=Completion,
         response_model_exclude_none=True,
-        responses={**_STREAM_DOC, **_ERRORS},
+        responses={**STREAM_RESPONSE, **_ERRORS},
         summary="Text completion (JSON or SSE)",
     )
     r.add_api_route(

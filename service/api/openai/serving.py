@@ -21,11 +21,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
-
 from service.api.deps import Services
 from service.api.openai.protocol import ValidCompletion, error_body
+from service.api.surface_route import client_status
 from service.engine.engine import Finished, Generation, token_text
 from service.engine.registry import LoadedModel
 from service.engine.stream import TokenEvent
@@ -216,8 +214,7 @@ def _frame(data: dict[str, Any] | str) -> str:
 
 def _error_frame(e: BaseException) -> str:
     if isinstance(e, ServiceError):
-        status = 400 if e.status == 422 else e.status
-        return _frame(error_body(e.message, status, e.field, e.code))
+        return _frame(error_body(e.message, client_status(e), e.field, e.code))
     return _frame(error_body("internal error", 500, None, "internal_error"))
 
 
@@ -278,23 +275,3 @@ def _chunk(
     index: int, text: str, logprobs: dict[str, Any] | None = None, finish_reason: str | None = None
 ) -> dict[str, Any]:
     return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
-
-
-class CompletionStream(StreamingResponse):
-    """`text/event-stream` that always closes every generation, however the response ends."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, c: Running) -> None:
-        self._completion = c
-        self._events = sse(c)
-        super().__init__(
-            self._events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._events.aclose()
-            await self._completion.aclose()

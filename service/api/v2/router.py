@@ -7,24 +7,20 @@ native 422 included), unknown models or versions 404, overload 503.
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
+from service.api.surface_route import SurfaceRoute, client_status
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
 from service.engine.registry import LoadedModel
 from service.errors import ModelNotFound, ServiceError
-from service.logging import get_logger
-
-log = get_logger("api.v2")
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
 
@@ -35,30 +31,24 @@ def error_response(
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class V2Route(APIRoute):
+class V2Route(SurfaceRoute):
     """Maps every failure of a v2 route to `{"error": "message"}`."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    surface = "v2"
 
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except ServiceError as e:
-                if e.status >= 500:
-                    log.error("v2 request failed", extra={"code": e.code, "reason": e.message})
-                msg = e.message  # the v2 body has no field: name it in the message
-                if e.field and e.field not in msg:
-                    msg = f"{e.field}: {msg}"
-                return error_response(400 if e.status == 422 else e.status, msg, e.headers)
-            except RequestValidationError as e:
-                first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
-                where = ".".join(str(p) for p in first.get("loc", ()))
-                return error_response(400, f"{where}: {first.get('msg')}")
-            except HTTPException as e:
-                return error_response(e.status_code, str(e.detail))
+    def on_service_error(self, e: ServiceError) -> Response:
+        msg = e.message  # the v2 body has no field: name it in the message
+        if e.field and e.field not in msg:
+            msg = f"{e.field}: {msg}"
+        return error_response(client_status(e), msg, e.headers)
 
-        return handle
+    def on_validation_error(self, e: RequestValidationError) -> Response:
+        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, f"{where}: {first.get('msg')}")
+
+    def on_http_error(self, e: HTTPException) -> Response:
+        return error_response(e.status_code, str(e.detail))
 
 
 router = APIRouter(prefix="/v2", tags=["v2 (KServe / Triton)"], route_class=V2Route)
