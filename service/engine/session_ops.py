@@ -161,21 +161,9 @@ class SessionService:
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if ttl > self.max_ttl_s:
             raise InvalidInput(f"ttl_s must be <= {self.max_ttl_s}", field="ttl_s")
-        now = self.clock()
-        rec = SessionRecord(
-            # 192 random bits; stored under the owner's namespace (ids never clash across keys)
-            id=store_id(session_id or secrets.token_urlsafe(24), owner),
-            model=m.name,
-            model_sha256=m.sha256,
-            version=0,
-            states=tuple(m.manifest.init_states(1)),
-            pending="",
-            logits=None,
-            created_at=now,
-            ttl_s=ttl,
-            expires_at=now + ttl,
-            owner=owner,
-        )
+        # 192 random bits; stored under the owner's namespace (ids never clash across keys)
+        sid = store_id(session_id or secrets.token_urlsafe(24), owner)
+        rec = fresh_record(m, sid, owner, self.clock(), ttl)
         if blob is not None:
             rec = self._restore(m, rec, blob)
         try:
@@ -286,19 +274,7 @@ class SessionService:
             self._check_version(rec, expected_version)
             m = self._model(rec)
             ids, pending = self.engine.encode_stream(m, rec.pending, text, "text")
-            states, logits = list(rec.states), rec.logits
-            peek = m.tokenizer.encode(pending) if pending else []
-            # the output peeks through the unfinished word without committing it, so it equals
-            # a one-shot prediction on all text so far; both rows share one prefill batch
-            jobs = []
-            if ids:
-                jobs.append(self.engine.prefill(m, ids, states))
-            if peek:
-                jobs.append(self.engine.prefill(m, ids + peek, states))
-            done = await asyncio.gather(*jobs)
-            if ids:
-                logits, states = done[0]
-            shown = done[-1][0] if peek else logits
+            shown, logits, states = await prefill_peeking(self.engine, m, rec, ids, pending)
             new = rec.replace(
                 version=rec.version + 1,
                 states=tuple(states),
@@ -378,6 +354,46 @@ def store_id(session_id: str, owner: str | None) -> str:
 def public_id(stored: str) -> str:
     """The id a caller knows, from a store key."""
     return stored.rpartition("/")[2]
+
+
+def fresh_record(
+    m: LoadedModel, sid: str, owner: str | None, now: float, ttl_s: float
+) -> SessionRecord:
+    """A new session (or v2 sequence) stored as `sid`: version 0, the model's initial state and
+    no text seen yet."""
+    return SessionRecord(
+        id=sid,
+        model=m.name,
+        model_sha256=m.sha256,
+        version=0,
+        states=tuple(m.manifest.init_states(1)),
+        pending="",
+        logits=None,
+        created_at=now,
+        ttl_s=ttl_s,
+        expires_at=now + ttl_s,
+        owner=owner,
+    )
+
+
+async def prefill_peeking(
+    engine: Engine, m: LoadedModel, rec: SessionRecord, ids: list[int], pending: str
+) -> tuple[np.ndarray | None, np.ndarray | None, list[np.ndarray]]:
+    """Feed `ids` after `rec`: (shown, logits, states), where `logits` and `states` are what to
+    commit and `shown` (K,) peeks through the unfinished word `pending` without committing it,
+    so it equals a one-shot prediction on all text so far (None before any token)."""
+    peek = m.tokenizer.encode(pending) if pending else []
+    states, logits = list(rec.states), rec.logits
+    jobs = []  # both rows share one prefill batch
+    if ids:
+        jobs.append(engine.prefill(m, ids, states))
+    if peek:
+        jobs.append(engine.prefill(m, ids + peek, states))
+    done = await asyncio.gather(*jobs)
+    if ids:
+        logits, states = done[0]
+    shown = done[-1][0] if peek else logits
+    return shown, logits, states
 
 
 def require_streamable(m: LoadedModel) -> None:

@@ -13,14 +13,17 @@ completes, like a native feed:
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from service.api.deps import Services
 from service.api.v2.protocol import Sequence
 from service.engine.registry import LoadedModel
-from service.engine.session_ops import require_streamable, store_id
+from service.engine.session_ops import (
+    fresh_record,
+    prefill_peeking,
+    require_streamable,
+    store_id,
+)
 from service.engine.sessions import SessionRecord
 from service.errors import (
     InvalidInput,
@@ -39,24 +42,6 @@ _REASONS: dict[type[ServiceError], str] = {
 
 class SequenceError(ServiceError):
     status, code = 400, "sequence_error"
-
-
-def _fresh(s: Services, m: LoadedModel, session_id: str, owner: str | None) -> SessionRecord:
-    now = s.sessions.clock()
-    ttl = s.settings.session_ttl_s
-    return SessionRecord(
-        id=session_id,
-        model=m.name,
-        model_sha256=m.sha256,
-        version=0,
-        states=tuple(m.manifest.init_states(1)),
-        pending="",
-        logits=None,
-        created_at=now,
-        ttl_s=ttl,
-        expires_at=now + ttl,
-        owner=owner,
-    )
 
 
 async def _current(s: Services, seq: Sequence, owner: str | None) -> SessionRecord | None:
@@ -118,7 +103,10 @@ async def step(
         rec = await _current(s, seq, owner)
         if rec is not None and not seq.start:
             _check_model(seq, rec, m)
-        base = _fresh(s, m, sid, owner) if seq.start or rec is None else rec
+        if seq.start or rec is None:
+            base = fresh_record(m, sid, owner, s.sessions.clock(), s.settings.session_ttl_s)
+        else:
+            base = rec
         if text is not None:
             new_ids, pending = engine.encode_stream(m, base.pending, text, "TEXT")
         else:
@@ -128,17 +116,7 @@ async def step(
                     field="TOKEN_IDS",
                 )
             new_ids, pending = list(ids or []), ""
-        peek = m.tokenizer.encode(pending) if pending else []
-        states, logits = list(base.states), base.logits
-        jobs = []
-        if new_ids:
-            jobs.append(engine.prefill(m, new_ids, states))
-        if peek:
-            jobs.append(engine.prefill(m, new_ids + peek, states))
-        done = await asyncio.gather(*jobs)
-        if new_ids:
-            logits, states = done[0]
-        shown = done[-1][0] if peek else logits
+        shown, logits, states = await prefill_peeking(engine, m, base, new_ids, pending)
         if shown is None:
             raise InvalidInput(
                 f"sequence {seq.label} has no tokens yet: the first request needs non-empty input",
