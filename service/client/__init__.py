@@ -17,7 +17,8 @@ See docs/client.md.
 
 from __future__ import annotations
 
-from service.client._core import Retry, SamplingArgs
+from service.client._core import SamplingArgs
+from service.client._retry import Retry
 from service.client.aio import AsyncClient, AsyncSession, AsyncTokenStream
 from service.client.errors import (
     BadRequest,

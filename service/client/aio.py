@@ -6,29 +6,20 @@ the request starts on the first `async for` step."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Literal, Unpack, overload
+from typing import Literal, TypeVar, Unpack, overload
 
 import httpx
 
-from service.client._core import (
-    DEFAULT_TIMEOUT,
-    Call,
-    Retry,
-    SamplingArgs,
-    SSEParser,
-    StreamState,
-    create_call,
-    error_of,
-    generate_call,
-    new_session_id,
-    predict_call,
-    session_call,
-)
-from service.client.errors import SessionExists, SessionGone, StreamInterrupted, TransportError
+from service.client import _ops
+from service.client._core import DEFAULT_TIMEOUT, Call, SamplingArgs, generate_call
+from service.client._retry import Attempts, Retry
+from service.client._sse import StreamState
+from service.client.errors import RnnserveError
 from service.client.types import FeedResult, Generation, Model, Output, SessionInfo
+
+T = TypeVar("T")
 
 
 class AsyncClient:
@@ -60,43 +51,47 @@ class AsyncClient:
     # -- plumbing -------------------------------------------------------------------------------
 
     async def _send(self, call: Call) -> httpx.Response:
-        attempt = 0
+        attempts = Attempts(self.retry, call)
         while True:
             try:
                 r = await self._http.request(
                     call.method, call.path, json=call.json, headers=call.headers
                 )
             except httpx.TransportError as e:
-                wait = self.retry.after_exception(call, e, attempt)
-                if wait is None:
-                    raise TransportError(f"{call.method} {call.path}: {e!r}") from e
+                wait = attempts.after_exception(e)
             else:
                 if r.is_success:
                     return r
-                err = error_of(r)
-                wait = self.retry.after_error(call, err, attempt)
-                if wait is None:
-                    raise err
+                wait = attempts.after_response(r)
             await asyncio.sleep(wait)
-            attempt += 1
 
-    async def _json(self, call: Call) -> Any:
-        return (await self._send(call)).json()
+    async def _run(self, op: _ops.Op[T]) -> T:
+        """Send each call `op` yields; give it the response or throw in the error."""
+        try:
+            call = next(op)
+            while True:
+                try:
+                    response = await self._send(call)
+                except RnnserveError as e:
+                    call = op.throw(e)
+                else:
+                    call = op.send(response)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # -- the API ----------------------------------------------------------------------------------
 
     async def models(self) -> list[Model]:
-        return [Model.parse(m) for m in (await self._json(Call("GET", "/v1/models")))["models"]]
+        return await self._run(_ops.models())
 
     async def model(self, name: str) -> Model:
-        return Model.parse(await self._json(Call("GET", f"/v1/models/{name}")))
+        return await self._run(_ops.model(name))
 
     async def predict(
         self, model: str, texts: list[str] | str, *, top_k: int | None = None
     ) -> list[Output]:
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        out = (await self._json(predict_call(model, batch, top_k)))["outputs"]
-        return [o for o in map(Output.parse, out) if o is not None]
+        return await self._run(_ops.predict(model, texts, top_k))
 
     @overload
     def generate(
@@ -130,10 +125,7 @@ class AsyncClient:
         call = generate_call(model, prompt, stream, params)
         if stream:
             return AsyncTokenStream(self, call, None)
-        return self._generation(call)
-
-    async def _generation(self, call: Call) -> Generation:
-        return Generation.parse(await self._json(call))
+        return self._run(_ops.generation(call))
 
     async def session(
         self,
@@ -144,33 +136,24 @@ class AsyncClient:
         state: str | None = None,
     ) -> AsyncSession:
         """`async with await c.session(model) as s:` (deleted on exit)."""
-        sid = session_id or new_session_id()
-        try:
-            info = SessionInfo.parse(await self._json(create_call(model, sid, ttl_s, state)))
-        except SessionExists:
-            if session_id is not None:
-                raise
-            info = await self.session_info(sid)  # our lost first attempt made it (see sync.py)
+        info = await self._run(_ops.create_session(model, ttl_s, session_id, state))
         return AsyncSession(self, info)
 
     async def session_info(self, session_id: str) -> SessionInfo:
-        return SessionInfo.parse(await self._json(Call("GET", f"/v1/sessions/{session_id}")))
+        return await self._run(_ops.session_info(session_id))
 
     async def attach(self, session_id: str) -> AsyncSession:
         return AsyncSession(self, await self.session_info(session_id), delete_on_exit=False)
 
 
-class AsyncSession:
+class AsyncSession(_ops.SessionOps):
     """A server-side recurrent state. `version` follows every committed change."""
 
     def __init__(
         self, client: AsyncClient, info: SessionInfo, *, delete_on_exit: bool = True
     ) -> None:
+        super().__init__(info, delete_on_exit)
         self._client = client
-        self.id = info.session_id
-        self.model = info.model
-        self.version = info.version
-        self.delete_on_exit = delete_on_exit
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.id!r}, model={self.model!r}, version={self.version})"
@@ -192,21 +175,12 @@ class AsyncSession:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
     ) -> FeedResult:
-        body = {"text": text, "top_k": top_k, "expected_version": expected_version}
-        call = session_call(self.id, "feed", body, idempotency_key)
-        out = FeedResult.parse(await self._client._json(call))
-        self.version = out.version
-        return out
+        return await self._client._run(self._feed(text, top_k, expected_version, idempotency_key))
 
     async def reset(
         self, *, expected_version: int | None = None, idempotency_key: str | None = None
     ) -> SessionInfo:
-        call = session_call(
-            self.id, "reset", {"expected_version": expected_version}, idempotency_key
-        )
-        info = SessionInfo.parse(await self._client._json(call))
-        self.version = info.version
-        return info
+        return await self._client._run(self._reset(expected_version, idempotency_key))
 
     @overload
     def generate(
@@ -239,35 +213,19 @@ class AsyncSession:
         idempotency_key: str | None = None,
         **params: Unpack[SamplingArgs],
     ) -> Awaitable[Generation] | AsyncTokenStream:
-        body: dict[str, Any] = {"prompt": prompt, **params, "stream": stream}
-        body["expected_version"] = expected_version
-        call = session_call(self.id, "generate", body, idempotency_key)
+        call = self._generate_call(prompt, stream, expected_version, idempotency_key, params)
         if stream:
             return AsyncTokenStream(self._client, call, self._on_result)
-        return self._generation(call)
-
-    async def _generation(self, call: Call) -> Generation:
-        out = Generation.parse(await self._client._json(call))
-        self._on_result(out)
-        return out
-
-    def _on_result(self, g: Generation) -> None:
-        if g.version is not None:
-            self.version = g.version
+        return self._client._run(_ops.generation(call, self._on_result))
 
     async def info(self) -> SessionInfo:
-        info = await self._client.session_info(self.id)
-        self.version = info.version
-        return info
+        return await self._client._run(self._info())
 
     async def export_state(self) -> str:
-        out = await self._client._json(Call("GET", f"/v1/sessions/{self.id}/state"))
-        state: str = out["state"]
-        return state
+        return await self._client._run(self._export_state())
 
     async def delete(self) -> None:
-        with contextlib.suppress(SessionGone):
-            await self._client._send(Call("DELETE", f"/v1/sessions/{self.id}"))
+        await self._client._run(self._delete())
 
 
 class AsyncTokenStream:
@@ -279,8 +237,7 @@ class AsyncTokenStream:
     ) -> None:
         self._client = client
         self._call = call
-        self._on_result = on_result
-        self._state = StreamState()
+        self._state = StreamState(on_result)
         self._it = self._run()
 
     @property
@@ -309,35 +266,22 @@ class AsyncTokenStream:
         return self.result.text
 
     async def _run(self) -> AsyncGenerator[str, None]:
-        call, http, retry, st = self._call, self._client._http, self._client.retry, self._state
-        attempt = 0
+        call, http, st = self._call, self._client._http, self._state
+        attempts = Attempts(self._client.retry, call)
         while True:
             try:
                 async with http.stream(
                     call.method, call.path, json=call.json, headers=call.headers
                 ) as r:
-                    if not r.is_success:
-                        await r.aread()
-                        err = error_of(r)
-                        wait = retry.after_error(call, err, attempt)
-                        if wait is None:
-                            raise err
-                    else:
-                        parser = SSEParser()
+                    if r.is_success:
+                        st.restart()
                         async for line in r.aiter_lines():
-                            for event, data in parser.feed(line):
-                                text = st.on_event(event, data)
-                                if text:
-                                    yield text
-                        if st.result is None:
-                            raise StreamInterrupted("the stream ended without a result")
-                        if self._on_result is not None:
-                            self._on_result(st.result)
+                            for text in st.feed(line):
+                                yield text
+                        st.end()
                         return
+                    await r.aread()
+                    wait = attempts.after_response(r)
             except httpx.TransportError as e:
-                wait = None if st.yielded else retry.after_exception(call, e, attempt)
-                if wait is None:
-                    cls = StreamInterrupted if st.yielded else TransportError
-                    raise cls(f"{call.method} {call.path}: {e!r}") from e
+                wait = attempts.after_exception(e, streamed=st.yielded > 0)
             await asyncio.sleep(wait)
-            attempt += 1

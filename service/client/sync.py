@@ -1,36 +1,25 @@
-"""The blocking client: `Client`, `Session`, `TokenStream`."""
+"""The blocking client: `Client`, `Session`, `TokenStream`.
+
+Only the transport lives here (httpx.Client, `time.sleep`, iteration); what each call sends and
+means is in `_ops.py`, the retry policy in `_retry.py`, the event stream in `_sse.py`."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, Literal, Unpack, overload
+from typing import Literal, TypeVar, Unpack, overload
 
 import httpx
 
-from service.client._core import (
-    DEFAULT_TIMEOUT,
-    Call,
-    Retry,
-    SamplingArgs,
-    SSEParser,
-    StreamState,
-    create_call,
-    error_of,
-    generate_call,
-    new_session_id,
-    predict_call,
-    session_call,
-)
-from service.client.errors import (
-    SessionExists,
-    SessionGone,
-    StreamInterrupted,
-    TransportError,
-)
+from service.client import _ops
+from service.client._core import DEFAULT_TIMEOUT, Call, SamplingArgs, generate_call
+from service.client._retry import Attempts, Retry
+from service.client._sse import StreamState
+from service.client.errors import RnnserveError
 from service.client.types import FeedResult, Generation, Model, Output, SessionInfo
+
+T = TypeVar("T")
 
 
 class Client:
@@ -64,45 +53,46 @@ class Client:
     # -- plumbing -------------------------------------------------------------------------------
 
     def _send(self, call: Call) -> httpx.Response:
-        attempt = 0
+        attempts = Attempts(self.retry, call)
         while True:
             try:
                 r = self._http.request(call.method, call.path, json=call.json, headers=call.headers)
             except httpx.TransportError as e:
-                wait = self.retry.after_exception(call, e, attempt)
-                if wait is None:
-                    raise TransportError(f"{call.method} {call.path}: {e!r}") from e
+                wait = attempts.after_exception(e)
             else:
                 if r.is_success:
                     return r
-                err = error_of(r)
-                wait = self.retry.after_error(call, err, attempt)
-                if wait is None:
-                    raise err
+                wait = attempts.after_response(r)
             time.sleep(wait)
-            attempt += 1
 
-    def _json(self, call: Call) -> Any:
-        return self._send(call).json()
-
-    def _stream(self, call: Call, on_result: Callable[[Generation], None] | None) -> TokenStream:
-        return TokenStream(self, call, on_result)
+    def _run(self, op: _ops.Op[T]) -> T:
+        """Send each call `op` yields; give it the response or throw in the error."""
+        try:
+            call = next(op)
+            while True:
+                try:
+                    response = self._send(call)
+                except RnnserveError as e:
+                    call = op.throw(e)
+                else:
+                    call = op.send(response)
+        except StopIteration as done:
+            result: T = done.value
+            return result
 
     # -- the API ----------------------------------------------------------------------------------
 
     def models(self) -> list[Model]:
-        return [Model.parse(m) for m in self._json(Call("GET", "/v1/models"))["models"]]
+        return self._run(_ops.models())
 
     def model(self, name: str) -> Model:
-        return Model.parse(self._json(Call("GET", f"/v1/models/{name}")))
+        return self._run(_ops.model(name))
 
     def predict(
         self, model: str, texts: list[str] | str, *, top_k: int | None = None
     ) -> list[Output]:
         """Classify texts (label + probs) or list next-token probabilities, one per text."""
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        out = self._json(predict_call(model, batch, top_k))["outputs"]
-        return [o for o in map(Output.parse, out) if o is not None]
+        return self._run(_ops.predict(model, texts, top_k))
 
     @overload
     def generate(
@@ -135,8 +125,8 @@ class Client:
         """Generate from a fresh state. `stream=True`: an iterator of token texts."""
         call = generate_call(model, prompt, stream, params)
         if stream:
-            return self._stream(call, None)
-        return Generation.parse(self._json(call))
+            return TokenStream(self, call, None)
+        return self._run(_ops.generation(call))
 
     def session(
         self,
@@ -147,35 +137,22 @@ class Client:
         state: str | None = None,
     ) -> Session:
         """Create a session (from an exported `state` to resume one). Deleted on `with` exit."""
-        sid = session_id or new_session_id()
-        try:
-            return Session(
-                self, SessionInfo.parse(self._json(create_call(model, sid, ttl_s, state)))
-            )
-        except SessionExists:
-            if session_id is not None:
-                raise
-            # a 192-bit id of our own making exists: an earlier attempt of this very call created
-            # it before its response was lost, and the retry ran into it
-            return Session(self, self.session_info(sid))
+        return Session(self, self._run(_ops.create_session(model, ttl_s, session_id, state)))
 
     def session_info(self, session_id: str) -> SessionInfo:
-        return SessionInfo.parse(self._json(Call("GET", f"/v1/sessions/{session_id}")))
+        return self._run(_ops.session_info(session_id))
 
     def attach(self, session_id: str) -> Session:
         """A `Session` handle on an existing session (not deleted on exit unless asked)."""
         return Session(self, self.session_info(session_id), delete_on_exit=False)
 
 
-class Session:
+class Session(_ops.SessionOps):
     """A server-side recurrent state. `version` follows every committed change."""
 
     def __init__(self, client: Client, info: SessionInfo, *, delete_on_exit: bool = True) -> None:
+        super().__init__(info, delete_on_exit)
         self._client = client
-        self.id = info.session_id
-        self.model = info.model
-        self.version = info.version
-        self.delete_on_exit = delete_on_exit
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, model={self.model!r}, version={self.version})"
@@ -198,22 +175,12 @@ class Session:
         idempotency_key: str | None = None,
     ) -> FeedResult:
         """Feed the next chunk; returns the running output on everything fed so far."""
-        body = {"text": text, "top_k": top_k, "expected_version": expected_version}
-        out = FeedResult.parse(
-            self._client._json(session_call(self.id, "feed", body, idempotency_key))
-        )
-        self.version = out.version
-        return out
+        return self._client._run(self._feed(text, top_k, expected_version, idempotency_key))
 
     def reset(
         self, *, expected_version: int | None = None, idempotency_key: str | None = None
     ) -> SessionInfo:
-        body = {"expected_version": expected_version}
-        info = SessionInfo.parse(
-            self._client._json(session_call(self.id, "reset", body, idempotency_key))
-        )
-        self.version = info.version
-        return info
+        return self._client._run(self._reset(expected_version, idempotency_key))
 
     @overload
     def generate(
@@ -247,34 +214,21 @@ class Session:
         **params: Unpack[SamplingArgs],
     ) -> Generation | TokenStream:
         """Continue from the session's state; the generated text is committed to it."""
-        body: dict[str, Any] = {"prompt": prompt, **params, "stream": stream}
-        body["expected_version"] = expected_version
-        call = session_call(self.id, "generate", body, idempotency_key)
+        call = self._generate_call(prompt, stream, expected_version, idempotency_key, params)
         if stream:
-            return self._client._stream(call, self._on_result)
-        out = Generation.parse(self._client._json(call))
-        self._on_result(out)
-        return out
-
-    def _on_result(self, g: Generation) -> None:
-        if g.version is not None:
-            self.version = g.version
+            return TokenStream(self._client, call, self._on_result)
+        return self._client._run(_ops.generation(call, self._on_result))
 
     def info(self) -> SessionInfo:
-        info = self._client.session_info(self.id)
-        self.version = info.version
-        return info
+        return self._client._run(self._info())
 
     def export_state(self) -> str:
         """The state as an opaque, checksummed base64 blob: `client.session(state=blob)` resumes it."""
-        out = self._client._json(Call("GET", f"/v1/sessions/{self.id}/state"))
-        state: str = out["state"]
-        return state
+        return self._client._run(self._export_state())
 
     def delete(self) -> None:
         """Delete the session; one that is already gone counts as deleted."""
-        with contextlib.suppress(SessionGone):
-            self._client._send(Call("DELETE", f"/v1/sessions/{self.id}"))
+        self._client._run(self._delete())
 
 
 class TokenStream:
@@ -288,8 +242,7 @@ class TokenStream:
     ) -> None:
         self._client = client
         self._call = call
-        self._on_result = on_result
-        self._state = StreamState()
+        self._state = StreamState(on_result)
         self._it = self._run()
 
     @property
@@ -319,33 +272,19 @@ class TokenStream:
         return self.result.text
 
     def _run(self) -> Generator[str, None, None]:
-        call, http, retry, st = self._call, self._client._http, self._client.retry, self._state
-        attempt = 0
+        call, http, st = self._call, self._client._http, self._state
+        attempts = Attempts(self._client.retry, call)
         while True:
             try:
                 with http.stream(call.method, call.path, json=call.json, headers=call.headers) as r:
-                    if not r.is_success:
-                        r.read()
-                        err = error_of(r)
-                        wait = retry.after_error(call, err, attempt)
-                        if wait is None:
-                            raise err
-                    else:
-                        parser = SSEParser()
+                    if r.is_success:
+                        st.restart()
                         for line in r.iter_lines():
-                            for event, data in parser.feed(line):
-                                text = st.on_event(event, data)
-                                if text:
-                                    yield text
-                        if st.result is None:
-                            raise StreamInterrupted("the stream ended without a result")
-                        if self._on_result is not None:
-                            self._on_result(st.result)
+                            yield from st.feed(line)
+                        st.end()
                         return
+                    r.read()
+                    wait = attempts.after_response(r)
             except httpx.TransportError as e:
-                wait = None if st.yielded else retry.after_exception(call, e, attempt)
-                if wait is None:
-                    cls = StreamInterrupted if st.yielded else TransportError
-                    raise cls(f"{call.method} {call.path}: {e!r}") from e
+                wait = attempts.after_exception(e, streamed=st.yielded > 0)
             time.sleep(wait)
-            attempt += 1
