@@ -6,18 +6,17 @@ Used by the multi-replica test; every start waits with a deadline and `close()` 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+
+from tests.loopback import RedisProcess, free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
@@ -27,86 +26,6 @@ def which(name: str) -> str | None:
     return shutil.which(name) or next(
         (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if Path(p).exists()), None
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `check` until true; connection errors mean "not yet", anything else propagates."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, httpx.TransportError):
-            if check():
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not up after {timeout:.0f} s")
-
-
-def _stop(
-    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait: float = 15
-) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(timeout=wait)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
-
-
-class Redis:
-    """redis-server with an fsync-always append-only file, so a stop/start keeps the sessions."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary, self.dir, self.port = binary, workdir, free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def _pong(self) -> bool:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=0.3) as c:
-            c.sendall(b"PING\r\n")
-            return c.recv(16).startswith(b"+PONG")
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.dir),
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(self.dir / "redis.log"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._pong, 15, "redis-server")
-
-    def stop(self) -> None:
-        _stop(self.proc)
-        self.proc = None
 
 
 class Replica:
@@ -151,7 +70,7 @@ class Replica:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
 
@@ -216,7 +135,7 @@ class Nginx:
         wait_until(up, 15, "nginx")
 
     def stop(self) -> None:
-        _stop(self.proc, signal.SIGQUIT)
+        stop_process(self.proc, signal.SIGQUIT)
         self.proc = None
 
 
@@ -225,7 +144,7 @@ class Cluster:
         redis_bin, nginx_bin = which("redis-server"), which("nginx")
         if redis_bin is None or nginx_bin is None:
             raise FileNotFoundError("redis-server and nginx are needed (scripts/system-deps.sh)")
-        self.redis = Redis(redis_bin, workdir)
+        self.redis = RedisProcess(workdir, redis_bin)
         self.replicas = [Replica(i, self.redis.url, workdir, env or {}) for i in range(replicas)]
         self.nginx = Nginx(nginx_bin, workdir, [r.addr for r in self.replicas])
 

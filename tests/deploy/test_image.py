@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.cluster import FIXTURE_MODELS, ROOT, Nginx, Redis, free_port, wait_until, which
+from tests.deploy.cluster import FIXTURE_MODELS, ROOT, Nginx, which
+from tests.loopback import RedisProcess, free_port, wait_until
 
 # podman needs runc and this machine's ulimits (scripts/build-image.sh writes this file)
 ENV = {
@@ -52,7 +53,7 @@ def test_image_replicas_share_sessions_through_redis(tmp_path: Path) -> None:
     image = "localhost/rnnserve:latest"
     if subprocess.run(["podman", "image", "exists", image], env=ENV).returncode != 0:
         pytest.skip(f"{image} not built (test_image_builds_and_serves builds it)")
-    redis = Redis(which("redis-server") or "", tmp_path)
+    redis = RedisProcess(tmp_path, which("redis-server") or "")
     redis.start()
     ports, names = [free_port(), free_port()], []
     nginx: Nginx | None = None

@@ -1,0 +1,104 @@
+"""Throwaway servers on 127.0.0.1 for tests: a free port, waiting for a server to answer,
+stopping a subprocess for sure, and a real `redis-server` (the store tests and the deploy
+cluster both start one)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `check` until true; connection errors mean "not yet", anything else propagates."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, httpx.TransportError):
+            if check():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not up after {timeout:.0f} s")
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait: float = 15
+) -> None:
+    """Send `sig` and reap; a process that ignores it is killed, so no test leaves one behind."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=wait)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class RedisProcess:
+    """redis-server on loopback with an fsync-always append-only file, so a stop/start on the
+    same port and directory keeps the sessions."""
+
+    def __init__(self, workdir: Path, binary: str = REDIS_SERVER) -> None:
+        self.binary, self.dir, self.port = binary, workdir, free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _pong(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.3) as c:
+            c.sendall(b"PING\r\n")
+            return c.recv(16).startswith(b"+PONG")
+
+    def start(self) -> None:
+        # protected mode and noeviction are Redis's defaults, spelled out because the tests rely
+        # on them: loopback only, and a full server refuses writes rather than drop sessions
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--dir",
+                str(self.dir),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--protected-mode",
+                "yes",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._pong, 15, "redis-server")
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        self.proc = None
