@@ -9,20 +9,10 @@ import httpx
 import openai
 import pytest
 
-from service.engine.registry import Registry
 from tests.service.conftest import CHAR_MODELS, CLS, LM, FakeClock
-from tests.service.test_v2_triton import LiveServer
+from tests.service.live import LiveServer, clock, live
 
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def live(registry: Registry, clock: FakeClock) -> Iterator[LiveServer]:
-    with LiveServer(registry, clock) as server:
-        yield server
+__all__ = ["clock", "live"]  # the fixtures, used by name
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,58 +10,14 @@ import numpy as np
 import pytest
 import tritonclient.http as tc
 import tritonclient.http.aio as tca
-import uvicorn
 from tritonclient.utils import InferenceServerException
 
-from service.app import create_app
 from service.contract import CharTokenizerSpec, load_manifest
-from service.engine.registry import Registry
-from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
 from tests.service.conftest import ALL_MODELS, CHAR_MODELS, CLASSIFIERS, CLS, LM, FakeClock
+from tests.service.live import TTL, LiveServer, clock, live
 
-TTL = 60.0
-
-
-class LiveServer:
-    def __init__(self, registry: Registry, clock: FakeClock) -> None:
-        settings = Settings(
-            models_dir=FIXTURE_MODELS, max_wait_ms=1.0, log_json=False, session_ttl_s=TTL
-        )
-        app = create_app(settings, registry=registry, clock=clock, configure_logs=False)
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-        self.sock.close()
-
-
-@pytest.fixture(scope="module")
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(scope="module")
-def live(registry: Registry, clock: FakeClock) -> Iterator[LiveServer]:
-    with LiveServer(registry, clock) as server:
-        yield server
+__all__ = ["clock", "live"]  # the fixtures, used by name
 
 
 @pytest.fixture(scope="module")
