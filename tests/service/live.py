@@ -62,10 +62,18 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+# a generation that lasts minutes: a disconnect test cuts it off, however fast the engine is
+LONG = 2_000_000
+
+
 @pytest.fixture(scope="module")
 def live(registry: Registry, clock: FakeClock) -> Iterator[LiveServer]:
     settings = Settings(
-        models_dir=FIXTURE_MODELS, max_wait_ms=1.0, log_json=False, session_ttl_s=TTL
+        models_dir=FIXTURE_MODELS,
+        max_wait_ms=1.0,
+        log_json=False,
+        session_ttl_s=TTL,
+        max_tokens_limit=LONG,
     )
     app = create_app(settings, registry=registry, clock=clock, configure_logs=False)
     with serve_in_thread(app) as url:

@@ -21,11 +21,14 @@ from tests.service.conftest import ALL_MODELS, CLASSIFIERS, LM
 from tests.service.live import serve_in_thread
 from tests.service.test_api_sessions import TEXT, chunks, close, probs_of
 
+LONG = 2_000_000
+
 
 @pytest.fixture(scope="module")
 def live(registry: Registry) -> Iterator[tuple[str, FastAPI]]:
     app = create_app(
-        Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0),
+        # a generation long enough (minutes) to be cut off by the client, however fast the engine
+        Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0, max_tokens_limit=LONG),
         registry=registry,
         configure_logs=False,
     )
@@ -147,7 +150,7 @@ async def test_sse_disconnect_mid_generation_leaves_state(live: tuple[str, FastA
         await c.post(f"/v1/sessions/{sid}/feed", json={"text": "ROMEO:"})
         before = (await c.get(f"/v1/sessions/{sid}/state")).json()
         async with c.stream(
-            "POST", f"/v1/sessions/{sid}/generate", json={"max_tokens": 4000, "stream": True}
+            "POST", f"/v1/sessions/{sid}/generate", json={"max_tokens": LONG, "stream": True}
         ) as r:
             n = 0
             async for line in r.aiter_lines():
@@ -168,7 +171,7 @@ async def test_json_generate_disconnect_leaves_state(live: tuple[str, FastAPI]) 
         before = (await c.get(f"/v1/sessions/{sid}/state")).json()
     async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=0.2) as c2:
         with pytest.raises(httpx.ReadTimeout):
-            await c2.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 4096})
+            await c2.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": LONG})
     await _wait_idle(app)
     async with httpx.AsyncClient(base_url=f"http://{addr}") as c:
         assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
@@ -179,8 +182,10 @@ async def test_websocket_disconnect_mid_generation_leaves_state(live: tuple[str,
     async with httpx.AsyncClient(base_url=f"http://{addr}") as c:
         sid = await _session(c)
         before = (await c.get(f"/v1/sessions/{sid}/state")).json()
-        async with connect(f"ws://{addr}/v1/sessions/{sid}/ws") as ws:
-            await ws.send(json.dumps({"type": "generate", "max_tokens": 4000}))
+        # max_queue None: a client that stops reading (16 queued messages by default) cannot see
+        # the server's close frame behind the tokens and would wait out its 10 s close timeout
+        async with connect(f"ws://{addr}/v1/sessions/{sid}/ws", max_queue=None) as ws:
+            await ws.send(json.dumps({"type": "generate", "max_tokens": LONG}))
             for _ in range(3):
                 assert json.loads(await ws.recv())["type"] == "token"
         await _wait_idle(app)

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.service.conftest import CHAR_MODELS, CLS, LM, FakeClock
-from tests.service.live import LiveServer, clock, live
+from tests.service.live import LONG, LiveServer, clock, live
 
 __all__ = ["clock", "live"]  # the fixtures, used by name
 
@@ -122,7 +122,7 @@ def test_errors_are_typed(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="temperature"):
         client.completions.create(model=LM, prompt="x", temperature=3)
     with pytest.raises(openai.BadRequestError, match="max_tokens must be <="):
-        client.completions.create(model=LM, prompt="x", max_tokens=10**6)
+        client.completions.create(model=LM, prompt="x", max_tokens=LONG + 1)
     with pytest.raises(openai.BadRequestError, match="token-id prompts"):
         client.completions.create(model=LM, prompt=[1, 2, 3])
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
@@ -186,7 +186,7 @@ def _active_streams(live: LiveServer) -> int:
 def test_disconnect_mid_stream_frees_the_stream_and_keeps_the_session(live: LiveServer) -> None:
     base = f"http://{live.url}/v1/sessions"
     assert httpx.post(base, json={"model": LM, "session_id": "oa-drop"}).status_code == 201
-    body = {"model": LM, "prompt": "x", "max_tokens": 4096, "stream": True, "session_id": "oa-drop"}
+    body = {"model": LM, "prompt": "x", "max_tokens": LONG, "stream": True, "session_id": "oa-drop"}
     with httpx.stream("POST", f"http://{live.url}/openai/v1/completions", json=body) as r:
         first = next(line for line in r.iter_lines() if line)
         assert first.startswith("data: {")
