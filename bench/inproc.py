@@ -97,6 +97,16 @@ async def engine_step_s(runner: Any, B: int, seconds: float) -> float:
     return (t1 - t0) / max(1, n1 - n0)
 
 
+def _run_loop(coro: Any) -> Any:
+    """Run on uvloop when installed: uvicorn's `loop="auto"` serves on it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def overhead(model_dir: Path, seconds: float, rounds: int = 5) -> dict[str, Any]:
     """Per batch size, `rounds` rounds of bare, engine, bare, engine, ..., bare: each engine
     round is divided by the mean of the bare rounds either side of it, so a slow patch of a
@@ -116,7 +126,7 @@ def overhead(model_dir: Path, seconds: float, rounds: int = 5) -> dict[str, Any]
         bare = [bare_step_s(runner, B, seconds)]
         eng: list[float] = []
         for _ in range(rounds):
-            eng.append(asyncio.run(engine_step_s(runner, B, seconds)))
+            eng.append(_run_loop(engine_step_s(runner, B, seconds)))
             bare.append(bare_step_s(runner, B, seconds))
         ratios = [e / ((b0 + b1) / 2) for e, b0, b1 in zip(eng, bare, bare[1:], strict=False)]
         rows.append(

@@ -155,8 +155,12 @@ def sample_plain(logits: np.ndarray, inv_temp: np.ndarray, uniforms: np.ndarray)
     x -= x.max(axis=1, keepdims=True)
     np.exp(x, out=x)
     cdf = x @ _upper(K)  # (B, K), cdf[:, -1] = the row's total mass
-    idx = (cdf < (uniforms * cdf[:, -1]).astype(np.float32)[:, None]).sum(axis=1)  # (B,) int64
-    out: np.ndarray = np.minimum(idx, K - 1, out=idx)
+    below = cdf < (uniforms * cdf[:, -1]).astype(np.float32)[:, None]  # (B, K)
+    # the first token whose cdf reaches the draw (the last one always does: u < 1): argmin of
+    # `below`, 2x cheaper than counting its Trues. The two agree wherever cdf is non-decreasing;
+    # BLAS prefix sums can dip by an ulp at kernel block edges, where a draw landing in that ulp
+    # (~1e-7 a draw; none in 450k measured) gets the first of the two neighbouring tokens.
+    out: np.ndarray = below.argmin(axis=1)  # (B,) int64
     return out
 
 

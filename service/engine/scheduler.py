@@ -9,9 +9,10 @@ Each model has one **engine thread** that alternates between
 
 Why a thread, not a task on the event loop: the engine never waits for the loop. HTTP runs on
 the loop *while* the next step computes; a consumer that fell behind finds several tokens and
-writes them with one send (docs/benchmarks.md has the A/B). Results cross back with ONE
-`call_soon_threadsafe` per step or prefill bucket (`handoff.py`): futures and stream events are
-touched on the loop thread only.
+writes them with one send (docs/benchmarks.md has the A/B). Results cross back as ONE
+callback per step or prefill bucket (`handoff.py`), through the model's `Inbox` (`inbox.py`: a
+FIFO that wakes the loop only when it is not already due to drain): futures and stream events
+are touched on the loop thread only.
 
 The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache) plus
 per-row parameter arrays (`rows.Rows`): a step's sampling, draws and length checks are a few
@@ -21,7 +22,6 @@ numpy calls. A failed call fails every waiter of that call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 import time
 from collections import deque
@@ -41,6 +41,7 @@ from service.engine.handoff import (
     reject,
     resolve,
 )
+from service.engine.inbox import Inbox
 from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
 from service.engine.rows import Rows, special_rows
 from service.engine.runner import Runner
@@ -93,20 +94,23 @@ class Scheduler:
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
         self._draws = Draws()  # the rows' next random draws, computed a block at a time
+        # derived from the batch when rows join or leave (`_changed`), not every step
         self._plain = True  # every row temperature-only (see sampling.all_plain)
+        self._until_done = 0  # steps until the first row reaches its max_tokens
+        self._fresh = False  # rows joined that have not sampled their first token
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: Inbox | None = None  # to the event loop, made by start()
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
     # -- public API (event loop) ------------------------------------------------------------
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._inbox = Inbox(asyncio.get_running_loop())
         self._thread.start()
 
     async def prefill(
@@ -129,6 +133,7 @@ class Scheduler:
             self._admit(len(self._joining))
             self._joining.append(stream)
             self._cv.notify()
+        self._gauge()
 
     @property
     def active_streams(self) -> int:
@@ -157,6 +162,8 @@ class Scheduler:
         fail_streams(joining, err)
         if self._thread.is_alive():
             fail_streams(list(self._streams), err)
+        elif self._inbox is not None:  # no thread posts any more
+            self._inbox.close()
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -174,9 +181,8 @@ class Scheduler:
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         """Run `fn(*args)` on the event loop (in submission order)."""
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-            self._loop.call_soon_threadsafe(fn, *args)
+        assert self._inbox is not None
+        self._inbox.post(fn, *args)
 
     def _run(self) -> None:
         while True:
@@ -267,6 +273,8 @@ class Scheduler:
         self._post(resolve, results)
 
     def _admit_joins(self) -> None:
+        if not self._joining:  # the usual step (a join racing this check is seen next step)
+            return
         room = self.config.max_streams - len(self._streams)
         new: list[Stream] = []
         with self._cv:
@@ -299,8 +307,9 @@ class Scheduler:
             return
         self._states, self._logits, self._rows = states, logits, rows
         self._draws.join(joined.seeds, joined.count)
-        self._plain = self._rows_plain()
         self._streams += new
+        self._fresh = True
+        self._changed()
 
     def _keep(self, keep: np.ndarray) -> None:
         """Filter the decode batch to the rows where `keep` is True."""
@@ -312,18 +321,21 @@ class Scheduler:
         self._logits = self._logits[idx]
         self._rows = self._rows.take(idx)
         self._draws.keep(idx)
-        self._plain = self._rows_plain()
+        self._changed()
 
-    def _rows_plain(self) -> bool:
+    def _changed(self) -> None:
+        """After rows joined or left: what the steps need from the batch, computed once."""
         r = self._rows
-        return all_plain(r.temp, r.top_k, r.top_p, self._logits.shape[-1])
+        self._plain = all_plain(r.temp, r.top_k, r.top_p, self._logits.shape[-1])
+        self._until_done = int((r.max - r.count).min()) if len(r.count) else 0
+        self._gauge()
 
     def _clear_batch(self) -> None:
         self._streams, self._states = [], []
         self._logits = np.zeros((0, 0), np.float32)
         self._rows = Rows.of([])
         self._draws.clear()
-        self._plain = True
+        self._changed()
 
     def _count_cancel(self) -> None:
         self._cancels += 1  # on the loop thread; the engine thread only reads it
@@ -337,7 +349,6 @@ class Scheduler:
         self._admit_joins()
         streams = self._streams
         n = len(streams)
-        self._gauge()
         if n == 0:
             return
         t0 = time.perf_counter()
@@ -348,9 +359,15 @@ class Scheduler:
         else:
             tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
-        done = r.count >= r.max  # (n,) finished by length
-        texts, logprobs = special_rows(self._rows, streams, self._logits, tokens, done)
-        self._first_tokens(streams, t0)
+        self._until_done -= 1
+        if self._until_done <= 0 or r.any_special:  # (stop strings end rows early)
+            done = r.count >= r.max  # (n,) finished by length
+            texts, logprobs = special_rows(r, streams, self._logits, tokens, done)
+        else:  # no row can finish at this step
+            done, texts, logprobs = None, None, None
+        if self._fresh:
+            self._fresh = False
+            self._first_tokens(streams, t0)
         # the tokens reach their consumers while onnxruntime computes the step
         stats, self._stats = self._stats, None
         self._post(emit, streams, tokens.tolist(), texts, logprobs, stats)
@@ -364,10 +381,9 @@ class Scheduler:
                 self._post(record, *self._stats)
                 self._stats = None
             self._clear_batch()
-            self._gauge()
             return
         self._logits, self._states = logits, states
-        if done.any():
+        if done is not None and done.any():
             finished = [
                 (
                     streams[r],

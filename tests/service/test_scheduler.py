@@ -146,6 +146,30 @@ async def test_streams_join_between_steps_and_cancelled_ones_leave() -> None:
     await s.close(1)
 
 
+async def test_rows_joining_and_leaving_at_any_step_each_get_exactly_max_tokens() -> None:
+    """The length check runs only at steps where some row can finish (a countdown recomputed
+    when rows join or leave): rows joining mid-run, alongside a stop-string row, still end at
+    exactly their own max_tokens, in any order."""
+    runner = FakeRunner()
+    s = make(runner, max_streams=64)
+    params = SamplingParams(1.0, 0, 1.0, seed=1, max_tokens=50, stop=("x",))  # never matches
+    stop = Stream(params, np.zeros(58, np.float32), runner.manifest.init_states(1), str)
+    streams: list[Stream] = [stop]
+    s.join(stop)
+    tasks = [asyncio.ensure_future(_drain(stop))]
+    for wave in range(6):
+        for i in range(5):
+            st = _stream(runner, max_tokens=1 + (7 * wave + 3 * i) % 23)
+            streams.append(st)
+            s.join(st)
+            tasks.append(asyncio.ensure_future(_drain(st)))
+        await asyncio.sleep(0.002 * wave)
+    for st, (toks, done) in zip(streams, await asyncio.gather(*tasks), strict=True):
+        assert isinstance(done, DoneEvent)
+        assert len(toks) == done.completion_tokens == st.params.max_tokens
+    await s.close(1)
+
+
 async def test_decode_failure_fails_all_streams() -> None:
     runner = FakeRunner()
     s = make(runner)
