@@ -1,5 +1,5 @@
-"""What the engine thread hands to the event loop: callbacks run there through the scheduler's
-`Inbox` (the only place futures and stream events are touched), and the model's
+"""What the engine thread hands to the event loop: callbacks run there by
+`call_soon_threadsafe` (the only place futures and stream events are touched), and the model's
 metric children, bound once (`labels()` costs 1-2 us a call)."""
 
 from __future__ import annotations

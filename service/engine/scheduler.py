@@ -9,10 +9,9 @@ Each model has one **engine thread** that alternates between
 
 Why a thread, not a task on the event loop: the engine never waits for the loop. HTTP runs on
 the loop *while* the next step computes; a consumer that fell behind finds several tokens and
-writes them with one send (docs/benchmarks.md has the A/B). Results cross back as ONE
-callback per step or prefill bucket (`handoff.py`), through the model's `Inbox` (`inbox.py`: a
-FIFO that wakes the loop only when it is not already due to drain): futures and stream events
-are touched on the loop thread only.
+writes them with one send (docs/benchmarks.md has the A/B). Results cross back with ONE
+`call_soon_threadsafe` per step or prefill bucket (`handoff.py`): futures and stream events are
+touched on the loop thread only.
 
 The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache) plus
 per-row parameter arrays (`rows.Rows`): a step's sampling, draws and length checks are a few
@@ -22,6 +21,7 @@ numpy calls. A failed call fails every waiter of that call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
@@ -41,7 +41,6 @@ from service.engine.handoff import (
     reject,
     resolve,
 )
-from service.engine.inbox import Inbox
 from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
 from service.engine.rows import Rows, special_rows
 from service.engine.runner import Runner
@@ -104,13 +103,13 @@ class Scheduler:
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
-        self._inbox: Inbox | None = None  # to the event loop, made by start()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
     # -- public API (event loop) ------------------------------------------------------------
 
     def start(self) -> None:
-        self._inbox = Inbox(asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
         self._thread.start()
 
     async def prefill(
@@ -162,8 +161,6 @@ class Scheduler:
         fail_streams(joining, err)
         if self._thread.is_alive():
             fail_streams(list(self._streams), err)
-        elif self._inbox is not None:  # no thread posts any more
-            self._inbox.close()
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -181,8 +178,12 @@ class Scheduler:
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         """Run `fn(*args)` on the event loop (in submission order)."""
-        assert self._inbox is not None
-        self._inbox.post(fn, *args)
+        assert self._loop is not None
+        # (an eventfd FIFO that wakes the loop only when it is not already due to drain was
+        # tried: 4 us less per step in-process, but first tokens at 256 streams came 1.7x later
+        # on uvloop: docs/benchmarks.md)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _run(self) -> None:
         while True:

@@ -51,7 +51,7 @@ class Stream:
     Two threads touch a stream, each its own fields: the model's engine thread runs the stop
     matcher (`stop_text`) and sets `first_token_at`; the event loop owns the event buffer (`emit`,
     `finish`, `fail`, `iter_events`), to which the engine hands results with one
-    callback per step. `cancel()` is a flag the engine reads before each step.
+    `call_soon_threadsafe` per step. `cancel()` is a flag the engine reads before each step.
     """
 
     params: SamplingParams
