@@ -139,7 +139,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--streams", default="1,16,64,256")
     ap.add_argument("--sessions", type=int, default=100_000)
-    ap.add_argument("--no-save", action="store_true", help="do not update bench/results/")
+    ap.add_argument(
+        "--no-save", action="store_true", help="do not update bench/results/ (a full run does)"
+    )
     a = ap.parse_args()
     only = set(a.only.split(","))
     want = [t for t in a.peers.split(",") if t]
@@ -352,7 +354,10 @@ def main() -> None:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     (OUT / f"results-{stamp}.json").write_text(json.dumps(res, indent=1))
     log(f"done in {res['wall_s']:.0f}s -> bench/.out/results-{stamp}.json")
-    if not a.no_save and not a.quick:
+    # only a full run replaces the committed results: a partial one would drop the tables of
+    # the workloads and peers it left out
+    full = only == set(WORKLOADS) and set(want) == set(ALL_TARGETS)
+    if not a.no_save and not a.quick and full:
         from bench import report
 
         RESULTS.mkdir(exist_ok=True)
