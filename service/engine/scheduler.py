@@ -13,9 +13,9 @@ writes them with one send (docs/benchmarks.md has the A/B). Results cross back w
 `call_soon_threadsafe` per step or prefill bucket (`handoff.py`): futures and stream events are
 touched on the loop thread only.
 
-The decode batch keeps its state as contiguous batch arrays (TGI-style keyed state cache) plus
-per-row parameter arrays (`rows.Rows`): a step's sampling, draws and length checks are a few
-numpy calls. A failed call fails every waiter of that call.
+The decode batch (`batch.DecodeBatch`) keeps its state as contiguous batch arrays plus per-row
+parameter arrays (`rows.Rows`): a step's sampling, draws and length checks are a few numpy
+calls. A failed call fails every waiter of that call.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from service.engine.batch import DecodeBatch
 from service.engine.handoff import (
     Meters,
     as_service_error,
@@ -42,9 +43,9 @@ from service.engine.handoff import (
     resolve,
 )
 from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
-from service.engine.rows import Rows, special_rows
+from service.engine.rows import special_rows
 from service.engine.runner import Runner
-from service.engine.sampling import Draws, all_plain, sample, sample_plain
+from service.engine.sampling import sample, sample_plain
 from service.engine.stream import Stream
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
@@ -87,16 +88,7 @@ class Scheduler:
         self._joining: deque[Stream] = deque()
         self._closing = False
         self._abort = False
-        # owned by the engine thread: the decode batch, one entry per row
-        self._streams: list[Stream] = []
-        self._states: StateRows = []
-        self._logits = np.zeros((0, 0), np.float32)
-        self._rows = Rows.of([])
-        self._draws = Draws()  # the rows' next random draws, computed a block at a time
-        # derived from the batch when rows join or leave (`_changed`), not every step
-        self._plain = True  # every row temperature-only (see sampling.all_plain)
-        self._until_done = 0  # steps until the first row reaches its max_tokens
-        self._fresh = False  # rows joined that have not sampled their first token
+        self._batch = DecodeBatch(self._axes)  # owned by the engine thread
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
@@ -136,7 +128,7 @@ class Scheduler:
 
     @property
     def active_streams(self) -> int:
-        return len(self._streams) + len(self._joining)
+        return len(self._batch) + len(self._joining)
 
     @property
     def queue_depth(self) -> int:
@@ -160,7 +152,7 @@ class Scheduler:
         reject([j.future for j in jobs], err)
         fail_streams(joining, err)
         if self._thread.is_alive():
-            fail_streams(list(self._streams), err)
+            fail_streams(list(self._batch.streams), err)
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -193,7 +185,7 @@ class Scheduler:
                     return
                 if jobs:
                     self._run_prefill(jobs)
-                if self._streams or self._joining:
+                if self._batch.streams or self._joining:
                     self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
@@ -208,7 +200,7 @@ class Scheduler:
                 if self._abort:
                     self._fail_all(_shutting_down())
                     return None
-                decoding = bool(self._streams or self._joining)
+                decoding = bool(self._batch.streams or self._joining)
                 if not (self._prefill or decoding):
                     if self._closing:
                         return None
@@ -276,7 +268,7 @@ class Scheduler:
     def _admit_joins(self) -> None:
         if not self._joining:  # the usual step (a join racing this check is seen next step)
             return
-        room = self.config.max_streams - len(self._streams)
+        room = self.config.max_streams - len(self._batch)
         new: list[Stream] = []
         with self._cv:
             while self._joining and len(new) < room:
@@ -286,95 +278,60 @@ class Scheduler:
                     new.append(s)
         if not new:
             return
-        old = bool(self._streams)
-        # built aside and assigned together: streams that cannot join fail alone and the
-        # running batch stays consistent
         try:
-            states = [
-                np.concatenate(
-                    [*([self._states[k]] if old else []), *(s.states[k] for s in new)], axis=ax
-                )
-                for k, ax in enumerate(self._axes)
-            ]
-            logits = np.stack([s.logits for s in new])
-            joined = Rows.of(new)
-            rows = joined
-            if old:
-                logits = np.concatenate([self._logits, logits])
-                rows = self._rows.concat(joined)
+            self._batch.join(new)
         except Exception as e:
             log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
             self._post(fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
             return
-        self._states, self._logits, self._rows = states, logits, rows
-        self._draws.join(joined.seeds, joined.count)
-        self._streams += new
-        self._fresh = True
-        self._changed()
+        self._gauge()
 
     def _keep(self, keep: np.ndarray) -> None:
-        """Filter the decode batch to the rows where `keep` is True."""
-        idx = np.flatnonzero(keep)
-        self._streams = [self._streams[i] for i in idx]
-        self._states = [
-            np.take(s, idx, axis=ax) for s, ax in zip(self._states, self._axes, strict=True)
-        ]
-        self._logits = self._logits[idx]
-        self._rows = self._rows.take(idx)
-        self._draws.keep(idx)
-        self._changed()
-
-    def _changed(self) -> None:
-        """After rows joined or left: what the steps need from the batch, computed once."""
-        r = self._rows
-        self._plain = all_plain(r.temp, r.top_k, r.top_p, self._logits.shape[-1])
-        self._until_done = int((r.max - r.count).min()) if len(r.count) else 0
+        self._batch.keep(keep)
         self._gauge()
 
     def _clear_batch(self) -> None:
-        self._streams, self._states = [], []
-        self._logits = np.zeros((0, 0), np.float32)
-        self._rows = Rows.of([])
-        self._draws.clear()
-        self._changed()
+        self._batch.clear()
+        self._gauge()
 
     def _count_cancel(self) -> None:
         self._cancels += 1  # on the loop thread; the engine thread only reads it
 
     def _decode_step(self) -> None:
+        b = self._batch
         if self._cancels != self._cancels_seen:
             self._cancels_seen = self._cancels
-            cancelled = [s.cancelled for s in self._streams]
+            cancelled = [s.cancelled for s in b.streams]
             if any(cancelled):
                 self._keep(~np.array(cancelled, bool))
         self._admit_joins()
-        streams = self._streams
+        streams = b.streams
         n = len(streams)
         if n == 0:
             return
         t0 = time.perf_counter()
-        r = self._rows
-        u = self._draws.step(r.seeds, r.count)  # (n,), one draw per row
-        if self._plain:  # the usual batch: temperature only, no per-step masks
-            tokens = sample_plain(self._logits, r.inv_temp, u)  # (n,)
+        r = b.rows
+        u = b.draws.step(r.seeds, r.count)  # (n,), one draw per row
+        if b.plain:  # the usual batch: temperature only, no per-step masks
+            tokens = sample_plain(b.logits, r.inv_temp, u)  # (n,)
         else:
-            tokens = sample(self._logits, r.temp, r.top_k, r.top_p, u)  # (n,)
+            tokens = sample(b.logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
-        self._until_done -= 1
-        if self._until_done <= 0 or r.any_special:  # (stop strings end rows early)
+        b.until_done -= 1
+        if b.until_done <= 0 or r.any_special:  # (stop strings end rows early)
             done = r.count >= r.max  # (n,) finished by length
-            texts, logprobs = special_rows(r, streams, self._logits, tokens, done)
+            texts, logprobs = special_rows(r, streams, b.logits, tokens, done)
         else:  # no row can finish at this step
             done, texts, logprobs = None, None, None
-        if self._fresh:
-            self._fresh = False
+        if b.fresh:
+            b.fresh = False
             self._first_tokens(streams, t0)
         # the tokens reach their consumers while onnxruntime computes the step
         stats, self._stats = self._stats, None
         self._post(emit, streams, tokens.tolist(), texts, logprobs, stats)
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
-            logits, states = self.runner.run(tokens[:, None], self._ones[:n], self._states)
+            logits, states = self.runner.run(tokens[:, None], self._ones[:n], b.states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
             self._post(fail_streams, list(streams), as_service_error(e))
@@ -383,7 +340,7 @@ class Scheduler:
                 self._stats = None
             self._clear_batch()
             return
-        self._logits, self._states = logits, states
+        b.advance(logits, states)
         if done is not None and done.any():
             finished = [
                 (
@@ -398,10 +355,10 @@ class Scheduler:
         if self._m is not None:  # recorded on the loop with the next step's tokens
             gap = None if self._last_step is None else t0 - self._last_step
             self._stats = (self._m, n, time.perf_counter() - t0, gap)
-            if not self._streams:  # no next step: record now
+            if not b.streams:  # no next step: record now
                 self._post(record, *self._stats)
                 self._stats = None
-        self._last_step = t0 if self._streams else None
+        self._last_step = t0 if b.streams else None
 
     def _first_tokens(self, streams: list[Stream], t0: float) -> None:
         """Time to first token, for the rows sampling their first token now (the newest)."""
@@ -417,5 +374,5 @@ class Scheduler:
             jobs, self._prefill = list(self._prefill), deque()
             joining, self._joining = list(self._joining), deque()
         self._post(reject, [j.future for j in jobs], err)
-        self._post(fail_streams, [*self._streams, *joining], err)
+        self._post(fail_streams, [*self._batch.streams, *joining], err)
         self._clear_batch()
