@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.engine.registry import Registry
 from service.settings import Settings
-from tests.conftest import FIXTURE_MODELS
+from tests.conftest import FIXTURE_MODELS, LONG
 from tests.service.conftest import FakeClock
 
 TTL = 60.0  # the session TTL of `live`: a test advances `clock` past it
@@ -60,10 +60,6 @@ class LiveServer:
 def clock() -> FakeClock:
     """Per module, not per test (as in conftest): `live` outlives a test and keeps this clock."""
     return FakeClock()
-
-
-# a generation that lasts minutes: a disconnect test cuts it off, however fast the engine is
-LONG = 2_000_000
 
 
 @pytest.fixture(scope="module")

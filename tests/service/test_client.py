@@ -36,7 +36,7 @@ from service.client.errors import _BY_CODE, error_from_body
 from service.client.types import Output
 from service.engine.registry import Registry
 from service.settings import Settings
-from tests.conftest import FIXTURE_MODELS, ROOT
+from tests.conftest import FIXTURE_MODELS, LONG, ROOT
 from tests.service.conftest import CLASSIFIERS, LM, FakeClock
 from tests.service.live import serve_in_thread
 from tests.service.test_api_sessions import TEXT, chunks, close
@@ -52,7 +52,9 @@ def clock() -> FakeClock:
 @pytest.fixture(scope="module")
 def live(registry: Registry, clock: FakeClock) -> Iterator[tuple[str, FastAPI]]:
     app = create_app(
-        Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0, max_sessions=64),
+        Settings(
+            models_dir=FIXTURE_MODELS, max_wait_ms=1.0, max_sessions=64, max_tokens_limit=LONG
+        ),
         registry=registry,
         clock=clock,
         configure_logs=False,
@@ -154,7 +156,7 @@ def test_session_generate_tracks_version(client: Client) -> None:
 def test_stopping_a_stream_commits_nothing(client: Client) -> None:
     with client.session(LM) as s:
         s.feed("A")
-        stream = s.generate(stream=True, max_tokens=4000, seed=2)
+        stream = s.generate(stream=True, max_tokens=LONG, seed=2)
         assert next(stream)
         stream.close()  # closes the connection: the server cancels the generation
         deadline = time.monotonic() + 5
@@ -192,7 +194,7 @@ def test_session_deleted_on_exit(client: Client) -> None:
 
 def test_typed_errors(client: Client, clock: FakeClock) -> None:
     with pytest.raises(InvalidInput) as e:
-        client.generate(LM, "x", max_tokens=10**6)
+        client.generate(LM, "x", max_tokens=LONG + 1)
     assert e.value.field == "max_tokens" and e.value.status == 422
     with pytest.raises(InvalidInput) as e:
         client.predict(LM, [])
@@ -212,7 +214,7 @@ def test_typed_errors(client: Client, clock: FakeClock) -> None:
         s.feed("a")
     assert isinstance(ex.value, SessionGone) and not isinstance(ex.value, SessionNotFound)
     with pytest.raises(InvalidInput):
-        s.generate(stream=True, max_tokens=10**6).text()
+        s.generate(stream=True, max_tokens=LONG + 1).text()
 
 
 def test_error_codes_cover_the_service() -> None:

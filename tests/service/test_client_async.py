@@ -13,7 +13,7 @@ from service.app import create_app
 from service.client import AsyncClient, InvalidInput, Retry, SessionNotFound, VersionConflict
 from service.engine.registry import Registry
 from service.settings import Settings
-from tests.conftest import FIXTURE_MODELS
+from tests.conftest import FIXTURE_MODELS, LONG
 from tests.service.conftest import CLASSIFIERS, LM
 from tests.service.live import serve_in_thread
 from tests.service.test_api_sessions import TEXT, chunks, close
@@ -23,7 +23,7 @@ from tests.service.test_client import probs
 @pytest.fixture(scope="module")
 def base_url(registry: Registry) -> Iterator[str]:
     app: FastAPI = create_app(
-        Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0),
+        Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0, max_tokens_limit=LONG),
         registry=registry,
         configure_logs=False,
     )
@@ -74,7 +74,7 @@ async def test_stream(client: AsyncClient) -> None:
     tokens = [t async for t in stream]
     assert "".join(tokens) == done.text == (stream.result and stream.result.text)
     async with await client.session(LM) as s:
-        async with s.generate("ROMEO:", stream=True, max_tokens=4000, seed=4) as early:
+        async with s.generate("ROMEO:", stream=True, max_tokens=LONG, seed=4) as early:
             async for _ in early:
                 break  # leaving the `async with` closes the stream: the server cancels it
         for _ in range(100):  # the session is free again once the server saw the close
@@ -94,7 +94,7 @@ async def test_errors(client: AsyncClient) -> None:
     with pytest.raises(SessionNotFound):
         await client.attach("missing")
     with pytest.raises(InvalidInput):
-        async for _ in client.generate(LM, "x", stream=True, max_tokens=10**6):
+        async for _ in client.generate(LM, "x", stream=True, max_tokens=LONG + 1):
             pass
 
 

@@ -16,18 +16,15 @@ from websockets.asyncio.client import connect
 from service.app import create_app
 from service.engine.registry import Registry
 from service.settings import Settings
-from tests.conftest import FIXTURE_MODELS
+from tests.conftest import FIXTURE_MODELS, LONG
 from tests.service.conftest import ALL_MODELS, CLASSIFIERS, LM
 from tests.service.live import serve_in_thread
 from tests.service.test_api_sessions import TEXT, chunks, close, probs_of
-
-LONG = 2_000_000
 
 
 @pytest.fixture(scope="module")
 def live(registry: Registry) -> Iterator[tuple[str, FastAPI]]:
     app = create_app(
-        # a generation long enough (minutes) to be cut off by the client, however fast the engine
         Settings(models_dir=FIXTURE_MODELS, max_wait_ms=1.0, max_tokens_limit=LONG),
         registry=registry,
         configure_logs=False,

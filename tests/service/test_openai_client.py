@@ -9,8 +9,9 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import LONG
 from tests.service.conftest import CHAR_MODELS, CLS, LM, FakeClock
-from tests.service.live import LONG, LiveServer, clock, live
+from tests.service.live import LiveServer, clock, live
 
 __all__ = ["clock", "live"]  # the fixtures, used by name
 

@@ -15,6 +15,7 @@ from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import MemoryStore
 from service.errors import EngineError
+from tests.conftest import LONG
 from tests.service.conftest import LM, FakeClock
 
 
@@ -96,7 +97,7 @@ async def test_failure_mid_generation_leaves_session_unchanged(svc: SessionServi
 async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None:
     sid = (await svc.create(LM, None, None, None, None))["session_id"]
     before = await svc.export_state(sid, None)
-    gen = await svc.open_generation(sid, GenerateParams(max_tokens=1000), None, None, None)
+    gen = await svc.open_generation(sid, GenerateParams(max_tokens=LONG), None, None, None)
 
     async def consume() -> None:
         async for _ in gen.events():
