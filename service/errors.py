@@ -75,6 +75,12 @@ class VersionConflict(ServiceError):
     status, code = 409, "version_conflict"
 
 
+class ModelChanged(ServiceError):
+    """The state was made by another graph of the model (its sha256 differs): never fed."""
+
+    status, code = 409, "model_changed"
+
+
 class IdempotencyKeyReused(ServiceError):
     status, code = 422, "idempotency_key_reused"
 

@@ -36,7 +36,7 @@ from service.errors import (
     IdempotencyKeyReused,
     InvalidInput,
     InvalidState,
-    ServiceError,
+    ModelChanged,
     SessionEvicted,
     SessionExists,
     SessionExpired,
@@ -94,11 +94,9 @@ class SessionService:
     def _model(self, rec: SessionRecord) -> LoadedModel:
         m = self.engine.model(rec.model)
         if m.sha256 != rec.model_sha256:
-            raise ServiceError(
+            raise ModelChanged(
                 f"model {rec.model!r} changed since this session started; export its state or "
-                "reset it",
-                status=409,
-                code="model_changed",
+                "reset it"
             )
         return m
 

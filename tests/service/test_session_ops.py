@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from service.engine.registry import LoadedModel, Registry
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import MemoryStore
-from service.errors import EngineError
+from service.errors import EngineError, ModelChanged
 from tests.conftest import LONG
 from tests.service.conftest import LM, FakeClock
 
@@ -112,3 +113,21 @@ async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None
     assert svc.engine.schedulers[LM].active_streams in (0, 1)  # dropped before the next step
     r = await asyncio.wait_for(svc.feed(sid, "a", 1, None, None, None), 2)  # lock released
     assert r["version"] == 1
+
+
+async def test_a_session_of_a_redeployed_graph_answers_model_changed(svc: SessionService) -> None:
+    """A session's state belongs to the graph it was made with (its sha256): once another graph
+    of the model is served, every operation answers 409 model_changed, and nothing is fed."""
+    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    await svc.feed(sid, "ab", 1, None, None, None)
+    before = await svc.export_state(sid, None)
+    m = svc.engine.registry.models[LM]
+    other = m.manifest.model_copy(update={"onnx_sha256": "0" * 64})
+    svc.engine.registry.models[LM] = dataclasses.replace(m, manifest=other)
+    with pytest.raises(ModelChanged) as e:
+        await svc.feed(sid, "c", 1, None, None, None)
+    assert (e.value.status, e.value.code) == (409, "model_changed")
+    with pytest.raises(ModelChanged):
+        await svc.open_generation(sid, GenerateParams(max_tokens=3), None, None, None)
+    svc.engine.registry.models[LM] = m  # the original graph again: the session is intact
+    assert await svc.export_state(sid, None) == before

@@ -27,6 +27,7 @@ from service.engine.session_ops import (
 from service.engine.sessions import SessionRecord
 from service.errors import (
     InvalidInput,
+    ModelChanged,
     ServiceError,
     SessionEvicted,
     SessionExpired,
@@ -78,11 +79,9 @@ def _check_model(seq: Sequence, rec: SessionRecord, m: LoadedModel) -> None:
             field="parameters.sequence_id",
         )
     if rec.model_sha256 != m.sha256:
-        raise ServiceError(
+        raise ModelChanged(
             f"model {m.name!r} changed since sequence {seq.label} started; restart it with "
-            "sequence_start=true",
-            status=409,
-            code="model_changed",
+            "sequence_start=true"
         )
 
 
