@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from service.engine.registry import Registry, load_registry
-from tests.conftest import FIXTURE_MODELS
+from tests.conftest import FIXTURE_MODELS, LONG
 from tests.hardening.asgi import HeldClient
 from tests.hardening.conftest import KEY_A, KEY_B, KEYS, auth, wrapped
 from tests.service.conftest import CLS, LM, ClientFactory, app_of
@@ -63,14 +63,14 @@ async def test_slow_request_times_out_with_504_and_commits_nothing(
 async def test_stalled_reader_is_dropped_and_frees_everything(
     make_client: ClientFactory, stream: bool
 ) -> None:
-    async with make_client(send_timeout_s=0.2) as c:
+    async with make_client(send_timeout_s=0.2, max_tokens_limit=LONG) as c:
         app = app_of(c)
         sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
         await c.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"})
         before = (await c.get(f"/v1/sessions/{sid}/state")).json()
         # takes the response head (and 2 frames when streaming), then stops reading for good
         held = HeldClient(hold_after=3 if stream else 0)
-        body = {"max_tokens": 4000, "stream": stream, "seed": 1}
+        body = {"max_tokens": LONG, "stream": stream, "seed": 1}
         if not stream:  # the JSON answer is one message: stall on it
             body["max_tokens"] = 5
         t0 = time.monotonic()
