@@ -18,7 +18,7 @@ import numpy as np
 from service.api.deps import Services
 from service.api.v2.protocol import Sequence
 from service.engine.registry import LoadedModel
-from service.engine.session_ops import (
+from service.engine.session_records import (
     fresh_record,
     prefill_peeking,
     require_streamable,
