@@ -19,7 +19,6 @@ class Rows:
     """Per-row sampling parameters and counters of the decode batch, batch axis first."""
 
     temp: np.ndarray  # float64, 0 = greedy
-    inv_temp: np.ndarray  # float32 (B, 1): 1 / temp (0 where greedy), for sample_plain
     top_k: np.ndarray  # int64, 0 = off
     top_p: np.ndarray  # float64, 1 = off
     seeds: np.ndarray  # uint64
@@ -30,10 +29,8 @@ class Rows:
     @classmethod
     def of(cls, streams: Sequence[Stream]) -> Rows:
         p = [s.params for s in streams]
-        temp = np.array([x.temperature for x in p], np.float64)
         return cls(
-            temp,
-            inverse_temperature(temp),
+            np.array([x.temperature for x in p], np.float64),
             np.array([x.top_k for x in p], np.int64),  # raises OverflowError past int64
             np.array([x.top_p for x in p], np.float64),
             np.array([x.seed for x in p], np.uint64),
@@ -52,16 +49,13 @@ class Rows:
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:
-        return (
-            self.temp,
-            self.inv_temp,
-            self.top_k,
-            self.top_p,
-            self.seeds,
-            self.count,
-            self.max,
-            self.special,
-        )
+        return (self.temp, self.top_k, self.top_p, self.seeds, self.count, self.max, self.special)
+
+    # derived once per batch change (a new Rows), not every step
+    @cached_property
+    def inv_temp(self) -> np.ndarray:
+        """(B, 1) float32 1 / temp (0 where greedy), for sample_plain."""
+        return inverse_temperature(self.temp)
 
     @cached_property
     def any_special(self) -> bool:
