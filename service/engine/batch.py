@@ -15,7 +15,9 @@ from service.engine.stream import Stream
 class DecodeBatch:
     def __init__(self, axes: list[int]) -> None:
         self.axes = axes  # each state tensor's batch axis
-        self.streams: list[Stream] = []
+        # a tuple, replaced (never changed in place) when rows join or leave: a step hands it to
+        # the loop with its tokens, and the next step's joins must not change what that sees
+        self.streams: tuple[Stream, ...] = ()
         self.states: StateRows = []
         self.logits = np.zeros((0, 0), np.float32)  # (n, K): what the next step samples from
         self.rows = Rows.of([])
@@ -44,14 +46,14 @@ class DecodeBatch:
             rows = self.rows.concat(joined)
         self.states, self.logits, self.rows = states, logits, rows
         self.draws.join(joined.seeds, joined.count)
-        self.streams += new
+        self.streams = (*self.streams, *new)
         self.fresh = True
         self._changed()
 
     def keep(self, keep: np.ndarray) -> None:
         """Filter the batch to the rows where `keep` is True."""
         idx = np.flatnonzero(keep)
-        self.streams = [self.streams[i] for i in idx]
+        self.streams = tuple(self.streams[i] for i in idx)
         self.states = [
             np.take(s, idx, axis=ax) for s, ax in zip(self.states, self.axes, strict=True)
         ]
@@ -61,7 +63,7 @@ class DecodeBatch:
         self._changed()
 
     def clear(self) -> None:
-        self.streams, self.states = [], []
+        self.streams, self.states = (), []
         self.logits = np.zeros((0, 0), np.float32)
         self.rows = Rows.of([])
         self.draws.clear()

@@ -5,6 +5,7 @@ metric children, bound once (`labels()` costs 1-2 us a call)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,7 @@ def reject(futures: list[asyncio.Future[Any]], err: BaseException) -> None:
 
 
 def emit(
-    streams: list[Stream],
+    streams: Sequence[Stream],
     tokens: list[int],
     texts: dict[int, str] | None,
     logprobs: dict[int, dict[str, object]] | None,
@@ -74,7 +75,7 @@ def finish(done: list[tuple[Stream, np.ndarray, StateRows]]) -> None:
         s.finish(logits, rows)
 
 
-def fail_streams(streams: list[Stream], err: BaseException) -> None:
+def fail_streams(streams: Sequence[Stream], err: BaseException) -> None:
     for s in streams:
         s.fail(err)
 

@@ -64,7 +64,7 @@ class Rows:
 
 
 def special_rows(
-    rows: Rows, streams: list[Stream], logits: np.ndarray, tokens: np.ndarray, done: np.ndarray
+    rows: Rows, streams: Sequence[Stream], logits: np.ndarray, tokens: np.ndarray, done: np.ndarray
 ) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
     """Stop strings (which may end a row early: `done` is updated) and logprobs (against the
     step's input `logits`): per row, only where asked. (texts by row, logprobs by row)."""

@@ -152,7 +152,7 @@ class Scheduler:
         reject([j.future for j in jobs], err)
         fail_streams(joining, err)
         if self._thread.is_alive():
-            fail_streams(list(self._batch.streams), err)
+            fail_streams(self._batch.streams, err)
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -334,7 +334,7 @@ class Scheduler:
             logits, states = self.runner.run(tokens[:, None], self._ones[:n], b.states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
-            self._post(fail_streams, list(streams), as_service_error(e))
+            self._post(fail_streams, streams, as_service_error(e))
             if self._stats is not None:
                 self._post(record, *self._stats)
                 self._stats = None
@@ -360,7 +360,7 @@ class Scheduler:
                 self._stats = None
         self._last_step = t0 if b.streams else None
 
-    def _first_tokens(self, streams: list[Stream], t0: float) -> None:
+    def _first_tokens(self, streams: Sequence[Stream], t0: float) -> None:
         """Time to first token, for the rows sampling their first token now (the newest)."""
         for s in reversed(streams):
             if s.first_token_at is not None:

@@ -187,3 +187,31 @@ async def test_websocket_disconnect_mid_generation_leaves_state(live: tuple[str,
                 assert json.loads(await ws.recv())["type"] == "token"
         await _wait_idle(app)
         assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
+
+
+async def test_300_concurrent_websocket_generations_match_solo_runs_and_log_nothing(
+    live: tuple[str, FastAPI], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Streams joining the decode batch while it runs (the engine thread ahead of the loop):
+    every seeded output equals its solo run, and the server logs no error or traceback."""
+    addr, _ = live
+    async with httpx.AsyncClient(base_url=f"http://{addr}", timeout=60) as c:
+        sids = [
+            (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+            for _ in range(303)
+        ]
+
+    async def generate(sid: str, seed: int) -> str:
+        async with connect(f"ws://{addr}/v1/sessions/{sid}/ws", max_queue=None) as ws:
+            out = await _ws(
+                ws, {"type": "generate", "prompt": "Hi", "max_tokens": 30, "seed": seed}
+            )
+            assert out[-1]["type"] == "done", out[-1]
+            return "".join(m["text"] for m in out[:-1])
+
+    solo = [await generate(sids.pop(), i) for i in range(3)]  # on fresh sessions, like the rest
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        texts = await asyncio.gather(*(generate(sid, i % 3) for i, sid in enumerate(sids)))
+    assert texts == [solo[i % 3] for i in range(300)]
+    assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []

@@ -216,3 +216,28 @@ async def test_a_lone_client_pays_no_batching_delay() -> None:
     await asyncio.gather(*(s.prefill([2]) for _ in range(6)))
     assert runner.calls == [(6, 1)]
     await s.close(1)
+
+
+async def test_rows_joining_under_load_never_change_a_handed_off_step() -> None:
+    """The streams of a step are handed to the loop with its tokens; rows joining on the engine
+    thread before the loop runs that callback must not change what it sees (a join once
+    extended that list in place: `zip() argument 2 is shorter`, from asyncio's handler)."""
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
+    runner = FakeRunner()
+    s = make(runner, max_streams=512)
+    streams: list[Stream] = []
+    tasks = []
+    for _ in range(30):  # waves of joins while the batch decodes
+        for _ in range(10):
+            st = _stream(runner, max_tokens=40)
+            streams.append(st)
+            s.join(st)
+            tasks.append(asyncio.ensure_future(_drain(st)))
+        await asyncio.sleep(0.001)
+    for st, (toks, done) in zip(streams, await asyncio.gather(*tasks), strict=True):
+        assert isinstance(done, DoneEvent) and len(toks) == st.params.max_tokens
+    await s.close(1)
+    loop.set_exception_handler(None)
+    assert [e.get("message") for e in errors] == []
