@@ -18,7 +18,7 @@ from service.engine.stream import Stream
 class Rows:
     """Per-row sampling parameters and counters of the decode batch, batch axis first."""
 
-    temp: np.ndarray  # float64, 0 = greedy
+    temp: np.ndarray  # float64, below sampling.GREEDY_BELOW (0 included) = greedy
     top_k: np.ndarray  # int64, 0 = off
     top_p: np.ndarray  # float64, 1 = off
     seeds: np.ndarray  # uint64

@@ -26,6 +26,12 @@ class SamplingParams:
     logprobs: int | None = None  # None = off; N = chosen token + N alternatives
 
 
+# Temperatures below this sample greedily (as vLLM's _SAMPLING_EPS): 1/t of a tiny temperature
+# overflows float32 (t <= ~3e-39 gives inf, and inf * 0 logits NaN), and well before that the
+# scaled logits overflow in exp's argument, so such a row always drew token 0. At 1e-5 two
+# logits 1e-4 apart already differ by e^10 in probability: greedy in all but name.
+GREEDY_BELOW = 1e-5
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -105,12 +111,12 @@ def all_plain(temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, k: 
     """True when every row samples with temperature only (no greedy, top-k or top-p rows): then
     `sample_plain` is `sample`, without the per-step masks. Computed once per batch change."""
     filtered = ((top_k > 0) & (top_k < k)) | (top_p < 1.0)
-    return bool(np.all(temperature > 0) and not filtered.any())
+    return bool(np.all(temperature >= GREEDY_BELOW) and not filtered.any())
 
 
 def sample(
     logits: np.ndarray,  # (B, K)
-    temperature: np.ndarray,  # (B,) float, 0 = greedy
+    temperature: np.ndarray,  # (B,) float, below GREEDY_BELOW (0 included) = greedy
     top_k: np.ndarray,  # (B,) int, 0 = off
     top_p: np.ndarray,  # (B,) float in (0, 1]
     uniforms: np.ndarray,  # (B,) in [0, 1), one draw per stream
@@ -119,7 +125,7 @@ def sample(
     uniform (never on the other rows), so a seeded stream is reproducible in any batch."""
     K = logits.shape[1]
     out: np.ndarray = np.argmax(logits, axis=-1).astype(np.int64)
-    greedy = temperature <= 0
+    greedy = temperature < GREEDY_BELOW
     if greedy.all():
         return out
     filtered = ((top_k > 0) & (top_k < K)) | (top_p < 1.0)
@@ -166,7 +172,8 @@ def sample_plain(logits: np.ndarray, inv_temp: np.ndarray, uniforms: np.ndarray)
 
 def inverse_temperature(temperature: np.ndarray) -> np.ndarray:
     """(B,) temperatures -> (B, 1) float32 1/t for `sample_plain` (0 for greedy rows)."""
-    inv = np.divide(1.0, temperature, out=np.zeros(len(temperature)), where=temperature > 0)
+    live = temperature >= GREEDY_BELOW
+    inv = np.divide(1.0, temperature, out=np.zeros(len(temperature)), where=live)
     out: np.ndarray = inv.astype(np.float32)[:, None]
     return out
 

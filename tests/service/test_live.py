@@ -215,3 +215,19 @@ async def test_300_concurrent_websocket_generations_match_solo_runs_and_log_noth
         texts = await asyncio.gather(*(generate(sid, i % 3) for i, sid in enumerate(sids)))
     assert texts == [solo[i % 3] for i in range(300)]
     assert [r.getMessage() for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+
+
+async def test_tiny_temperature_is_greedy_over_sse_and_websocket(live: tuple[str, FastAPI]) -> None:
+    addr, _ = live
+    body = {"prompt": "Hi", "max_tokens": 20, "seed": 5}
+    async with httpx.AsyncClient(base_url=f"http://{addr}") as c:
+        greedy = await c.post(f"/v1/models/{LM}/generate", json={**body, "temperature": 0})
+        sse_body = {**body, "temperature": 1e-38, "stream": True}
+        async with c.stream("POST", f"/v1/models/{LM}/generate", json=sse_body) as r:
+            events = await _sse(r)
+        sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+    text = "".join(json.loads(d)["text"] for e, d in events if e == "token")
+    assert text == greedy.json()["text"]
+    async with connect(f"ws://{addr}/v1/sessions/{sid}/ws") as ws:
+        out = await _ws(ws, {"type": "generate", **body, "temperature": 1e-38})
+    assert "".join(m["text"] for m in out[:-1]) == greedy.json()["text"]

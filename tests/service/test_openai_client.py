@@ -213,3 +213,16 @@ def test_error_after_the_first_chunk_is_an_error_event(
     with pytest.raises(openai.APIError, match="expired"):
         for _ in chunks:
             pass
+
+
+@pytest.mark.parametrize("t", [1e-38, 1e-300])
+def test_tiny_temperatures_are_greedy_on_native_and_openai(
+    client: openai.OpenAI, live: LiveServer, t: float
+) -> None:
+    """1/t overflowed float32, so such a temperature always sampled token 0 ("\\n\\n\\n...")."""
+    greedy = native_generate(live, prompt="hello", max_tokens=20, temperature=0)["text"]
+    assert native_generate(live, prompt="hello", max_tokens=20, temperature=t, seed=3)["text"] == (
+        greedy
+    )
+    c = client.completions.create(model=LM, prompt="hello", max_tokens=20, temperature=t, seed=3)
+    assert c.choices[0].text == greedy

@@ -3,7 +3,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engine.sampling import StopMatcher, log_softmax, sample, softmax
+from service.engine.sampling import (
+    GREEDY_BELOW,
+    StopMatcher,
+    all_plain,
+    inverse_temperature,
+    log_softmax,
+    sample,
+    sample_plain,
+    softmax,
+)
 
 
 def _logits(b: int = 4, k: int = 10, seed: int = 0) -> np.ndarray:
@@ -22,6 +31,25 @@ def test_greedy_and_degenerate_settings_are_argmax() -> None:
     assert (_run(lg, 0.0, 0, 1.0, u) == best).all()
     assert (_run(lg, 1.0, 1, 1.0, u) == best).all()  # top-k 1
     assert (_run(lg, 1.0, 0, 1e-9, u) == best).all()  # tiny top-p keeps the best token only
+
+
+@pytest.mark.parametrize("t", [1e-38, 1e-45, 5e-324, GREEDY_BELOW / 2])
+@pytest.mark.parametrize(("k", "p"), [(0, 1.0), (3, 1.0), (0, 0.9)])
+def test_tiny_temperatures_are_greedy_on_every_path(t: float, k: int, p: float) -> None:
+    """1/t of a tiny temperature overflows float32 (inf, then NaN), which always drew token 0."""
+    lg = _logits(b=64)
+    u = np.random.default_rng(3).random(64)
+    assert (_run(lg, t, k, p, u) == lg.argmax(-1)).all()
+    temps = np.full(64, t)
+    assert not all_plain(temps, np.zeros(64, int), np.ones(64), lg.shape[1])
+    assert (inverse_temperature(temps) == 0).all()  # finite, never inf
+
+
+def test_temperatures_at_the_bound_still_sample() -> None:
+    lg = np.zeros((1, 10), np.float32)  # a flat row: a sampled token depends on the draw
+    u = np.array([0.95])
+    assert sample_plain(lg, inverse_temperature(np.array([GREEDY_BELOW])), u)[0] == 9
+    assert _run(lg, GREEDY_BELOW, 0, 1.0, u)[0] == 9
 
 
 def test_top_k_never_leaves_the_k_best() -> None:
