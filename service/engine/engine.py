@@ -19,6 +19,7 @@ from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams, softmax
 from service.engine.scheduler import Scheduler, SchedulerConfig
+from service.engine.state_bounds import require_finite
 from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
 from service.errors import InvalidInput, UnknownCharacters, UnsupportedTask
 from service.metrics import Metrics
@@ -233,6 +234,10 @@ class Engine:
             logits, states = await self.prefill(m, ids, states)
         assert logits is not None
         rows = states if states is not None else m.manifest.init_states(1)
+        # a row with non-finite numbers would sample garbage, and its overflow warnings would
+        # fail the whole decode batch: it never joins (a session's state is checked at import;
+        # this guards whatever got past that)
+        require_finite(m, [logits], rows)
         base["usage"] = {"prompt_tokens": len(ids)}
         base["seed"] = params.seed
         stream = Stream(params, logits, list(rows), self.vocab(m).__getitem__, created=started)

@@ -37,6 +37,7 @@ from service.engine.sessions import (
     encode_state,
 )
 from service.engine.sessions.blob import StateBlob
+from service.engine.state_bounds import check_import, require_finite
 from service.engine.stream import DoneEvent, Stream
 from service.errors import (
     IdempotencyKeyReused,
@@ -185,20 +186,7 @@ class SessionService:
                 field="state",
                 code="state_model_mismatch",
             )
-        specs = m.manifest.io.states
-        ok = len(blob.states) == len(specs) and all(
-            a.shape == s.concrete_shape(1) and a.dtype == np.dtype(s.dtype)
-            for a, s in zip(blob.states, specs, strict=False)
-        )
-        labels = m.manifest.labels
-        k = len(labels) if labels is not None else m.tokenizer.vocab_size
-        if blob.logits is not None:
-            ok = ok and blob.logits.shape == (k,) and bool(np.isfinite(blob.logits).all())
-        for a, spec in zip(blob.states, specs, strict=False):
-            # NaN never; +-inf only where the state starts infinite (e.g. a running max)
-            ok = ok and not np.isnan(a).any() and (np.isinf(spec.init) or np.isfinite(a).all())
-        if not ok:
-            raise InvalidState("the state's tensors do not fit this model", field="state")
+        check_import(m, blob)
         return rec.replace(
             states=tuple(blob.states),
             pending=blob.pending,
@@ -278,6 +266,7 @@ class SessionService:
             m = self._model(rec)
             ids, pending = self.engine.encode_stream(m, rec.pending, text, "text")
             shown, logits, states = await prefill_peeking(self.engine, m, rec, ids, pending)
+            require_finite(m, [shown, logits], states)
             new = rec.replace(
                 version=rec.version + 1,
                 states=tuple(states),
@@ -333,6 +322,7 @@ class SessionService:
             raise
 
         async def finalize(done: DoneEvent, result: dict[str, Any]) -> dict[str, Any]:
+            require_finite(m, [done.logits], done.states)
             fed = result["usage"]["prompt_tokens"] + done.completion_tokens
             new = rec.replace(
                 version=rec.version + 1,

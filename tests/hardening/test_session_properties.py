@@ -21,6 +21,8 @@ from service.engine.session_ops import SessionService
 from service.engine.sessions import MemoryStore, decode_state
 from tests.service.conftest import LM
 
+GRU = "tiny-char-gru"  # a huge or NaN state turns a GRU's outputs NaN (an LSTM's, here, not)
+
 
 @dataclass(frozen=True)
 class Op:
@@ -72,7 +74,8 @@ def schedules(draw: st.DrawFn) -> list[tuple[Op, bool]]:
 @pytest.fixture(scope="module")
 def world(registry: Registry) -> Iterator[tuple[asyncio.AbstractEventLoop, SessionService]]:
     loop = asyncio.new_event_loop()
-    engine = Engine(Registry({LM: registry.models[LM]}), SchedulerConfig(max_wait_ms=0.5))
+    models = {n: registry.models[n] for n in (LM, GRU)}
+    engine = Engine(Registry(models), SchedulerConfig(max_wait_ms=0.5))
     loop.run_until_complete(_start(engine))
     svc = SessionService(
         engine, MemoryStore(10_000), default_ttl_s=600, max_ttl_s=600, idempotency_ttl_s=600
@@ -144,5 +147,94 @@ def test_each_distinct_request_applies_once_in_arrival_order(
         assert await _state(svc, sid) == await _state(svc, ref)
         for s in (sid, ref):
             await svc.delete(s, None)
+
+    loop.run_until_complete(asyncio.wait_for(run(), 30))
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+header_keys = st.sampled_from(
+    ["model", "model_sha256", "version", "pending", "tokens_seen", "arrays"]
+)
+
+
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    edits=st.one_of(st.just([]), st.lists(st.tuples(header_keys, json_values), max_size=3)),
+    model=st.sampled_from([LM, GRU]),
+    poison=st.one_of(
+        st.none(),
+        st.sampled_from([float("nan"), float("inf"), -float("inf"), 3e38, -3e38, 1.5, 0.5]),
+        st.floats(allow_nan=True, allow_infinity=True),
+    ),
+)
+def test_any_imported_state_is_accepted_usable_or_refused_as_invalid_state(
+    world: tuple[asyncio.AbstractEventLoop, SessionService],
+    edits: list[tuple[str, object]],
+    model: str,
+    poison: float | None,
+) -> None:
+    """A genuine export with its header fields replaced by any JSON (NaN and infinities
+    included) or a state value set to any float: the import is refused with InvalidState
+    naming `state`, or accepted, and then the session feeds and generates with finite,
+    JSON-encodable results."""
+    import json as _json
+
+    import numpy as np
+
+    from service.engine.sessions.blob import encode_state
+    from service.errors import InvalidState
+    from tests.hardening.test_state_import import _reframe
+
+    loop, svc = world
+
+    async def run() -> None:
+        sid = (await svc.create(model, None, None, None, None))["session_id"]
+        await svc.feed(sid, "to be", 3, None, None, None)
+        data = (await svc.export_state(sid, None))["state"]
+        if poison is not None:
+            blob = decode_state(data)
+            with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf
+                blob.states[0][...] = np.float32(poison)
+            names = [s.name for s in svc.engine.model(model).manifest.io.states]
+            data = encode_state(blob, names)
+
+        def edit(h: str) -> str:
+            header = _json.loads(h)
+            for k, v in edits:
+                header[k] = v
+            return _json.dumps(header, allow_nan=True)
+
+        data = _reframe(data, edit)
+        try:
+            info = await svc.create(None, None, None, data, None)
+        except InvalidState as e:
+            assert e.field == "state"
+            return
+        new = info["session_id"]
+        fed = await svc.feed(new, "or not", 3, None, None, None)
+        gen = await svc.open_generation(new, GenerateParams(max_tokens=4, seed=1), None, None, None)
+        try:
+            done = await gen.collect()
+        finally:
+            await gen.aclose()
+        _json.dumps([fed, done], allow_nan=False)  # finite everywhere
+        assert np.isfinite([p["prob"] for p in fed["output"]["next"]]).all()
+        await svc.delete(new, None)
 
     loop.run_until_complete(asyncio.wait_for(run(), 30))

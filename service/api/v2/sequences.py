@@ -25,6 +25,7 @@ from service.engine.session_records import (
     store_id,
 )
 from service.engine.sessions import SessionRecord
+from service.engine.state_bounds import require_finite
 from service.errors import (
     InvalidInput,
     ModelChanged,
@@ -116,6 +117,7 @@ async def step(
                 )
             new_ids, pending = list(ids or []), ""
         shown, logits, states = await prefill_peeking(engine, m, base, new_ids, pending)
+        require_finite(m, [shown, logits], states)
         if shown is None:
             raise InvalidInput(
                 f"sequence {seq.label} has no tokens yet: the first request needs non-empty input",
