@@ -6,13 +6,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.api.bounds import Items, StrictIn
 from service.engine.engine import GenerateParams
 from service.errors import InvalidInput
 from service.settings import Settings
 
 
-class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+class _In(StrictIn):
+    """A native request body or WebSocket message (see `service/api/bounds.py`)."""
 
 
 def check_text(text: str | None, field: str, settings: Settings) -> None:
@@ -74,7 +75,7 @@ class PredictRequest(_In):
         }
     )
 
-    inputs: list[str] = Field(min_length=1, description="Texts to classify or continue.")
+    inputs: Items[str] = Field(min_length=1, description="Texts to classify or continue.")
     top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
 
     def check(self, settings: Settings) -> None:
@@ -116,7 +117,7 @@ class GenerateRequest(_In):
     )
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Same seed, same text.")
-    stop: str | list[str] | None = Field(None, description="Stop string(s); not returned.")
+    stop: str | Items[str] | None = Field(None, description="Stop string(s); not returned.")
     logprobs: int | None = Field(
         None, ge=0, le=20, description="Return each token's logprob and this many alternatives."
     )

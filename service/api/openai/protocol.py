@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from service.api.bounds import Capped, Items, StrictIn
 from service.api.schemas import SESSION_ID, GenerateRequest
 from service.engine.engine import GenerateParams
 from service.errors import InvalidInput
@@ -20,19 +21,16 @@ from service.settings import Settings
 SEED_MOD = 2**63  # the engine's seed range; OpenAI seeds are int64 and may be negative
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(StrictIn):
     include_usage: bool = Field(False, description="Send a last chunk with `usage`.")
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(StrictIn):
     """`POST /completions`. Parameters that would change the output but are not implemented
     are refused with a 400 naming them (never silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
     model: str = Field(description="A language model (`GET /models`).")
-    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+    prompt: str | Items[str] | Items[int] | Items[Items[int]] = Field(
         description="Text, or a list of texts (one completion set each). Token-id prompts are "
         "not supported."
     )
@@ -46,7 +44,7 @@ class CompletionRequest(BaseModel):
         None, ge=0, le=20, description="Each token's logprob plus this many alternatives."
     )
     echo: bool = Field(False, description="Return the prompt before the completion.")
-    stop: str | list[str] | None = Field(None, description="Up to 4 stop strings (not returned).")
+    stop: str | Items[str] | None = Field(None, description="Up to 4 stop strings (not returned).")
     seed: int | None = Field(
         None, ge=-(2**63), le=2**64 - 1, description="Same seed, same text (reduced mod 2^63)."
     )
@@ -55,7 +53,7 @@ class CompletionRequest(BaseModel):
     best_of: int | None = Field(None, ge=1, description="Only 1 (or equal to `n`) is supported.")
     presence_penalty: float | None = Field(None, description="Only 0 is supported.")
     frequency_penalty: float | None = Field(None, description="Only 0 is supported.")
-    logit_bias: dict[str, float] | None = Field(None, description="Only empty is supported.")
+    logit_bias: Capped[str, float] | None = Field(None, description="Only empty is supported.")
     # rnnserve extensions
     top_k: int | None = Field(
         None, ge=0, le=1_000_000, description="Extension: top-k sampling (0 = off)."

@@ -93,9 +93,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             )
     try:
         header = json.loads(body[:n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         where = f"the first {n} bytes (the JSON header)" if header_length is not None else "body"
-        raise BinaryProtocolError(f"{where} is not valid JSON: {e}", field="body") from None
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise BinaryProtocolError(f"{where} is not valid JSON: {why}", field="body") from None
     if not isinstance(header, dict):
         raise BinaryProtocolError("the request must be a JSON object", field="body")
     return header, body[n:]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from service.api.bounds import Capped, StrictIn
 from service.api.schemas import SESSION_ID
 from service.api.v2.binary import BinaryProtocolError
 from service.engine.registry import LoadedModel
@@ -74,17 +75,24 @@ class ModelReady(BaseModel):
 # -- inference ---------------------------------------------------------------------------------
 
 Parameter = bool | int | float | str
+T = TypeVar("T")
+MAX_TENSORS = 64  # inputs or outputs in one request (a model here has one input, four outputs)
+MAX_DIMS = 16
+Tensors = Annotated[list[T], Field(max_length=MAX_TENSORS, fail_fast=True)]
 
 
-class _Msg(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _Msg(StrictIn):
+    """A v2 request object (see `service/api/bounds.py`): its lists and maps are capped before
+    their items are read."""
 
 
 class RequestInput(_Msg):
     name: str = Field(description="Input tensor name (see the model metadata).")
-    shape: list[int] = Field(description="Tensor shape.")
+    shape: Annotated[list[int], Field(max_length=MAX_DIMS, fail_fast=True)] = Field(
+        description="Tensor shape."
+    )
     datatype: str = Field(description="v2 datatype.")
-    parameters: dict[str, Parameter] | None = Field(
+    parameters: Capped[str, Parameter] | None = Field(
         None, description="`binary_data_size` when the data follows the JSON in binary."
     )
     data: list[Any] | None = Field(None, description="Row-major data (flat or nested).")
@@ -92,20 +100,20 @@ class RequestInput(_Msg):
 
 class RequestOutput(_Msg):
     name: str = Field(description="Output tensor name.")
-    parameters: dict[str, Parameter] | None = Field(
+    parameters: Capped[str, Parameter] | None = Field(
         None, description="`binary_data`: return this output in binary."
     )
 
 
 class InferRequest(_Msg):
     id: str | None = Field(None, description="Echoed in the response.")
-    parameters: dict[str, Parameter] | None = Field(
+    parameters: Capped[str, Parameter] | None = Field(
         None,
         description="`sequence_id`, `sequence_start`, `sequence_end`, `binary_data_output`; "
         "`priority` and `timeout` are accepted and ignored.",
     )
-    inputs: list[RequestInput] = Field(min_length=1, description="The input tensors.")
-    outputs: list[RequestOutput] | None = Field(None, description="Default: every output.")
+    inputs: Tensors[RequestInput] = Field(min_length=1, description="The input tensors.")
+    outputs: Tensors[RequestOutput] | None = Field(None, description="Default: every output.")
 
 
 class ResponseOutput(BaseModel):

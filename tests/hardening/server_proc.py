@@ -1,0 +1,75 @@
+"""`rnnserve` as a real server process on a free port, for the tests that measure what a hostile
+client costs it (its RSS, its other clients' latency) and read its log."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import FIXTURE_MODELS, ROOT
+from tests.loopback import free_port, stop_process
+
+
+@dataclass(frozen=True)
+class ServerProcess:
+    proc: subprocess.Popen[bytes]
+    base: str  # http://127.0.0.1:port
+    log: Path  # stdout and stderr together
+
+    @property
+    def addr(self) -> str:
+        return self.base.removeprefix("http://")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")  # pragma: no cover
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def server_process(tmp: Path, **env: str) -> Iterator[ServerProcess]:
+    """`env`: RNNSERVE_* settings over the defaults (fixture models, plain-text logs)."""
+    port = free_port()
+    log = tmp / f"server-{port}.log"
+    full = {
+        **os.environ,
+        "RNNSERVE_MODELS_DIR": str(FIXTURE_MODELS),
+        "RNNSERVE_PORT": str(port),
+        "RNNSERVE_LOG_JSON": "false",
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from service.server import serve; serve()"],
+            cwd=ROOT,
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = ServerProcess(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{server.base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"server did not start:\n{server.log_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop_process(proc)

@@ -1,0 +1,158 @@
+"""Bodies built to make a rejection expensive (issue 18.1, 18.5, 18.8), against a real server
+process: each is refused with one clear error in bounded time and memory, while a well-behaved
+client's predict keeps being answered; numbers are strict on every surface."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.hardening.server_proc import ServerProcess, server_process
+from tests.service.conftest import CLS, LM
+
+N = 1_000_000  # items: 2-8 MB bodies, under the 16 MiB body limit
+
+HOSTILE = {
+    "native stop": (f"/v1/models/{LM}/generate", {"prompt": "ab", "stop": [1] * N}),
+    "native inputs": (f"/v1/models/{CLS}/predict", {"inputs": [1] * N}),
+    "native unknown keys": (
+        f"/v1/models/{CLS}/predict",
+        {"inputs": ["fine"], **{f"k{i}": 1 for i in range(N)}},
+    ),
+    "openai stop": ("/openai/v1/completions", {"model": LM, "prompt": "ab", "stop": [1] * N}),
+    "openai prompt": ("/openai/v1/completions", {"model": LM, "prompt": [[1.5]] * N}),
+    "openai logit_bias": (
+        "/openai/v1/completions",
+        {"model": LM, "prompt": "a", "logit_bias": {str(i): "x" for i in range(N // 2)}},
+    ),
+    "v2 inputs": (f"/v2/models/{CLS}/infer", {"inputs": [{}] * N}),
+    "v2 shape": (
+        f"/v2/models/{CLS}/infer",
+        {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": ["x"] * N, "data": ["a"]}]},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with server_process(tmp_path_factory.mktemp("hostile")) as s:
+        yield s
+
+
+class Prober:
+    """A well-behaved client predicting in a loop; records each answer's latency."""
+
+    def __init__(self, base: str) -> None:
+        self.base, self.latencies, self.failures = base, [], []  # type: ignore[var-annotated]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=30) as c:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                r = c.post(f"/v1/models/{CLS}/predict", json={"inputs": ["a fine film"]})
+                self.latencies.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    self.failures.append(r.status_code)
+                time.sleep(0.02)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_body_is_refused_in_bounded_time_and_memory(
+    server: ServerProcess, case: str
+) -> None:
+    path, body = HOSTILE[case]
+    data = json.dumps(body).encode()
+    assert len(data) < 16 * 2**20
+    rss0 = server.rss_mb()
+    with Prober(server.base) as probe, httpx.Client(base_url=server.base, timeout=60) as c:
+        t = time.perf_counter()
+        r = c.post(path, content=data, headers={"Content-Type": "application/json"})
+        took = time.perf_counter() - t
+        time.sleep(0.1)  # a probe or two after it
+    assert r.status_code in (400, 422), r.text
+    assert len(r.content) < 2000  # one error, not a million
+    # before: 2.5-54 s and +1.3-4 GB; now the JSON parse dominates (~0.5 s for 14 MB here)
+    assert took < 5, took
+    assert server.rss_mb() - rss0 < 200
+    assert probe.failures == [] and probe.latencies and max(probe.latencies) < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "wrap"),
+    [
+        (f"/v1/models/{LM}/generate", lambda x: {"prompt": x}),
+        ("/openai/v1/completions", lambda x: {"model": LM, "prompt": x}),
+        (f"/v2/models/{CLS}/infer", lambda x: {"inputs": x}),
+        (f"/v2/models/{CLS}/infer", lambda x: {"inputs": [{"name": "TEXT", "data": x}]}),
+    ],
+)
+@pytest.mark.parametrize("depth", [990, 5000, 100_000])
+def test_deeply_nested_json_is_a_400_in_the_surfaces_shape(
+    server: ServerProcess, path: str, wrap: object, depth: int
+) -> None:
+    nested = "[" * depth + "]" * depth
+    body = json.dumps(wrap("NEST")).replace('"NEST"', nested)  # type: ignore[operator]
+    r = httpx.post(
+        server.base + path, content=body, headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert r.status_code in (400, 422), r.text
+    err = r.json()["error"]
+    if path.startswith("/v2/"):
+        assert isinstance(err, str)  # v2's own shape: {"error": "..."}, which tritonclient reads
+    else:
+        assert isinstance(err, dict) and err["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "max_tokens": "5"}, "max_tokens"),
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "max_tokens": True}, "max_tokens"),
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "max_tokens": 5.5}, "max_tokens"),
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "seed": "7"}, "seed"),
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "stream": "yes"}, "stream"),
+        (f"/v1/models/{LM}/generate", {"prompt": "a", "temperature": "0.5"}, "temperature"),
+        (f"/v1/models/{CLS}/predict", {"inputs": ["a"], "top_k": "3"}, "top_k"),
+        ("/openai/v1/completions", {"model": LM, "prompt": "a", "logprobs": True}, "logprobs"),
+        ("/openai/v1/completions", {"model": LM, "prompt": "a", "n": "2"}, "n"),
+        ("/openai/v1/completions", {"model": LM, "prompt": "a", "max_tokens": 2.0}, "max_tokens"),
+    ],
+)
+def test_numbers_are_strict(
+    server: ServerProcess, path: str, body: dict[str, object], field: str
+) -> None:
+    r = httpx.post(server.base + path, json=body, timeout=30)
+    assert r.status_code in (400, 422), r.text
+    err = r.json()["error"]
+    assert field in (err.get("field") or err.get("param") or ""), err
+
+
+def test_an_int_is_still_a_float(server: ServerProcess) -> None:
+    r = httpx.post(
+        f"{server.base}/v1/models/{LM}/generate",
+        json={"prompt": "a", "max_tokens": 3, "temperature": 1, "top_p": 1},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_the_server_logged_no_traceback(server: ServerProcess, tmp_path: Path) -> None:
+    """Runs after the others in this module (same server): none of them was a 500."""
+    assert "Traceback" not in server.log_text()
+    assert "unhandled error" not in server.log_text()
