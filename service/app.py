@@ -98,6 +98,7 @@ def create_app(
             max_queue=settings.max_queue,
             max_streams=settings.max_streams,
             max_batch_tokens=settings.max_batch_tokens,
+            stream_buffer_bytes=settings.stream_buffer_bytes,
         )
         engine = Engine(reg, config, m)
         engine.start()

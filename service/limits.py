@@ -8,11 +8,13 @@
 * **Stalled clients**: every send to the client (a response chunk, an SSE frame, a WebSocket
   message) must be taken within `send_timeout_s`; a client that stops reading is dropped: the
   exception cancels its generation (nothing committed), the decode slot and the session lock
-  are freed. The engine never waits on a consumer: a stream's events are pushed into a buffer
-  bounded by its `max_tokens`.
-* **Concurrent streams per key**: generations (native and session generate, completions) and
-  WebSocket connections count against `max_streams_per_key` for their owner (429
-  `stream_limit`, Retry-After), per replica.
+  are freed, and the connection is aborted (a graceful close would wait to flush what the
+  client never reads). The engine never waits on a consumer: a stream's unread events are
+  bounded by `stream_buffer_bytes` (`client_too_slow` past it, see `engine/stream.py`).
+* **Concurrent streams**: generations (native and session generate, completions) and
+  WebSocket connections count against `max_open_streams` for the whole replica (503
+  `overloaded`, keys on or off) and `max_streams_per_key` for their owner (429 `stream_limit`,
+  Retry-After).
 
 Errors are answered in the shape of the surface the path belongs to (native, v2, OpenAI).
 """
@@ -26,7 +28,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ServiceError
+from service.errors import Overloaded, ServiceError
+from service.http_protocol import ABORT
 from service.logging import get_logger
 from service.settings import Settings
 
@@ -158,6 +161,8 @@ class GuardMiddleware:
         self.request_timeout = settings.request_timeout_s
         self.send_timeout = settings.send_timeout_s
         self.max_streams = settings.max_streams_per_key
+        self.max_open_streams = settings.max_open_streams
+        self.open_streams = 0  # all callers together
         self.debug_bodies = settings.debug_log_bodies
         self.streams: Counter[str] = Counter()  # owner -> open streams
 
@@ -166,7 +171,18 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
-        counted = owner is not None and _is_stream(scope)
+        stream = _is_stream(scope)
+        if stream and self.open_streams >= self.max_open_streams:
+            busy = Overloaded(
+                f"{self.max_open_streams} streams are open on this server "
+                "(RNNSERVE_MAX_OPEN_STREAMS); retry later"
+            )
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1013, "reason": busy.message})
+            else:
+                await send_error(scope, send, busy)
+            return
+        counted = owner is not None and stream
         if counted:
             assert owner is not None
             if self.streams[owner] >= self.max_streams:
@@ -180,6 +196,7 @@ class GuardMiddleware:
                 return
             self.streams[owner] += 1
         watch = SendWatch(send, self.send_timeout)
+        self.open_streams += stream
         try:
             if scope["type"] == "http":
                 await self._http(scope, receive, watch)
@@ -187,7 +204,12 @@ class GuardMiddleware:
                 await self.app(scope, receive, watch)
         except ClientStalled:
             log.warning("client stalled; response dropped", extra={"path": scope["path"]})
+            # free the socket now: a graceful close would wait to flush what it never reads
+            abort = (scope.get("extensions") or {}).get(ABORT)
+            if abort is not None:
+                abort()
         finally:
+            self.open_streams -= stream
             watch.close()
             if counted:
                 assert owner is not None

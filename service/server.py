@@ -14,6 +14,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import uvicorn
 
 from service.app import create_app
+from service.http_protocol import protocol_for
 from service.settings import Settings
 
 
@@ -30,5 +31,7 @@ def serve(settings: Settings | None = None) -> None:
         access_log=False,  # the app logs one line per request itself, with its request id
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         lifespan="on",
+        # h11 with deadlines for a request's headers and a response's last bytes, and an abort
+        http=protocol_for(settings.header_timeout_s, settings.send_timeout_s),
     )
     uvicorn.Server(config).run()

@@ -145,6 +145,33 @@ class Settings(BaseSettings):
         description="A request must start its response within this (504 `timeout`); a stream's "
         "body is then bounded by `max_tokens`.",
     )
+    stream_buffer_bytes: int = Field(
+        512 << 10,
+        ge=4096,
+        description="Tokens a stream may have generated ahead of its client (beyond what the "
+        "socket buffers hold), in estimated bytes: ~200 a token, +160 per logprob alternative. "
+        "Past it the generation stops with `client_too_slow` (503) and commits nothing: ~2,600 "
+        "plain tokens, ~150 with 20 logprobs.",
+    )
+    max_open_streams: int = Field(
+        1024,
+        ge=1,
+        description="Concurrent streams (SSE, JSON generates, completions, WebSocket "
+        "connections) on this replica for all callers together, keys on or off (503 "
+        "`overloaded`; WebSocket close 1013).",
+    )
+    ws_max_queued_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        description="Characters of WebSocket messages waiting behind the running operation on "
+        "one connection; past it the socket is closed with code 1008.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must deliver a request's headers within this from its "
+        "first byte (or from connecting); else it is closed (slow-header clients).",
+    )
     send_timeout_s: float = Field(
         10.0,
         gt=0,

@@ -59,7 +59,7 @@ def _frame(event: str | None, data: Any) -> str:
 async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
     """The frames of a generation; all the tokens ready at a wake-up go out in one chunk."""
     try:
-        async for batch in gen.batches():
+        async for batch in gen.batches(keep_logprobs=False):  # each token event has its own
             yield "".join(
                 _frame("done", GenerateResponse(**ev.result).model_dump(exclude_none=True))
                 if isinstance(ev, Finished)

@@ -65,7 +65,7 @@ async def _handle(
         params = msg.to_params(s.settings)
         gen = await s.sessions.open_generation(sid, params, msg.expected_version, key, owner)
         try:
-            async for ev in gen.events():
+            async for ev in gen.events(keep_logprobs=False):  # each token message has its own
                 if isinstance(ev, Finished):
                     await ws.send_json({"type": "done", **tag, **ev.result})
                 else:
@@ -88,9 +88,15 @@ async def session_ws(
         await ws.send_json({"type": "error", **stream_error(e)})
         await ws.close(code=1008)
         return
+    # Messages are read while an operation runs (to notice a close, which cancels it), so they
+    # queue here: bounded in bytes, or a client sending without reading replies grows it
+    # without end (1 MB feeds behind a long generate: +5 GB). Past the bound: close 1008.
     inbox: asyncio.Queue[str | None] = asyncio.Queue()
+    queued = 0
+    limit = s.settings.ws_max_queued_bytes
 
     async def read() -> None:
+        nonlocal queued
         try:
             while True:
                 msg = await ws.receive()
@@ -99,6 +105,14 @@ async def session_ws(
                 text = msg.get("text")
                 if text is None:  # a binary frame: JSON in UTF-8, or garbage that fails parsing
                     text = (msg.get("bytes") or b"").decode("utf-8", "replace")
+                queued += len(text)
+                if queued > limit:
+                    await ws.close(
+                        code=1008,
+                        reason=f"over {limit} bytes of messages queued "
+                        "(RNNSERVE_WS_MAX_QUEUED_BYTES): read the replies",
+                    )
+                    return
                 inbox.put_nowait(text)
         except (WebSocketDisconnect, RuntimeError):
             return
@@ -108,6 +122,7 @@ async def session_ws(
     reader = asyncio.create_task(read())
     try:
         while (raw := await inbox.get()) is not None:
+            queued -= len(raw)
             try:
                 msg = _parse.validate_json(raw)
             except ValidationError as e:

@@ -60,21 +60,27 @@ class Generation:
     replay: dict[str, Any] | None = None  # an idempotent replay: no stream ran
     _closed: bool = field(default=False, init=False)
 
-    async def batches(self) -> AsyncIterator[list[TokenEvent | Finished]]:
+    async def batches(
+        self, keep_logprobs: bool = True
+    ) -> AsyncIterator[list[TokenEvent | Finished]]:
         """The events available at each wake-up (see `Stream.iter_batches`); the last batch
-        ends with `Finished`. A failed stream raises its error after its last tokens."""
+        ends with `Finished`. A failed stream raises its error after its last tokens.
+
+        `keep_logprobs=False` (streams: each token event carried its own) leaves them out of
+        the final result: kept, 4096 tokens with 20 alternatives are ~12 MB a generation, which
+        a client that stops reading made the server hold for every stream it opened."""
         if self.replay is not None:
             yield [Finished(self.replay)]
             return
         pieces: list[str] = []
-        logprobs: list[dict[str, object]] = []
+        logprobs: list[dict[str, object]] | None = [] if keep_logprobs else None
         try:
             async for evs in self.stream.iter_batches():
                 out: list[TokenEvent | Finished] = []
                 for ev in evs:
                     if isinstance(ev, TokenEvent):
                         pieces.append(ev.text)
-                        if ev.logprob is not None:
+                        if ev.logprob is not None and logprobs is not None:
                             logprobs.append({"token": ev.text, **ev.logprob})
                         out.append(ev)
                     elif isinstance(ev, ErrorEvent):
@@ -87,13 +93,13 @@ class Generation:
         finally:
             await self.aclose()
 
-    async def events(self) -> AsyncIterator[TokenEvent | Finished]:
-        async for batch in self.batches():
+    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        async for batch in self.batches(keep_logprobs):
             for ev in batch:
                 yield ev
 
     async def _result(
-        self, ev: DoneEvent, pieces: list[str], logprobs: list[dict[str, object]]
+        self, ev: DoneEvent, pieces: list[str], logprobs: list[dict[str, object]] | None
     ) -> dict[str, Any]:
         result = dict(self.base)
         result["text"] = "".join(pieces)
@@ -103,7 +109,7 @@ class Generation:
         usage = result["usage"]
         usage["completion_tokens"] = ev.completion_tokens
         usage["total_tokens"] = usage["prompt_tokens"] + ev.completion_tokens
-        if self.stream.params.logprobs is not None:
+        if self.stream.params.logprobs is not None and logprobs is not None:
             result["logprobs"] = logprobs
         if self.finalize is not None:
             result = await self.finalize(ev, result)
@@ -240,7 +246,14 @@ class Engine:
         require_finite(m, [logits], rows)
         base["usage"] = {"prompt_tokens": len(ids)}
         base["seed"] = params.seed
-        stream = Stream(params, logits, list(rows), self.vocab(m).__getitem__, created=started)
+        stream = Stream(
+            params,
+            logits,
+            list(rows),
+            self.vocab(m).__getitem__,
+            created=started,
+            max_backlog_bytes=self.config.stream_buffer_bytes,
+        )
         self.schedulers[m.name].join(stream)
         return stream
 

@@ -61,6 +61,7 @@ class SchedulerConfig:
     max_queue: int = 1024
     max_streams: int = 256
     max_batch_tokens: int = 1 << 16
+    stream_buffer_bytes: int = 512 << 10  # a stream's unread backlog (see Stream.max_backlog_bytes)
 
 
 def _shutting_down() -> Overloaded:

@@ -11,6 +11,18 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.engine.sampling import SamplingParams, StopMatcher
+from service.errors import ServiceError
+
+# What a buffered token costs in memory, roughly (a TokenEvent, its text, and per logprob
+# alternative a dict entry with a str key and a float): used to bound a stream's backlog.
+EVENT_BYTES = 200
+LOGPROB_BYTES = 160
+
+
+class ClientTooSlow(ServiceError):
+    """The consumer fell so far behind that the stream's backlog passed its bound."""
+
+    status, code = 503, "client_too_slow"
 
 
 class TokenEvent:
@@ -59,6 +71,10 @@ class Stream:
     states: list[np.ndarray]  # one row each
     decode: Callable[[int], str]
     created: float = field(default_factory=time.perf_counter)
+    # tokens produced but not yet taken by the consumer, in (estimated) bytes: past this the
+    # stream is cancelled and ends with `client_too_slow` (the engine never waits on a consumer,
+    # so a client that stops reading would otherwise buffer its whole generation here)
+    max_backlog_bytes: int = 2**62
     cancelled: bool = False
     produced: int = 0  # tokens handed to the consumer so far
     first_token_at: float | None = None
@@ -74,6 +90,8 @@ class Stream:
         # set by the scheduler when the stream joins: tells it that a row needs removing, so a
         # step scans the batch for cancelled rows only when one was cancelled
         self.on_cancel: Callable[[], None] | None = None
+        self.backlog_bytes = 0
+        self._event_bytes = EVENT_BYTES + LOGPROB_BYTES * (self.params.logprobs or 0)
 
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
@@ -102,13 +120,29 @@ class Stream:
 
     def emit(self, token: int, text: str | None, logprob: dict[str, object] | None) -> None:
         """One sampled token (`text` None: its plain decoding; stop matching gives it)."""
+        if self.cancelled:  # steps already under way when it was cancelled
+            return
         self.produced += 1
         if text is None:
             text = self.decode(token)
         if text or logprob is not None:
+            self.backlog_bytes += self._event_bytes
+            if self.backlog_bytes > self.max_backlog_bytes:
+                self.cancel()
+                self._push(
+                    ErrorEvent(
+                        ClientTooSlow(
+                            f"the client fell more than {self.max_backlog_bytes} bytes behind the "
+                            "stream (RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
+                        )
+                    )
+                )
+                return
             self._push(TokenEvent(text, token, self.produced - 1, logprob))
 
     def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
+        if self.cancelled:
+            return
         reason = "stop" if self.stopper.matched is not None else "length"
         self._push(DoneEvent(reason, self.produced, logits, states, self.stopper.matched))
 
@@ -125,6 +159,7 @@ class Stream:
             if buf:
                 batch = list(buf)
                 buf.clear()
+                self.backlog_bytes = 0
                 for i, ev in enumerate(batch):
                     if not isinstance(ev, TokenEvent):
                         yield batch[: i + 1]

@@ -42,6 +42,8 @@ class Choice:
     token_logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[dict[str, float]] = field(default_factory=list)
     streamed: int = 0  # characters of text already sent in stream chunks
+    keep: bool = True  # keep each token's logprobs for the final body (not when streaming)
+    offset: int = 0  # characters of the tokens seen so far
     result: dict[str, Any] | None = None
 
     def finish(self, result: dict[str, Any]) -> str:
@@ -67,10 +69,12 @@ class Choice:
         lp = float(ev.logprob["logprob"])  # type: ignore[arg-type]
         top_list: list[dict[str, Any]] = ev.logprob["top"]  # type: ignore[assignment]
         top = {str(t["token"]): float(t["logprob"]) for t in top_list}
-        offset = sum(len(t) for t in self.tokens)
-        self.tokens.append(tok)
-        self.token_logprobs.append(lp)
-        self.top_logprobs.append(top)
+        offset = self.offset
+        self.offset += len(tok)
+        if self.keep:
+            self.tokens.append(tok)
+            self.token_logprobs.append(lp)
+            self.top_logprobs.append(top)
         return {
             "tokens": [tok],
             "token_logprobs": [lp],
@@ -223,8 +227,9 @@ async def sse(c: Running) -> AsyncGenerator[str, None]:
     queue: asyncio.Queue[tuple[Choice, TokenEvent | Finished | BaseException]] = asyncio.Queue()
 
     async def pump(ch: Choice) -> None:
+        ch.keep = False  # every chunk carries its own token's logprobs
         try:
-            async for ev in ch.gen.events():
+            async for ev in ch.gen.events(keep_logprobs=False):
                 await queue.put((ch, ev))
         except Exception as e:
             await queue.put((ch, e))

@@ -1,0 +1,39 @@
+"""A stream's backlog: the engine never waits on a consumer, so what the consumer has not taken
+is bounded in bytes, and past it the stream stops with `client_too_slow`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.engine.sampling import SamplingParams
+from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, Stream, TokenEvent
+
+LP = {"logprob": -0.1, "top": []}
+
+
+def _stream(logprobs: int | None, limit: int) -> Stream:
+    params = SamplingParams(1.0, 0, 1.0, seed=1, max_tokens=10**6, logprobs=logprobs)
+    return Stream(params, np.zeros(5, np.float32), [], str, max_backlog_bytes=limit)
+
+
+async def test_a_backlog_past_its_bound_cancels_the_stream_with_client_too_slow() -> None:
+    s = _stream(20, 100 * (EVENT_BYTES + 20 * LOGPROB_BYTES))
+    for _ in range(150):
+        s.emit(1, None, LP)
+    assert s.cancelled
+    batches = [b async for b in s.iter_batches()]
+    events = [e for b in batches for e in b]
+    assert sum(isinstance(e, TokenEvent) for e in events) == 100
+    assert isinstance(events[-1].error, ClientTooSlow)  # type: ignore[union-attr]
+    assert events[-1].error.status == 503  # type: ignore[union-attr]
+
+
+async def test_a_consumer_that_keeps_up_is_never_cut_off() -> None:
+    s = _stream(None, 10 * EVENT_BYTES)
+    got = 0
+    for _ in range(100):
+        for _ in range(10):  # exactly the bound, then the consumer drains
+            s.emit(1, None, None)
+        batch = await anext(s.iter_batches())
+        got += len(batch)
+    assert got == 1000 and not s.cancelled
