@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,35 @@ def rebuild_model(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> A
     model = RNNModel(ModelConfig.from_dict(ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+@dataclass
+class ResumeState:
+    """What last.pt holds for an exact resume, typed (on disk it stays a plain dict with these
+    keys beside the run's metadata, so older last.pt files load unchanged)."""
+
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    scaler: dict[str, Any]
+    task: dict[
+        str, Any
+    ]  # the data position's carried state (LM hidden state), or {"carried": None}
+    rng: dict[str, Any]
+    step: int
+    epoch: int
+    pos: int  # steps into `epoch`
+    train_seconds: float
+    best: float | None  # the best validation metric so far
+    best_metrics: dict[str, float]
+    bad_evals: int  # evaluations since the best (early stopping)
+    history: list[dict[str, Any]]  # metrics.jsonl's records
+    running_loss: tuple[float, int]  # (sum, count) of the train loss since the last log line
+    work: tuple[int, float]  # (tokens, seconds) of training steps only
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ResumeState:
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -106,3 +106,20 @@ def test_classify_resume_across_an_epoch_boundary(tmp_path: Path) -> None:
     a, b = _weights(whole), _weights(split)
     assert all(torch.equal(a[n], b[n]) for n in a)
     assert ck.load(whole / ck.CHECKPOINT)["metrics"] == ck.load(split / ck.CHECKPOINT)["metrics"]
+
+
+def test_last_pt_is_a_typed_resume_state_over_the_same_keys(tmp_path: Path) -> None:
+    """last.pt keeps its plain-dict layout (older files load), and every resume key it has
+    is a `ResumeState` field: the typed state and the file cannot drift apart."""
+    from dataclasses import fields
+
+    cfg = load_config("smoke-char", ["train.max_steps=6", "train.eval_every=3"])
+    train(cfg, tmp_path / "run")
+    raw = ck.load(tmp_path / "run" / ck.LAST)
+    state = ck.ResumeState.from_dict(raw)
+    assert state.step == 6 and state.best is not None and state.history
+    names = {f.name for f in fields(ck.ResumeState)}
+    assert names <= raw.keys()
+    assert state.to_dict().keys() == names
+    meta = {"model_config", "config", "labels", "tokenizer", "dataset", "git_commit"}
+    assert raw.keys() - names <= meta | {"parameters", "device"}
