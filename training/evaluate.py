@@ -2,6 +2,10 @@
 
 * classify: accuracy, macro F1, per-class F1, confusion matrix (rows = truth, columns = prediction).
 * next_token: mean cross-entropy in nats/char, bits/char (nats / ln 2) and perplexity (e^nats).
+* classify, in addition: the behavioural test set whose labels are the model's
+  (`training/data/behaviour.py`; negation, contrast, intensity, controls), as pass counts per
+  capability and the sentences that failed. `behaviour_report` is the one scorer: the model cards'
+  section (`training/export/card.py`, through onnxruntime) uses it too.
 
 Without `--data` the run's own validation split is rebuilt from its saved config (same seed, same
 split). With `--data` any file or folder the loaders read is scored whole: e.g. the official IMDB
@@ -10,6 +14,7 @@ test split, `--data aclImdb --split test`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ import torch
 
 from training import checkpoint as ck
 from training.config import config_from_dict
+from training.data.behaviour import Case, load_cases, set_for_labels
 from training.runtime import pick_device
 
 VALIDATION = "validation split of the run's config"
@@ -106,7 +112,65 @@ def _classify(
     xs, ys = classify_inputs(cfg, spec, labels, examples)
     vocab = spec.tokenizer_json["model"]["vocab"]
     rep = evaluate_examples(model, xs, ys, labels, vocab["[PAD]"], bs, dev)
-    return {"task": "classify", "data": source, **rep}
+    out = {"task": "classify", "data": source, **rep}
+    behaviour_set = set_for_labels(labels)
+    if behaviour_set is not None:
+        cases = load_cases(behaviour_set)
+        probs = _probabilities(model, classify_inputs(cfg, spec, labels, cases)[0], vocab, dev)
+        out["behaviour"] = behaviour_report(cases, probs, labels, behaviour_set.name)
+    return out
+
+
+@torch.no_grad()
+def _probabilities(
+    model: Any, xs: list[list[int]], vocab: dict[str, int], dev: torch.device
+) -> list[list[float]]:
+    """Label probabilities of each encoded row (one padded batch: behaviour sets are small)."""
+    from training.loop_classify import collate
+
+    model.eval()
+    b = collate(xs, [0] * len(xs), vocab["[PAD]"]).to(dev)
+    logits, _ = model(b.tokens, b.lengths)  # (B, C)
+    probs: list[list[float]] = torch.softmax(logits.float(), -1).tolist()
+    return probs
+
+
+def behaviour_report(
+    cases: Sequence[Case], probs: Sequence[Sequence[float]], labels: list[str], name: str
+) -> dict[str, Any]:
+    """Score a behavioural set: a case passes when the most probable label is its label.
+
+    `probs[i]` are case i's label probabilities in the order of `labels`. Returns the set's name,
+    the totals, per capability {passed, total} (in the set's order of first appearance) and every
+    case with its prediction and the probability given to the expected label.
+    """
+    if len(probs) != len(cases):
+        raise ValueError(f"{len(cases)} cases but {len(probs)} predictions")
+    rows: list[dict[str, Any]] = []
+    per: dict[str, dict[str, int]] = {}
+    for case, p in zip(cases, probs, strict=True):
+        predicted = labels[max(range(len(labels)), key=lambda k: p[k])]
+        ok = predicted == case.label
+        rows.append(
+            {
+                "capability": case.capability,
+                "text": case.text,
+                "label": case.label,
+                "predicted": predicted,
+                "p_expected": float(p[labels.index(case.label)]),
+                "passed": ok,
+            }
+        )
+        tally = per.setdefault(case.capability, {"passed": 0, "total": 0})
+        tally["passed"] += ok
+        tally["total"] += 1
+    return {
+        "set": name,
+        "passed": sum(r["passed"] for r in rows),
+        "total": len(rows),
+        "capabilities": per,
+        "cases": rows,
+    }
 
 
 def _lm(
@@ -150,4 +214,19 @@ def format_report(rep: dict[str, Any]) -> str:
     ]
     for lab, row in zip(labels, rep["confusion"], strict=True):
         lines.append(f"{lab:<{w}}" + "".join(f"{v:>{w}}" for v in row))
+    if "behaviour" in rep:
+        lines += format_behaviour(rep["behaviour"])
     return "\n".join(lines)
+
+
+def format_behaviour(b: dict[str, Any]) -> list[str]:
+    """Report lines: the pass count per capability, then each failed sentence."""
+    per = "  ".join(f"{cap} {t['passed']}/{t['total']}" for cap, t in b["capabilities"].items())
+    lines = [f"behaviour ({b['set']}): {b['passed']}/{b['total']} passed  {per}"]
+    for r in b["cases"]:
+        if not r["passed"]:
+            lines.append(
+                f"  FAIL {r['capability']}: {r['text']!r} -> {r['predicted']} "
+                f"(p({r['label']}) {r['p_expected']:.2f})"
+            )
+    return lines

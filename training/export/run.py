@@ -142,8 +142,9 @@ def export_command(
 ) -> None:
     """CLI: `rnnserve export RUN_DIR --out models/NAME [--name NAME] [--version V] [--int8]`.
 
-    The artifact goes to `out` itself; the name defaults to the folder's name. With `int8`, the
-    verified fp32 artifact is quantized and the variant kept only within tolerance (`variant_run`).
+    The artifact goes to `out` itself; the name defaults to the folder's name. A classifier's card
+    (`out/README.md`) gets its behavioural section refreshed (`card`). With `int8`, the verified
+    fp32 artifact is quantized and the variant kept only within tolerance (`variant_run`).
     """
     manifest = export_run(run_dir, out, name or out.name, version)
     checks = manifest.training.model_dump().get("export_checks", {})
@@ -152,6 +153,11 @@ def export_command(
     )
     for key, value in checks.items():
         print(f"  {key}: {value:.2e}")
+    from training.export.card import update_card
+
+    behaviour = update_card(out)  # the card's behavioural section, from the graph just written
+    if behaviour is not None:
+        print(f"  behaviour: {behaviour['passed']}/{behaviour['total']} passed (README.md)")
     if int8:
         quantize_command(out, int8_tolerance)
 
