@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 # numpy's BLAS stays single-threaded in the server (set before numpy is first imported; an
@@ -15,7 +16,21 @@ import uvicorn
 
 from service.app import create_app
 from service.http_protocol import protocol_for
+from service.logging import get_logger
 from service.settings import Settings
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, logging the address it really listens on once bound (with port 0 the
+    system picks the port; uvicorn's own start-up lines are not logged: `log_config=None`)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        for server in self.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                get_logger("server").info("listening on %s", url, extra={"url": url})
 
 
 def serve(settings: Settings | None = None) -> None:
@@ -34,4 +49,4 @@ def serve(settings: Settings | None = None) -> None:
         # h11 with deadlines for a request's headers and a response's last bytes, and an abort
         http=protocol_for(settings.header_timeout_s, settings.send_timeout_s),
     )
-    uvicorn.Server(config).run()
+    _Server(config).run()
