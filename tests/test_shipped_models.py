@@ -1,7 +1,10 @@
-"""The shipped models in models/ load, match their checksums and stream exactly (no torch)."""
+"""The shipped models in models/ load, match their checksums, stream exactly and pass what their
+cards claim (no torch)."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,9 @@ import pytest
 
 from service.contract import ModelManifest, load_artifact, tokenizer_from_spec
 
-MODELS = Path(__file__).resolve().parents[1] / "models"
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+BEHAVIOUR = ROOT / "training" / "data" / "behaviour_sets" / "sentiment.jsonl"
 SHIPPED = sorted(p for p in MODELS.iterdir() if (p / "manifest.json").is_file())
 TEXT = "I expected to hate this, but the second half won me over. ROMEO: And thou art"
 
@@ -74,3 +79,52 @@ def test_shipped_variants_load_and_agree_with_fp32(path: Path, variant: str) -> 
     b, _ = _run(ort.InferenceSession(str(graph)), manifest, ids, manifest.init_states(1))
     pa, pb = (np.exp(x - x.max()) / np.exp(x - x.max()).sum() for x in (a[0], b[0]))
     assert np.abs(pa - pb).max() < (0.01 if variant == "fp16" else 0.1)
+
+
+CLASSIFIERS = [p for p in SHIPPED if load_artifact(p)[0].task == "classify"]
+
+
+def _behaviour(path: Path) -> dict[str, bool]:
+    """Each behavioural sentence -> whether the shipped graph gives its expected label (argmax),
+    fed alone through onnxruntime with the server's tokenizer."""
+    manifest, onnx_path = load_artifact(path)
+    assert manifest.labels is not None
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    tok = tokenizer_from_spec(manifest.tokenizer)
+    out = {}
+    for line in BEHAVIOUR.read_text(encoding="utf-8").splitlines():
+        case = json.loads(line)
+        logits, _ = _run(sess, manifest, tok.encode(case["text"]), manifest.init_states(1))
+        out[case["text"]] = manifest.labels[int(logits[0].argmax())] == case["label"]
+    return out
+
+
+@pytest.mark.parametrize("path", CLASSIFIERS, ids=lambda p: p.name)
+def test_shipped_classifier_passes_what_its_card_claims(path: Path) -> None:
+    """The card's behavioural table (pass counts per capability) and its list of failures are
+    exactly what the graph does on the committed sentences."""
+    card = (path / "README.md").read_text(encoding="utf-8")
+    section = card.split("<!-- behaviour:begin", 1)[1].split("<!-- behaviour:end -->", 1)[0]
+    claimed = {
+        c: (int(a), int(b))
+        for c, a, b in re.findall(r"^\| (\w+) \| (\d+)/(\d+) \|$", section, re.M)
+    }
+    claimed_fails = set(re.findall(r'^- \w+: "(.*)" → ', section, re.M))
+    got = _behaviour(path)
+    caps: dict[str, list[bool]] = {}
+    for line in BEHAVIOUR.read_text(encoding="utf-8").splitlines():
+        case = json.loads(line)
+        caps.setdefault(case["capability"], []).append(got[case["text"]])
+    assert claimed == {c: (sum(v), len(v)) for c, v in caps.items()}
+    assert claimed_fails == {t for t, ok in got.items() if not ok}
+
+
+def test_sentiment_gru_reads_the_issue_negations_and_trails_the_lstm_by_one() -> None:
+    """Issue 15.7: the max-pooled GRU read both sentences the wrong way round. The retrained one
+    gets them right and passes every sentence sentiment-lstm passes but the one its card names."""
+    gru, lstm = _behaviour(MODELS / "sentiment-gru"), _behaviour(MODELS / "sentiment-lstm")
+    assert gru["Not bad at all, actually one of the best comedies I have seen this year."]
+    assert gru["Not good at all. Two hours of my life I will never get back."]
+    assert {t for t, ok in lstm.items() if ok and not gru[t]} == {
+        "I can't say I enjoyed any of it."
+    }
