@@ -75,11 +75,19 @@ class Trainer:
         if resume is not None:
             history = self._restore(resume)
         self.log = MetricsLog(run_dir / ck.METRICS, history)
-        self.bar = Progress(self.total, self.c.step, tc.progress, cfg.name)
+        self.deadline = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
+        # the bar follows whichever of the step budget and the time cap ends the run
+        self.bar = Progress(
+            self.total,
+            self.c.step,
+            tc.progress,
+            cfg.name,
+            time_cap_s=self.deadline,
+            seconds=self.c.seconds,
+        )
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.commit = git_commit()
         self.last_val: dict[str, str] = {}  # the latest validation metric, on the progress bar
-        self.deadline = tc.max_minutes * 60.0 if tc.max_minutes > 0 else math.inf
 
     # -- last.pt ------------------------------------------------------------------------------
 
@@ -206,7 +214,7 @@ class Trainer:
         self.sched.step(c.seconds / self.deadline)  # deadline = inf without a time budget: 0
         c.step, c.pos = c.step + 1, c.pos + 1
         c.run_loss, c.run_n = c.run_loss + loss.item(), c.run_n + 1
-        self.bar.update(n_tok)
+        self.bar.update(n_tok, c.seconds)
         c.work_tokens += n_tok
         c.work_seconds += time.perf_counter() - t_step
         return gnorm
