@@ -48,9 +48,15 @@ RUN --mount=type=secret,id=build_ca,required=false \
     pip install --no-cache-dir ".[serve]"; \
     rm -f /tmp/build-ca.pem
 
+# What the server never imports goes before it is compiled (26 MB): onnxruntime's offline tools
+# (model optimisers, quantizer, converters) and the test suites wheels ship (numpy's, 17 MB).
+# The import of service.app below fails the build if anything it needs went with them.
+RUN ort=$(echo /opt/venv/lib/python3*/site-packages/onnxruntime) \
+    && rm -rf "$ort/transformers" "$ort/quantization" "$ort/tools" \
+    && find /opt/venv/lib -path '*/site-packages/*/*' -type d -name tests -prune -exec rm -rf {} +
 # The image must never carry torch (DESIGN §1): fail the build if any dependency pulled it in.
 RUN python3 -c "import importlib.util as u, sys; sys.exit('torch found in the serving image' if u.find_spec('torch') else 0)" \
-    && python3 -c "import service.contract, onnxruntime, fastapi, redis; print('onnxruntime', onnxruntime.__version__)" \
+    && python3 -c "import service.app, onnxruntime, fastapi, redis; print('onnxruntime', onnxruntime.__version__)" \
     && python3 -m compileall -q /opt/venv/lib
 # pip and setuptools are build tools: the runtime venv does not need them.
 RUN pip uninstall -y -q pip setuptools

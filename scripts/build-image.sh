@@ -8,13 +8,14 @@
 #   2. write a containers.conf: runtime runc, ulimits within this machine's hard limits
 #   3. debootstrap a minimal Debian bookworm with python3 + venv from the configured Debian mirror and
 #      import it as localhost/rnnserve-base:bookworm (the stand-in for python:3.11-slim)
-#   4. podman build --format docker (keeps HEALTHCHECK) with BASE_IMAGE set to that image and the
-#      host's CA bundle passed as the `build_ca` build secret: trusted by pip during the build only,
-#      never written to a layer
+#   4. podman build --format docker (keeps HEALTHCHECK) --layers=false (leaves no unnamed stage
+#      images) with BASE_IMAGE set to that image and the host's CA bundle passed as the `build_ca`
+#      build secret: trusted by pip during the build only, never written to a layer; the image the
+#      tag named before is removed unless something else still uses it
 #   5. print the image size (podman's own output goes to $WORK/build.log)
 # With --base, step 3 is skipped and the given image is used (e.g. python:3.11-slim where a registry
 # is reachable). Work files live in $RNNSERVE_IMG_WORK (default /tmp/rnnserve-img), outside the repo.
-set -euo pipefail
+set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${RNNSERVE_IMG_WORK:-/tmp/rnnserve-img}"
@@ -31,13 +32,15 @@ while [ $# -gt 0 ]; do
     --tag) TAG="$2"; shift ;;
     --base) BASE="$2"; shift ;;
     --ca) CA="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "build-image: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
 
 log() { printf 'build-image: %s\n' "$*" >&2; }
+# Never fail silently: whatever command set -e stops on is named.
+trap 'log "failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
 
 # 1. tools
 missing=()
@@ -55,8 +58,11 @@ fi
 
 # 2. containers.conf: crun fails on this machine's cgroup layout; default ulimits exceed its hard ones
 mkdir -p "$WORK"
-if [ -z "${CONTAINERS_CONF:-}" ]; then
-  export CONTAINERS_CONF="$WORK/containers.conf"
+# written where CONTAINERS_CONF points when that file does not exist yet (deploy/image-smoke.sh
+# sets it before the first build on a fresh machine); an existing one is the user's and is kept
+export CONTAINERS_CONF="${CONTAINERS_CONF:-$WORK/containers.conf}"
+if [ ! -e "$CONTAINERS_CONF" ]; then
+  mkdir -p "$(dirname "$CONTAINERS_CONF")"
   cat >"$CONTAINERS_CONF" <<'EOF'
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]
@@ -70,11 +76,11 @@ if [ -z "$BASE" ]; then
   BASE="localhost/rnnserve-base:$SUITE"
   if ! podman image exists "$BASE"; then
     if [ -z "$MIRROR" ]; then
-      # the machine's configured Debian mirror (deb822 or one-line sources)
-      MIRROR="$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' \
-        /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
-        | head -n1 | awk '{print $2}')"
-      MIRROR="${MIRROR:-http://deb.debian.org/debian}"
+      # the machine's configured Debian mirror (deb822 *.sources or one-line sources.list/*.list)
+      if ! MIRROR="$("$ROOT/scripts/debian-mirror.sh")"; then
+        MIRROR="http://deb.debian.org/debian"
+        log "using $MIRROR (set DEBIAN_MIRROR=URL to choose another)"
+      fi
     fi
     rootfs="$WORK/rootfs-$SUITE"
     if [ ! -x "$rootfs/usr/bin/python3" ]; then
@@ -88,7 +94,7 @@ if [ -z "$BASE" ]; then
         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/locale/*
     fi
     log "importing $rootfs as $BASE"
-    tar -C "$rootfs" -c . | podman import --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
+    tar -C "$rootfs" -c . | podman import --quiet --change 'CMD ["/bin/bash"]' - "$BASE" >/dev/null
   fi
 fi
 
@@ -100,8 +106,11 @@ else
   log "no CA bundle at $CA: building without the build_ca secret"
 fi
 log "building $TAG from $DOCKERFILE on $BASE"
+previous=$(podman image inspect --format '{{.Id}}' "$TAG" 2>/dev/null || true)
 start=$(date +%s)
-if ! podman build --format docker --pull=never \
+# --layers=false: no per-step cache images and no unnamed images of the builder and models
+# stages left behind (a changed source tree reinstalls the venv anyway)
+if ! podman build --format docker --pull=never --layers=false \
   --build-arg "BASE_IMAGE=$BASE" "${secret[@]}" \
   -f "$DOCKERFILE" -t "$TAG" "$ROOT" >"$WORK/build.log" 2>&1; then
   tail -n 40 "$WORK/build.log" >&2
@@ -109,6 +118,10 @@ if ! podman build --format docker --pull=never \
   exit 1
 fi
 log "built in $(( $(date +%s) - start )) s"
+# the image this build replaced, now unnamed; kept if another tag or a container still uses it
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$TAG")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 # 5. size
 size=$(podman image inspect --format '{{.Size}}' "$TAG")
