@@ -6,20 +6,27 @@ TORCH ?= torch==2.13.0
 
 .PHONY: serve test setup-serve setup-dev system-deps lint typecheck pytest reproduce fixtures clean
 
+# Set-up prints one line per step and pip's errors only: -qq, because from pip 25 on -q still
+# relays every build-backend notice (setuptools' editable-install banner, once per build step).
+PIP := $(BIN)/pip install -qq
+
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	@echo "make: creating $(VENV)"
+	@$(PY) -m venv $(VENV)
+	@$(PIP) --upgrade pip
 
 # Serving needs no torch: onnxruntime, FastAPI and friends only.
 $(VENV)/.serve: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[serve]'
-	touch $@
+	@echo "make: installing the serving extra into $(VENV) (again only when pyproject.toml changes)"
+	@$(PIP) -e '.[serve]'
+	@touch $@
 
 # Everything: training (CPU torch wheel), serving, tests and linters.
 $(VENV)/.dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[serve,train,dev]'
-	touch $@ $(VENV)/.serve
+	@echo "make: installing torch, training, serving and test tools into $(VENV)"
+	@$(PIP) '$(TORCH)'
+	@$(PIP) -e '.[serve,train,dev]'
+	@touch $@ $(VENV)/.serve
 
 setup-serve: $(VENV)/.serve
 setup-dev: $(VENV)/.dev
@@ -28,8 +35,10 @@ setup-dev: $(VENV)/.dev
 serve: setup-serve
 	$(BIN)/rnnserve serve
 
+# redis-server, nginx, chromium, wrk and podman for the tests that drive them (root installs them;
+# no service is started or stopped)
 system-deps:
-	bash scripts/system-deps.sh
+	@bash scripts/system-deps.sh
 
 lint: setup-dev
 	$(BIN)/ruff check .
