@@ -1,5 +1,7 @@
 """`/playground`: a small page (plain HTML/JS/CSS from `service/playground/`, no build step) to try
-the models: streamed generation with sampling controls, and live sentiment through a session."""
+the models: streamed generation with sampling controls, and live sentiment through a session.
+Also the site's icon, at `/favicon.ico` (where browsers look) and under `/playground/` (what the
+page links: that prefix needs no API key when keys are on)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from importlib import resources
 
 from fastapi import APIRouter
 from starlette.responses import Response
+
+from service.playground import favicon
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,3 +51,11 @@ async def script() -> Response:
 @router.get("/playground/playground.css")
 async def style() -> Response:
     return _file("playground.css")
+
+
+@router.get("/favicon.ico")
+@router.get("/playground/favicon.ico")
+async def icon() -> Response:
+    return Response(
+        favicon.ico(), media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+    )

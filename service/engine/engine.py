@@ -210,7 +210,7 @@ class Engine:
             temperature=d.temperature if p.temperature is None else p.temperature,
             top_k=(d.top_k or 0) if p.top_k is None else p.top_k,
             top_p=d.top_p if p.top_p is None else p.top_p,
-            seed=secrets.randbits(63) if p.seed is None else p.seed,
+            seed=secrets.randbits(53) if p.seed is None else p.seed,  # JSON-exact (< 2^53)
             max_tokens=d.max_tokens if p.max_tokens is None else p.max_tokens,
             stop=p.stop,
             logprobs=p.logprobs,

@@ -144,10 +144,12 @@ function onGenModel() {
   $("gen-model-info").textContent =
     `${m.cell.toUpperCase()} · ${m.num_layers} layer${m.num_layers === 1 ? "" : "s"} × ` +
     `${m.hidden_size} units · ${m.tokenizer} vocabulary of ${m.vocab_size} · version ${m.version}`;
+  // the model's own sampling defaults (its manifest), every one of them, on every change
   const s = m.sampling || {};
   if (s.temperature != null) $("temperature").value = s.temperature;
   if (s.top_p != null) $("top_p").value = s.top_p;
   $("top_k").value = s.top_k ?? 0;
+  if (s.max_tokens != null) $("max_tokens").value = s.max_tokens;
   updateOutputs();
 }
 
@@ -168,7 +170,11 @@ function setGenerating(on) {
   document.body.dataset.gen = on ? "streaming" : "idle";
 }
 
-function genBody() {
+// Seeds are integers up to 2^63 - 1 and a JavaScript number is exact only below 2^53, so the
+// page carries a seed as its digits, both ways: the box's digits go into the request text as
+// they are, and the seed of the `done` event is read from the event's text (JSON.parse's source
+// access; where a browser lacks it, the number, exact for every seed the server draws).
+function genRequest() {
   const body = {
     prompt: $("prompt").value,
     temperature: Number($("temperature").value),
@@ -178,15 +184,29 @@ function genBody() {
   };
   const topK = Number($("top_k").value);
   if (topK > 0) body.top_k = topK;
-  if ($("seed").value !== "") body.seed = Number($("seed").value);
-  return body;
+  let json = JSON.stringify(body);
+  const seed = $("seed").value.trim();
+  if (seed !== "") {
+    // not digits: sent as the string it is, for the server to refuse naming the field
+    const value = /^[0-9]+$/.test(seed) ? seed.replace(/^0+(?=[0-9])/, "") : JSON.stringify(seed);
+    json = `${json.slice(0, -1)},"seed":${value}}`;
+  }
+  return { body, json };
+}
+
+const exactSeed = (key, value, context) =>
+  key === "seed" && context && typeof context.source === "string" ? context.source : value;
+
+function tokensPerSecond(n, since, end) {
+  const secs = (end - since) / 1000;
+  return secs > 0 ? `${(n / secs).toFixed(0)} tok/s` : "… tok/s";
 }
 
 async function generate() {
   if (genAbort) return;
   clearError();
   const model = $("gen-model").value;
-  const body = genBody();
+  const { body, json } = genRequest();
   genAbort = new AbortController();
   setGenerating(true);
   $("gen-prompt").textContent = body.prompt;
@@ -205,8 +225,7 @@ async function generate() {
     genText().appendData(pending);
     pending = "";
     if (stick) out.scrollTop = out.scrollHeight;
-    const secs = (performance.now() - (first ?? t0)) / 1000;
-    status.textContent = `${n} tokens · ${secs > 0 ? (n / secs).toFixed(0) : "…"} tok/s`;
+    status.textContent = `${n} tokens · ${tokensPerSecond(n, first ?? t0, performance.now())}`;
   };
   try {
     let r;
@@ -214,7 +233,7 @@ async function generate() {
       r = await authFetch(`/v1/models/${encodeURIComponent(model)}/generate`, {
         method: "POST",
         headers: { "content-type": "application/json", accept: "text/event-stream" },
-        body: JSON.stringify(body),
+        body: json,
         signal: genAbort.signal,
       });
     } catch (e) {
@@ -230,7 +249,7 @@ async function generate() {
     let done = null;
     for await (const [event, data] of sse(r.body)) {
       if (data === "[DONE]") break;
-      const payload = JSON.parse(data);
+      const payload = JSON.parse(data, exactSeed);
       if (event === "token") {
         n += 1;
         first ??= performance.now();
@@ -242,12 +261,14 @@ async function generate() {
         throw errorFrom(null, payload, data);
       }
     }
+    const end = performance.now(); // the whole request: the rate counts the wait for the first token
     if (frame) cancelAnimationFrame(frame);
     flush();
     if (!done) throw new ApiError(0, "stream_interrupted", "the stream ended without a result");
     const ttft = first ? `${(first - t0).toFixed(0)} ms to first token · ` : "";
     const why = done.finish_reason === "stop" ? `stop “${done.stop}”` : done.finish_reason;
-    status.textContent = `${n} tokens · ${ttft}finished: ${why} · seed ${done.seed}`;
+    status.textContent =
+      `${n} tokens · ${tokensPerSecond(n, t0, end)} · ${ttft}finished: ${why} · seed ${done.seed}`;
     $("seed").placeholder = `random (last: ${done.seed})`;
   } catch (e) {
     if (frame) cancelAnimationFrame(frame);
@@ -371,6 +392,8 @@ async function step(text) {
 
 async function syncSentiment() {
   if (sent.busy || !sent.model) return;
+  // a note tells what the previous update did (a reset, a new session): typing moves on from it
+  $("sent-note").textContent = "";
   sent.busy = true;
   document.body.dataset.sentiment = "busy";
   let recoveries = 0;

@@ -1,24 +1,50 @@
 """The playground in headless Chromium against a live server: stream a generation, stop one
-(and see the server drop it), watch the live sentiment follow the typing through a session fed
-only the new characters, and see errors displayed. Screenshots go to test-artifacts/playground/."""
+(and see the server drop it), reproduce a random sample from its shown seed, load each model's
+sampling defaults, watch the live sentiment follow the typing through a session fed only the new
+characters, and see errors displayed. Screenshots go to test-artifacts/playground/."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from service.app import create_app
+from service.engine.registry import load_registry
+from service.settings import Settings
+from tests.conftest import FIXTURE_MODELS
+from tests.service.live import serve_in_thread
+
 pytestmark = pytest.mark.e2e
 expect = pytest.importorskip("playwright.sync_api").expect
 
 LM = "tiny-char-lstm"
 CLS = "tiny-sentiment-lstm"
+# a language model whose manifest asks for other sampling defaults than LM's
+OTHER_LM = "tiny-char-gru"
+OTHER_SAMPLING = {"temperature": 0.5, "top_k": 7, "top_p": 0.9, "max_tokens": 60}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The fixture models, with OTHER_LM's manifest given its own sampling defaults."""
+    models = tmp_path_factory.mktemp("models")
+    shutil.copytree(FIXTURE_MODELS, models, dirs_exist_ok=True)
+    manifest = models / OTHER_LM / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data["sampling"] |= OTHER_SAMPLING
+    manifest.write_text(json.dumps(data))
+    settings = Settings(models_dir=models, max_wait_ms=1.0, max_tokens_limit=200_000)
+    app = create_app(settings, registry=load_registry(models), configure_logs=False)
+    with serve_in_thread(app) as addr:
+        yield f"http://{addr}"
 
 
 def text_of(page: Any, sel: str) -> str:
@@ -54,6 +80,7 @@ def test_generation_streams_into_the_page(page: Any, server: str, shots: Path) -
     page.wait_for_selector("body[data-gen='idle']")
     status = text_of(page, "#gen-status")
     assert "400 tokens" in status and "finished: length" in status and "seed 7" in status
+    assert re.search(r"400 tokens · \d+ tok/s · \d+ ms to first token", status), status
     shown = text_of(page, "#gen-text")
     # the page shows exactly what the API generates for the same parameters
     body = {"prompt": "ROMEO:\n", "max_tokens": 400, "seed": 7, "top_k": 20}
@@ -153,9 +180,94 @@ def test_sentiment_follows_typing_through_a_session(page: Any, server: str, shot
     info = httpx.get(f"{server}/v1/sessions/{sid}").json()
     assert info["version"] == int(text_of(page, "#sent-version"))
     page.screenshot(path=shots / "sentiment-edited.png")
+    # typing on: the note was about the last edit, not this one
+    box.press_sequentially(" Fine.", delay=15)
+    wait_fed(page, len(cut) + len(" Fine."))
+    assert text_of(page, "#sent-note") == ""
     page.close()  # leaving the page deletes its session (a keepalive DELETE on pagehide)
     gone = lambda: httpx.get(f"{server}/v1/sessions/{sid}").status_code == 404  # noqa: E731
     wait_until(gone, "the session to be deleted")
+
+
+def _generate(page: Any, seed: str) -> tuple[str, str]:
+    """Generate with the seed box set to `seed`: (the text, the seed the status line shows)."""
+    page.fill("#seed", seed)
+    page.click("#generate")
+    page.wait_for_selector("body[data-gen='idle']")
+    status = text_of(page, "#gen-status")
+    shown = re.search(r"seed (\d+)$", status)
+    assert shown and "finished" in status, status
+    return text_of(page, "#gen-text"), shown.group(1)
+
+
+def test_a_random_sample_is_reproduced_from_its_shown_seed(page: Any, server: str) -> None:
+    # issue 15.1: the seed shown for a random sample, typed back in, gives the same text
+    page.select_option("#gen-model", LM)
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max_tokens", "300")
+    for _ in range(3):
+        text, seed = _generate(page, "")
+        assert int(seed) < 2**53  # the server draws seeds every JSON client reads exactly
+        assert f"last: {seed}" in (page.get_attribute("#seed", "placeholder") or "")
+        assert _generate(page, seed) == (text, seed) and text
+
+
+def test_seeds_beyond_2_53_go_and_come_back_as_digits(page: Any, server: str) -> None:
+    # a seed from elsewhere (any client may send up to 2^63 - 1): a JavaScript number would turn
+    # 2^53 + 1 into 2^53, in the request and in the shown seed
+    page.select_option("#gen-model", LM)
+    page.fill("#prompt", "ROMEO:\n")
+    page.fill("#max_tokens", "200")
+    url = f"{server}/v1/models/{LM}/generate"
+    body = {"prompt": "ROMEO:\n", "max_tokens": 200, "temperature": 0.8, "top_p": 1.0}
+    for seed in (2**53 + 1, 2**63 - 1, 68772545294786577):
+        expected = httpx.post(url, json={**body, "seed": seed}).json()["text"]
+        rounded = httpx.post(url, json={**body, "seed": int(float(seed)) % 2**63}).json()["text"]
+        assert expected != rounded  # so the text tells whether the seed arrived exactly
+        assert _generate(page, str(seed)) == (expected, str(seed))
+    page.fill("#seed", "12x")
+    page.press("#prompt", "Control+Enter")  # past the box's own pattern check: the server's 422
+    page.wait_for_selector("#error:not([hidden])")
+    assert "seed" in text_of(page, "#error-message")
+
+
+def test_each_model_loads_its_sampling_defaults(page: Any, server: str) -> None:
+    # issue 15.4: the manifest's defaults, max tokens included, at load and on every change
+    models = {m["name"]: m["sampling"] for m in httpx.get(f"{server}/v1/models").json()["models"]}
+    assert models[OTHER_LM]["max_tokens"] != models[LM]["max_tokens"]
+
+    def shown() -> dict[str, float]:
+        return {k: float(page.input_value(f"#{k}")) for k in OTHER_SAMPLING}
+
+    first = page.input_value("#gen-model")
+    assert shown()["max_tokens"] == models[first]["max_tokens"]
+    page.fill("#max_tokens", "5")
+    page.select_option("#gen-model", OTHER_LM)
+    assert shown() == OTHER_SAMPLING
+    page.select_option("#gen-model", LM)
+    want = models[LM] | {"top_k": models[LM]["top_k"] or 0}
+    assert shown() == {k: float(want[k]) for k in OTHER_SAMPLING}
+
+
+def test_the_icon_is_served_and_the_console_stays_clean(browser: Any, server: str) -> None:
+    # issue 15.4: no 404 for the icon (nor anything else) in the console of a fresh page. Headless
+    # Chromium fetches no icons, so the icon is fetched as a browser with a window would: the
+    # page's `<link rel="icon">`, and `/favicon.ico` (where a browser looks without one)
+    p = browser.new_page()
+    failed: list[str] = []
+    console: list[str] = []
+    p.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    p.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    p.goto(f"{server}/playground")
+    p.wait_for_selector("body[data-ready='true']")
+    href = p.locator("link[rel='icon']").get_attribute("href")
+    p.wait_for_timeout(300)
+    p.close()
+    assert not failed and not console, (failed, console)
+    for path in (href, "/favicon.ico"):
+        icon = httpx.get(f"{server}{path}")
+        assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon", path
+        assert icon.content[:4] == b"\x00\x00\x01\x00" and len(icon.content) > 1000  # an ICO
 
 
 def test_errors_are_shown(page: Any, shots: Path) -> None:
