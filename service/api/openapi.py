@@ -10,7 +10,8 @@ at runtime, or that v2 and OpenAI routes answer validation errors with their own
 * every operation declares 401 (with keys on), 504 (`timeout`); operations with a body declare
   400 (malformed body) and 413; generations declare 429 (`stream_limit`);
 * the limits from settings become `maxLength` / `maxItems` / `maximum` on the request fields;
-* path parameters get descriptions.
+* path parameters get descriptions;
+* every `text/event-stream` response gets the schema of its events (`openapi_streams.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service.api import openapi_streams
 from service.settings import Settings
 
 JSON = dict[str, Any]
@@ -91,10 +93,25 @@ def _patch_operation(path: str, method: str, op: JSON, refs: dict[str, str], aut
             "429",
             _response(ref, "Too many streams open for this API key", retry_after=True),
         )
+    _patch_streams(res, surface, refs)
     for p in op.get("parameters", []):
         if p.get("in") == "path" and not p.get("description"):
             p["description"] = _PATH_PARAMS.get(p["name"], p["name"])
             p.setdefault("schema", {}).setdefault("minLength", 1)
+
+
+def _patch_streams(res: JSON, surface: str, refs: dict[str, str]) -> None:
+    """Describe each event of a server-sent event stream (not the stream as a string)."""
+    for answer in res.values():
+        content = answer.get("content", {})
+        if "text/event-stream" in content:
+            event = (
+                openapi_streams.openai_event(refs["openai"])
+                if surface == "openai"
+                else openapi_streams.native_event()
+            )
+            # a new dict: FastAPI shares the route's `responses=` entry between operations
+            content["text/event-stream"] = {**content["text/event-stream"], "schema": event}
 
 
 def _branches(prop: JSON, kind: str) -> list[JSON]:
@@ -145,6 +162,7 @@ def _patch_limits(components: JSON, s: Settings) -> None:
 def patch(schema: JSON, settings: Settings, auth: bool) -> JSON:
     components: JSON = schema.get("components", {}).get("schemas", {})
     refs = _error_refs(components)
+    openapi_streams.add_components(components)
     for path, ops in schema.get("paths", {}).items():
         for method, op in ops.items():
             _patch_operation(path, method, op, refs, auth)
