@@ -51,7 +51,7 @@ def open_paths(settings: Settings) -> tuple[set[str], tuple[str, ...]]:
     if settings.auth_open_metrics:
         exact.add("/metrics")
     if settings.auth_open_docs:
-        exact |= {"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"}
+        exact |= {"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/favicon.ico"}
         prefixes.append("/playground")  # the page; its API calls send the key
     return exact, tuple(prefixes)
 
