@@ -195,7 +195,9 @@ def reproduce_cmd(
 def export_cmd(
     run_dir: Annotated[Path, typer.Argument(help="Training run folder (holds checkpoint.pt).")],
     out: Annotated[Path, typer.Option(help="Artifact folder to write, e.g. models/NAME.")],
-    name: Annotated[str | None, typer.Option(help="Model name (default: the run's name).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: the --out folder's name).")
+    ] = None,
     version: Annotated[str, typer.Option(help="Model version.")] = "1",
     int8: Annotated[
         bool,
