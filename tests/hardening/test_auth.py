@@ -29,7 +29,15 @@ PROTECTED = [
     ("POST", "/openai/v1/completions", {"model": LM, "prompt": "a"}),
     ("POST", "/v1/completions", {"model": LM, "prompt": "a"}),
 ]
-OPEN = ["/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics", "/openapi.json", "/favicon.ico"]
+OPEN = [
+    "/healthz",
+    "/readyz",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/metrics",
+    "/openapi.json",
+    "/favicon.ico",
+]
 
 
 def _shape(path: str, body: dict[str, Any]) -> None:
