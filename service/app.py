@@ -48,6 +48,7 @@ def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionSt
             on_change=metrics.live_sessions.set,
             on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
             max_per_owner=settings.max_sessions_per_key,
+            socket_timeout_s=settings.redis_timeout_s,
         )
     return MemoryStore(
         settings.max_sessions,

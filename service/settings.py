@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     # sessions
     store: Literal["memory", "redis"] = Field("memory", description="Session store backend.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (store=redis).")
+    redis_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="One deadline per session-store call (connect, read and retry together): "
+        "past it the request answers 503 `store_unavailable`, whether Redis is down or hung.",
+    )
     max_sessions: int = Field(100_000, ge=1, description="Cap on live sessions.")
     session_evict: Literal["refuse", "lru"] = Field(
         "refuse",

@@ -99,6 +99,18 @@ class RedisProcess:
         )
         wait_until(self._pong, 15, "redis-server")
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets but answers nothing, as a stalled node or a
+        network partition looks to a client (unlike `stop`, which refuses connections)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
         stop_process(self.proc)
         self.proc = None

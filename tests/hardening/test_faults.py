@@ -199,3 +199,68 @@ async def test_redis_dropped_mid_request_is_503_and_nothing_half_written(
             assert r.status_code == 200 and r.json()["version"] == before["version"] + 1
     finally:
         server.stop()
+
+
+@pytest.mark.redis
+async def test_redis_hung_is_503_within_one_deadline_and_leaves_no_lease(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """SIGSTOP, beside the stopped case above: the server keeps its sockets and answers nothing.
+    Every session call still gets its 503 within the one store deadline (connect, read and lease
+    wait together; no second wait to leave the queue), and once Redis runs again the session is
+    not held by a lease that a request already answered 503 had queued."""
+    from service.engine.sessions.redis_store import RedisStore
+    from tests.service.redis_server import REDIS_SERVER, RedisProcess
+
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed")
+    deadline = 1.0
+    server = RedisProcess(tmp_path)
+    server.start()
+    # a lease much longer than the deadline: a lingering one would show as a long wait below
+    store = RedisStore(server.url, 100, lock_lease_s=6.0, socket_timeout_s=deadline)
+    try:
+        app = create_app(
+            Settings(models_dir=FIXTURE_MODELS, log_json=False, store="redis"),
+            store=store,
+            registry=registry,
+            configure_logs=False,
+        )
+        async with app.router.lifespan_context(app), _asgi(app) as c:
+            sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+            await c.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"})
+            before = (await c.get(f"/v1/sessions/{sid}/state")).json()
+            server.pause()
+
+            async def timed(method: str, url: str, **kw: Any) -> tuple[httpx.Response, float]:
+                t0 = time.monotonic()
+                r = await c.request(method, url, **kw)
+                return r, time.monotonic() - t0
+
+            calls = [
+                ("POST", f"/v1/sessions/{sid}/feed", {"json": {"text": "cd"}}),
+                ("POST", f"/v1/sessions/{sid}/feed", {"json": {"text": "cd"}}),  # after one failed
+                ("GET", f"/v1/sessions/{sid}", {}),
+                ("POST", "/v1/sessions", {"json": {"model": LM}}),
+                ("DELETE", f"/v1/sessions/{sid}", {}),
+            ]
+            for method, url, kw in calls:
+                r, took = await timed(method, url, **kw)
+                assert r.status_code == 503, (method, url, r.text)
+                assert r.json()["error"]["code"] == "store_unavailable"
+                assert took < deadline + 0.7, (method, url, took)
+            # several requests queued on one session at once: each is bounded the same way
+            many = await asyncio.gather(
+                *(timed("POST", f"/v1/sessions/{sid}/feed", json={"text": "x"}) for _ in range(4))
+            )
+            assert all(r.status_code == 503 and took < deadline + 0.7 for r, took in many)
+            r = await c.post(f"/v1/models/{CLS}/predict", json={"inputs": ["fine"]})
+            assert r.status_code == 200  # stateless work does not need the store
+
+            server.resume()
+            r, took = await timed("POST", f"/v1/sessions/{sid}/feed", json={"text": "cd"})
+            assert r.status_code == 200, r.text
+            assert took < deadline, took  # no lease left behind by the failed requests
+            assert r.json()["version"] == before["version"] + 1  # none of the 503s advanced it
+    finally:
+        server.stop()

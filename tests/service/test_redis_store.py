@@ -286,6 +286,69 @@ async def test_a_dead_holder_blocks_for_at_most_one_lease(
         await raw.aclose()
 
 
+async def test_a_hung_redis_fails_each_call_within_the_deadline_and_leaves_no_lease(
+    redis_server: RedisProcess,
+) -> None:
+    """SIGSTOP (sockets open, nothing answered): each call fails within the store's one deadline,
+    and once Redis runs again the acquire that the failed request left in Redis's socket buffer
+    holds nothing: another replica gets the session at once, well inside one lease."""
+    async with two_stores(redis_server.url, lock_lease_s=6.0) as (a, b):
+        await a.create(rec("h", ttl=600))
+        redis_server.pause()
+        try:
+            for op in (a.lock("h").__aenter__(), a.get("h"), a.create(rec("i")), a.count()):
+                t0 = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await op
+                assert time.monotonic() - t0 < a.deadline_s + 0.5
+        finally:
+            redis_server.resume()
+        t0 = time.monotonic()
+        async with b.lock("h"):
+            assert time.monotonic() - t0 < 1.0  # not the 6 s lease a late grant would hold
+        for _ in range(100):  # the janitor drains as soon as Redis answers
+            if a._lease.janitor.pending == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert a._lease.janitor.pending == 0
+        raw = Redis.from_url(redis_server.url)
+        try:
+            assert await raw.exists("rnnserve:{h}:lock", "rnnserve:{h}:q") == 0
+        finally:
+            await raw.aclose()
+
+
+async def test_a_forgotten_token_is_never_granted_in_either_order(
+    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+) -> None:
+    """The two orders in which a failed request's buffered acquire and the janitor's cleanup can
+    reach Redis: cleanup first leaves a tombstone that refuses the acquire; acquire first is
+    undone by the cleanup."""
+    from service.engine.sessions import redis_lease
+
+    raw = Redis.from_url(redis_server.url)
+    acquire, forget = (
+        raw.register_script(redis_lease._ACQUIRE),
+        raw.register_script(redis_lease._FORGET),
+    )
+    try:
+        for sid, forget_first in (("o1", True), ("o2", False)):
+            lk = f"rnnserve:{{{sid}}}:lock"
+            keys = [lk, f"rnnserve:{{{sid}}}:q", f"rnnserve:{{{sid}}}:w", f"{lk}:x:tok"]
+            if forget_first:
+                await forget(keys=keys, args=["tok", 60_000])
+                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 0
+            else:
+                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 1
+                await forget(keys=keys, args=["tok", 60_000])
+            assert await raw.exists(lk, keys[1], keys[2]) == 0
+            t0 = time.monotonic()
+            async with stores[1].lock(sid):
+                assert time.monotonic() - t0 < 0.5
+    finally:
+        await raw.aclose()
+
+
 async def test_unavailable_store_is_503_and_recovers(
     stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
 ) -> None:

@@ -7,6 +7,15 @@ deadlines live in a hash (`:w`), so a waiter that died is skipped. A holder that
 blocks the session for at most one lease. Mutual exclusion is for liveness only: if a lease is
 ever lost (a pause longer than the lease, a failover), the store's compare-and-set on the version
 still refuses the stale writer.
+
+A request that fails or is cancelled while it waits or holds (the store's deadline passed, the
+client left) never waits again to clean up: it hands its token to the `Janitor`, which, in the
+background and as soon as Redis answers, releases the lease if the token holds it, leaves the
+queue, and leaves a tombstone for the token. The tombstone matters when Redis was hung rather
+than down: the request's acquire may still sit in Redis's socket buffer and run when Redis
+resumes, after its request was answered 503; the acquire script refuses a tombstoned token, and
+if the acquire ran first the janitor's release undoes it. Either order, no lease outlives its
+request.
 """
 
 from __future__ import annotations
@@ -28,11 +37,13 @@ log = logging.getLogger("rnnserve.sessions.redis")
 # Runs a registered script with the store's error mapping (Redis errors -> StoreUnavailable).
 Run = Callable[[Any, list[str], list[Any]], Awaitable[Any]]
 
-# KEYS lock q w | ARGV token lease_ms alive_ms  -> 1 granted, 0 wait
-# (already holding it means granted: a resent call whose first reply was lost)
+# KEYS lock q w tomb | ARGV token lease_ms alive_ms  -> 1 granted, 0 wait
+# (already holding it means granted: a resent call whose first reply was lost; a tombstoned
+# token's request has already failed: never granted, never queued)
 _ACQUIRE = (
     NOW
     + """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then
   redis.call('ZADD', KEYS[2], redis.call('HINCRBY', KEYS[3], '#seq', 1), ARGV[1])
@@ -60,10 +71,13 @@ return math.max(got, 0)
 """
 )
 
-# KEYS q w | ARGV token
-_LEAVE = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+# KEYS lock q w tomb | ARGV token tomb_ms: whatever the token has (lease, place in the queue) is
+# given up, and the tombstone keeps an acquire of it that runs later from being granted
+_FORGET = """
+redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return 1
 """
 
@@ -80,6 +94,51 @@ return 0
 """
 
 
+class Janitor:
+    """Gives up, in the background, the leases and queue places of requests that already failed.
+
+    One task drains the pending tokens whenever Redis answers; while it does not, it retries with
+    backoff (50 ms doubling to 1 s). The pending set is bounded: past `max_pending` the oldest
+    token is dropped with a warning (its lease, if any, still expires by itself)."""
+
+    def __init__(self, run: Run, script: Any, tomb_ms: int, max_pending: int = 10_000) -> None:
+        self._run, self._forget, self._tomb_ms = run, script, tomb_ms
+        self.max_pending = max_pending
+        self._pending: dict[str, list[str]] = {}  # token -> its keys (lock, q, w, tomb)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def forget(self, token: str, keys: list[str]) -> None:
+        if len(self._pending) >= self.max_pending:
+            dropped = next(iter(self._pending))
+            del self._pending[dropped]
+            log.warning("lease cleanup backlog full; the oldest lease is left to expire")
+        self._pending[token] = keys
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        delay = 0.05
+        while self._pending:
+            try:
+                for token, keys in list(self._pending.items()):
+                    await self._run(self._forget, keys, [token, self._tomb_ms])
+                    self._pending.pop(token, None)
+                delay = 0.05
+            except StoreUnavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class RedisLease:
     """`hold(session_id, keys)`: the lease on one session (`keys`: its lock, queue and waiters)."""
 
@@ -88,34 +147,35 @@ class RedisLease:
         self.poll_max_s = poll_max_s
         self._run = run
         reg = client.register_script
-        self._acquire, self._leave = reg(_ACQUIRE), reg(_LEAVE)
-        self._renew, self._release = reg(_RENEW), reg(_RELEASE)
+        self._acquire, self._renew, self._release = reg(_ACQUIRE), reg(_RENEW), reg(_RELEASE)
+        # a tombstone outlives any acquire still buffered when Redis resumes (the janitor runs as
+        # soon as Redis answers, so both run within moments of each other)
+        self.janitor = Janitor(run, reg(_FORGET), ms(max(60.0, 10 * lease_s)))
 
     @contextlib.asynccontextmanager
     async def hold(self, session_id: str, keys: tuple[str, str, str]) -> AsyncIterator[None]:
         token = secrets.token_hex(16)
         lk, q, w = keys
+        mine = [lk, q, w, f"{lk}:x:{token}"]  # the tombstone shares the session's hash tag
         lease_ms = ms(self.lease_s)
         alive_ms = max(2000, ms(40 * self.poll_max_s))
         delay = 0.001
         task = asyncio.current_task()
         try:
             while True:
-                granted = await self._run(self._acquire, [lk, q, w], [token, lease_ms, alive_ms])
+                granted = await self._run(self._acquire, mine, [token, lease_ms, alive_ms])
                 # redis-py can swallow a cancellation that lands mid-command; the task still
                 # says it is being cancelled, and a waiter whose client left must not go on
                 if task is not None and task.cancelling():
-                    if granted:
-                        await self._run(self._release, [lk], [token])
                     raise asyncio.CancelledError
                 if granted:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.poll_max_s)
         except BaseException:
-            # cancelled (client gone) or store down while queued: give up our place
-            with contextlib.suppress(Exception):
-                await self._run(self._leave, [q, w], [token])
+            # cancelled (client gone) or the store's deadline passed: the request ends now; its
+            # place in the queue (or a lease granted in the meantime) is given up in the background
+            self.janitor.forget(token, mine)
             raise
         renewer = asyncio.create_task(self._keep(session_id, lk, token, lease_ms))
         try:
@@ -127,10 +187,15 @@ class RedisLease:
             try:
                 await self._run(self._release, [lk], [token])
             except StoreUnavailable:
+                # the request's own work is done (committed or failed); it does not wait
                 log.warning(
-                    "lease not released (store unavailable); it expires by itself",
+                    "lease not released (store unavailable); released once Redis answers",
                     extra={"session": session_id},
                 )
+                self.janitor.forget(token, mine)
+            except asyncio.CancelledError:
+                self.janitor.forget(token, mine)
+                raise
 
     async def _keep(self, session_id: str, key: str, token: str, lease_ms: int) -> None:
         while True:

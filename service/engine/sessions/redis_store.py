@@ -28,18 +28,20 @@ Guarantees:
   failover), CAS still refuses the stale writer with `VersionConflict`, so no update is lost and
   none is applied twice;
 * no local state cache: every read sees the committed version;
-* Redis unreachable, loading, read-only or out of memory -> `StoreUnavailable` (503
-  `store_unavailable`, Retry-After); connections are re-made on the next call, so recovery is
-  automatic.
+* Redis unreachable, hung, loading, read-only or out of memory -> `StoreUnavailable` (503
+  `store_unavailable`, Retry-After) within one deadline per call (`socket_timeout_s`: connect,
+  read and retry together); a request that fails leaves no lease behind (`redis_lease.Janitor`);
+  connections are re-made on the next call, so recovery is automatic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
@@ -111,6 +113,7 @@ class RedisStore:
         self.evict = evict
         self.expired_memory_s = expired_memory_s
         self.prefix = key_prefix
+        self.deadline_s = socket_timeout_s  # one bound per store call, whatever Redis does
         self.clock = clock  # wall clock, for idempotency expiry (shared by replicas)
         self._on_change = on_change
         self._on_evict = on_evict
@@ -187,10 +190,19 @@ class RedisStore:
             return SessionExpired(f"session {session_id!r} expired after its idle TTL")
         return SessionNotFound(f"session {session_id!r} does not exist")
 
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _errors(self) -> AsyncIterator[None]:
+        """One deadline for the whole call (connect, send, read, redis-py's retry together; a
+        hung Redis keeps its sockets open, so the socket timeouts alone add up), and Redis's
+        errors as `StoreUnavailable`. A call cut off by the deadline has its connection dropped
+        by redis-py, so no later call reads its late reply."""
         try:
-            yield
+            async with asyncio.timeout(self.deadline_s):
+                yield
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"session store did not answer within {self.deadline_s:g} s"
+            ) from None
         except (rx.ConnectionError, rx.TimeoutError) as e:
             raise StoreUnavailable(f"session store unreachable ({type(e).__name__})") from None
         except (
@@ -208,7 +220,7 @@ class RedisStore:
             raise
 
     async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        with self._errors():
+        async with self._errors():
             return await script(keys=keys, args=args)
 
     def _changed(self, live: int) -> None:
@@ -314,7 +326,7 @@ class RedisStore:
         return f"{round(rec.expires_at * 1000)}|{body}".encode(), ms(rec.expires_at - self.clock())
 
     async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
-        with self._errors():
+        async with self._errors():
             raw = await self._r.hget(self._k(session_id, "i"), key)
         if raw is None:
             return None
@@ -343,8 +355,9 @@ class RedisStore:
 
     async def ping(self) -> None:
         """Raise `StoreUnavailable` unless Redis answers (for readiness checks)."""
-        with self._errors():
+        async with self._errors():
             await self._r.ping()
 
     async def close(self) -> None:
+        await self._lease.janitor.close()
         await self._r.aclose()
