@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System packages the test suite drives for real: redis-server (the shared session store), nginx
-# (the multi-replica test), Chromium (the playground test), wrk (the bench harness test), and
-# podman + buildah + debootstrap + runc (the image smoke test builds and runs the image).
+# (the multi-replica test), Chromium (the playground test), wrk (the bench harness test),
+# podman + buildah + debootstrap + runc (the image smoke test builds and runs the image), and
+# curl + jq (the docs' shell examples, which tests/docs runs).
 # Installed only when missing; needs root (otherwise the tests that need them skip).
 #
 # The tests start their own redis-server and nginx on free loopback ports and stop them again, so
@@ -12,7 +13,7 @@ set -euo pipefail
 
 have() { command -v "$1" >/dev/null || [ -x "/usr/sbin/$1" ]; }
 need=()
-for tool in redis-server nginx chromium wrk podman buildah debootstrap runc; do
+for tool in redis-server nginx chromium wrk podman buildah debootstrap runc curl jq; do
   have "$tool" || need+=("$tool") # each tool's Debian package has its name
 done
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
