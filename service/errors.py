@@ -85,6 +85,12 @@ class IdempotencyKeyReused(ServiceError):
     status, code = 422, "idempotency_key_reused"
 
 
+class SequenceError(ServiceError):
+    """A v2 sequence request that its sequence cannot take (unknown id, other model, ...)."""
+
+    status, code = 400, "sequence_error"
+
+
 class InvalidState(ServiceError):
     status, code = 422, "invalid_state"
 

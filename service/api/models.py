@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
+from service.api import results
 from service.api.deps import Services, get_services
 from service.api.errors import responses
 from service.api.schemas import (
@@ -66,7 +67,7 @@ async def predict(
 ) -> dict[str, Any]:
     body.check(s.settings)
     outputs = await s.engine.predict(model, body.inputs, body.top_k)
-    return {"model": model, "outputs": outputs}
+    return {"model": model, "outputs": [results.output(o) for o in outputs]}
 
 
 @router.post(
@@ -83,6 +84,6 @@ async def generate(
     if body.stream:
         return EventStream(sse_events(gen), gen.aclose)
     try:
-        return await gen.collect()
+        return results.generation(await gen.collect())
     finally:
         await gen.aclose()

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
+from service.api import results
 from service.api.deps import Services, get_owner, get_services
 from service.api.errors import responses
 from service.api.schemas import (
@@ -42,10 +43,6 @@ IdemKey = Header(
 )
 
 
-def _replayed(result: dict[str, Any]) -> dict[str, str]:
-    return {"Idempotent-Replayed": "true"} if result.get("replayed") else {}
-
-
 @router.post(
     "",
     status_code=201,
@@ -63,7 +60,8 @@ async def create_session(
             blob = base64.b64decode(body.state, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidState("state is not valid base64", field="state") from None
-    return await s.sessions.create(body.model, body.session_id, body.ttl_s, blob, owner)
+    info = await s.sessions.create(body.model, body.session_id, body.ttl_s, blob, owner)
+    return results.session_info(info)
 
 
 @router.get(
@@ -75,7 +73,7 @@ async def create_session(
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    return await s.sessions.get(session_id, owner)
+    return results.session_info(await s.sessions.get(session_id, owner))
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
@@ -101,9 +99,9 @@ async def reset_session(
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
     expected = body.expected_version if body is not None else None
-    result = await s.sessions.reset(session_id, expected, idempotency_key, owner)
+    r = await s.sessions.reset(session_id, expected, idempotency_key, owner)
     return JSONResponse(
-        SessionInfo(**result).model_dump(exclude_none=True), headers=_replayed(result)
+        results.session_info(r, change=True), headers=results.replay_headers(r.replayed)
     )
 
 
@@ -121,12 +119,10 @@ async def feed(
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
     check_text(body.text, "text", s.settings)
-    result = await s.sessions.feed(
+    r = await s.sessions.feed(
         session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner
     )
-    out = FeedResponse(**result).model_dump(exclude_none=True)
-    out.setdefault("output", None)  # no tokens so far: an explicit null
-    return JSONResponse(out, headers=_replayed(result))
+    return JSONResponse(results.feed(r), headers=results.replay_headers(r.replayed))
 
 
 @router.post(
@@ -150,11 +146,10 @@ async def generate(
     if body.stream:
         return EventStream(sse_events(gen), gen.aclose)
     try:
-        result = await unless_disconnected(request, gen.collect())
+        r = await unless_disconnected(request, gen.collect())
     finally:
         await gen.aclose()
-    body_out = GenerateResponse(**result).model_dump(exclude_none=True)
-    return JSONResponse(body_out, headers=_replayed(result))
+    return JSONResponse(results.generation(r), headers=results.replay_headers(r.replayed))
 
 
 @router.get(
@@ -166,5 +161,4 @@ async def generate(
 async def export_state(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    out = await s.sessions.export_state(session_id, owner)
-    return {**out, "state": base64.b64encode(out["state"]).decode()}
+    return results.state(await s.sessions.export_state(session_id, owner))

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.api.schemas import GenerateResponse
+from service.api import results
 from service.engine.engine import Finished, Generation
 from service.engine.stream import TokenEvent
 from service.errors import ServiceError, stream_error
@@ -37,7 +37,7 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 def token_payload(ev: TokenEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"text": ev.text, "index": ev.index, "token_id": ev.token_id}
     if ev.logprob is not None:
-        out["logprob"] = ev.logprob
+        out["logprob"] = results.step_logprob(ev.logprob)
     return out
 
 
@@ -61,7 +61,7 @@ async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
     try:
         async for batch in gen.batches(keep_logprobs=False):  # each token event has its own
             yield "".join(
-                _frame("done", GenerateResponse(**ev.result).model_dump(exclude_none=True))
+                _frame("done", results.generation(ev.result))
                 if isinstance(ev, Finished)
                 else token_frame(ev)
                 for ev in batch

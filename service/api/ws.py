@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import Field, TypeAdapter, ValidationError
 
+from service.api import results
 from service.api.deps import Services, get_owner, get_services
 from service.api.errors import field_of
 from service.api.schemas import FeedRequest, ResetRequest, SessionGenerateRequest, _In, check_text
@@ -56,18 +57,19 @@ async def _handle(
     key = msg.idempotency_key
     if isinstance(msg, WsFeed):
         check_text(msg.text, "text", s.settings)
-        r = await s.sessions.feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner)
-        await ws.send_json({"type": "result", "op": "feed", **tag, **r})
+        fed = await s.sessions.feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner)
+        await ws.send_json({"type": "result", "op": "feed", **tag, **results.feed(fed)})
     elif isinstance(msg, WsReset):
         r = await s.sessions.reset(sid, msg.expected_version, key, owner)
-        await ws.send_json({"type": "result", "op": "reset", **tag, **r})
+        body = results.session_info(r, change=True)
+        await ws.send_json({"type": "result", "op": "reset", **tag, **body})
     else:
         params = msg.to_params(s.settings)
         gen = await s.sessions.open_generation(sid, params, msg.expected_version, key, owner)
         try:
             async for ev in gen.events(keep_logprobs=False):  # each token message has its own
                 if isinstance(ev, Finished):
-                    await ws.send_json({"type": "done", **tag, **ev.result})
+                    await ws.send_json({"type": "done", **tag, **results.generation(ev.result)})
                 else:
                     await ws.send_json({"type": "token", **tag, **token_payload(ev)})
         finally:

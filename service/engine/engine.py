@@ -10,12 +10,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from service.contract import UnknownCharactersError, WordTokenizer
 from service.engine.prefill import StateRows
+from service.engine.protocol import (
+    Classification,
+    GenerationResult,
+    NextTokens,
+    Output,
+    Prob,
+    TokenLogprob,
+    Usage,
+)
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams, softmax
 from service.engine.scheduler import Scheduler, SchedulerConfig
@@ -41,12 +49,12 @@ class GenerateParams:
 
 @dataclass(frozen=True)
 class Finished:
-    """The last item of a generation: the result body (also the non-streaming response)."""
+    """The last item of a generation: its result (also the non-streaming answer)."""
 
-    result: dict[str, Any]
+    result: GenerationResult
 
 
-Finalizer = Callable[[DoneEvent, dict[str, Any]], Awaitable[dict[str, Any]]]
+Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
 
 
 @dataclass(eq=False)
@@ -54,10 +62,11 @@ class Generation:
     """A running generation. Iterate `events()`; `aclose()` always (it cancels and releases)."""
 
     stream: Stream
-    base: dict[str, Any]
+    model: str
+    session_id: str | None = None
     finalize: Finalizer | None = None
     release: Callable[[], Awaitable[None]] | None = None
-    replay: dict[str, Any] | None = None  # an idempotent replay: no stream ran
+    replay: GenerationResult | None = None  # an idempotent replay: no stream ran
     _closed: bool = field(default=False, init=False)
 
     async def batches(
@@ -73,7 +82,7 @@ class Generation:
             yield [Finished(self.replay)]
             return
         pieces: list[str] = []
-        logprobs: list[dict[str, object]] | None = [] if keep_logprobs else None
+        logprobs: list[TokenLogprob] | None = [] if keep_logprobs else None
         try:
             async for evs in self.stream.iter_batches():
                 out: list[TokenEvent | Finished] = []
@@ -81,7 +90,8 @@ class Generation:
                     if isinstance(ev, TokenEvent):
                         pieces.append(ev.text)
                         if ev.logprob is not None and logprobs is not None:
-                            logprobs.append({"token": ev.text, **ev.logprob})
+                            lp = ev.logprob
+                            logprobs.append(TokenLogprob(ev.text, lp.logprob, lp.top))
                         out.append(ev)
                     elif isinstance(ev, ErrorEvent):
                         if out:
@@ -99,23 +109,25 @@ class Generation:
                 yield ev
 
     async def _result(
-        self, ev: DoneEvent, pieces: list[str], logprobs: list[dict[str, object]] | None
-    ) -> dict[str, Any]:
-        result = dict(self.base)
-        result["text"] = "".join(pieces)
-        result["finish_reason"] = ev.finish_reason
-        if ev.stop is not None:
-            result["stop"] = ev.stop
-        usage = result["usage"]
-        usage["completion_tokens"] = ev.completion_tokens
-        usage["total_tokens"] = usage["prompt_tokens"] + ev.completion_tokens
-        if self.stream.params.logprobs is not None and logprobs is not None:
-            result["logprobs"] = logprobs
+        self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
+    ) -> GenerationResult:
+        prompt = self.stream.prompt_tokens
+        wanted = self.stream.params.logprobs is not None and logprobs is not None
+        result = GenerationResult(
+            model=self.model,
+            text="".join(pieces),
+            finish_reason=ev.finish_reason,
+            usage=Usage(prompt, ev.completion_tokens, prompt + ev.completion_tokens),
+            seed=self.stream.params.seed,
+            stop=ev.stop,
+            logprobs=tuple(logprobs) if wanted and logprobs is not None else None,
+            session_id=self.session_id,
+        )
         if self.finalize is not None:
             result = await self.finalize(ev, result)
         return result
 
-    async def collect(self) -> dict[str, Any]:
+    async def collect(self) -> GenerationResult:
         async for ev in self.events():
             if isinstance(ev, Finished):
                 return ev.result
@@ -166,30 +178,25 @@ class Engine:
             raise UnknownCharacters(str(e), field=field) from None
 
     @staticmethod
-    def output(m: LoadedModel, logits: np.ndarray | None, top_k: int) -> dict[str, Any] | None:
+    def output(m: LoadedModel, logits: np.ndarray | None, top_k: int) -> Output | None:
         """Classifier: label + probs. Language model: the `top_k` most likely next tokens."""
         if logits is None:
             return None
         p = softmax(logits)
         labels = m.manifest.labels
         if labels is not None:
-            return {
-                "label": labels[int(np.argmax(p))],
-                "probs": dict(zip(labels, p.tolist(), strict=True)),
-            }
+            return Classification(
+                labels[int(np.argmax(p))], dict(zip(labels, p.tolist(), strict=True))
+            )
         top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
-        return {
-            "next": [{"token": token_text(m, int(i)), "prob": float(p[i])} for i in top.tolist()]
-        }
+        return NextTokens(tuple(Prob(token_text(m, int(i)), float(p[i])) for i in top.tolist()))
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None
     ) -> tuple[np.ndarray, StateRows]:
         return await self.schedulers[m.name].prefill(ids, states)
 
-    async def predict(
-        self, name: str, inputs: list[str], top_k: int
-    ) -> list[dict[str, Any] | None]:
+    async def predict(self, name: str, inputs: list[str], top_k: int) -> list[Output | None]:
         m = self.model(name)
         encoded = [self.encode_full(m, t, f"inputs[{i}]") for i, t in enumerate(inputs)]
         done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in encoded))
@@ -230,7 +237,6 @@ class Engine:
         ids: list[int],
         states: StateRows | None,
         logits: np.ndarray | None,
-        base: dict[str, Any],
     ) -> Stream:
         """Prefill `ids` (or prime an empty context), then join the decode batch."""
         started = time.perf_counter()  # time to first token includes the prefill
@@ -244,8 +250,6 @@ class Engine:
         # fail the whole decode batch: it never joins (a session's state is checked at import;
         # this guards whatever got past that)
         require_finite(m, [logits], rows)
-        base["usage"] = {"prompt_tokens": len(ids)}
-        base["seed"] = params.seed
         stream = Stream(
             params,
             logits,
@@ -253,6 +257,7 @@ class Engine:
             self.vocab(m).__getitem__,
             created=started,
             max_backlog_bytes=self.config.stream_buffer_bytes,
+            prompt_tokens=len(ids),
         )
         self.schedulers[m.name].join(stream)
         return stream
@@ -262,9 +267,8 @@ class Engine:
         m = self.model(name)
         self.require_lm(m)
         ids = self.encode_full(m, p.prompt, "prompt") if p.prompt else []
-        base: dict[str, Any] = {"model": m.name}
-        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None, base)
-        return Generation(stream, base)
+        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None)
+        return Generation(stream, m.name)
 
 
 def token_text(m: LoadedModel, token: int) -> str:

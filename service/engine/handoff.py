@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.prefill import StateRows
+from service.engine.protocol import StepLogprob
 from service.engine.stream import Stream
 from service.errors import EngineError, ServiceError
 from service.metrics import Metrics
@@ -48,7 +49,7 @@ def emit(
     streams: Sequence[Stream],
     tokens: list[int],
     texts: dict[int, str] | None,
-    logprobs: dict[int, dict[str, object]] | None,
+    logprobs: dict[int, StepLogprob] | None,
     stats: tuple[Meters, int, float, float | None] | None,
 ) -> None:
     if stats is not None:  # the previous step's metrics ride along (off the engine thread)

@@ -10,6 +10,7 @@ from functools import cached_property
 
 import numpy as np
 
+from service.engine.protocol import StepLogprob
 from service.engine.sampling import inverse_temperature, logprob_info
 from service.engine.stream import Stream
 
@@ -65,13 +66,13 @@ class Rows:
 
 def special_rows(
     rows: Rows, streams: Sequence[Stream], logits: np.ndarray, tokens: np.ndarray, done: np.ndarray
-) -> tuple[dict[int, str] | None, dict[int, dict[str, object]] | None]:
+) -> tuple[dict[int, str] | None, dict[int, StepLogprob] | None]:
     """Stop strings (which may end a row early: `done` is updated) and logprobs (against the
     step's input `logits`): per row, only where asked. (texts by row, logprobs by row)."""
     if not rows.any_special:
         return None, None
     texts: dict[int, str] = {}
-    logprobs: dict[int, dict[str, object]] = {}
+    logprobs: dict[int, StepLogprob] = {}
     for i in np.flatnonzero(rows.special).tolist():
         s, tok = streams[i], int(tokens[i])
         if s.wants_logprobs:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.engine.protocol import Alternative, StepLogprob
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -204,14 +206,13 @@ def _sample_filtered(
 
 def logprob_info(
     logits_row: np.ndarray, token: int, n: int, decode: Callable[[int], str]
-) -> dict[str, object]:
+) -> StepLogprob:
     """The chosen token's log-probability under the model, with the `n` most likely tokens."""
     lp = log_softmax(logits_row)
     top = np.argsort(-lp)[:n] if n > 0 else np.array([], dtype=np.int64)
-    return {
-        "logprob": float(lp[token]),
-        "top": [{"token": decode(int(i)), "logprob": float(lp[i])} for i in top],
-    }
+    return StepLogprob(
+        float(lp[token]), tuple(Alternative(decode(int(i)), float(lp[i])) for i in top)
+    )
 
 
 class StopMatcher:

@@ -1,4 +1,5 @@
-"""Session operations with DESIGN §4 semantics.
+"""Session operations with DESIGN §4 semantics: the one owner of every session rule, for native
+sessions, WebSocket, OpenAI session completions and v2 sequences alike.
 
 Every operation on a session runs under the store's per-session lock (arrival order), checks an
 `Idempotency-Key` first (a replay returns the stored result and changes nothing), then
@@ -16,9 +17,21 @@ import time
 from contextlib import AsyncExitStack
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from service.engine.engine import Engine, GenerateParams, Generation
+from service.engine.protocol import (
+    FeedResult,
+    GenerationResult,
+    Message,
+    R,
+    SequenceRef,
+    SessionInfo,
+    StateExport,
+    replayed,
+    stored,
+)
 from service.engine.registry import LoadedModel
 from service.engine.sampling import SamplingParams
 from service.engine.session_records import (
@@ -44,6 +57,8 @@ from service.errors import (
     InvalidInput,
     InvalidState,
     ModelChanged,
+    SequenceError,
+    ServiceError,
     SessionEvicted,
     SessionExists,
     SessionExpired,
@@ -72,17 +87,18 @@ class SessionService:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def info(self, rec: SessionRecord) -> dict[str, Any]:
-        return {
-            "session_id": public_id(rec.id),
-            "model": rec.model,
-            "version": rec.version,
-            "created_at": rec.created_at,
-            "expires_at": rec.expires_at,
-            "ttl_s": rec.ttl_s,
-            "tokens_seen": rec.tokens_seen,
-            "pending_chars": len(rec.pending),
-        }
+    @staticmethod
+    def info(rec: SessionRecord) -> SessionInfo:
+        return SessionInfo(
+            session_id=public_id(rec.id),
+            model=rec.model,
+            version=rec.version,
+            created_at=rec.created_at,
+            expires_at=rec.expires_at,
+            ttl_s=rec.ttl_s,
+            tokens_seen=rec.tokens_seen,
+            pending_chars=len(rec.pending),
+        )
 
     async def _get(self, session_id: str, owner: str | None) -> SessionRecord:
         sid = store_id(session_id, owner)
@@ -112,8 +128,8 @@ class SessionService:
         return hashlib.sha256(raw.encode()).hexdigest()
 
     async def _replay(
-        self, rec: SessionRecord, key: str | None, fingerprint: str
-    ) -> dict[str, Any] | None:
+        self, rec: SessionRecord, key: str | None, fingerprint: str, kind: type[R]
+    ) -> R | None:
         if key is None:
             return None
         stored = await self.store.get_idempotent(rec.id, key)
@@ -123,7 +139,7 @@ class SessionService:
             raise IdempotencyKeyReused(
                 "this Idempotency-Key was used for a different request", field="Idempotency-Key"
             )
-        return {**stored.result, "replayed": True}
+        return replayed(kind, stored.result)
 
     @staticmethod
     def _check_version(rec: SessionRecord, expected: int | None) -> None:
@@ -139,11 +155,12 @@ class SessionService:
         new: SessionRecord,
         key: str | None,
         fp: str,
-        result: dict[str, Any],
+        result: Message,
     ) -> SessionRecord:
         idem = None
         if key is not None:
-            idem = (key, IdempotencyRecord(fp, result, self.clock() + self.idempotency_ttl_s))
+            expires = self.clock() + self.idempotency_ttl_s
+            idem = (key, IdempotencyRecord(fp, stored(result), expires))
         return await self.store.commit(new, old.version, idem)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -155,7 +172,7 @@ class SessionService:
         ttl_s: float | None,
         state: bytes | None,
         owner: str | None,
-    ) -> dict[str, Any]:
+    ) -> SessionInfo:
         blob = decode_state(state) if state is not None else None
         name = model if model is not None else (blob.model if blob is not None else None)
         if name is None:
@@ -195,7 +212,7 @@ class SessionService:
             tokens_seen=blob.tokens_seen,
         )
 
-    async def get(self, session_id: str, owner: str | None) -> dict[str, Any]:
+    async def get(self, session_id: str, owner: str | None) -> SessionInfo:
         return self.info(await self._get(session_id, owner))
 
     async def delete(self, session_id: str, owner: str | None) -> None:
@@ -203,7 +220,7 @@ class SessionService:
             rec = await self._get(session_id, owner)
             await self.store.delete(rec.id)
 
-    async def export_state(self, session_id: str, owner: str | None) -> dict[str, Any]:
+    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
         rec = await self._get(session_id, owner)
         m = self.engine.model(rec.model)
         blob = StateBlob(
@@ -216,22 +233,17 @@ class SessionService:
             rec.logits,
         )
         data = encode_state(blob, [s.name for s in m.manifest.io.states])
-        return {
-            "session_id": public_id(rec.id),
-            "model": rec.model,
-            "version": rec.version,
-            "state": data,
-        }
+        return StateExport(public_id(rec.id), rec.model, rec.version, data)
 
     # -- state-changing operations ----------------------------------------------------------
 
     async def reset(
         self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
-    ) -> dict[str, Any]:
+    ) -> SessionInfo:
         async with self.store.lock(store_id(session_id, owner)):
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("reset", {})
-            replay = await self._replay(rec, key, fp)
+            replay = await self._replay(rec, key, fp, SessionInfo)
             if replay is not None:
                 return replay
             self._check_version(rec, expected_version)
@@ -244,8 +256,7 @@ class SessionService:
                 tokens_seen=0,
                 model_sha256=m.sha256,
             )
-            result = self.info(new)
-            return self.info(await self._commit(rec, new, key, fp, result)) | {"replayed": False}
+            return self.info(await self._commit(rec, new, key, fp, self.info(new)))
 
     async def feed(
         self,
@@ -255,11 +266,11 @@ class SessionService:
         expected_version: int | None,
         key: str | None,
         owner: str | None,
-    ) -> dict[str, Any]:
+    ) -> FeedResult:
         async with self.store.lock(store_id(session_id, owner)):
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("feed", {"text": text, "top_k": top_k})
-            replay = await self._replay(rec, key, fp)
+            replay = await self._replay(rec, key, fp, FeedResult)
             if replay is not None:
                 return replay
             self._check_version(rec, expected_version)
@@ -274,15 +285,15 @@ class SessionService:
                 logits=logits,
                 tokens_seen=rec.tokens_seen + len(ids),
             )
-            result = {
-                "session_id": public_id(rec.id),
-                "version": new.version,
-                "tokens": len(ids),
-                "pending_chars": len(pending),
-                "output": self.engine.output(m, shown, top_k),
-            }
+            result = FeedResult(
+                session_id=public_id(rec.id),
+                version=new.version,
+                tokens=len(ids),
+                pending_chars=len(pending),
+                output=self.engine.output(m, shown, top_k),
+            )
             await self._commit(rec, new, key, fp, result)
-            return result | {"replayed": False}
+            return result
 
     async def open_generation(
         self,
@@ -299,7 +310,7 @@ class SessionService:
         try:
             rec = await self._get(session_id, owner)
             fp = self._fingerprint("generate", {**p.__dict__, "seed": p.seed})
-            replay = await self._replay(rec, key, fp)
+            replay = await self._replay(rec, key, fp, GenerationResult)
             m = self._model(rec)
             self.engine.require_lm(m)
             if replay is None:
@@ -310,20 +321,20 @@ class SessionService:
                 else ([], rec.pending)
             )
             params = self.engine.sampling(m, p)
-            base: dict[str, Any] = {"model": m.name, "session_id": public_id(rec.id)}
+            public = public_id(rec.id)
             if replay is not None:
                 stream = _idle_stream(params)
-                return Generation(stream, base, release=stack.aclose, replay=replay)
+                return Generation(stream, m.name, public, release=stack.aclose, replay=replay)
             stream = await self.engine.start_generation(
-                m, params, ids, list(rec.states), rec.logits, base
+                m, params, ids, list(rec.states), rec.logits
             )
         except BaseException:
             await stack.aclose()
             raise
 
-        async def finalize(done: DoneEvent, result: dict[str, Any]) -> dict[str, Any]:
+        async def finalize(done: DoneEvent, result: GenerationResult) -> GenerationResult:
             require_finite(m, [done.logits], done.states)
-            fed = result["usage"]["prompt_tokens"] + done.completion_tokens
+            fed = result.usage.total_tokens
             new = rec.replace(
                 version=rec.version + 1,
                 states=tuple(done.states),
@@ -331,11 +342,121 @@ class SessionService:
                 logits=done.logits,
                 tokens_seen=rec.tokens_seen + fed,
             )
-            result["version"] = new.version
+            result = msgspec.structs.replace(result, version=new.version)
             await self._commit(rec, new, key, fp, result)
-            return result | {"replayed": False}
+            return result
 
-        return Generation(stream, base, finalize=finalize, release=stack.aclose)
+        return Generation(stream, m.name, public, finalize=finalize, release=stack.aclose)
+
+    # -- v2 sequences: one request is one step of a session -------------------------------------
+
+    async def sequence_step(
+        self,
+        m: LoadedModel,
+        seq: SequenceRef,
+        text: str | None,
+        ids: list[int] | None,
+        owner: str | None,
+    ) -> np.ndarray:
+        """Feed one row (`text` or token `ids`) into a v2 sequence, which IS a session (the
+        sequence id is the session id, so either protocol continues what the other started);
+        returns the logits (K,) on all input so far, peeking through an unfinished word as a
+        feed does. Under the session's lock, committed with compare-and-set on completion:
+
+        * `start`: begin from a fresh state (an existing sequence with that id is restarted);
+        * neither: continue; an unknown, expired or evicted id is a 400 naming the sequence;
+        * `end`: the state is freed after this step (nothing is stored for start + end).
+        """
+        require_streamable(m)
+        sid = store_id(seq.session_id, owner)  # the owner's namespace: ids never clash
+        async with self.store.lock(sid):
+            rec = await self._sequence_record(seq, sid, owner)
+            if rec is not None and not seq.start:
+                _check_sequence_model(seq, rec, m)
+            if seq.start or rec is None:
+                base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)
+            else:
+                base = rec
+            if text is not None:
+                new_ids, pending = self.engine.encode_stream(m, base.pending, text, "TEXT")
+            else:
+                if base.pending:
+                    raise InvalidInput(
+                        f"sequence {seq.label} holds unfinished text; continue it with TEXT",
+                        field="TOKEN_IDS",
+                    )
+                new_ids, pending = list(ids or []), ""
+            shown, logits, states = await prefill_peeking(self.engine, m, base, new_ids, pending)
+            require_finite(m, [shown, logits], states)
+            if shown is None:
+                raise InvalidInput(
+                    f"sequence {seq.label} has no tokens yet: the first request needs non-empty "
+                    "input",
+                    field="TEXT" if text is not None else "TOKEN_IDS",
+                )
+            new = base.replace(
+                version=(rec.version + 1) if rec is not None else 1,
+                states=tuple(states),
+                pending=pending,
+                logits=logits,
+                tokens_seen=base.tokens_seen + len(new_ids),
+            )
+            if seq.end:
+                if rec is not None:
+                    await self.store.delete(sid)
+            elif rec is None:
+                await self.store.create(new)
+            else:
+                await self.store.commit(new, rec.version)
+            return shown
+
+    async def _sequence_record(
+        self, seq: SequenceRef, sid: str, owner: str | None
+    ) -> SessionRecord | None:
+        """The live record, or None when missing and `start` allows that."""
+        try:
+            rec = await self.store.get(sid)
+        except (SessionNotFound, SessionExpired, SessionEvicted) as e:
+            if seq.start:
+                return None
+            raise SequenceError(
+                f"sequence {seq.label} {_GONE[type(e)]}; send sequence_start=true to begin it",
+                field="parameters.sequence_id",
+            ) from None
+        if rec.owner != owner:
+            if seq.start:
+                raise ServiceError(
+                    f"sequence {seq.label} is in use",
+                    status=409,
+                    code="session_exists",
+                    field="parameters.sequence_id",
+                )
+            raise SequenceError(
+                f"sequence {seq.label} {_GONE[SessionNotFound]}; send sequence_start=true to "
+                "begin it",
+                field="parameters.sequence_id",
+            )
+        return rec
+
+
+_GONE: dict[type[ServiceError], str] = {
+    SessionNotFound: "does not exist (never started, ended, or owned by another key)",
+    SessionExpired: "expired after its idle TTL",
+    SessionEvicted: "was evicted (live-session cap reached)",
+}
+
+
+def _check_sequence_model(seq: SequenceRef, rec: SessionRecord, m: LoadedModel) -> None:
+    if rec.model != m.name:
+        raise SequenceError(
+            f"sequence {seq.label} belongs to model {rec.model!r}, not {m.name!r}",
+            field="parameters.sequence_id",
+        )
+    if rec.model_sha256 != m.sha256:
+        raise ModelChanged(
+            f"model {m.name!r} changed since sequence {seq.label} started; restart it with "
+            "sequence_start=true"
+        )
 
 
 def _idle_stream(params: SamplingParams) -> Stream:

@@ -1,6 +1,6 @@
-"""What native sessions (`session_ops.SessionService`) and v2 sequences (`api/v2/sequences.py`)
-share: the store key of a caller's id, a fresh record, the peeking prefill of a feed, and the
-streamable check."""
+"""What the session service (`session_ops.SessionService`) uses for native sessions and v2
+sequences alike: the store key of a caller's id, a fresh record, the peeking prefill of a feed,
+and the streamable check."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.engine.protocol import FinishReason, StepLogprob
 from service.engine.sampling import SamplingParams, StopMatcher
 from service.errors import ServiceError
 
@@ -31,7 +32,7 @@ class TokenEvent:
     __slots__ = ("index", "logprob", "text", "token_id")
 
     def __init__(
-        self, text: str, token_id: int, index: int, logprob: dict[str, object] | None = None
+        self, text: str, token_id: int, index: int, logprob: StepLogprob | None = None
     ) -> None:
         self.text = text  # text released by this token (stop-string lookahead may delay text)
         self.token_id = token_id
@@ -41,7 +42,7 @@ class TokenEvent:
 
 @dataclass(frozen=True)
 class DoneEvent:
-    finish_reason: str  # "length" | "stop"
+    finish_reason: FinishReason
     completion_tokens: int
     logits: np.ndarray  # (K,) after the last generated token
     states: list[np.ndarray]  # one row each, after the last generated token
@@ -77,6 +78,7 @@ class Stream:
     max_backlog_bytes: int = 2**62
     cancelled: bool = False
     produced: int = 0  # tokens handed to the consumer so far
+    prompt_tokens: int = 0  # tokens prefilled before the first sampled one (usage)
     first_token_at: float | None = None
 
     def __post_init__(self) -> None:
@@ -118,7 +120,7 @@ class Stream:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def emit(self, token: int, text: str | None, logprob: dict[str, object] | None) -> None:
+    def emit(self, token: int, text: str | None, logprob: StepLogprob | None) -> None:
         """One sampled token (`text` None: its plain decoding; stop matching gives it)."""
         if self.cancelled:  # steps already under way when it was cancelled
             return
@@ -143,7 +145,7 @@ class Stream:
     def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
         if self.cancelled:
             return
-        reason = "stop" if self.stopper.matched is not None else "length"
+        reason: FinishReason = "stop" if self.stopper.matched is not None else "length"
         self._push(DoneEvent(reason, self.produced, logits, states, self.stopper.matched))
 
     def fail(self, error: BaseException) -> None:

@@ -60,15 +60,15 @@ def _flaky(svc: SessionService) -> FlakyRunner:
 
 
 async def test_operations_apply_in_arrival_order(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    sid = (await svc.create(LM, None, None, None, None)).session_id
     pieces = [f"{chr(97 + i % 26)}" for i in range(50)]
     tasks = [asyncio.create_task(svc.feed(sid, p, 3, None, None, None)) for p in pieces]
     results = await asyncio.gather(*tasks)
-    assert [r["version"] for r in results] == list(range(1, 51))  # task i committed version i+1
+    assert [r.version for r in results] == list(range(1, 51))  # task i committed version i+1
 
 
 async def test_engine_failure_leaves_session_unchanged(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    sid = (await svc.create(LM, None, None, None, None)).session_id
     await svc.feed(sid, "abc", 3, None, None, None)
     before = await svc.export_state(sid, None)
     _flaky(svc).fail_after = _flaky(svc).calls
@@ -79,11 +79,11 @@ async def test_engine_failure_leaves_session_unchanged(svc: SessionService) -> N
         await gen.collect()
     assert await svc.export_state(sid, None) == before
     _flaky(svc).fail_after = None
-    assert (await svc.feed(sid, "def", 3, None, None, None))["version"] == 2
+    assert (await svc.feed(sid, "def", 3, None, None, None)).version == 2
 
 
 async def test_failure_mid_generation_leaves_session_unchanged(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    sid = (await svc.create(LM, None, None, None, None)).session_id
     before = await svc.export_state(sid, None)
     gen = await svc.open_generation(sid, GenerateParams(max_tokens=50), None, None, None)
     _flaky(svc).fail_after = _flaky(svc).calls + 5  # fail on the 6th decode step
@@ -96,7 +96,7 @@ async def test_failure_mid_generation_leaves_session_unchanged(svc: SessionServi
 
 
 async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    sid = (await svc.create(LM, None, None, None, None)).session_id
     before = await svc.export_state(sid, None)
     gen = await svc.open_generation(sid, GenerateParams(max_tokens=LONG), None, None, None)
 
@@ -112,13 +112,13 @@ async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None
     assert await svc.export_state(sid, None) == before
     assert svc.engine.schedulers[LM].active_streams in (0, 1)  # dropped before the next step
     r = await asyncio.wait_for(svc.feed(sid, "a", 1, None, None, None), 2)  # lock released
-    assert r["version"] == 1
+    assert r.version == 1
 
 
 async def test_a_session_of_a_redeployed_graph_answers_model_changed(svc: SessionService) -> None:
     """A session's state belongs to the graph it was made with (its sha256): once another graph
     of the model is served, every operation answers 409 model_changed, and nothing is fed."""
-    sid = (await svc.create(LM, None, None, None, None))["session_id"]
+    sid = (await svc.create(LM, None, None, None, None)).session_id
     await svc.feed(sid, "ab", 1, None, None, None)
     before = await svc.export_state(sid, None)
     m = svc.engine.registry.models[LM]

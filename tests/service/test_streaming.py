@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.api.streaming import _frame, token_frame, token_payload
+from service.engine.protocol import Alternative, StepLogprob
 from service.engine.sampling import SamplingParams
 from service.engine.stream import DoneEvent, Stream, TokenEvent
 
@@ -20,9 +21,11 @@ def test_token_frame_is_the_generic_frame_byte_for_byte(text: str, index: int, t
 
 
 def test_token_frame_with_logprobs_keeps_them() -> None:
-    ev = TokenEvent("a", 1, 0, {"logprob": -0.5, "top": []})
+    ev = TokenEvent("a", 1, 0, StepLogprob(-0.5, (Alternative("a", -0.5),)))
     assert token_frame(ev) == _frame("token", token_payload(ev))
-    assert '"logprob": {"logprob": -0.5' in token_frame(ev)
+    assert '"logprob": {"logprob": -0.5, "top": [{"token": "a", "logprob": -0.5}]}' in token_frame(
+        ev
+    )
 
 
 def _stream() -> Stream:

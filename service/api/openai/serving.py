@@ -25,6 +25,7 @@ from service.api.deps import Services
 from service.api.openai.protocol import ValidCompletion, error_body
 from service.api.surface_route import client_status
 from service.engine.engine import Finished, Generation, token_text
+from service.engine.protocol import GenerationResult
 from service.engine.registry import LoadedModel
 from service.engine.stream import TokenEvent
 from service.errors import InvalidInput, ServiceError
@@ -44,20 +45,18 @@ class Choice:
     streamed: int = 0  # characters of text already sent in stream chunks
     keep: bool = True  # keep each token's logprobs for the final body (not when streaming)
     offset: int = 0  # characters of the tokens seen so far
-    result: dict[str, Any] | None = None
+    result: GenerationResult | None = None
 
-    def finish(self, result: dict[str, Any]) -> str:
+    def finish(self, result: GenerationResult) -> str:
         """Take the final result; return text not streamed yet (all of it for a replay of an
         `Idempotency-Key`, whose tokens were never streamed)."""
         self.result = result
         if not self.tokens:
-            for item in result.get("logprobs") or []:
-                self.tokens.append(str(item["token"]))
-                self.token_logprobs.append(float(item["logprob"]))
-                self.top_logprobs.append(
-                    {str(t["token"]): float(t["logprob"]) for t in item["top"]}
-                )
-        rest: str = result["text"][self.streamed :]
+            for item in result.logprobs or ():
+                self.tokens.append(item.token)
+                self.token_logprobs.append(item.logprob)
+                self.top_logprobs.append({t.token: t.logprob for t in item.top})
+        rest = result.text[self.streamed :]
         self.streamed += len(rest)
         return rest
 
@@ -66,9 +65,8 @@ class Choice:
         if ev.logprob is None:
             return None
         tok = token_text(m, ev.token_id)
-        lp = float(ev.logprob["logprob"])  # type: ignore[arg-type]
-        top_list: list[dict[str, Any]] = ev.logprob["top"]  # type: ignore[assignment]
-        top = {str(t["token"]): float(t["logprob"]) for t in top_list}
+        lp = ev.logprob.logprob
+        top = {t.token: t.logprob for t in ev.logprob.top}
         offset = self.offset
         self.offset += len(tok)
         if self.keep:
@@ -85,10 +83,10 @@ class Choice:
     def logprobs(self, echo_len: int) -> dict[str, Any]:
         """Logprobs of the tokens that make up the returned text (a stop string cuts them)."""
         assert self.result is not None
-        n_text = len(self.result["text"])
+        n_text = len(self.result.text)
         offsets, keep, at = [], 0, 0
         for t in self.tokens:
-            if at >= n_text and self.result["finish_reason"] == "stop":
+            if at >= n_text and self.result.finish_reason == "stop":
                 break
             offsets.append(echo_len + at)
             at += len(t)
@@ -121,10 +119,8 @@ class Running:
         }
 
     def usage(self) -> dict[str, int]:
-        prompt = sum(
-            c.result["usage"]["prompt_tokens"] for c in self.choices if c.first and c.result
-        )
-        done = sum(c.result["usage"]["completion_tokens"] for c in self.choices if c.result)
+        prompt = sum(c.result.usage.prompt_tokens for c in self.choices if c.first and c.result)
+        done = sum(c.result.usage.completion_tokens for c in self.choices if c.result)
         return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done}
 
     def session_fields(self) -> dict[str, Any]:
@@ -132,7 +128,7 @@ class Running:
             return {}
         return {
             "session_id": self.req.session_id,
-            "session_version": self.choices[0].result.get("version"),
+            "session_version": self.choices[0].result.version,
         }
 
     async def aclose(self) -> None:
@@ -150,10 +146,9 @@ async def start(
     try:
         if req.session_id is not None:
             info = await s.sessions.get(req.session_id, owner)
-            if info["model"] != m.name:
+            if info.model != m.name:
                 raise InvalidInput(
-                    f"session {req.session_id!r} belongs to model {info['model']!r}, not "
-                    f"{m.name!r}",
+                    f"session {req.session_id!r} belongs to model {info.model!r}, not {m.name!r}",
                     field="model",
                 )
             session_gen = await s.sessions.open_generation(
@@ -203,9 +198,9 @@ async def collect(c: Running) -> dict[str, Any]:
         choices.append(
             {
                 "index": ch.index,
-                "text": echo + ch.result["text"],
+                "text": echo + ch.result.text,
                 "logprobs": ch.logprobs(len(echo)) if c.req.logprobs else None,
-                "finish_reason": ch.result["finish_reason"],
+                "finish_reason": ch.result.finish_reason,
             }
         )
     return {**c.head(), "choices": choices, "usage": c.usage(), **c.session_fields()}
@@ -255,7 +250,7 @@ async def sse(c: Running) -> AsyncGenerator[str, None]:
                 if isinstance(ev, Finished):
                     rest = ch.finish(ev.result)
                     remaining -= 1
-                    last = _chunk(ch.index, rest, finish_reason=ev.result["finish_reason"])
+                    last = _chunk(ch.index, rest, finish_reason=ev.result.finish_reason)
                     frames.append(_frame({**c.head(), "choices": [last], **c.session_fields()}))
                     continue
                 lp = ch.add(c.m, ev)

@@ -1,7 +1,8 @@
 """v2 inference: decode the input tensors, run them through the engine, encode the outputs.
 
 Stateless rows are prefilled from a fresh state (the scheduler batches them with everything else
-waiting); a request with a `sequence_id` is one step of a session (`sequences.step`).
+waiting); a request with a `sequence_id` is one step of a session
+(`SessionService.sequence_step`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from service.api.v2.protocol import (
     RequestInput,
     Sequence,
 )
-from service.api.v2.sequences import step
+from service.engine.protocol import SequenceRef
 from service.engine.registry import LoadedModel
 from service.engine.sampling import softmax
 from service.errors import InvalidInput
@@ -153,7 +154,9 @@ async def run(
             )
         text = rows.texts[0] if rows.texts is not None else None
         ids = rows.ids[0] if rows.ids is not None else None
-        return (await step(s, m, seq, text, ids, owner))[None, :].astype(np.float32)
+        ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
+        logits = await s.sessions.sequence_step(m, ref, text, ids, owner)
+        return logits[None, :].astype(np.float32)
     if rows.texts is not None:
         encoded = [s.engine.encode_full(m, t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
     else:

@@ -1,0 +1,158 @@
+"""The engine boundary: what the engine answers the API layer, as frozen, typed messages.
+
+Every surface (native `/v1`, WebSocket, v2, OpenAI) receives these and maps them to its own
+schema; no surface edits a structure the engine built. They are msgspec structs so that they
+cross a process boundary as they are (msgpack), and `PROTOCOL_VERSION` names their layout:
+bump it when a field changes meaning or goes away (adding a field with a default does not).
+
+The same structs are what an `Idempotency-Key` replay returns: a stored result is kept as
+`msgspec.to_builtins(result)` and read back with `replayed(...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Base of every boundary message (frozen; fields the reader does not know are ignored, so
+    an older reader accepts a newer writer's added fields)."""
+
+
+# -- outputs of a prediction or a feed -------------------------------------------------------
+
+
+class Prob(Message, frozen=True):
+    token: str
+    prob: float
+
+
+class Classification(Message, frozen=True, tag="classify", tag_field="kind"):
+    """A classifier's output on the text so far."""
+
+    label: str
+    probs: dict[str, float]
+
+
+class NextTokens(Message, frozen=True, tag="next_token", tag_field="kind"):
+    """A language model's most likely next tokens, most likely first."""
+
+    next: tuple[Prob, ...]
+
+
+Output = Classification | NextTokens
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+class Alternative(Message, frozen=True):
+    token: str
+    logprob: float
+
+
+class StepLogprob(Message, frozen=True):
+    """At one generation step: the chosen token's log-probability and the most likely
+    alternatives (carried by that token's stream event)."""
+
+    logprob: float
+    top: tuple[Alternative, ...]
+
+
+class TokenLogprob(Message, frozen=True):
+    """A generated token's text with its step's log-probabilities (in a finished result)."""
+
+    token: str
+    logprob: float
+    top: tuple[Alternative, ...]
+
+
+class Usage(Message, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+FinishReason = Literal["length", "stop"]
+
+
+class GenerationResult(Message, frozen=True):
+    """A finished generation (the last event of a stream, or the whole non-streaming answer)."""
+
+    model: str
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    seed: int
+    stop: str | None = None  # the stop string that ended it
+    logprobs: tuple[TokenLogprob, ...] | None = None  # asked for, and not a stream
+    session_id: str | None = None  # generated from a session
+    version: int | None = None  # the session's version after committing
+    replayed: bool = False  # an Idempotency-Key replay: nothing ran
+
+
+# -- sessions --------------------------------------------------------------------------------
+
+
+class SessionInfo(Message, frozen=True):
+    session_id: str
+    model: str
+    version: int
+    created_at: float
+    expires_at: float
+    ttl_s: float
+    tokens_seen: int
+    pending_chars: int
+    replayed: bool = False
+
+
+class FeedResult(Message, frozen=True):
+    session_id: str
+    version: int
+    tokens: int  # tokens this chunk added to the state
+    pending_chars: int  # held-back characters of an unfinished word
+    output: Output | None  # on all text so far; None before any token
+    replayed: bool = False
+
+
+class StateExport(Message, frozen=True):
+    session_id: str
+    model: str
+    version: int
+    state: bytes  # the portable, checksummed blob (service/engine/sessions/blob.py)
+
+
+class SequenceRef(Message, frozen=True):
+    """One request of a Triton sequence (a v2 `sequence_id`): the session it is, and whether
+    it starts or ends it. `label` names it in messages (a uint64 id bare, a string id quoted)."""
+
+    session_id: str
+    label: str
+    start: bool = False
+    end: bool = False
+
+
+# -- idempotency records ---------------------------------------------------------------------
+
+R = TypeVar("R", GenerationResult, SessionInfo, FeedResult)
+
+
+def stored(result: Message) -> dict[str, Any]:
+    """A result as the session store keeps it for `Idempotency-Key` replays (JSON-able)."""
+    out: dict[str, Any] = msgspec.to_builtins(result)
+    return out
+
+
+def replayed(kind: type[R], record: dict[str, Any]) -> R:
+    """A stored result read back, marked as a replay."""
+    out = record.get("output")
+    if isinstance(out, dict) and "kind" not in out:  # a record stored before outputs had a kind
+        record = {
+            **record,
+            "output": {**out, "kind": "classify" if "label" in out else "next_token"},
+        }
+    return msgspec.structs.replace(msgspec.convert(record, kind), replayed=True)
