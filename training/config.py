@@ -98,6 +98,9 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch's default)
     progress: Literal["auto", "on", "off"] = "auto"  # auto = only on a TTY and outside CI
+    # fine-tuning: a run folder whose checkpoint.pt gives the starting weights and the tokenizer
+    # (same architecture and labels); "" = train from scratch
+    init_from: str = ""
 
 
 @dataclass

@@ -9,6 +9,10 @@ Budgets: `train.epochs` / `train.max_steps`, and optionally `train.max_minutes` 
 with a time budget the cosine schedule anneals by whichever runs out first (then, of course, the
 trajectory depends on the machine's speed and resume is no longer bit-exact).
 
+Fine-tuning (`train.init_from = RUN_DIR`): the run starts from that run's best weights and
+uses its tokenizer; the architecture and the labels must match (checked), the rest of the
+config (data, dropout, optimiser, budget) is this run's own.
+
 Exact resume: the data order is a pure function of (seed, epoch) and the position in the epoch;
 last.pt stores that position together with the model, optimizer, schedule, AMP scaler, every RNG
 and the carried LM state, so a resumed run follows the uninterrupted trajectory bit for bit
@@ -70,9 +74,14 @@ def train(
     seed_everything(cfg.seed)
 
     raw = ck.load(resume, "cpu") if resume is not None else None
-    task = build_task(cfg, ck.tokenizer_spec(raw) if raw else None)
+    # a resumed fine-tune restarts from its own last.pt, not from the run it started from
+    init = ck.load(Path(tc.init_from), "cpu") if tc.init_from and raw is None else None
+    source = raw if raw is not None else init
+    task = build_task(cfg, ck.tokenizer_spec(source) if source is not None else None)
     mcfg = model_config(cfg, task)
     model = RNNModel(mcfg).to(device)
+    if init is not None:
+        start_from(model, mcfg, task, init, tc.init_from)
     state = ck.ResumeState.from_dict(raw) if raw is not None else None
     (run_dir / ck.CONFIG).write_text(to_toml(cfg.to_dict()), encoding="utf-8")
     trainer = Trainer(cfg, run_dir, task, model, mcfg, device, state)
@@ -98,6 +107,37 @@ def train(
         best_ck["train_seconds"] = c.seconds
         ck.atomic_save(best_ck, run_dir / ck.CHECKPOINT)
     return summary
+
+
+# what must agree between a run and the run it fine-tunes (dropout and the like may differ)
+ARCHITECTURE = (
+    "task",
+    "cell",
+    "vocab_size",
+    "embed_dim",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "num_classes",
+    "pooling",
+    "tie_weights",
+)
+
+
+def start_from(model: Any, mcfg: Any, task: Any, init: dict[str, Any], where: str) -> None:
+    """Load a finished run's best weights into `model` (fine-tuning: `train.init_from`)."""
+    theirs, ours = init["model_config"], mcfg.to_dict()
+    differ = [k for k in ARCHITECTURE if theirs.get(k) != ours.get(k)]
+    if differ:
+        pairs = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        raise ValueError(f"train.init_from={where}: the architecture differs ({pairs})")
+    labels = getattr(task, "labels", None)
+    if labels is not None and list(init.get("labels") or []) != list(labels):
+        raise ValueError(
+            f"train.init_from={where}: its labels {init.get('labels')} are not this data's "
+            f"{labels} (same names, same order)"
+        )
+    model.load_state_dict(init["model"])
 
 
 def write_summary(
