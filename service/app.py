@@ -20,6 +20,7 @@ from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
 from service.api.openapi import install as install_openapi
 from service.api.v2.router import router as v2_router
+from service.engine.client import InProcessClient
 from service.engine.engine import Engine
 from service.engine.registry import Registry, load_registry
 from service.engine.scheduler import SchedulerConfig
@@ -112,7 +113,7 @@ def create_app(
             idempotency_ttl_s=settings.idempotency_ttl_s,
             clock=clock,
         )
-        app.state.services = Services(settings, engine, svc, st, m)
+        app.state.services = Services(settings, InProcessClient(engine, svc, st), m)
         sweeper = asyncio.create_task(_sweep(st))
         log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
         try:

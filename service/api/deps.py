@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from service.engine.engine import Engine
-from service.engine.session_ops import SessionService
-from service.engine.sessions import SessionStore
+from service.engine.client import EngineClient
 from service.metrics import Metrics
 from service.security import owner_of
 from service.settings import Settings
@@ -22,9 +20,7 @@ from service.settings import Settings
 @dataclass
 class Services:
     settings: Settings
-    engine: Engine
-    sessions: SessionService
-    store: SessionStore
+    client: EngineClient  # the engine, through its one interface (service/engine/client.py)
     metrics: Metrics
 
 

@@ -26,7 +26,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", summary="Readiness", response_model=Ready, responses={503: {"model": Ready}})
 async def readyz(s: Services = Depends(get_services)) -> JSONResponse:
-    reg = s.engine.registry
-    ready = bool(reg.models) and not (reg.failed and s.settings.require_all_models)
-    body = Ready(ready=ready, models=sorted(reg.models), failed=reg.failed)
+    cat = s.client.catalog
+    ready = cat.ready(s.settings.require_all_models)
+    body = Ready(ready=ready, models=sorted(cat.models), failed=cat.failed)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -13,5 +13,5 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(s: Services = Depends(get_services)) -> Response:
-    s.metrics.live_sessions.set(await s.store.count())
+    s.metrics.live_sessions.set(await s.client.live_sessions())
     return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)

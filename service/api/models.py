@@ -19,12 +19,12 @@ from service.api.schemas import (
     PredictResponse,
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream, sse_events
-from service.engine.registry import LoadedModel
+from service.engine.catalog import ModelView
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def model_info(m: LoadedModel, detail: bool = False) -> ModelInfo:
+def model_info(m: ModelView, detail: bool = False) -> ModelInfo:
     man = m.manifest
     return ModelInfo(
         name=man.name,
@@ -38,7 +38,7 @@ def model_info(m: LoadedModel, detail: bool = False) -> ModelInfo:
         tokenizer=man.tokenizer.kind,
         sha256=m.sha256,
         variant=m.variant or "fp32",
-        provider=m.runner.provider,
+        provider=m.provider,
         state_bytes=man.state_nbytes_per_row(),
         sampling=man.sampling.model_dump(),
         training=man.training.model_dump() if detail else None,
@@ -47,12 +47,12 @@ def model_info(m: LoadedModel, detail: bool = False) -> ModelInfo:
 
 @router.get("", response_model=ModelList, summary="Models being served")
 async def list_models(s: Services = Depends(get_services)) -> ModelList:
-    return ModelList(models=[model_info(m) for m in s.engine.registry.models.values()])
+    return ModelList(models=[model_info(m) for m in s.client.catalog.models.values()])
 
 
 @router.get("/{model}", response_model=ModelInfo, responses=responses(404))
 async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInfo:
-    return model_info(s.engine.model(model), detail=True)
+    return model_info(s.client.catalog.get(model), detail=True)
 
 
 @router.post(
@@ -66,7 +66,7 @@ async def predict(
     model: str, body: PredictRequest, s: Services = Depends(get_services)
 ) -> dict[str, Any]:
     body.check(s.settings)
-    outputs = await s.engine.predict(model, body.inputs, body.top_k)
+    outputs = await s.client.predict(model, body.inputs, body.top_k)
     return {"model": model, "outputs": [results.output(o) for o in outputs]}
 
 
@@ -80,7 +80,7 @@ async def predict(
 async def generate(
     model: str, body: GenerateRequest, s: Services = Depends(get_services)
 ) -> Response | dict[str, Any]:
-    gen = await s.engine.generate(model, body.to_params(s.settings))
+    gen = await s.client.generate(model, body.to_params(s.settings))
     if body.stream:
         return EventStream(sse_events(gen), gen.aclose)
     try:

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.bounds import Items, StrictIn
-from service.engine.engine import GenerateParams
+from service.engine.protocol import GenerateParams
 from service.errors import InvalidInput
 from service.settings import Settings
 

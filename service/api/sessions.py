@@ -60,7 +60,7 @@ async def create_session(
             blob = base64.b64decode(body.state, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidState("state is not valid base64", field="state") from None
-    info = await s.sessions.create(body.model, body.session_id, body.ttl_s, blob, owner)
+    info = await s.client.create_session(body.model, body.session_id, body.ttl_s, blob, owner)
     return results.session_info(info)
 
 
@@ -73,14 +73,14 @@ async def create_session(
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    return results.session_info(await s.sessions.get(session_id, owner))
+    return results.session_info(await s.client.get_session(session_id, owner))
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
 async def delete_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> Response:
-    await s.sessions.delete(session_id, owner)
+    await s.client.delete_session(session_id, owner)
     return Response(status_code=204)
 
 
@@ -99,7 +99,7 @@ async def reset_session(
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
     expected = body.expected_version if body is not None else None
-    r = await s.sessions.reset(session_id, expected, idempotency_key, owner)
+    r = await s.client.reset(session_id, expected, idempotency_key, owner)
     return JSONResponse(
         results.session_info(r, change=True), headers=results.replay_headers(r.replayed)
     )
@@ -119,7 +119,7 @@ async def feed(
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
     check_text(body.text, "text", s.settings)
-    r = await s.sessions.feed(
+    r = await s.client.feed(
         session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner
     )
     return JSONResponse(results.feed(r), headers=results.replay_headers(r.replayed))
@@ -140,7 +140,7 @@ async def generate(
     owner: str | None = Depends(get_owner),
 ) -> Response:
     params = body.to_params(s.settings)
-    gen = await s.sessions.open_generation(
+    gen = await s.client.session_generate(
         session_id, params, body.expected_version, idempotency_key, owner
     )
     if body.stream:
@@ -161,4 +161,4 @@ async def generate(
 async def export_state(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    return results.state(await s.sessions.export_state(session_id, owner))
+    return results.state(await s.client.export_state(session_id, owner))

@@ -19,8 +19,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.api import results
-from service.engine.engine import Finished, Generation
-from service.engine.stream import TokenEvent
+from service.engine.client import GenerationStream, TokenEvent
+from service.engine.protocol import Finished
 from service.errors import ServiceError, stream_error
 
 T = TypeVar("T")
@@ -56,7 +56,7 @@ def _frame(event: str | None, data: Any) -> str:
     return f"{head}data: {body}\n\n"
 
 
-async def sse_events(gen: Generation) -> AsyncGenerator[str, None]:
+async def sse_events(gen: GenerationStream) -> AsyncGenerator[str, None]:
     """The frames of a generation; all the tokens ready at a wake-up go out in one chunk."""
     try:
         async for batch in gen.batches(keep_logprobs=False):  # each token event has its own

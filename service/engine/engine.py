@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.contract import UnknownCharactersError, WordTokenizer
+from service.engine.catalog import token_text
 from service.engine.prefill import StateRows
 from service.engine.protocol import (
     Classification,
+    Finished,
+    GenerateParams,
     GenerationResult,
     NextTokens,
     Output,
@@ -29,30 +31,7 @@ from service.engine.sampling import SamplingParams, softmax
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.state_bounds import require_finite
 from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
-from service.errors import InvalidInput, UnknownCharacters, UnsupportedTask
 from service.metrics import Metrics
-
-
-@dataclass(frozen=True)
-class GenerateParams:
-    """A validated generation request. `None` fields take the model's manifest defaults."""
-
-    prompt: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    logprobs: int | None = None
-
-
-@dataclass(frozen=True)
-class Finished:
-    """The last item of a generation: its result (also the non-streaming answer)."""
-
-    result: GenerationResult
-
 
 Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
 
@@ -153,7 +132,9 @@ class Engine:
     def vocab(self, m: LoadedModel) -> list[str]:
         table = self._vocab.get(m.name)
         if table is None:
-            table = self._vocab[m.name] = [token_text(m, i) for i in range(m.tokenizer.vocab_size)]
+            table = self._vocab[m.name] = [
+                token_text(m.tokenizer, i) for i in range(m.tokenizer.vocab_size)
+            ]
         return table
 
     def start(self) -> None:
@@ -172,10 +153,7 @@ class Engine:
 
     @staticmethod
     def encode_stream(m: LoadedModel, pending: str, text: str, field: str) -> tuple[list[int], str]:
-        try:
-            return m.tokenizer.encode_stream(pending, text)
-        except UnknownCharactersError as e:
-            raise UnknownCharacters(str(e), field=field) from None
+        return m.view.encode_stream(pending, text, field)
 
     @staticmethod
     def output(m: LoadedModel, logits: np.ndarray | None, top_k: int) -> Output | None:
@@ -189,7 +167,7 @@ class Engine:
                 labels[int(np.argmax(p))], dict(zip(labels, p.tolist(), strict=True))
             )
         top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
-        return NextTokens(tuple(Prob(token_text(m, int(i)), float(p[i])) for i in top.tolist()))
+        return NextTokens(tuple(Prob(m.view.token_text(int(i)), float(p[i])) for i in top.tolist()))
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None
@@ -198,16 +176,16 @@ class Engine:
 
     async def predict(self, name: str, inputs: list[str], top_k: int) -> list[Output | None]:
         m = self.model(name)
-        encoded = [self.encode_full(m, t, f"inputs[{i}]") for i, t in enumerate(inputs)]
+        encoded = [m.view.encode_full(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
         done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in encoded))
         return [self.output(m, logits, top_k) for logits, _ in done]
 
-    def encode_full(self, m: LoadedModel, text: str, field: str) -> list[int]:
-        ids, pending = self.encode_stream(m, "", text, field)
-        ids += m.tokenizer.encode(pending) if pending else []
-        if not ids:
-            raise InvalidInput("text has no tokens for this model", field=field)
-        return ids
+    async def logits(self, name: str, rows: list[list[int]]) -> np.ndarray:
+        """Each row of ids prefilled from a fresh state, batched with everything waiting:
+        logits (B, K) float32."""
+        m = self.model(name)
+        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
+        return np.stack([logits for logits, _ in done]).astype(np.float32)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -222,13 +200,6 @@ class Engine:
             stop=p.stop,
             logprobs=p.logprobs,
         )
-
-    def require_lm(self, m: LoadedModel) -> None:
-        if m.manifest.task != "next_token":
-            raise UnsupportedTask(
-                f"model {m.name!r} is a {m.manifest.task} model; generation needs a language model",
-                field="model",
-            )
 
     async def start_generation(
         self,
@@ -265,12 +236,7 @@ class Engine:
     async def generate(self, name: str, p: GenerateParams) -> Generation:
         """A stateless generation from a fresh state."""
         m = self.model(name)
-        self.require_lm(m)
-        ids = self.encode_full(m, p.prompt, "prompt") if p.prompt else []
+        m.view.require_lm()
+        ids = m.view.encode_full(p.prompt, "prompt") if p.prompt else []
         stream = await self.start_generation(m, self.sampling(m, p), ids, None, None)
         return Generation(stream, m.name)
-
-
-def token_text(m: LoadedModel, token: int) -> str:
-    text = m.tokenizer.decode([token])
-    return " " + text if isinstance(m.tokenizer, WordTokenizer) else text

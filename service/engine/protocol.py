@@ -80,6 +80,19 @@ class Usage(Message, frozen=True):
 FinishReason = Literal["length", "stop"]
 
 
+class GenerateParams(Message, frozen=True):
+    """A validated generation request. `None` fields take the model's manifest defaults."""
+
+    prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+
+
 class GenerationResult(Message, frozen=True):
     """A finished generation (the last event of a stream, or the whole non-streaming answer)."""
 
@@ -93,6 +106,12 @@ class GenerationResult(Message, frozen=True):
     session_id: str | None = None  # generated from a session
     version: int | None = None  # the session's version after committing
     replayed: bool = False  # an Idempotency-Key replay: nothing ran
+
+
+class Finished(Message, frozen=True):
+    """The last item of a generation stream: its result."""
+
+    result: GenerationResult
 
 
 # -- sessions --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from service.contract import (
@@ -15,6 +16,7 @@ from service.contract import (
     load_artifact,
     tokenizer_from_spec,
 )
+from service.engine.catalog import Catalog, ModelView
 from service.engine.runner import Runner
 from service.errors import ModelNotFound
 from service.logging import get_logger
@@ -42,6 +44,15 @@ class LoadedModel:
                 return v.sha256
         return self.manifest.onnx_sha256
 
+    @cached_property
+    def view(self) -> ModelView:
+        """What the API layer may know of it (no onnxruntime session)."""
+        manifest = self.path / MANIFEST_FILE
+        created = int(manifest.stat().st_mtime) if manifest.is_file() else 0
+        return ModelView(
+            self.manifest, self.tokenizer, self.sha256, self.variant, self.runner.provider, created
+        )
+
 
 @dataclass
 class Registry:
@@ -53,6 +64,9 @@ class Registry:
             return self.models[name]
         except KeyError:
             raise ModelNotFound(f"no model named {name!r}", field="model") from None
+
+    def catalog(self) -> Catalog:
+        return Catalog({n: m.view for n, m in self.models.items()}, dict(self.failed))
 
 
 def _version_key(path: Path) -> tuple[int, str]:

@@ -20,9 +20,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from service.engine.engine import Engine, GenerateParams, Generation
+from service.engine.engine import Engine, Generation
 from service.engine.protocol import (
     FeedResult,
+    GenerateParams,
     GenerationResult,
     Message,
     R,
@@ -309,10 +310,10 @@ class SessionService:
         await stack.enter_async_context(self.store.lock(store_id(session_id, owner)))
         try:
             rec = await self._get(session_id, owner)
-            fp = self._fingerprint("generate", {**p.__dict__, "seed": p.seed})
+            fp = self._fingerprint("generate", msgspec.structs.asdict(p))
             replay = await self._replay(rec, key, fp, GenerationResult)
             m = self._model(rec)
-            self.engine.require_lm(m)
+            m.view.require_lm()
             if replay is None:
                 self._check_version(rec, expected_version)
             ids, pending = (

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine.engine import Engine, GenerateParams
-from service.engine.protocol import NextTokens
+from service.engine.engine import Engine
+from service.engine.protocol import GenerateParams, NextTokens
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService

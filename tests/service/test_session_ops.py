@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine.engine import Engine, GenerateParams
+from service.engine.engine import Engine
+from service.engine.protocol import GenerateParams
 from service.engine.registry import LoadedModel, Registry
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from service.api.bounds import Capped, Items, StrictIn
 from service.api.schemas import SESSION_ID, GenerateRequest
-from service.engine.engine import GenerateParams
+from service.engine.protocol import GenerateParams
 from service.errors import InvalidInput
 from service.settings import Settings
 

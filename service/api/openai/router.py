@@ -28,7 +28,7 @@ from service.api.openai.protocol import (
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream
 from service.api.surface_route import SurfaceRoute, client_status
-from service.engine.registry import LoadedModel
+from service.engine.catalog import ModelView
 from service.errors import ModelNotFound, ServiceError
 
 
@@ -76,13 +76,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _card(m: LoadedModel) -> ModelCard:
-    created = int((m.path / "manifest.json").stat().st_mtime) if m.path.is_dir() else 0
-    return ModelCard(id=m.name, created=created)
+def _card(m: ModelView) -> ModelCard:
+    return ModelCard(id=m.name, created=m.created)
 
 
-def _language_model(s: Services, name: str) -> LoadedModel:
-    m = s.engine.model(name)
+def _language_model(s: Services, name: str) -> ModelView:
+    m = s.client.catalog.get(name)
     if m.manifest.task != "next_token":
         raise ModelNotFound(
             f"model {name!r} is a {m.manifest.task} model; the completions API serves language "
@@ -93,8 +92,7 @@ def _language_model(s: Services, name: str) -> LoadedModel:
 
 
 async def list_models(s: Services = Depends(get_services)) -> ModelCardList:
-    lms = [m for m in s.engine.registry.models.values() if m.manifest.task == "next_token"]
-    return ModelCardList(data=[_card(m) for m in lms])
+    return ModelCardList(data=[_card(m) for m in s.client.catalog.language_models()])
 
 
 async def retrieve_model(model: str, s: Services = Depends(get_services)) -> ModelCard:

@@ -24,10 +24,9 @@ from typing import Any
 from service.api.deps import Services
 from service.api.openai.protocol import ValidCompletion, error_body
 from service.api.surface_route import client_status
-from service.engine.engine import Finished, Generation, token_text
-from service.engine.protocol import GenerationResult
-from service.engine.registry import LoadedModel
-from service.engine.stream import TokenEvent
+from service.engine.catalog import ModelView
+from service.engine.client import GenerationStream, TokenEvent
+from service.engine.protocol import Finished, GenerationResult
 from service.errors import InvalidInput, ServiceError
 
 
@@ -37,7 +36,7 @@ class Choice:
 
     index: int
     prompt: str
-    gen: Generation
+    gen: GenerationStream
     first: bool  # the first choice of its prompt (its prompt tokens count once in usage)
     tokens: list[str] = field(default_factory=list)
     token_logprobs: list[float] = field(default_factory=list)
@@ -60,11 +59,11 @@ class Choice:
         self.streamed += len(rest)
         return rest
 
-    def add(self, m: LoadedModel, ev: TokenEvent) -> dict[str, Any] | None:
+    def add(self, m: ModelView, ev: TokenEvent) -> dict[str, Any] | None:
         """Record a token; return its logprobs fragment (for a stream chunk) when asked for."""
         if ev.logprob is None:
             return None
-        tok = token_text(m, ev.token_id)
+        tok = m.token_text(ev.token_id)
         lp = ev.logprob.logprob
         top = {t.token: t.logprob for t in ev.logprob.top}
         offset = self.offset
@@ -103,7 +102,7 @@ class Choice:
 class Running:
     """A running completion request: its choices, ids and the model."""
 
-    m: LoadedModel
+    m: ModelView
     req: ValidCompletion
     choices: list[Choice]
     id: str = field(default_factory=lambda: "cmpl-" + secrets.token_hex(12))
@@ -140,18 +139,18 @@ async def start(
     s: Services, req: ValidCompletion, owner: str | None, idempotency_key: str | None
 ) -> Running:
     """Open every choice's generation (all or none)."""
-    m = s.engine.model(req.model)
-    s.engine.require_lm(m)
+    m = s.client.catalog.get(req.model)
+    m.require_lm()
     done = Running(m, req, [])
     try:
         if req.session_id is not None:
-            info = await s.sessions.get(req.session_id, owner)
+            info = await s.client.get_session(req.session_id, owner)
             if info.model != m.name:
                 raise InvalidInput(
                     f"session {req.session_id!r} belongs to model {info.model!r}, not {m.name!r}",
                     field="model",
                 )
-            session_gen = await s.sessions.open_generation(
+            session_gen = await s.client.session_generate(
                 req.session_id, req.choices[0][0], req.expected_version, idempotency_key, owner
             )
             done.choices.append(Choice(0, req.prompts[0], session_gen, True))
@@ -163,10 +162,10 @@ async def start(
             for j, p in enumerate(row)
         ]
         opened = await asyncio.gather(
-            *(s.engine.generate(m.name, p) for *_, p in slots), return_exceptions=True
+            *(s.client.generate(m.name, p) for *_, p in slots), return_exceptions=True
         )
         for (i, j, prompt, _), gen in zip(slots, opened, strict=True):
-            if isinstance(gen, Generation):
+            if not isinstance(gen, BaseException):
                 done.choices.append(Choice(i * len(req.choices[i]) + j, prompt, gen, j == 0))
         failed = next((g for g in opened if isinstance(g, BaseException)), None)
         if failed is not None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service.api.bounds import Capped, StrictIn
 from service.api.schemas import SESSION_ID
 from service.api.v2.binary import BinaryProtocolError
-from service.engine.registry import LoadedModel
+from service.engine.catalog import ModelView
 
 # -- tensor names (THE place they are written) -----------------------------------------------
 
@@ -29,14 +29,14 @@ class TensorMetadata(BaseModel):
     shape: list[int] = Field(description="Shape; -1 is a variable dimension.")
 
 
-def input_specs(m: LoadedModel) -> list[TensorMetadata]:
+def input_specs(m: ModelView) -> list[TensorMetadata]:
     specs = [TensorMetadata(name=TEXT, datatype="BYTES", shape=[-1])]
     if m.manifest.task == "next_token":
         specs.append(TensorMetadata(name=TOKEN_IDS, datatype="INT64", shape=[-1, -1]))
     return specs
 
 
-def output_specs(m: LoadedModel) -> list[TensorMetadata]:
+def output_specs(m: ModelView) -> list[TensorMetadata]:
     k = len(m.manifest.labels) if m.manifest.labels else m.tokenizer.vocab_size
     specs = [
         TensorMetadata(name=PROBS, datatype="FP32", shape=[-1, k]),

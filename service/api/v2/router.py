@@ -19,7 +19,7 @@ from service.api.deps import Services, get_owner, get_services
 from service.api.surface_route import SurfaceRoute, client_status
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
-from service.engine.registry import LoadedModel
+from service.engine.catalog import ModelView
 from service.errors import ModelNotFound, ServiceError
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
@@ -66,8 +66,8 @@ def _server_version() -> str:
         return "0"
 
 
-def _model(s: Services, name: str, version: str | None) -> LoadedModel:
-    m = s.engine.model(name)
+def _model(s: Services, name: str, version: str | None) -> ModelView:
+    m = s.client.catalog.get(name)
     if version is not None and version != m.manifest.version:
         raise ModelNotFound(
             f"model {name!r} has no version {version!r} (serving version {m.manifest.version!r})"
@@ -87,18 +87,17 @@ async def live() -> dict[str, bool]:
 
 @router.get("/health/ready", summary="Readiness", responses=_ERRORS)
 async def ready(s: Services = Depends(get_services)) -> Response:
-    reg = s.engine.registry
-    # the same rule as /readyz
-    if reg.models and not (reg.failed and s.settings.require_all_models):
+    cat = s.client.catalog
+    if cat.ready(s.settings.require_all_models):  # the rule /readyz answers by
         return JSONResponse({"ready": True})
     return error_response(
         503,
         "not ready: "
-        + ("no model loaded" if not reg.models else f"{len(reg.failed)} model(s) refused"),
+        + ("no model loaded" if not cat.models else f"{len(cat.failed)} model(s) refused"),
     )
 
 
-def _metadata(m: LoadedModel) -> ModelMetadata:
+def _metadata(m: ModelView) -> ModelMetadata:
     man = m.manifest
     params: dict[str, Any] = {"task": man.task}
     if man.labels is not None:

@@ -7,7 +7,6 @@ waiting); a request with a `sequence_id` is one step of a session
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +25,8 @@ from service.api.v2.protocol import (
     RequestInput,
     Sequence,
 )
+from service.engine.catalog import ModelView
 from service.engine.protocol import SequenceRef
-from service.engine.registry import LoadedModel
 from service.engine.sampling import softmax
 from service.errors import InvalidInput
 
@@ -83,7 +82,7 @@ def _decode(inp: RequestInput, raw: bytes | None) -> np.ndarray:
     return binary.decode_json(inp.name, inp.datatype, inp.shape, inp.data)
 
 
-def read_rows(m: LoadedModel, req: InferRequest, rest: bytes, s: Services) -> Rows:
+def read_rows(m: ModelView, req: InferRequest, rest: bytes, s: Services) -> Rows:
     arrays = _raw_inputs(req, rest)
     allowed = [t.name for t in protocol.input_specs(m)]
     unknown = sorted(set(arrays) - set(allowed))
@@ -143,7 +142,7 @@ def read_rows(m: LoadedModel, req: InferRequest, rest: bytes, s: Services) -> Ro
 
 
 async def run(
-    s: Services, m: LoadedModel, rows: Rows, seq: Sequence | None, owner: str | None
+    s: Services, m: ModelView, rows: Rows, seq: Sequence | None, owner: str | None
 ) -> np.ndarray:
     """logits (B, K) float32 for each row."""
     if seq is not None:
@@ -155,17 +154,16 @@ async def run(
         text = rows.texts[0] if rows.texts is not None else None
         ids = rows.ids[0] if rows.ids is not None else None
         ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
-        logits = await s.sessions.sequence_step(m, ref, text, ids, owner)
+        logits = await s.client.sequence_step(m.name, ref, text, ids, owner)
         return logits[None, :].astype(np.float32)
     if rows.texts is not None:
-        encoded = [s.engine.encode_full(m, t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
+        encoded = [m.encode_full(t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
     else:
         encoded = rows.ids or []
-    done = await asyncio.gather(*(s.engine.prefill(m, ids, None) for ids in encoded))
-    return np.stack([logits for logits, _ in done]).astype(np.float32)
+    return await s.client.logits(m.name, encoded)
 
 
-def outputs(m: LoadedModel, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
+def outputs(m: ModelView, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:
     """Every output of the model: name -> (datatype, array)."""
     probs = softmax(logits).astype(np.float32)  # (B, K)
     out = {PROBS: ("FP32", probs), LOGITS: ("FP32", logits)}
@@ -178,7 +176,7 @@ def outputs(m: LoadedModel, logits: np.ndarray) -> dict[str, tuple[str, np.ndarr
 
 
 def respond(
-    m: LoadedModel, req: InferRequest, logits: np.ndarray, default_binary: bool
+    m: ModelView, req: InferRequest, logits: np.ndarray, default_binary: bool
 ) -> tuple[bytes, int | None]:
     """The response body (JSON header + binary parts) and its header length (None: JSON only)."""
     produced = outputs(m, logits)

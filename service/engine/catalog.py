@@ -1,0 +1,86 @@
+"""What the API layer may know about the models being served, without their onnxruntime sessions.
+
+A `ModelView` is a model's manifest, tokenizer and the graph actually serving (sha256, variant,
+execution provider): enough to describe it, validate requests and tokenize where that is cheap.
+The `Catalog` holds every view, the artifacts that were refused, and THE readiness rule, so no
+surface re-implements it. An API worker in another process builds the same views from the
+manifests the engine loaded; an in-process server takes them from its registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from service.contract import (
+    CharTokenizer,
+    ModelManifest,
+    UnknownCharactersError,
+    WordTokenizer,
+)
+from service.errors import InvalidInput, ModelNotFound, UnknownCharacters, UnsupportedTask
+
+
+def token_text(tokenizer: CharTokenizer | WordTokenizer, token: int) -> str:
+    """A token as generated text: word tokens carry their leading space."""
+    text = tokenizer.decode([token])
+    return " " + text if isinstance(tokenizer, WordTokenizer) else text
+
+
+@dataclass(frozen=True)
+class ModelView:
+    manifest: ModelManifest
+    tokenizer: CharTokenizer | WordTokenizer
+    sha256: str  # of the graph actually serving
+    variant: str | None  # the manifest variant serving; None: the base (fp32) graph
+    provider: str  # the onnxruntime execution provider in use
+    created: int = 0  # unix time its artifact was written (the manifest's mtime)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def encode_stream(self, pending: str, text: str, field: str) -> tuple[list[int], str]:
+        """Ids of `pending + text`, holding back an unfinished trailing word."""
+        try:
+            return self.tokenizer.encode_stream(pending, text)
+        except UnknownCharactersError as e:
+            raise UnknownCharacters(str(e), field=field) from None
+
+    def encode_full(self, text: str, field: str) -> list[int]:
+        """Ids of a whole text (nothing held back); refused when it has no token at all."""
+        ids, pending = self.encode_stream("", text, field)
+        ids += self.tokenizer.encode(pending) if pending else []
+        if not ids:
+            raise InvalidInput("text has no tokens for this model", field=field)
+        return ids
+
+    def require_lm(self) -> None:
+        if self.manifest.task != "next_token":
+            raise UnsupportedTask(
+                f"model {self.name!r} is a {self.manifest.task} model; generation needs a "
+                "language model",
+                field="model",
+            )
+
+    def token_text(self, token: int) -> str:
+        return token_text(self.tokenizer, token)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    models: dict[str, ModelView] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # artifact dir -> why it was refused
+
+    def get(self, name: str) -> ModelView:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise ModelNotFound(f"no model named {name!r}", field="model") from None
+
+    def ready(self, require_all: bool) -> bool:
+        """Serving when a model loaded and (with `require_all`) none was refused: what /readyz
+        and /v2/health/ready both answer."""
+        return bool(self.models) and not (self.failed and require_all)
+
+    def language_models(self) -> list[ModelView]:
+        return [m for m in self.models.values() if m.manifest.task == "next_token"]

@@ -1,0 +1,190 @@
+"""The one interface the API layer has to the engine: `EngineClient`.
+
+Every surface (native, WebSocket, v2, OpenAI, health, metrics) goes through it and gets the typed
+messages of `protocol.py` (or, for v2's tensors, arrays) back; none of them touches the registry,
+a scheduler, the session store or a session record. `InProcessClient` is the transport where the
+engine runs in the API's own process (one process serving everything; the tests). A transport to
+an engine in another process implements the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import numpy as np
+
+from service.engine.catalog import Catalog
+from service.engine.engine import Engine, Generation
+from service.engine.protocol import (
+    FeedResult,
+    Finished,
+    GenerateParams,
+    GenerationResult,
+    Output,
+    SequenceRef,
+    SessionInfo,
+    StateExport,
+)
+from service.engine.session_ops import SessionService
+from service.engine.sessions import SessionStore
+from service.engine.stream import TokenEvent
+
+__all__ = ["EngineClient", "GenerationStream", "InProcessClient", "TokenEvent"]
+
+
+class GenerationStream(Protocol):
+    """A running generation, as a surface consumes it. `aclose()` always: it cancels the
+    generation if it is still running and releases what it holds (a session's lock)."""
+
+    def batches(self, keep_logprobs: bool = True) -> AsyncIterator[list[TokenEvent | Finished]]:
+        """The tokens ready at each wake-up; the last batch ends with `Finished`. A failure
+        raises after the tokens that preceded it."""
+        ...
+
+    def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]: ...
+
+    async def collect(self) -> GenerationResult: ...
+
+    async def aclose(self) -> None: ...
+
+
+class EngineClient(Protocol):
+    catalog: Catalog
+
+    # -- stateless
+    async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]: ...
+
+    async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:
+        """(B, K) float32: each row of ids from a fresh state."""
+        ...
+
+    async def generate(self, model: str, params: GenerateParams) -> GenerationStream: ...
+
+    # -- sessions (every rule lives behind this line: locks, versions, keys, TTLs, caps)
+    async def create_session(
+        self,
+        model: str | None,
+        session_id: str | None,
+        ttl_s: float | None,
+        state: bytes | None,
+        owner: str | None,
+    ) -> SessionInfo: ...
+
+    async def get_session(self, session_id: str, owner: str | None) -> SessionInfo: ...
+
+    async def delete_session(self, session_id: str, owner: str | None) -> None: ...
+
+    async def reset(
+        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
+    ) -> SessionInfo: ...
+
+    async def feed(
+        self,
+        session_id: str,
+        text: str,
+        top_k: int,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> FeedResult: ...
+
+    async def session_generate(
+        self,
+        session_id: str,
+        params: GenerateParams,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> GenerationStream: ...
+
+    async def export_state(self, session_id: str, owner: str | None) -> StateExport: ...
+
+    async def sequence_step(
+        self,
+        model: str,
+        seq: SequenceRef,
+        text: str | None,
+        ids: list[int] | None,
+        owner: str | None,
+    ) -> np.ndarray:
+        """One v2 sequence request: logits (K,) on all of the sequence's input so far."""
+        ...
+
+    async def live_sessions(self) -> int: ...
+
+
+class InProcessClient:
+    """`EngineClient` over an engine in this process: plain calls, no copies."""
+
+    def __init__(self, engine: Engine, sessions: SessionService, store: SessionStore) -> None:
+        self.engine, self.sessions, self.store = engine, sessions, store
+        self.catalog = engine.registry.catalog()
+
+    async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
+        return await self.engine.predict(model, inputs, top_k)
+
+    async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:
+        return await self.engine.logits(model, rows)
+
+    async def generate(self, model: str, params: GenerateParams) -> Generation:
+        return await self.engine.generate(model, params)
+
+    async def create_session(
+        self,
+        model: str | None,
+        session_id: str | None,
+        ttl_s: float | None,
+        state: bytes | None,
+        owner: str | None,
+    ) -> SessionInfo:
+        return await self.sessions.create(model, session_id, ttl_s, state, owner)
+
+    async def get_session(self, session_id: str, owner: str | None) -> SessionInfo:
+        return await self.sessions.get(session_id, owner)
+
+    async def delete_session(self, session_id: str, owner: str | None) -> None:
+        await self.sessions.delete(session_id, owner)
+
+    async def reset(
+        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
+    ) -> SessionInfo:
+        return await self.sessions.reset(session_id, expected_version, key, owner)
+
+    async def feed(
+        self,
+        session_id: str,
+        text: str,
+        top_k: int,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> FeedResult:
+        return await self.sessions.feed(session_id, text, top_k, expected_version, key, owner)
+
+    async def session_generate(
+        self,
+        session_id: str,
+        params: GenerateParams,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> Generation:
+        return await self.sessions.open_generation(session_id, params, expected_version, key, owner)
+
+    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
+        return await self.sessions.export_state(session_id, owner)
+
+    async def sequence_step(
+        self,
+        model: str,
+        seq: SequenceRef,
+        text: str | None,
+        ids: list[int] | None,
+        owner: str | None,
+    ) -> np.ndarray:
+        m = self.engine.model(model)
+        return await self.sessions.sequence_step(m, seq, text, ids, owner)
+
+    async def live_sessions(self) -> int:
+        return await self.store.count()
