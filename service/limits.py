@@ -16,7 +16,7 @@
   `overloaded`, keys on or off) and `max_streams_per_key` for their owner (429 `stream_limit`,
   Retry-After).
 
-Errors are answered in the shape of the surface the path belongs to (native, v2, OpenAI).
+Errors are answered in the shape of the surface the path belongs to (`service/surfaces.py`).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from service.errors import Overloaded, ServiceError
 from service.http_protocol import ABORT
 from service.logging import get_logger
 from service.settings import Settings
+from service.surfaces import error_response_parts, is_stream
 
 log = get_logger("limits")
 
@@ -57,30 +58,17 @@ class ClientStalled(Exception):
     """The client did not take a response chunk in time; the response is abandoned."""
 
 
-def error_body(path: str, err: ServiceError) -> dict[str, Any]:
-    """`err` in the error shape of the surface that serves `path`."""
-    if path.startswith("/v2"):
-        return {"error": err.message}
-    if path.startswith("/openai/") or path.rstrip("/").endswith("/completions"):
-        from service.api.openai.protocol import error_body as openai_body
-
-        return openai_body(err.message, err.status, err.field, err.code)
-    return err.body()
-
-
 async def send_error(scope: Scope, send: Send, err: ServiceError) -> None:
-    body = json.dumps(error_body(scope.get("path", ""), err)).encode()
+    status, shaped = error_response_parts(scope.get("path", ""), err)
+    body = json.dumps(shaped).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
 def _is_stream(scope: Scope) -> bool:
-    if scope["type"] == "websocket":
-        return True
-    path: str = scope["path"].rstrip("/")
-    return scope["method"] == "POST" and path.endswith(("/generate", "/completions"))
+    return scope["type"] == "websocket" or is_stream(scope["method"], scope["path"])
 
 
 class SendWatch:

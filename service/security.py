@@ -23,6 +23,7 @@ from service.errors import ServiceError
 from service.keys import Keys, check_key, key_hash
 from service.limits import OWNER_KEY, send_error
 from service.settings import Settings
+from service.surfaces import open_paths
 
 
 class Unauthorized(ServiceError):
@@ -40,20 +41,6 @@ def bearer(scope: Scope) -> str | None:
                 return token.strip()
             return None
     return None
-
-
-def open_paths(settings: Settings) -> tuple[set[str], tuple[str, ...]]:
-    """(exact paths, prefixes) that need no key."""
-    exact: set[str] = set()
-    prefixes: list[str] = []
-    if settings.auth_open_health:
-        exact |= {"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"}
-    if settings.auth_open_metrics:
-        exact.add("/metrics")
-    if settings.auth_open_docs:
-        exact |= {"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/favicon.ico"}
-        prefixes.append("/playground")  # the page; its API calls send the key
-    return exact, tuple(prefixes)
 
 
 class AuthMiddleware:

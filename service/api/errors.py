@@ -15,6 +15,7 @@ from starlette.routing import Match, Route
 
 from service.errors import ServiceError
 from service.logging import get_logger
+from service.surfaces import error_response_parts
 
 log = get_logger("api")
 
@@ -89,7 +90,10 @@ def install_error_handlers(app: FastAPI) -> None:
         err = http_error(exc)
         if exc.status_code == 405:  # every method the path serves, not the first route's
             err.headers["Allow"] = ", ".join(_allowed(request))
-        return error_response(err)
+        # an unmatched path answers in the shape of the surface its prefix names (an unknown
+        # /v2/... path in v2's, which tritonclient reads), not always the native one
+        status, body = error_response_parts(request.url.path, err)
+        return JSONResponse(body, status_code=status, headers=err.headers)
 
     async def on_other(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)

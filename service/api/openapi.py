@@ -23,6 +23,7 @@ from fastapi import FastAPI
 
 from service.api import openapi_streams
 from service.settings import Settings
+from service.surfaces import ALWAYS_DOCUMENTED_OPEN, is_stream, surface_of
 
 JSON = dict[str, Any]
 
@@ -32,15 +33,13 @@ _PATH_PARAMS = {
     "(`[A-Za-z0-9._:~-]{1,128}`); a v2 `sequence_id` names the same session.",
     "version": "Model version (the manifest's `version`).",
 }
-_OPEN = {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+_OPEN = ALWAYS_DOCUMENTED_OPEN
 
 
 def _surface(path: str) -> str:
-    if path.startswith("/v2"):
-        return "v2"
-    if path.startswith("/openai/") or path.endswith("/completions"):
-        return "openai"
-    return "native"
+    """The error shape a path's operations document: v2's, OpenAI's, or the native one."""
+    name = surface_of(path).name
+    return name if name in ("v2", "openai") else "native"
 
 
 def _error_refs(components: JSON) -> dict[str, str]:
@@ -88,7 +87,7 @@ def _patch_operation(path: str, method: str, op: JSON, refs: dict[str, str], aut
     if "requestBody" in op:
         res.setdefault("400", _response(ref, "The body is not valid JSON (or is truncated)"))
         res.setdefault("413", _response(ref, "The body is larger than `RNNSERVE_MAX_BODY_BYTES`"))
-    if method == "post" and path.endswith(("/generate", "/completions")) and "/chat/" not in path:
+    if is_stream("POST", path) and method == "post" and "/chat/" not in path:
         res.setdefault(
             "429",
             _response(ref, "Too many streams open for this API key", retry_after=True),

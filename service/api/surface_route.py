@@ -16,12 +16,12 @@ from starlette.responses import Response
 
 from service.errors import ServiceError
 from service.logging import get_logger
+from service.surfaces import foreign_status
 
 
 def client_status(e: ServiceError) -> int:
-    """The status of `e` on a foreign surface: these protocols have no 422, so the native
-    invalid-input status is their 400."""
-    return 400 if e.status == 422 else e.status
+    """The status of `e` on a foreign surface (`service.surfaces.foreign_status`)."""
+    return foreign_status(e)
 
 
 class SurfaceRoute(APIRoute):

@@ -17,6 +17,7 @@ from service.api.schemas import SESSION_ID, GenerateRequest
 from service.engine.protocol import GenerateParams
 from service.errors import InvalidInput
 from service.settings import Settings
+from service.surfaces import openai_body
 
 SEED_MOD = 2**63  # the engine's seed range; OpenAI seeds are int64 and may be negative
 
@@ -65,7 +66,10 @@ class CompletionRequest(StrictIn):
         "commit the prompt and the completion to it. Needs one prompt and `n` = 1.",
     )
     expected_version: int | None = Field(
-        None, ge=0, description="Extension (with `session_id`): 409 unless the version matches."
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Extension (with `session_id`): 409 unless the version matches.",
     )
 
     def validate_for(self, settings: Settings) -> ValidCompletion:
@@ -214,11 +218,5 @@ class ErrorResponse(BaseModel):
 
 
 def error_body(message: str, status: int, param: str | None, code: str | None) -> dict[str, Any]:
-    kind = (
-        "server_error"
-        if status >= 500
-        else "rate_limit_error"
-        if status == 429
-        else "invalid_request_error"
-    )
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """OpenAI's error shape (`service.surfaces.openai_body`, the registry's)."""
+    return openai_body(message, status, param, code)

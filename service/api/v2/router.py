@@ -16,11 +16,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
-from service.api.surface_route import SurfaceRoute, client_status
+from service.api.surface_route import SurfaceRoute
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
 from service.engine.catalog import ModelView
 from service.errors import ModelNotFound, ServiceError
+from service.surfaces import v2_error
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
 
@@ -37,10 +38,8 @@ class V2Route(SurfaceRoute):
     surface = "v2"
 
     def on_service_error(self, e: ServiceError) -> Response:
-        msg = e.message  # the v2 body has no field: name it in the message
-        if e.field and e.field not in msg:
-            msg = f"{e.field}: {msg}"
-        return error_response(client_status(e), msg, e.headers)
+        status, body = v2_error(e)
+        return JSONResponse(body, status_code=status, headers=e.headers)
 
     def on_validation_error(self, e: RequestValidationError) -> Response:
         first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request"}
