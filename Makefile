@@ -45,8 +45,11 @@ lint: setup-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Then every HTTP suite again with the API reaching the engine over the wire that `--workers`
+# uses (RNNSERVE_ENGINE_TRANSPORT=zmq): the process boundary under the whole suite.
 pytest: setup-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	RNNSERVE_ENGINE_TRANSPORT=zmq $(BIN)/python -m pytest -q tests/service tests/hardening tests/docs tests/e2e
 
 ## Set up everything and run the whole test suite (what CI runs).
 test: system-deps setup-dev lint pytest

@@ -28,13 +28,17 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default: RNNSERVE_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: RNNSERVE_PORT)")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="API worker processes before one engine process (RNNSERVE_WORKERS)"),
+    ] = None,
 ) -> None:
     """Serve every model under the models folder over HTTP and WebSocket."""
     from service.server import serve as run_server
     from service.settings import Settings
 
     # flags win over the environment; each is already typed and checked by typer
-    given = {"models_dir": models_dir, "host": host, "port": port}
+    given = {"models_dir": models_dir, "host": host, "port": port, "workers": workers}
     settings = Settings().model_copy(update={k: v for k, v in given.items() if v is not None})
     run_server(settings)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from service.api.v2.router import router as v2_router
 from service.engine.client import InProcessClient
 from service.engine.engine import Engine
 from service.engine.registry import Registry, load_registry
+from service.engine.remote import RemoteClient
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
@@ -69,8 +71,11 @@ def create_app(
     registry: Registry | None = None,
     clock: Clock = time.time,
     configure_logs: bool = True,
+    engine_address: str | None = None,
 ) -> FastAPI:
-    """The app. `store`, `registry` and `clock` are injectable (tests); else built from settings."""
+    """The app. `store`, `registry` and `clock` are injectable (tests); else built from settings.
+    With `engine_address` it is an API worker of the engine process listening there (no models,
+    no sessions of its own)."""
     settings = settings or Settings()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
@@ -79,53 +84,29 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         m = Metrics()
-        reg = registry or load_registry(
-            settings.models_dir, settings.providers, settings.intra_op_threads, settings.variant
-        )
-        for model in reg.models.values():
-            man = model.manifest
-            m.model_info.labels(
-                man.name,
-                man.version,
-                man.task,
-                man.cell,
-                model.sha256,
-                model.runner.provider,
-                model.variant or "fp32",
-            ).set(1)
-        m.model_load_failures.set(len(reg.failed))
-        config = SchedulerConfig(
-            max_batch_size=settings.max_batch_size,
-            max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue,
-            max_streams=settings.max_streams,
-            max_batch_tokens=settings.max_batch_tokens,
-            stream_buffer_bytes=settings.stream_buffer_bytes,
-        )
-        engine = Engine(reg, config, m)
-        engine.start()
-        st = store or build_store(settings, m, clock)
-        svc = SessionService(
-            engine,
-            st,
-            default_ttl_s=settings.session_ttl_s,
-            max_ttl_s=settings.max_session_ttl_s,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-            clock=clock,
-        )
-        app.state.services = Services(settings, InProcessClient(engine, svc, st), m)
-        sweeper = asyncio.create_task(_sweep(st))
-        log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
-        try:
-            with reload_on_sighup(keys):
-                yield
-        finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-            await engine.close(settings.shutdown_timeout_s)
-            await st.close()
-            log.info("stopped")
+        if engine_address is not None:  # an API worker: the engine runs in its own process
+            remote = RemoteClient(engine_address, settings.stream_buffer_bytes)
+            await remote.connect()
+            app.state.services = Services(settings, remote, m)
+            try:
+                with reload_on_sighup(keys):
+                    yield
+            finally:
+                await remote.close()
+            return
+        async with running_engine(settings, m, registry=registry, store=store, clock=clock) as c:
+            app.state.local = c  # the engine in this process (tests and diagnostics reach it)
+            if settings.engine_transport == "inprocess":
+                app.state.services = Services(settings, c, m)
+                with reload_on_sighup(keys):
+                    yield
+                return
+            # the same engine, reached over the wire that `--workers` uses: one process that
+            # exercises the whole process boundary (the tests run every suite this way too)
+            async with wire_loopback(c, settings) as remote:
+                app.state.services = Services(settings, remote, m)
+                with reload_on_sighup(keys):
+                    yield
 
     app = FastAPI(
         title="rnnserve",
@@ -146,6 +127,85 @@ def create_app(
     app.add_middleware(ObserveMiddleware)
     install_openapi(app, settings, auth=keys.enabled)
     return app
+
+
+@contextlib.asynccontextmanager
+async def wire_loopback(local: InProcessClient, settings: Settings) -> AsyncIterator[RemoteClient]:
+    """An `EngineHost` for `local` on a private IPC socket, and a `RemoteClient` to it."""
+    from service.engine.host import EngineHost
+
+    with tempfile.TemporaryDirectory(prefix="rnnserve-wire-") as d:
+        address = f"ipc://{d}/engine.sock"
+        host = EngineHost(local, address)
+        serving = asyncio.create_task(host.serve())
+        remote = RemoteClient(address, settings.stream_buffer_bytes)
+        try:
+            await remote.connect()
+            yield remote
+        finally:
+            await remote.close()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            await host.close()
+
+
+@contextlib.asynccontextmanager
+async def running_engine(
+    settings: Settings,
+    m: Metrics,
+    *,
+    registry: Registry | None = None,
+    store: SessionStore | None = None,
+    clock: Clock = time.time,
+) -> AsyncIterator[InProcessClient]:
+    """Models loaded, schedulers running, the session store open and swept: the engine, ready
+    to serve through the client it yields (in the API's process, or in the engine process)."""
+    reg = registry or load_registry(
+        settings.models_dir, settings.providers, settings.intra_op_threads, settings.variant
+    )
+    for model in reg.models.values():
+        man = model.manifest
+        m.model_info.labels(
+            man.name,
+            man.version,
+            man.task,
+            man.cell,
+            model.sha256,
+            model.runner.provider,
+            model.variant or "fp32",
+        ).set(1)
+    m.model_load_failures.set(len(reg.failed))
+    config = SchedulerConfig(
+        max_batch_size=settings.max_batch_size,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        max_streams=settings.max_streams,
+        max_batch_tokens=settings.max_batch_tokens,
+        stream_buffer_bytes=settings.stream_buffer_bytes,
+    )
+    engine = Engine(reg, config, m)
+    engine.start()
+    st = store or build_store(settings, m, clock)
+    svc = SessionService(
+        engine,
+        st,
+        default_ttl_s=settings.session_ttl_s,
+        max_ttl_s=settings.max_session_ttl_s,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+        clock=clock,
+    )
+    sweeper = asyncio.create_task(_sweep(st))
+    log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
+    try:
+        yield InProcessClient(engine, svc, st)
+    finally:
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await engine.close(settings.shutdown_timeout_s)
+        await st.close()
+        log.info("stopped")
 
 
 async def _sweep(store: SessionStore, every_s: float = 30.0) -> None:

@@ -3,7 +3,10 @@ requests in the API middleware, queue/batch/step/latency in the scheduler, sessi
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess as _multiprocess
 
 _LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _STEP = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
@@ -40,14 +43,21 @@ class Metrics:
             buckets=_STEP,
             registry=r,
         )
+        # gauges say how processes combine under `--workers` (multiprocess mode; ignored in one
+        # process): engine figures are the engine's own, the live count the latest read
         self.queue_depth = Gauge(
-            "rnnserve_queue_depth", "Prefill/predict jobs waiting", ["model"], registry=r
+            "rnnserve_queue_depth",
+            "Prefill/predict jobs waiting",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.active_streams = Gauge(
             "rnnserve_active_streams",
             "Generation streams in the decode batch",
             ["model"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "rnnserve_batch_size",
@@ -66,7 +76,9 @@ class Metrics:
         self.tokens = Counter(
             "rnnserve_generated_tokens", "Tokens generated", ["model"], registry=r
         )
-        self.live_sessions = Gauge("rnnserve_live_sessions", "Live sessions", registry=r)
+        self.live_sessions = Gauge(
+            "rnnserve_live_sessions", "Live sessions", registry=r, multiprocess_mode="mostrecent"
+        )
         self.session_evictions = Counter(
             "rnnserve_session_evictions",
             "Sessions removed before their client deleted them",
@@ -78,7 +90,21 @@ class Metrics:
             "Loaded models (value 1)",
             ["model", "version", "task", "cell", "sha256", "provider", "variant"],
             registry=r,
+            multiprocess_mode="max",
         )
         self.model_load_failures = Gauge(
-            "rnnserve_model_load_failures", "Artifacts refused at start-up", registry=r
+            "rnnserve_model_load_failures",
+            "Artifacts refused at start-up",
+            registry=r,
+            multiprocess_mode="max",
         )
+
+
+def exposition(own: CollectorRegistry) -> bytes:
+    """The text a scrape gets: this process's registry, or under `--workers` (prometheus-client's
+    multiprocess folder set) the sum over every worker and the engine."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        _multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+    return generate_latest(own)

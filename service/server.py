@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from typing import Any
 
 # numpy's BLAS stays single-threaded in the server (set before numpy is first imported; an
 # operator's own setting wins). Its only BLAS work is the tiny per-step sampling product, and a
@@ -34,12 +35,24 @@ class _Server(uvicorn.Server):
 
 
 def serve(settings: Settings | None = None) -> None:
+    """One process (`workers` 0), or an engine process and `workers` API processes."""
     settings = settings or Settings()
+    if settings.workers > 0:
+        from service.processes import serve_workers
+
+        serve_workers(settings)
+        return
+    run_app(create_app(settings), settings)
+
+
+def run_app(app: Any, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """uvicorn with our protocol, logging and graceful shutdown (on `sockets` when given: an
+    API worker shares the supervisor's listening socket)."""
     # the engine threads need the GIL back quickly after each onnxruntime call: with the
     # default 5 ms, a busy event loop could hold it for a whole decode step
     sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # our JSON logging (service.logging) is configured by create_app
@@ -49,4 +62,4 @@ def serve(settings: Settings | None = None) -> None:
         # h11 with deadlines for a request's headers and a response's last bytes, and an abort
         http=protocol_for(settings.header_timeout_s, settings.send_timeout_s),
     )
-    _Server(config).run()
+    _Server(config).run(sockets=sockets)

@@ -56,6 +56,18 @@ class Settings(BaseSettings):
     )
 
     # scheduler
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="API worker processes in front of one engine process (0: one process "
+        "serves everything). See docs/api.md#processes for the default's reasoning.",
+    )
+    engine_transport: Literal["inprocess", "zmq"] = Field(
+        "inprocess",
+        description="With `workers` 0: how the API reaches the engine in its own process. `zmq` "
+        "goes through the same wire as `--workers` (for testing the process boundary).",
+    )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Rows per prefill/predict batch.")
     max_wait_ms: float = Field(
         2.0, ge=0, le=1000, description="How long a prefill/predict batch waits to fill up."

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import Services, get_services
+from service.metrics import exposition
 
 router = APIRouter(tags=["health"])
 
@@ -14,4 +15,4 @@ router = APIRouter(tags=["health"])
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(s: Services = Depends(get_services)) -> Response:
     s.metrics.live_sessions.set(await s.client.live_sessions())
-    return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)

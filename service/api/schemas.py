@@ -209,7 +209,9 @@ class FeedRequest(_In):
 
     text: str = Field(min_length=1, description="Next chunk of text.")
     top_k: int = Field(5, ge=1, le=1000, description="Next tokens listed (language models).")
-    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+    expected_version: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="409 unless the version matches."
+    )
 
 
 class FeedResponse(BaseModel):
@@ -224,7 +226,9 @@ class FeedResponse(BaseModel):
 class ResetRequest(_In):
     model_config = ConfigDict(json_schema_extra={"examples": [{"expected_version": 3}]})
 
-    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+    expected_version: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="409 unless the version matches."
+    )
 
 
 class SessionGenerateRequest(GenerateRequest):
@@ -236,7 +240,9 @@ class SessionGenerateRequest(GenerateRequest):
         }
     )
 
-    expected_version: int | None = Field(None, ge=0, description="409 unless the version matches.")
+    expected_version: int | None = Field(
+        None, ge=0, le=2**63 - 1, description="409 unless the version matches."
+    )
 
 
 class StateResponse(BaseModel):

@@ -26,6 +26,21 @@ def token_text(tokenizer: CharTokenizer | WordTokenizer, token: int) -> str:
     return " " + text if isinstance(tokenizer, WordTokenizer) else text
 
 
+def require_unicode(text: str, field: str) -> None:
+    """A JSON string may carry a lone surrogate (`"\\ud800"`): not text, and not encodable as
+    UTF-8 (nor across the engine boundary). Refused the same way on every path."""
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = f"U+{ord(text[e.start]):04X}"
+        raise InvalidInput(
+            f"{field} is not valid Unicode text (a lone surrogate, {bad}, at {e.start})",
+            field=field,
+        ) from None
+
+
 @dataclass(frozen=True)
 class ModelView:
     manifest: ModelManifest
@@ -41,6 +56,7 @@ class ModelView:
 
     def encode_stream(self, pending: str, text: str, field: str) -> tuple[list[int], str]:
         """Ids of `pending + text`, holding back an unfinished trailing word."""
+        require_unicode(text, field)
         try:
             return self.tokenizer.encode_stream(pending, text)
         except UnknownCharactersError as e:

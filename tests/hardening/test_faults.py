@@ -82,7 +82,7 @@ async def test_onnxruntime_failing_mid_batch_fails_every_waiter_and_changes_no_s
         runners[LM].fail, runners[LM].delay_s = None, 0.0
         r = await c.post(f"/v1/sessions/{sids[0]}/feed", json={"text": "cd"})
         assert r.status_code == 200 and r.json()["version"] == 2
-        assert app_of(c).state.services.client.engine.schedulers[LM].active_streams == 0
+        assert app_of(c).state.local.engine.schedulers[LM].active_streams == 0
 
 
 async def test_a_stream_that_cannot_join_fails_alone(registry: Registry) -> None:
@@ -140,7 +140,7 @@ async def test_client_vanishing_at_a_random_point_of_a_stream(
         held.gone.set()
         held.release.set()
         await asyncio.wait_for(task, 10)
-        sched = app.state.services.client.engine.schedulers[LM]
+        sched = app.state.local.engine.schedulers[LM]
         for _ in range(100):
             if sched.active_streams == 0:
                 break

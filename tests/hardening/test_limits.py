@@ -78,7 +78,7 @@ async def test_stalled_reader_is_dropped_and_frees_everything(
             held.call(app, "POST", f"/v1/sessions/{sid}/generate", body), timeout=10
         )
         assert time.monotonic() - t0 < 5
-        sched = app.state.services.client.engine.schedulers[LM]
+        sched = app.state.local.engine.schedulers[LM]
         for _ in range(50):
             if sched.active_streams == 0:
                 break
@@ -254,7 +254,7 @@ async def test_stalled_websocket_is_dropped_and_frees_everything(
         t0 = time.monotonic()
         await asyncio.wait_for(ws.call(app, f"/v1/sessions/{sid}/ws"), timeout=10)
         assert ws.held.is_set() and time.monotonic() - t0 < 5
-        sched = app.state.services.client.engine.schedulers[LM]
+        sched = app.state.local.engine.schedulers[LM]
         for _ in range(50):
             if sched.active_streams == 0:
                 break

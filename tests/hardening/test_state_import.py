@@ -34,7 +34,7 @@ async def _export(client: httpx.AsyncClient, model: str, text: str = "To be") ->
 
 
 def _names(client: httpx.AsyncClient, model: str) -> list[str]:
-    m = app_of(client).state.services.client.engine.model(model)
+    m = app_of(client).state.local.engine.model(model)
     return [s.name for s in m.manifest.io.states]
 
 
@@ -165,7 +165,7 @@ async def test_a_non_finite_step_is_never_committed(client: httpx.AsyncClient) -
     (written there directly, at the seam) answers 422 for feed and generate, keeps its version,
     and an idempotent retry answers the same."""
     sid = (await new_session(client, "tiny-char-gru"))["session_id"]
-    store = app_of(client).state.services.client.store
+    store = app_of(client).state.local.store
     rec = await store.get(store_id(sid, None))
     bad = rec.replace(
         version=rec.version + 1, states=tuple(np.full_like(s, 3e38) for s in rec.states)

@@ -1,0 +1,163 @@
+"""The engine process's side of the wire: one ROUTER socket, every worker's calls served by the
+`InProcessClient` (so the engine behaves exactly as in a one-process server).
+
+Each call runs as its own task; a stream forwards every batch of tokens the engine produced as
+one `Tokens` frame, then its `Result` or `Failed`. A `Cancel` (the worker's client went away)
+cancels the task, which closes the generation: the decode slot and the session's lock are freed
+and nothing is committed. A worker that dies cannot say so: the supervisor does
+(`forget_worker`), and its calls are cancelled the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from service.engine import wire
+from service.engine.client import InProcessClient
+from service.engine.protocol import PROTOCOL_VERSION, Finished
+from service.logging import get_logger
+
+log = get_logger("engine.host")
+
+
+class EngineHost:
+    def __init__(self, client: InProcessClient, address: str) -> None:
+        self.client = client
+        self.address = address
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a worker gone: drop its frames
+        self._sock.bind(address)
+        self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+
+    async def serve(self) -> None:
+        while True:
+            ident, raw = await self._sock.recv_multipart()
+            try:
+                frame = wire.decoder.decode(raw)
+            except Exception:
+                log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
+                continue
+            if isinstance(frame, wire.Cancel):
+                task = self._calls.get((ident, frame.rid))
+                if task is not None:
+                    task.cancel()
+            elif isinstance(frame, wire.Call):
+                key = (ident, frame.rid)
+                task = asyncio.create_task(self._run(ident, frame.rid, frame.op))
+                self._calls[key] = task
+                task.add_done_callback(self._done(key))
+
+    def _done(self, key: tuple[bytes, int]) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._calls.pop(key, None)
+
+        return forget
+
+    def forget_worker(self, ident: bytes) -> int:
+        """Cancel every call of a worker that is gone; how many there were."""
+        gone = [t for (who, _), t in self._calls.items() if who == ident]
+        for t in gone:
+            t.cancel()
+        return len(gone)
+
+    async def close(self) -> None:
+        for t in list(self._calls.values()):
+            t.cancel()
+        await asyncio.gather(*self._calls.values(), return_exceptions=True)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    async def _send(self, ident: bytes, frame: wire.Frame) -> None:
+        await self._sock.send_multipart([ident, wire.encoder.encode(frame)])
+
+    async def _run(self, ident: bytes, rid: int, op: wire.Operation) -> None:
+        try:
+            if isinstance(op, wire.STREAMING):
+                await self._stream(ident, rid, op)
+            else:
+                await self._send(ident, wire.Result(rid, await self._call(op)))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            await self._send(ident, wire.Failed(rid, wire.error_info(e)))
+
+    async def _stream(
+        self, ident: bytes, rid: int, op: wire.Generate | wire.SessionGenerate
+    ) -> None:
+        c = self.client
+        if isinstance(op, wire.Generate):
+            gen = await c.generate(op.model, op.params)
+        else:
+            gen = await c.session_generate(
+                op.session_id, op.params, op.expected_version, op.key, op.owner
+            )
+        try:
+            await self._send(ident, wire.Opened(rid))
+            # each token carries its own logprobs; the worker rebuilds a result's list from them
+            async for batch in gen.batches(keep_logprobs=False):
+                tokens: list[wire.Token] = []
+                done: Finished | None = None
+                for ev in batch:
+                    if isinstance(ev, Finished):
+                        done = ev
+                    else:
+                        tokens.append(wire.Token(ev.text, ev.token_id, ev.index, ev.logprob))
+                if tokens:
+                    await self._send(ident, wire.Tokens(rid, tokens))
+                if done is not None:
+                    await self._send(ident, wire.Result(rid, wire.Generated(done.result)))
+        finally:
+            await gen.aclose()
+
+    async def _call(self, op: Any) -> wire.Value:
+        c = self.client
+        match op:
+            case wire.Hello():
+                return catalog_info(c)
+            case wire.Predict(model, inputs, top_k):
+                return wire.Outputs(await c.predict(model, inputs, top_k))
+            case wire.Logits(model, rows):
+                return wire.TensorValue(wire.Tensor.of(await c.logits(model, rows)))
+            case wire.CreateSession(model, sid, ttl_s, state, owner):
+                return wire.Session(await c.create_session(model, sid, ttl_s, state, owner))
+            case wire.GetSession(sid, owner):
+                return wire.Session(await c.get_session(sid, owner))
+            case wire.DeleteSession(sid, owner):
+                await c.delete_session(sid, owner)
+                return wire.Empty()
+            case wire.Reset(sid, expected, key, owner):
+                return wire.Session(await c.reset(sid, expected, key, owner))
+            case wire.Feed(sid, text, top_k, expected, key, owner):
+                return wire.Fed(await c.feed(sid, text, top_k, expected, key, owner))
+            case wire.ExportState(sid, owner):
+                return wire.State(await c.export_state(sid, owner))
+            case wire.SequenceStep(model, seq, text, ids, owner):
+                logits = await c.sequence_step(model, seq, text, ids, owner)
+                return wire.TensorValue(wire.Tensor.of(np.asarray(logits, np.float32)))
+            case wire.LiveSessions():
+                return wire.Count(await c.live_sessions())
+        raise TypeError(f"unknown operation {type(op).__name__}")  # pragma: no cover
+
+
+def catalog_info(c: InProcessClient) -> wire.CatalogInfo:
+    models = [
+        wire.ModelEntry(
+            m.manifest.model_dump(mode="json"), m.sha256, m.variant, m.provider, m.created
+        )
+        for m in c.catalog.models.values()
+    ]
+    return wire.CatalogInfo(wire.WIRE_VERSION, PROTOCOL_VERSION, models, dict(c.catalog.failed))
+
+
+async def close_quietly(host: EngineHost) -> None:
+    with contextlib.suppress(Exception):
+        await host.close()

@@ -1,0 +1,385 @@
+"""An API worker's side of the wire: `RemoteClient`, the `EngineClient` of an engine in another
+process (`host.EngineHost`), over one ZeroMQ DEALER socket.
+
+A reader task routes every answer to its call by request id: a future for a unary call, a queue
+for a stream. A call whose caller is cancelled (its HTTP client left, a timeout) sends `Cancel`,
+so the engine stops the work and commits nothing. A stream's tokens wait in the worker for its
+HTTP client; that backlog is bounded like the engine's own (`stream_buffer_bytes`): past it the
+stream is cancelled and ends with `client_too_slow`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from service.contract import ModelManifest, tokenizer_from_spec
+from service.engine import wire
+from service.engine.catalog import Catalog, ModelView, require_unicode
+from service.engine.protocol import (
+    PROTOCOL_VERSION,
+    FeedResult,
+    Finished,
+    GenerateParams,
+    GenerationResult,
+    Output,
+    SequenceRef,
+    SessionInfo,
+    StateExport,
+    TokenLogprob,
+)
+from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
+from service.errors import EngineError, InvalidInput, ServiceError
+
+_END = object()  # a stream's queue: nothing follows
+
+
+class EngineGone(EngineError):
+    """The engine process stopped answering (it died; the supervisor ends the server)."""
+
+    status, code = 503, "engine_unavailable"
+
+
+class RemoteGeneration:
+    """A generation running in the engine process (`GenerationStream`)."""
+
+    def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
+        self._client, self._rid = client, rid
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._backlog = 0
+        self._max_backlog = max_backlog_bytes
+        self._closed = False
+        self._ended = False
+        # resolved when the engine has started the generation (or refused it: the error)
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- fed by the client's reader
+    def _tokens(self, tokens: list[wire.Token]) -> None:
+        if self._ended:
+            return
+        cost = sum(
+            EVENT_BYTES + (LOGPROB_BYTES * len(t.logprob.top) if t.logprob else 0) for t in tokens
+        )
+        self._backlog += cost
+        if self._backlog > self._max_backlog:
+            self._ended = True
+            self._client._cancel(self._rid)
+            self._queue.put_nowait(
+                ClientTooSlow(
+                    f"the client fell more than {self._max_backlog} bytes behind the stream "
+                    "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
+                )
+            )
+            return
+        self._queue.put_nowait(tokens)
+
+    def _end(self, item: GenerationResult | ServiceError) -> None:
+        if not self.opened.done():
+            if isinstance(item, BaseException):  # refused before it started: the call's error
+                self.opened.set_exception(item)
+                self._ended = self._closed = True
+                self._client._streams.pop(self._rid, None)
+                return
+            self.opened.set_result(None)  # a replay: its result, no tokens
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(item)
+
+    # -- GenerationStream
+    async def batches(
+        self, keep_logprobs: bool = True
+    ) -> AsyncIterator[list[TokenEvent | Finished]]:
+        logprobs: list[TokenLogprob] = []
+        try:
+            while True:
+                ready = [await self._queue.get()]
+                while not self._queue.empty():  # everything that arrived: one batch
+                    ready.append(self._queue.get_nowait())
+                self._backlog = 0
+                out: list[TokenEvent | Finished] = []
+                for item in ready:
+                    if isinstance(item, list):
+                        for t in item:
+                            out.append(TokenEvent(t.text, t.token_id, t.index, t.logprob))
+                            if keep_logprobs and t.logprob is not None:
+                                lp = t.logprob
+                                logprobs.append(TokenLogprob(t.text, lp.logprob, lp.top))
+                        continue
+                    if isinstance(item, BaseException):
+                        if out:
+                            yield out  # the tokens before a failure still go out
+                        raise item
+                    out.append(self._finish(item, keep_logprobs, logprobs))
+                    yield out
+                    return
+                yield out
+        finally:
+            await self.aclose()
+
+    @staticmethod
+    def _finish(result: GenerationResult, keep: bool, logprobs: list[TokenLogprob]) -> Finished:
+        if keep and result.logprobs is None and logprobs:
+            result = msgspec.structs.replace(result, logprobs=tuple(logprobs))
+        elif not keep and result.logprobs is not None:
+            result = msgspec.structs.replace(result, logprobs=None)
+        return Finished(result)
+
+    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        async for batch in self.batches(keep_logprobs):
+            for ev in batch:
+                yield ev
+
+    async def collect(self) -> GenerationResult:
+        async for ev in self.events():
+            if isinstance(ev, Finished):
+                return ev.result
+        raise RuntimeError("generation ended without a result")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ended:
+            self._ended = True
+            self._client._cancel(self._rid)
+        self._client._streams.pop(self._rid, None)
+
+
+class RemoteClient:
+    """`EngineClient` over ZeroMQ. `await connect()` once (it fetches the catalog)."""
+
+    def __init__(self, address: str, stream_buffer_bytes: int = 2**62) -> None:
+        self.address = address
+        self.stream_buffer_bytes = stream_buffer_bytes
+        self._ctx = zmq.asyncio.Context()
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        # the engine knows a worker by this id (the supervisor names a dead worker by its pid)
+        self._sock.setsockopt(zmq.IDENTITY, worker_identity(os.getpid()))
+        self._sock.connect(address)
+        self._ids = itertools.count(1)
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, RemoteGeneration] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.catalog = Catalog()
+
+    async def connect(self, timeout_s: float = 60.0) -> None:
+        self._reader = asyncio.create_task(self._read())
+        info = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
+        if not isinstance(info, wire.CatalogInfo) or info.wire_version != wire.WIRE_VERSION:
+            raise RuntimeError(f"engine speaks another wire version: {info!r}")
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise RuntimeError(
+                f"engine protocol {info.protocol_version}, this worker {PROTOCOL_VERSION}"
+            )
+        models = {}
+        for e in info.models:
+            manifest = ModelManifest.model_validate(e.manifest)
+            tok = tokenizer_from_spec(manifest.tokenizer)
+            models[manifest.name] = ModelView(
+                manifest, tok, e.sha256, e.variant, e.provider, e.created
+            )
+        self.catalog = Catalog(models, dict(info.failed))
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        self._fail_all(EngineGone("the worker is shutting down"))
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    # -- plumbing
+    async def _read(self) -> None:
+        while True:
+            raw = await self._sock.recv()
+            frame = wire.decoder.decode(raw)
+            if isinstance(frame, wire.Opened):
+                gen = self._streams.get(frame.rid)
+                if gen is not None and not gen.opened.done():
+                    gen.opened.set_result(None)
+            elif isinstance(frame, wire.Tokens):
+                gen = self._streams.get(frame.rid)
+                if gen is not None:
+                    gen._tokens(frame.tokens)
+            elif isinstance(frame, wire.Result | wire.Failed):
+                value: Any = (
+                    frame.value if isinstance(frame, wire.Result) else wire.raise_error(frame.error)
+                )
+                if isinstance(value, wire.Generated):
+                    value = value.result
+                gen = self._streams.get(frame.rid)
+                if gen is not None:
+                    gen._end(value)
+                    continue
+                fut = self._calls.pop(frame.rid, None)
+                if fut is not None and not fut.done():
+                    if isinstance(value, BaseException):
+                        fut.set_exception(value)
+                    else:
+                        fut.set_result(value)
+
+    def _fail_all(self, e: ServiceError) -> None:
+        for fut in self._calls.values():
+            if not fut.done():
+                fut.set_exception(e)
+        self._calls.clear()
+        for gen in list(self._streams.values()):
+            gen._end(e)
+
+    def _cancel(self, rid: int) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.send(wire.encoder.encode(wire.Cancel(rid)), flags=zmq.NOBLOCK)
+
+    @staticmethod
+    def _encode(frame: wire.Call) -> bytes:
+        try:
+            return wire.encoder.encode(frame)
+        except UnicodeEncodeError:
+            raise _not_text(frame.op) from None
+        except OverflowError:  # the schemas bound every integer; this guards the wire itself
+            raise InvalidInput("a number in the request is out of range") from None
+
+    async def _unary(self, op: wire.Operation) -> Any:
+        rid = next(self._ids)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[rid] = fut
+        try:
+            await self._sock.send(self._encode(wire.Call(rid, op)))
+            return await fut
+        except asyncio.CancelledError:
+            if self._calls.pop(rid, None) is not None:
+                self._cancel(rid)  # the caller left: the engine stops and commits nothing
+            raise
+
+    async def _open(self, op: wire.Generate | wire.SessionGenerate) -> RemoteGeneration:
+        rid = next(self._ids)
+        frame = self._encode(wire.Call(rid, op))
+        gen = RemoteGeneration(self, rid, self.stream_buffer_bytes)
+        self._streams[rid] = gen
+        try:
+            await self._sock.send(frame)
+            await gen.opened  # the engine's own errors at start (unknown session, bad prompt)
+        except asyncio.CancelledError:
+            await gen.aclose()
+            raise
+        return gen
+
+    # -- EngineClient
+    async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
+        out: wire.Outputs = await self._unary(wire.Predict(model, inputs, top_k))
+        return out.outputs
+
+    async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:
+        out: wire.TensorValue = await self._unary(wire.Logits(model, rows))
+        return out.tensor.array()
+
+    async def generate(self, model: str, params: GenerateParams) -> RemoteGeneration:
+        return await self._open(wire.Generate(model, params))
+
+    async def create_session(
+        self,
+        model: str | None,
+        session_id: str | None,
+        ttl_s: float | None,
+        state: bytes | None,
+        owner: str | None,
+    ) -> SessionInfo:
+        out: wire.Session = await self._unary(
+            wire.CreateSession(model, session_id, ttl_s, state, owner)
+        )
+        return out.info
+
+    async def get_session(self, session_id: str, owner: str | None) -> SessionInfo:
+        out: wire.Session = await self._unary(wire.GetSession(session_id, owner))
+        return out.info
+
+    async def delete_session(self, session_id: str, owner: str | None) -> None:
+        await self._unary(wire.DeleteSession(session_id, owner))
+
+    async def reset(
+        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
+    ) -> SessionInfo:
+        out: wire.Session = await self._unary(wire.Reset(session_id, expected_version, key, owner))
+        return out.info
+
+    async def feed(
+        self,
+        session_id: str,
+        text: str,
+        top_k: int,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> FeedResult:
+        out: wire.Fed = await self._unary(
+            wire.Feed(session_id, text, top_k, expected_version, key, owner)
+        )
+        return out.result
+
+    async def session_generate(
+        self,
+        session_id: str,
+        params: GenerateParams,
+        expected_version: int | None,
+        key: str | None,
+        owner: str | None,
+    ) -> RemoteGeneration:
+        return await self._open(
+            wire.SessionGenerate(session_id, params, expected_version, key, owner)
+        )
+
+    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
+        out: wire.State = await self._unary(wire.ExportState(session_id, owner))
+        return out.export
+
+    async def sequence_step(
+        self,
+        model: str,
+        seq: SequenceRef,
+        text: str | None,
+        ids: list[int] | None,
+        owner: str | None,
+    ) -> np.ndarray:
+        out: wire.TensorValue = await self._unary(wire.SequenceStep(model, seq, text, ids, owner))
+        return out.tensor.array()
+
+    async def live_sessions(self) -> int:
+        out: wire.Count = await self._unary(wire.LiveSessions())
+        return out.n
+
+
+def _not_text(op: wire.Operation) -> ServiceError:
+    """The error a string that cannot cross the wire (a lone surrogate) gets: the one the
+    in-process engine gives (`catalog.require_unicode`), naming the same field."""
+    texts: list[tuple[str, str | None]] = []
+    if isinstance(op, wire.Predict):
+        texts = [(f"inputs[{i}]", t) for i, t in enumerate(op.inputs)]
+    elif isinstance(op, wire.Feed):
+        texts = [("text", op.text)]
+    elif isinstance(op, wire.Generate | wire.SessionGenerate):
+        texts = [("prompt", op.params.prompt)]
+        texts += [(f"stop[{i}]", t) for i, t in enumerate(op.params.stop)]
+    elif isinstance(op, wire.SequenceStep):
+        texts = [("TEXT", op.text)]
+    for field, text in texts:
+        if text is not None:
+            try:
+                require_unicode(text, field)
+            except ServiceError as e:
+                return e
+    return InvalidInput("the request holds a string that is not valid Unicode text")
+
+
+def worker_identity(pid: int) -> bytes:
+    return f"w{pid}".encode()

@@ -1,0 +1,222 @@
+"""`--workers N`: one engine process and N API worker processes, supervised.
+
+    supervisor (this process) ── binds the port, starts and watches the others
+      ├─ engine process     models, schedulers, sampling, every session rule, the store;
+      │                     serves its ZeroMQ ROUTER socket (service/engine/host.py)
+      └─ worker × N         uvicorn + the FastAPI app on the shared listening socket; HTTP,
+                            validation, tokenization, JSON/SSE/WebSocket framing; no session
+                            state; each reaches the engine through a RemoteClient (DEALER)
+
+Supervision: a worker that dies (even SIGKILL) is replaced at once while the others keep serving;
+the engine is told, and cancels that worker's calls (nothing they held stays locked, nothing is
+committed). If the engine dies the server exits non-zero at once, so that a supervisor or
+Kubernetes restarts it (with the Redis store no session is lost). SIGTERM/SIGINT drain: the
+workers finish their requests (uvicorn's graceful shutdown), then the engine closes.
+
+Metrics: every process writes prometheus-client's multiprocess files under one folder, and
+`/metrics` (in any worker) sums them: requests from the workers, engine figures from the engine,
+each counted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from service.logging import configure_logging, get_logger
+from service.settings import Settings
+
+log = get_logger("supervisor")
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+# -- the engine process ------------------------------------------------------------------------
+
+
+def engine_main(settings: dict[str, Any], address: str, conn: Connection) -> None:
+    """Target of the engine process: serve until told to stop (or the supervisor goes)."""
+    s = Settings(**settings)
+    configure_logging(s.log_level, s.log_json)
+    sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
+    asyncio.run(_engine(s, address, conn))
+
+
+async def _engine(settings: Settings, address: str, conn: Connection) -> None:
+    from service.app import running_engine
+    from service.engine.host import EngineHost
+    from service.engine.remote import worker_identity
+    from service.metrics import Metrics
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # the supervisor decides when the engine stops (after the workers drained)
+        loop.add_signal_handler(sig, lambda: None)
+    async with running_engine(settings, Metrics()) as client:
+        host = EngineHost(client, address)
+        serving = asyncio.create_task(host.serve())
+
+        def control() -> None:  # the supervisor's messages, read off the loop
+            try:
+                while True:
+                    kind, arg = conn.recv()
+                    if kind == "forget":
+                        loop.call_soon_threadsafe(_forget, host, worker_identity(arg), arg)
+                    elif kind == "stop":
+                        break
+            except (EOFError, OSError):
+                pass  # the supervisor is gone: stop too
+            loop.call_soon_threadsafe(stop.set)
+
+        threading.Thread(target=control, name="engine-control", daemon=True).start()
+        conn.send(("ready", sorted(client.catalog.models)))
+        await stop.wait()
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving
+        await host.close()
+
+
+def _forget(host: Any, ident: bytes, pid: int) -> None:
+    n = host.forget_worker(ident)
+    log.warning("worker gone; its calls cancelled", extra={"pid": pid, "calls": n})
+
+
+# -- a worker process --------------------------------------------------------------------------
+
+
+def worker_main(settings: dict[str, Any], sock: socket.socket, address: str) -> None:
+    """Target of an API worker: the app on the shared socket, the engine at `address`."""
+    from service.app import create_app
+    from service.server import run_app
+
+    s = Settings(**settings)
+    run_app(create_app(s, engine_address=address), s, sockets=[sock])
+
+
+# -- the supervisor ----------------------------------------------------------------------------
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.ctx = multiprocessing.get_context("spawn")
+        self.dir = Path(tempfile.mkdtemp(prefix="rnnserve-"))
+        self.address = f"ipc://{self.dir / 'engine.sock'}"
+        self.workers: list[BaseProcess] = []
+        self.stopping = False
+        self.dump = settings.model_dump()
+
+    def run(self) -> int:
+        metrics_dir = self.dir / "metrics"
+        metrics_dir.mkdir()
+        os.environ[METRICS_ENV] = str(metrics_dir)  # inherited by every child
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+        self.stopping = True
+
+    def _run(self) -> int:
+        s = self.settings
+        parent, child = self.ctx.Pipe()
+        engine = self.ctx.Process(
+            target=engine_main, args=(self.dump, self.address, child), name="rnnserve-engine"
+        )
+        engine.start()
+        child.close()
+        t0 = time.monotonic()
+        while not parent.poll(0.1):
+            if not engine.is_alive() or self.stopping:
+                log.error("engine did not start", extra={"exitcode": engine.exitcode})
+                engine.terminate()
+                return 1
+        parent.recv()
+        log.info("engine ready", extra={"pid": engine.pid, "s": round(time.monotonic() - t0, 2)})
+        sock = _bind(s.host, s.port)
+        self.workers = [self._spawn(sock) for _ in range(s.workers)]
+        code = 0
+        while not self.stopping:
+            time.sleep(0.1)
+            if not engine.is_alive():
+                log.error("engine died; stopping", extra={"exitcode": engine.exitcode})
+                code = 1
+                break
+            for i, w in enumerate(self.workers):
+                if not w.is_alive() and not self.stopping:
+                    log.warning(
+                        "worker died; replacing it", extra={"pid": w.pid, "exitcode": w.exitcode}
+                    )
+                    _mark_dead(w.pid)
+                    with contextlib.suppress(OSError):
+                        parent.send(("forget", w.pid))
+                    self.workers[i] = self._spawn(sock)
+        # drain: the workers finish their requests, then the engine closes
+        for w in self.workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGTERM)
+        deadline = time.monotonic() + s.shutdown_timeout_s + 5
+        for w in self.workers:
+            w.join(max(0.1, deadline - time.monotonic()))
+            if w.is_alive():
+                w.kill()
+                w.join()
+        if engine.is_alive():
+            with contextlib.suppress(OSError):
+                parent.send(("stop", 0))
+            engine.join(s.shutdown_timeout_s + 5)
+            if engine.is_alive():
+                engine.kill()
+                engine.join()
+        sock.close()
+        return code
+
+    def _spawn(self, sock: socket.socket) -> BaseProcess:
+        w = self.ctx.Process(
+            target=worker_main, args=(self.dump, sock, self.address), name="rnnserve-worker"
+        )
+        w.start()
+        return w
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is None:
+        return
+    from prometheus_client import multiprocess
+
+    with contextlib.suppress(Exception):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def serve_workers(settings: Settings) -> None:
+    configure_logging(settings.log_level, settings.log_json)
+    code = Supervisor(settings).run()
+    sys.exit(code)
