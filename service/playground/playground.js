@@ -128,6 +128,7 @@ async function loadModels() {
   const cls = models.filter((m) => m.task === "classify");
   fillSelect($("gen-model"), lms, "no language model loaded");
   fillSelect($("sent-model"), cls, "no classifier loaded");
+  $("sent-model").value = await shortTextClassifier(cls);
   $("generate").disabled = !lms.length;
   $("sent-text").disabled = !cls.length;
   const providers = [...new Set(models.map((m) => m.provider))].join(", ");
@@ -137,6 +138,22 @@ async function loadModels() {
 }
 
 const modelByName = (name) => models.find((m) => m.name === name);
+
+// People type a sentence or two into the live box: default to the classifier trained on the
+// shortest texts (its manifest's training `data.max_len`; e.g. sentiment-sst2 over the IMDB
+// models). The list has no training details, so each classifier's own entry is read.
+async function shortTextClassifier(cls) {
+  if (cls.length < 2) return cls.length ? cls[0].name : "";
+  const details = await Promise.all(
+    cls.map((m) => api("GET", `/v1/models/${encodeURIComponent(m.name)}`).catch(() => null)),
+  );
+  const maxLen = (d) => d?.training?.config?.data?.max_len ?? Infinity;
+  let best = 0;
+  details.forEach((d, i) => {
+    if (maxLen(d) < maxLen(details[best])) best = i;
+  });
+  return cls[best].name;
+}
 
 function onGenModel() {
   const m = modelByName($("gen-model").value);

@@ -29,6 +29,7 @@ LM = "tiny-char-lstm"
 CLS = "tiny-sentiment-lstm"
 # a language model whose manifest asks for other sampling defaults than LM's
 OTHER_LM = "tiny-char-gru"
+OTHER_CLS = "tiny-sentiment-gru"  # before CLS in the list
 OTHER_SAMPLING = {"temperature": 0.5, "top_k": 7, "top_p": 0.9, "max_tokens": 60}
 
 
@@ -41,6 +42,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data = json.loads(manifest.read_text())
     data["sampling"] |= OTHER_SAMPLING
     manifest.write_text(json.dumps(data))
+    # the live sentiment box defaults to the classifier trained on the shortest texts: give the
+    # second one in list order the shorter training texts
+    for name, max_len in ((CLS, 64), (OTHER_CLS, 400)):
+        manifest = models / name / "manifest.json"
+        data = json.loads(manifest.read_text())
+        data["training"].setdefault("config", {}).setdefault("data", {})["max_len"] = max_len
+        manifest.write_text(json.dumps(data))
     settings = Settings(models_dir=models, max_wait_ms=1.0, max_tokens_limit=200_000)
     app = create_app(settings, registry=load_registry(models), configure_logs=False)
     with serve_in_thread(app) as addr:
@@ -128,6 +136,12 @@ def _expected(server: str, text: str) -> dict[str, Any]:
         f"{server}/v1/models/{CLS}/predict", json={"inputs": [text]}
     ).json()["outputs"][0]
     return out
+
+
+def test_the_sentiment_box_defaults_to_the_short_text_classifier(page: Any) -> None:
+    expect(page.locator("#sent-model")).to_have_value(CLS)
+    names = page.locator("#sent-model option").evaluate_all("os => os.map(o => o.value)")
+    assert names.index(OTHER_CLS) < names.index(CLS)  # not merely the first one
 
 
 def test_sentiment_follows_typing_through_a_session(page: Any, server: str, shots: Path) -> None:
