@@ -13,7 +13,7 @@ from starlette.requests import HTTPConnection
 
 from service.engine.client import EngineClient
 from service.metrics import Metrics
-from service.security import owner_of
+from service.middleware.auth import owner_of
 from service.settings import Settings
 
 
@@ -30,6 +30,6 @@ async def get_services(conn: HTTPConnection) -> Services:
 
 
 async def get_owner(conn: HTTPConnection) -> str | None:
-    """The caller's key scope: the API key's owner name (`service.security`); None with keys
+    """The caller's key scope: the API key's owner name (`service.middleware.auth`); None with keys
     off (every caller is the anonymous owner)."""
     return owner_of(conn)

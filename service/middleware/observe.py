@@ -1,0 +1,76 @@
+"""Request ids, request metrics by route template and status, one access log line per request."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.deps import Services
+from service.logging import get_logger, request_id
+
+log = get_logger("app")
+
+
+class ObserveMiddleware:
+    """Request id, metrics by route template and status, one access log line (no bodies).
+
+    Pure ASGI (not BaseHTTPMiddleware): cheap, and transparent to streaming and cancellation.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = _request_id(scope)
+        token = request_id.set(rid)
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            dt = time.perf_counter() - t0
+            route = str(getattr(scope.get("route"), "path", "unmatched"))  # set by the router
+            services: Services | None = getattr(scope["app"].state, "services", None)
+            if services is not None:
+                services.metrics.requests.labels(route, scope["method"], str(status)).inc()
+                services.metrics.request_latency.labels(route, scope["method"]).observe(dt)
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "ms": round(dt * 1e3, 2),
+                },
+            )
+            request_id.reset(token)
+
+
+# request ids: a random per-process prefix (64 bits: distinct across replicas and restarts) and
+# a counter. Unique like uuid4 for log correlation at a tenth of its cost (one os.urandom
+# syscall each); never used as a secret.
+_RID_PREFIX = secrets.token_hex(8)
+_rid_counter = itertools.count(1)
+
+
+def _request_id(scope: Scope) -> str:
+    for k, v in scope.get("headers", []):
+        if k == b"x-request-id":
+            rid: str = bytes(v).decode("latin-1")[:64]
+            if rid.isprintable():
+                return rid
+    return f"{_RID_PREFIX}{next(_rid_counter):08x}"
