@@ -177,7 +177,14 @@ class Engine:
     async def predict(self, name: str, inputs: list[str], top_k: int) -> list[Output | None]:
         m = self.model(name)
         encoded = [m.view.encode_full(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
-        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in encoded))
+        return await self.predict_ids(name, encoded, top_k)
+
+    async def predict_ids(
+        self, name: str, rows: list[list[int]], top_k: int
+    ) -> list[Output | None]:
+        """`predict` on texts already tokenized (an API worker tokenizes them)."""
+        m = self.model(name)
+        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
         return [self.output(m, logits, top_k) for logits, _ in done]
 
     async def logits(self, name: str, rows: list[list[int]]) -> np.ndarray:

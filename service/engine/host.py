@@ -125,6 +125,8 @@ class EngineHost:
                 return catalog_info(c)
             case wire.Predict(model, inputs, top_k):
                 return wire.Outputs(await c.predict(model, inputs, top_k))
+            case wire.PredictIds(model, rows, top_k):
+                return wire.Outputs(await c.engine.predict_ids(model, rows, top_k))
             case wire.Logits(model, rows):
                 return wire.TensorValue(wire.Tensor.of(await c.logits(model, rows)))
             case wire.CreateSession(model, sid, ttl_s, state, owner):

@@ -277,7 +277,10 @@ class RemoteClient:
 
     # -- EngineClient
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
-        out: wire.Outputs = await self._unary(wire.Predict(model, inputs, top_k))
+        # tokenized here, in the worker: the engine process only runs the model
+        m = self.catalog.get(model)
+        rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
+        out: wire.Outputs = await self._unary(wire.PredictIds(model, rows, top_k))
         return out.outputs
 
     async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:

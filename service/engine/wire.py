@@ -58,6 +58,14 @@ class Predict(Message, frozen=True, tag="predict"):
     top_k: int
 
 
+class PredictIds(Message, frozen=True, tag="predict_ids"):
+    """`Predict` on texts the worker tokenized (the engine only runs the model)."""
+
+    model: str
+    rows: list[list[int]]
+    top_k: int
+
+
 class Logits(Message, frozen=True, tag="logits"):
     model: str
     rows: list[list[int]]
@@ -130,6 +138,7 @@ class LiveSessions(Message, frozen=True, tag="live_sessions"):
 Operation = (
     Hello
     | Predict
+    | PredictIds
     | Logits
     | Generate
     | CreateSession
