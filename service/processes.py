@@ -141,18 +141,25 @@ class Supervisor:
         engine = self.ctx.Process(
             target=engine_main, args=(self.dump, self.address, child), name="rnnserve-engine"
         )
+        t0 = time.monotonic()
+        sock = _bind(s.host, s.port)  # a port in use fails here, before anything started
         engine.start()
         child.close()
-        t0 = time.monotonic()
-        while not parent.poll(0.1):
+        # the workers start with the engine (their imports overlap its model loading); each
+        # connects at once and waits for the engine's answer before it accepts connections
+        self.workers = [self._spawn(sock) for _ in range(s.workers)]
+        while not parent.poll(0.05):
             if not engine.is_alive() or self.stopping:
                 log.error("engine did not start", extra={"exitcode": engine.exitcode})
                 engine.terminate()
-                return 1
+                self.stopping = True
+                break
+        if self.stopping:
+            self._stop_workers()
+            sock.close()
+            return 1
         parent.recv()
         log.info("engine ready", extra={"pid": engine.pid, "s": round(time.monotonic() - t0, 2)})
-        sock = _bind(s.host, s.port)
-        self.workers = [self._spawn(sock) for _ in range(s.workers)]
         code = 0
         while not self.stopping:
             time.sleep(0.1)
@@ -170,15 +177,7 @@ class Supervisor:
                         parent.send(("forget", w.pid))
                     self.workers[i] = self._spawn(sock)
         # drain: the workers finish their requests, then the engine closes
-        for w in self.workers:
-            if w.is_alive() and w.pid is not None:
-                os.kill(w.pid, signal.SIGTERM)
-        deadline = time.monotonic() + s.shutdown_timeout_s + 5
-        for w in self.workers:
-            w.join(max(0.1, deadline - time.monotonic()))
-            if w.is_alive():
-                w.kill()
-                w.join()
+        self._stop_workers()
         if engine.is_alive():
             with contextlib.suppress(OSError):
                 parent.send(("stop", 0))
@@ -188,6 +187,17 @@ class Supervisor:
                 engine.join()
         sock.close()
         return code
+
+    def _stop_workers(self) -> None:
+        for w in self.workers:
+            if w.is_alive() and w.pid is not None:
+                os.kill(w.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s + 5
+        for w in self.workers:
+            w.join(max(0.1, deadline - time.monotonic()))
+            if w.is_alive():
+                w.kill()
+                w.join()
 
     def _spawn(self, sock: socket.socket) -> BaseProcess:
         w = self.ctx.Process(

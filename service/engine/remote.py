@@ -172,7 +172,7 @@ class RemoteClient:
         self._reader: asyncio.Task[None] | None = None
         self.catalog = Catalog()
 
-    async def connect(self, timeout_s: float = 60.0) -> None:
+    async def connect(self, timeout_s: float = 300.0) -> None:
         self._reader = asyncio.create_task(self._read())
         info = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
         if not isinstance(info, wire.CatalogInfo) or info.wire_version != wire.WIRE_VERSION:
