@@ -35,6 +35,11 @@ class EngineHost:
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a worker gone: drop its frames
+        # no high-water mark: at the default (1000 frames) a ROUTER silently DROPS frames for a
+        # worker that is behind, and a stream whose end was dropped never ends (found by the
+        # 256-stream bench). Memory stays bounded by the workers' per-stream backlog bound.
+        self._sock.setsockopt(zmq.SNDHWM, 0)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.bind(address)
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
 

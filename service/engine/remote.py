@@ -163,6 +163,8 @@ class RemoteClient:
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block a call (host.py says why)
+        self._sock.setsockopt(zmq.RCVHWM, 0)
         # the engine knows a worker by this id (the supervisor names a dead worker by its pid)
         self._sock.setsockopt(zmq.IDENTITY, worker_identity(os.getpid()))
         self._sock.connect(address)
