@@ -113,7 +113,11 @@ def worker_main(settings: dict[str, Any], sock: socket.socket, address: str) -> 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.ctx = multiprocessing.get_context("spawn")
+        # forkserver: one server process imports the service once (after the metrics folder is
+        # in the environment), and every engine and worker process is forked from it: start-up
+        # does not pay each process's imports, and the processes share those pages (PSS)
+        self.ctx = multiprocessing.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["service.app", "service.engine.host", "uvicorn"])
         self.dir = Path(tempfile.mkdtemp(prefix="rnnserve-"))
         self.address = f"ipc://{self.dir / 'engine.sock'}"
         self.workers: list[BaseProcess] = []

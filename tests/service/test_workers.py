@@ -53,13 +53,19 @@ class Cluster:
         return next(int(str(r["pid"])) for r in self.lines() if r.get("msg") == "engine ready")
 
     def worker_pids(self) -> set[int]:
-        kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        out = set()
-        for k in map(int, kids):
-            cmd = Path(f"/proc/{k}/cmdline").read_bytes()
-            if b"resource_tracker" not in cmd and k != self.engine_pid():
-                out.add(k)
-        return out
+        """The API workers: forked, like the engine, from multiprocessing's fork server (a child
+        of the supervisor, beside its resource tracker)."""
+
+        def kids(pid: int) -> list[int]:
+            try:
+                return [
+                    int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                ]
+            except OSError:
+                return []
+
+        engine = self.engine_pid()
+        return {w for helper in kids(self.proc.pid) for w in kids(helper) if w != engine}
 
 
 def _start(tmp: Path, workers: int = 2) -> Cluster:
