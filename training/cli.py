@@ -19,7 +19,7 @@ SHIPPED = ("sentiment-lstm", "sentiment-sst2", "sentiment-gru", "char-lstm", "ch
 # a shipped model fine-tuned from a run that is not shipped: that run is trained first
 PRETRAIN = {"sentiment-sst2": "imdb-pretrain"}
 INT8_SHIPPED = ("sentiment-lstm", "char-lstm")
-FP16_SHIPPED = ("char-lstm",)  # one fp16 variant, for GPUs: models/ stays under ~25 MB
+FP16_SHIPPED = ("char-lstm",)  # one fp16 variant, for GPUs (each variant adds to models/)
 
 
 def _need_torch() -> None:
