@@ -57,6 +57,19 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK
 
 
+def cpu_by_name(pids: Sequence[int]) -> dict[str, float]:
+    """`cpu_seconds` per kernel process name (/proc/PID/comm): rnnserve names its engine and
+    worker processes, so a run can say where the CPU went."""
+    out: dict[str, float] = {}
+    for p in pids:
+        try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + cpu_seconds([p])
+    return out
+
+
 def pss_bytes(pids: Sequence[int]) -> int:
     total = 0
     for p in pids:

@@ -30,7 +30,7 @@ from typing import Any
 from bench import loadgen, model, targets
 from bench.__main__ import imdb_texts, machine
 from bench.genclient import run as gen_run
-from bench.procs import Server, free_port
+from bench.procs import Server, cpu_by_name, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
@@ -63,9 +63,13 @@ def rnnserve(m: targets.Models, workers: int) -> Server:
 
 def wrk(srv: Server, prefix: Path, seconds: float, warm: float) -> dict[str, Any]:
     loadgen.run_wrk(srv.base, prefix, 32, warm)
-    cpu0, t0 = srv.cpu(), time.perf_counter()
+    cpu0, by0, t0 = srv.cpu(), cpu_by_name(srv.pids()), time.perf_counter()
     res = loadgen.run_wrk(srv.base, prefix, 32, seconds).as_dict()
-    res["server_cpu"] = (srv.cpu() - cpu0) / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    res["server_cpu"] = (srv.cpu() - cpu0) / wall
+    # cores per process role (the engine, the workers together, the supervisor/fork server)
+    by1 = cpu_by_name(srv.pids())
+    res["cpu_by_process"] = {k: round((v - by0.get(k, 0.0)) / wall, 3) for k, v in by1.items()}
     return res
 
 
@@ -73,6 +77,7 @@ def streams(srv: Server, m: targets.Models, n: int, seconds: float, warm: float)
     body = {"prompt": "ROMEO:", "max_tokens": 200, "stream": True, "temperature": 1.0}
     port = int(srv.base.rsplit(":", 1)[1])
     srv.wait_idle()
+    by0, t0 = cpu_by_name(srv.pids()), time.perf_counter()
     r = gen_run(
         "127.0.0.1",
         port,
@@ -83,6 +88,9 @@ def streams(srv: Server, m: targets.Models, n: int, seconds: float, warm: float)
         seconds,
         str(OUT / f"gen-{srv.name}-{n}"),
     )
+    wall, by1 = time.perf_counter() - t0, cpu_by_name(srv.pids())
+    # cores per process role over the whole run (its warm-up included)
+    r["cpu_by_process"] = {k: round((v - by0.get(k, 0.0)) / wall, 3) for k, v in by1.items()}
     return r
 
 
@@ -220,7 +228,27 @@ def table(res: dict[str, Any]) -> str:
             f"{r['gen64']['itl_p99_ms']:.2f} | {r['gen1']['ttft_p50_ms']:.1f} / "
             f"{r['gen1']['itl_p50_ms']:.2f} |"
         )
+    lines += [
+        "",
+        "Server cores by process (kernel name; `python` = the supervisor and its fork server, or "
+        "the one process at 0 workers):",
+        "",
+        "| workers | step: engine / workers / other | classify | 256 streams |",
+        "|---:|---|---|---|",
+    ]
+    for w, r in res["rnnserve"].items():
+        cells = [_split(r[k].get("cpu_by_process", {})) for k in ("step", "classify", "gen256")]
+        lines.append(f"| {w} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _split(by: dict[str, float]) -> str:
+    if not by:
+        return "–"
+    eng = by.get("rnnserve-engine", 0.0)
+    wrk = by.get("rnnserve-worker", 0.0)
+    rest = sum(by.values()) - eng - wrk
+    return f"{eng:.2f} / {wrk:.2f} / {rest:.2f}"
 
 
 if __name__ == "__main__":

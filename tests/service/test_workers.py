@@ -210,6 +210,17 @@ def test_v2_sequences_are_sessions_in_the_engine(cluster: Cluster) -> None:
     np.testing.assert_allclose(last, whole, atol=1e-5)
 
 
+def test_processes_carry_their_role_in_the_kernel_name(cluster: Cluster) -> None:
+    """`ps`/`top` (and bench/workers.py's CPU split) tell the engine from the workers."""
+
+    def comm(pid: int) -> str:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+
+    assert comm(cluster.engine_pid()) == "rnnserve-engine"
+    workers = cluster.worker_pids()
+    assert len(workers) == 2 and {comm(p) for p in workers} == {"rnnserve-worker"}
+
+
 def _count(text: str, name: str, **labels: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
