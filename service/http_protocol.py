@@ -1,4 +1,5 @@
-"""uvicorn's h11 protocol with two guards its options do not offer.
+"""uvicorn's HTTP protocols (httptools, the default when installed, or h11) with guards its
+options do not offer.
 
 * A header deadline: a connection must deliver a request's headers within `header_timeout_s`
   of connecting (or of the first byte of a later request on a kept-alive connection), or it is
@@ -9,16 +10,18 @@
   what the client never reads, so the socket stayed open until the client closed it.
 * A flush deadline: a response that is complete but still unsent after `flush_timeout_s` (the
   client stopped reading: a stream that ended `client_too_slow`, say) aborts the connection.
+
+The guards are one mixin over both of uvicorn's parsers. httptools (C, llhttp) is the default:
+the session step spends most of its server CPU in HTTP handling, and the pure-Python h11 parser
+costs more per request (docs/benchmarks.md); `RNNSERVE_HTTP=h11` keeps h11 available.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.server import ServerState
 
 from service.logging import get_logger
 
@@ -26,33 +29,31 @@ log = get_logger("http")
 ABORT = "rnnserve.abort"
 
 
-class GuardedH11Protocol(H11Protocol):
+class _Guards:
+    """The deadlines and the abort, for a uvicorn HTTP protocol class (mixed in first)."""
+
     header_timeout_s = 10.0  # both set by `protocol_for`
     flush_timeout_s = 10.0
+    # provided by the uvicorn protocol this is mixed into
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    cycle: Any
 
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._flush_timer: asyncio.TimerHandle | None = None
+    _header_timer: asyncio.TimerHandle | None = None
+    _flush_timer: asyncio.TimerHandle | None = None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if self._flush_timer is None and self.transport.get_write_buffer_size() > 0:
             self._flush_timer = self.loop.call_later(self.flush_timeout_s, self._flush_timeout)
 
@@ -69,23 +70,16 @@ class GuardedH11Protocol(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self._header_timer is None and self._between_requests():
             self._arm()  # the first byte of a new request on a kept-alive connection
-        super().data_received(data)
+        super().data_received(data)  # type: ignore[misc]
 
-    def handle_events(self) -> None:
-        before = self.cycle
-        super().handle_events()
-        cycle = self.cycle
-        if cycle is not None and cycle is not before:  # a request's headers are in
-            self._disarm()
-            extensions: dict[str, Any] = cycle.scope.setdefault("extensions", {})
-            extensions[ABORT] = self.transport.abort
-
-    def handle_websocket_upgrade(self, event: Any) -> None:
-        self._disarm()  # the WebSocket protocol owns the connection from here
-        super().handle_websocket_upgrade(event)
+    def _headers_in(self) -> None:
+        """A request's headers are in: the header deadline is met, and the app gets the abort."""
+        self._disarm()
+        extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
+        extensions[ABORT] = self.transport.abort
 
     def _between_requests(self) -> bool:
-        return self.cycle is None or self.cycle.response_complete
+        return self.cycle is None or bool(self.cycle.response_complete)
 
     def _arm(self) -> None:
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
@@ -105,7 +99,49 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.abort()
 
 
-def protocol_for(header_timeout_s: float, flush_timeout_s: float) -> type[GuardedH11Protocol]:
-    """The protocol class for uvicorn's `http=`, with this server's deadlines."""
+class GuardedH11Protocol(_Guards, H11Protocol):
+    def handle_events(self) -> None:
+        before = self.cycle
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not before:
+            self._headers_in()
+
+    def handle_websocket_upgrade(self, event: Any) -> None:
+        self._disarm()  # the WebSocket protocol owns the connection from here
+        super().handle_websocket_upgrade(event)
+
+
+def _httptools_class() -> type[asyncio.Protocol] | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed (uvicorn without [standard])
+        return None
+
+    class GuardedHttpToolsProtocol(_Guards, HttpToolsProtocol):
+        def on_headers_complete(self) -> None:
+            before = self.cycle
+            super().on_headers_complete()
+            if self.cycle is not None and self.cycle is not before:  # not an upgrade
+                self._headers_in()
+
+        def handle_websocket_upgrade(self) -> None:
+            self._disarm()  # the WebSocket protocol owns the connection from here
+            super().handle_websocket_upgrade()
+
+    return GuardedHttpToolsProtocol
+
+
+HttpImpl = Literal["auto", "httptools", "h11"]
+
+
+def protocol_for(
+    header_timeout_s: float, flush_timeout_s: float, impl: HttpImpl = "auto"
+) -> type[asyncio.Protocol]:
+    """The protocol class for uvicorn's `http=`, with this server's deadlines: httptools when
+    installed (`auto`), else h11."""
+    tools = _httptools_class() if impl != "h11" else None
+    if tools is None and impl == "httptools":
+        raise RuntimeError("RNNSERVE_HTTP=httptools but httptools is not installed")
+    base = tools or GuardedH11Protocol
     deadlines = {"header_timeout_s": header_timeout_s, "flush_timeout_s": flush_timeout_s}
-    return type("GuardedH11", (GuardedH11Protocol,), deadlines)
+    return type(base.__name__, (base,), deadlines)

@@ -59,7 +59,8 @@ def run_app(app: Any, settings: Settings, sockets: list[socket.socket] | None = 
         access_log=False,  # the app logs one line per request itself, with its request id
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
         lifespan="on",
-        # h11 with deadlines for a request's headers and a response's last bytes, and an abort
-        http=protocol_for(settings.header_timeout_s, settings.send_timeout_s),
+        # httptools (or h11) with deadlines for a request's headers and a response's last
+        # bytes, and an abort
+        http=protocol_for(settings.header_timeout_s, settings.send_timeout_s, settings.http),
     )
     _Server(config).run(sockets=sockets)

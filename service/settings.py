@@ -197,3 +197,9 @@ class Settings(BaseSettings):
         description="A client that does not take a response or stream frame (or WebSocket "
         "message) within this is dropped: its work is cancelled and its slot freed.",
     )
+    http: Literal["auto", "httptools", "h11"] = Field(
+        "auto",
+        description="uvicorn's HTTP/1.1 parser, both with the header and flush deadlines: "
+        "`httptools` (C; `auto` picks it when installed, as uvicorn[standard] does) or `h11` "
+        "(pure Python, slower per request).",
+    )

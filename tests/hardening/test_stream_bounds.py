@@ -28,10 +28,14 @@ SEND_TIMEOUT_S = 2.0
 OPEN_STREAMS = 40
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """Both of uvicorn's HTTP parsers carry the same guards (service/http_protocol.py)."""
     with server_process(
         tmp_path_factory.mktemp("streams"),
+        RNNSERVE_HTTP=request.param,
         RNNSERVE_MAX_TOKENS_LIMIT=str(LONG),
         RNNSERVE_SEND_TIMEOUT_S=str(SEND_TIMEOUT_S),
         RNNSERVE_HEADER_TIMEOUT_S="1",
