@@ -15,7 +15,14 @@ import typer
 
 from training.config import ConfigError, load_config
 
-SHIPPED = ("sentiment-lstm", "sentiment-sst2", "sentiment-gru", "char-lstm", "char-gru")
+SHIPPED = (
+    "sentiment-lstm",
+    "sentiment-lstm-large",
+    "sentiment-sst2",
+    "sentiment-gru",
+    "char-lstm",
+    "char-gru",
+)
 # a shipped model fine-tuned from a run that is not shipped: that run is trained first
 PRETRAIN = {"sentiment-sst2": "imdb-pretrain"}
 INT8_SHIPPED = ("sentiment-lstm", "char-lstm")
