@@ -117,10 +117,13 @@ def classify_round(s: Server, m: targets.Models, texts: list[str], secs: float) 
 def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, float]:
     a = [r["A"][key] for r in rounds]
     b = [r["B"][key] for r in rounds]
+    # a round where A measured 0 (an ITL p50 of 0: tokens that arrived together) has no ratio;
+    # when no round has one the ratio is NaN, not a crash
+    ratios = [y / x for x, y in zip(a, b, strict=True) if x]
     return {
         "A": statistics.median(a),
         "B": statistics.median(b),
-        "B/A": statistics.median(y / x for x, y in zip(a, b, strict=True) if x),
+        "B/A": statistics.median(ratios) if ratios else float("nan"),
     }
 
 

@@ -204,32 +204,35 @@ class RemoteClient:
     # -- plumbing
     async def _read(self) -> None:
         while True:
-            raw = await self._sock.recv()
-            frame = wire.decoder.decode(raw)
-            if isinstance(frame, wire.Opened):
-                gen = self._streams.get(frame.rid)
-                if gen is not None and not gen.opened.done():
-                    gen.opened.set_result(None)
-            elif isinstance(frame, wire.Tokens):
-                gen = self._streams.get(frame.rid)
-                if gen is not None:
-                    gen._tokens(frame.tokens)
-            elif isinstance(frame, wire.Result | wire.Failed):
-                value: Any = (
-                    frame.value if isinstance(frame, wire.Result) else wire.raise_error(frame.error)
-                )
-                if isinstance(value, wire.Generated):
-                    value = value.result
-                gen = self._streams.get(frame.rid)
-                if gen is not None:
-                    gen._end(value)
-                    continue
-                fut = self._calls.pop(frame.rid, None)
-                if fut is not None and not fut.done():
-                    if isinstance(value, BaseException):
-                        fut.set_exception(value)
-                    else:
-                        fut.set_result(value)
+            # one message holds every frame the engine had ready for this worker (host.py)
+            for raw in await self._sock.recv_multipart():
+                self._dispatch(wire.decoder.decode(raw))
+
+    def _dispatch(self, frame: wire.Frame) -> None:
+        if isinstance(frame, wire.Opened):
+            gen = self._streams.get(frame.rid)
+            if gen is not None and not gen.opened.done():
+                gen.opened.set_result(None)
+        elif isinstance(frame, wire.Tokens):
+            gen = self._streams.get(frame.rid)
+            if gen is not None:
+                gen._tokens(frame.tokens)
+        elif isinstance(frame, wire.Result | wire.Failed):
+            value: Any = (
+                frame.value if isinstance(frame, wire.Result) else wire.raise_error(frame.error)
+            )
+            if isinstance(value, wire.Generated):
+                value = value.result
+            gen = self._streams.get(frame.rid)
+            if gen is not None:
+                gen._end(value)
+                return
+            fut = self._calls.pop(frame.rid, None)
+            if fut is not None and not fut.done():
+                if isinstance(value, BaseException):
+                    fut.set_exception(value)
+                else:
+                    fut.set_result(value)
 
     def _fail_all(self, e: ServiceError) -> None:
         for fut in self._calls.values():

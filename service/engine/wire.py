@@ -28,7 +28,7 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2  # 2: a message from the engine may carry several frames
 
 
 class Tensor(Message, frozen=True):
