@@ -146,3 +146,24 @@ def test_compare_writes_table_and_overlay(tmp_path: Path) -> None:
 def test_data_download_unknown_name() -> None:
     res = runner.invoke(train_app, ["data", "download", "mnist", "--to", "/tmp/x"])
     assert res.exit_code == 1 and "unknown dataset" in res.output
+
+
+@needs_data
+def test_reproduce_trains_a_pretrained_model_and_exports_each(tmp_path: Path) -> None:
+    """`rnnserve reproduce` at smoke size: sentiment-sst2 gets its pretraining run first (and
+    starts from it), and every model lands in --models as a servable artifact."""
+    pytest.importorskip("torch")
+    runs, models = tmp_path / "runs", tmp_path / "models"
+    smoke = ["train.max_steps=2", "train.eval_every=2", "data.limit=200", "train.epochs=1"]
+    args = ["reproduce", "--only", "sentiment-sst2,sentiment-lstm-large"]
+    args += ["--runs", str(runs), "--models", str(models)]
+    for s in smoke:
+        args += ["--set", s]
+    res = runner.invoke(train_app, args)
+    assert res.exit_code == 0, res.output
+    assert (runs / "imdb-pretrain" / "checkpoint.pt").is_file()
+    config = (runs / "sentiment-sst2" / "config.toml").read_text()
+    assert f'init_from = "{runs / "imdb-pretrain"}"' in config, config
+    for name in ("sentiment-sst2", "sentiment-lstm-large"):
+        manifest = json.loads((models / name / "manifest.json").read_text())
+        assert manifest["name"] == name and (models / name / "model.onnx").is_file()
