@@ -65,12 +65,16 @@ def wrk(srv: Server, prefix: Path, seconds: float, warm: float) -> dict[str, Any
     loadgen.run_wrk(srv.base, prefix, 32, warm)
     cpu0, by0, t0 = srv.cpu(), cpu_by_name(srv.pids()), time.perf_counter()
     res = loadgen.run_wrk(srv.base, prefix, 32, seconds).as_dict()
-    wall = time.perf_counter() - t0
-    res["server_cpu"] = (srv.cpu() - cpu0) / wall
-    # cores per process role (the engine, the workers together, the supervisor/fork server)
-    by1 = cpu_by_name(srv.pids())
-    res["cpu_by_process"] = {k: round((v - by0.get(k, 0.0)) / wall, 3) for k, v in by1.items()}
+    res["server_cpu"] = (srv.cpu() - cpu0) / (time.perf_counter() - t0)
+    res["cpu_by_process"] = cores_since(srv, by0, t0)
     return res
+
+
+def cores_since(srv: Server, by0: dict[str, float], t0: float) -> dict[str, float]:
+    """Cores each process role used since `by0` was read at `t0` (the engine, the workers
+    together, the supervisor and its fork server)."""
+    wall, by1 = time.perf_counter() - t0, cpu_by_name(srv.pids())
+    return {k: round((v - by0.get(k, 0.0)) / wall, 3) for k, v in by1.items()}
 
 
 def streams(srv: Server, m: targets.Models, n: int, seconds: float, warm: float) -> dict[str, Any]:
@@ -88,9 +92,7 @@ def streams(srv: Server, m: targets.Models, n: int, seconds: float, warm: float)
         seconds,
         str(OUT / f"gen-{srv.name}-{n}"),
     )
-    wall, by1 = time.perf_counter() - t0, cpu_by_name(srv.pids())
-    # cores per process role over the whole run (its warm-up included)
-    r["cpu_by_process"] = {k: round((v - by0.get(k, 0.0)) / wall, 3) for k, v in by1.items()}
+    r["cpu_by_process"] = cores_since(srv, by0, t0)  # over the whole run, warm-up included
     return r
 
 

@@ -88,9 +88,6 @@ class EngineHost:
         self._sock.close(linger=0)
         self._ctx.term()
 
-    async def _send(self, ident: bytes, frame: wire.Frame) -> None:
-        self._post(ident, frame)
-
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
         self._outbox.setdefault(ident, []).append(wire.encoder.encode(frame))
         if not self._flush_due:
@@ -114,11 +111,11 @@ class EngineHost:
             if isinstance(op, wire.STREAMING):
                 await self._stream(ident, rid, op)
             else:
-                await self._send(ident, wire.Result(rid, await self._call(op)))
+                self._post(ident, wire.Result(rid, await self._call(op)))
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            await self._send(ident, wire.Failed(rid, wire.error_info(e)))
+            self._post(ident, wire.Failed(rid, wire.error_info(e)))
 
     async def _stream(
         self, ident: bytes, rid: int, op: wire.Generate | wire.SessionGenerate
@@ -131,7 +128,7 @@ class EngineHost:
                 op.session_id, op.params, op.expected_version, op.key, op.owner
             )
         try:
-            await self._send(ident, wire.Opened(rid))
+            self._post(ident, wire.Opened(rid))
             # each token carries its own logprobs; the worker rebuilds a result's list from them
             async for batch in gen.batches(keep_logprobs=False):
                 tokens: list[wire.Token] = []
@@ -142,9 +139,9 @@ class EngineHost:
                     else:
                         tokens.append(wire.Token(ev.text, ev.token_id, ev.index, ev.logprob))
                 if tokens:
-                    await self._send(ident, wire.Tokens(rid, tokens))
+                    self._post(ident, wire.Tokens(rid, tokens))
                 if done is not None:
-                    await self._send(ident, wire.Result(rid, wire.Generated(done.result)))
+                    self._post(ident, wire.Result(rid, wire.Generated(done.result)))
         finally:
             await gen.aclose()
 
