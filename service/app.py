@@ -25,6 +25,7 @@ from service.engine.remote import RemoteClient
 from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
+from service.engine.stream_slots import StreamSlots
 from service.keys import Keys, reload_on_sighup
 from service.logging import configure_logging, get_logger
 from service.metrics import Metrics
@@ -196,7 +197,8 @@ async def running_engine(
     sweeper = asyncio.create_task(_sweep(st))
     log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
     try:
-        yield InProcessClient(engine, svc, st)
+        slots = StreamSlots(settings.max_open_streams, settings.max_streams_per_key)
+        yield InProcessClient(engine, svc, st, slots)
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -109,6 +109,15 @@ class Overloaded(ServiceError):
         super().__init__(message, code=code, headers={"Retry-After": str(retry_after_s)})
 
 
+class StreamLimit(ServiceError):
+    """The caller's API key has `max_streams_per_key` streams open."""
+
+    status, code = 429, "stream_limit"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Retry-After": "1"})
+
+
 class StoreUnavailable(Overloaded):
     code = "store_unavailable"
 

@@ -29,8 +29,9 @@ from service.engine.protocol import (
 from service.engine.session_ops import SessionService
 from service.engine.sessions import SessionStore
 from service.engine.stream import TokenEvent
+from service.engine.stream_slots import StreamSlots
 
-__all__ = ["EngineClient", "GenerationStream", "InProcessClient", "TokenEvent"]
+__all__ = ["EngineClient", "GenerationStream", "InProcessClient", "StreamHold", "TokenEvent"]
 
 
 class GenerationStream(Protocol):
@@ -49,8 +50,19 @@ class GenerationStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StreamHold(Protocol):
+    """A stream slot, held until `release()` (exactly once; it never waits)."""
+
+    def release(self) -> None: ...
+
+
 class EngineClient(Protocol):
     catalog: Catalog
+
+    # -- admission
+    async def hold_stream(self, owner: str | None) -> StreamHold:
+        """A slot for one stream (`stream_slots.py`), or `Overloaded` / `StreamLimit`."""
+        ...
 
     # -- stateless
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]: ...
@@ -117,9 +129,15 @@ class EngineClient(Protocol):
 class InProcessClient:
     """`EngineClient` over an engine in this process: plain calls, no copies."""
 
-    def __init__(self, engine: Engine, sessions: SessionService, store: SessionStore) -> None:
-        self.engine, self.sessions, self.store = engine, sessions, store
+    def __init__(
+        self, engine: Engine, sessions: SessionService, store: SessionStore, slots: StreamSlots
+    ) -> None:
+        self.engine, self.sessions, self.store, self.slots = engine, sessions, store, slots
         self.catalog = engine.registry.catalog()
+
+    async def hold_stream(self, owner: str | None) -> LocalHold:
+        self.slots.acquire(owner)
+        return LocalHold(self.slots, owner)
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         return await self.engine.predict(model, inputs, top_k)
@@ -188,3 +206,16 @@ class InProcessClient:
 
     async def live_sessions(self) -> int:
         return await self.store.count()
+
+
+class LocalHold:
+    __slots__ = ("_owner", "_slots")
+
+    def __init__(self, slots: StreamSlots, owner: str | None) -> None:
+        self._slots: StreamSlots | None = slots
+        self._owner = owner
+
+    def release(self) -> None:
+        if self._slots is not None:
+            self._slots.release(self._owner)
+            self._slots = None

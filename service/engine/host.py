@@ -5,7 +5,8 @@ Each call runs as its own task; a stream forwards every batch of tokens the engi
 one `Tokens` frame, then its `Result` or `Failed`. Frames for one worker that are ready in the
 same loop iteration leave as one multipart message. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
-and nothing is committed. A worker that dies cannot say so: the supervisor does
+and nothing is committed. A stream slot (`wire.HoldStream`) is a call that runs until the worker
+cancels it. A worker that dies cannot say so: the supervisor does
 (`forget_worker`), and its calls are cancelled the same way.
 """
 
@@ -110,6 +111,8 @@ class EngineHost:
         try:
             if isinstance(op, wire.STREAMING):
                 await self._stream(ident, rid, op)
+            elif isinstance(op, wire.HoldStream):
+                await self._hold(ident, rid, op.owner)
             else:
                 self._post(ident, wire.Result(rid, await self._call(op)))
         except asyncio.CancelledError:
@@ -144,6 +147,14 @@ class EngineHost:
                     self._post(ident, wire.Result(rid, wire.Generated(done.result)))
         finally:
             await gen.aclose()
+
+    async def _hold(self, ident: bytes, rid: int, owner: str | None) -> None:
+        hold = await self.client.hold_stream(owner)
+        try:
+            self._post(ident, wire.Result(rid, wire.Empty()))
+            await asyncio.Future()  # until the worker's Cancel (or forget_worker)
+        finally:
+            hold.release()
 
     async def _call(self, op: Any) -> wire.Value:
         c = self.client

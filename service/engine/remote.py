@@ -154,6 +154,21 @@ class RemoteGeneration:
         self._client._streams.pop(self._rid, None)
 
 
+class RemoteHold:
+    """A stream slot held in the engine by the call `rid`; released by cancelling the call."""
+
+    __slots__ = ("_client", "_rid")
+
+    def __init__(self, client: RemoteClient, rid: int) -> None:
+        self._client: RemoteClient | None = client
+        self._rid = rid
+
+    def release(self) -> None:
+        if self._client is not None:
+            self._client._cancel(self._rid)
+            self._client = None
+
+
 class RemoteClient:
     """`EngineClient` over ZeroMQ. `await connect()` once (it fetches the catalog)."""
 
@@ -255,8 +270,8 @@ class RemoteClient:
         except OverflowError:  # the schemas bound every integer; this guards the wire itself
             raise InvalidInput("a number in the request is out of range") from None
 
-    async def _unary(self, op: wire.Operation) -> Any:
-        rid = next(self._ids)
+    async def _unary(self, op: wire.Operation, rid: int | None = None) -> Any:
+        rid = next(self._ids) if rid is None else rid
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
         try:
@@ -281,6 +296,11 @@ class RemoteClient:
         return gen
 
     # -- EngineClient
+    async def hold_stream(self, owner: str | None) -> RemoteHold:
+        rid = next(self._ids)
+        await self._unary(wire.HoldStream(owner), rid)
+        return RemoteHold(self, rid)
+
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         # tokenized here, in the worker: the engine process only runs the model
         m = self.catalog.get(model)

@@ -28,7 +28,7 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 2  # 2: a message from the engine may carry several frames
+WIRE_VERSION = 3  # 2: a message from the engine may carry several frames; 3: HoldStream
 
 
 class Tensor(Message, frozen=True):
@@ -135,6 +135,13 @@ class LiveSessions(Message, frozen=True, tag="live_sessions"):
     pass
 
 
+class HoldStream(Message, frozen=True, tag="hold_stream"):
+    """Take a stream slot (`stream_slots.py`): answered `Empty` once taken, and held until the
+    worker cancels the call (or dies: the engine then cancels its calls)."""
+
+    owner: str | None
+
+
 Operation = (
     Hello
     | Predict
@@ -150,6 +157,7 @@ Operation = (
     | ExportState
     | SequenceStep
     | LiveSessions
+    | HoldStream
 )
 STREAMING = (Generate, SessionGenerate)
 

@@ -12,9 +12,9 @@
   client never reads). The engine never waits on a consumer: a stream's unread events are
   bounded by `stream_buffer_bytes` (`client_too_slow` past it, see `engine/stream.py`).
 * **Concurrent streams**: generations (native and session generate, completions) and
-  WebSocket connections count against `max_open_streams` for the whole replica (503
-  `overloaded`, keys on or off) and `max_streams_per_key` for their owner (429 `stream_limit`,
-  Retry-After).
+  WebSocket connections hold a slot from the engine (`engine/stream_slots.py`), which counts
+  them for the whole replica, across all its workers: `max_open_streams` (503 `overloaded`,
+  keys on or off) and `max_streams_per_key` per owner (429 `stream_limit`, Retry-After).
 
 Errors are answered in the shape of the surface the path belongs to (`service/surfaces.py`).
 """
@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Overloaded, ServiceError
+from service.engine.client import EngineClient, StreamHold
+from service.errors import ServiceError
 from service.http_protocol import ABORT
 from service.logging import get_logger
 from service.settings import Settings
@@ -45,13 +45,6 @@ class PayloadTooLarge(ServiceError):
 
 class RequestTimeout(ServiceError):
     status, code = 504, "timeout"
-
-
-class StreamLimit(ServiceError):
-    status, code = 429, "stream_limit"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"Retry-After": "1"})
 
 
 class ClientStalled(Exception):
@@ -141,50 +134,33 @@ class SendWatch:
 
 
 class GuardMiddleware:
-    """Body size, request timeout, stalled clients, per-key streams (see the module doc)."""
+    """Body size, request timeout, stalled clients, stream caps (see the module doc)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.max_body = settings.max_body_bytes
         self.request_timeout = settings.request_timeout_s
         self.send_timeout = settings.send_timeout_s
-        self.max_streams = settings.max_streams_per_key
-        self.max_open_streams = settings.max_open_streams
-        self.open_streams = 0  # all callers together
         self.debug_bodies = settings.debug_log_bodies
-        self.streams: Counter[str] = Counter()  # owner -> open streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
-        stream = _is_stream(scope)
-        if stream and self.open_streams >= self.max_open_streams:
-            busy = Overloaded(
-                f"{self.max_open_streams} streams are open on this server "
-                "(RNNSERVE_MAX_OPEN_STREAMS); retry later"
-            )
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1013, "reason": busy.message})
-            else:
-                await send_error(scope, send, busy)
-            return
-        counted = owner is not None and stream
-        if counted:
-            assert owner is not None
-            if self.streams[owner] >= self.max_streams:
-                err = StreamLimit(
-                    f"this API key has {self.max_streams} streams open (the per-key limit)"
-                )
+        hold: StreamHold | None = None
+        if _is_stream(scope):
+            owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
+            client: EngineClient = scope["app"].state.services.client
+            try:
+                # the engine counts every worker's streams (engine/stream_slots.py)
+                hold = await client.hold_stream(owner)
+            except ServiceError as err:  # overloaded, stream_limit, engine_unavailable
                 if scope["type"] == "websocket":
                     await send({"type": "websocket.close", "code": 1013, "reason": err.message})
                 else:
                     await send_error(scope, send, err)
                 return
-            self.streams[owner] += 1
         watch = SendWatch(send, self.send_timeout)
-        self.open_streams += stream
         try:
             if scope["type"] == "http":
                 await self._http(scope, receive, watch)
@@ -197,13 +173,9 @@ class GuardMiddleware:
             if abort is not None:
                 abort()
         finally:
-            self.open_streams -= stream
             watch.close()
-            if counted:
-                assert owner is not None
-                self.streams[owner] -= 1
-                if self.streams[owner] <= 0:
-                    del self.streams[owner]
+            if hold is not None:
+                hold.release()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = _content_length(scope)

@@ -1,4 +1,4 @@
-"""The engine boundary (issue 14): the API layer reaches the engine only through
+"""The engine boundary (issue 14): the API layer (and its middlewares) reaches the engine only through
 `service.engine.client` (the `EngineClient` interface), `catalog` (model views) and `protocol`
 (the typed messages), and every message is frozen and crosses a process boundary intact."""
 
@@ -33,7 +33,11 @@ def _engine_imports(path: str) -> set[str]:
     return found
 
 
-API = sorted(str(f.relative_to(ROOT)) for f in (ROOT / "service" / "api").rglob("*.py"))
+API = sorted(
+    str(f.relative_to(ROOT))
+    for layer in ("api", "middleware")
+    for f in (ROOT / "service" / layer).rglob("*.py")
+)
 
 
 @pytest.mark.parametrize("path", API)

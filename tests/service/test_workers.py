@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -68,7 +69,7 @@ class Cluster:
         return {w for helper in kids(self.proc.pid) for w in kids(helper) if w != engine}
 
 
-def _start(tmp: Path, workers: int = 2) -> Cluster:
+def _start(tmp: Path, workers: int = 2, **settings: str) -> Cluster:
     port = free_port()
     log = tmp / f"cluster-{port}.log"
     env = {
@@ -79,6 +80,7 @@ def _start(tmp: Path, workers: int = 2) -> Cluster:
         "RNNSERVE_LOG_JSON": "true",
         "RNNSERVE_SHUTDOWN_TIMEOUT_S": "5",
         "RNNSERVE_MAX_TOKENS_LIMIT": str(LONG),
+        **{f"RNNSERVE_{k.upper()}": v for k, v in settings.items()},
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -297,6 +299,93 @@ def test_a_killed_worker_is_replaced_and_frees_what_its_stream_held(cluster: Clu
         r2 = h.post(f"/v1/sessions/{sid}/feed", json={"text": " x"})
         assert r2.status_code == 200 and r2.json()["version"] == 2, r2.text
         assert time.monotonic() - t0 < 5
+
+
+def _kill_every_worker(c: Cluster) -> None:
+    """SIGKILL each worker in turn, each time waiting for its replacement."""
+    for pid in sorted(c.worker_pids()):
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pid in c.worker_pids() or len(c.worker_pids()) < 2:
+            assert time.monotonic() < deadline, "the worker was not replaced"
+            time.sleep(0.1)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError), _fresh(c) as h:
+            if h.get("/readyz").status_code == 200:
+                return
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
+def test_stream_caps_count_every_workers_streams(tmp_path: Path) -> None:
+    """RNNSERVE_MAX_OPEN_STREAMS and RNNSERVE_MAX_STREAMS_PER_KEY hold for the server, not per
+    worker (each worker counting its own admitted up to N x each cap), and the slots of a
+    worker killed with SIGKILL come back."""
+    keys = {n: f"{n}-key-0123456789abcdef" for n in ("alice", "bob", "carol")}
+    c = _start(
+        tmp_path,
+        api_keys=",".join(f"{n}:{k}" for n, k in keys.items()),
+        max_open_streams="5",
+        max_streams_per_key="3",
+    )
+    addr = c.base.removeprefix("http://")
+    sids: dict[str, str] = {}
+    for name, key in keys.items():
+        with _fresh(c) as h:
+            r = h.post("/v1/sessions", json={"model": LM}, headers=_bearer(key))
+            sids[name] = r.json()["session_id"]
+
+    def refused(name: str) -> tuple[int, str]:
+        with _fresh(c) as h:
+            r = h.post(
+                f"/v1/sessions/{sids[name]}/generate",
+                json={"max_tokens": 3},
+                headers=_bearer(keys[name]),
+            )
+            return r.status_code, r.json()["error"]["code"] if r.status_code != 200 else ""
+
+    def hold(stack: contextlib.ExitStack, name: str) -> Any:
+        """A WebSocket connection: a stream slot from connect to close (each on a new TCP
+        connection, so the kernel spreads them over both workers)."""
+        url = f"ws://{addr}/v1/sessions/{sids[name]}/ws"
+        ws = stack.enter_context(connect(url, additional_headers=_bearer(keys[name])))
+        ws.send(json.dumps({"type": "reset"}))
+        assert json.loads(ws.recv())["type"] == "result"  # served: the slot is taken
+        return ws
+
+    try:
+        with contextlib.ExitStack() as first:
+            for _ in range(3):
+                hold(first, "alice")
+            # per worker, alice has 1-2 streams on each: a worker counting alone would admit
+            assert {refused("alice") for _ in range(6)} == {(429, "stream_limit")}
+            last = [hold(first, "bob") for _ in range(2)][-1]
+            assert {refused("carol") for _ in range(6)} == {(503, "overloaded")}
+            with _fresh(c) as h:  # not a stream: served
+                r = h.post(
+                    f"/v1/models/{CLS}/predict",
+                    json={"inputs": ["ok"]},
+                    headers=_bearer(keys["carol"]),
+                )
+                assert r.status_code == 200
+            last.close()  # a slot back: carol's JSON generate is served
+            deadline = time.monotonic() + 10
+            while refused("carol")[0] != 200:
+                assert time.monotonic() < deadline, "a closed stream's slot did not come back"
+                time.sleep(0.05)
+            # every worker killed with its streams open: the engine frees their slots
+            _kill_every_worker(c)
+            with contextlib.ExitStack() as second:
+                for name in ("alice", "alice", "alice", "bob", "bob"):
+                    hold(second, name)
+                assert refused("carol") == (503, "overloaded")
+    finally:
+        _stop(c)
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def test_the_engine_dying_stops_the_server_non_zero(tmp_path: Path) -> None:
