@@ -146,6 +146,12 @@ class SessionLimit(Unavailable):
     status, code = 429, "session_limit"
 
 
+class StreamLimit(Unavailable):
+    """This API key has as many streams open as `max_streams_per_key` allows."""
+
+    status, code = 429, "stream_limit"
+
+
 class Overloaded(Unavailable):
     status, code = 503, "overloaded"
 
@@ -185,6 +191,7 @@ _BY_CODE: dict[str, type[RnnserveError]] = {
         SessionExists,
         ModelChanged,
         SessionLimit,
+        StreamLimit,
         Overloaded,
         StoreUnavailable,
         ShuttingDown,
