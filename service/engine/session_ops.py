@@ -1,5 +1,6 @@
 """Session operations with DESIGN §4 semantics: the one owner of every session rule, for native
-sessions, WebSocket, OpenAI session completions and v2 sequences alike.
+sessions, WebSocket, OpenAI session completions and v2 sequences alike (the v2 step's own rules
+live in `sequence_ops.py`, state export/import in `session_state.py`).
 
 Every operation on a session runs under the store's per-session lock (arrival order), checks an
 `Idempotency-Key` first (a replay returns the stored result and changes nothing), then
@@ -35,6 +36,7 @@ from service.engine.protocol import (
 )
 from service.engine.registry import LoadedModel
 from service.engine.sampling import SamplingParams
+from service.engine.sequence_ops import SequenceSteps
 from service.engine.session_records import (
     fresh_record,
     prefill_peeking,
@@ -42,24 +44,20 @@ from service.engine.session_records import (
     require_streamable,
     store_id,
 )
+from service.engine.session_state import export_blob, restore
 from service.engine.sessions import (
     Clock,
     IdempotencyRecord,
     SessionRecord,
     SessionStore,
     decode_state,
-    encode_state,
 )
-from service.engine.sessions.blob import StateBlob
-from service.engine.state_bounds import check_import, require_finite
+from service.engine.state_bounds import require_finite
 from service.engine.stream import DoneEvent, Stream
 from service.errors import (
     IdempotencyKeyReused,
     InvalidInput,
-    InvalidState,
     ModelChanged,
-    SequenceError,
-    ServiceError,
     SessionEvicted,
     SessionExists,
     SessionExpired,
@@ -85,6 +83,7 @@ class SessionService:
         self.max_ttl_s = max_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
         self.clock = clock
+        self._sequences = SequenceSteps(engine, store, default_ttl_s=default_ttl_s, clock=clock)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -187,7 +186,7 @@ class SessionService:
         sid = store_id(session_id or secrets.token_urlsafe(24), owner)
         rec = fresh_record(m, sid, owner, self.clock(), ttl)
         if blob is not None:
-            rec = self._restore(m, rec, blob)
+            rec = restore(m, rec, blob)
         try:
             await self.store.create(rec)
         except SessionExists:
@@ -195,23 +194,6 @@ class SessionService:
                 f"session {public_id(rec.id)!r} already exists", field="session_id"
             ) from None
         return self.info(rec)
-
-    def _restore(self, m: LoadedModel, rec: SessionRecord, blob: StateBlob) -> SessionRecord:
-        if blob.model_sha256 != m.sha256 or blob.model != m.name:
-            raise InvalidState(
-                f"the state belongs to model {blob.model!r} ({blob.model_sha256[:12]}…), not "
-                f"{m.name!r} ({m.sha256[:12]}…)",
-                field="state",
-                code="state_model_mismatch",
-            )
-        check_import(m, blob)
-        return rec.replace(
-            states=tuple(blob.states),
-            pending=blob.pending,
-            logits=blob.logits,
-            version=blob.version,
-            tokens_seen=blob.tokens_seen,
-        )
 
     async def get(self, session_id: str, owner: str | None) -> SessionInfo:
         return self.info(await self._get(session_id, owner))
@@ -223,17 +205,7 @@ class SessionService:
 
     async def export_state(self, session_id: str, owner: str | None) -> StateExport:
         rec = await self._get(session_id, owner)
-        m = self.engine.model(rec.model)
-        blob = StateBlob(
-            rec.model,
-            rec.model_sha256,
-            rec.version,
-            rec.pending,
-            rec.tokens_seen,
-            list(rec.states),
-            rec.logits,
-        )
-        data = encode_state(blob, [s.name for s in m.manifest.io.states])
+        data = export_blob(self.engine.model(rec.model), rec)
         return StateExport(public_id(rec.id), rec.model, rec.version, data)
 
     # -- state-changing operations ----------------------------------------------------------
@@ -349,7 +321,7 @@ class SessionService:
 
         return Generation(stream, m.name, public, finalize=finalize, release=stack.aclose)
 
-    # -- v2 sequences: one request is one step of a session -------------------------------------
+    # -- v2 sequences: one request is one step of a session (sequence_ops.py) -------------------
 
     async def sequence_step(
         self,
@@ -359,105 +331,9 @@ class SessionService:
         ids: list[int] | None,
         owner: str | None,
     ) -> np.ndarray:
-        """Feed one row (`text` or token `ids`) into a v2 sequence, which IS a session (the
-        sequence id is the session id, so either protocol continues what the other started);
-        returns the logits (K,) on all input so far, peeking through an unfinished word as a
-        feed does. Under the session's lock, committed with compare-and-set on completion:
-
-        * `start`: begin from a fresh state (an existing sequence with that id is restarted);
-        * neither: continue; an unknown, expired or evicted id is a 400 naming the sequence;
-        * `end`: the state is freed after this step (nothing is stored for start + end).
-        """
-        require_streamable(m)
-        sid = store_id(seq.session_id, owner)  # the owner's namespace: ids never clash
-        async with self.store.lock(sid):
-            rec = await self._sequence_record(seq, sid, owner)
-            if rec is not None and not seq.start:
-                _check_sequence_model(seq, rec, m)
-            if seq.start or rec is None:
-                base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)
-            else:
-                base = rec
-            if text is not None:
-                new_ids, pending = self.engine.encode_stream(m, base.pending, text, "TEXT")
-            else:
-                if base.pending:
-                    raise InvalidInput(
-                        f"sequence {seq.label} holds unfinished text; continue it with TEXT",
-                        field="TOKEN_IDS",
-                    )
-                new_ids, pending = list(ids or []), ""
-            shown, logits, states = await prefill_peeking(self.engine, m, base, new_ids, pending)
-            require_finite(m, [shown, logits], states)
-            if shown is None:
-                raise InvalidInput(
-                    f"sequence {seq.label} has no tokens yet: the first request needs non-empty "
-                    "input",
-                    field="TEXT" if text is not None else "TOKEN_IDS",
-                )
-            new = base.replace(
-                version=(rec.version + 1) if rec is not None else 1,
-                states=tuple(states),
-                pending=pending,
-                logits=logits,
-                tokens_seen=base.tokens_seen + len(new_ids),
-            )
-            if seq.end:
-                if rec is not None:
-                    await self.store.delete(sid)
-            elif rec is None:
-                await self.store.create(new)
-            else:
-                await self.store.commit(new, rec.version)
-            return shown
-
-    async def _sequence_record(
-        self, seq: SequenceRef, sid: str, owner: str | None
-    ) -> SessionRecord | None:
-        """The live record, or None when missing and `start` allows that."""
-        try:
-            rec = await self.store.get(sid)
-        except (SessionNotFound, SessionExpired, SessionEvicted) as e:
-            if seq.start:
-                return None
-            raise SequenceError(
-                f"sequence {seq.label} {_GONE[type(e)]}; send sequence_start=true to begin it",
-                field="parameters.sequence_id",
-            ) from None
-        if rec.owner != owner:
-            if seq.start:
-                raise ServiceError(
-                    f"sequence {seq.label} is in use",
-                    status=409,
-                    code="session_exists",
-                    field="parameters.sequence_id",
-                )
-            raise SequenceError(
-                f"sequence {seq.label} {_GONE[SessionNotFound]}; send sequence_start=true to "
-                "begin it",
-                field="parameters.sequence_id",
-            )
-        return rec
-
-
-_GONE: dict[type[ServiceError], str] = {
-    SessionNotFound: "does not exist (never started, ended, or owned by another key)",
-    SessionExpired: "expired after its idle TTL",
-    SessionEvicted: "was evicted (live-session cap reached)",
-}
-
-
-def _check_sequence_model(seq: SequenceRef, rec: SessionRecord, m: LoadedModel) -> None:
-    if rec.model != m.name:
-        raise SequenceError(
-            f"sequence {seq.label} belongs to model {rec.model!r}, not {m.name!r}",
-            field="parameters.sequence_id",
-        )
-    if rec.model_sha256 != m.sha256:
-        raise ModelChanged(
-            f"model {m.name!r} changed since sequence {seq.label} started; restart it with "
-            "sequence_start=true"
-        )
+        """Feed one row (`text` or token `ids`) into v2 sequence `seq`; the logits (K,) on all
+        input so far (`SequenceSteps.step` has the rules)."""
+        return await self._sequences.step(m, seq, text, ids, owner)
 
 
 def _idle_stream(params: SamplingParams) -> Stream:
