@@ -46,10 +46,16 @@ lint: setup-dev
 	$(BIN)/mypy
 
 # Then every HTTP suite again with the API reaching the engine over the wire that `--workers`
-# uses (RNNSERVE_ENGINE_TRANSPORT=zmq): the process boundary under the whole suite.
+# uses (RNNSERVE_ENGINE_TRANSPORT=zmq): the process boundary under the whole suite. Last, the
+# suites that start a real `rnnserve` process run once more against `--workers 2` (a supervisor,
+# an engine process and two API workers; their RSS and sockets are summed over the tree).
+REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/test_listen_address.py \
+	tests/service/test_client_examples.py tests/hardening/test_stream_bounds.py \
+	tests/hardening/test_hostile_bodies.py
 pytest: setup-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	RNNSERVE_ENGINE_TRANSPORT=zmq $(BIN)/python -m pytest -q tests/service tests/hardening tests/docs tests/e2e
+	RNNSERVE_WORKERS=2 $(BIN)/python -m pytest -q $(REAL_SERVER_SUITES)
 
 ## Set up everything and run the whole test suite (what CI runs).
 test: system-deps setup-dev lint pytest

@@ -3,6 +3,7 @@ client costs it (its RSS, its other clients' latency) and read its log."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -28,11 +29,41 @@ class ServerProcess:
     def addr(self) -> str:
         return self.base.removeprefix("http://")
 
+    def pids(self) -> list[int]:
+        """The server and every process under it (`--workers N`: the supervisor, the engine and
+        the workers), so what a test measures is the whole server at any worker count."""
+        children: dict[int, list[int]] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):  # gone while we look
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")"
+                ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(stat.parent.name))
+        tree, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            tree.append(pid)
+            todo.extend(children.get(pid, []))
+        return tree
+
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")  # pragma: no cover
+        """The resident memory of the whole server (every process in `pids`)."""
+        kb = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        kb += int(line.split()[1])
+        return kb / 1024
+
+    def sockets(self) -> int:
+        """Open sockets across the whole server (listening ones included)."""
+        n = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError):
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):  # closed while we look
+                        n += os.readlink(fd).startswith("socket:")
+        return n
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

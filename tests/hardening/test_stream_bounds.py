@@ -8,11 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -42,15 +40,6 @@ def server(
         RNNSERVE_MAX_OPEN_STREAMS=str(OPEN_STREAMS),
     ) as s:
         yield s
-
-
-def _sockets(server: ServerProcess) -> int:
-    """The server process's open sockets (its listening one included)."""
-    n = 0
-    for fd in Path(f"/proc/{server.proc.pid}/fd").iterdir():
-        with contextlib.suppress(FileNotFoundError):  # closed while we look
-            n += os.readlink(fd).startswith("socket:")
-    return n
 
 
 def _wait_for(check: object, timeout: float) -> bool:
@@ -116,7 +105,7 @@ def test_sse_clients_that_never_read_are_bounded_and_their_sockets_closed(
     # never-ending (a 4096-token one fits in the kernel's socket buffers: it completes, and
     # the kept-alive socket is closed by uvicorn's keep-alive timeout)
     body = {"prompt": "a", "max_tokens": LONG, "logprobs": 20, "stream": True}
-    rss0, sockets0 = server.rss_mb(), _sockets(server)
+    rss0, sockets0 = server.rss_mb(), server.sockets()
     with Prober(server.base) as probe:
         socks = [_raw_stream(server, body) for _ in range(30)]
         try:
@@ -124,7 +113,7 @@ def test_sse_clients_that_never_read_are_bounded_and_their_sockets_closed(
             assert server.rss_mb() - rss0 < 200
             # dropped once the socket buffers are full (the kernel takes up to tcp_wmem's 4 MB
             # first) and a send has waited the send timeout; the sockets are freed
-            assert _wait_for(lambda: _sockets(server) <= sockets0 + 2, 40)
+            assert _wait_for(lambda: server.sockets() <= sockets0 + 2, 40)
             assert server.rss_mb() - rss0 < 200
             # the server's end is gone: reading drains what the kernel still holds, then EOF
             # (or a reset, where it aborted with data unsent)
