@@ -10,6 +10,7 @@ an engine in another process implements the same interface.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from typing import Protocol
 
 import numpy as np
@@ -30,8 +31,16 @@ from service.engine.session_ops import SessionService
 from service.engine.sessions import SessionStore
 from service.engine.stream import TokenEvent
 from service.engine.stream_slots import StreamSlots
+from service.errors import ServiceError
 
-__all__ = ["EngineClient", "GenerationStream", "InProcessClient", "StreamHold", "TokenEvent"]
+__all__ = [
+    "STREAM_HOLD",
+    "EngineClient",
+    "GenerationStream",
+    "InProcessClient",
+    "StreamHold",
+    "TokenEvent",
+]
 
 
 class GenerationStream(Protocol):
@@ -51,17 +60,28 @@ class GenerationStream(Protocol):
 
 
 class StreamHold(Protocol):
-    """A stream slot, held until `release()` (exactly once; it never waits)."""
+    """A stream slot asked for by `EngineClient.hold_stream`, held until `release()` (exactly
+    once; it never waits). The engine's answer may still be on its way: `confirmed()` waits for
+    it and raises the refusal (`Overloaded`, `StreamLimit`)."""
+
+    async def confirmed(self) -> None: ...
 
     def release(self) -> None: ...
+
+
+# The stream slot of the request being served (set by `middleware/limits.py`). A generation
+# started under a hold the engine refused never starts: in process the client checks it, over
+# the wire the `Generate` names the hold and the engine checks it. That is what lets a worker
+# send the hold and the generation back to back instead of waiting a round trip between them.
+STREAM_HOLD: ContextVar[StreamHold | None] = ContextVar("rnnserve_stream_hold", default=None)
 
 
 class EngineClient(Protocol):
     catalog: Catalog
 
     # -- admission
-    async def hold_stream(self, owner: str | None) -> StreamHold:
-        """A slot for one stream (`stream_slots.py`), or `Overloaded` / `StreamLimit`."""
+    def hold_stream(self, owner: str | None) -> StreamHold:
+        """Ask for a slot for one stream (`stream_slots.py`); never waits (see `StreamHold`)."""
         ...
 
     # -- stateless
@@ -135,8 +155,7 @@ class InProcessClient:
         self.engine, self.sessions, self.store, self.slots = engine, sessions, store, slots
         self.catalog = engine.registry.catalog()
 
-    async def hold_stream(self, owner: str | None) -> LocalHold:
-        self.slots.acquire(owner)
+    def hold_stream(self, owner: str | None) -> LocalHold:
         return LocalHold(self.slots, owner)
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
@@ -146,6 +165,7 @@ class InProcessClient:
         return await self.engine.logits(model, rows)
 
     async def generate(self, model: str, params: GenerateParams) -> Generation:
+        _require_slot()
         return await self.engine.generate(model, params)
 
     async def create_session(
@@ -188,6 +208,7 @@ class InProcessClient:
         key: str | None,
         owner: str | None,
     ) -> Generation:
+        _require_slot()
         return await self.sessions.open_generation(session_id, params, expected_version, key, owner)
 
     async def export_state(self, session_id: str, owner: str | None) -> StateExport:
@@ -208,12 +229,30 @@ class InProcessClient:
         return await self.store.count()
 
 
+def _require_slot() -> None:
+    hold = STREAM_HOLD.get()
+    if isinstance(hold, LocalHold) and hold.refusal is not None:
+        raise hold.refusal
+
+
 class LocalHold:
-    __slots__ = ("_owner", "_slots")
+    """A slot taken (or refused: `refusal`) at once, in this process."""
+
+    __slots__ = ("_owner", "_slots", "refusal")
 
     def __init__(self, slots: StreamSlots, owner: str | None) -> None:
-        self._slots: StreamSlots | None = slots
         self._owner = owner
+        self._slots: StreamSlots | None = None
+        self.refusal: ServiceError | None = None
+        try:
+            slots.acquire(owner)
+            self._slots = slots
+        except ServiceError as e:
+            self.refusal = e
+
+    async def confirmed(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
 
     def release(self) -> None:
         if self._slots is not None:

@@ -5,9 +5,10 @@ Each call runs as its own task; a stream forwards every batch of tokens the engi
 one `Tokens` frame, then its `Result` or `Failed`. Frames for one worker that are ready in the
 same loop iteration leave as one multipart message. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
-and nothing is committed. A stream slot (`wire.HoldStream`) is a call that runs until the worker
-cancels it. A worker that dies cannot say so: the supervisor does
-(`forget_worker`), and its calls are cancelled the same way.
+and nothing is committed. A stream slot (`wire.HoldStream`) is taken or refused as its frame is
+read (no task), and held until the worker cancels that call; a generation naming a hold that is
+not held is refused before it starts. A worker that dies cannot say so: the supervisor does
+(`forget_worker`), and its calls are cancelled and its slots released the same way.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import zmq
 import zmq.asyncio
 
 from service.engine import wire
-from service.engine.client import InProcessClient
+from service.engine.client import InProcessClient, LocalHold
 from service.engine.protocol import PROTOCOL_VERSION, Finished
+from service.errors import Overloaded
 from service.logging import get_logger
 
 log = get_logger("engine.host")
@@ -44,6 +46,7 @@ class EngineHost:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.bind(address)
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        self._holds: dict[tuple[bytes, int], LocalHold] = {}  # granted stream slots
         # frames wait here until the loop has run every task that is ready, then each worker
         # gets all of its frames in ONE multipart message: after a decode step every stream's
         # task posts its tokens, and a send (and the worker's receive) per stream per step was
@@ -63,6 +66,12 @@ class EngineHost:
                 task = self._calls.get((ident, frame.rid))
                 if task is not None:
                     task.cancel()
+                hold = self._holds.pop((ident, frame.rid), None)
+                if hold is not None:
+                    hold.release()
+            elif isinstance(frame, wire.Call) and isinstance(frame.op, wire.HoldStream):
+                # decided now, before any later frame of this worker (its Generate) is read
+                self._hold(ident, frame.rid, frame.op.owner)
             elif isinstance(frame, wire.Call):
                 key = (ident, frame.rid)
                 task = asyncio.create_task(self._run(ident, frame.rid, frame.op))
@@ -76,13 +85,20 @@ class EngineHost:
         return forget
 
     def forget_worker(self, ident: bytes) -> int:
-        """Cancel every call of a worker that is gone; how many there were."""
+        """Cancel every call of a worker that is gone and release its stream slots; how many
+        calls and slots there were."""
         gone = [t for (who, _), t in self._calls.items() if who == ident]
         for t in gone:
             t.cancel()
-        return len(gone)
+        held = [k for k in self._holds if k[0] == ident]
+        for k in held:
+            self._holds.pop(k).release()
+        return len(gone) + len(held)
 
     async def close(self) -> None:
+        for hold in self._holds.values():
+            hold.release()
+        self._holds.clear()
         for t in list(self._calls.values()):
             t.cancel()
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
@@ -111,8 +127,6 @@ class EngineHost:
         try:
             if isinstance(op, wire.STREAMING):
                 await self._stream(ident, rid, op)
-            elif isinstance(op, wire.HoldStream):
-                await self._hold(ident, rid, op.owner)
             else:
                 self._post(ident, wire.Result(rid, await self._call(op)))
         except asyncio.CancelledError:
@@ -124,6 +138,8 @@ class EngineHost:
         self, ident: bytes, rid: int, op: wire.Generate | wire.SessionGenerate
     ) -> None:
         c = self.client
+        if op.hold is not None and (ident, op.hold) not in self._holds:
+            raise Overloaded("this request's stream slot was refused or released; retry later")
         if isinstance(op, wire.Generate):
             gen = await c.generate(op.model, op.params)
         else:
@@ -148,13 +164,13 @@ class EngineHost:
         finally:
             await gen.aclose()
 
-    async def _hold(self, ident: bytes, rid: int, owner: str | None) -> None:
-        hold = await self.client.hold_stream(owner)
-        try:
+    def _hold(self, ident: bytes, rid: int, owner: str | None) -> None:
+        hold = self.client.hold_stream(owner)
+        if hold.refusal is not None:
+            self._post(ident, wire.Failed(rid, wire.error_info(hold.refusal)))
+        else:
+            self._holds[(ident, rid)] = hold  # until the worker's Cancel (or forget_worker)
             self._post(ident, wire.Result(rid, wire.Empty()))
-            await asyncio.Future()  # until the worker's Cancel (or forget_worker)
-        finally:
-            hold.release()
 
     async def _call(self, op: Any) -> wire.Value:
         c = self.client

@@ -25,6 +25,7 @@ import zmq.asyncio
 from service.contract import ModelManifest, tokenizer_from_spec
 from service.engine import wire
 from service.engine.catalog import Catalog, ModelView, require_unicode
+from service.engine.client import STREAM_HOLD
 from service.engine.protocol import (
     PROTOCOL_VERSION,
     FeedResult,
@@ -155,17 +156,30 @@ class RemoteGeneration:
 
 
 class RemoteHold:
-    """A stream slot held in the engine by the call `rid`; released by cancelling the call."""
+    """A stream slot asked of the engine by the call `rid`; released by cancelling the call.
+    The ask is sent, not awaited: `confirmed()` waits for the engine's answer."""
 
-    __slots__ = ("_client", "_rid")
+    __slots__ = ("_client", "_reply", "rid")
 
-    def __init__(self, client: RemoteClient, rid: int) -> None:
+    def __init__(self, client: RemoteClient, rid: int, reply: asyncio.Future[Any]) -> None:
         self._client: RemoteClient | None = client
-        self._rid = rid
+        self._reply = reply
+        self.rid = rid
+
+    def belongs_to(self, client: RemoteClient) -> bool:
+        return self._client is client
+
+    async def confirmed(self) -> None:
+        await asyncio.shield(self._reply)  # a caller's cancellation leaves the answer be
 
     def release(self) -> None:
         if self._client is not None:
-            self._client._cancel(self._rid)
+            self._client._calls.pop(self.rid, None)
+            if self._reply.done() and not self._reply.cancelled():
+                self._reply.exception()  # a refusal nobody awaited is not an error to log
+            else:
+                self._reply.cancel()
+            self._client._cancel(self.rid)
             self._client = None
 
 
@@ -296,10 +310,18 @@ class RemoteClient:
         return gen
 
     # -- EngineClient
-    async def hold_stream(self, owner: str | None) -> RemoteHold:
+    def hold_stream(self, owner: str | None) -> RemoteHold:
         rid = next(self._ids)
-        await self._unary(wire.HoldStream(owner), rid)
-        return RemoteHold(self, rid)
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._calls[rid] = reply
+        # sent at once and in order: the request's Generate follows it on this socket
+        self._sock.send(wire.encoder.encode(wire.Call(rid, wire.HoldStream(owner))), zmq.NOBLOCK)
+        return RemoteHold(self, rid, reply)
+
+    def _hold_rid(self) -> int | None:
+        """The rid of the request's stream slot (`STREAM_HOLD`), for its generation to name."""
+        hold = STREAM_HOLD.get()
+        return hold.rid if isinstance(hold, RemoteHold) and hold.belongs_to(self) else None
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         # tokenized here, in the worker: the engine process only runs the model
@@ -313,7 +335,7 @@ class RemoteClient:
         return out.tensor.array()
 
     async def generate(self, model: str, params: GenerateParams) -> RemoteGeneration:
-        return await self._open(wire.Generate(model, params))
+        return await self._open(wire.Generate(model, params, self._hold_rid()))
 
     async def create_session(
         self,
@@ -364,7 +386,7 @@ class RemoteClient:
         owner: str | None,
     ) -> RemoteGeneration:
         return await self._open(
-            wire.SessionGenerate(session_id, params, expected_version, key, owner)
+            wire.SessionGenerate(session_id, params, expected_version, key, owner, self._hold_rid())
         )
 
     async def export_state(self, session_id: str, owner: str | None) -> StateExport:

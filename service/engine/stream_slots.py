@@ -5,7 +5,8 @@ A stream (a generation of any surface, a WebSocket connection) holds a slot from
 to its last. The count lives here, in the engine's process, and not in the API workers: under
 `--workers N` each worker counting its own streams would admit N times each cap. A worker holds
 a slot as a long-running call on the wire (`wire.HoldStream`), so a worker that dies releases its
-slots the way it releases everything else (`EngineHost.forget_worker` cancels its calls).
+slots the way it releases everything else (`EngineHost.forget_worker`). The engine decides a slot
+as it reads the frame, before the request's generation that names it (`EngineHost._hold`).
 """
 
 from __future__ import annotations

@@ -28,7 +28,8 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 3  # 2: a message from the engine may carry several frames; 3: HoldStream
+WIRE_VERSION = 4  # 2: a message from the engine may carry several frames; 3: HoldStream;
+# 4: a generation names the HoldStream call it runs under (`hold`)
 
 
 class Tensor(Message, frozen=True):
@@ -74,6 +75,7 @@ class Logits(Message, frozen=True, tag="logits"):
 class Generate(Message, frozen=True, tag="generate"):
     model: str
     params: GenerateParams
+    hold: int | None = None  # the rid of this request's HoldStream: refused -> never starts
 
 
 class CreateSession(Message, frozen=True, tag="create_session"):
@@ -116,6 +118,7 @@ class SessionGenerate(Message, frozen=True, tag="session_generate"):
     expected_version: int | None
     key: str | None
     owner: str | None
+    hold: int | None = None  # as in Generate
 
 
 class ExportState(Message, frozen=True, tag="export_state"):
@@ -136,8 +139,10 @@ class LiveSessions(Message, frozen=True, tag="live_sessions"):
 
 
 class HoldStream(Message, frozen=True, tag="hold_stream"):
-    """Take a stream slot (`stream_slots.py`): answered `Empty` once taken, and held until the
-    worker cancels the call (or dies: the engine then cancels its calls)."""
+    """Take a stream slot (`stream_slots.py`): answered `Empty` once taken (or `Failed`), and
+    held until the worker cancels the call (or dies: the engine then forgets its calls). The
+    worker does not wait for the answer before sending the request's `Generate`: the engine
+    reads a worker's frames in order, so the generation finds its hold already decided."""
 
     owner: str | None
 

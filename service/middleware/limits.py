@@ -15,6 +15,9 @@
   WebSocket connections hold a slot from the engine (`engine/stream_slots.py`), which counts
   them for the whole replica, across all its workers: `max_open_streams` (503 `overloaded`,
   keys on or off) and `max_streams_per_key` per owner (429 `stream_limit`, Retry-After).
+  The slot is asked for without waiting (`STREAM_HOLD` carries it to the generation, which
+  never starts under a refused slot); the engine's answer is awaited before the response's
+  first byte, and a refusal is answered in its place.
 
 Errors are answered in the shape of the surface the path belongs to (`service/surfaces.py`).
 """
@@ -27,7 +30,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.engine.client import EngineClient, StreamHold
+from service.engine.client import STREAM_HOLD, EngineClient, StreamHold
 from service.errors import ServiceError
 from service.http_protocol import ABORT
 from service.logging import get_logger
@@ -151,19 +154,18 @@ class GuardMiddleware:
         if _is_stream(scope):
             owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
             client: EngineClient = scope["app"].state.services.client
-            try:
-                # the engine counts every worker's streams (engine/stream_slots.py)
-                hold = await client.hold_stream(owner)
-            except ServiceError as err:  # overloaded, stream_limit, engine_unavailable
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1013, "reason": err.message})
-                else:
-                    await send_error(scope, send, err)
-                return
+            # the engine counts every worker's streams (engine/stream_slots.py). The ask is not
+            # awaited here: the request runs at once, its generation names the hold (and never
+            # starts if the engine refused it), and the answer is awaited before the response
+            # starts (in `_http`), which saves a round trip to the engine on every stream
+            hold = client.hold_stream(owner)
+        token = STREAM_HOLD.set(hold)
         watch = SendWatch(send, self.send_timeout)
         try:
             if scope["type"] == "http":
-                await self._http(scope, receive, watch)
+                await self._http(scope, receive, watch, hold)
+            elif hold is not None and not await _confirmed(hold, scope, send):
+                return
             else:
                 await self.app(scope, receive, watch)
         except ClientStalled:
@@ -173,11 +175,14 @@ class GuardMiddleware:
             if abort is not None:
                 abort()
         finally:
+            STREAM_HOLD.reset(token)
             watch.close()
             if hold is not None:
                 hold.release()
 
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(
+        self, scope: Scope, receive: Receive, send: Send, hold: StreamHold | None
+    ) -> None:
         length = _content_length(scope)
         if length is not None and length > self.max_body:
             await send_error(scope, send, self._too_large(length))
@@ -206,10 +211,13 @@ class GuardMiddleware:
         timer: asyncio.Timeout | None = None
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started
+            nonlocal started, refused
             if refused:
                 return
             if message["type"] == "http.response.start":
+                if hold is not None and not await _confirmed(hold, scope, send):
+                    refused = True  # the slot's refusal went out instead of this answer
+                    return
                 started = True
                 if timer is not None:
                     timer.reschedule(None)  # the body (a stream) may take longer
@@ -244,6 +252,20 @@ class GuardMiddleware:
             "(RNNSERVE_MAX_BODY_BYTES)",
             field="body",
         )
+
+
+async def _confirmed(hold: StreamHold, scope: Scope, send: Send) -> bool:
+    """Whether the engine granted the stream slot; if not, its refusal is answered (503
+    `overloaded`, 429 `stream_limit`, 503 `engine_unavailable`; a WebSocket is closed 1013)."""
+    try:
+        await hold.confirmed()
+        return True
+    except ServiceError as err:
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1013, "reason": err.message})
+        else:
+            await send_error(scope, send, err)
+        return False
 
 
 def _content_length(scope: Scope) -> int | None:

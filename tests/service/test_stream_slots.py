@@ -12,11 +12,14 @@ from collections.abc import Callable
 
 import pytest
 
+from service.engine.client import STREAM_HOLD
+from service.engine.engine import Engine
 from service.engine.host import EngineHost
+from service.engine.protocol import GenerateParams
 from service.engine.remote import RemoteClient, worker_identity
 from service.engine.stream_slots import StreamSlots
 from service.errors import Overloaded, StreamLimit
-from tests.service.conftest import ClientFactory, app_of
+from tests.service.conftest import LM, ClientFactory, app_of
 
 
 def test_the_replica_cap_counts_everyone_and_the_key_cap_each_owner() -> None:
@@ -54,11 +57,14 @@ async def test_a_slot_held_over_the_wire_is_the_engines_and_comes_back(
         slots: StreamSlots = app.state.local.slots
         remote = app.state.services.client
         assert isinstance(remote, RemoteClient)
-        first = await remote.hold_stream("o")
-        await remote.hold_stream(None)
+        first = remote.hold_stream("o")
+        await first.confirmed()
+        await remote.hold_stream(None).confirmed()
         assert slots.open == 2
+        third = remote.hold_stream("o")
         with pytest.raises(Overloaded):  # the engine's error, raised again in the worker
-            await remote.hold_stream("o")
+            await third.confirmed()
+        third.release()  # a refused hold is released like any other (nothing to give back)
         first.release()
         first.release()  # once only
         await _until(lambda: slots.open == 1)
@@ -77,7 +83,7 @@ async def test_a_dead_workers_slots_are_freed_by_forget_worker(
             try:
                 await worker.connect()
                 for _ in range(3):
-                    await worker.hold_stream("o")
+                    await worker.hold_stream("o").confirmed()
                 assert local.slots.open == 3
                 # the supervisor's word that the worker died (SIGKILL: it could not release)
                 assert host.forget_worker(worker_identity(os.getpid())) == 3
@@ -88,3 +94,51 @@ async def test_a_dead_workers_slots_are_freed_by_forget_worker(
                 with contextlib.suppress(asyncio.CancelledError):
                     await serving
                 await host.close()
+
+
+def _engine_calls(engine: Engine) -> float:
+    """onnxruntime calls (prefill and decode batches) the LM's scheduler has made."""
+    assert engine.metrics is not None
+    calls = 0.0
+    for kind in ("prefill", "decode"):
+        labels = {"model": LM, "kind": kind}
+        calls += engine.metrics.registry.get_sample_value("rnnserve_batch_size_count", labels) or 0
+    return calls
+
+
+@pytest.mark.parametrize("transport", ["zmq", "inprocess"])
+async def test_a_generation_under_a_refused_hold_never_starts(
+    make_client: ClientFactory, transport: str
+) -> None:
+    """The worker sends the hold and the generation back to back (no round trip between them):
+    the engine, reading a worker's frames in order, refuses the generation whose hold it
+    refused, before any work; in one process the client does the same."""
+    params = GenerateParams(prompt="ab", max_tokens=5)
+    async with make_client(engine_transport=transport, max_open_streams=1) as c:
+        app = app_of(c)
+        client = app.state.services.client
+        engine = app.state.local.engine
+        slots: StreamSlots = app.state.local.slots
+        granted = client.hold_stream(None)
+        refused = client.hold_stream(None)  # both asked before either answer is read
+        token = STREAM_HOLD.set(refused)
+        try:
+            with pytest.raises(Overloaded):
+                await client.generate(LM, params)
+        finally:
+            STREAM_HOLD.reset(token)
+        with pytest.raises(Overloaded):
+            await refused.confirmed()
+        assert _engine_calls(engine) == 0  # nothing was prefilled or decoded
+        token = STREAM_HOLD.set(granted)
+        try:
+            await granted.confirmed()
+            gen = await client.generate(LM, params)
+            result = await gen.collect()
+            assert result.usage.completion_tokens == 5
+            assert _engine_calls(engine) > 0  # the probe above sees a generation's calls
+        finally:
+            STREAM_HOLD.reset(token)
+            granted.release()
+            refused.release()
+        await _until(lambda: slots.open == 0)
