@@ -60,9 +60,10 @@ class GenerationStream(Protocol):
 
 
 class StreamHold(Protocol):
-    """A stream slot asked for by `EngineClient.hold_stream`, held until `release()` (exactly
-    once; it never waits). The engine's answer may still be on its way: `confirmed()` waits for
-    it and raises the refusal (`Overloaded`, `StreamLimit`)."""
+    """A stream slot from `EngineClient.hold_stream`, held until `release()` (exactly once; it
+    never waits). The engine may not have decided it yet: a generation started under it
+    (`STREAM_HOLD`) raises its refusal (`Overloaded`, `StreamLimit`) instead of starting, and
+    `confirmed()` asks now, for a caller that must know before it answers (a WebSocket)."""
 
     async def confirmed(self) -> None: ...
 
@@ -70,9 +71,9 @@ class StreamHold(Protocol):
 
 
 # The stream slot of the request being served (set by `middleware/limits.py`). A generation
-# started under a hold the engine refused never starts: in process the client checks it, over
-# the wire the `Generate` names the hold and the engine checks it. That is what lets a worker
-# send the hold and the generation back to back instead of waiting a round trip between them.
+# started under a slot the engine refused never starts: in process the client checks it, over
+# the wire the `Generate` carries the slot (`wire.SlotRef`) and the engine takes it as it reads
+# the frame, so an HTTP stream spends no round trip (and no frame of its own) on its slot.
 STREAM_HOLD: ContextVar[StreamHold | None] = ContextVar("rnnserve_stream_hold", default=None)
 
 
@@ -81,7 +82,7 @@ class EngineClient(Protocol):
 
     # -- admission
     def hold_stream(self, owner: str | None) -> StreamHold:
-        """Ask for a slot for one stream (`stream_slots.py`); never waits (see `StreamHold`)."""
+        """A slot for one stream (`stream_slots.py`); never waits (see `StreamHold`)."""
         ...
 
     # -- stateless

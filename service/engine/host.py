@@ -5,10 +5,11 @@ Each call runs as its own task; a stream forwards every batch of tokens the engi
 one `Tokens` frame, then its `Result` or `Failed`. Frames for one worker that are ready in the
 same loop iteration leave as one multipart message. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
-and nothing is committed. A stream slot (`wire.HoldStream`) is taken or refused as its frame is
-read (no task), and held until the worker cancels that call; a generation naming a hold that is
-not held is refused before it starts. A worker that dies cannot say so: the supervisor does
-(`forget_worker`), and its calls are cancelled and its slots released the same way.
+and nothing is committed. A stream slot (`wire.SlotRef`) is taken or refused as the first frame
+naming it is read (no task), and held until the worker cancels its id; a generation under a
+refused slot is refused with the slot's error before it starts. A worker that dies cannot say
+so: the supervisor does (`forget_worker`), and its calls are cancelled and its slots released
+the same way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import zmq.asyncio
 from service.engine import wire
 from service.engine.client import InProcessClient, LocalHold
 from service.engine.protocol import PROTOCOL_VERSION, Finished
-from service.errors import Overloaded
+from service.errors import ServiceError
 from service.logging import get_logger
 
 log = get_logger("engine.host")
@@ -46,7 +47,9 @@ class EngineHost:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.bind(address)
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
-        self._holds: dict[tuple[bytes, int], LocalHold] = {}  # granted stream slots
+        # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
+        # worker's Cancel: every generation of one request names the same slot
+        self._slots: dict[tuple[bytes, int], LocalHold] = {}
         # frames wait here until the loop has run every task that is ready, then each worker
         # gets all of its frames in ONE multipart message: after a decode step every stream's
         # task posts its tokens, and a send (and the worker's receive) per stream per step was
@@ -63,20 +66,38 @@ class EngineHost:
                 log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
                 continue
             if isinstance(frame, wire.Cancel):
-                task = self._calls.get((ident, frame.rid))
-                if task is not None:
-                    task.cancel()
-                hold = self._holds.pop((ident, frame.rid), None)
-                if hold is not None:
-                    hold.release()
-            elif isinstance(frame, wire.Call) and isinstance(frame.op, wire.HoldStream):
-                # decided now, before any later frame of this worker (its Generate) is read
-                self._hold(ident, frame.rid, frame.op.owner)
+                self._cancel(ident, frame.rid)
             elif isinstance(frame, wire.Call):
-                key = (ident, frame.rid)
-                task = asyncio.create_task(self._run(ident, frame.rid, frame.op))
-                self._calls[key] = task
-                task.add_done_callback(self._done(key))
+                self._start(ident, frame)
+
+    def _cancel(self, ident: bytes, rid: int) -> None:
+        task = self._calls.get((ident, rid))
+        if task is not None:
+            task.cancel()
+        slot = self._slots.pop((ident, rid), None)
+        if slot is not None:
+            slot.release()
+
+    def _start(self, ident: bytes, call: wire.Call) -> None:
+        op, rid = call.op, call.rid
+        if isinstance(op, wire.HoldStream):  # a WebSocket's slot, asked for as it connects
+            refusal = self._slot(ident, wire.SlotRef(rid, op.owner))
+            self._post(
+                ident,
+                wire.Result(rid, wire.Empty())
+                if refusal is None
+                else wire.Failed(rid, wire.error_info(refusal)),
+            )
+            return
+        if isinstance(op, wire.STREAMING) and op.slot is not None:
+            refusal = self._slot(ident, op.slot)
+            if refusal is not None:  # refused before it starts: nothing ran
+                self._post(ident, wire.Failed(rid, wire.error_info(refusal)))
+                return
+        key = (ident, rid)
+        task = asyncio.create_task(self._run(ident, rid, op))
+        self._calls[key] = task
+        task.add_done_callback(self._done(key))
 
     def _done(self, key: tuple[bytes, int]) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
@@ -90,15 +111,15 @@ class EngineHost:
         gone = [t for (who, _), t in self._calls.items() if who == ident]
         for t in gone:
             t.cancel()
-        held = [k for k in self._holds if k[0] == ident]
+        held = [k for k in self._slots if k[0] == ident]
         for k in held:
-            self._holds.pop(k).release()
+            self._slots.pop(k).release()
         return len(gone) + len(held)
 
     async def close(self) -> None:
-        for hold in self._holds.values():
-            hold.release()
-        self._holds.clear()
+        for slot in self._slots.values():
+            slot.release()
+        self._slots.clear()
         for t in list(self._calls.values()):
             t.cancel()
         await asyncio.gather(*self._calls.values(), return_exceptions=True)
@@ -138,8 +159,6 @@ class EngineHost:
         self, ident: bytes, rid: int, op: wire.Generate | wire.SessionGenerate
     ) -> None:
         c = self.client
-        if op.hold is not None and (ident, op.hold) not in self._holds:
-            raise Overloaded("this request's stream slot was refused or released; retry later")
         if isinstance(op, wire.Generate):
             gen = await c.generate(op.model, op.params)
         else:
@@ -164,13 +183,14 @@ class EngineHost:
         finally:
             await gen.aclose()
 
-    def _hold(self, ident: bytes, rid: int, owner: str | None) -> None:
-        hold = self.client.hold_stream(owner)
-        if hold.refusal is not None:
-            self._post(ident, wire.Failed(rid, wire.error_info(hold.refusal)))
-        else:
-            self._holds[(ident, rid)] = hold  # until the worker's Cancel (or forget_worker)
-            self._post(ident, wire.Result(rid, wire.Empty()))
+    def _slot(self, ident: bytes, ref: wire.SlotRef) -> ServiceError | None:
+        """Take the slot `ref` names (once: later frames find it decided); its refusal, if any.
+        Decided as the frame is read, so a `Cancel` read later always finds it to release."""
+        key = (ident, ref.rid)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = self.client.hold_stream(ref.owner)
+        return slot.refusal
 
     async def _call(self, op: Any) -> wire.Value:
         c = self.client

@@ -156,30 +156,36 @@ class RemoteGeneration:
 
 
 class RemoteHold:
-    """A stream slot asked of the engine by the call `rid`; released by cancelling the call.
-    The ask is sent, not awaited: `confirmed()` waits for the engine's answer."""
+    """A stream slot in the engine, named by the id `rid`. Nothing is sent for it on its own:
+    an HTTP stream's generations carry its `wire.SlotRef` (the engine takes the slot as it reads
+    the first of them), and a WebSocket asks for it with `confirmed()`. `release()` sends
+    `Cancel(rid)` once the engine has seen it, so an HTTP stream costs one frame for its slot."""
 
-    __slots__ = ("_client", "_reply", "rid")
+    __slots__ = ("_client", "_sent", "owner", "rid")
 
-    def __init__(self, client: RemoteClient, rid: int, reply: asyncio.Future[Any]) -> None:
+    def __init__(self, client: RemoteClient, rid: int, owner: str | None) -> None:
         self._client: RemoteClient | None = client
-        self._reply = reply
+        self._sent = False
+        self.owner = owner
         self.rid = rid
 
-    def belongs_to(self, client: RemoteClient) -> bool:
-        return self._client is client
+    def ref_for(self, client: RemoteClient) -> wire.SlotRef | None:
+        """The slot for a generation `client` is about to send (None: not this client's)."""
+        if self._client is not client:
+            return None
+        self._sent = True
+        return wire.SlotRef(self.rid, self.owner)
 
     async def confirmed(self) -> None:
-        await asyncio.shield(self._reply)  # a caller's cancellation leaves the answer be
+        if self._client is None:
+            raise RuntimeError("this stream slot was released")
+        self._sent = True
+        await self._client._unary(wire.HoldStream(self.owner), self.rid)
 
     def release(self) -> None:
         if self._client is not None:
-            self._client._calls.pop(self.rid, None)
-            if self._reply.done() and not self._reply.cancelled():
-                self._reply.exception()  # a refusal nobody awaited is not an error to log
-            else:
-                self._reply.cancel()
-            self._client._cancel(self.rid)
+            if self._sent:
+                self._client._cancel(self.rid)
             self._client = None
 
 
@@ -311,17 +317,12 @@ class RemoteClient:
 
     # -- EngineClient
     def hold_stream(self, owner: str | None) -> RemoteHold:
-        rid = next(self._ids)
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls[rid] = reply
-        # sent at once and in order: the request's Generate follows it on this socket
-        self._sock.send(wire.encoder.encode(wire.Call(rid, wire.HoldStream(owner))), zmq.NOBLOCK)
-        return RemoteHold(self, rid, reply)
+        return RemoteHold(self, next(self._ids), owner)
 
-    def _hold_rid(self) -> int | None:
-        """The rid of the request's stream slot (`STREAM_HOLD`), for its generation to name."""
+    def _slot(self) -> wire.SlotRef | None:
+        """The request's stream slot (`STREAM_HOLD`), for its generation to carry."""
         hold = STREAM_HOLD.get()
-        return hold.rid if isinstance(hold, RemoteHold) and hold.belongs_to(self) else None
+        return hold.ref_for(self) if isinstance(hold, RemoteHold) else None
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         # tokenized here, in the worker: the engine process only runs the model
@@ -335,7 +336,7 @@ class RemoteClient:
         return out.tensor.array()
 
     async def generate(self, model: str, params: GenerateParams) -> RemoteGeneration:
-        return await self._open(wire.Generate(model, params, self._hold_rid()))
+        return await self._open(wire.Generate(model, params, self._slot()))
 
     async def create_session(
         self,
@@ -386,7 +387,7 @@ class RemoteClient:
         owner: str | None,
     ) -> RemoteGeneration:
         return await self._open(
-            wire.SessionGenerate(session_id, params, expected_version, key, owner, self._hold_rid())
+            wire.SessionGenerate(session_id, params, expected_version, key, owner, self._slot())
         )
 
     async def export_state(self, session_id: str, owner: str | None) -> StateExport:

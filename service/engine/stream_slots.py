@@ -1,12 +1,13 @@
 """The replica's stream caps, owned by the engine: `max_open_streams` for all callers together and
 `max_streams_per_key` per owner.
 
-A stream (a generation of any surface, a WebSocket connection) holds a slot from its first byte
-to its last. The count lives here, in the engine's process, and not in the API workers: under
+A stream (a generating request of any surface, a WebSocket connection) holds a slot from its
+first generation (a WebSocket: from connecting) to its last byte. The count lives here, in the engine's process, and not in the API workers: under
 `--workers N` each worker counting its own streams would admit N times each cap. A worker holds
-a slot as a long-running call on the wire (`wire.HoldStream`), so a worker that dies releases its
-slots the way it releases everything else (`EngineHost.forget_worker`). The engine decides a slot
-as it reads the frame, before the request's generation that names it (`EngineHost._hold`).
+a slot under an id of its own (`wire.SlotRef`, carried by the request's generations; a WebSocket
+asks with `wire.HoldStream`) until it cancels that id, so a worker that dies releases its slots
+the way it releases everything else (`EngineHost.forget_worker`). The engine decides a slot as it
+reads the first frame naming it (`EngineHost._slot`).
 """
 
 from __future__ import annotations

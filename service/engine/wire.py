@@ -28,8 +28,8 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 4  # 2: a message from the engine may carry several frames; 3: HoldStream;
-# 4: a generation names the HoldStream call it runs under (`hold`)
+WIRE_VERSION = 5  # 2: a message from the engine may carry several frames; 3: HoldStream;
+# 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`)
 
 
 class Tensor(Message, frozen=True):
@@ -72,10 +72,21 @@ class Logits(Message, frozen=True, tag="logits"):
     rows: list[list[int]]
 
 
+class SlotRef(Message, frozen=True):
+    """The stream slot a generation runs under (`stream_slots.py`), named by a call id of the
+    worker's (`rid`). The first frame naming it takes it for `owner`, or records the refusal; a
+    refused slot refuses every generation naming it, with the slot's own error (`overloaded`,
+    `stream_limit`). It is held until the worker sends `Cancel(rid)` or dies, so one HTTP stream
+    costs no frame of its own but that `Cancel`."""
+
+    rid: int
+    owner: str | None
+
+
 class Generate(Message, frozen=True, tag="generate"):
     model: str
     params: GenerateParams
-    hold: int | None = None  # the rid of this request's HoldStream: refused -> never starts
+    slot: SlotRef | None = None
 
 
 class CreateSession(Message, frozen=True, tag="create_session"):
@@ -118,7 +129,7 @@ class SessionGenerate(Message, frozen=True, tag="session_generate"):
     expected_version: int | None
     key: str | None
     owner: str | None
-    hold: int | None = None  # as in Generate
+    slot: SlotRef | None = None  # as in Generate
 
 
 class ExportState(Message, frozen=True, tag="export_state"):
@@ -139,10 +150,9 @@ class LiveSessions(Message, frozen=True, tag="live_sessions"):
 
 
 class HoldStream(Message, frozen=True, tag="hold_stream"):
-    """Take a stream slot (`stream_slots.py`): answered `Empty` once taken (or `Failed`), and
-    held until the worker cancels the call (or dies: the engine then forgets its calls). The
-    worker does not wait for the answer before sending the request's `Generate`: the engine
-    reads a worker's frames in order, so the generation finds its hold already decided."""
+    """Take the stream slot `SlotRef(rid, owner)` of this call's `rid` now and answer: `Empty`
+    once taken, or `Failed`. A WebSocket asks this way when it connects (it must know before it
+    accepts); an HTTP stream's slot is taken by its first generation instead (`SlotRef`)."""
 
     owner: str | None
 

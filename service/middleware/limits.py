@@ -15,9 +15,9 @@
   WebSocket connections hold a slot from the engine (`engine/stream_slots.py`), which counts
   them for the whole replica, across all its workers: `max_open_streams` (503 `overloaded`,
   keys on or off) and `max_streams_per_key` per owner (429 `stream_limit`, Retry-After).
-  The slot is asked for without waiting (`STREAM_HOLD` carries it to the generation, which
-  never starts under a refused slot); the engine's answer is awaited before the response's
-  first byte, and a refusal is answered in its place.
+  An HTTP stream's slot is taken by its generation (`STREAM_HOLD` carries it there; under a
+  refused slot the generation raises the refusal instead of starting, and the surface answers
+  it); a WebSocket's is confirmed before the app accepts it (refused: closed 1013).
 
 Errors are answered in the shape of the surface the path belongs to (`service/surfaces.py`).
 """
@@ -154,17 +154,15 @@ class GuardMiddleware:
         if _is_stream(scope):
             owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
             client: EngineClient = scope["app"].state.services.client
-            # the engine counts every worker's streams (engine/stream_slots.py). The ask is not
-            # awaited here: the request runs at once, its generation names the hold (and never
-            # starts if the engine refused it), and the answer is awaited before the response
-            # starts (in `_http`), which saves a round trip to the engine on every stream
+            # the engine counts every worker's streams (engine/stream_slots.py); nothing waits
+            # here: the request's generation takes the slot or raises its refusal
             hold = client.hold_stream(owner)
         token = STREAM_HOLD.set(hold)
         watch = SendWatch(send, self.send_timeout)
         try:
             if scope["type"] == "http":
-                await self._http(scope, receive, watch, hold)
-            elif hold is not None and not await _confirmed(hold, scope, send):
+                await self._http(scope, receive, watch)
+            elif hold is not None and not await _confirmed(hold, send):
                 return
             else:
                 await self.app(scope, receive, watch)
@@ -180,9 +178,7 @@ class GuardMiddleware:
             if hold is not None:
                 hold.release()
 
-    async def _http(
-        self, scope: Scope, receive: Receive, send: Send, hold: StreamHold | None
-    ) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         length = _content_length(scope)
         if length is not None and length > self.max_body:
             await send_error(scope, send, self._too_large(length))
@@ -211,13 +207,10 @@ class GuardMiddleware:
         timer: asyncio.Timeout | None = None
 
         async def guarded_send(message: Message) -> None:
-            nonlocal started, refused
+            nonlocal started
             if refused:
                 return
             if message["type"] == "http.response.start":
-                if hold is not None and not await _confirmed(hold, scope, send):
-                    refused = True  # the slot's refusal went out instead of this answer
-                    return
                 started = True
                 if timer is not None:
                     timer.reschedule(None)  # the body (a stream) may take longer
@@ -254,17 +247,14 @@ class GuardMiddleware:
         )
 
 
-async def _confirmed(hold: StreamHold, scope: Scope, send: Send) -> bool:
-    """Whether the engine granted the stream slot; if not, its refusal is answered (503
-    `overloaded`, 429 `stream_limit`, 503 `engine_unavailable`; a WebSocket is closed 1013)."""
+async def _confirmed(hold: StreamHold, send: Send) -> bool:
+    """Whether the engine granted a WebSocket's stream slot; if not, the socket is closed 1013
+    with the refusal's message (`overloaded`, `stream_limit`, `engine_unavailable`)."""
     try:
         await hold.confirmed()
         return True
     except ServiceError as err:
-        if scope["type"] == "websocket":
-            await send({"type": "websocket.close", "code": 1013, "reason": err.message})
-        else:
-            await send_error(scope, send, err)
+        await send({"type": "websocket.close", "code": 1013, "reason": err.message})
         return False
 
 

@@ -75,7 +75,11 @@ def test_a_websocket_flooded_behind_a_generation_is_closed_1008(server: ServerPr
 
     with Prober(server.base) as probe:
         code, sent = asyncio.run(flood())
-    assert code == 1008 and sent < 50, (code, sent)
+    # the server queues 4 MB (RNNSERVE_WS_MAX_QUEUED_BYTES); the rest of `sent` is what the
+    # client wrote before it read the close frame, which the server reads and drops while it
+    # waits for the closing handshake (50-52 seen on a fast machine). The memory bound is the
+    # RSS check below; this one says the flood was stopped, far short of its 400 messages.
+    assert code == 1008 and sent < 100, (code, sent)
     assert server.rss_mb() - rss0 < 200
     assert probe.failures == [] and max(probe.latencies) < 5
     # the generation was cancelled with the socket: the session is as it was

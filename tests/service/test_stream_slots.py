@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import pytest
 
-from service.engine.client import STREAM_HOLD
+from service.engine.client import STREAM_HOLD, StreamHold
 from service.engine.engine import Engine
 from service.engine.host import EngineHost
 from service.engine.protocol import GenerateParams
@@ -107,38 +107,47 @@ def _engine_calls(engine: Engine) -> float:
 
 
 @pytest.mark.parametrize("transport", ["zmq", "inprocess"])
-async def test_a_generation_under_a_refused_hold_never_starts(
+async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_starts(
     make_client: ClientFactory, transport: str
 ) -> None:
-    """The worker sends the hold and the generation back to back (no round trip between them):
-    the engine, reading a worker's frames in order, refuses the generation whose hold it
-    refused, before any work; in one process the client does the same."""
+    """An HTTP stream's slot goes to the engine with its generation (no frame or round trip of
+    its own): every generation of the request shares it, it is held until the request lets go,
+    and a generation under a refused slot raises the slot's error before any work."""
     params = GenerateParams(prompt="ab", max_tokens=5)
-    async with make_client(engine_transport=transport, max_open_streams=1) as c:
+    async with make_client(
+        engine_transport=transport, max_open_streams=2, max_streams_per_key=1
+    ) as c:
         app = app_of(c)
         client = app.state.services.client
         engine = app.state.local.engine
         slots: StreamSlots = app.state.local.slots
-        granted = client.hold_stream(None)
-        refused = client.hold_stream(None)  # both asked before either answer is read
-        token = STREAM_HOLD.set(refused)
-        try:
-            with pytest.raises(Overloaded):
-                await client.generate(LM, params)
-        finally:
-            STREAM_HOLD.reset(token)
+
+        async def generate_under(hold: StreamHold, n: int = 1) -> int:
+            token = STREAM_HOLD.set(hold)
+            try:
+                gens = await asyncio.gather(*(client.generate(LM, params) for _ in range(n)))
+                results = [await g.collect() for g in gens]
+                return sum(r.usage.completion_tokens for r in results)
+            finally:
+                STREAM_HOLD.reset(token)
+
+        first = client.hold_stream("a")
+        assert await generate_under(first, n=3) == 15  # three choices, one slot
+        assert slots.open == 1 and slots.held_by("a") == 1  # until the request lets go
+        with pytest.raises(StreamLimit):  # the key's cap, not the replica's
+            await generate_under(client.hold_stream("a"))
+        ws = client.hold_stream("b")
+        await ws.confirmed()  # a WebSocket asks before it accepts
+        refused = client.hold_stream(None)
+        calls = _engine_calls(engine)
+        assert calls > 0  # the probe sees the generations above
         with pytest.raises(Overloaded):
-            await refused.confirmed()
-        assert _engine_calls(engine) == 0  # nothing was prefilled or decoded
-        token = STREAM_HOLD.set(granted)
-        try:
-            await granted.confirmed()
-            gen = await client.generate(LM, params)
-            result = await gen.collect()
-            assert result.usage.completion_tokens == 5
-            assert _engine_calls(engine) > 0  # the probe above sees a generation's calls
-        finally:
-            STREAM_HOLD.reset(token)
-            granted.release()
-            refused.release()
+            await generate_under(refused)
+        with pytest.raises(Overloaded):  # decided once: the same answer for the same slot
+            await generate_under(refused)
+        assert _engine_calls(engine) == calls  # nothing was prefilled or decoded
+        assert await generate_under(ws) == 5  # the WebSocket's generations use its slot
+        for hold in (first, ws, refused):
+            hold.release()
         await _until(lambda: slots.open == 0)
+        assert slots.held_by("a") == slots.held_by("b") == 0
