@@ -98,6 +98,21 @@ class Metrics:
             registry=r,
             multiprocess_mode="max",
         )
+        # each request's labelled children, looked up once: `labels()` takes a lock and builds
+        # a key on every call (routes are templates and statuses few, so this stays small)
+        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def request_done(self, route: str, method: str, status: str, seconds: float) -> None:
+        """One HTTP request answered: count it and observe its latency."""
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(route, method, status),
+                self.request_latency.labels(route, method),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def exposition(own: CollectorRegistry) -> bytes:

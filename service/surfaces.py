@@ -9,7 +9,7 @@ are streams), the auth middleware (open paths) and the OpenAPI patcher (error sc
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ServiceError
@@ -55,11 +55,19 @@ class Surface:
     error: Callable[[ServiceError], tuple[int, dict[str, Any]]]  # (status, body) of a failure
     streams: tuple[str, ...] = ()  # POST paths ending so answer a stream (SSE)
     suffixes: tuple[str, ...] = ()  # paths ending so belong to it too (`/v1/completions`)
+    # `prefixes` as folders, for one C-level `startswith` per surface: every request asks which
+    # surface it belongs to, and a loop over the prefixes was ~4 % of a worker's CPU (py-spy)
+    _folders: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_folders", tuple(x + "/" for x in self.prefixes))
 
     def owns(self, path: str) -> bool:
         p = path.rstrip("/") or "/"
-        return any(p == x or p.startswith(x + "/") for x in self.prefixes) or (
-            bool(self.suffixes) and p.endswith(self.suffixes)
+        return (
+            p in self.prefixes
+            or p.startswith(self._folders)
+            or (bool(self.suffixes) and p.endswith(self.suffixes))
         )
 
     def is_stream(self, method: str, path: str) -> bool:

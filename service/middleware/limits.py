@@ -34,6 +34,7 @@ from service.engine.client import STREAM_HOLD, EngineClient, StreamHold
 from service.errors import ServiceError
 from service.http_protocol import ABORT
 from service.logging import get_logger
+from service.middleware.deadlines import Deadlines
 from service.settings import Settings
 from service.surfaces import error_response_parts, is_stream
 
@@ -143,6 +144,7 @@ class GuardMiddleware:
         self.app = app
         self.max_body = settings.max_body_bytes
         self.request_timeout = settings.request_timeout_s
+        self.deadlines = Deadlines()  # one timer for every request's deadline
         self.send_timeout = settings.send_timeout_s
         self.debug_bodies = settings.debug_log_bodies
 
@@ -204,7 +206,11 @@ class GuardMiddleware:
             return message
 
         started = False
-        timer: asyncio.Timeout | None = None
+        task = asyncio.current_task()
+        assert task is not None  # uvicorn runs each request in a task of its own
+        cancelling = task.cancelling()
+        deadlines = self.deadlines
+        deadlines.add(task, self.request_timeout)
 
         async def guarded_send(message: Message) -> None:
             nonlocal started
@@ -212,24 +218,24 @@ class GuardMiddleware:
                 return
             if message["type"] == "http.response.start":
                 started = True
-                if timer is not None:
-                    timer.reschedule(None)  # the body (a stream) may take longer
+                deadlines.discard(task)  # the body (a stream) may take longer
             await send(message)
 
         try:
-            async with asyncio.timeout(self.request_timeout) as timer:
-                await self.app(scope, counted_receive, guarded_send)
-        except TimeoutError:
-            if timer is None or not timer.expired():
-                raise  # the app's own TimeoutError, not ours
-            if started or refused:
-                raise ClientStalled from None  # pragma: no cover (the timer is off by then)
+            await self.app(scope, counted_receive, guarded_send)
+        except asyncio.CancelledError:
+            # ours only if the sweeper cancelled it and nobody else did (as `asyncio.timeout`)
+            if not deadlines.expired(task) or task.uncancel() > cancelling:
+                raise
+            if started or refused:  # pragma: no cover (the deadline is off by then)
+                raise ClientStalled from None
             err = RequestTimeout(
                 f"the request did not complete within {self.request_timeout:g} s; retry later",
             )
             err.headers = {"Retry-After": "1"}
             await send_error(scope, send, err)
         finally:
+            deadlines.discard(task)
             if logged:
                 log.debug(
                     "request body",

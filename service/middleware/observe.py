@@ -46,8 +46,7 @@ class ObserveMiddleware:
             route = str(getattr(scope.get("route"), "path", "unmatched"))  # set by the router
             services: Services | None = getattr(scope["app"].state, "services", None)
             if services is not None:
-                services.metrics.requests.labels(route, scope["method"], str(status)).inc()
-                services.metrics.request_latency.labels(route, scope["method"]).observe(dt)
+                services.metrics.request_done(route, scope["method"], str(status), dt)
             log.info(
                 "request",
                 extra={
