@@ -2,7 +2,7 @@
 process (`host.EngineHost`), over one ZeroMQ DEALER socket.
 
 A reader task routes every answer to its call by request id: a future for a unary call, a queue
-for a stream. A call whose caller is cancelled (its HTTP client left, a timeout) sends `Cancel`,
+for a stream (`remote_streams.py`). A call whose caller is cancelled (its HTTP client left, a timeout) sends `Cancel`,
 so the engine stops the work and commits nothing. A stream's tokens wait in the worker for its
 HTTP client; that backlog is bounded like the engine's own (`stream_buffer_bytes`): past it the
 stream is cancelled and ends with `client_too_slow`.
@@ -14,10 +14,8 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 import numpy as np
 import zmq
 import zmq.asyncio
@@ -29,164 +27,20 @@ from service.engine.client import STREAM_HOLD
 from service.engine.protocol import (
     PROTOCOL_VERSION,
     FeedResult,
-    Finished,
     GenerateParams,
-    GenerationResult,
     Output,
     SequenceRef,
     SessionInfo,
     StateExport,
-    TokenLogprob,
 )
-from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
+from service.engine.remote_streams import RemoteGeneration, RemoteHold
 from service.errors import EngineError, InvalidInput, ServiceError
-
-_END = object()  # a stream's queue: nothing follows
 
 
 class EngineGone(EngineError):
     """The engine process stopped answering (it died; the supervisor ends the server)."""
 
     status, code = 503, "engine_unavailable"
-
-
-class RemoteGeneration:
-    """A generation running in the engine process (`GenerationStream`)."""
-
-    def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
-        self._client, self._rid = client, rid
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._backlog = 0
-        self._max_backlog = max_backlog_bytes
-        self._closed = False
-        self._ended = False
-        # resolved when the engine has started the generation (or refused it: the error)
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    # -- fed by the client's reader
-    def _tokens(self, tokens: list[wire.Token]) -> None:
-        if self._ended:
-            return
-        cost = sum(
-            EVENT_BYTES + (LOGPROB_BYTES * len(t.logprob.top) if t.logprob else 0) for t in tokens
-        )
-        self._backlog += cost
-        if self._backlog > self._max_backlog:
-            self._ended = True
-            self._client._cancel(self._rid)
-            self._queue.put_nowait(
-                ClientTooSlow(
-                    f"the client fell more than {self._max_backlog} bytes behind the stream "
-                    "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
-                )
-            )
-            return
-        self._queue.put_nowait(tokens)
-
-    def _end(self, item: GenerationResult | ServiceError) -> None:
-        if not self.opened.done():
-            if isinstance(item, BaseException):  # refused before it started: the call's error
-                self.opened.set_exception(item)
-                self._ended = self._closed = True
-                self._client._streams.pop(self._rid, None)
-                return
-            self.opened.set_result(None)  # a replay: its result, no tokens
-        if not self._ended:
-            self._ended = True
-            self._queue.put_nowait(item)
-
-    # -- GenerationStream
-    async def batches(
-        self, keep_logprobs: bool = True
-    ) -> AsyncIterator[list[TokenEvent | Finished]]:
-        logprobs: list[TokenLogprob] = []
-        try:
-            while True:
-                ready = [await self._queue.get()]
-                while not self._queue.empty():  # everything that arrived: one batch
-                    ready.append(self._queue.get_nowait())
-                self._backlog = 0
-                out: list[TokenEvent | Finished] = []
-                for item in ready:
-                    if isinstance(item, list):
-                        for t in item:
-                            out.append(TokenEvent(t.text, t.token_id, t.index, t.logprob))
-                            if keep_logprobs and t.logprob is not None:
-                                lp = t.logprob
-                                logprobs.append(TokenLogprob(t.text, lp.logprob, lp.top))
-                        continue
-                    if isinstance(item, BaseException):
-                        if out:
-                            yield out  # the tokens before a failure still go out
-                        raise item
-                    out.append(self._finish(item, keep_logprobs, logprobs))
-                    yield out
-                    return
-                yield out
-        finally:
-            await self.aclose()
-
-    @staticmethod
-    def _finish(result: GenerationResult, keep: bool, logprobs: list[TokenLogprob]) -> Finished:
-        if keep and result.logprobs is None and logprobs:
-            result = msgspec.structs.replace(result, logprobs=tuple(logprobs))
-        elif not keep and result.logprobs is not None:
-            result = msgspec.structs.replace(result, logprobs=None)
-        return Finished(result)
-
-    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
-        async for batch in self.batches(keep_logprobs):
-            for ev in batch:
-                yield ev
-
-    async def collect(self) -> GenerationResult:
-        async for ev in self.events():
-            if isinstance(ev, Finished):
-                return ev.result
-        raise RuntimeError("generation ended without a result")  # pragma: no cover
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if not self._ended:
-            self._ended = True
-            self._client._cancel(self._rid)
-        self._client._streams.pop(self._rid, None)
-
-
-class RemoteHold:
-    """A stream slot in the engine, named by the id `rid`. Nothing is sent for it on its own:
-    an HTTP stream's generations carry its `wire.SlotRef` (the engine takes the slot as it reads
-    the first of them), and a WebSocket asks for it with `confirmed()`. `release()` sends
-    `Cancel(rid)` once the engine has seen it, so an HTTP stream costs one frame for its slot."""
-
-    __slots__ = ("_client", "_sent", "owner", "rid")
-
-    def __init__(self, client: RemoteClient, rid: int, owner: str | None) -> None:
-        self._client: RemoteClient | None = client
-        self._sent = False
-        self.owner = owner
-        self.rid = rid
-
-    def ref_for(self, client: RemoteClient) -> wire.SlotRef | None:
-        """The slot for a generation `client` is about to send (None: not this client's)."""
-        if self._client is not client:
-            return None
-        self._sent = True
-        return wire.SlotRef(self.rid, self.owner)
-
-    async def confirmed(self) -> None:
-        if self._client is None:
-            raise RuntimeError("this stream slot was released")
-        self._sent = True
-        await self._client._unary(wire.HoldStream(self.owner), self.rid)
-
-    def release(self) -> None:
-        if self._client is not None:
-            if self._sent:
-                self._client._cancel(self.rid)
-            self._client = None
 
 
 class RemoteClient:

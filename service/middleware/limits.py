@@ -159,7 +159,7 @@ class GuardMiddleware:
             # the engine counts every worker's streams (engine/stream_slots.py); nothing waits
             # here: the request's generation takes the slot or raises its refusal
             hold = client.hold_stream(owner)
-        token = STREAM_HOLD.set(hold)
+            token = STREAM_HOLD.set(hold)
         watch = SendWatch(send, self.send_timeout)
         try:
             if scope["type"] == "http":
@@ -175,9 +175,9 @@ class GuardMiddleware:
             if abort is not None:
                 abort()
         finally:
-            STREAM_HOLD.reset(token)
             watch.close()
             if hold is not None:
+                STREAM_HOLD.reset(token)
                 hold.release()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

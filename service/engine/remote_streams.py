@@ -1,0 +1,160 @@
+"""The worker-side handles of engine calls that outlive one reply: `RemoteGeneration` (a
+generation's tokens as they arrive, with the worker's backlog bound) and `RemoteHold` (a stream
+slot in the engine). Both belong to a `remote.RemoteClient`, whose reader feeds them and whose
+socket they cancel on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from service.engine import wire
+from service.engine.protocol import Finished, GenerationResult, TokenLogprob
+from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
+from service.errors import ServiceError
+
+if TYPE_CHECKING:
+    from service.engine.remote import RemoteClient
+
+
+class RemoteGeneration:
+    """A generation running in the engine process (`GenerationStream`)."""
+
+    def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
+        self._client, self._rid = client, rid
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._backlog = 0
+        self._max_backlog = max_backlog_bytes
+        self._closed = False
+        self._ended = False
+        # resolved when the engine has started the generation (or refused it: the error)
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- fed by the client's reader
+    def _tokens(self, tokens: list[wire.Token]) -> None:
+        if self._ended:
+            return
+        cost = sum(
+            EVENT_BYTES + (LOGPROB_BYTES * len(t.logprob.top) if t.logprob else 0) for t in tokens
+        )
+        self._backlog += cost
+        if self._backlog > self._max_backlog:
+            self._ended = True
+            self._client._cancel(self._rid)
+            self._queue.put_nowait(
+                ClientTooSlow(
+                    f"the client fell more than {self._max_backlog} bytes behind the stream "
+                    "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
+                )
+            )
+            return
+        self._queue.put_nowait(tokens)
+
+    def _end(self, item: GenerationResult | ServiceError) -> None:
+        if not self.opened.done():
+            if isinstance(item, BaseException):  # refused before it started: the call's error
+                self.opened.set_exception(item)
+                self._ended = self._closed = True
+                self._client._streams.pop(self._rid, None)
+                return
+            self.opened.set_result(None)  # a replay: its result, no tokens
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(item)
+
+    # -- GenerationStream
+    async def batches(
+        self, keep_logprobs: bool = True
+    ) -> AsyncIterator[list[TokenEvent | Finished]]:
+        logprobs: list[TokenLogprob] = []
+        try:
+            while True:
+                ready = [await self._queue.get()]
+                while not self._queue.empty():  # everything that arrived: one batch
+                    ready.append(self._queue.get_nowait())
+                self._backlog = 0
+                out: list[TokenEvent | Finished] = []
+                for item in ready:
+                    if isinstance(item, list):
+                        for t in item:
+                            out.append(TokenEvent(t.text, t.token_id, t.index, t.logprob))
+                            if keep_logprobs and t.logprob is not None:
+                                lp = t.logprob
+                                logprobs.append(TokenLogprob(t.text, lp.logprob, lp.top))
+                        continue
+                    if isinstance(item, BaseException):
+                        if out:
+                            yield out  # the tokens before a failure still go out
+                        raise item
+                    out.append(self._finish(item, keep_logprobs, logprobs))
+                    yield out
+                    return
+                yield out
+        finally:
+            await self.aclose()
+
+    @staticmethod
+    def _finish(result: GenerationResult, keep: bool, logprobs: list[TokenLogprob]) -> Finished:
+        if keep and result.logprobs is None and logprobs:
+            result = msgspec.structs.replace(result, logprobs=tuple(logprobs))
+        elif not keep and result.logprobs is not None:
+            result = msgspec.structs.replace(result, logprobs=None)
+        return Finished(result)
+
+    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        async for batch in self.batches(keep_logprobs):
+            for ev in batch:
+                yield ev
+
+    async def collect(self) -> GenerationResult:
+        async for ev in self.events():
+            if isinstance(ev, Finished):
+                return ev.result
+        raise RuntimeError("generation ended without a result")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._ended:
+            self._ended = True
+            self._client._cancel(self._rid)
+        self._client._streams.pop(self._rid, None)
+
+
+class RemoteHold:
+    """A stream slot in the engine, named by the id `rid`. Nothing is sent for it on its own:
+    an HTTP stream's generations carry its `wire.SlotRef` (the engine takes the slot as it reads
+    the first of them), and a WebSocket asks for it with `confirmed()`. `release()` sends
+    `Cancel(rid)` once the engine has seen it, so an HTTP stream costs one frame for its slot."""
+
+    __slots__ = ("_client", "_sent", "owner", "rid")
+
+    def __init__(self, client: RemoteClient, rid: int, owner: str | None) -> None:
+        self._client: RemoteClient | None = client
+        self._sent = False
+        self.owner = owner
+        self.rid = rid
+
+    def ref_for(self, client: RemoteClient) -> wire.SlotRef | None:
+        """The slot for a generation `client` is about to send (None: not this client's)."""
+        if self._client is not client:
+            return None
+        self._sent = True
+        return wire.SlotRef(self.rid, self.owner)
+
+    async def confirmed(self) -> None:
+        if self._client is None:
+            raise RuntimeError("this stream slot was released")
+        self._sent = True
+        await self._client._unary(wire.HoldStream(self.owner), self.rid)
+
+    def release(self) -> None:
+        if self._client is not None:
+            if self._sent:
+                self._client._cancel(self.rid)
+            self._client = None
