@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from service.api import health, metrics, models, playground, sessions, ws
 from service.api.deps import Services
+from service.api.direct import DirectRoutes
 from service.api.errors import install_error_handlers
 from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
@@ -71,10 +72,12 @@ def create_app(
     clock: Clock = time.time,
     configure_logs: bool = True,
     engine_address: str | None = None,
+    direct_routes: bool = True,
 ) -> FastAPI:
     """The app. `store`, `registry` and `clock` are injectable (tests); else built from settings.
     With `engine_address` it is an API worker of the engine process listening there (no models,
-    no sessions of its own)."""
+    no sessions of its own). `direct_routes=False` leaves every request to FastAPI's router (the
+    tests compare the two)."""
     settings = settings or Settings()
     if configure_logs:
         configure_logging(settings.log_level, settings.log_json)
@@ -120,7 +123,10 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(openai_compat_router)
     app.include_router(playground.router)
-    # outermost last: observe -> auth (sets the owner) -> limits (body, timeouts, streams per key)
+    # outermost last: observe -> auth (sets the owner) -> limits (body, timeouts, streams per
+    # key) -> the direct dispatch of the hot routes (direct.py), then FastAPI's router
+    if direct_routes:
+        app.add_middleware(DirectRoutes, routes=[*sessions.router.routes, *models.router.routes])
     app.add_middleware(GuardMiddleware, settings=settings)
     app.add_middleware(AuthMiddleware, keys=keys, settings=settings)
     app.add_middleware(ObserveMiddleware)

@@ -44,6 +44,13 @@ def error_response(exc: ServiceError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
+def service_error_response(exc: ServiceError) -> JSONResponse:
+    """A `ServiceError` a native handler raised, as its response (a 5xx is logged)."""
+    if exc.status >= 500:
+        log.error("request failed", extra={"code": exc.code, "reason": exc.message})
+    return error_response(exc)
+
+
 def field_of(loc: Sequence[int | str]) -> str:
     """("body", "inputs", 3) -> "inputs[3]"; ("header", "idempotency-key") -> "Idempotency-Key"."""
     parts = list(loc)
@@ -77,9 +84,7 @@ def validation_error(exc: RequestValidationError) -> ServiceError:
 def install_error_handlers(app: FastAPI) -> None:
     async def on_service(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        if exc.status >= 500:
-            log.error("request failed", extra={"code": exc.code, "reason": exc.message})
-        return error_response(exc)
+        return service_error_response(exc)
 
     async def on_validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from service.api import results
@@ -64,10 +65,17 @@ async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInf
 )
 async def predict(
     model: str, body: PredictRequest, s: Services = Depends(get_services)
-) -> dict[str, Any]:
+) -> JSONResponse:
+    return await predict_response(s, model, body)
+
+
+async def predict_response(s: Services, model: str, body: PredictRequest) -> JSONResponse:
+    """The predict route's work, also run by `direct.py` for a request it takes past the
+    router. The JSON is built here (`results.output`), not re-validated against the response
+    model."""
     body.check(s.settings)
     outputs = await s.client.predict(model, body.inputs, body.top_k)
-    return {"model": model, "outputs": [results.output(o) for o in outputs]}
+    return JSONResponse({"model": model, "outputs": [results.output(o) for o in outputs]})
 
 
 @router.post(

@@ -118,6 +118,13 @@ async def feed(
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
+    return await feed_response(s, session_id, body, idempotency_key, owner)
+
+
+async def feed_response(
+    s: Services, session_id: str, body: FeedRequest, idempotency_key: str | None, owner: str | None
+) -> JSONResponse:
+    """The feed route's work, also run by `direct.py` for a request it takes past the router."""
     check_text(body.text, "text", s.settings)
     r = await s.client.feed(
         session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner

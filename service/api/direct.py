@@ -1,0 +1,179 @@
+"""Direct dispatch of the two hottest routes, a session feed and a prediction, past FastAPI's
+router and dependency injection.
+
+Why: a session step costs an API worker ~0.3 ms of CPU, and with one worker that worker is the
+whole server's limit. FastAPI's part of it, a regex per declared route until one matches, the
+dependency solver, the exception and exit-stack middlewares, was about a fifth (py-spy under the
+`python -m bench` step load; docs/benchmarks.md has the A/B).
+
+Why it cannot change the API: the routes stay declared in `sessions.py` and `models.py` (the
+OpenAPI schema comes from there) and run the same handler functions. This layer takes only a
+request it can answer exactly as that route would: a POST to the route's exact path, a
+`Content-Type` of `application/json`, a body that parses to an object that the route's own
+pydantic model accepts, and headers within the route's bounds. Anything else (a bad body, an
+unusual content type, an over-long `Idempotency-Key`, a client gone mid-body) goes on to FastAPI
+with the body already read replayed to it, so every validation error is FastAPI's own, in the
+same shape, and cannot drift. Errors the handler raises (unknown session, version conflict, ...)
+take the app's one mapping, `errors.service_error_response`.
+
+It sits innermost among the middlewares (`app.py`), so request ids, metrics (by the declared
+route's template), auth, body limits and deadlines apply as to any request.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import models, sessions
+from service.api.deps import Services
+from service.api.errors import service_error_response
+from service.api.schemas import FeedRequest, PredictRequest
+from service.errors import ServiceError
+from service.middleware.limits import OWNER_KEY
+
+# (services, the path parameter, the validated body, Idempotency-Key, owner) -> the response
+Handler = Callable[[Services, str, Any, str | None, str | None], Awaitable[Response]]
+
+_MAX_IDEMPOTENCY_KEY = 256  # sessions.IdemKey's bounds; a key outside them goes to FastAPI
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    template: str  # the declared route's path, one `{param}` between a prefix and a suffix
+    body: type[BaseModel]
+    handle: Handler
+    idempotent: bool  # the route reads `Idempotency-Key`
+
+    @property
+    def prefix(self) -> str:
+        return self.template.partition("{")[0]
+
+    @property
+    def suffix(self) -> str:
+        return self.template.rpartition("}")[2]
+
+
+async def _feed(s: Services, sid: str, body: Any, idem: str | None, owner: str | None) -> Response:
+    return await sessions.feed_response(s, sid, body, idem, owner)
+
+
+async def _predict(s: Services, model: str, body: Any, _: str | None, __: str | None) -> Response:
+    return await models.predict_response(s, model, body)
+
+
+ROUTES = (
+    DirectRoute("/v1/sessions/{session_id}/feed", FeedRequest, _feed, idempotent=True),
+    DirectRoute("/v1/models/{model}/predict", PredictRequest, _predict, idempotent=False),
+)
+
+
+class _Bound:
+    """A `DirectRoute` with its declared `APIRoute` (for `scope["route"]`: metrics, logs)."""
+
+    def __init__(self, spec: DirectRoute, route: APIRoute) -> None:
+        self.spec, self.route = spec, route
+        self.prefix, self.suffix = spec.prefix, spec.suffix
+        self.param = spec.template[len(self.prefix) + 1 : -len(self.suffix) - 1]
+
+    def match(self, path: str) -> str | None:
+        """The path parameter, as Starlette's `{param}` would take it (`[^/]+`), or None."""
+        if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
+            return None
+        value = path[len(self.prefix) : len(path) - len(self.suffix)]
+        return value if value and "/" not in value else None
+
+
+class DirectRoutes:
+    """The ASGI layer (see the module doc); `routes` hold the declared routes of `ROUTES`."""
+
+    def __init__(self, app: ASGIApp, routes: list[Any]) -> None:
+        self.app = app
+        declared = {
+            r.path: r for r in routes if isinstance(r, APIRoute) and "POST" in (r.methods or ())
+        }
+        self.bound = [_Bound(d, declared[d.template]) for d in ROUTES]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            for b in self.bound:
+                param = b.match(path)
+                if param is not None:
+                    await self._serve(b, param, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _serve(
+        self, b: _Bound, param: str, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        messages: list[Message] = []
+        body = await _read_body(receive, messages)
+        parsed = _accept(b.spec, scope, body) if body is not None else None
+        if parsed is None:  # not certain to be served as the route would: FastAPI answers
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        value, idem = parsed
+        scope["route"], scope["path_params"] = b.route, {b.param: param}
+        services: Services = scope["app"].state.services
+        owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
+        try:
+            response = await b.spec.handle(services, param, value, idem, owner)
+        except ServiceError as e:
+            response = service_error_response(e)
+        await response(scope, receive, send)
+
+
+async def _read_body(receive: Receive, messages: list[Message]) -> bytes | None:
+    """The whole body (None if the client left, or the limits refused it, mid-way); every
+    message read is kept in `messages` for a replay."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _accept(spec: DirectRoute, scope: Scope, body: bytes) -> tuple[Any, str | None] | None:
+    """(the validated body, the Idempotency-Key) when FastAPI would accept the request with
+    exactly these values; None when in any doubt."""
+    content_type: bytes | None = None
+    idem: str | None = None
+    seen_idem = False
+    for k, v in scope["headers"]:
+        if k == b"content-type" and content_type is None:
+            content_type = v
+        elif k == b"idempotency-key" and spec.idempotent and not seen_idem:
+            seen_idem, idem = True, bytes(v).decode("latin-1")
+    if (
+        content_type is None
+        or content_type.split(b";", 1)[0].strip().lower() != b"application/json"
+    ):
+        return None
+    if idem is not None and not 1 <= len(idem) <= _MAX_IDEMPOTENCY_KEY:
+        return None
+    try:
+        data = json.loads(body)  # as Starlette's `Request.json()`
+        return spec.body.model_validate(data), idem
+    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError included
+        return None
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
