@@ -54,7 +54,7 @@ class EngineHost:
         # gets all of its frames in ONE multipart message: after a decode step every stream's
         # task posts its tokens, and a send (and the worker's receive) per stream per step was
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
-        self._outbox: dict[bytes, list[bytes]] = {}
+        self._outbox: dict[bytes, list[wire.Frame]] = {}
         self._flush_due = False
 
     async def serve(self) -> None:
@@ -127,7 +127,7 @@ class EngineHost:
         self._ctx.term()
 
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
-        self._outbox.setdefault(ident, []).append(wire.encoder.encode(frame))
+        self._outbox.setdefault(ident, []).append(frame)
         if not self._flush_due:
             self._flush_due = True
             # call_soon runs after the tasks already ready in this loop iteration, i.e. after
@@ -140,7 +140,7 @@ class EngineHost:
         for ident, frames in out.items():
             try:
                 # no high-water mark (above): a send never waits, so NOBLOCK never refuses
-                self._sock.send_multipart([ident, *frames], flags=zmq.NOBLOCK)
+                self._sock.send_multipart([ident, wire.encoder.encode(frames)], flags=zmq.NOBLOCK)
             except zmq.ZMQError as e:  # the socket is closing
                 log.warning("frames to a worker not sent", extra={"error": str(e)})
 

@@ -94,8 +94,8 @@ class RemoteClient:
     async def _read(self) -> None:
         while True:
             # one message holds every frame the engine had ready for this worker (host.py)
-            for raw in await self._sock.recv_multipart():
-                self._dispatch(wire.decoder.decode(raw))
+            for frame in wire.frames_decoder.decode(await self._sock.recv()):
+                self._dispatch(frame)
 
     def _dispatch(self, frame: wire.Frame) -> None:
         if isinstance(frame, wire.Opened):

@@ -28,8 +28,9 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 5  # 2: a message from the engine may carry several frames; 3: HoldStream;
-# 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`)
+WIRE_VERSION = 6  # 2: a message from the engine may carry several frames; 3: HoldStream;
+# 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
+# 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each
 
 
 class Tensor(Message, frozen=True):
@@ -291,7 +292,11 @@ class Failed(Message, frozen=True, tag="failed"):
 Frame = Call | Cancel | Result | Opened | Tokens | Failed
 
 encoder = msgspec.msgpack.Encoder()
-decoder = msgspec.msgpack.Decoder(Frame)
+decoder = msgspec.msgpack.Decoder(Frame)  # worker -> engine: one frame per message
+# engine -> worker: every frame ready for that worker in one array. One ZeroMQ message part per
+# frame cost a send each, and each send gives up the GIL: at 256 streams a quarter of the
+# engine's samples were those sends and the wake-ups around them (py-spy, docs/benchmarks.md)
+frames_decoder = msgspec.msgpack.Decoder(list[Frame])
 
 # a status and code the worker cannot map to a known class are raised as a plain ServiceError
 _KINDS: dict[str, type[errors.ServiceError]] = {
