@@ -27,6 +27,7 @@ from service.engine.scheduler import SchedulerConfig
 from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
 from service.engine.stream_slots import StreamSlots
+from service.heap import freeze_startup_heap
 from service.keys import Keys, reload_on_sighup
 from service.logging import configure_logging, get_logger
 from service.metrics import Metrics
@@ -90,6 +91,7 @@ def create_app(
             remote = RemoteClient(engine_address, settings.stream_buffer_bytes)
             await remote.connect()
             app.state.services = Services(settings, remote, m)
+            freeze_startup_heap()
             try:
                 with reload_on_sighup(keys):
                     yield
@@ -100,6 +102,7 @@ def create_app(
             app.state.local = c  # the engine in this process (tests and diagnostics reach it)
             if settings.engine_transport == "inprocess":
                 app.state.services = Services(settings, c, m)
+                freeze_startup_heap()
                 with reload_on_sighup(keys):
                     yield
                 return

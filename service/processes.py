@@ -37,6 +37,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from service.heap import freeze_startup_heap
 from service.logging import configure_logging, get_logger
 from service.settings import Settings
 
@@ -97,6 +98,7 @@ async def _engine(settings: Settings, address: str, conn: Connection) -> None:
             loop.call_soon_threadsafe(stop.set)
 
         threading.Thread(target=control, name="engine-control", daemon=True).start()
+        freeze_startup_heap()
         conn.send(("ready", sorted(client.catalog.models)))
         await stop.wait()
         serving.cancel()

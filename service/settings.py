@@ -70,7 +70,10 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(64, ge=1, le=4096, description="Rows per prefill/predict batch.")
     max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="How long a prefill/predict batch waits to fill up."
+        2.0,
+        ge=0,
+        le=1000,
+        description="How long a prefill/predict batch may wait for as many rows as the last.",
     )
     max_queue: int = Field(
         1024, ge=1, description="Waiting prefill/predict jobs per model before 503 `overloaded`."

@@ -18,9 +18,13 @@ import msgspec
 PROTOCOL_VERSION = 1
 
 
-class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class Message(msgspec.Struct, frozen=True, forbid_unknown_fields=False, gc=False):
     """Base of every boundary message (frozen; fields the reader does not know are ignored, so
-    an older reader accepts a newer writer's added fields)."""
+    an older reader accepts a newer writer's added fields).
+
+    `gc=False`: a message is data (strings, numbers, tuples, other messages) and never part of a
+    reference cycle, so the cyclic collector need not track it; a worker decodes one per token
+    per stream, and each tracked one brought the next collection closer."""
 
 
 # -- outputs of a prediction or a feed -------------------------------------------------------

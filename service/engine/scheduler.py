@@ -209,9 +209,13 @@ class Scheduler:
                     continue
                 if self._prefill and not decoding and not self._closing:
                     # wait for company only when requests have been arriving together: a lone
-                    # client pays no batching delay, concurrent ones fill batches
+                    # client pays no batching delay, concurrent ones fill batches. A batch goes
+                    # as soon as it is as large as the last one: waiting on for rows that are
+                    # still on their way through HTTP made every step of 32 clients wait the
+                    # whole `max_wait_ms` (docs/benchmarks.md: 1.3x session step req/s)
                     wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
-                    if wait > 0 and self._last_rows > 1 and len(self._prefill) < cfg.max_batch_size:
+                    enough = min(cfg.max_batch_size, self._last_rows)
+                    if wait > 0 and self._last_rows > 1 and len(self._prefill) < enough:
                         self._cv.wait(wait)
                         continue
                 break

@@ -210,11 +210,38 @@ async def test_a_lone_client_pays_no_batching_delay() -> None:
     for _ in range(5):
         await s.prefill([1])
     assert time.perf_counter() - t0 < 0.3  # no 300 ms wait per request
-    # concurrent arrivals switch waiting back on, and fill one batch
-    await asyncio.gather(*(s.prefill([1]) for _ in range(2)))
+    await s.close(1)
+
+
+async def test_a_batch_waits_for_as_many_rows_as_the_last_one_had() -> None:
+    """Concurrent arrivals switch waiting on; a batch goes as soon as it is as large as the
+    last, and waits (up to max_wait_ms) only for rows that have not arrived."""
+    import time
+
+    runner = FakeRunner()
+    s = make(runner, max_wait_ms=300.0)
+    await s.prefill([1])  # a lone client first: no waiting from here
     runner.calls.clear()
-    await asyncio.gather(*(s.prefill([2]) for _ in range(6)))
+    runner.gate.clear()
+    blocker = asyncio.ensure_future(s.prefill([1]))
+    await asyncio.sleep(0.02)  # the engine thread is now inside the first call
+    queued = [asyncio.ensure_future(s.prefill([2])) for _ in range(6)]
+    await asyncio.sleep(0.02)
+    runner.gate.set()
+    await asyncio.gather(blocker, *queued)
+    assert runner.calls == [(1, 1), (6, 1)]  # six queued behind a call: one batch
+
+    runner.calls.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(s.prefill([3]) for _ in range(6)))
     assert runner.calls == [(6, 1)]
+    assert time.perf_counter() - t0 < 0.25  # six, as last time: no 300 ms wait
+
+    runner.calls.clear()
+    t0 = time.perf_counter()
+    await asyncio.gather(*(s.prefill([4]) for _ in range(3)))
+    assert runner.calls == [(3, 1)]
+    assert time.perf_counter() - t0 >= 0.25  # three of six: waited for company
     await s.close(1)
 
 
