@@ -14,7 +14,12 @@ import gc
 
 
 def freeze_startup_heap() -> None:
-    """Collect once, then exempt every surviving object from later collections (call once,
-    when the process is ready to serve)."""
-    gc.collect()
+    """Exempt every object alive now from later collections (call once, when the process is
+    ready to serve).
+
+    No `gc.collect()` first: a collection writes to every object it visits, and in a worker or
+    engine forked from the fork server (processes.py) most of those objects sit in pages shared
+    with it; writing them copied ~16 MB per process (idle PSS of 1 worker: 191 -> 221 MB).
+    `gc.freeze()` only relinks the generations' lists. What start-up left as garbage stays,
+    once."""
     gc.freeze()
