@@ -46,6 +46,9 @@ class Generation:
     finalize: Finalizer | None = None
     release: Callable[[], Awaitable[None]] | None = None
     replay: GenerationResult | None = None  # an idempotent replay: no stream ran
+    # awaited after the last token and before `finalize` commits (the engine process: until the
+    # worker's client has been handed every token, so a client gone before then commits nothing)
+    before_commit: Callable[[], Awaitable[None]] | None = None
     _closed: bool = field(default=False, init=False)
 
     async def batches(
@@ -77,6 +80,11 @@ class Generation:
                             yield out
                         raise ev.error
                     else:
+                        if self.before_commit is not None and self.finalize is not None:
+                            if out:  # the last tokens go out before the commit waits
+                                yield out
+                                out = []
+                            await self.before_commit()
                         out.append(Finished(await self._result(ev, pieces, logprobs)))
                 yield out
         finally:

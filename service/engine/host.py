@@ -56,6 +56,8 @@ class EngineHost:
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
         self._outbox: dict[bytes, list[wire.Frame]] = {}
         self._flush_due = False
+        # session generations waiting for their worker's `Drained` before they commit
+        self._drains: dict[tuple[bytes, int], asyncio.Future[None]] = {}
 
     async def serve(self) -> None:
         while True:
@@ -67,6 +69,10 @@ class EngineHost:
                 continue
             if isinstance(frame, wire.Cancel):
                 self._cancel(ident, frame.rid)
+            elif isinstance(frame, wire.Drained):
+                drained = self._drains.get((ident, frame.rid))
+                if drained is not None and not drained.done():
+                    drained.set_result(None)
             elif isinstance(frame, wire.Call):
                 self._start(ident, frame)
 
@@ -165,6 +171,17 @@ class EngineHost:
             gen = await c.session_generate(
                 op.session_id, op.params, op.expected_version, op.key, op.owner
             )
+            # commit only once the worker's client has been handed every token: the engine
+            # reads the stream ahead of the client, and a client gone before the end must
+            # leave the session as it was (docs/reliability.md, guarantee 2)
+            drained = asyncio.get_running_loop().create_future()
+            self._drains[(ident, rid)] = drained
+
+            async def before_commit() -> None:
+                self._post(ident, wire.Finishing(rid))
+                await drained
+
+            gen.before_commit = before_commit
         try:
             self._post(ident, wire.Opened(rid))
             # each token carries its own logprobs; the worker rebuilds a result's list from them
@@ -181,6 +198,7 @@ class EngineHost:
                 if done is not None:
                     self._post(ident, wire.Result(rid, wire.Generated(done.result)))
         finally:
+            self._drains.pop((ident, rid), None)
             await gen.aclose()
 
     def _slot(self, ident: bytes, ref: wire.SlotRef) -> ServiceError | None:

@@ -106,6 +106,10 @@ class RemoteClient:
             gen = self._streams.get(frame.rid)
             if gen is not None:
                 gen._tokens(frame.tokens)
+        elif isinstance(frame, wire.Finishing):
+            gen = self._streams.get(frame.rid)
+            if gen is not None:
+                gen._finishing()
         elif isinstance(frame, wire.Result | wire.Failed):
             value: Any = (
                 frame.value if isinstance(frame, wire.Result) else wire.raise_error(frame.error)
@@ -134,6 +138,10 @@ class RemoteClient:
     def _cancel(self, rid: int) -> None:
         with contextlib.suppress(zmq.ZMQError):
             self._sock.send(wire.encoder.encode(wire.Cancel(rid)), flags=zmq.NOBLOCK)
+
+    def _drained(self, rid: int) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.send(wire.encoder.encode(wire.Drained(rid)), flags=zmq.NOBLOCK)
 
     @staticmethod
     def _encode(frame: wire.Call) -> bytes:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from service.engine.remote import RemoteClient
 
 
+# queued by `Finishing`: the engine waits to commit until the consumer gets past it
+_FINISHING = object()
+
+
 class RemoteGeneration:
     """A generation running in the engine process (`GenerationStream`)."""
 
@@ -54,6 +58,10 @@ class RemoteGeneration:
             return
         self._queue.put_nowait(tokens)
 
+    def _finishing(self) -> None:
+        if not self._ended:
+            self._queue.put_nowait(_FINISHING)
+
     def _end(self, item: GenerationResult | ServiceError) -> None:
         if not self.opened.done():
             if isinstance(item, BaseException):  # refused before it started: the call's error
@@ -79,6 +87,12 @@ class RemoteGeneration:
                 self._backlog = 0
                 out: list[TokenEvent | Finished] = []
                 for item in ready:
+                    if item is _FINISHING:
+                        if out:  # hand the last tokens over first; ask again, then commit
+                            yield out
+                            out = []
+                        self._client._drained(self._rid)
+                        continue
                     if isinstance(item, list):
                         for t in item:
                             out.append(TokenEvent(t.text, t.token_id, t.index, t.logprob))
@@ -93,7 +107,8 @@ class RemoteGeneration:
                     out.append(self._finish(item, keep_logprobs, logprobs))
                     yield out
                     return
-                yield out
+                if out:
+                    yield out
         finally:
             await self.aclose()
 

@@ -28,9 +28,11 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 6  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 7  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
-# 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each
+# 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
+# 7: a session generation commits only after its worker says the client took every token
+# (`Finishing` / `Drained`)
 
 
 class Tensor(Message, frozen=True):
@@ -284,12 +286,26 @@ class Tokens(Message, frozen=True, tag="tokens"):
     tokens: list[Token]
 
 
+class Finishing(Message, frozen=True, tag="finishing"):
+    """Engine -> worker: a session generation has produced its last token and waits to commit
+    until the worker answers `Drained` (or `Cancel`: then nothing is committed)."""
+
+    rid: int
+
+
+class Drained(Message, frozen=True, tag="drained"):
+    """Worker -> engine: the client has been handed every token of the stream `rid` (its
+    consumer asked for more after the last one); the engine may commit."""
+
+    rid: int
+
+
 class Failed(Message, frozen=True, tag="failed"):
     rid: int
     error: ErrorInfo
 
 
-Frame = Call | Cancel | Result | Opened | Tokens | Failed
+Frame = Call | Cancel | Drained | Result | Opened | Tokens | Finishing | Failed
 
 encoder = msgspec.msgpack.Encoder()
 decoder = msgspec.msgpack.Decoder(Frame)  # worker -> engine: one frame per message

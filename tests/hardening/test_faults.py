@@ -155,6 +155,40 @@ async def test_client_vanishing_at_a_random_point_of_a_stream(
         assert r.status_code == 200
 
 
+async def test_over_the_wire_a_session_stream_commits_only_once_its_client_has_it_all(
+    make_client: ClientFactory,
+) -> None:
+    """The engine process reads a stream ahead of the client; a session generation it has
+    finished still waits for the worker's client to be handed every token before it commits,
+    so a client that goes away after the engine finished leaves the session as it was."""
+    async with make_client(engine_transport="zmq") as c:
+        app = app_of(c)
+        sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+        await c.post(f"/v1/sessions/{sid}/feed", json={"text": "To be"})
+        before = (await c.get(f"/v1/sessions/{sid}/state")).json()
+        held = HeldClient(hold_after=1)  # takes the response start, then stops reading
+        body = {"max_tokens": 40, "stream": True}
+        task = asyncio.create_task(held.call(app, "POST", f"/v1/sessions/{sid}/generate", body))
+        await asyncio.wait_for(held.held.wait(), 10)
+        sched = app.state.local.engine.schedulers[LM]
+        for _ in range(500):  # the engine generates every token while the client is held
+            if sched.active_streams == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert sched.active_streams == 0
+        await asyncio.sleep(0.05)  # time to commit, were it not waiting for the client
+        held.gone.set()  # the client leaves with its first chunk still unsent
+        await asyncio.wait_for(task, 10)
+        held.release.set()
+        assert not any(b'"finish_reason"' in m.get("body", b"") for m in held.messages)
+        assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
+        # the session's lock is free, and a client that reads it all commits exactly once
+        r = await c.post(f"/v1/sessions/{sid}/generate", json={"max_tokens": 40, "stream": True})
+        assert r.status_code == 200 and '"finish_reason"' in r.text
+        after = (await c.get(f"/v1/sessions/{sid}/state")).json()
+        assert after["version"] == before["version"] + 1
+
+
 @pytest.mark.redis
 async def test_redis_dropped_mid_request_is_503_and_nothing_half_written(
     make_client: ClientFactory, registry: Registry, tmp_path: Path
