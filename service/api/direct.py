@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -102,11 +102,14 @@ class DirectRoutes:
         self.bound = [_Bound(d, declared[d.template]) for d in ROUTES]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+        if scope["type"] == "http" and scope["method"] == "POST" and _plain(scope):
             path: str = scope["path"]
             for b in self.bound:
                 param = b.match(path)
                 if param is not None:
+                    # the route FastAPI's router would pick for this exact path, set before the
+                    # body is read: a timeout or failure from here on is counted under it too
+                    scope["route"], scope["path_params"] = b.route, {b.param: param}
                     await self._serve(b, param, scope, receive, send)
                     return
         await self.app(scope, receive, send)
@@ -121,7 +124,6 @@ class DirectRoutes:
             await self.app(scope, _replay(messages, receive), send)
             return
         value, idem = parsed
-        scope["route"], scope["path_params"] = b.route, {b.param: param}
         services: Services = scope["app"].state.services
         owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
         try:
@@ -129,6 +131,17 @@ class DirectRoutes:
         except ServiceError as e:
             response = service_error_response(e)
         await response(scope, receive, send)
+
+
+def _plain(scope: Scope) -> bool:
+    """No reason to leave the request to FastAPI: no mount prefix (`root_path`), no
+    `dependency_overrides` (the direct path reads the services itself), no FastAPI telemetry
+    (its route span is set by the router)."""
+    return (
+        not scope.get("root_path")
+        and not scope["app"].dependency_overrides
+        and scope.get("fastapi.telemetry") is None
+    )
 
 
 async def _read_body(receive: Receive, messages: list[Message]) -> bytes | None:
@@ -166,7 +179,9 @@ def _accept(spec: DirectRoute, scope: Scope, body: bytes) -> tuple[Any, str | No
     try:
         data = json.loads(body)  # as Starlette's `Request.json()`
         return spec.body.model_validate(data), idem
-    except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError included
+    # anything: FastAPI turns any failure to read a body into its own answer (a body nested
+    # past Python's recursion limit is a RecursionError here and a 400 there)
+    except Exception:
         return None
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from service.api import direct
 from service.api.deps import get_services
 from service.api.direct import ROUTES, DirectRoute, _accept, _Bound
 from service.api.schemas import FeedRequest
@@ -41,6 +42,7 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("POST", FEED, {"content-type": JSON}, b'{"text": "a", "expected_version": 3}'),
     ("POST", FEED, {"content-type": JSON}, b'{"text": "' + b"x" * 41 + b'"}'),
     ("POST", FEED, {"content-type": JSON}, b'{"text": "a\xff"}'),
+    ("POST", FEED, {"content-type": JSON}, b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
     ("POST", FEED, {"content-type": JSON}, '{"text": "\u20ac"}'.encode()),
     ("POST", FEED, {"content-type": JSON, "idempotency-key": ""}, b'{"text": "b"}'),
     ("POST", FEED, {"content-type": JSON, "idempotency-key": "k" * 257}, b'{"text": "b"}'),
@@ -105,26 +107,40 @@ async def test_every_answer_is_the_declared_routes(registry: Registry) -> None:
     assert any(e[1].get("idempotent-replayed") == "true" for e in expected)
 
 
-async def test_good_requests_skip_the_router(registry: Registry, clock: FakeClock) -> None:
-    """A good feed or prediction never reaches FastAPI's dependencies; a bad one does (and is
-    answered there)."""
-    calls = 0
+async def test_good_requests_skip_the_router(
+    registry: Registry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A good feed or prediction is answered without handing the request on; a bad one is
+    handed to FastAPI with its body replayed, and so is every request while dependency
+    overrides are set (the direct path does not read dependencies)."""
+    handed_on = 0
+    real_replay = direct._replay
 
+    def counted(messages: Any, receive: Any) -> Any:
+        nonlocal handed_on
+        handed_on += 1
+        return real_replay(messages, receive)
+
+    monkeypatch.setattr(direct, "_replay", counted)
     async with served(registry, clock, direct=True) as c:
-        real = c.app.state.services  # type: ignore[attr-defined]
-
-        async def counted() -> Any:
-            nonlocal calls
-            calls += 1
-            return real
-
-        c.app.dependency_overrides[get_services] = counted  # type: ignore[attr-defined]
         assert (await c.post(FEED, json={"text": "ROMEO"})).status_code == 200
         r = await c.post(f"/v1/models/{CLS}/predict", json={"inputs": ["a fine film"]})
         assert r.status_code == 200
-        assert calls == 0
+        assert handed_on == 0
         assert (await c.post(FEED, json={"text": "a", "top_k": 0})).status_code == 422
-        assert calls == 1
+        assert handed_on == 1
+
+        real = c.app.state.services  # type: ignore[attr-defined]
+        overridden = 0
+
+        async def override() -> Any:
+            nonlocal overridden
+            overridden += 1
+            return real
+
+        c.app.dependency_overrides[get_services] = override  # type: ignore[attr-defined]
+        assert (await c.post(FEED, json={"text": "a"})).status_code == 200
+        assert overridden == 1  # FastAPI answered, with the override
 
 
 async def test_metrics_name_the_declared_route(registry: Registry, clock: FakeClock) -> None:
