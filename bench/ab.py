@@ -3,6 +3,7 @@
     python -m bench.ab --base 7f9c071              # generation 1/16/64/256, step, classify
     python -m bench.ab --base HEAD~1 --only generate --streams 64,256 --rounds 5
     python -m bench.ab --base main --env-b RNNSERVE_INTRA_OP_THREADS=1   # a setting, same code
+    python -m bench.ab --base HEAD~1 --only session   # short session streams, one client
 
 Both servers run at once on loopback (the baseline from a `git worktree` of `--base` under
 bench/.out/, with the same venv), and every measurement goes in interleaved rounds (A, B, A,
@@ -114,6 +115,34 @@ def classify_round(s: Server, m: targets.Models, texts: list[str], secs: float) 
     return _wrk_round(s, "classify", targets.classify_requests("rnnserve", m, texts, 2), secs)
 
 
+def session_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
+    """One client, one session, short SSE generations back to back (10 tokens each): what the
+    start and the end of a session stream cost (its lock, its commit), not the token rate."""
+    import httpx
+
+    s.wait_idle()
+    times: list[float] = []
+    with httpx.Client(base_url=s.base, timeout=30) as c:
+        sid = c.post("/v1/sessions", json={"model": m.char_name}).json()["session_id"]
+        c.post(f"/v1/sessions/{sid}/feed", json={"text": "ROMEO:"})
+        body = {"max_tokens": 10, "stream": True}
+        cpu0, t0 = s.cpu(), time.perf_counter()
+        while time.perf_counter() - t0 < secs:
+            t = time.perf_counter()
+            r = c.post(f"/v1/sessions/{sid}/generate", json=body)
+            if r.status_code != 200 or '"finish_reason"' not in r.text:
+                raise RuntimeError(f"session generation failed: {r.status_code} {r.text[:200]}")
+            times.append((time.perf_counter() - t) * 1e3)
+        wall = time.perf_counter() - t0
+    times.sort()
+    return {
+        "rps": len(times) / wall,
+        "p50_ms": times[len(times) // 2],
+        "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))],
+        "server_cpu": (s.cpu() - cpu0) / wall,
+    }
+
+
 def summarise(rounds: list[dict[str, dict[str, Any]]], key: str) -> dict[str, float]:
     a = [r["A"][key] for r in rounds]
     b = [r["B"][key] for r in rounds]
@@ -201,6 +230,7 @@ def main() -> None:
         wrk_rounds: dict[str, Callable[[Server], dict[str, Any]]] = {
             "step": lambda srv: step_round(srv, mods, a.seconds),
             "classify": lambda srv: classify_round(srv, mods, texts, a.seconds),
+            "session": lambda srv: session_round(srv, mods, a.seconds),
         }
         for name, one in wrk_rounds.items():
             if name not in only:
@@ -212,6 +242,7 @@ def main() -> None:
             res[name] = {
                 "rounds": rounds,
                 "rps": summarise(rounds, "rps"),
+                "p50_ms": summarise(rounds, "p50_ms"),
                 "p99_ms": summarise(rounds, "p99_ms"),
                 "server_cpu": summarise(rounds, "server_cpu"),
             }
