@@ -30,14 +30,14 @@ from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams, softmax
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.state_bounds import require_finite
-from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
+from service.engine.stream import DoneEvent, ErrorEvent, EventsFromBatches, Stream, TokenEvent
 from service.metrics import Metrics
 
 Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
 
 
 @dataclass(eq=False)
-class Generation:
+class Generation(EventsFromBatches):
     """A running generation. Iterate `events()`; `aclose()` always (it cancels and releases)."""
 
     stream: Stream
@@ -90,11 +90,6 @@ class Generation:
         finally:
             await self.aclose()
 
-    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
-        async for batch in self.batches(keep_logprobs):
-            for ev in batch:
-                yield ev
-
     async def _result(
         self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
     ) -> GenerationResult:
@@ -113,12 +108,6 @@ class Generation:
         if self.finalize is not None:
             result = await self.finalize(ev, result)
         return result
-
-    async def collect(self) -> GenerationResult:
-        async for ev in self.events():
-            if isinstance(ev, Finished):
-                return ev.result
-        raise RuntimeError("generation ended without a result")  # pragma: no cover
 
     async def aclose(self) -> None:
         if self._closed:

@@ -14,7 +14,13 @@ import msgspec
 
 from service.engine import wire
 from service.engine.protocol import Finished, GenerationResult, TokenLogprob
-from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
+from service.engine.stream import (
+    EVENT_BYTES,
+    LOGPROB_BYTES,
+    ClientTooSlow,
+    EventsFromBatches,
+    TokenEvent,
+)
 from service.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
 _FINISHING = object()
 
 
-class RemoteGeneration:
+class RemoteGeneration(EventsFromBatches):
     """A generation running in the engine process (`GenerationStream`)."""
 
     def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
@@ -119,17 +125,6 @@ class RemoteGeneration:
         elif not keep and result.logprobs is not None:
             result = msgspec.structs.replace(result, logprobs=None)
         return Finished(result)
-
-    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
-        async for batch in self.batches(keep_logprobs):
-            for ev in batch:
-                yield ev
-
-    async def collect(self) -> GenerationResult:
-        async for ev in self.events():
-            if isinstance(ev, Finished):
-                return ev.result
-        raise RuntimeError("generation ended without a result")  # pragma: no cover
 
     async def aclose(self) -> None:
         if self._closed:

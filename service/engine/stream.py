@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.protocol import FinishReason, StepLogprob
+from service.engine.protocol import Finished, FinishReason, GenerationResult, StepLogprob
 from service.engine.sampling import SamplingParams, StopMatcher
 from service.errors import ServiceError
 
@@ -175,3 +175,22 @@ class Stream:
         async for batch in self.iter_batches():
             for ev in batch:
                 yield ev
+
+
+class EventsFromBatches:
+    """`events()` and `collect()` for a generation that defines `batches()`: the engine's
+    `Generation` and a worker's `RemoteGeneration` read them the same way."""
+
+    def batches(self, keep_logprobs: bool = True) -> AsyncIterator[list[TokenEvent | Finished]]:
+        raise NotImplementedError
+
+    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
+        async for batch in self.batches(keep_logprobs):
+            for ev in batch:
+                yield ev
+
+    async def collect(self) -> GenerationResult:
+        async for ev in self.events():
+            if isinstance(ev, Finished):
+                return ev.result
+        raise RuntimeError("generation ended without a result")  # pragma: no cover
