@@ -50,6 +50,23 @@ class Generation(EventsFromBatches):
     # worker's client has been handed every token, so a client gone before then commits nothing)
     before_commit: Callable[[], Awaitable[None]] | None = None
     _closed: bool = field(default=False, init=False)
+    _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
+    _forwarded: bool = field(default=False, init=False)
+
+    def forward_tokens(self, send: Callable[[TokenEvent], None]) -> None:
+        """Hand every token to `send` as the engine emits it, and leave only the end (the
+        result, after `before_commit` and `finalize`, or the error) to `batches()`.
+
+        For a consumer that only forwards (the engine process's host); the result then leaves
+        out the per-token logprobs, as with `batches(keep_logprobs=False)`."""
+        pieces = self._pieces
+
+        def sink(ev: TokenEvent) -> None:
+            pieces.append(ev.text)
+            send(ev)
+
+        self._forwarded = True
+        self.stream.forward_tokens(sink)
 
     async def batches(
         self, keep_logprobs: bool = True
@@ -63,7 +80,8 @@ class Generation(EventsFromBatches):
         if self.replay is not None:
             yield [Finished(self.replay)]
             return
-        pieces: list[str] = []
+        pieces = self._pieces
+        keep_logprobs = keep_logprobs and not self._forwarded
         logprobs: list[TokenLogprob] | None = [] if keep_logprobs else None
         try:
             async for evs in self.stream.iter_batches():

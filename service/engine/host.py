@@ -26,6 +26,7 @@ import zmq.asyncio
 from service.engine import wire
 from service.engine.client import InProcessClient, LocalHold
 from service.engine.protocol import PROTOCOL_VERSION, Finished
+from service.engine.stream import TokenEvent
 from service.errors import ServiceError
 from service.logging import get_logger
 
@@ -184,19 +185,21 @@ class EngineHost:
             gen.before_commit = before_commit
         try:
             self._post(ident, wire.Opened(rid))
-            # each token carries its own logprobs; the worker rebuilds a result's list from them
+            post = self._post
+
+            # each token goes to the outbox as the engine emits it (no task wakes per token);
+            # it carries its own logprobs, and the worker rebuilds a result's list from them
+            def send(ev: TokenEvent) -> None:
+                post(
+                    ident,
+                    wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),
+                )
+
+            gen.forward_tokens(send)
             async for batch in gen.batches(keep_logprobs=False):
-                tokens: list[wire.Token] = []
-                done: Finished | None = None
-                for ev in batch:
+                for ev in batch:  # only the end is left: Finished, or the error raised
                     if isinstance(ev, Finished):
-                        done = ev
-                    else:
-                        tokens.append(wire.Token(ev.text, ev.token_id, ev.index, ev.logprob))
-                if tokens:
-                    self._post(ident, wire.Tokens(rid, tokens))
-                if done is not None:
-                    self._post(ident, wire.Result(rid, wire.Generated(done.result)))
+                        post(ident, wire.Result(rid, wire.Generated(ev.result)))
         finally:
             self._drains.pop((ident, rid), None)
             await gen.aclose()

@@ -7,6 +7,7 @@ socket they cancel on.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,10 @@ class RemoteGeneration(EventsFromBatches):
 
     def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
         self._client, self._rid = client, rid
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        # a plain buffer + one waiter (as `Stream`): cheaper than asyncio.Queue, one put per
+        # stream per engine step
+        self._items: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._backlog = 0
         self._max_backlog = max_backlog_bytes
         self._closed = False
@@ -48,25 +52,32 @@ class RemoteGeneration(EventsFromBatches):
     def _tokens(self, tokens: list[wire.Token]) -> None:
         if self._ended:
             return
-        cost = sum(
-            EVENT_BYTES + (LOGPROB_BYTES * len(t.logprob.top) if t.logprob else 0) for t in tokens
-        )
+        cost = EVENT_BYTES * len(tokens)
+        for t in tokens:
+            if t.logprob is not None:
+                cost += LOGPROB_BYTES * len(t.logprob.top)
         self._backlog += cost
         if self._backlog > self._max_backlog:
             self._ended = True
             self._client._cancel(self._rid)
-            self._queue.put_nowait(
+            self._put(
                 ClientTooSlow(
                     f"the client fell more than {self._max_backlog} bytes behind the stream "
                     "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
                 )
             )
             return
-        self._queue.put_nowait(tokens)
+        self._put(tokens)
+
+    def _put(self, item: Any) -> None:
+        self._items.append(item)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def _finishing(self) -> None:
         if not self._ended:
-            self._queue.put_nowait(_FINISHING)
+            self._put(_FINISHING)
 
     def _end(self, item: GenerationResult | ServiceError) -> None:
         if not self.opened.done():
@@ -78,7 +89,7 @@ class RemoteGeneration(EventsFromBatches):
             self.opened.set_result(None)  # a replay: its result, no tokens
         if not self._ended:
             self._ended = True
-            self._queue.put_nowait(item)
+            self._put(item)
 
     # -- GenerationStream
     async def batches(
@@ -86,10 +97,14 @@ class RemoteGeneration(EventsFromBatches):
     ) -> AsyncIterator[list[TokenEvent | Finished]]:
         logprobs: list[TokenLogprob] = []
         try:
+            items = self._items
             while True:
-                ready = [await self._queue.get()]
-                while not self._queue.empty():  # everything that arrived: one batch
-                    ready.append(self._queue.get_nowait())
+                if not items:
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    await self._waiter
+                    continue
+                ready = list(items)  # everything that arrived: one batch
+                items.clear()
                 self._backlog = 0
                 out: list[TokenEvent | Finished] = []
                 for item in ready:

@@ -94,6 +94,8 @@ class Stream:
         self.on_cancel: Callable[[], None] | None = None
         self.backlog_bytes = 0
         self._event_bytes = EVENT_BYTES + LOGPROB_BYTES * (self.params.logprobs or 0)
+        # `forward_tokens`: tokens go straight to this callback as they are emitted
+        self._sink: Callable[[TokenEvent], None] | None = None
 
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
@@ -120,6 +122,21 @@ class Stream:
         if w is not None and not w.done():
             w.set_result(None)
 
+    def forward_tokens(self, sink: Callable[[TokenEvent], None]) -> None:
+        """From now on hand every token event to `sink` as it is emitted (those already
+        buffered first, in order); only the terminal event is left for `iter_batches`.
+
+        For a consumer that never falls behind because it only forwards: the engine process's
+        host, which posts each token to its worker's outbox (the worker bounds the backlog).
+        Waking a task per stream per step to move one token was most of the engine's Python
+        time per token at 256 streams (docs/benchmarks.md)."""
+        buf = self._buf
+        while buf and isinstance(ev := buf[0], TokenEvent):
+            buf.popleft()
+            sink(ev)
+        self.backlog_bytes = 0
+        self._sink = sink
+
     def emit(self, token: int, text: str | None, logprob: StepLogprob | None) -> None:
         """One sampled token (`text` None: its plain decoding; stop matching gives it)."""
         if self.cancelled:  # steps already under way when it was cancelled
@@ -127,6 +144,10 @@ class Stream:
         self.produced += 1
         if text is None:
             text = self.decode(token)
+        if self._sink is not None:
+            if text or logprob is not None:
+                self._sink(TokenEvent(text, token, self.produced - 1, logprob))
+            return
         if text or logprob is not None:
             self.backlog_bytes += self._event_bytes
             if self.backlog_bytes > self.max_backlog_bytes:

@@ -1,5 +1,6 @@
 """A stream's backlog: the engine never waits on a consumer, so what the consumer has not taken
-is bounded in bytes, and past it the stream stops with `client_too_slow`."""
+is bounded in bytes, and past it the stream stops with `client_too_slow`; a stream whose tokens are
+forwarded as they are emitted (the engine process's host) buffers only its end."""
 
 from __future__ import annotations
 
@@ -37,3 +38,28 @@ async def test_a_consumer_that_keeps_up_is_never_cut_off() -> None:
         batch = await anext(s.iter_batches())
         got += len(batch)
     assert got == 1000 and not s.cancelled
+
+
+async def test_forwarded_tokens_go_to_the_sink_in_order_and_only_the_end_is_buffered() -> None:
+    s = _stream(None, 10 * EVENT_BYTES)
+    for _ in range(3):  # emitted before the consumer attached: forwarded first
+        s.emit(1, None, None)
+    got: list[int] = []
+    s.forward_tokens(lambda ev: got.append(ev.index))
+    for _ in range(100):  # ten times the bound: a forwarded stream's backlog is not its own
+        s.emit(1, None, None)
+    s.finish(np.zeros(5, np.float32), [])
+    assert got == list(range(103)) and not s.cancelled
+    batches = [b async for b in s.iter_batches()]
+    assert len(batches) == 1 and [type(e).__name__ for e in batches[0]] == ["DoneEvent"]
+    assert batches[0][0].completion_tokens == 103  # type: ignore[union-attr]
+
+
+async def test_a_forwarded_stream_cancelled_forwards_nothing_more() -> None:
+    s = _stream(None, 10 * EVENT_BYTES)
+    got: list[int] = []
+    s.forward_tokens(lambda ev: got.append(ev.index))
+    s.emit(1, None, None)
+    s.cancel()
+    s.emit(1, None, None)  # a step already under way
+    assert got == [0]
