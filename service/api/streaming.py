@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from json.encoder import encode_basestring
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -46,7 +47,8 @@ def token_frame(ev: TokenEvent) -> str:
     token per stream, the hottest string in the server."""
     if ev.logprob is not None:
         return _frame("token", token_payload(ev))
-    text = json.dumps(ev.text, ensure_ascii=False)
+    # what json.dumps(text, ensure_ascii=False) returns, minus building a JSONEncoder per call
+    text = encode_basestring(ev.text)
     return f'event: token\ndata: {{"text": {text}, "index": {ev.index}, "token_id": {ev.token_id}}}\n\n'
 
 

@@ -98,14 +98,14 @@ class RemoteClient:
                 self._dispatch(frame)
 
     def _dispatch(self, frame: wire.Frame) -> None:
-        if isinstance(frame, wire.Opened):
-            gen = self._streams.get(frame.rid)
-            if gen is not None and not gen.opened.done():
-                gen.opened.set_result(None)
-        elif isinstance(frame, wire.Tokens):
+        if type(frame) is wire.Tokens:  # most frames by far: one per stream per engine step
             gen = self._streams.get(frame.rid)
             if gen is not None:
                 gen._tokens(frame.tokens)
+        elif isinstance(frame, wire.Opened):
+            gen = self._streams.get(frame.rid)
+            if gen is not None and not gen.opened.done():
+                gen.opened.set_result(None)
         elif isinstance(frame, wire.Finishing):
             gen = self._streams.get(frame.rid)
             if gen is not None:
