@@ -1,9 +1,10 @@
 """The engine process's side of the wire: one ROUTER socket, every worker's calls served by the
 `InProcessClient` (so the engine behaves exactly as in a one-process server).
 
-Each call runs as its own task; a stream forwards every batch of tokens the engine produced as
-one `Tokens` frame, then its `Result` or `Failed`. Frames for one worker that are ready in the
-same loop iteration leave as one multipart message. A `Cancel` (the worker's client went away)
+Each call runs as its own task. A stream's tokens skip it: each is posted as a `Tokens` frame
+from the loop callback that emits the engine's step (`Generation.forward_tokens`), and the task
+wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in the
+same loop iteration leave as one message. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
 and nothing is committed. A stream slot (`wire.SlotRef`) is taken or refused as the first frame
 naming it is read (no task), and held until the worker cancels its id; a generation under a
