@@ -88,10 +88,17 @@ async def predict_response(s: Services, model: str, body: PredictRequest) -> JSO
 async def generate(
     model: str, body: GenerateRequest, s: Services = Depends(get_services)
 ) -> Response | dict[str, Any]:
-    gen = await s.client.generate(model, body.to_params(s.settings))
     if body.stream:
-        return EventStream(sse_events(gen), gen.aclose)
+        return await stream_response(s, model, body)
+    gen = await s.client.generate(model, body.to_params(s.settings))
     try:
         return results.generation(await gen.collect())
     finally:
         await gen.aclose()
+
+
+async def stream_response(s: Services, model: str, body: GenerateRequest) -> EventStream:
+    """The generate route's work for `"stream": true`, also run by `direct.py` for a request
+    it takes past the router."""
+    gen = await s.client.generate(model, body.to_params(s.settings))
+    return EventStream(sse_events(gen), gen.aclose)

@@ -1,5 +1,6 @@
-"""`service/api/direct.py`: the hot routes served past FastAPI's router answer exactly as the
-declared routes do, for good requests and for every kind of bad one."""
+"""`service/api/direct.py`: the hot routes (feed, predict, streamed generate) served past
+FastAPI's router answer exactly as the declared routes do, for good requests and for every kind
+of bad one."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.service.conftest import CLS, LM, FakeClock
 
 JSON = "application/json"
 FEED = "/v1/sessions/s1/feed"
+GEN = f"/v1/models/{LM}/generate"
 
 # (method, path, headers, body): one sequence, run in order against both apps (feeds advance the
 # session, so a divergence anywhere shows up in every later answer too)
@@ -65,8 +67,45 @@ CASES: list[tuple[str, str, dict[str, str], bytes | None]] = [
     ("POST", "/v1/models/nope/predict", {"content-type": JSON}, b'{"inputs": ["a"]}'),
     ("POST", f"/v1/models/{CLS}/predict", {"content-type": JSON}, b'{"inputs": "a"}'),
     ("POST", f"/v1/models/{CLS}/predict", {"content-type": JSON}, b'{"inputs": [1]}'),
+    # a streamed generation (seeded: both apps sample the same text); without `stream` it is
+    # FastAPI's, whose JSON goes through the response model
+    (
+        "POST",
+        GEN,
+        {"content-type": JSON},
+        b'{"prompt": "RO", "max_tokens": 12, "seed": 7, "stream": true}',
+    ),
+    (
+        "POST",
+        GEN,
+        {"content-type": JSON},
+        b'{"prompt": "RO", "max_tokens": 3, "seed": 1, "logprobs": 2, "stream": true}',
+    ),
+    (
+        "POST",
+        GEN,
+        {"content-type": JSON},
+        b'{"max_tokens": 30, "seed": 3, "stop": ["e", "o"], "temperature": 1.5, "stream": true}',
+    ),
+    ("POST", GEN, {"content-type": JSON}, b'{"prompt": "RO", "max_tokens": 12, "seed": 7}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"max_tokens": 5, "seed": 7, "stream": false}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"max_tokens": 100000000, "stream": true}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"prompt": "' + b"x" * 41 + b'", "stream": true}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"stop": [""], "stream": true}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"temperature": -1, "stream": true}'),
+    ("POST", GEN, {"content-type": JSON}, b'{"stream": "yes"}'),
+    ("POST", GEN, {"content-type": "text/plain"}, b'{"seed": 2, "max_tokens": 2, "stream": true}'),
+    ("POST", "/v1/models/nope/generate", {"content-type": JSON}, b'{"stream": true}'),
 ]
-HEADERS = ("content-type", "idempotent-replayed", "allow", "location", "retry-after")
+HEADERS = (
+    "content-type",
+    "idempotent-replayed",
+    "allow",
+    "location",
+    "retry-after",
+    "cache-control",
+    "x-accel-buffering",
+)
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +129,10 @@ async def answers(c: httpx.AsyncClient) -> list[tuple[int, dict[str, str], Any]]
     for method, path, headers, body in CASES:
         r = await c.request(method, path, headers=headers, content=body)
         kept = {h: r.headers[h] for h in HEADERS if h in r.headers}
-        out.append((r.status_code, kept, r.json() if r.content else None))
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            out.append((r.status_code, kept, r.text))
+        else:
+            out.append((r.status_code, kept, r.json() if r.content else None))
     return out
 
 
@@ -105,14 +147,18 @@ async def test_every_answer_is_the_declared_routes(registry: Registry) -> None:
     statuses = {e[0] for e in expected}
     assert {200, 400, 404, 405, 409, 422} <= statuses, statuses
     assert any(e[1].get("idempotent-replayed") == "true" for e in expected)
+    streams = [e[2] for e in expected if isinstance(e[2], str)]
+    assert len(streams) == 3 and all(x.endswith("data: [DONE]\n\n") for x in streams)
+    assert '"logprob"' in streams[1] and '"finish_reason": "stop"' in streams[2]
 
 
 async def test_good_requests_skip_the_router(
     registry: Registry, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A good feed or prediction is answered without handing the request on; a bad one is
-    handed to FastAPI with its body replayed, and so is every request while dependency
-    overrides are set (the direct path does not read dependencies)."""
+    """A good feed, prediction or streamed generation is answered without handing the request
+    on; a bad one (or a generation without `stream`) is handed to FastAPI with its body
+    replayed, and so is every request while dependency overrides are set (the direct path does
+    not read dependencies)."""
     handed_on = 0
     real_replay = direct._replay
 
@@ -126,9 +172,13 @@ async def test_good_requests_skip_the_router(
         assert (await c.post(FEED, json={"text": "ROMEO"})).status_code == 200
         r = await c.post(f"/v1/models/{CLS}/predict", json={"inputs": ["a fine film"]})
         assert r.status_code == 200
+        r = await c.post(GEN, json={"max_tokens": 3, "stream": True})
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
         assert handed_on == 0
         assert (await c.post(FEED, json={"text": "a", "top_k": 0})).status_code == 422
         assert handed_on == 1
+        assert (await c.post(GEN, json={"max_tokens": 3})).status_code == 200  # not streamed
+        assert handed_on == 2
 
         real = c.app.state.services  # type: ignore[attr-defined]
         overridden = 0
