@@ -198,9 +198,11 @@ class EngineHost:
 
             gen.forward_tokens(send)
             async for batch in gen.batches(keep_logprobs=False):
-                for ev in batch:  # only the end is left: Finished, or the error raised
+                for ev in batch:  # only the end is left (Finished, or the error raised) ...
                     if isinstance(ev, Finished):
                         post(ident, wire.Result(rid, wire.Generated(ev.result)))
+                    else:  # ... but a token that got here would still go out, in order
+                        send(ev)
         finally:
             self._drains.pop((ident, rid), None)
             await gen.aclose()

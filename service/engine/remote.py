@@ -1,11 +1,12 @@
 """An API worker's side of the wire: `RemoteClient`, the `EngineClient` of an engine in another
 process (`host.EngineHost`), over one ZeroMQ DEALER socket.
 
-A reader task routes every answer to its call by request id: a future for a unary call, a queue
-for a stream (`remote_streams.py`). A call whose caller is cancelled (its HTTP client left, a timeout) sends `Cancel`,
-so the engine stops the work and commits nothing. A stream's tokens wait in the worker for its
-HTTP client; that backlog is bounded like the engine's own (`stream_buffer_bytes`): past it the
-stream is cancelled and ends with `client_too_slow`.
+A reader task routes every answer to its call by request id: a future for a unary call, a
+buffer for a stream (`remote_streams.py`). A call whose caller is cancelled (its HTTP client
+left, a timeout) sends `Cancel`, so the engine stops the work and commits nothing. A stream's
+tokens wait in the worker for its HTTP client (the engine forwards them as they are made); that
+backlog is bounded by `stream_buffer_bytes`, as in one process: past it the stream is cancelled
+and ends with `client_too_slow`.
 """
 
 from __future__ import annotations

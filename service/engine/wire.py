@@ -280,7 +280,8 @@ class Opened(Message, frozen=True, tag="opened"):
 
 
 class Tokens(Message, frozen=True, tag="tokens"):
-    """The tokens a stream produced since the last frame (one frame per engine wake-up)."""
+    """Tokens of one stream, in order (the engine posts one frame per token as it is emitted;
+    all the frames for a worker ready in one loop iteration travel in one message)."""
 
     rid: int
     tokens: list[Token]

@@ -10,7 +10,8 @@
   exception cancels its generation (nothing committed), the decode slot and the session lock
   are freed, and the connection is aborted (a graceful close would wait to flush what the
   client never reads). The engine never waits on a consumer: a stream's unread events are
-  bounded by `stream_buffer_bytes` (`client_too_slow` past it, see `engine/stream.py`).
+  bounded by `stream_buffer_bytes` (`client_too_slow` past it) where they wait for the
+  client: `engine/stream.py` in one process, `engine/remote_streams.py` in a worker.
 * **Concurrent streams**: generations (native and session generate, completions) and
   WebSocket connections hold a slot from the engine (`engine/stream_slots.py`), which counts
   them for the whole replica, across all its workers: `max_open_streams` (503 `overloaded`,
