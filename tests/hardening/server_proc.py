@@ -55,14 +55,25 @@ class ServerProcess:
                         kb += int(line.split()[1])
         return kb / 1024
 
-    def sockets(self) -> int:
-        """Open sockets across the whole server (listening ones included)."""
+    def connections(self) -> int:
+        """Client connections the server holds open: its processes' TCP sockets on its port,
+        listening ones excluded. Only those: a count of every socket also moved with the
+        server's own (a worker still connecting to the engine when a test began was once
+        counted as a connection left open)."""
+        port = int(self.addr.rpartition(":")[2])
+        accepted: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    f = line.split()  # sl local remote state ... uid timeout inode
+                    if int(f[1].rpartition(":")[2], 16) == port and f[3] != "0A":  # 0A: LISTEN
+                        accepted.add(f"socket:[{f[9]}]")
         n = 0
         for pid in self.pids():
             with contextlib.suppress(OSError):
                 for fd in Path(f"/proc/{pid}/fd").iterdir():
                     with contextlib.suppress(OSError):  # closed while we look
-                        n += os.readlink(fd).startswith("socket:")
+                        n += os.readlink(fd) in accepted
         return n
 
     def log_text(self) -> str:
