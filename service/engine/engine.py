@@ -51,7 +51,6 @@ class Generation(EventsFromBatches):
     before_commit: Callable[[], Awaitable[None]] | None = None
     _closed: bool = field(default=False, init=False)
     _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
-    _forwarded: bool = field(default=False, init=False)
 
     def forward_tokens(self, send: Callable[[TokenEvent], None]) -> None:
         """Hand every token to `send` as the engine emits it, and leave only the end (the
@@ -65,7 +64,6 @@ class Generation(EventsFromBatches):
             pieces.append(ev.text)
             send(ev)
 
-        self._forwarded = True
         self.stream.forward_tokens(sink)
 
     async def batches(
@@ -81,7 +79,7 @@ class Generation(EventsFromBatches):
             yield [Finished(self.replay)]
             return
         pieces = self._pieces
-        keep_logprobs = keep_logprobs and not self._forwarded
+        keep_logprobs = keep_logprobs and not self.stream.forwarded
         logprobs: list[TokenLogprob] | None = [] if keep_logprobs else None
         try:
             async for evs in self.stream.iter_batches():

@@ -137,6 +137,11 @@ class Stream:
         self.backlog_bytes = 0
         self._sink = sink
 
+    @property
+    def forwarded(self) -> bool:
+        """Its tokens go to a sink (`forward_tokens`), not to `iter_batches`."""
+        return self._sink is not None
+
     def emit(self, token: int, text: str | None, logprob: StepLogprob | None) -> None:
         """One sampled token (`text` None: its plain decoding; stop matching gives it)."""
         if self.cancelled:  # steps already under way when it was cancelled
@@ -144,24 +149,24 @@ class Stream:
         self.produced += 1
         if text is None:
             text = self.decode(token)
-        if self._sink is not None:
-            if text or logprob is not None:
-                self._sink(TokenEvent(text, token, self.produced - 1, logprob))
+        if not text and logprob is None:  # held back by stop matching: nothing to hand over
             return
-        if text or logprob is not None:
-            self.backlog_bytes += self._event_bytes
-            if self.backlog_bytes > self.max_backlog_bytes:
-                self.cancel()
-                self._push(
-                    ErrorEvent(
-                        ClientTooSlow(
-                            f"the client fell more than {self.max_backlog_bytes} bytes behind the "
-                            "stream (RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
-                        )
+        if self._sink is not None:
+            self._sink(TokenEvent(text, token, self.produced - 1, logprob))
+            return
+        self.backlog_bytes += self._event_bytes
+        if self.backlog_bytes > self.max_backlog_bytes:
+            self.cancel()
+            self._push(
+                ErrorEvent(
+                    ClientTooSlow(
+                        f"the client fell more than {self.max_backlog_bytes} bytes behind the "
+                        "stream (RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
                     )
                 )
-                return
-            self._push(TokenEvent(text, token, self.produced - 1, logprob))
+            )
+            return
+        self._push(TokenEvent(text, token, self.produced - 1, logprob))
 
     def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
         if self.cancelled:
