@@ -46,8 +46,8 @@ class Generation(EventsFromBatches):
     finalize: Finalizer | None = None
     release: Callable[[], Awaitable[None]] | None = None
     replay: GenerationResult | None = None  # an idempotent replay: no stream ran
-    # awaited after the last token and before `finalize` commits (the engine process: until the
-    # worker's client has been handed every token, so a client gone before then commits nothing)
+    # awaited after the last token was taken and before `finalize` commits (the engine process:
+    # until the worker's client has been handed every token too)
     before_commit: Callable[[], Awaitable[None]] | None = None
     _closed: bool = field(default=False, init=False)
     _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
@@ -96,11 +96,15 @@ class Generation(EventsFromBatches):
                             yield out
                         raise ev.error
                     else:
-                        if self.before_commit is not None and self.finalize is not None:
-                            if out:  # the last tokens go out before the commit waits
+                        if self.finalize is not None:
+                            # a session commits only once its consumer has taken every token:
+                            # the last ones go out first (a client gone before that commits
+                            # nothing), and over the wire the host waits for the worker's word
+                            if out:
                                 yield out
                                 out = []
-                            await self.before_commit()
+                            if self.before_commit is not None:
+                                await self.before_commit()
                         out.append(Finished(await self._result(ev, pieces, logprobs)))
                 yield out
         finally:

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message
 
 
 class HeldClient:
-    """One HTTP request; `hold_after` response messages are taken, then sends block until
-    `release` is set (like a socket whose reader stopped reading)."""
+    """One HTTP request; `hold_after` response messages are taken (or those before the first
+    that `hold_at` picks), then sends block until `release` is set (like a socket whose reader
+    stopped reading)."""
 
-    def __init__(self, hold_after: int | None = None) -> None:
+    def __init__(
+        self, hold_after: int | None = None, hold_at: Callable[[Message], bool] | None = None
+    ) -> None:
         self.messages: list[Message] = []
         self.hold_after = hold_after
+        self.hold_at = hold_at  # or hold at the first message this is true of
         self.release = asyncio.Event()
         self.held = asyncio.Event()
         self.gone = asyncio.Event()  # set to make receive() report a disconnect
@@ -52,7 +57,9 @@ class HeldClient:
             return {"type": "http.disconnect"}
 
         async def send(message: Message) -> None:
-            if self.hold_after is not None and len(self.messages) >= self.hold_after:
+            if (self.hold_after is not None and len(self.messages) >= self.hold_after) or (
+                self.hold_at is not None and self.hold_at(message)
+            ):
                 self.held.set()
                 await self.release.wait()
             self.messages.append(message)

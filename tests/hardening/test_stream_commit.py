@@ -1,0 +1,81 @@
+"""Where a session stream commits: once its client has been handed every token, in process and
+over the wire (docs/reliability.md, guarantee 2). A client that leaves with its last tokens
+unsent commits nothing; one that leaves with only the `done` event unsent finds the generation
+committed: it was handed the whole stream, and no server can tell whether a client read the
+last bytes it was sent."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from starlette.types import Message
+
+from tests.hardening.asgi import HeldClient
+from tests.service.conftest import LM, ClientFactory, app_of
+
+TOKENS = 60
+
+
+def _tokens(m: Message) -> int:
+    return m.get("body", b"").count(b"event: token")
+
+
+def _done(m: Message) -> bool:
+    return b'"finish_reason"' in m.get("body", b"")
+
+
+@pytest.mark.parametrize("transport", ["inprocess", "zmq"])
+@pytest.mark.parametrize("unsent", ["last_tokens", "done"])
+async def test_a_session_stream_commits_once_every_token_is_handed_over(
+    make_client: ClientFactory, transport: str, unsent: str
+) -> None:
+    async with make_client(engine_transport=transport) as c:
+        app = app_of(c)
+        sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
+        await c.post(f"/v1/sessions/{sid}/feed", json={"text": "To be"})
+        before = (await c.get(f"/v1/sessions/{sid}")).json()
+        taken = 0
+
+        def hold_at(m: Message) -> bool:
+            nonlocal taken
+            first = taken == 0 and _tokens(m) > 0
+            taken += _tokens(m)
+            if unsent == "done":
+                return first or _done(m)
+            return first or taken == TOKENS  # the message that completes the tokens
+
+        held = HeldClient(hold_at=hold_at)
+        body = {"max_tokens": TOKENS, "stream": True}
+        task = asyncio.create_task(held.call(app, "POST", f"/v1/sessions/{sid}/generate", body))
+        # held at its first tokens until the engine has generated the rest, so the consumer
+        # then finds the last tokens and the end together (the case that must not commit early)
+        await asyncio.wait_for(held.held.wait(), 10)
+        sched = app.state.local.engine.schedulers[LM]
+        for _ in range(500):
+            if sched.active_streams == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert sched.active_streams == 0
+        await asyncio.sleep(0.05)  # over the wire: the worker has every token
+        held.held.clear()
+        held.release.set()  # (the held send wakes; the next hold waits again)
+        held.release.clear()
+        await asyncio.wait_for(held.held.wait(), 10)
+        await asyncio.sleep(0.05)  # time to commit, were it not waiting for the client
+        held.gone.set()  # the client leaves with that message unsent
+        await asyncio.wait_for(task, 10)
+        held.release.set()
+        after = (await c.get(f"/v1/sessions/{sid}")).json()
+        got = sum(_tokens(m) for m in held.messages)
+        assert not any(_done(m) for m in held.messages)
+        if unsent == "done":
+            assert got == TOKENS
+            assert after["version"] == before["version"] + 1
+            assert after["tokens_seen"] == before["tokens_seen"] + TOKENS
+        else:
+            assert got < TOKENS
+            assert after == before
+        # the session's lock is free
+        r = await asyncio.wait_for(c.post(f"/v1/sessions/{sid}/feed", json={"text": "x"}), 5)
+        assert r.status_code == 200
