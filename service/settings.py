@@ -175,6 +175,15 @@ class Settings(BaseSettings):
         "Past it the generation stops with `client_too_slow` (503) and commits nothing: ~2,600 "
         "plain tokens, ~150 with 20 logprobs.",
     )
+    stream_writes_per_s: float = Field(
+        10_000,
+        ge=0,
+        description="Under load, the SSE writes a second that one API process aims to stay "
+        "under: with n streams open in the process, a stream waits n / this (when that is at "
+        "least 1 ms) after a write, and its next write carries every token that arrived "
+        "meanwhile. A write costs ~35 µs of CPU whatever it carries (docs/benchmarks.md); "
+        "0 = write as soon as tokens are ready.",
+    )
     max_open_streams: int = Field(
         1024,
         ge=1,

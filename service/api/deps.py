@@ -7,10 +7,11 @@ workload); these do no blocking work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
+from service.api.pacing import Pacer
 from service.engine.client import EngineClient
 from service.metrics import Metrics
 from service.middleware.auth import owner_of
@@ -22,6 +23,10 @@ class Services:
     settings: Settings
     client: EngineClient  # the engine, through its one interface (service/engine/client.py)
     metrics: Metrics
+    pacer: Pacer = field(init=False)  # this process's token streams (service/api/pacing.py)
+
+    def __post_init__(self) -> None:
+        self.pacer = Pacer(self.settings.stream_writes_per_s)
 
 
 async def get_services(conn: HTTPConnection) -> Services:

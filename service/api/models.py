@@ -101,4 +101,4 @@ async def stream_response(s: Services, model: str, body: GenerateRequest) -> Eve
     """The generate route's work for `"stream": true`, also run by `direct.py` for a request
     it takes past the router."""
     gen = await s.client.generate(model, body.to_params(s.settings))
-    return EventStream(sse_events(gen), gen.aclose)
+    return EventStream(sse_events(gen, s.pacer), gen.aclose)

@@ -151,7 +151,7 @@ async def generate(
         session_id, params, body.expected_version, idempotency_key, owner
     )
     if body.stream:
-        return EventStream(sse_events(gen), gen.aclose)
+        return EventStream(sse_events(gen, s.pacer), gen.aclose)
     try:
         r = await unless_disconnected(request, gen.collect())
     finally:

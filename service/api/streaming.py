@@ -20,6 +20,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from service.api import results
+from service.api.pacing import Pacer
 from service.engine.client import GenerationStream, TokenEvent
 from service.engine.protocol import Finished
 from service.errors import ServiceError, stream_error
@@ -58,21 +59,25 @@ def _frame(event: str | None, data: Any) -> str:
     return f"{head}data: {body}\n\n"
 
 
-async def sse_events(gen: GenerationStream) -> AsyncGenerator[str, None]:
-    """The frames of a generation; all the tokens ready at a wake-up go out in one chunk."""
-    try:
-        async for batch in gen.batches(keep_logprobs=False):  # each token event has its own
-            yield "".join(
-                _frame("done", results.generation(ev.result))
-                if isinstance(ev, Finished)
-                else token_frame(ev)
-                for ev in batch
-            )
-    except Exception as e:  # a cancellation (client gone) propagates: no frames after it
-        yield _frame("error", stream_error(e))
-    finally:
-        await gen.aclose()
-    yield _frame(None, "[DONE]")
+async def sse_events(gen: GenerationStream, pacer: Pacer) -> AsyncGenerator[str, None]:
+    """The frames of a generation; all the tokens ready at a wake-up go out in one chunk, and
+    under load `pacer` spaces the chunks (service/api/pacing.py)."""
+    with pacer.stream():
+        try:
+            async for batch in gen.batches(keep_logprobs=False):  # each token has its own
+                yield "".join(
+                    _frame("done", results.generation(ev.result))
+                    if isinstance(ev, Finished)
+                    else token_frame(ev)
+                    for ev in batch
+                )
+                if batch and not isinstance(batch[-1], Finished):  # the end is never paced
+                    await pacer.after_write()
+        except Exception as e:  # a cancellation (client gone) propagates: no frames after it
+            yield _frame("error", stream_error(e))
+        finally:
+            await gen.aclose()
+        yield _frame(None, "[DONE]")
 
 
 class EventStream(StreamingResponse):

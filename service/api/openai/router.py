@@ -115,7 +115,7 @@ async def create_completion(
     _language_model(s, req.model)
     completion = await serving.start(s, req, owner, idempotency_key)
     if req.stream:
-        return EventStream(serving.sse(completion), completion.aclose)
+        return EventStream(serving.sse(completion, s.pacer), completion.aclose)
     return await serving.collect(completion)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from service.api.deps import Services
 from service.api.openai.protocol import ValidCompletion, error_body
+from service.api.pacing import Pacer
 from service.api.surface_route import client_status
 from service.engine.catalog import ModelView
 from service.engine.client import GenerationStream, TokenEvent
@@ -216,8 +217,9 @@ def _error_frame(e: BaseException) -> str:
     return _frame(error_body("internal error", 500, None, "internal_error"))
 
 
-async def sse(c: Running) -> AsyncGenerator[str, None]:
-    """Chunks of every choice as they come (choices interleave), then usage, then [DONE]."""
+async def sse(c: Running, pacer: Pacer) -> AsyncGenerator[str, None]:
+    """Chunks of every choice as they come (choices interleave), then usage, then [DONE];
+    under load `pacer` spaces the chunks (service/api/pacing.py)."""
     queue: asyncio.Queue[tuple[Choice, TokenEvent | Finished | BaseException]] = asyncio.Queue()
 
     async def pump(ch: Choice) -> None:
@@ -228,46 +230,51 @@ async def sse(c: Running) -> AsyncGenerator[str, None]:
         except Exception as e:
             await queue.put((ch, e))
 
-    tasks = [asyncio.create_task(pump(ch)) for ch in c.choices]
-    try:
-        for ch in c.choices:
-            if c.req.echo and ch.prompt:
-                yield _frame({**c.head(), "choices": [_chunk(ch.index, ch.prompt)]})
-        remaining = len(c.choices)
-        failed = False
-        while remaining and not failed:
-            # everything ready goes out in one chunk: one send for several tokens under load
-            ready = [await queue.get()]
-            while not queue.empty():
-                ready.append(queue.get_nowait())
-            frames: list[str] = []
-            for ch, ev in ready:
-                if isinstance(ev, BaseException):
-                    frames.append(_error_frame(ev))
-                    failed = True
-                    break
-                if isinstance(ev, Finished):
-                    rest = ch.finish(ev.result)
-                    remaining -= 1
-                    last = _chunk(ch.index, rest, finish_reason=ev.result.finish_reason)
-                    frames.append(_frame({**c.head(), "choices": [last], **c.session_fields()}))
-                    continue
-                lp = ch.add(c.m, ev)
-                ch.streamed += len(ev.text)
-                if ev.text or lp is not None:
-                    frames.append(_frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]}))
-            if frames:
-                yield "".join(frames)
-        if not failed and c.req.include_usage:
-            yield _frame({**c.head(), "choices": [], "usage": c.usage()})
-    finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await c.aclose()
-    yield _frame("[DONE]")
+    with pacer.stream():
+        tasks = [asyncio.create_task(pump(ch)) for ch in c.choices]
+        try:
+            for ch in c.choices:
+                if c.req.echo and ch.prompt:
+                    yield _frame({**c.head(), "choices": [_chunk(ch.index, ch.prompt)]})
+            remaining = len(c.choices)
+            failed = False
+            while remaining and not failed:
+                # everything ready goes out in one chunk: one send for several tokens under load
+                ready = [await queue.get()]
+                while not queue.empty():
+                    ready.append(queue.get_nowait())
+                frames: list[str] = []
+                for ch, ev in ready:
+                    if isinstance(ev, BaseException):
+                        frames.append(_error_frame(ev))
+                        failed = True
+                        break
+                    if isinstance(ev, Finished):
+                        rest = ch.finish(ev.result)
+                        remaining -= 1
+                        last = _chunk(ch.index, rest, finish_reason=ev.result.finish_reason)
+                        frames.append(_frame({**c.head(), "choices": [last], **c.session_fields()}))
+                        continue
+                    lp = ch.add(c.m, ev)
+                    ch.streamed += len(ev.text)
+                    if ev.text or lp is not None:
+                        frames.append(
+                            _frame({**c.head(), "choices": [_chunk(ch.index, ev.text, lp)]})
+                        )
+                if frames:
+                    yield "".join(frames)
+                    if remaining and not failed:
+                        await pacer.after_write()
+            if not failed and c.req.include_usage:
+                yield _frame({**c.head(), "choices": [], "usage": c.usage()})
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await c.aclose()
+        yield _frame("[DONE]")
 
 
 def _chunk(
