@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Coroutine
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -146,6 +147,16 @@ class Supervisor:
         metrics_dir = self.dir / "metrics"
         metrics_dir.mkdir()
         os.environ[METRICS_ENV] = str(metrics_dir)  # inherited by every child
+        # A stop signal is often sent to the whole process group (systemd's default KillMode,
+        # `timeout`; Ctrl-C sends SIGINT to it), not to this process alone. The fork server
+        # died of a SIGTERM, and with it gone the engine reads as dead (multiprocessing
+        # reports exit code 255): the server exited 1 at once instead of draining. So the fork
+        # server and the resource tracker start with both signals ignored (inherited by every
+        # process forked from them); the workers' uvicorn and the engine set their own
+        # handlers, and the supervisor decides the order of the shutdown, as for a signal to it.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        forkserver.ensure_running()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:

@@ -4,8 +4,7 @@ processes on one port (fixture models), driven over HTTP, SSE, WebSocket and v2.
 What the process split must keep: any worker serves any session and chunked == whole across
 them; seeded generation gives the in-process text; /metrics sums every process once; a worker
 killed with SIGKILL is replaced while the other serves, and the session its stream held is free
-and not advanced; the engine dying stops the server with a non-zero code; SIGTERM drains and
-exits 0.
+and not advanced. How the server ends (signals, the engine dying): test_supervisor.py.
 """
 
 from __future__ import annotations
@@ -14,11 +13,8 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,103 +23,18 @@ import numpy as np
 import pytest
 from websockets.sync.client import connect
 
-from tests.conftest import FIXTURE_MODELS, LONG, ROOT
-from tests.loopback import free_port
+from tests.conftest import LONG
+from tests.service.cluster import Cluster, start, stop
 from tests.service.conftest import CLS, LM
-
-BIN = Path(sys.executable).parent
-
-
-@dataclass
-class Cluster:
-    proc: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-    def lines(self) -> list[dict[str, object]]:
-        out = []
-        for raw in self.log.read_text(errors="replace").splitlines():
-            if raw.startswith("{"):
-                try:
-                    out.append(json.loads(raw))
-                except json.JSONDecodeError:
-                    continue
-        return out
-
-    def engine_pid(self) -> int:
-        return next(int(str(r["pid"])) for r in self.lines() if r.get("msg") == "engine ready")
-
-    def worker_pids(self) -> set[int]:
-        """The API workers: forked, like the engine, from multiprocessing's fork server (a child
-        of the supervisor, beside its resource tracker)."""
-
-        def kids(pid: int) -> list[int]:
-            try:
-                return [
-                    int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-                ]
-            except OSError:
-                return []
-
-        engine = self.engine_pid()
-        return {w for helper in kids(self.proc.pid) for w in kids(helper) if w != engine}
-
-
-def _start(tmp: Path, workers: int = 2, **settings: str) -> Cluster:
-    port = free_port()
-    log = tmp / f"cluster-{port}.log"
-    env = {
-        **os.environ,
-        "RNNSERVE_MODELS_DIR": str(FIXTURE_MODELS),
-        "RNNSERVE_PORT": str(port),
-        "RNNSERVE_HOST": "127.0.0.1",
-        "RNNSERVE_LOG_JSON": "true",
-        "RNNSERVE_SHUTDOWN_TIMEOUT_S": "5",
-        "RNNSERVE_MAX_TOKENS_LIMIT": str(LONG),
-        **{f"RNNSERVE_{k.upper()}": v for k, v in settings.items()},
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "rnnserve"), "serve", "--workers", str(workers)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    c = Cluster(proc, f"http://127.0.0.1:{port}", log)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{c.base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the server did not start:\n{log.read_text()}")
-        time.sleep(0.1)
-    # both workers up (each answers on the shared socket once its lifespan ran)
-    while len(c.worker_pids()) < workers and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return c
-
-
-def _stop(c: Cluster) -> None:
-    if c.proc.poll() is None:
-        c.proc.send_signal(signal.SIGTERM)
-        try:
-            c.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            c.proc.kill()
-            c.proc.wait(5)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = _start(tmp_path_factory.mktemp("workers"))
+    c = start(tmp_path_factory.mktemp("workers"))
     try:
         yield c
     finally:
-        _stop(c)
+        stop(c)
 
 
 def _fresh(c: Cluster) -> httpx.Client:
@@ -323,7 +234,7 @@ def test_stream_caps_count_every_workers_streams(tmp_path: Path) -> None:
     worker (each worker counting its own admitted up to N x each cap), and the slots of a
     worker killed with SIGKILL come back."""
     keys = {n: f"{n}-key-0123456789abcdef" for n in ("alice", "bob", "carol")}
-    c = _start(
+    c = start(
         tmp_path,
         api_keys=",".join(f"{n}:{k}" for n, k in keys.items()),
         max_open_streams="5",
@@ -381,31 +292,8 @@ def test_stream_caps_count_every_workers_streams(tmp_path: Path) -> None:
                     hold(second, name)
                 assert refused("carol") == (503, "overloaded")
     finally:
-        _stop(c)
+        stop(c)
 
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def test_the_engine_dying_stops_the_server_non_zero(tmp_path: Path) -> None:
-    c = _start(tmp_path, workers=1)
-    try:
-        workers = c.worker_pids()
-        os.kill(c.engine_pid(), signal.SIGKILL)
-        assert c.proc.wait(15) == 1
-        time.sleep(0.5)
-        assert all(not Path(f"/proc/{p}").exists() for p in workers)
-    finally:
-        _stop(c)
-
-
-def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
-    c = _start(tmp_path, workers=1)
-    try:
-        with _fresh(c) as h:
-            assert h.post(f"/v1/models/{CLS}/predict", json={"inputs": ["fine"]}).status_code == 200
-        c.proc.send_signal(signal.SIGTERM)
-        assert c.proc.wait(30) == 0
-    finally:
-        _stop(c)
