@@ -15,7 +15,7 @@ from service.engine.registry import Registry, load_registry
 from tests.conftest import FIXTURE_MODELS, LONG
 from tests.hardening.asgi import HeldClient
 from tests.hardening.conftest import KEY_A, KEY_B, KEYS, auth, wrapped
-from tests.service.conftest import CLS, LM, ClientFactory, app_of
+from tests.service.conftest import CLS, LM, ClientFactory, app_of, no_streams_left
 
 
 async def test_body_size_limit_is_413_in_each_surface_shape(make_client: ClientFactory) -> None:
@@ -254,12 +254,7 @@ async def test_stalled_websocket_is_dropped_and_frees_everything(
         t0 = time.monotonic()
         await asyncio.wait_for(ws.call(app, f"/v1/sessions/{sid}/ws"), timeout=10)
         assert ws.held.is_set() and time.monotonic() - t0 < 5
-        sched = app.state.local.engine.schedulers[LM]
-        for _ in range(50):
-            if sched.active_streams == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert sched.active_streams == 0
+        await no_streams_left(app, within_s=1.0)
         assert (await c.get(f"/v1/sessions/{sid}/state")).json() == before
         r = await asyncio.wait_for(c.post(f"/v1/sessions/{sid}/feed", json={"text": "c"}), 5)
         assert r.status_code == 200

@@ -12,7 +12,7 @@ import pytest
 from starlette.types import Message
 
 from tests.hardening.asgi import HeldClient
-from tests.service.conftest import LM, ClientFactory, app_of
+from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
 
 TOKENS = 60
 
@@ -51,12 +51,7 @@ async def test_a_session_stream_commits_once_every_token_is_handed_over(
         # held at its first tokens until the engine has generated the rest, so the consumer
         # then finds the last tokens and the end together (the case that must not commit early)
         await asyncio.wait_for(held.held.wait(), 10)
-        sched = app.state.local.engine.schedulers[LM]
-        for _ in range(500):
-            if sched.active_streams == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert sched.active_streams == 0
+        await no_streams_left(app, within_s=5.0)
         await asyncio.sleep(0.05)  # over the wire: the worker has every token
         held.held.clear()
         held.release.set()  # (the held send wakes; the next hold waits again)

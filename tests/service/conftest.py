@@ -3,6 +3,7 @@ fixture models) -> app with its lifespan running -> httpx client over ASGITransp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -92,3 +93,14 @@ async def new_session(client: httpx.AsyncClient, model: str = LM, **kw: Any) -> 
     assert r.status_code == 201, r.text
     out: dict[str, Any] = r.json()
     return out
+
+
+async def no_streams_left(app: FastAPI, model: str = LM, within_s: float = 5.0) -> None:
+    """Wait until `model`'s decode batch has no stream (a cancelled one leaves at its next
+    step); fail if one is still there after `within_s`."""
+    sched = app.state.local.engine.schedulers[model]
+    for _ in range(int(within_s / 0.01)):
+        if sched.active_streams == 0:
+            return
+        await asyncio.sleep(0.01)
+    assert sched.active_streams == 0

@@ -12,7 +12,7 @@ from starlette.types import Message
 
 from service.api.pacing import MIN_GAP_S, Pacer
 from tests.hardening.asgi import HeldClient
-from tests.service.conftest import LM, ClientFactory, app_of
+from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
 
 
 def test_the_gap_grows_with_the_open_streams() -> None:
@@ -109,9 +109,4 @@ async def test_a_client_gone_while_its_stream_waits_frees_it(make_client: Client
         held.gone.set()  # the client leaves while the stream waits out its gap
         await asyncio.wait_for(task, 5)
         assert app.state.services.pacer.open_streams == 0
-        sched = app.state.local.engine.schedulers[LM]
-        for _ in range(100):
-            if sched.active_streams == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert sched.active_streams == 0
+        await no_streams_left(app, within_s=1.0)
