@@ -139,6 +139,14 @@ async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_sta
         ws = client.hold_stream("b")
         await ws.confirmed()  # a WebSocket asks before it accepts
         refused = client.hold_stream(None)
+        # the last decode step's metrics are posted to the loop after its stream finished: wait
+        # for the engine thread to end that step, then one loop turn for the posted callback
+        sched = engine.schedulers[LM]
+        for _ in range(500):
+            if sched.active_streams == 0 and sched._last_step is None:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)
         calls = _engine_calls(engine)
         assert calls > 0  # the probe sees the generations above
         with pytest.raises(Overloaded):
