@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
-from starlette.types import Message
 
 from service.api.pacing import MIN_GAP_S, Pacer
 from tests.hardening.asgi import HeldClient
@@ -91,22 +91,43 @@ async def test_an_openai_stream_is_paced_too(make_client: ClientFactory) -> None
     assert _bodies(paced)[-1] == b"data: [DONE]\n\n"
 
 
-async def test_a_client_gone_while_its_stream_waits_frees_it(make_client: ClientFactory) -> None:
+async def test_a_client_gone_while_its_stream_waits_frees_it(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with make_client(stream_writes_per_s=1) as c:  # one stream: 1 s after each write
         app = app_of(c)
-        first: asyncio.Event = asyncio.Event()
+        pacer = app.state.services.pacer
+        # The engine is gated after its first decode step (one token out, then onnxruntime's
+        # call waits), so the first write cannot carry the whole generation and its end: the
+        # stream is certain to be open and waiting out its gap when the client leaves.
+        runner = app.state.local.engine.schedulers[LM].runner
+        gate = threading.Event()
+        real_run = runner.run
 
-        def after_first_tokens(m: Message) -> bool:
-            if b"event: token" in m.get("body", b""):
-                first.set()
-            return False
+        def gated_run(tokens: Any, *args: Any) -> Any:
+            if tokens.shape[1] == 1:  # a decode step (a prefill runs the whole prompt)
+                gate.wait(10)
+            return real_run(tokens, *args)
 
-        held = HeldClient(hold_at=after_first_tokens)
+        monkeypatch.setattr(runner, "run", gated_run)
+        in_gap = asyncio.Event()
+        real_after_write = pacer.after_write
+
+        async def after_write() -> None:
+            in_gap.set()
+            await real_after_write()
+
+        monkeypatch.setattr(pacer, "after_write", after_write)
+        held = HeldClient()
         body = {"prompt": "ROMEO:", "max_tokens": 40, "stream": True}
         task = asyncio.create_task(held.call(app, "POST", f"/v1/models/{LM}/generate", body))
-        await asyncio.wait_for(first.wait(), 10)
-        assert app.state.services.pacer.open_streams == 1
-        held.gone.set()  # the client leaves while the stream waits out its gap
-        await asyncio.wait_for(task, 5)
-        assert app.state.services.pacer.open_streams == 0
-        await no_streams_left(app, within_s=1.0)
+        try:
+            await asyncio.wait_for(in_gap.wait(), 10)
+            assert pacer.open_streams == 1
+            assert b"event: done" not in held.body and b"event: token" in held.body
+            held.gone.set()  # the client leaves while the stream waits out its gap
+            await asyncio.wait_for(task, 5)
+        finally:
+            gate.set()
+        assert pacer.open_streams == 0
+        await no_streams_left(app, within_s=5.0)
