@@ -190,6 +190,9 @@ async def running_engine(
         max_queue=settings.max_queue,
         max_streams=settings.max_streams,
         max_batch_tokens=settings.max_batch_tokens,
+        prefill_chunk_tokens=settings.prefill_chunk_tokens,
+        prefill_pass_ms=settings.prefill_pass_ms,
+        max_request_tokens=settings.max_request_tokens,
         stream_buffer_bytes=settings.stream_buffer_bytes,
     )
     engine = Engine(reg, config, m)

@@ -84,10 +84,29 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         1 << 16, ge=1, description="Padded tokens (rows × longest row) per prefill batch."
     )
+    prefill_chunk_tokens: int = Field(
+        512,
+        ge=1,
+        description="Most tokens of one text run in one prefill pass; a longer one continues in "
+        "later passes, with other requests and decode steps in between (chunked prefill).",
+    )
+    prefill_pass_ms: float = Field(
+        50.0,
+        ge=0,
+        description="About how long one prefill pass may run (from the measured cost of a "
+        "token), so no request waits behind more than that of another's; 0: only "
+        "`max_batch_tokens` bounds a pass.",
+    )
 
     # request limits
     max_text_chars: int = Field(100_000, ge=1, description="Longest text/prompt accepted.")
     max_inputs: int = Field(256, ge=1, description="Most texts in one predict request.")
+    max_request_tokens: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most tokens one predict/infer request may bring, all its texts together "
+        "(422 `invalid_input` naming `inputs`).",
+    )
     max_tokens_limit: int = Field(4096, ge=1, description="Largest `max_tokens` accepted.")
     max_stop: int = Field(4, ge=0, description="Most stop strings in one generate request.")
 

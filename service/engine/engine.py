@@ -31,6 +31,7 @@ from service.engine.sampling import SamplingParams, softmax
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.state_bounds import require_finite
 from service.engine.stream import DoneEvent, ErrorEvent, EventsFromBatches, Stream, TokenEvent
+from service.errors import InvalidInput
 from service.metrics import Metrics
 
 Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
@@ -201,6 +202,7 @@ class Engine:
     ) -> list[Output | None]:
         """`predict` on texts already tokenized (an API worker tokenizes them)."""
         m = self.model(name)
+        self._require_work(rows, "inputs")
         done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
         return [self.output(m, logits, top_k) for logits, _ in done]
 
@@ -208,8 +210,21 @@ class Engine:
         """Each row of ids prefilled from a fresh state, batched with everything waiting:
         logits (B, K) float32."""
         m = self.model(name)
+        self._require_work(rows, "inputs")
         done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
         return np.stack([logits for logits, _ in done]).astype(np.float32)
+
+    def _require_work(self, rows: list[list[int]], field: str) -> None:
+        """One request's rows together bring at most `max_request_tokens`: however it is
+        chunked, a request's work is its tokens, and this bounds what one can ask for."""
+        total = sum(len(r) for r in rows)
+        limit = self.config.max_request_tokens
+        if total > limit:
+            raise InvalidInput(
+                f"{field} come to {total} tokens; at most {limit} per request "
+                "(RNNSERVE_MAX_REQUEST_TOKENS)",
+                field=field,
+            )
 
     # -- generation -------------------------------------------------------------------------
 

@@ -1,9 +1,13 @@
 """Per-model scheduler: dynamic batching of prefill/predict work, continuous batching of decode.
 
 Each model has one **engine thread** that alternates between
-* a **prefill** call: waiting jobs (predictions, session feeds, generation prompts) of any length,
+* a **prefill** pass: waiting jobs (predictions, session feeds, generation prompts) of any length,
   bucketed by length and run with exact variable-length semantics (`lengths`); when nothing is
-  decoding, a batch waits up to `max_wait_ms` to fill up;
+  decoding, a batch waits up to `max_wait_ms` to fill up. A pass runs at most
+  `prefill_chunk_tokens` of a job and about `prefill_pass_ms` of work in all: a longer job goes
+  back to the end of the queue with its state so far (`prefill.take_pass`), so one huge request
+  delays others by a pass, never by its whole length, and is dropped between passes once its
+  caller has timed out or gone;
 * a **decode step**: every active generation stream samples one token and the whole batch
   advances by that token in ONE onnxruntime call. Streams join and leave between steps.
 
@@ -42,7 +46,15 @@ from service.engine.handoff import (
     reject,
     resolve,
 )
-from service.engine.prefill import PrefillJob, PrefillResult, StateRows, length_buckets, pack
+from service.engine.prefill import (
+    Chunk,
+    PrefillJob,
+    PrefillResult,
+    StateRows,
+    length_buckets,
+    pack,
+    take_pass,
+)
 from service.engine.rows import special_rows
 from service.engine.runner import Runner
 from service.engine.sampling import sample, sample_plain
@@ -53,6 +65,8 @@ from service.metrics import Metrics
 
 log = get_logger("scheduler")
 
+COST_SAMPLE_TOKENS = 256  # a prefill call this large (padded tokens) measures a token's cost
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -61,6 +75,9 @@ class SchedulerConfig:
     max_queue: int = 1024
     max_streams: int = 256
     max_batch_tokens: int = 1 << 16
+    prefill_chunk_tokens: int = 512  # most tokens of one job in one pass
+    prefill_pass_ms: float = 50.0  # a pass's work, from the measured cost a token (0: no bound)
+    max_request_tokens: int = 1_000_000  # tokens one predict request may bring (all its rows)
     stream_buffer_bytes: int = 512 << 10  # a stream's unread backlog (see Stream.max_backlog_bytes)
 
 
@@ -96,6 +113,7 @@ class Scheduler:
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
+        self._token_s: float | None = None  # measured seconds a padded prefill token (EMA)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
@@ -181,20 +199,20 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             try:
-                jobs = self._next_jobs()
-                if jobs is None:
+                chunks = self._next_jobs()
+                if chunks is None:
                     return
-                if jobs:
-                    self._run_prefill(jobs)
+                if chunks:
+                    self._run_prefill(chunks)
                 if self._batch.streams or self._joining:
                     self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
                 self._fail_all(EngineError(f"scheduler error: {e}"))
 
-    def _next_jobs(self) -> list[PrefillJob] | None:
-        """Block until there is work; return the prefill jobs to run now (maybe none, when only
-        decoding), or None when the thread should exit."""
+    def _next_jobs(self) -> list[Chunk] | None:
+        """Block until there is work; return the prefill chunks to run now (maybe none, when
+        only decoding), or None when the thread should exit."""
         cfg = self.config
         with self._cv:
             while True:
@@ -219,23 +237,39 @@ class Scheduler:
                         self._cv.wait(wait)
                         continue
                 break
-            jobs: list[PrefillJob] = []
-            while self._prefill and len(jobs) < cfg.max_batch_size:
-                j = self._prefill.popleft()
-                if not j.future.done():  # a cancelled caller's job is skipped
-                    jobs.append(j)
+            # a cancelled caller's job is skipped, also between the chunks of a long one
+            jobs = take_pass(
+                self._prefill, cfg.max_batch_size, cfg.prefill_chunk_tokens, self._pass_budget()
+            )
         if jobs:
             self._last_rows = len(jobs)
         self._gauge()
         return jobs
+
+    def _pass_budget(self) -> int:
+        """Tokens one prefill pass may run: about `prefill_pass_ms` of work at the cost a token
+        measured so far, within `max_batch_tokens` (and at least one chunk)."""
+        cfg = self.config
+        if cfg.prefill_pass_ms <= 0:
+            return cfg.max_batch_tokens
+        if self._token_s is None:  # nothing measured yet: a few chunks, until the first call
+            return min(4 * cfg.prefill_chunk_tokens, cfg.max_batch_tokens)
+        budget = int(cfg.prefill_pass_ms / 1000 / self._token_s)
+        return max(cfg.prefill_chunk_tokens, min(budget, cfg.max_batch_tokens))
 
     def _run_prefill_call(
         self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
     ) -> tuple[np.ndarray, StateRows]:
         t0 = time.perf_counter()
         out = self.runner.run(tokens, lengths, states)
+        dt = time.perf_counter() - t0
+        if tokens.size >= COST_SAMPLE_TOKENS:
+            # what a padded token costs in a large call, smoothed: a pass's budget follows the
+            # model and the machine (a small call's fixed cost would make it look dearer)
+            cost = dt / tokens.size
+            self._token_s = cost if self._token_s is None else 0.7 * self._token_s + 0.3 * cost
         if self._m is not None:
-            self._m.prefill_time.observe(time.perf_counter() - t0)
+            self._m.prefill_time.observe(dt)
             self._m.prefill_batch.observe(len(lengths))
         return out
 
@@ -246,29 +280,36 @@ class Scheduler:
             self._m.queue_depth.set(now[0])
             self._m.active_streams.set(now[1])
 
-    def _run_prefill(self, jobs: list[PrefillJob]) -> None:
-        for bucket in length_buckets(jobs, self.config.max_batch_tokens):
-            self._prefill_bucket(bucket)
+    def _run_prefill(self, chunks: list[Chunk]) -> None:
+        unfinished: list[PrefillJob] = []
+        for bucket in length_buckets(chunks, self.config.max_batch_tokens):
+            unfinished += self._prefill_bucket(bucket)
+        if unfinished:  # behind whatever arrived meanwhile
+            with self._cv:
+                self._prefill.extend(unfinished)
 
-    def _prefill_bucket(self, jobs: list[PrefillJob]) -> None:
+    def _prefill_bucket(self, chunks: list[Chunk]) -> list[PrefillJob]:
+        """Run one bucket; resolve the jobs it finishes, return those it does not."""
         try:
-            tokens, lengths, states = pack(jobs, self._init_row, self._axes)
+            tokens, lengths, states = pack(chunks, self._init_row, self._axes)
             logits, out = self._run_prefill_call(tokens, lengths, states)
         except Exception as e:
-            log.exception("prefill batch failed", extra={"model": self.name, "rows": len(jobs)})
-            self._post(reject, [j.future for j in jobs], as_service_error(e))
-            return
-        results = [
-            (
-                j.future,
-                (
-                    logits[i].copy(),
-                    [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)],
-                ),
-            )
-            for i, j in enumerate(jobs)
-        ]
-        self._post(resolve, results)
+            log.exception("prefill batch failed", extra={"model": self.name, "rows": len(chunks)})
+            self._post(reject, [c.job.future for c in chunks], as_service_error(e))
+            return []
+        results = []
+        unfinished = []
+        for i, c in enumerate(chunks):
+            rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
+            if c.last:
+                results.append((c.job.future, (logits[i].copy(), rows)))
+            else:
+                c.job.done += c.tokens.size
+                c.job.states = rows
+                unfinished.append(c.job)
+        if results:
+            self._post(resolve, results)
+        return unfinished
 
     def _admit_joins(self) -> None:
         if not self._joining:  # the usual step (a join racing this check is seen next step)

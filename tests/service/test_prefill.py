@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from typing import Any
 
 import numpy as np
 
-from service.engine.prefill import SLACK, SPREAD, PrefillJob, length_buckets, pack
+from service.engine.prefill import SLACK, SPREAD, PrefillJob, length_buckets, pack, take_pass
 
 
 def job(n: int, state: list[np.ndarray] | None = None) -> PrefillJob:
@@ -43,3 +45,60 @@ def test_pack_pads_with_zeros_and_starts_stateless_rows_from_the_initial_state()
     assert lengths.tolist() == [2, 4]
     assert states[0].shape == (1, 2, 2)
     assert states[0][0, 0].tolist() == [0.0, 0.0] and states[0][0, 1].tolist() == [7.0, 7.0]
+
+
+def live_job(n: int) -> PrefillJob:
+    return PrefillJob(np.arange(1, n + 1, dtype=np.int64), None, asyncio.Future())
+
+
+async def test_a_pass_takes_short_jobs_first_then_a_chunk_of_a_long_one() -> None:
+    q = deque([live_job(5), live_job(2000), live_job(3)])
+    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=10_000)
+    assert [c.tokens.size for c in chunks] == [5, 3, 512]
+    assert [c.last for c in chunks] == [True, True, False]
+    assert chunks[2].tokens.tolist() == list(range(1, 513)) and not q
+
+
+async def test_a_short_job_waits_behind_no_long_one() -> None:
+    longs = [live_job(100_000) for _ in range(40)]
+    small = live_job(4)
+    q = deque([*longs, small])
+    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=1024)
+    assert [c.job for c in chunks] == [small, longs[0], longs[1]]
+    assert [c.tokens.size for c in chunks] == [4, 512, 508]
+    assert list(q) == longs[2:]  # (the engine puts the two it ran back at the end)
+
+
+async def test_a_pass_continues_a_job_where_it_stopped() -> None:
+    j = live_job(1000)
+    j.done = 900
+    chunks = take_pass(deque([j]), max_rows=64, chunk_tokens=512, budget_tokens=10_000)
+    assert chunks[0].tokens.tolist() == list(range(901, 1001)) and chunks[0].last
+
+
+async def test_a_pass_stops_at_its_budget_but_always_makes_progress() -> None:
+    q = deque([live_job(300), live_job(300), live_job(300)])
+    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=400)
+    assert [c.tokens.size for c in chunks] == [300]  # short jobs are never split
+    assert len(q) == 2
+    alone = take_pass(deque([live_job(300)]), max_rows=64, chunk_tokens=512, budget_tokens=1)
+    assert [c.tokens.size for c in alone] == [300]
+    long = take_pass(deque([live_job(5000)]), max_rows=64, chunk_tokens=512, budget_tokens=1)
+    assert [c.tokens.size for c in long] == [512]
+
+
+async def test_short_work_never_starves_long_work() -> None:
+    shorts = [live_job(10) for _ in range(5)]
+    long = live_job(5000)
+    q = deque([long, *shorts])
+    chunks = take_pass(q, max_rows=3, chunk_tokens=512, budget_tokens=10)
+    assert [c.job for c in chunks] == [shorts[0], long]  # over budget and rows: one long chunk
+    assert list(q) == shorts[1:]
+
+
+async def test_a_pass_drops_jobs_whose_caller_is_gone_and_counts_rows() -> None:
+    gone = live_job(50)
+    gone.future.cancel()
+    q = deque([gone, live_job(1), live_job(1), live_job(1)])
+    chunks = take_pass(q, max_rows=2, chunk_tokens=512, budget_tokens=10_000)
+    assert len(chunks) == 2 and gone not in [c.job for c in chunks] and len(q) == 1

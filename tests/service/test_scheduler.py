@@ -27,10 +27,12 @@ class FakeRunner:
         self.fail = False
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set as a call begins (before the gate)
 
     def run(
         self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.entered.set()
         self.gate.wait(5)
         self.calls.append(tokens.shape)
         if self.fail:
@@ -45,7 +47,9 @@ class FakeRunner:
 
 
 def make(runner: FakeRunner, **cfg: Any) -> Scheduler:
-    s = Scheduler(runner, SchedulerConfig(**{"max_wait_ms": 5.0, **cfg}))  # type: ignore[arg-type]
+    # (no time bound on a pass unless a test asks: a fake runner's cost a token says nothing)
+    base = {"max_wait_ms": 5.0, "prefill_pass_ms": 0.0}
+    s = Scheduler(runner, SchedulerConfig(**{**base, **cfg}))  # type: ignore[arg-type]
     s.start()
     return s
 
@@ -74,6 +78,50 @@ async def test_buckets_limit_padding() -> None:
     runner.gate.set()
     await asyncio.gather(blocker, *short, *long)
     assert (4, 2) in runner.calls and (4, 500) in runner.calls
+    await s.close(1)
+
+
+async def test_a_long_job_runs_in_chunks_exactly_and_lets_a_short_one_pass() -> None:
+    runner = FakeRunner()
+    s = make(runner, prefill_chunk_tokens=100)
+    runner.gate.clear()
+    long = asyncio.ensure_future(s.prefill(list(range(1, 1001))))  # 10 chunks
+    await asyncio.to_thread(runner.entered.wait, 5)  # stuck in the long job's first chunk
+    short = asyncio.ensure_future(s.prefill([7, 7]))
+    while s.queue_depth < 1:  # queued while the first chunk runs
+        await asyncio.sleep(0)
+    runner.gate.set()
+    _, rows = await short
+    assert rows[0][0, 0, 0] == 14
+    _, rows = await long
+    assert rows[0][0, 0, 0] == sum(range(1, 1001))  # exact: each chunk from the last's state
+    assert runner.calls.count((1, 100)) == 10 and runner.calls.index((1, 2)) == 1
+    await s.close(1)
+
+
+async def test_a_cancelled_long_job_stops_at_its_next_chunk() -> None:
+    runner = FakeRunner()
+    s = make(runner, prefill_chunk_tokens=10)
+    runner.gate.clear()
+    long = asyncio.ensure_future(s.prefill([1] * 1000))  # 100 chunks
+    await asyncio.to_thread(runner.entered.wait, 5)  # in its first chunk
+    long.cancel()  # (a request timed out, or its client left)
+    await asyncio.sleep(0)
+    runner.gate.set()
+    _, rows = await s.prefill([3])  # the engine is free again, after at most one more chunk
+    assert rows[0][0, 0, 0] == 3
+    assert runner.calls.count((1, 10)) <= 2
+    await s.close(1)
+
+
+async def test_a_pass_is_bounded_by_its_measured_time() -> None:
+    runner = FakeRunner()
+    s = make(runner, prefill_chunk_tokens=64, prefill_pass_ms=1000.0, max_batch_tokens=1 << 16)
+    assert s._pass_budget() == 4 * 64  # nothing measured yet: a few chunks
+    s._token_s = 0.001  # 1 ms a token: a 1 s pass is 1,000 tokens
+    assert s._pass_budget() == 1000
+    s._token_s = 1.0  # never less than one chunk
+    assert s._pass_budget() == 64
     await s.close(1)
 
 
