@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
 from service.errors import ServiceError
@@ -100,6 +101,19 @@ def install_error_handlers(app: FastAPI) -> None:
         status, body = error_response_parts(request.url.path, err)
         return JSONResponse(body, status_code=status, headers=err.headers)
 
+    async def on_disconnect(_: Request, exc: Exception) -> JSONResponse:
+        # the client left while its body was being read (or the body passed the size limit,
+        # and the 413 already went out): nothing to answer, nothing to log as an error
+        log.debug("client disconnected before its request body was complete")
+        return error_response(
+            ServiceError(
+                "the client disconnected before its request body was complete",
+                status=400,
+                code="client_disconnected",
+                field="body",
+            )
+        )
+
     async def on_other(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
         return error_response(ServiceError("internal error"))
@@ -107,6 +121,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
     app.add_exception_handler(Exception, on_other)
 
 

@@ -5,6 +5,7 @@ client's predict keeps being answered; numbers are strict on every surface."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -194,6 +195,66 @@ def test_an_int_is_still_a_float(server: ServerProcess) -> None:
         timeout=30,
     )
     assert r.status_code == 200, r.text
+
+
+BIG_INT = "1" * 5000  # past Python's 4,300-digit int conversion limit (a ValueError)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (V2, '{"inputs": [{"name": "TEXT", "shape": [%s], "datatype": "BYTES", "data": ["a"]}]}'),
+        (f"/v1/models/{CLS}/predict", '{"inputs": ["a"], "top_k": %s}'),
+        ("/openai/v1/completions", '{"model": "%s", "prompt": "a", "max_tokens": %s}'),
+    ],
+)
+def test_an_integer_past_pythons_digit_limit_is_a_4xx(
+    server: ServerProcess, path: str, body: str
+) -> None:
+    content = body % ((LM, BIG_INT) if "openai" in path else (BIG_INT,))
+    r = httpx.post(
+        server.base + path,
+        content=content,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code in (400, 422), r.text
+    if path == V2:
+        assert "4300" in r.json()["error"] or "digits" in r.json()["error"]
+
+
+@pytest.mark.parametrize("path", [V2, f"/v1/models/{CLS}/predict", "/openai/v1/completions"])
+def test_a_client_gone_mid_body_is_not_an_error(server: ServerProcess, path: str) -> None:
+    host, port = server.addr.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100000\r\n\r\n".encode()
+            + b'{"inputs": ["'
+            + b"a" * 5000
+        )
+    deadline = time.monotonic() + 10
+    while server.connections():  # the server has seen the client leave
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    r = httpx.post(server.base + V2, json=_v2(parameters={"binary_data_output": False}), timeout=30)
+    assert r.status_code == 200
+
+
+def test_a_chunked_v2_body_past_the_limit_is_a_413_and_no_error(server: ServerProcess) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": [{"name": "TEXT", "shape": [1], "datatype": "BYTES", "data": ["'
+        for _ in range(20):
+            yield b"a" * 2**20  # 20 MiB in all, no Content-Length
+        yield b'"]}]}'
+
+    r = httpx.post(
+        server.base + V2,
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 413
 
 
 def test_the_server_logged_no_traceback(server: ServerProcess, tmp_path: Path) -> None:

@@ -93,7 +93,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
             )
     try:
         header = json.loads(body[:n])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer past Python's 4,300-digit
+    # conversion limit (which is not a JSONDecodeError)
+    except (ValueError, RecursionError) as e:
         where = f"the first {n} bytes (the JSON header)" if header_length is not None else "body"
         why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
         raise BinaryProtocolError(f"{where} is not valid JSON: {why}", field="body") from None
