@@ -383,3 +383,19 @@ async def test_fresh_state_with_infinite_pool_round_trips(client: httpx.AsyncCli
         )
     ).json()
     assert a["output"] == b["output"]
+
+
+async def test_an_unfinished_word_past_its_bound_is_refused_and_changes_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    sid = (await new_session(client, CLS))["session_id"]
+    r = await client.post(f"/v1/sessions/{sid}/feed", json={"text": "fine " + "a" * 4000})
+    assert r.status_code == 200 and r.json()["pending_chars"] == 4000
+    before = (await client.get(f"/v1/sessions/{sid}")).json()
+    r = await client.post(f"/v1/sessions/{sid}/feed", json={"text": "a" * 97})
+    assert r.status_code == 422, r.text
+    err = r.json()["error"]
+    assert err["field"] == "text" and "4097 characters" in err["message"]
+    assert (await client.get(f"/v1/sessions/{sid}")).json() == before
+    r = await client.post(f"/v1/sessions/{sid}/feed", json={"text": "a" * 96 + " film"})
+    assert r.status_code == 200 and r.json()["pending_chars"] == 4  # "film" (a word may end)
