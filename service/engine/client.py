@@ -67,6 +67,12 @@ class StreamHold(Protocol):
 
     async def confirmed(self) -> None: ...
 
+    def widen(self, rows: int) -> None:
+        """Hold `rows` decode rows in all (an OpenAI completion's `n` x prompts), asked before
+        the request's first generation: in process it is decided now (raising the refusal),
+        over the wire the engine decides it with that generation's frame."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -81,8 +87,9 @@ class EngineClient(Protocol):
     catalog: Catalog
 
     # -- admission
-    def hold_stream(self, owner: str | None) -> StreamHold:
-        """A slot for one stream (`stream_slots.py`); never waits (see `StreamHold`)."""
+    def hold_stream(self, owner: str | None, rows: int = 1) -> StreamHold:
+        """A slot for one stream of `rows` decode rows (`stream_slots.py`); never waits (see
+        `StreamHold`)."""
         ...
 
     # -- stateless
@@ -156,8 +163,8 @@ class InProcessClient:
         self.engine, self.sessions, self.store, self.slots = engine, sessions, store, slots
         self.catalog = engine.registry.catalog()
 
-    def hold_stream(self, owner: str | None) -> LocalHold:
-        return LocalHold(self.slots, owner)
+    def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:
+        return LocalHold(self.slots, owner, rows)
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         return await self.engine.predict(model, inputs, top_k)
@@ -239,14 +246,15 @@ def _require_slot() -> None:
 class LocalHold:
     """A slot taken (or refused: `refusal`) at once, in this process."""
 
-    __slots__ = ("_owner", "_slots", "refusal")
+    __slots__ = ("_owner", "_rows", "_slots", "refusal")
 
-    def __init__(self, slots: StreamSlots, owner: str | None) -> None:
+    def __init__(self, slots: StreamSlots, owner: str | None, rows: int = 1) -> None:
         self._owner = owner
+        self._rows = rows
         self._slots: StreamSlots | None = None
         self.refusal: ServiceError | None = None
         try:
-            slots.acquire(owner)
+            slots.acquire(owner, rows)
             self._slots = slots
         except ServiceError as e:
             self.refusal = e
@@ -255,7 +263,15 @@ class LocalHold:
         if self.refusal is not None:
             raise self.refusal
 
+    def widen(self, rows: int) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        if self._slots is not None and rows > self._rows:
+            # refused: it still holds its first `_rows`
+            self._slots.acquire(self._owner, rows - self._rows, mine=self._rows)
+            self._rows = rows
+
     def release(self) -> None:
         if self._slots is not None:
-            self._slots.release(self._owner)
+            self._slots.release(self._owner, self._rows)
             self._slots = None

@@ -89,7 +89,7 @@ class EngineHost:
     def _start(self, ident: bytes, call: wire.Call) -> None:
         op, rid = call.op, call.rid
         if isinstance(op, wire.HoldStream):  # a WebSocket's slot, asked for as it connects
-            refusal = self._slot(ident, wire.SlotRef(rid, op.owner))
+            refusal = self._slot(ident, wire.SlotRef(rid, op.owner, op.rows))
             self._post(
                 ident,
                 wire.Result(rid, wire.Empty())
@@ -213,7 +213,7 @@ class EngineHost:
         key = (ident, ref.rid)
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = self.client.hold_stream(ref.owner)
+            slot = self._slots[key] = self.client.hold_stream(ref.owner, ref.rows)
         return slot.refusal
 
     async def _call(self, op: Any) -> wire.Value:

@@ -179,8 +179,8 @@ class RemoteClient:
         return gen
 
     # -- EngineClient
-    def hold_stream(self, owner: str | None) -> RemoteHold:
-        return RemoteHold(self, next(self._ids), owner)
+    def hold_stream(self, owner: str | None, rows: int = 1) -> RemoteHold:
+        return RemoteHold(self, next(self._ids), owner, rows)
 
     def _slot(self) -> wire.SlotRef | None:
         """The request's stream slot (`STREAM_HOLD`), for its generation to carry."""

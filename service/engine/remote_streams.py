@@ -157,26 +157,33 @@ class RemoteHold:
     the first of them), and a WebSocket asks for it with `confirmed()`. `release()` sends
     `Cancel(rid)` once the engine has seen it, so an HTTP stream costs one frame for its slot."""
 
-    __slots__ = ("_client", "_sent", "owner", "rid")
+    __slots__ = ("_client", "_sent", "owner", "rid", "rows")
 
-    def __init__(self, client: RemoteClient, rid: int, owner: str | None) -> None:
+    def __init__(self, client: RemoteClient, rid: int, owner: str | None, rows: int = 1) -> None:
         self._client: RemoteClient | None = client
         self._sent = False
         self.owner = owner
         self.rid = rid
+        self.rows = rows
 
     def ref_for(self, client: RemoteClient) -> wire.SlotRef | None:
         """The slot for a generation `client` is about to send (None: not this client's)."""
         if self._client is not client:
             return None
         self._sent = True
-        return wire.SlotRef(self.rid, self.owner)
+        return wire.SlotRef(self.rid, self.owner, self.rows)
+
+    def widen(self, rows: int) -> None:
+        # the engine takes the rows with the first frame naming the slot, so they are known first
+        if self._sent:
+            raise RuntimeError("a stream slot is widened before its first generation")
+        self.rows = max(self.rows, rows)
 
     async def confirmed(self) -> None:
         if self._client is None:
             raise RuntimeError("this stream slot was released")
         self._sent = True
-        await self._client._unary(wire.HoldStream(self.owner), self.rid)
+        await self._client._unary(wire.HoldStream(self.owner, self.rows), self.rid)
 
     def release(self) -> None:
         if self._client is not None:

@@ -24,26 +24,33 @@ class StreamSlots:
         self.open = 0
         self._owners: Counter[str] = Counter()  # owner -> open streams (keys on only)
 
-    def acquire(self, owner: str | None) -> None:
-        """Take a slot for `owner` (None: keys off, only the replica's cap applies), or raise
-        `Overloaded` (503, the replica is full) or `StreamLimit` (429, the key is)."""
-        if self.open >= self.max_open:
+    def acquire(self, owner: str | None, rows: int = 1, mine: int = 0) -> None:
+        """Take `rows` slots for `owner` (None: keys off, only the replica's cap applies), or
+        raise `Overloaded` (503, the replica is full) or `StreamLimit` (429, the key is). A
+        request that decodes several rows at once (an OpenAI completion's `n` x prompts) takes
+        one per row: the caps bound decode rows, not requests. `mine`: rows the same request
+        holds already (when it widens its hold), for the message only."""
+        if self.open + rows > self.max_open:
             raise Overloaded(
-                f"{self.max_open} streams are open on this server "
-                "(RNNSERVE_MAX_OPEN_STREAMS); retry later"
+                f"{self.open - mine} streams are open on this server and this request needs "
+                f"{mine + rows}; the limit is {self.max_open} (RNNSERVE_MAX_OPEN_STREAMS); "
+                "retry later"
             )
         if owner is not None:
-            if self._owners[owner] >= self.max_per_owner:
+            held = self._owners[owner]
+            if held + rows > self.max_per_owner:
                 raise StreamLimit(
-                    f"this API key has {self.max_per_owner} streams open (the per-key limit)"
+                    f"this request needs {mine + rows} streams (each generated sequence counts) "
+                    f"and this API key has {held - mine} others open; the per-key limit is "
+                    f"{self.max_per_owner}"
                 )
-            self._owners[owner] += 1
-        self.open += 1
+            self._owners[owner] += rows
+        self.open += rows
 
-    def release(self, owner: str | None) -> None:
-        self.open -= 1
+    def release(self, owner: str | None, rows: int = 1) -> None:
+        self.open -= rows
         if owner is not None:
-            self._owners[owner] -= 1
+            self._owners[owner] -= rows
             if self._owners[owner] <= 0:
                 del self._owners[owner]
 

@@ -28,11 +28,11 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 7  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 8  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
-# (`Finishing` / `Drained`)
+# (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`)
 
 
 class Tensor(Message, frozen=True):
@@ -84,6 +84,7 @@ class SlotRef(Message, frozen=True):
 
     rid: int
     owner: str | None
+    rows: int = 1  # decode rows it holds (an OpenAI completion's n x prompts)
 
 
 class Generate(Message, frozen=True, tag="generate"):
@@ -158,6 +159,7 @@ class HoldStream(Message, frozen=True, tag="hold_stream"):
     accepts); an HTTP stream's slot is taken by its first generation instead (`SlotRef`)."""
 
     owner: str | None
+    rows: int = 1
 
 
 Operation = (

@@ -19,6 +19,7 @@ from service.engine.protocol import GenerateParams
 from service.engine.remote import RemoteClient, worker_identity
 from service.engine.stream_slots import StreamSlots
 from service.errors import Overloaded, StreamLimit
+from tests.hardening.conftest import KEY_A, KEYS, auth
 from tests.service.conftest import LM, ClientFactory, app_of
 
 
@@ -159,3 +160,39 @@ async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_sta
             hold.release()
         await _until(lambda: slots.open == 0)
         assert slots.held_by("a") == slots.held_by("b") == 0
+
+
+def test_a_request_of_several_rows_takes_one_slot_a_row() -> None:
+    slots = StreamSlots(max_open=10, max_per_owner=4)
+    slots.acquire("a", rows=3)
+    with pytest.raises(StreamLimit) as limit:
+        slots.acquire("a", rows=2)
+    assert "needs 2 streams" in limit.value.message and "has 3 others" in limit.value.message
+    with pytest.raises(Overloaded):
+        slots.acquire(None, rows=8)
+    slots.release("a", rows=3)
+    assert slots.open == 0 and slots.held_by("a") == 0
+
+
+@pytest.mark.parametrize("transport", ["zmq", "inprocess"])
+async def test_a_completions_n_and_prompts_count_against_the_stream_caps(
+    make_client: ClientFactory, transport: str
+) -> None:
+    """Issue 32.5: `n: 128` with two prompts held one slot and added 256 decode rows."""
+    async with make_client(
+        engine_transport=transport, api_keys=KEYS, max_streams_per_key=4, max_open_streams=6
+    ) as c:
+        slots: StreamSlots = app_of(c).state.local.slots
+        body = {"model": LM, "prompt": ["to be", "or not"], "max_tokens": 3, "seed": 1}
+        r = await c.post("/openai/v1/completions", json={**body, "n": 3}, headers=auth(KEY_A))
+        assert r.status_code == 429, r.text  # 6 rows past the key's 4
+        assert "this request needs 6 streams" in r.json()["error"]["message"]
+        assert r.headers["Retry-After"] == "1"
+        r = await c.post("/openai/v1/completions", json={**body, "n": 2}, headers=auth(KEY_A))
+        assert r.status_code == 200, r.text  # 4 rows: within the cap
+        assert len(r.json()["choices"]) == 4
+        stream = {**body, "n": 2, "stream": True}
+        r = await c.post("/openai/v1/completions", json=stream, headers=auth(KEY_A))
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        await _until(lambda: slots.open == 0)
+        assert slots.held_by("alice") == 0

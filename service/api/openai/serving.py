@@ -26,7 +26,7 @@ from service.api.openai.protocol import ValidCompletion, error_body
 from service.api.pacing import Pacer
 from service.api.surface_route import client_status
 from service.engine.catalog import ModelView
-from service.engine.client import GenerationStream, TokenEvent
+from service.engine.client import STREAM_HOLD, GenerationStream, TokenEvent
 from service.engine.protocol import Finished, GenerationResult
 from service.errors import InvalidInput, ServiceError
 
@@ -162,6 +162,9 @@ async def start(
             for i, (prompt, row) in enumerate(zip(req.prompts, req.choices, strict=True))
             for j, p in enumerate(row)
         ]
+        hold = STREAM_HOLD.get()
+        if hold is not None:  # every choice is a decode row: the stream caps count them all
+            hold.widen(len(slots))
         opened = await asyncio.gather(
             *(s.client.generate(m.name, p) for *_, p in slots), return_exceptions=True
         )
