@@ -85,10 +85,11 @@ class Settings(BaseSettings):
         1 << 16, ge=1, description="Padded tokens (rows × longest row) per prefill batch."
     )
     prefill_chunk_tokens: int = Field(
-        512,
+        4096,
         ge=1,
-        description="Most tokens of one text run in one prefill pass; a longer one continues in "
-        "later passes, with other requests and decode steps in between (chunked prefill).",
+        description="Most tokens of one text run in one prefill pass (fewer when the pass's "
+        "time budget is less); a longer one continues in later passes, with other requests "
+        "and decode steps in between (chunked prefill).",
     )
     prefill_pass_ms: float = Field(
         50.0,

@@ -61,44 +61,81 @@ class Rows(Protocol):
 R = TypeVar("R", bound=Rows)
 
 
-def take_pass(
-    queue: deque[PrefillJob], max_rows: int, chunk_tokens: int, budget_tokens: int
-) -> list[Chunk]:
-    """Take the next pass's chunks from `queue`: at most `max_rows` jobs, each for at most
-    `chunk_tokens` tokens, about `budget_tokens` in all. Short jobs (what is left of them fits
-    one chunk) go first, in arrival order, then chunks of long ones in arrival order (a long
-    job that ran goes back to the end): a short request waits behind at most one pass, however
-    many long ones are queued, and at least one long chunk goes whenever one waits, so short
-    work never starves them. A job whose caller is gone (its future done: cancelled or timed
-    out) is dropped, whether it had started or not. Call under the queue's lock."""
-    short: list[PrefillJob] = []
-    long: list[PrefillJob] = []
-    for j in queue:
-        if not j.future.done():
-            (short if j.remaining <= chunk_tokens else long).append(j)
-    out: list[Chunk] = []
-    used = 0
-    for j in short:
-        if len(out) == max_rows or (out and used + j.remaining > budget_tokens):
-            break
-        out.append(Chunk(j, j.tokens[j.done :], j.states))
-        used += j.remaining
-    for i, j in enumerate(long):
-        room = budget_tokens - used
-        if len(out) == max_rows and i > 0:
-            break
-        if i > 0 and room <= 0:
-            break
-        n = chunk_tokens if i == 0 else min(chunk_tokens, room)
-        if len(out) == max_rows:  # the one long chunk every pass makes room for
-            out.pop()
-        out.append(Chunk(j, j.tokens[j.done : j.done + n], j.states))
-        used += n
-    taken = {id(c.job) for c in out}
-    rest = [j for j in queue if id(j) not in taken and not j.future.done()]
-    queue.clear()
-    queue.extend(rest)
-    return out
+MIN_LONG_CHUNK = 64  # the least of a long job a pass runs when several share its budget
+
+
+class PrefillQueue:
+    """The waiting prefill jobs: short ones (the whole job fits one chunk as it arrives) in
+    arrival order, and long ones, which run a chunk a pass, round robin. A pass takes short
+    jobs first, then long chunks, and at least one long chunk whenever one waits: a short
+    request waits behind at most one pass however many long ones are queued, and short work
+    never starves long work. Used under the scheduler's lock."""
+
+    def __init__(self) -> None:
+        self.short: deque[PrefillJob] = deque()
+        self.long: deque[PrefillJob] = deque()
+
+    def __len__(self) -> int:
+        return len(self.short) + len(self.long)
+
+    def add(self, job: PrefillJob, chunk_tokens: int) -> None:
+        (self.short if job.remaining <= chunk_tokens else self.long).append(job)
+
+    def oldest(self) -> float:
+        """When the longest-waiting job was queued (the queue is not empty)."""
+        return min(q[0].enqueued for q in (self.short, self.long) if q)
+
+    def put_back(self, jobs: list[PrefillJob]) -> None:
+        """Long jobs a pass ran a chunk of, behind every long job still waiting."""
+        self.long.extend(jobs)
+
+    def drain(self) -> list[PrefillJob]:
+        jobs = [*self.short, *self.long]
+        self.short.clear()
+        self.long.clear()
+        return jobs
+
+    def take(self, max_rows: int, chunk_tokens: int, budget_tokens: int) -> list[Chunk]:
+        """The next pass: at most `max_rows` jobs, about `budget_tokens` tokens, a long job's
+        chunk at most `chunk_tokens`. A job whose caller is gone (its future done: cancelled
+        or timed out) is dropped, whether it had started or not."""
+        out: list[Chunk] = []
+        used = 0
+        short = self.short
+        while short and len(out) < max_rows:
+            j = short[0]
+            if j.future.done():
+                short.popleft()
+                continue
+            if out and used + j.remaining > budget_tokens:
+                break
+            short.popleft()
+            out.append(Chunk(j, j.tokens[j.done :], j.states))
+            used += j.remaining
+        long = self.long
+        # the budget left is shared by the long jobs waiting (a batched row costs less than a
+        # lone one), a chunk each of at least MIN_LONG_CHUNK
+        share = (budget_tokens - used) // max(1, min(len(long), max_rows - len(out)))
+        chunk_tokens = min(chunk_tokens, max(MIN_LONG_CHUNK, share))
+        first = True
+        while long:
+            j = long[0]
+            if j.future.done():
+                long.popleft()
+                continue
+            room = min(chunk_tokens, budget_tokens - used)
+            if not first and (room <= 0 or len(out) >= max_rows):
+                break
+            if len(out) >= max_rows:  # the one long chunk every pass makes room for
+                back = out.pop()
+                short.appendleft(back.job)
+                used -= back.tokens.size
+            n = min(j.remaining, chunk_tokens if first else room)
+            long.popleft()
+            out.append(Chunk(j, j.tokens[j.done : j.done + n], j.states))
+            used += n
+            first = False
+        return out
 
 
 # A job joins a bucket when at most SPREAD x its shortest + SLACK tokens long. A padded step

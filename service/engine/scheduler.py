@@ -3,11 +3,12 @@
 Each model has one **engine thread** that alternates between
 * a **prefill** pass: waiting jobs (predictions, session feeds, generation prompts) of any length,
   bucketed by length and run with exact variable-length semantics (`lengths`); when nothing is
-  decoding, a batch waits up to `max_wait_ms` to fill up. A pass runs at most
-  `prefill_chunk_tokens` of a job and about `prefill_pass_ms` of work in all: a longer job goes
-  back to the end of the queue with its state so far (`prefill.take_pass`), so one huge request
-  delays others by a pass, never by its whole length, and is dropped between passes once its
-  caller has timed out or gone;
+  decoding, a batch waits up to `max_wait_ms` to fill up. A pass runs about `prefill_pass_ms`
+  of work (its token budget follows the measured cost of a token) and at most a chunk
+  (`prefill_chunk_tokens`, or the budget if less) of a long job, which waits with its state so
+  far for its next chunk (`prefill.PrefillQueue`: short jobs first), so one huge request delays
+  others by a pass, never by its whole length, and is dropped between chunks once its caller
+  has timed out or gone;
 * a **decode step**: every active generation stream samples one token and the whole batch
   advances by that token in ONE onnxruntime call. Streams join and leave between steps.
 
@@ -49,11 +50,11 @@ from service.engine.handoff import (
 from service.engine.prefill import (
     Chunk,
     PrefillJob,
+    PrefillQueue,
     PrefillResult,
     StateRows,
     length_buckets,
     pack,
-    take_pass,
 )
 from service.engine.rows import special_rows
 from service.engine.runner import Runner
@@ -66,6 +67,7 @@ from service.metrics import Metrics
 log = get_logger("scheduler")
 
 COST_SAMPLE_TOKENS = 256  # a prefill call this large (padded tokens) measures a token's cost
+FIRST_PASS_TOKENS = 2048  # a pass's budget before any such call was measured
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class SchedulerConfig:
     max_queue: int = 1024
     max_streams: int = 256
     max_batch_tokens: int = 1 << 16
-    prefill_chunk_tokens: int = 512  # most tokens of one job in one pass
+    prefill_chunk_tokens: int = 4096  # most tokens of one job in one pass (or the pass budget)
     prefill_pass_ms: float = 50.0  # a pass's work, from the measured cost a token (0: no bound)
     max_request_tokens: int = 1_000_000  # tokens one predict request may bring (all its rows)
     stream_buffer_bytes: int = 512 << 10  # a stream's unread backlog (see Stream.max_backlog_bytes)
@@ -102,7 +104,7 @@ class Scheduler:
         self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
         self._cv = threading.Condition()
-        self._prefill: deque[PrefillJob] = deque()
+        self._prefill = PrefillQueue()
         self._joining: deque[Stream] = deque()
         self._closing = False
         self._abort = False
@@ -132,7 +134,7 @@ class Scheduler:
         fut: asyncio.Future[PrefillResult] = asyncio.get_running_loop().create_future()
         with self._cv:
             self._admit(len(self._prefill))
-            self._prefill.append(PrefillJob(arr, states, fut))
+            self._prefill.add(PrefillJob(arr, states, fut), self._chunk_tokens())
             self._cv.notify()
         self._gauge()
         return await fut
@@ -166,7 +168,7 @@ class Scheduler:
         # whatever is still queued (or held by a thread stuck in a call) fails now
         err = _shutting_down()
         with self._cv:
-            jobs, self._prefill = list(self._prefill), deque()
+            jobs = self._prefill.drain()
             joining, self._joining = list(self._joining), deque()
         reject([j.future for j in jobs], err)
         fail_streams(joining, err)
@@ -231,16 +233,14 @@ class Scheduler:
                     # as soon as it is as large as the last one: waiting on for rows that are
                     # still on their way through HTTP made every step of 32 clients wait the
                     # whole `max_wait_ms` (docs/benchmarks.md: 1.3x session step req/s)
-                    wait = self._prefill[0].enqueued + cfg.max_wait_ms / 1000 - time.perf_counter()
+                    wait = self._prefill.oldest() + cfg.max_wait_ms / 1000 - time.perf_counter()
                     enough = min(cfg.max_batch_size, self._last_rows)
                     if wait > 0 and self._last_rows > 1 and len(self._prefill) < enough:
                         self._cv.wait(wait)
                         continue
                 break
             # a cancelled caller's job is skipped, also between the chunks of a long one
-            jobs = take_pass(
-                self._prefill, cfg.max_batch_size, cfg.prefill_chunk_tokens, self._pass_budget()
-            )
+            jobs = self._prefill.take(cfg.max_batch_size, self._chunk_tokens(), self._pass_budget())
         if jobs:
             self._last_rows = len(jobs)
         self._gauge()
@@ -248,14 +248,19 @@ class Scheduler:
 
     def _pass_budget(self) -> int:
         """Tokens one prefill pass may run: about `prefill_pass_ms` of work at the cost a token
-        measured so far, within `max_batch_tokens` (and at least one chunk)."""
+        measured so far, within `max_batch_tokens`."""
         cfg = self.config
         if cfg.prefill_pass_ms <= 0:
             return cfg.max_batch_tokens
-        if self._token_s is None:  # nothing measured yet: a few chunks, until the first call
-            return min(4 * cfg.prefill_chunk_tokens, cfg.max_batch_tokens)
+        if self._token_s is None:  # nothing measured yet: a guess, until the first large call
+            return min(FIRST_PASS_TOKENS, cfg.max_batch_tokens)
         budget = int(cfg.prefill_pass_ms / 1000 / self._token_s)
-        return max(cfg.prefill_chunk_tokens, min(budget, cfg.max_batch_tokens))
+        return max(1, min(budget, cfg.max_batch_tokens))
+
+    def _chunk_tokens(self) -> int:
+        """The most of one job a pass runs: `prefill_chunk_tokens`, or less when a pass's
+        budget is less (a slow model), so one chunk alone keeps to the pass's time."""
+        return min(self.config.prefill_chunk_tokens, self._pass_budget())
 
     def _run_prefill_call(
         self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
@@ -284,9 +289,9 @@ class Scheduler:
         unfinished: list[PrefillJob] = []
         for bucket in length_buckets(chunks, self.config.max_batch_tokens):
             unfinished += self._prefill_bucket(bucket)
-        if unfinished:  # behind whatever arrived meanwhile
+        if unfinished:  # behind the long jobs still waiting
             with self._cv:
-                self._prefill.extend(unfinished)
+                self._prefill.put_back(unfinished)
 
     def _prefill_bucket(self, chunks: list[Chunk]) -> list[PrefillJob]:
         """Run one bucket; resolve the jobs it finishes, return those it does not."""
@@ -417,7 +422,7 @@ class Scheduler:
 
     def _fail_all(self, err: ServiceError) -> None:
         with self._cv:
-            jobs, self._prefill = list(self._prefill), deque()
+            jobs = self._prefill.drain()
             joining, self._joining = list(self._joining), deque()
         self._post(reject, [j.future for j in jobs], err)
         self._post(fail_streams, [*self._batch.streams, *joining], err)

@@ -1,14 +1,22 @@
-"""`service/engine/prefill.py`: length buckets and the padded arrays a bucket becomes."""
+"""`service/engine/prefill.py`: the queue a pass takes its chunks from, length buckets, and the
+padded arrays a bucket becomes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import Any
 
 import numpy as np
 
-from service.engine.prefill import SLACK, SPREAD, PrefillJob, length_buckets, pack, take_pass
+from service.engine.prefill import (
+    MIN_LONG_CHUNK,
+    SLACK,
+    SPREAD,
+    PrefillJob,
+    PrefillQueue,
+    length_buckets,
+    pack,
+)
 
 
 def job(n: int, state: list[np.ndarray] | None = None) -> PrefillJob:
@@ -51,9 +59,16 @@ def live_job(n: int) -> PrefillJob:
     return PrefillJob(np.arange(1, n + 1, dtype=np.int64), None, asyncio.Future())
 
 
+def queue(*jobs: PrefillJob, chunk: int = 512) -> PrefillQueue:
+    q = PrefillQueue()
+    for j in jobs:
+        q.add(j, chunk)
+    return q
+
+
 async def test_a_pass_takes_short_jobs_first_then_a_chunk_of_a_long_one() -> None:
-    q = deque([live_job(5), live_job(2000), live_job(3)])
-    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=10_000)
+    q = queue(live_job(5), live_job(2000), live_job(3))
+    chunks = q.take(max_rows=64, chunk_tokens=512, budget_tokens=10_000)
     assert [c.tokens.size for c in chunks] == [5, 3, 512]
     assert [c.last for c in chunks] == [True, True, False]
     assert chunks[2].tokens.tolist() == list(range(1, 513)) and not q
@@ -62,43 +77,52 @@ async def test_a_pass_takes_short_jobs_first_then_a_chunk_of_a_long_one() -> Non
 async def test_a_short_job_waits_behind_no_long_one() -> None:
     longs = [live_job(100_000) for _ in range(40)]
     small = live_job(4)
-    q = deque([*longs, small])
-    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=1024)
-    assert [c.job for c in chunks] == [small, longs[0], longs[1]]
-    assert [c.tokens.size for c in chunks] == [4, 512, 508]
-    assert list(q) == longs[2:]  # (the engine puts the two it ran back at the end)
+    q = queue(*longs, small)
+    chunks = q.take(max_rows=64, chunk_tokens=512, budget_tokens=1024)
+    # the small one first; the long ones share the rest, MIN_LONG_CHUNK each, batched
+    assert [c.job for c in chunks] == [small, *longs[:16]]
+    assert [c.tokens.size for c in chunks] == [4] + [MIN_LONG_CHUNK] * 15 + [60]
+    assert list(q.long) == longs[16:]
+    q.put_back(longs[:16])  # (what the engine does after the pass)
+    assert list(q.long) == [*longs[16:], *longs[:16]]
 
 
 async def test_a_pass_continues_a_job_where_it_stopped() -> None:
     j = live_job(1000)
+    q = queue(j)
     j.done = 900
-    chunks = take_pass(deque([j]), max_rows=64, chunk_tokens=512, budget_tokens=10_000)
+    chunks = q.take(max_rows=64, chunk_tokens=512, budget_tokens=10_000)
     assert chunks[0].tokens.tolist() == list(range(901, 1001)) and chunks[0].last
 
 
 async def test_a_pass_stops_at_its_budget_but_always_makes_progress() -> None:
-    q = deque([live_job(300), live_job(300), live_job(300)])
-    chunks = take_pass(q, max_rows=64, chunk_tokens=512, budget_tokens=400)
+    q = queue(live_job(300), live_job(300), live_job(300))
+    chunks = q.take(max_rows=64, chunk_tokens=512, budget_tokens=400)
     assert [c.tokens.size for c in chunks] == [300]  # short jobs are never split
     assert len(q) == 2
-    alone = take_pass(deque([live_job(300)]), max_rows=64, chunk_tokens=512, budget_tokens=1)
+    alone = queue(live_job(300)).take(max_rows=64, chunk_tokens=512, budget_tokens=1)
     assert [c.tokens.size for c in alone] == [300]
-    long = take_pass(deque([live_job(5000)]), max_rows=64, chunk_tokens=512, budget_tokens=1)
-    assert [c.tokens.size for c in long] == [512]
+    long = queue(live_job(5000)).take(max_rows=64, chunk_tokens=512, budget_tokens=1)
+    assert [c.tokens.size for c in long] == [MIN_LONG_CHUNK]
 
 
 async def test_short_work_never_starves_long_work() -> None:
     shorts = [live_job(10) for _ in range(5)]
     long = live_job(5000)
-    q = deque([long, *shorts])
-    chunks = take_pass(q, max_rows=3, chunk_tokens=512, budget_tokens=10)
-    assert [c.job for c in chunks] == [shorts[0], long]  # over budget and rows: one long chunk
-    assert list(q) == shorts[1:]
+    q = queue(long, *shorts)
+    chunks = q.take(max_rows=3, chunk_tokens=512, budget_tokens=10)
+    assert [c.job for c in chunks] == [shorts[0], long]  # over budget: still one long chunk
+    full = queue(long, *shorts)
+    chunks = full.take(max_rows=2, chunk_tokens=512, budget_tokens=10_000)
+    assert [c.job for c in chunks] == [shorts[0], long]  # rows full: one short makes room
+    assert list(full.short) == shorts[1:]
 
 
 async def test_a_pass_drops_jobs_whose_caller_is_gone_and_counts_rows() -> None:
-    gone = live_job(50)
+    gone, gone_long = live_job(50), live_job(5000)
     gone.future.cancel()
-    q = deque([gone, live_job(1), live_job(1), live_job(1)])
-    chunks = take_pass(q, max_rows=2, chunk_tokens=512, budget_tokens=10_000)
+    gone_long.future.cancel()
+    q = queue(gone, gone_long, live_job(1), live_job(1), live_job(1))
+    chunks = q.take(max_rows=2, chunk_tokens=512, budget_tokens=10_000)
     assert len(chunks) == 2 and gone not in [c.job for c in chunks] and len(q) == 1
+    assert not q.long and q.drain() and not q

@@ -117,11 +117,12 @@ async def test_a_cancelled_long_job_stops_at_its_next_chunk() -> None:
 async def test_a_pass_is_bounded_by_its_measured_time() -> None:
     runner = FakeRunner()
     s = make(runner, prefill_chunk_tokens=64, prefill_pass_ms=1000.0, max_batch_tokens=1 << 16)
-    assert s._pass_budget() == 4 * 64  # nothing measured yet: a few chunks
+    assert s._pass_budget() == 2048  # nothing measured yet: a guess
     s._token_s = 0.001  # 1 ms a token: a 1 s pass is 1,000 tokens
     assert s._pass_budget() == 1000
-    s._token_s = 1.0  # never less than one chunk
-    assert s._pass_budget() == 64
+    assert s._chunk_tokens() == 64
+    s._token_s = 0.1  # a chunk shrinks to what a pass's budget allows
+    assert s._pass_budget() == 10 and s._chunk_tokens() == 10
     await s.close(1)
 
 
