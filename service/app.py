@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -34,6 +34,7 @@ from service.metrics import Metrics
 from service.middleware.auth import AuthMiddleware
 from service.middleware.limits import GuardMiddleware
 from service.middleware.observe import ObserveMiddleware
+from service.processes import ENGINE_GONE_SIGNAL
 from service.settings import Settings
 
 log = get_logger("app")
@@ -93,7 +94,7 @@ def create_app(
             app.state.services = Services(settings, remote, m)
             freeze_startup_heap()
             try:
-                with reload_on_sighup(keys):
+                with reload_on_sighup(keys), on_engine_death(remote):
                     yield
             finally:
                 await remote.close()
@@ -137,7 +138,23 @@ def create_app(
     return app
 
 
-@contextlib.asynccontextmanager
+@contextlib.contextmanager
+def on_engine_death(remote: RemoteClient) -> Iterator[None]:
+    """While in the block, SIGUSR1 (sent by the supervisor when the engine process died) fails
+    every engine call of this worker at once with 503 (`RemoteClient.engine_gone`)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(ENGINE_GONE_SIGNAL, remote.engine_gone)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no support
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(ENGINE_GONE_SIGNAL)
+
+
+@asynccontextmanager
 async def wire_loopback(local: InProcessClient, settings: Settings) -> AsyncIterator[RemoteClient]:
     """An `EngineHost` for `local` on a private IPC socket, and a `RemoteClient` to it."""
     from service.engine.host import EngineHost

@@ -42,6 +42,9 @@ from service.heap import freeze_startup_heap
 from service.logging import configure_logging, get_logger
 from service.settings import Settings
 
+# what the supervisor sends each API worker when the engine process died (`app.on_engine_death`)
+ENGINE_GONE_SIGNAL = signal.SIGUSR1
+
 log = get_logger("supervisor")
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -198,6 +201,12 @@ class Supervisor:
             time.sleep(0.1)
             if not engine.is_alive():
                 log.error("engine died; stopping", extra={"exitcode": engine.exitcode})
+                # the workers' waiting calls and streams fail at once (503), so their drain
+                # below ends as soon as those answers are written, not after the drain timeout
+                for w in self.workers:
+                    if w.is_alive() and w.pid is not None:
+                        with contextlib.suppress(OSError):
+                            os.kill(w.pid, ENGINE_GONE_SIGNAL)
                 code = 1
                 break
             for i, w in enumerate(self.workers):

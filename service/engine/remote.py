@@ -62,6 +62,7 @@ class RemoteClient:
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._streams: dict[int, RemoteGeneration] = {}
         self._reader: asyncio.Task[None] | None = None
+        self._gone: EngineGone | None = None  # set once the engine process is known dead
         self.catalog = Catalog()
 
     async def connect(self, timeout_s: float = 300.0) -> None:
@@ -90,6 +91,15 @@ class RemoteClient:
         self._fail_all(EngineGone("the worker is shutting down"))
         self._sock.close(linger=0)
         self._ctx.term()
+
+    def engine_gone(self) -> None:
+        """The engine process died (the supervisor says so with SIGUSR1): every call waiting
+        on it and every call from now on fails at once with 503 `engine_unavailable`, and
+        every open stream ends with that error, instead of waiting for answers that cannot
+        come while the server shuts down."""
+        if self._gone is None:
+            self._gone = EngineGone("the engine process died; the server is restarting")
+        self._fail_all(self._gone)
 
     # -- plumbing
     async def _read(self) -> None:
@@ -154,6 +164,8 @@ class RemoteClient:
             raise InvalidInput("a number in the request is out of range") from None
 
     async def _unary(self, op: wire.Operation, rid: int | None = None) -> Any:
+        if self._gone is not None:
+            raise self._gone
         rid = next(self._ids) if rid is None else rid
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
@@ -166,6 +178,8 @@ class RemoteClient:
             raise
 
     async def _open(self, op: wire.Generate | wire.SessionGenerate) -> RemoteGeneration:
+        if self._gone is not None:
+            raise self._gone
         rid = next(self._ids)
         frame = self._encode(wire.Call(rid, op))
         gen = RemoteGeneration(self, rid, self.stream_buffer_bytes)
