@@ -55,6 +55,8 @@ class Surface:
     error: Callable[[ServiceError], tuple[int, dict[str, Any]]]  # (status, body) of a failure
     streams: tuple[str, ...] = ()  # POST paths ending so answer a stream (SSE)
     suffixes: tuple[str, ...] = ()  # paths ending so belong to it too (`/v1/completions`)
+    bodies: tuple[str, ...] = ()  # media types its request bodies may declare (none: unchecked)
+    undeclared: bool = False  # whether a body without a Content-Type is read (as JSON)
     # `prefixes` as folders, for one C-level `startswith` per surface: every request asks which
     # surface it belongs to, and a loop over the prefixes was ~4 % of a worker's CPU (py-spy)
     _folders: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -73,10 +75,51 @@ class Surface:
     def is_stream(self, method: str, path: str) -> bool:
         return method == "POST" and path.rstrip("/").endswith(self.streams)
 
+    def media_type_error(self, content_type: str | None) -> ServiceError | None:
+        """Why a body declared as `content_type` (None: not declared) is refused here (415), or
+        None."""
+        if not self.bodies or (content_type is None and self.undeclared):
+            return None
+        want = " or ".join(self.bodies)
+        if content_type is None:
+            return ServiceError(
+                f"the body has no Content-Type; send {want}",
+                status=415,
+                code="unsupported_media_type",
+                field="content-type",
+            )
+        media, _, params = content_type.partition(";")
+        media = media.strip().lower()
+        if media not in self.bodies:
+            return ServiceError(
+                f"Content-Type {media or content_type.strip()!r} is not accepted here; send {want}",
+                status=415,
+                code="unsupported_media_type",
+                field="content-type",
+            )
+        for p in params.split(";"):
+            name, _, value = p.partition("=")
+            charset = value.strip().strip('"').lower()
+            if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+                return ServiceError(
+                    f"charset {charset!r} is not accepted: JSON bodies are UTF-8 (RFC 8259)",
+                    status=415,
+                    code="unsupported_media_type",
+                    field="content-type",
+                )
+        return None
 
-V2 = Surface("v2", ("/v2",), v2_error)
+
+JSON = ("application/json",)
+# (tritonclient sends no Content-Type at all)
+V2 = Surface("v2", ("/v2",), v2_error, bodies=(*JSON, "application/octet-stream"), undeclared=True)
 OPENAI = Surface(
-    "openai", ("/openai",), openai_error, streams=("/completions",), suffixes=("/completions",)
+    "openai",
+    ("/openai",),
+    openai_error,
+    streams=("/completions",),
+    suffixes=("/completions",),
+    bodies=JSON,
 )
 HEALTH = Surface("health", ("/healthz", "/readyz"), native_error)
 METRICS = Surface("metrics", ("/metrics",), native_error)
@@ -85,7 +128,7 @@ DOCS = Surface(
     ("/docs", "/redoc", "/openapi.json", "/favicon.ico", "/playground"),
     native_error,
 )
-NATIVE = Surface("native", ("/v1",), native_error, streams=("/generate",))
+NATIVE = Surface("native", ("/v1",), native_error, streams=("/generate",), bodies=JSON)
 # most specific first: /v1/completions is OpenAI's, the rest of /v1 native; unknown paths native
 SURFACES = (V2, OPENAI, HEALTH, METRICS, DOCS, NATIVE)
 

@@ -8,7 +8,7 @@ at runtime, or that v2 and OpenAI routes answer validation errors with their own
 * FastAPI's default 422 `HTTPValidationError` is replaced by the real error body of the surface
   (native `ErrorBody`; v2 and OpenAI answer 400 instead, so their 422 goes);
 * every operation declares 401 (with keys on), 504 (`timeout`); operations with a body declare
-  400 (malformed body) and 413; generations declare 429 (`stream_limit`);
+  400 (malformed body), 413 and 415; generations declare 429 (`stream_limit`);
 * the limits from settings become `maxLength` / `maxItems` / `maximum` on the request fields;
 * path parameters get descriptions;
 * every `text/event-stream` response gets the schema of its events (`openapi_streams.py`).
@@ -87,6 +87,10 @@ def _patch_operation(path: str, method: str, op: JSON, refs: dict[str, str], aut
     if "requestBody" in op:
         res.setdefault("400", _response(ref, "The body is not valid JSON (or is truncated)"))
         res.setdefault("413", _response(ref, "The body is larger than `RNNSERVE_MAX_BODY_BYTES`"))
+        res.setdefault(
+            "415",
+            _response(ref, "The body is not JSON in UTF-8 (its Content-Type or its bytes)"),
+        )
     if is_stream("POST", path) and method == "post" and "/chat/" not in path:
         res.setdefault(
             "429",

@@ -37,7 +37,7 @@ from service.http_protocol import ABORT
 from service.logging import get_logger
 from service.middleware.deadlines import Deadlines
 from service.settings import Settings
-from service.surfaces import error_response_parts, is_stream
+from service.surfaces import error_response_parts, is_stream, surface_of
 
 log = get_logger("limits")
 
@@ -186,6 +186,17 @@ class GuardMiddleware:
         if length is not None and length > self.max_body:
             await send_error(scope, send, self._too_large(length))
             return
+        has_body = (length is not None and length > 0) or (
+            length is None and _header(scope, b"transfer-encoding") is not None
+        )
+        if has_body and scope["method"] in _BODY_METHODS:
+            declared = _header(scope, b"content-type")
+            wrong = surface_of(scope["path"]).media_type_error(
+                None if declared is None else declared.decode("latin-1")
+            )
+            if wrong is not None:
+                await send_error(scope, send, wrong)
+                return
         seen = 0
         refused = False  # the 413 went out: the app sees a disconnect and its answer is dropped
         logged: list[bytes] = []
@@ -197,6 +208,10 @@ class GuardMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 chunk: bytes = message.get("body", b"")
+                if not seen and _utf16_or_32(chunk):  # json.loads(bytes) would take it
+                    refused = True
+                    await send_error(scope, send, _NOT_UTF8)
+                    return {"type": "http.disconnect"}
                 seen += len(chunk)
                 if seen > self.max_body:
                     refused = True
@@ -255,14 +270,42 @@ class GuardMiddleware:
 
 
 async def _confirmed(hold: StreamHold, send: Send) -> bool:
-    """Whether the engine granted a WebSocket's stream slot; if not, the socket is closed 1013
-    with the refusal's message (`overloaded`, `stream_limit`, `engine_unavailable`)."""
+    """Whether the engine granted a WebSocket's stream slot; if not, the socket is accepted and
+    closed 1013 ("try again later") with the refusal's code and message (`overloaded`,
+    `stream_limit`, `engine_unavailable`). A close before the accept would reach the client as
+    an HTTP 403 with an empty body, which reads like a bad key."""
     try:
         await hold.confirmed()
         return True
     except ServiceError as err:
-        await send({"type": "websocket.close", "code": 1013, "reason": err.message})
+        reason = f"{err.code}: {err.message}"
+        if len(reason.encode()) > 123:  # a close frame's reason is at most 123 bytes
+            reason = reason.encode()[:120].decode(errors="ignore") + "..."
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1013, "reason": reason})
         return False
+
+
+_BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
+_NOT_UTF8 = ServiceError(
+    "the body is UTF-16 or UTF-32; JSON bodies must be UTF-8 (RFC 8259)",
+    status=415,
+    code="unsupported_media_type",
+    field="body",
+)
+
+
+def _utf16_or_32(first: bytes) -> bool:
+    """Whether a body's first bytes are UTF-16/32 JSON (a byte-order mark, or a NUL byte among
+    the first two: JSON text starts with an ASCII character)."""
+    return first[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in first[:2]
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope.get("headers", []):
+        if k == name:
+            return bytes(v)
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

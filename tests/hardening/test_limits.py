@@ -34,7 +34,8 @@ async def test_body_size_limit_is_413_in_each_surface_shape(make_client: ClientF
                 yield b"a" * 500
             yield b'"]}'
 
-        r = await c.post(f"/v1/models/{LM}/predict", content=chunks())
+        json_type = {"Content-Type": "application/json"}
+        r = await c.post(f"/v1/models/{LM}/predict", content=chunks(), headers=json_type)
         assert r.status_code == 413, r.text
         r = await c.post(f"/v1/models/{LM}/predict", json={"inputs": ["ab"]})
         assert r.status_code == 200

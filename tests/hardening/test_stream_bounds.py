@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError
+from websockets.sync.client import connect as connect_sync
 
 from tests.conftest import LONG
 from tests.hardening.server_proc import ServerProcess, server_process
@@ -142,6 +143,15 @@ def test_open_streams_are_capped_even_without_keys(server: ServerProcess) -> Non
         assert r.status_code == 503 and r.headers["Retry-After"]
         assert r.json()["error"]["code"] == "overloaded"
         assert "RNNSERVE_MAX_OPEN_STREAMS" in r.json()["error"]["message"]
+        # a WebSocket is accepted and closed 1013 naming the cap (was: HTTP 403, empty body)
+        sid = httpx.post(f"{server.base}/v1/sessions", json={"model": LM}).json()["session_id"]
+        with (
+            connect_sync(f"ws://{server.addr}/v1/sessions/{sid}/ws") as ws,
+            pytest.raises(ConnectionClosedError) as closed,
+        ):
+            ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        assert closed.value.rcvd.reason.startswith("overloaded: ")
         # not a stream: still served
         predict = httpx.post(f"{server.base}/v1/models/{LM}/predict", json={"inputs": ["a"]})
         assert predict.status_code == 200
