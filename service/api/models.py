@@ -41,7 +41,7 @@ def model_info(m: ModelView, detail: bool = False) -> ModelInfo:
         variant=m.variant or "fp32",
         provider=m.provider,
         state_bytes=man.state_nbytes_per_row(),
-        sampling=man.sampling.model_dump(),
+        sampling=man.sampling.model_dump() if man.task == "next_token" else None,
         training=man.training.model_dump() if detail else None,
     )
 

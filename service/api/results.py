@@ -78,7 +78,7 @@ def session_info(r: SessionInfo, *, change: bool = False) -> dict[str, Any]:
         "version": r.version,
         "created_at": r.created_at,
         "expires_at": r.expires_at,
-        "ttl_s": r.ttl_s,
+        "ttl_s": float(r.ttl_s),  # a number of seconds, 3600.0 whichever surface made it
         "tokens_seen": r.tokens_seen,
         "pending_chars": r.pending_chars,
     }

@@ -60,7 +60,10 @@ class ModelInfo(BaseModel):
     )
     provider: str = Field(description="onnxruntime execution provider in use.")
     state_bytes: int = Field(description="Bytes of recurrent state per session.")
-    sampling: dict[str, Any] = Field(description="Generation defaults from the manifest.")
+    sampling: dict[str, Any] | None = Field(
+        description="Generation defaults from the manifest (language models; null for a "
+        "classifier, which generates nothing)."
+    )
     training: dict[str, Any] | None = Field(None, description="Training summary (detail view).")
 
 

@@ -179,3 +179,9 @@ async def test_every_response_carries_a_request_id(client: httpx.AsyncClient) ->
     assert len(set(ids)) == 50 and all(len(i) >= 16 and i.isalnum() for i in ids)
     r = await client.get("/healthz", headers={"X-Request-ID": "trace-abc-123"})
     assert r.headers["x-request-id"] == "trace-abc-123"  # a caller's own id is kept
+
+
+async def test_only_language_models_describe_sampling_defaults(client: httpx.AsyncClient) -> None:
+    models = {m["name"]: m for m in (await client.get("/v1/models")).json()["models"]}
+    assert models[CLS]["sampling"] is None  # a classifier generates nothing
+    assert models[LM]["sampling"]["max_tokens"] >= 1

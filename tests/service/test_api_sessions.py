@@ -399,3 +399,15 @@ async def test_an_unfinished_word_past_its_bound_is_refused_and_changes_nothing(
     assert (await client.get(f"/v1/sessions/{sid}")).json() == before
     r = await client.post(f"/v1/sessions/{sid}/feed", json={"text": "a" * 96 + " film"})
     assert r.status_code == 200 and r.json()["pending_chars"] == 4  # "film" (a word may end)
+
+
+async def test_ttl_is_a_float_whichever_surface_made_the_session(
+    client: httpx.AsyncClient,
+) -> None:
+    v2 = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["ab"]}]}
+    v2["parameters"] = {"sequence_id": "ttl-seq", "sequence_start": True}
+    assert (await client.post(f"/v2/models/{LM}/infer", json=v2)).status_code == 200
+    native = (await new_session(client, LM, ttl_s=600))["session_id"]
+    for sid in ("ttl-seq", native):
+        body = (await client.get(f"/v1/sessions/{sid}")).text
+        assert '"ttl_s":3600.0' in body or '"ttl_s":600.0' in body, body
