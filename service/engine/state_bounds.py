@@ -21,11 +21,18 @@ from service.engine.sessions.blob import StateBlob
 from service.errors import InvalidState
 
 _SLACK = 1e-3  # float rounding (fp16 variants included) around the exact bounds
+# An imported session's counters start at most here: 2^62 commits (and tokens) of headroom
+# before the int64 they are stored as, so no run can overflow one (an import at 2^63 - 1,
+# fed once, made a version no export could write).
+MAX_IMPORTED_COUNT = 2**62
 _UNIT = ("h", "pool_max")
 
 
 def check_import(m: LoadedModel, blob: StateBlob) -> None:
     """Refuse (422 `invalid_state`, field `state`) what no run of this model could produce."""
+    for name, count in (("version", blob.version), ("tokens_seen", blob.tokens_seen)):
+        if count > MAX_IMPORTED_COUNT:
+            _refuse(f"{name} {count} is above {MAX_IMPORTED_COUNT} (2^62), leaving no room to run")
     specs = m.manifest.io.states
     if len(blob.states) != len(specs):
         _refuse(f"{len(blob.states)} state tensors, this model has {len(specs)}")

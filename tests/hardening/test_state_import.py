@@ -207,3 +207,24 @@ async def test_poisoned_imports_never_touch_a_clean_batch_mate(client: httpx.Asy
     assert results[0] == results[-1] == alone
     for r in results[1:-1]:
         _refused(r)
+
+
+@pytest.mark.parametrize("field", ["version", "tokens_seen"])
+async def test_counters_near_int64s_end_are_refused_and_2_62_runs(
+    client: httpx.AsyncClient, field: str
+) -> None:
+    """Issue 32.10: imported at 2^63 - 1 and fed once, a version passed int64 and no export
+    could write it. An import leaves 2^62 of headroom."""
+    blob = await _export(client, LM)
+
+    def at(n: int) -> bytes:
+        b = StateBlob(**{**blob.__dict__, field: n})
+        return encode_state(b, _names(client, LM))
+
+    assert "2^62" in _refused(await _import(client, at(2**63 - 1)))
+    r = await _import(client, at(2**62))
+    assert r.status_code == 201, r.text
+    sid = r.json()["session_id"]
+    assert (await client.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"})).status_code == 200
+    r = await client.get(f"/v1/sessions/{sid}/state")
+    assert r.status_code == 200
