@@ -210,6 +210,7 @@ async def running_engine(
         prefill_chunk_tokens=settings.prefill_chunk_tokens,
         prefill_pass_ms=settings.prefill_pass_ms,
         max_request_tokens=settings.max_request_tokens,
+        stall_timeout_s=settings.stall_timeout_s,
         stream_buffer_bytes=settings.stream_buffer_bytes,
     )
     engine = Engine(reg, config, m)

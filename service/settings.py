@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         "time budget is less); a longer one continues in later passes, with other requests "
         "and decode steps in between (chunked prefill).",
     )
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Readiness (/readyz, /v2/health/ready) answers 503 when a model's engine "
+        "thread has held work this long without moving (a stuck call, a scheduler that "
+        "stopped), or the engine process does not answer a worker within 2 s.",
+    )
     prefill_pass_ms: float = Field(
         50.0,
         ge=0,

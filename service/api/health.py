@@ -17,6 +17,11 @@ class Ready(BaseModel):
     )
     models: list[str] = Field(description="Models serving.")
     failed: dict[str, str] = Field(description="Artifact folder -> why it was refused.")
+    problems: dict[str, str] = Field(
+        default_factory=dict,
+        description="What keeps the loaded engine from serving now -> why (a model's engine "
+        "thread stalled, the engine process not answering); not ready while there is one.",
+    )
 
 
 @router.get("/healthz", summary="Liveness")
@@ -27,6 +32,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness", response_model=Ready, responses={503: {"model": Ready}})
 async def readyz(s: Services = Depends(get_services)) -> JSONResponse:
     cat = s.client.catalog
-    ready = cat.ready(s.settings.require_all_models)
-    body = Ready(ready=ready, models=sorted(cat.models), failed=cat.failed)
+    problems = await s.client.health()
+    ready = cat.ready(s.settings.require_all_models) and not problems
+    body = Ready(ready=ready, models=sorted(cat.models), failed=cat.failed, problems=problems)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -92,6 +92,10 @@ class EngineClient(Protocol):
         `StreamHold`)."""
         ...
 
+    async def health(self) -> dict[str, str]:
+        """What keeps the engine from serving now (what -> why); empty when it serves."""
+        ...
+
     # -- stateless
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]: ...
 
@@ -165,6 +169,9 @@ class InProcessClient:
 
     def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:
         return LocalHold(self.slots, owner, rows)
+
+    async def health(self) -> dict[str, str]:
+        return self.engine.problems()
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         return await self.engine.predict(model, inputs, top_k)

@@ -164,6 +164,16 @@ class Engine:
     async def close(self, timeout: float) -> None:
         await asyncio.gather(*(s.close(timeout) for s in self.schedulers.values()))
 
+    def problems(self) -> dict[str, str]:
+        """Each model whose engine thread has held work without moving for longer than
+        `stall_timeout_s` (readiness says not ready while there is one)."""
+        out = {}
+        for name, sched in self.schedulers.items():
+            stalled = sched.stalled_s()
+            if stalled is not None and stalled > self.config.stall_timeout_s:
+                out[name] = f"the engine thread has not moved for {stalled:.0f} s with work waiting"
+        return out
+
     def model(self, name: str) -> LoadedModel:
         return self.registry.get(name)
 

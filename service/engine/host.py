@@ -221,6 +221,8 @@ class EngineHost:
         match op:
             case wire.Hello():
                 return catalog_info(c)
+            case wire.Health():
+                return wire.Problems(await c.health())
             case wire.Predict(model, inputs, top_k):
                 return wire.Outputs(await c.predict(model, inputs, top_k))
             case wire.PredictIds(model, rows, top_k):

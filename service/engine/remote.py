@@ -37,6 +37,8 @@ from service.engine.protocol import (
 from service.engine.remote_streams import RemoteGeneration, RemoteHold
 from service.errors import EngineError, InvalidInput, ServiceError
 
+HEALTH_TIMEOUT_S = 2.0  # a readiness probe's wait for the engine process
+
 
 class EngineGone(EngineError):
     """The engine process stopped answering (it died; the supervisor ends the server)."""
@@ -200,6 +202,19 @@ class RemoteClient:
         """The request's stream slot (`STREAM_HOLD`), for its generation to carry."""
         hold = STREAM_HOLD.get()
         return hold.ref_for(self) if isinstance(hold, RemoteHold) else None
+
+    async def health(self) -> dict[str, str]:
+        """The engine's own answer, or why there is none: a frozen or dead engine process
+        answers nothing, and readiness must say so rather than wait with the probe."""
+        try:
+            out: wire.Problems = await asyncio.wait_for(
+                self._unary(wire.Health()), HEALTH_TIMEOUT_S
+            )
+        except TimeoutError:
+            return {"engine": f"the engine process did not answer within {HEALTH_TIMEOUT_S:g} s"}
+        except EngineGone as e:
+            return {"engine": e.message}
+        return out.problems
 
     async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
         # tokenized here, in the worker: the engine process only runs the model

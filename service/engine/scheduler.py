@@ -80,6 +80,7 @@ class SchedulerConfig:
     prefill_chunk_tokens: int = 4096  # most tokens of one job in one pass (or the pass budget)
     prefill_pass_ms: float = 50.0  # a pass's work, from the measured cost a token (0: no bound)
     max_request_tokens: int = 1_000_000  # tokens one predict request may bring (all its rows)
+    stall_timeout_s: float = 10.0  # work waiting and the engine thread not moving: not ready
     stream_buffer_bytes: int = 512 << 10  # a stream's unread backlog (see Stream.max_backlog_bytes)
 
 
@@ -116,6 +117,8 @@ class Scheduler:
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
         self._token_s: float | None = None  # measured seconds a padded prefill token (EMA)
+        self._beat = time.monotonic()  # the engine thread's last sign of life (see stalled_s)
+        self._waiting = False  # the engine thread is waiting for work (not stalled, whatever beat)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
 
@@ -150,6 +153,15 @@ class Scheduler:
     @property
     def active_streams(self) -> int:
         return len(self._batch) + len(self._joining)
+
+    def stalled_s(self) -> float | None:
+        """How long the engine thread has held work without moving (no call returned, no wait
+        begun), or None when it is idle or moving. A stuck onnxruntime call, or a thread that
+        died without failing its work, reads as stalled; a server that stops stepping must not
+        read as ready (vllm-project/vllm #53130)."""
+        if self._waiting and self._thread.is_alive():
+            return None
+        return time.monotonic() - self._beat
 
     @property
     def queue_depth(self) -> int:
@@ -200,6 +212,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
+            self._beat = time.monotonic()
             try:
                 chunks = self._next_jobs()
                 if chunks is None:
@@ -225,7 +238,9 @@ class Scheduler:
                 if not (self._prefill or decoding):
                     if self._closing:
                         return None
+                    self._waiting = True
                     self._cv.wait()
+                    self._waiting, self._beat = False, time.monotonic()
                     continue
                 if self._prefill and not decoding and not self._closing:
                     # wait for company only when requests have been arriving together: a lone
@@ -236,7 +251,9 @@ class Scheduler:
                     wait = self._prefill.oldest() + cfg.max_wait_ms / 1000 - time.perf_counter()
                     enough = min(cfg.max_batch_size, self._last_rows)
                     if wait > 0 and self._last_rows > 1 and len(self._prefill) < enough:
+                        self._waiting = True
                         self._cv.wait(wait)
+                        self._waiting, self._beat = False, time.monotonic()
                         continue
                 break
             # a cancelled caller's job is skipped, also between the chunks of a long one

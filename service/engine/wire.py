@@ -28,11 +28,12 @@ from service.engine.protocol import (
     StepLogprob,
 )
 
-WIRE_VERSION = 8  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 9  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
-# (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`)
+# (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`);
+# 9: `Health` (readiness asks the engine what keeps it from serving)
 
 
 class Tensor(Message, frozen=True):
@@ -162,8 +163,14 @@ class HoldStream(Message, frozen=True, tag="hold_stream"):
     rows: int = 1
 
 
+class Health(Message, frozen=True, tag="health"):
+    """What keeps the engine from serving (`Problems`): a model whose engine thread has work
+    and has not moved for `stall_timeout_s`. Asked by a worker's readiness probe."""
+
+
 Operation = (
     Hello
+    | Health
     | Predict
     | PredictIds
     | Logits
@@ -231,13 +238,28 @@ class State(Message, frozen=True, tag="state"):
     export: StateExport
 
 
+class Problems(Message, frozen=True, tag="problems"):
+    problems: dict[str, str]  # what -> why (empty: healthy)
+
+
 class Generated(Message, frozen=True, tag="generated"):
     """A stream's end (its `GenerationResult`)."""
 
     result: GenerationResult
 
 
-Value = CatalogInfo | Empty | Outputs | Count | TensorValue | Session | Fed | State | Generated
+Value = (
+    CatalogInfo
+    | Empty
+    | Outputs
+    | Count
+    | TensorValue
+    | Session
+    | Fed
+    | State
+    | Generated
+    | Problems
+)
 
 
 class Token(Message, frozen=True):

@@ -317,3 +317,23 @@ async def test_rows_joining_under_load_never_change_a_handed_off_step() -> None:
     await s.close(1)
     loop.set_exception_handler(None)
     assert [e.get("message") for e in errors] == []
+
+
+async def test_a_thread_stuck_in_a_call_reads_as_stalled_and_an_idle_one_does_not() -> None:
+    runner = FakeRunner()
+    s = make(runner)
+    while s.stalled_s() is not None:  # until the thread waits for work
+        await asyncio.sleep(0.001)
+    runner.gate.clear()
+    job = asyncio.ensure_future(s.prefill([1, 2]))
+    await asyncio.to_thread(runner.entered.wait, 5)
+    first = s.stalled_s()
+    assert first is not None and first >= 0
+    await asyncio.sleep(0.01)
+    later = s.stalled_s()
+    assert later is not None and later > first  # the age of its last sign of life
+    runner.gate.set()
+    await job
+    while s.stalled_s() is not None:
+        await asyncio.sleep(0.001)
+    await s.close(1)

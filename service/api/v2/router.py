@@ -87,13 +87,15 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready", summary="Readiness", responses=_ERRORS)
 async def ready(s: Services = Depends(get_services)) -> Response:
     cat = s.client.catalog
-    if cat.ready(s.settings.require_all_models):  # the rule /readyz answers by
+    problems = await s.client.health()
+    if cat.ready(s.settings.require_all_models) and not problems:  # the rule /readyz answers by
         return JSONResponse({"ready": True})
-    return error_response(
-        503,
-        "not ready: "
-        + ("no model loaded" if not cat.models else f"{len(cat.failed)} model(s) refused"),
+    why = (
+        "; ".join(f"{k}: {v}" for k, v in problems.items())
+        if problems
+        else ("no model loaded" if not cat.models else f"{len(cat.failed)} model(s) refused")
     )
+    return error_response(503, "not ready: " + why)
 
 
 def _metadata(m: ModelView) -> ModelMetadata:
