@@ -8,6 +8,7 @@ predicts answered 504, 504, then after 52 s) and left RSS 637 MB higher."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -25,19 +26,21 @@ PATH = f"/v1/models/{MODEL}/predict"
 HUGE = {"inputs": [("the quick brown fox. " * 5_000)[:100_000]] * 40}  # 40 x 100k characters, 4 MB
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    tmp = tmp_path_factory.mktemp("heavy")
+def _serving(tmp: Path, model: str, **env: str) -> contextlib.AbstractContextManager[ServerProcess]:
+    """A server of one shipped model (its real cost a token)."""
     models = tmp / "models"
     models.mkdir()
-    for name in (MODEL, "char-lstm"):
-        (models / name).symlink_to(ROOT / "models" / name)
+    (models / model).symlink_to(ROOT / "models" / model)
+    return server_process(tmp, RNNSERVE_MODELS_DIR=str(models), **env)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = {
-        "RNNSERVE_MODELS_DIR": str(models),
         "RNNSERVE_REQUEST_TIMEOUT_S": "4",
         "RNNSERVE_MAX_REQUEST_TOKENS": str(10**7),  # the 4M tokens are in limit here
     }
-    with server_process(tmp, **env) as s:
+    with _serving(tmp_path_factory.mktemp("heavy"), MODEL, **env) as s:
         yield s
 
 
@@ -117,11 +120,14 @@ def test_a_request_over_the_token_bound_is_refused_at_once(tmp_path: Path) -> No
     assert "1200 tokens" in err["message"] and "at most 1000" in err["message"]
 
 
-def test_a_long_session_feed_leaves_memory_where_it_was(server: ServerProcess) -> None:
+def test_a_long_session_feed_leaves_memory_where_it_was(tmp_path: Path) -> None:
     """A 20k-character feed to the shipped char-lstm (~3 s of work): chunked, its tensors stay
     small, so onnxruntime's arena does not grow to the feed's length (before: +0.9-1.06 GB
     after 100k-character feeds, never returned)."""
-    with httpx.Client(base_url=server.base, timeout=60) as c:
+    with (
+        _serving(tmp_path, "char-lstm") as server,
+        httpx.Client(base_url=server.base, timeout=60) as c,
+    ):
         sid = c.post("/v1/sessions", json={"model": "char-lstm"}).json()["session_id"]
         assert c.post(f"/v1/sessions/{sid}/feed", json={"text": "warm up. "}).status_code == 200
         rss0 = server.rss_mb()
@@ -130,4 +136,4 @@ def test_a_long_session_feed_leaves_memory_where_it_was(server: ServerProcess) -
         assert r.status_code == 200, r.text
         info = c.get(f"/v1/sessions/{sid}").json()
         assert info["tokens_seen"] >= 20_000
-    assert server.rss_mb() - rss0 < 100
+        assert server.rss_mb() - rss0 < 100

@@ -111,15 +111,16 @@ def test_a_hostile_body_is_refused_in_bounded_time_and_memory(
     assert len(data) < 16 * 2**20
     rss0 = server.rss_mb()
     with Prober(server.base) as probe, httpx.Client(base_url=server.base, timeout=60) as c:
-        t = time.perf_counter()
+        cpu0 = server.cpu_s()
         r = c.post(path, content=data, headers={"Content-Type": "application/json"})
-        took = time.perf_counter() - t
+        cpu = server.cpu_s() - cpu0  # (the prober's predicts included: a few ms)
     assert r.status_code in (400, 422), r.text
     assert len(r.content) < 2000  # one error, not a million
-    # before: 2.5-54 s and +1.3-4 GB; now the JSON parse dominates (~0.5 s for 14 MB here)
-    assert took < 5, took
+    # before: 2.5-54 s and +1.3-4 GB; now the JSON parse dominates (~0.5 s for 14 MB here).
+    # The server's CPU, not wall time: CI once took 5.8 s of wall time on a shared machine.
+    assert cpu < 5, cpu
     assert server.rss_mb() - rss0 < 200
-    assert probe.failures == [] and probe.latencies and max(probe.latencies) < 5
+    assert probe.failures == [] and probe.latencies and max(probe.latencies) < 10
 
 
 @pytest.mark.parametrize(
