@@ -51,9 +51,14 @@ def localize(code: str, base: str) -> str:
 
 
 def env_for(base: str | None = None, port: int | None = None) -> dict[str, str]:
+    # the venv is NOT on PATH: a newcomer's shell has not activated it, so the docs call
+    # `.venv/bin/...` (issue 32.11: a bare `rnnserve serve` passed here and failed for users)
+    path = os.pathsep.join(
+        p for p in os.environ.get("PATH", "").split(os.pathsep) if Path(p) != BIN
+    )
     env = {
         **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": path,
         "VENV": str(BIN.parent),  # `make serve` uses this environment, never makes its own
         "PYTHONUNBUFFERED": "1",
     }
