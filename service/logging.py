@@ -34,12 +34,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def configure_logging(level: str = "info", json_logs: bool = True) -> None:
+class TextFormatter(logging.Formatter):
+    """One readable line for a terminal: time, level, logger, message, then the record's
+    fields as `key=value` (what the JSON line carries, in a form a person reads)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        fields = {k: v for k, v in vars(record).items() if k not in _STD and not k.startswith("_")}
+        rid = request_id.get()
+        if rid is not None:
+            fields = {"request_id": rid, **fields}
+        extra = "".join(f" {k}={v}" for k, v in fields.items())
+        name = record.name.removeprefix("rnnserve.")
+        line = f"{when}.{int(record.msecs):03d} {record.levelname:<7} {name}: "
+        line += f"{record.getMessage()}{extra}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(level: str = "info", json_logs: bool | str = "auto") -> None:
+    """`json_logs`: True, False, or "auto": JSON unless stderr is a terminal."""
     handler = logging.StreamHandler(sys.stderr)
-    if json_logs:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    as_json = json_logs if isinstance(json_logs, bool) else not sys.stderr.isatty()
+    handler.setFormatter(JsonFormatter() if as_json else TextFormatter())
     root = logging.getLogger("rnnserve")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -196,6 +196,8 @@ class Supervisor:
             return 1
         parent.recv()
         log.info("engine ready", extra={"pid": engine.pid, "s": round(time.monotonic() - t0, 2)})
+        url = url_of(sock)  # once, here: every worker serves this one socket
+        log.info("listening on %s", url, extra={"url": url, "workers": s.workers})
         code = 0
         while not self.stopping:
             time.sleep(0.1)
@@ -257,6 +259,12 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """The URL a bound socket answers on (its real port, also when asked for port 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _name_process(name: str) -> None:

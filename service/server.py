@@ -18,19 +18,22 @@ import uvicorn
 from service.app import create_app
 from service.http_protocol import protocol_for
 from service.logging import get_logger
+from service.processes import url_of
 from service.settings import Settings
 
 
 class _Server(uvicorn.Server):
     """uvicorn's server, logging the address it really listens on once bound (with port 0 the
-    system picks the port; uvicorn's own start-up lines are not logged: `log_config=None`)."""
+    system picks the port; uvicorn's own start-up lines are not logged: `log_config=None`). An
+    API worker, given the supervisor's socket, says nothing: the supervisor logs it once."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if sockets is not None:
+            return
         for server in self.servers:
             for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+                url = url_of(sock)
                 get_logger("server").info("listening on %s", url, extra={"url": url})
 
 

@@ -50,7 +50,12 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )
-    log_json: bool = Field(True, description="Write logs as one JSON object per line.")
+    log_json: bool | Literal["auto"] = Field(
+        "auto",
+        description="Write logs as one JSON object per line (`true`), as readable text lines "
+        "(`false`), or `auto`: text on a terminal, JSON otherwise (a container, a file, a "
+        "log collector).",
+    )
     shutdown_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown, how long in-flight work may take to finish."
     )

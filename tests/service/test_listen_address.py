@@ -27,7 +27,8 @@ def test_logs_the_bound_address_even_for_port_zero() -> None:
     lines: queue.Queue[str] = queue.Queue()
     assert proc.stderr is not None
     stderr = proc.stderr
-    threading.Thread(target=lambda: [lines.put(x) for x in stderr], daemon=True).start()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in stderr], daemon=True)
+    reader.start()
     try:
         listening = None
         while listening is None:
@@ -41,3 +42,10 @@ def test_logs_the_bound_address_even_for_port_zero() -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+    # once, also at --workers N (the suite runs again at 2): every worker serves one socket
+    reader.join(10)  # every line the server wrote, to its end
+    rest = []
+    while not lines.empty():
+        rest.append(lines.get())
+    said = [x for x in rest if x.startswith("{") and '"listening on ' in x]
+    assert said == [], said
