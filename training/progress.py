@@ -22,6 +22,7 @@ from typing import Any
 from training.runtime import interactive
 
 BAR_UNITS = 1000  # the tqdm counter is the fraction of the governing limit, in 0.1 % units
+BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar:12}| {status}"  # the bar never below 12 columns
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,14 @@ def _bar_class() -> Any:
 
         @property
         def format_dict(self) -> dict[str, Any]:
-            return {**super().format_dict, "status": self.status}
+            d = super().format_dict
+            # the bar keeps its 12 columns; the status gets what the terminal has left, cut
+            # at the end (the metrics come first in it, so they survive a narrow terminal)
+            room = (d.get("ncols") or 0) - len(str(d.get("prefix") or "")) - 25
+            text = self.status
+            if room > 10 and len(text) > room:
+                text = text[: room - 1] + "…"
+            return {**d, "status": text}
 
     return Bar
 
@@ -115,7 +123,7 @@ class Progress:
                 desc=desc,
                 dynamic_ncols=True,
                 leave=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {status}",
+                bar_format=BAR_FORMAT,
             )
             self._show()
         self._t = time.perf_counter()
@@ -139,8 +147,8 @@ class Progress:
         return estimate(self.step, self.total, self.seconds, self.cap_s, self.steps_per_s())
 
     def _status(self, e: Estimate) -> str:
-        extra = f", {self.steps_per_s():.3g} step/s{self._metrics}"
-        return status(self.step, self.total, self.seconds, self.cap_s, e, extra)
+        extra = f", {self.steps_per_s():.3g} step/s"
+        return self._metrics + status(self.step, self.total, self.seconds, self.cap_s, e, extra)
 
     def _show(self) -> None:
         e = self.estimate()
@@ -157,7 +165,7 @@ class Progress:
 
     def postfix(self, **values: float | str) -> None:
         shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in values.items()}
-        self._metrics = "".join(f", {k}={v}" for k, v in shown.items())
+        self._metrics = "".join(f"{k}={v} " for k, v in shown.items())
 
     def note(self, text: str) -> None:
         if self.bar is not None:

@@ -23,6 +23,8 @@ from training.optim import Schedule, build_optimizer, clip_gradients, weight_noi
 from training.progress import MetricsLog, Progress
 from training.runtime import describe_device, git_commit, rng_state, set_rng_state
 
+WARMUP_CHECK_STEP = 20  # steps enough to know the pace, early enough to be worth a warning
+
 
 @dataclass
 class Counters:
@@ -172,7 +174,7 @@ class Trainer:
         if improved:
             c.best, c.bad_evals = vals[metric], 0
             c.best_metrics = {f"best_{k}": float(v) for k, v in vals.items()} | {
-                "best_step": float(c.step)
+                "best_step": c.step  # a step count, shown as one (not 104.0)
             }
             ck.atomic_save(
                 self.meta()
@@ -242,6 +244,20 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
+    def _warn_if_the_cap_ends_the_warmup(self) -> None:
+        """A time cap that ends the run inside the learning-rate warm-up leaves a model that
+        never trained at its full rate: say so early, with the numbers."""
+        warmup, pace = self.cfg.optim.warmup_steps, self.bar.steps_per_s()
+        if not math.isfinite(self.deadline) or pace <= 0:
+            return
+        reachable = int(pace * self.deadline)
+        if reachable < warmup:
+            self.bar.note(
+                f"warning: at {pace:.3g} step/s the {self.cfg.train.max_minutes:g}-minute time "
+                f"cap ends the run near step {reachable}, inside the {warmup}-step learning-rate "
+                "warm-up; raise train.max_minutes or lower optim.warmup_steps"
+            )
+
     def run(self, stop_after: int | None) -> bool:
         """Train until a budget, early stopping or `stop_after` ends it; True if `stop_after`
         interrupted it (as a crash would: last.pt written, no final evaluation)."""
@@ -261,6 +277,8 @@ class Trainer:
                 self.task.reset()
             for batch in self.task.batches(c.epoch, c.pos):
                 gnorm = self.train_step(batch, t_start)
+                if c.step == WARMUP_CHECK_STEP:
+                    self._warn_if_the_cap_ends_the_warmup()
                 if c.step % tc.log_every == 0 or c.step == self.total:
                     self.log_train(gnorm)
                 end_of_epoch = c.pos >= self.per_epoch

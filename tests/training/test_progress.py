@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from training.progress import Progress, clock, estimate
+from training.progress import BAR_FORMAT, Progress, clock, estimate
 
 
 def test_without_a_cap_the_steps_govern() -> None:
@@ -66,7 +66,7 @@ def test_bar_follows_the_clock_under_a_cap(capsys: pytest.CaptureFixture[str]) -
     p.close()
     bar = _last_bar(capsys.readouterr().err)
     assert re.match(r"run:\s+53%\|", bar), bar
-    assert "step 27/6100, 00:16/00:30 [ETA 00:14 time cap, 1.69 step/s, loss=2.5]" in bar
+    assert "loss=2.5 step 27/6100, 00:16/00:30 [ETA 00:14 time cap, 1.69 step/s]" in bar
 
 
 def test_bar_resumed_counts_the_earlier_time(capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,10 +104,35 @@ def test_training_with_a_time_cap_ends_with_a_full_bar(
             "train.max_minutes=0.02",
             "train.eval_every=0",
             "train.progress='on'",
+            "optim.warmup_steps=50000",
         ],
     )
     summary = train(cfg, tmp_path / "run")
-    assert summary["steps"] < 100000
-    bar = _last_bar(capsys.readouterr().err)
+    assert 20 <= summary["steps"] < 100000, summary["steps"]
+    out, err = capsys.readouterr()
+    # issue 32.17: a cap that ends the run inside the warm-up is said at step 20 (tqdm writes
+    # notes to stdout)
+    said = out + err
+    assert "time cap ends the run near step" in said and "50000-step learning-rate warm-up" in said
+    bar = _last_bar(err)
     assert re.match(r"smoke-char:\s+100%\|", bar), bar
     assert f"step {summary['steps']}/100000, " in bar and "/00:01 [ETA 00:00 time cap" in bar
+
+
+def test_a_narrow_terminal_keeps_the_bar_and_the_metrics(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 32.17: on 120 columns the status squeezed tqdm's bar to one character and cut the
+    metrics. The bar keeps 12 columns, the metrics come first, the rest is cut to fit."""
+    pytest.importorskip("tqdm")
+    from training.progress import _bar_class
+
+    bar_class = _bar_class()
+    bar_class.status = "loss=2.5 val_loss=2.41 " + "step 27/6100, 00:16/00:30 [ETA 00:14] " * 5
+    b = bar_class(total=1000, desc="char-lstm", ncols=120, bar_format=BAR_FORMAT)
+    b.update(500)
+    b.close()
+    line = _last_bar(capsys.readouterr().err)
+    assert len(line) <= 120, line
+    assert re.search(r"\|.{12}\| loss=2\.5 val_loss=2\.41 ", line), line
+    assert line.endswith("…"), line
