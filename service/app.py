@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from service.api import health, metrics, models, playground, sessions, ws
 from service.api.deps import Services
 from service.api.direct import DirectRoutes
+from service.api.docs import install as install_docs
 from service.api.errors import install_error_handlers
 from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
@@ -119,8 +120,11 @@ def create_app(
         summary="Stateful LSTM/GRU serving: predictions, streaming generation, sessions.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by service/api/docs.py, with its assets (no CDN)
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for r in (health.router, metrics.router, models.router, sessions.router, ws.router):
         app.include_router(r)
     app.include_router(v2_router)

@@ -157,6 +157,7 @@ def open_paths(settings: Settings) -> tuple[set[str], tuple[str, ...]]:
     if settings.auth_open_docs:
         exact |= {"/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect", "/favicon.ico"}
         prefixes.append("/playground")  # the page; its API calls send the key
+        prefixes.append("/docs/static/")  # the docs pages' scripts and styles
     return exact, tuple(prefixes)
 
 

@@ -37,6 +37,10 @@ OPEN = [
     "/metrics",
     "/openapi.json",
     "/favicon.ico",
+    "/docs",
+    "/redoc",
+    "/docs/static/swagger-ui-bundle.js",
+    "/docs/static/redoc.standalone.js",
 ]
 
 
