@@ -310,3 +310,15 @@ def test_controls_are_labelled_and_layout_narrows(page: Any, shots: Path) -> Non
         assert el.evaluate("e => e.labels.length") > 0, el.get_attribute("id")
     page.set_viewport_size({"width": 420, "height": 900})
     page.screenshot(path=shots / "narrow.png", full_page=True)
+
+
+def test_the_seed_box_looks_like_the_other_controls(page: Any) -> None:
+    """Issue 32.14: `type="text"` was missing from the rule that styles the inputs."""
+
+    def style(sel: str) -> dict[str, str]:
+        js = "e => { const s = getComputedStyle(e); return {b: s.borderTopWidth + s.borderTopStyle"
+        js += ", p: s.paddingTop + s.paddingLeft, r: s.borderTopLeftRadius, w: e.offsetWidth} }"
+        out: dict[str, str] = page.eval_on_selector(sel, js)
+        return out
+
+    assert style("#seed") == style("#max_tokens")
