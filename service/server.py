@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 # numpy's BLAS stays single-threaded in the server (set before numpy is first imported; an
@@ -26,6 +28,17 @@ class _Server(uvicorn.Server):
     """uvicorn's server, logging the address it really listens on once bound (with port 0 the
     system picks the port; uvicorn's own start-up lines are not logged: `log_config=None`). An
     API worker, given the supervisor's socket, says nothing: the supervisor logs it once."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                # a drained shutdown is a clean exit (0), as at --workers N; uvicorn would
+                # raise the signal again on the way out, and `make serve` then said
+                # "make: *** [Makefile:36: serve] Terminated"
+                self._captured_signals.clear()
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)

@@ -57,7 +57,9 @@ def test_sigterm_drains_in_flight_stream() -> None:
             rest = [x for x in lines if x]
         assert rest[-1] == "data: [DONE]" and any(x.startswith("event: done") for x in rest)
         assert sum(x.startswith("event: token") for x in rest) >= 700  # it ran to the end
-        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        # a drained stop is a clean exit, as at --workers N (uvicorn raised SIGTERM again on
+        # its way out: -15, and `make serve` printed "Terminated")
+        assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
