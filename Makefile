@@ -51,7 +51,8 @@ lint: setup-dev
 # an engine process and two API workers; their RSS and sockets are summed over the tree).
 REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/test_listen_address.py \
 	tests/service/test_client_examples.py tests/hardening/test_stream_bounds.py \
-	tests/hardening/test_hostile_bodies.py tests/hardening/test_heavy_requests.py
+	tests/hardening/test_hostile_bodies.py tests/hardening/test_heavy_requests.py \
+	tests/hardening/test_hostile_replays.py
 pytest: setup-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	RNNSERVE_ENGINE_TRANSPORT=zmq $(BIN)/python -m pytest -q tests/service tests/hardening tests/docs tests/e2e
