@@ -203,12 +203,6 @@ class Supervisor:
             time.sleep(0.1)
             if not engine.is_alive():
                 log.error("engine died; stopping", extra={"exitcode": engine.exitcode})
-                # the workers' waiting calls and streams fail at once (503), so their drain
-                # below ends as soon as those answers are written, not after the drain timeout
-                for w in self.workers:
-                    if w.is_alive() and w.pid is not None:
-                        with contextlib.suppress(OSError):
-                            os.kill(w.pid, ENGINE_GONE_SIGNAL)
                 code = 1
                 break
             for i, w in enumerate(self.workers):
@@ -220,6 +214,13 @@ class Supervisor:
                     with contextlib.suppress(OSError):
                         parent.send(("forget", w.pid))
                     self.workers[i] = self._spawn(sock)
+        if not engine.is_alive():  # (also when it died while the server was already stopping)
+            # the workers' waiting calls and streams fail at once (503), so their drain below
+            # ends as soon as those answers are written, not after the drain timeout
+            for w in self.workers:
+                if w.is_alive() and w.pid is not None:
+                    with contextlib.suppress(OSError):
+                        os.kill(w.pid, ENGINE_GONE_SIGNAL)
         # drain: the workers finish their requests, then the engine closes
         self._stop_workers()
         if engine.is_alive():

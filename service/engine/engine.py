@@ -213,7 +213,7 @@ class Engine:
         """`predict` on texts already tokenized (an API worker tokenizes them)."""
         m = self.model(name)
         self._require_work(rows, "inputs")
-        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
+        done = await self._prefill_all(m, rows)
         return [self.output(m, logits, top_k) for logits, _ in done]
 
     async def logits(self, name: str, rows: list[list[int]]) -> np.ndarray:
@@ -221,8 +221,22 @@ class Engine:
         logits (B, K) float32."""
         m = self.model(name)
         self._require_work(rows, "inputs")
-        done = await asyncio.gather(*(self.prefill(m, ids, None) for ids in rows))
+        done = await self._prefill_all(m, rows)
         return np.stack([logits for logits, _ in done]).astype(np.float32)
+
+    async def _prefill_all(
+        self, m: LoadedModel, rows: list[list[int]]
+    ) -> list[tuple[np.ndarray, StateRows]]:
+        """Each row from a fresh state, batched with everything waiting; all or none: when one
+        row fails (its batch's call, a full queue), the others are cancelled, so a long row's
+        remaining chunks are dropped instead of run for an answer nobody will read."""
+        tasks = [asyncio.ensure_future(self.prefill(m, ids, None)) for ids in rows]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
 
     def _require_work(self, rows: list[list[int]], field: str) -> None:
         """One request's rows together bring at most `max_request_tokens`: however it is

@@ -74,6 +74,7 @@ class PrefillQueue:
     def __init__(self) -> None:
         self.short: deque[PrefillJob] = deque()
         self.long: deque[PrefillJob] = deque()
+        self._long_ran = False  # whether the last pass ran a long chunk
 
     def __len__(self) -> int:
         return len(self.short) + len(self.long)
@@ -126,7 +127,11 @@ class PrefillQueue:
             room = min(chunk_tokens, budget_tokens - used)
             if not first and (room <= 0 or len(out) >= max_rows):
                 break
-            if len(out) >= max_rows:  # the one long chunk every pass makes room for
+            if len(out) >= max_rows:
+                # the long chunk a pass makes room for; with a single row, every other pass,
+                # so neither kind waits on the other for more than a pass
+                if max_rows == 1 and self._long_ran:
+                    break
                 back = out.pop()
                 short.appendleft(back.job)
                 used -= back.tokens.size
@@ -135,6 +140,7 @@ class PrefillQueue:
             out.append(Chunk(j, j.tokens[j.done : j.done + n], j.states))
             used += n
             first = False
+        self._long_ran = not first
         return out
 
 

@@ -285,11 +285,14 @@ class Scheduler:
         t0 = time.perf_counter()
         out = self.runner.run(tokens, lengths, states)
         dt = time.perf_counter() - t0
-        if tokens.size >= COST_SAMPLE_TOKENS:
-            # what a padded token costs in a large call, smoothed: a pass's budget follows the
-            # model and the machine (a small call's fixed cost would make it look dearer)
+        if tokens.size >= min(COST_SAMPLE_TOKENS, self._pass_budget() // 2):
+            # what a padded token costs in a large call (a small call's fixed cost would make
+            # it look dearer), smoothed: a pass's budget follows the model and the machine. One
+            # slow call (a cold start, a preempted thread) counts at most 3x the estimate, and
+            # a budget below COST_SAMPLE_TOKENS samples smaller calls, so it can grow back.
             cost = dt / tokens.size
-            self._token_s = cost if self._token_s is None else 0.7 * self._token_s + 0.3 * cost
+            old = self._token_s
+            self._token_s = cost if old is None else 0.7 * old + 0.3 * min(cost, 3 * old)
         if self._m is not None:
             self._m.prefill_time.observe(dt)
             self._m.prefill_batch.observe(len(lengths))
@@ -304,34 +307,38 @@ class Scheduler:
 
     def _run_prefill(self, chunks: list[Chunk]) -> None:
         unfinished: list[PrefillJob] = []
-        for bucket in length_buckets(chunks, self.config.max_batch_tokens):
-            unfinished += self._prefill_bucket(bucket)
-        if unfinished:  # behind the long jobs still waiting
-            with self._cv:
-                self._prefill.put_back(unfinished)
+        try:
+            for bucket in length_buckets(chunks, self.config.max_batch_tokens):
+                unfinished += self._prefill_bucket(bucket)
+        finally:  # (also if a bug raised: the engine loop then fails whatever is queued)
+            if unfinished:  # behind the long jobs still waiting
+                with self._cv:
+                    self._prefill.put_back(unfinished)
 
     def _prefill_bucket(self, chunks: list[Chunk]) -> list[PrefillJob]:
-        """Run one bucket; resolve the jobs it finishes, return those it does not."""
+        """Run one bucket; resolve the jobs it finishes, return those it does not. Any failure
+        fails every job of the bucket (none goes back)."""
         try:
             tokens, lengths, states = pack(chunks, self._init_row, self._axes)
             logits, out = self._run_prefill_call(tokens, lengths, states)
+            results = []
+            unfinished = []
+            for i, c in enumerate(chunks):
+                rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
+                if c.last:
+                    results.append((c.job.future, (logits[i].copy(), rows)))
+                else:
+                    unfinished.append((c, rows))
         except Exception as e:
             log.exception("prefill batch failed", extra={"model": self.name, "rows": len(chunks)})
             self._post(reject, [c.job.future for c in chunks], as_service_error(e))
             return []
-        results = []
-        unfinished = []
-        for i, c in enumerate(chunks):
-            rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
-            if c.last:
-                results.append((c.job.future, (logits[i].copy(), rows)))
-            else:
-                c.job.done += c.tokens.size
-                c.job.states = rows
-                unfinished.append(c.job)
+        for c, rows in unfinished:  # each goes on from the state after exactly its chunk
+            c.job.done += c.tokens.size
+            c.job.states = rows
         if results:
             self._post(resolve, results)
-        return unfinished
+        return [c.job for c, _ in unfinished]
 
     def _admit_joins(self) -> None:
         if not self._joining:  # the usual step (a join racing this check is seen next step)

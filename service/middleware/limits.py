@@ -198,7 +198,12 @@ class GuardMiddleware:
                 await send_error(scope, send, wrong)
                 return
         seen = 0
-        keys = 0  # `":` sequences so far: an upper bound on the body's JSON object keys
+        # JSON object keys so far, counted as `":` not escaped (inside a string a `"` is `\"`);
+        # not in a compressed body or after a v2 binary header, whose bytes are not JSON text
+        count_keys = _header(scope, b"content-encoding") is None and (
+            _header(scope, b"inference-header-content-length") is None
+        )
+        keys = 0
         tail = b""  # the last byte of the previous chunk (a `":` may straddle two)
         refused = False  # the 413 went out: the app sees a disconnect and its answer is dropped
         logged: list[bytes] = []
@@ -219,8 +224,10 @@ class GuardMiddleware:
                     refused = True
                     await send_error(scope, send, self._too_large(seen))
                     return {"type": "http.disconnect"}
-                keys += chunk.count(b'":') + (tail == b'"' and chunk[:1] == b":")
-                tail = chunk[-1:]
+                if count_keys:
+                    keys += chunk.count(b'":') - chunk.count(b'\\":')
+                    keys += tail == b'"' and chunk[:1] == b":"
+                    tail = chunk[-1:]
                 if keys > MAX_BODY_KEYS:
                     refused = True
                     await send_error(scope, send, _TOO_MANY_KEYS)
@@ -298,7 +305,9 @@ _BODY_METHODS = frozenset(("POST", "PUT", "PATCH"))
 # No request of any surface has more than a few hundred object keys (the schemas cap maps at 64
 # entries and lists at 4,096 items, and v2 at 64 tensors). A body of a million unknown keys
 # cost a transient +171-206 MB and ~1.2 s of the loop to parse before its refusal; counted as
-# it arrives (a `":` per key, an upper bound: a string may hold one), it is refused unparsed.
+# it arrives (a `":` that is not `\":` per key: a `"` inside a string is escaped), it is
+# refused unparsed. (Keys crafted to end in a backslash escape the count; they then cost the
+# parse, as before.)
 MAX_BODY_KEYS = 10_000
 _TOO_MANY_KEYS = ServiceError(
     f"the body has more than {MAX_BODY_KEYS} JSON object keys; no request needs that many",

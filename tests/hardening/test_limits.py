@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.engine.registry import Registry, load_registry
@@ -280,3 +281,16 @@ async def test_full_queue_is_503_with_retry_after_never_a_hang(
                 assert r.headers["retry-after"] == "1"
         runners[CLS].delay_s = 0.0
         assert (await c.post(f"/v1/models/{CLS}/predict", json=body)).status_code == 200
+
+
+async def test_quotes_and_colons_inside_a_text_are_not_object_keys(
+    client: httpx.AsyncClient,
+) -> None:
+    text = '{"k": 1, ' * 11_000  # 99k characters, 11,000 escaped `\":` in the body
+    r = await client.post(f"/v1/models/{CLS}/predict", json={"inputs": [text]})
+    assert r.status_code == 200, r.text
+    keys = "{" + ", ".join(f'"k{i}": 1' for i in range(11_000)) + "}"
+    r = await client.post(
+        f"/v1/models/{CLS}/predict", content=keys, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "JSON object keys" in r.text

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import ALL_MODELS, CHAR_MODELS, CLS, LM, ClientFactory
+from service.errors import Overloaded
+from tests.service.conftest import ALL_MODELS, CHAR_MODELS, CLS, LM, ClientFactory, app_of
 
 
 async def test_health_ready_models(client: httpx.AsyncClient) -> None:
@@ -185,3 +188,26 @@ async def test_only_language_models_describe_sampling_defaults(client: httpx.Asy
     models = {m["name"]: m for m in (await client.get("/v1/models")).json()["models"]}
     assert models[CLS]["sampling"] is None  # a classifier generates nothing
     assert models[LM]["sampling"]["max_tokens"] >= 1
+
+
+async def test_a_predict_whose_row_fails_drops_its_other_rows(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All or none: a row that fails cancels the others, so a long row's remaining chunks are
+    not run for an answer nobody reads (`Engine._prefill_all`)."""
+    engine = app_of(client).state.local.engine
+    started: list[asyncio.Future[None]] = []
+    real = engine.prefill
+
+    async def prefill(m: Any, ids: list[int], states: Any) -> Any:
+        if len(ids) == 1:
+            raise Overloaded("queue full")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        started.append(waiter)
+        await waiter  # a long row still running
+        return await real(m, ids, states)
+
+    monkeypatch.setattr(engine, "prefill", prefill)
+    r = await client.post(f"/v1/models/{LM}/predict", json={"inputs": ["abcdef", "a"]})
+    assert r.status_code == 503
+    assert started and started[0].cancelled()

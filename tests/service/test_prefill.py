@@ -126,3 +126,16 @@ async def test_a_pass_drops_jobs_whose_caller_is_gone_and_counts_rows() -> None:
     chunks = q.take(max_rows=2, chunk_tokens=512, budget_tokens=10_000)
     assert len(chunks) == 2 and gone not in [c.job for c in chunks] and len(q) == 1
     assert not q.long and q.drain() and not q
+
+
+async def test_with_one_row_short_and_long_jobs_take_turns() -> None:
+    long = live_job(5000)
+    shorts = [live_job(3) for _ in range(4)]
+    q = queue(long, *shorts)
+    ran = []
+    for _ in range(4):
+        chunks = q.take(max_rows=1, chunk_tokens=512, budget_tokens=10_000)
+        ran.append("long" if chunks[0].job is long else "short")
+        if chunks[0].job is long:
+            q.put_back([long])
+    assert ran == ["long", "short", "long", "short"]  # neither waits behind the other

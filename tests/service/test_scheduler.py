@@ -337,3 +337,17 @@ async def test_a_thread_stuck_in_a_call_reads_as_stalled_and_an_idle_one_does_no
     while s.stalled_s() is not None:
         await asyncio.sleep(0.001)
     await s.close(1)
+
+
+async def test_one_slow_call_moves_the_cost_estimate_at_most_threefold() -> None:
+    runner = FakeRunner()
+    s = make(runner, prefill_pass_ms=50.0)
+    s._token_s = 1e-6
+    runner.gate.clear()
+    job = asyncio.ensure_future(s.prefill(list(range(1, 301))))  # >= COST_SAMPLE_TOKENS
+    await asyncio.to_thread(runner.entered.wait, 5)
+    await asyncio.sleep(0.05)  # the call is slow: a cold start, a preempted thread
+    runner.gate.set()
+    await job
+    assert s._token_s == pytest.approx(0.7e-6 + 0.3 * 3e-6)
+    await s.close(1)
