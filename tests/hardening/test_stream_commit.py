@@ -7,10 +7,14 @@ last bytes it was sent."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from starlette.types import Message
 
+from service.engine.remote_streams import _FINISHING
 from tests.hardening.asgi import HeldClient
 from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
 
@@ -25,13 +29,41 @@ def _done(m: Message) -> bool:
     return b'"finish_reason"' in m.get("body", b"")
 
 
+async def _the_end_reached_the_writer(app: FastAPI, transport: str) -> None:
+    """Wait until the generation's end is in the buffer its writer reads: over the wire the
+    worker's `RemoteGeneration` holds `Finishing` (it follows every token); in process the
+    engine's posted callbacks (the last tokens, then the end) have run."""
+    if transport == "inprocess":
+        for _ in range(3):
+            await asyncio.sleep(0)
+        return
+    client = app.state.services.client
+    for _ in range(1000):
+        if any(_FINISHING in g._items for g in client._streams.values()):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the worker never received the end of the stream")
+
+
 @pytest.mark.parametrize("transport", ["inprocess", "zmq"])
 @pytest.mark.parametrize("unsent", ["last_tokens", "done"])
 async def test_a_session_stream_commits_once_every_token_is_handed_over(
-    make_client: ClientFactory, transport: str, unsent: str
+    make_client: ClientFactory, transport: str, unsent: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with make_client(engine_transport=transport) as c:
         app = app_of(c)
+        # the engine waits after its first decode step until the client is held at its first
+        # tokens, so that first write cannot already carry all of them (CI under load saw it)
+        runner = app.state.local.engine.schedulers[LM].runner
+        gate = threading.Event()
+        real_run = runner.run
+
+        def gated_run(tokens: Any, *args: Any) -> Any:
+            if tokens.shape[1] == 1:  # a decode step (a prefill runs the whole text)
+                gate.wait(10)
+            return real_run(tokens, *args)
+
+        monkeypatch.setattr(runner, "run", gated_run)
         sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
         await c.post(f"/v1/sessions/{sid}/feed", json={"text": "To be"})
         before = (await c.get(f"/v1/sessions/{sid}")).json()
@@ -51,8 +83,10 @@ async def test_a_session_stream_commits_once_every_token_is_handed_over(
         # held at its first tokens until the engine has generated the rest, so the consumer
         # then finds the last tokens and the end together (the case that must not commit early)
         await asyncio.wait_for(held.held.wait(), 10)
+        assert taken < TOKENS
+        gate.set()
         await no_streams_left(app, within_s=5.0)
-        await asyncio.sleep(0.05)  # over the wire: the worker has every token
+        await _the_end_reached_the_writer(app, transport)
         held.held.clear()
         held.release.set()  # (the held send wakes; the next hold waits again)
         held.release.clear()
