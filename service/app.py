@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -29,7 +29,7 @@ from service.engine.session_ops import SessionService
 from service.engine.sessions import Clock, MemoryStore, SessionStore
 from service.engine.stream_slots import StreamSlots
 from service.heap import freeze_startup_heap
-from service.keys import Keys, reload_on_sighup
+from service.keys import Keys, on_signal, reload_on_sighup
 from service.logging import configure_logging, get_logger
 from service.metrics import Metrics
 from service.middleware.auth import AuthMiddleware
@@ -95,7 +95,9 @@ def create_app(
             app.state.services = Services(settings, remote, m)
             freeze_startup_heap()
             try:
-                with reload_on_sighup(keys), on_engine_death(remote):
+                # SIGUSR1: the supervisor says the engine process died; every engine call of
+                # this worker then fails at once with 503 (`RemoteClient.engine_gone`)
+                with reload_on_sighup(keys), on_signal(ENGINE_GONE_SIGNAL, remote.engine_gone):
                     yield
             finally:
                 await remote.close()
@@ -140,22 +142,6 @@ def create_app(
     app.add_middleware(ObserveMiddleware)
     install_openapi(app, settings, auth=keys.enabled)
     return app
-
-
-@contextlib.contextmanager
-def on_engine_death(remote: RemoteClient) -> Iterator[None]:
-    """While in the block, SIGUSR1 (sent by the supervisor when the engine process died) fails
-    every engine call of this worker at once with 503 (`RemoteClient.engine_gone`)."""
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(ENGINE_GONE_SIGNAL, remote.engine_gone)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no support
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(ENGINE_GONE_SIGNAL)
 
 
 @asynccontextmanager

@@ -212,16 +212,24 @@ def reload_on_sighup(keys: Keys) -> Iterator[None]:
     if keys.path is None or sighup is None:
         yield
         return
+    with on_signal(sighup, keys.reload):
+        yield
+
+
+@contextlib.contextmanager
+def on_signal(sig: int, handler: Callable[[], object]) -> Iterator[None]:
+    """While in the block, `sig` runs `handler` on the event loop, and the previous handler
+    comes back after (main thread on Unix only; elsewhere nothing is installed)."""
     loop = asyncio.get_running_loop()
-    previous = signal.getsignal(sighup)
+    previous = signal.getsignal(sig)
     try:
-        loop.add_signal_handler(sighup, keys.reload)
+        loop.add_signal_handler(sig, handler)
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no support
         yield
         return
     try:
         yield
     finally:
-        loop.remove_signal_handler(sighup)
+        loop.remove_signal_handler(sig)
         with contextlib.suppress(TypeError, ValueError):
-            signal.signal(sighup, previous)
+            signal.signal(sig, previous)

@@ -42,7 +42,7 @@ from service.heap import freeze_startup_heap
 from service.logging import configure_logging, get_logger
 from service.settings import Settings
 
-# what the supervisor sends each API worker when the engine process died (`app.on_engine_death`)
+# what the supervisor sends each API worker when the engine process died (`RemoteClient.engine_gone`)
 ENGINE_GONE_SIGNAL = signal.SIGUSR1
 
 log = get_logger("supervisor")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
+from tests.hardening.latency import LoopingClient
 from tests.hardening.server_proc import ServerProcess, server_process
 
 MODEL = "char-gru"
@@ -44,42 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield s
 
 
-class SmallClient:
-    """Another client: one short predict after another, each latency recorded."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.latencies: list[float] = []
-        self.failures: list[int | str] = []
-        self._stop = threading.Event()
-        self._first = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=60) as c:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                try:
-                    status: int | str = c.post(PATH, json={"inputs": ["to be"]}).status_code
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                self.latencies.append(time.perf_counter() - t)
-                if status != 200:
-                    self.failures.append(status)
-                self._first.set()
-
-    def __enter__(self) -> SmallClient:
-        self._thread.start()
-        assert self._first.wait(30)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+def small_predicts(base: str) -> LoopingClient:
+    """Another client: one short predict after another."""
+    return LoopingClient(base, lambda c: c.post(PATH, json={"inputs": ["to be"]}).status_code)
 
 
 def queue_depth(server: ServerProcess) -> float:
@@ -93,7 +60,7 @@ def test_a_huge_request_times_out_alone_and_its_work_is_dropped(server: ServerPr
     with httpx.Client(base_url=server.base, timeout=60) as c:
         assert c.post(PATH, json={"inputs": ["warm up"]}).status_code == 200
     rss0 = server.rss_mb()
-    with SmallClient(server.base) as small, httpx.Client(base_url=server.base, timeout=60) as c:
+    with small_predicts(server.base) as small, httpx.Client(base_url=server.base, timeout=60) as c:
         r = c.post(PATH, json=HUGE)
         assert r.status_code == 504, r.text  # ~128 s of work, past the 4 s timeout
         # the rest of its work is dropped at its next chunk, not run to the end (~2 minutes)

@@ -9,8 +9,6 @@ other key's 5-token generate took 15-18 s instead of 0.02 s."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import httpx
 import pytest
 
 from tests.hardening.conftest import KEY_A, KEY_B, KEYS, auth
+from tests.hardening.latency import LoopingClient
 from tests.hardening.server_proc import ServerProcess, server_process
 from tests.service.conftest import CLS, LM
 
@@ -30,39 +29,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield s
 
 
-class OtherClient:
-    """Another key (bob) generating 5 tokens in a loop; each latency recorded."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.latencies: list[float] = []
-        self.statuses: list[int] = []
-        self._stop = threading.Event()
-        self._first = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        body = {"prompt": "ab", "max_tokens": 5}
-        with httpx.Client(base_url=self.base, timeout=60, headers=auth(KEY_B)) as c:
-            while not self._stop.is_set():
-                t = time.perf_counter()
-                r = c.post(f"/v1/models/{LM}/generate", json=body)
-                self.latencies.append(time.perf_counter() - t)
-                self.statuses.append(r.status_code)
-                self._first.set()
-
-    def __enter__(self) -> OtherClient:
-        self._thread.start()
-        assert self._first.wait(30)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-    def p99(self) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+def other_key_generating(base: str) -> LoopingClient:
+    """Another key (bob) generating 5 tokens in a loop."""
+    body = {"prompt": "ab", "max_tokens": 5}
+    return LoopingClient(
+        base,
+        lambda c: c.post(f"/v1/models/{LM}/generate", json=body).status_code,
+        headers=auth(KEY_B),
+    )
 
 
 def test_word_feeds_without_whitespace_are_refused_at_once(server: ServerProcess) -> None:
@@ -70,7 +44,7 @@ def test_word_feeds_without_whitespace_are_refused_at_once(server: ServerProcess
     with httpx.Client(base_url=server.base, timeout=60, headers=a) as c:
         sid = c.post("/v1/sessions", json={"model": CLS}).json()["session_id"]
         rss0 = server.rss_mb()
-        with OtherClient(server.base) as other:
+        with other_key_generating(server.base) as other:
             statuses = [
                 c.post(f"/v1/sessions/{sid}/feed", json={"text": "x" * 100_000}).status_code
                 for _ in range(100)
@@ -89,7 +63,7 @@ def test_completions_of_many_rows_are_held_to_the_key_cap(server: ServerProcess)
     body = {"model": LM, "prompt": ["to be", "or not"], "max_tokens": 4096, "n": 128}
     rss0 = server.rss_mb()
     with (
-        OtherClient(server.base) as other,
+        other_key_generating(server.base) as other,
         httpx.Client(base_url=server.base, timeout=60, headers=auth(KEY_A)) as c,
     ):
         answers = [c.post("/openai/v1/completions", json=body) for _ in range(2)]

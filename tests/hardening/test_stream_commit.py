@@ -7,8 +7,6 @@ last bytes it was sent."""
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -16,7 +14,13 @@ from starlette.types import Message
 
 from service.engine.remote_streams import _FINISHING
 from tests.hardening.asgi import HeldClient
-from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
+from tests.service.conftest import (
+    LM,
+    ClientFactory,
+    app_of,
+    gate_decode_steps,
+    no_streams_left,
+)
 
 TOKENS = 60
 
@@ -54,16 +58,7 @@ async def test_a_session_stream_commits_once_every_token_is_handed_over(
         app = app_of(c)
         # the engine waits after its first decode step until the client is held at its first
         # tokens, so that first write cannot already carry all of them (CI under load saw it)
-        runner = app.state.local.engine.schedulers[LM].runner
-        gate = threading.Event()
-        real_run = runner.run
-
-        def gated_run(tokens: Any, *args: Any) -> Any:
-            if tokens.shape[1] == 1:  # a decode step (a prefill runs the whole text)
-                gate.wait(10)
-            return real_run(tokens, *args)
-
-        monkeypatch.setattr(runner, "run", gated_run)
+        gate = gate_decode_steps(app, monkeypatch)
         sid = (await c.post("/v1/sessions", json={"model": LM})).json()["session_id"]
         await c.post(f"/v1/sessions/{sid}/feed", json={"text": "To be"})
         before = (await c.get(f"/v1/sessions/{sid}")).json()

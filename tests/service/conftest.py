@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -104,3 +105,20 @@ async def no_streams_left(app: FastAPI, model: str = LM, within_s: float = 5.0) 
             return
         await asyncio.sleep(0.01)
     assert sched.active_streams == 0
+
+
+def gate_decode_steps(app: FastAPI, monkeypatch: pytest.MonkeyPatch, model: str = LM) -> Any:
+    """Make `model`'s decode steps wait (in onnxruntime's call, after the step's tokens went
+    out) until the returned `threading.Event` is set: a stream then has exactly its first
+    token out, whatever the machine's load. Prefills (the whole prompt at once) run freely."""
+    runner = app.state.local.engine.schedulers[model].runner
+    gate = threading.Event()
+    real_run = runner.run
+
+    def gated_run(tokens: Any, *args: Any) -> Any:
+        if tokens.shape[1] == 1:  # a decode step
+            gate.wait(10)
+        return real_run(tokens, *args)
+
+    monkeypatch.setattr(runner, "run", gated_run)
+    return gate

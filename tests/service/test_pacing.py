@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from typing import Any
 
 import pytest
 
 from service.api.pacing import MIN_GAP_S, Pacer
 from tests.hardening.asgi import HeldClient
-from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
+from tests.service.conftest import (
+    LM,
+    ClientFactory,
+    app_of,
+    gate_decode_steps,
+    no_streams_left,
+)
 
 
 def test_the_gap_grows_with_the_open_streams() -> None:
@@ -100,16 +105,7 @@ async def test_a_client_gone_while_its_stream_waits_frees_it(
         # The engine is gated after its first decode step (one token out, then onnxruntime's
         # call waits), so the first write cannot carry the whole generation and its end: the
         # stream is certain to be open and waiting out its gap when the client leaves.
-        runner = app.state.local.engine.schedulers[LM].runner
-        gate = threading.Event()
-        real_run = runner.run
-
-        def gated_run(tokens: Any, *args: Any) -> Any:
-            if tokens.shape[1] == 1:  # a decode step (a prefill runs the whole prompt)
-                gate.wait(10)
-            return real_run(tokens, *args)
-
-        monkeypatch.setattr(runner, "run", gated_run)
+        gate = gate_decode_steps(app, monkeypatch)
         in_gap = asyncio.Event()
         real_after_write = pacer.after_write
 
