@@ -47,6 +47,7 @@ from service.engine.handoff import (
     reject,
     resolve,
 )
+from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
     PrefillJob,
@@ -65,9 +66,6 @@ from service.logging import get_logger
 from service.metrics import Metrics
 
 log = get_logger("scheduler")
-
-COST_SAMPLE_TOKENS = 256  # a prefill call this large (padded tokens) measures a token's cost
-FIRST_PASS_TOKENS = 2048  # a pass's budget before any such call was measured
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,9 @@ class Scheduler:
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
-        self._token_s: float | None = None  # measured seconds a padded prefill token (EMA)
+        self._budget = PassBudget(
+            config.prefill_pass_ms, config.max_batch_tokens, config.prefill_chunk_tokens
+        )
         self._beat = time.monotonic()  # the engine thread's last sign of life (see stalled_s)
         self._waiting = False  # the engine thread is waiting for work (not stalled, whatever beat)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -137,7 +137,7 @@ class Scheduler:
         fut: asyncio.Future[PrefillResult] = asyncio.get_running_loop().create_future()
         with self._cv:
             self._admit(len(self._prefill))
-            self._prefill.add(PrefillJob(arr, states, fut), self._chunk_tokens())
+            self._prefill.add(PrefillJob(arr, states, fut), self._budget.chunk())
             self._cv.notify()
         self._gauge()
         return await fut
@@ -257,27 +257,13 @@ class Scheduler:
                         continue
                 break
             # a cancelled caller's job is skipped, also between the chunks of a long one
-            jobs = self._prefill.take(cfg.max_batch_size, self._chunk_tokens(), self._pass_budget())
+            jobs = self._prefill.take(
+                cfg.max_batch_size, self._budget.chunk(), self._budget.tokens()
+            )
         if jobs:
             self._last_rows = len(jobs)
         self._gauge()
         return jobs
-
-    def _pass_budget(self) -> int:
-        """Tokens one prefill pass may run: about `prefill_pass_ms` of work at the cost a token
-        measured so far, within `max_batch_tokens`."""
-        cfg = self.config
-        if cfg.prefill_pass_ms <= 0:
-            return cfg.max_batch_tokens
-        if self._token_s is None:  # nothing measured yet: a guess, until the first large call
-            return min(FIRST_PASS_TOKENS, cfg.max_batch_tokens)
-        budget = int(cfg.prefill_pass_ms / 1000 / self._token_s)
-        return max(1, min(budget, cfg.max_batch_tokens))
-
-    def _chunk_tokens(self) -> int:
-        """The most of one job a pass runs: `prefill_chunk_tokens`, or less when a pass's
-        budget is less (a slow model), so one chunk alone keeps to the pass's time."""
-        return min(self.config.prefill_chunk_tokens, self._pass_budget())
 
     def _run_prefill_call(
         self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
@@ -285,14 +271,7 @@ class Scheduler:
         t0 = time.perf_counter()
         out = self.runner.run(tokens, lengths, states)
         dt = time.perf_counter() - t0
-        if tokens.size >= min(COST_SAMPLE_TOKENS, self._pass_budget() // 2):
-            # what a padded token costs in a large call (a small call's fixed cost would make
-            # it look dearer), smoothed: a pass's budget follows the model and the machine. One
-            # slow call (a cold start, a preempted thread) counts at most 3x the estimate, and
-            # a budget below COST_SAMPLE_TOKENS samples smaller calls, so it can grow back.
-            cost = dt / tokens.size
-            old = self._token_s
-            self._token_s = cost if old is None else 0.7 * old + 0.3 * min(cost, 3 * old)
+        self._budget.observe(tokens.size, dt)
         if self._m is not None:
             self._m.prefill_time.observe(dt)
             self._m.prefill_batch.observe(len(lengths))

@@ -117,12 +117,12 @@ async def test_a_cancelled_long_job_stops_at_its_next_chunk() -> None:
 async def test_a_pass_is_bounded_by_its_measured_time() -> None:
     runner = FakeRunner()
     s = make(runner, prefill_chunk_tokens=64, prefill_pass_ms=1000.0, max_batch_tokens=1 << 16)
-    assert s._pass_budget() == 2048  # nothing measured yet: a guess
-    s._token_s = 0.001  # 1 ms a token: a 1 s pass is 1,000 tokens
-    assert s._pass_budget() == 1000
-    assert s._chunk_tokens() == 64
-    s._token_s = 0.1  # a chunk shrinks to what a pass's budget allows
-    assert s._pass_budget() == 10 and s._chunk_tokens() == 10
+    assert s._budget.tokens() == 2048  # nothing measured yet: a guess
+    s._budget.token_s = 0.001  # 1 ms a token: a 1 s pass is 1,000 tokens
+    assert s._budget.tokens() == 1000
+    assert s._budget.chunk() == 64
+    s._budget.token_s = 0.1  # a chunk shrinks to what a pass's budget allows
+    assert s._budget.tokens() == 10 and s._budget.chunk() == 10
     await s.close(1)
 
 
@@ -342,12 +342,12 @@ async def test_a_thread_stuck_in_a_call_reads_as_stalled_and_an_idle_one_does_no
 async def test_one_slow_call_moves_the_cost_estimate_at_most_threefold() -> None:
     runner = FakeRunner()
     s = make(runner, prefill_pass_ms=50.0)
-    s._token_s = 1e-6
+    s._budget.token_s = 1e-6
     runner.gate.clear()
     job = asyncio.ensure_future(s.prefill(list(range(1, 301))))  # >= COST_SAMPLE_TOKENS
     await asyncio.to_thread(runner.entered.wait, 5)
     await asyncio.sleep(0.05)  # the call is slow: a cold start, a preempted thread
     runner.gate.set()
     await job
-    assert s._token_s == pytest.approx(0.7e-6 + 0.3 * 3e-6)
+    assert s._budget.token_s == pytest.approx(0.7e-6 + 0.3 * 3e-6)
     await s.close(1)
