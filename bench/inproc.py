@@ -56,8 +56,9 @@ async def engine_step_s(runner: Any, B: int, seconds: float) -> float:
     """Seconds per decode step of the real scheduler with B streams (consumers draining)."""
     from service.engine.sampling import SamplingParams
     from service.engine.scheduler import Scheduler, SchedulerConfig
-    from service.engine.stream import Stream, TokenEvent
+    from service.engine.stream import Stream
     from service.metrics import Metrics
+    from service.protocol.events import TokenEvent
 
     sched = Scheduler(runner, SchedulerConfig(max_streams=max(B, 256)), Metrics())
     sched.start()
@@ -148,8 +149,8 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     from service.engine.engine import Engine
     from service.engine.registry import load_registry
     from service.engine.scheduler import SchedulerConfig
-    from service.engine.session_ops import SessionService
-    from service.engine.sessions import MemoryStore
+    from service.sessions import MemoryStore
+    from service.sessions.service import SessionService
 
     reg = load_registry(root)
     engine = Engine(reg, SchedulerConfig(max_batch_size=256, max_queue=1 << 20))

@@ -18,7 +18,6 @@ Kubernetes Secret volume does), so that no check ever sees it half-written.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -33,6 +32,7 @@ from pydantic import SecretStr
 
 from service.logging import get_logger
 from service.settings import Settings
+from service.signals import on_signal
 
 log = get_logger("keys")
 
@@ -214,22 +214,3 @@ def reload_on_sighup(keys: Keys) -> Iterator[None]:
         return
     with on_signal(sighup, keys.reload):
         yield
-
-
-@contextlib.contextmanager
-def on_signal(sig: int, handler: Callable[[], object]) -> Iterator[None]:
-    """While in the block, `sig` runs `handler` on the event loop, and the previous handler
-    comes back after (main thread on Unix only; elsewhere nothing is installed)."""
-    loop = asyncio.get_running_loop()
-    previous = signal.getsignal(sig)
-    try:
-        loop.add_signal_handler(sig, handler)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / no support
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(sig)
-        with contextlib.suppress(TypeError, ValueError):
-            signal.signal(sig, previous)

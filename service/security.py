@@ -1,6 +1,6 @@
 """`python -m service.security [NAME [KEY]]`: print a keys-file line for an API key (a new key
 when none is given; it goes to stderr, only its hash to the file line). The middleware that checks
-keys is `service/middleware/auth.py`."""
+keys is `service/api/middleware/auth.py`."""
 
 from __future__ import annotations
 

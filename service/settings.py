@@ -148,7 +148,7 @@ class Settings(BaseSettings):
         3600.0, gt=0, description="How long an `Idempotency-Key` result is kept for replay."
     )
 
-    # access (service/middleware/auth.py; docs/reliability.md)
+    # access (service/api/middleware/auth.py; docs/reliability.md)
     api_keys: SecretStr | None = Field(
         None,
         description="Comma-separated API keys (`key` or `name:key`); any key set turns "
@@ -180,7 +180,7 @@ class Settings(BaseSettings):
         "debugging on your own data.",
     )
 
-    # limits and back-pressure (service/middleware/limits.py)
+    # limits and back-pressure (service/api/middleware/limits.py)
     max_body_bytes: int = Field(
         16 << 20, ge=1024, description="Largest request body (after decompression: v2 gzip)."
     )

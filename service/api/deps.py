@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 
 from starlette.requests import HTTPConnection
 
+from service.api.middleware.auth import owner_of
 from service.api.pacing import Pacer
-from service.engine.client import EngineClient
 from service.metrics import Metrics
-from service.middleware.auth import owner_of
+from service.protocol.client import EngineClient
 from service.settings import Settings
 
 
 @dataclass
 class Services:
     settings: Settings
-    client: EngineClient  # the engine, through its one interface (service/engine/client.py)
+    client: EngineClient  # the engine, through its one interface (service/protocol/client.py)
     metrics: Metrics
     pacer: Pacer = field(init=False)  # this process's token streams (service/api/pacing.py)
 
@@ -35,6 +35,6 @@ async def get_services(conn: HTTPConnection) -> Services:
 
 
 async def get_owner(conn: HTTPConnection) -> str | None:
-    """The caller's key scope: the API key's owner name (`service.middleware.auth`); None with keys
+    """The caller's key scope: the API key's owner name (`service.api.middleware.auth`); None with keys
     off (every caller is the anonymous owner)."""
     return owner_of(conn)

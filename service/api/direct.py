@@ -35,9 +35,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import models, sessions
 from service.api.deps import Services
 from service.api.errors import service_error_response
+from service.api.middleware.limits import OWNER_KEY
 from service.api.schemas import FeedRequest, GenerateRequest, PredictRequest
 from service.errors import ServiceError
-from service.middleware.limits import OWNER_KEY
 
 # (services, the path parameter, the validated body, Idempotency-Key, owner) -> the response
 Handler = Callable[[Services, str, Any, str | None, str | None], Awaitable[Response]]

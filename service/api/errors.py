@@ -14,9 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route
 
+from service.api.surfaces import error_response_parts
 from service.errors import ServiceError
 from service.logging import get_logger
-from service.surfaces import error_response_parts
 
 log = get_logger("api")
 

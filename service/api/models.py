@@ -20,7 +20,7 @@ from service.api.schemas import (
     PredictResponse,
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream, sse_events
-from service.engine.catalog import ModelView
+from service.protocol.catalog import ModelView
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 

@@ -22,8 +22,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from service.api import openapi_streams
+from service.api.surfaces import ALWAYS_DOCUMENTED_OPEN, is_stream, surface_of
 from service.settings import Settings
-from service.surfaces import ALWAYS_DOCUMENTED_OPEN, is_stream, surface_of
 
 JSON = dict[str, Any]
 

@@ -1,4 +1,4 @@
-"""The native surface's JSON for the engine's typed results (`service/engine/protocol.py`): one
+"""The native surface's JSON for the engine's typed results (`service/protocol/messages.py`): one
 function per result, shared by the REST routes, the SSE `done` event and the WebSocket.
 
 Keys come in the order of the OpenAPI models in `schemas.py`; a field the engine left unset
@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from service.engine.protocol import (
+from service.protocol.messages import (
     Classification,
     FeedResult,
     GenerationResult,

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.api.bounds import Items, StrictIn
-from service.engine.protocol import GenerateParams
 from service.errors import InvalidInput
+from service.protocol.messages import GenerateParams
 from service.settings import Settings
 
 

@@ -21,9 +21,9 @@ from starlette.types import Receive, Scope, Send
 
 from service.api import results
 from service.api.pacing import Pacer
-from service.engine.client import GenerationStream, TokenEvent
-from service.engine.protocol import Finished
 from service.errors import ServiceError, stream_error
+from service.protocol.client import GenerationStream, TokenEvent
+from service.protocol.messages import Finished
 
 T = TypeVar("T")
 

@@ -14,13 +14,13 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from service.api.surfaces import foreign_status
 from service.errors import ServiceError
 from service.logging import get_logger
-from service.surfaces import foreign_status
 
 
 def client_status(e: ServiceError) -> int:
-    """The status of `e` on a foreign surface (`service.surfaces.foreign_status`)."""
+    """The status of `e` on a foreign surface (`service.api.surfaces.foreign_status`)."""
     return foreign_status(e)
 
 

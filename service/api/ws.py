@@ -21,8 +21,8 @@ from service.api.deps import Services, get_owner, get_services
 from service.api.errors import field_of
 from service.api.schemas import FeedRequest, ResetRequest, SessionGenerateRequest, _In, check_text
 from service.api.streaming import token_payload
-from service.engine.protocol import Finished
 from service.errors import ServiceError, stream_error
+from service.protocol.messages import Finished
 
 router = APIRouter(tags=["sessions"])
 

@@ -13,9 +13,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.catalog import token_text
 from service.engine.prefill import StateRows
-from service.engine.protocol import (
+from service.engine.registry import LoadedModel, Registry
+from service.engine.sampling import SamplingParams
+from service.engine.scheduler import Scheduler, SchedulerConfig
+from service.engine.stream import DoneEvent, ErrorEvent, Stream
+from service.errors import InvalidInput
+from service.metrics import Metrics
+from service.protocol.catalog import token_text
+from service.protocol.events import EventsFromBatches, TokenEvent
+from service.protocol.messages import (
     Classification,
     Finished,
     GenerateParams,
@@ -26,13 +33,8 @@ from service.engine.protocol import (
     TokenLogprob,
     Usage,
 )
-from service.engine.registry import LoadedModel, Registry
-from service.engine.sampling import SamplingParams, softmax
-from service.engine.scheduler import Scheduler, SchedulerConfig
-from service.engine.state_bounds import require_finite
-from service.engine.stream import DoneEvent, ErrorEvent, EventsFromBatches, Stream, TokenEvent
-from service.errors import InvalidInput
-from service.metrics import Metrics
+from service.protocol.softmax import softmax
+from service.sessions.bounds import require_finite
 
 Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
 

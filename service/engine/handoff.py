@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from service.engine.prefill import StateRows
-from service.engine.protocol import StepLogprob
 from service.engine.stream import Stream
 from service.errors import EngineError, ServiceError
 from service.metrics import Metrics
+from service.protocol.messages import StepLogprob
 
 
 class Meters:

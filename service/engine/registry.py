@@ -16,10 +16,10 @@ from service.contract import (
     load_artifact,
     tokenizer_from_spec,
 )
-from service.engine.catalog import Catalog, ModelView
 from service.engine.runner import Runner
 from service.errors import ModelNotFound
 from service.logging import get_logger
+from service.protocol.catalog import Catalog, ModelView
 
 log = get_logger("registry")
 

@@ -10,9 +10,9 @@ from functools import cached_property
 
 import numpy as np
 
-from service.engine.protocol import StepLogprob
 from service.engine.sampling import inverse_temperature, logprob_info
 from service.engine.stream import Stream
+from service.protocol.messages import StepLogprob
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engine.protocol import Alternative, StepLogprob
+from service.protocol.messages import Alternative, StepLogprob
+from service.protocol.softmax import log_softmax
 
 
 @dataclass(frozen=True)
@@ -95,18 +96,6 @@ class Draws:
     def _fill(self, seeds: np.ndarray, first: np.ndarray) -> np.ndarray:
         ahead = np.arange(self.block, dtype=np.uint64)  # (block,)
         return counter_uniforms(seeds[:, None], first[:, None] + ahead)  # (B, block)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    out: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-    return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.exp(log_softmax(logits))
-    return out
 
 
 def all_plain(temperature: np.ndarray, top_k: np.ndarray, top_p: np.ndarray, k: int) -> bool:

@@ -10,34 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.protocol import Finished, FinishReason, GenerationResult, StepLogprob
 from service.engine.sampling import SamplingParams, StopMatcher
-from service.errors import ServiceError
-
-# What a buffered token costs in memory, roughly (a TokenEvent, its text, and per logprob
-# alternative a dict entry with a str key and a float): used to bound a stream's backlog.
-EVENT_BYTES = 200
-LOGPROB_BYTES = 160
-
-
-class ClientTooSlow(ServiceError):
-    """The consumer fell so far behind that the stream's backlog passed its bound."""
-
-    status, code = 503, "client_too_slow"
-
-
-class TokenEvent:
-    """One generated token (a plain slotted class: cheap to make, one per stream per step)."""
-
-    __slots__ = ("index", "logprob", "text", "token_id")
-
-    def __init__(
-        self, text: str, token_id: int, index: int, logprob: StepLogprob | None = None
-    ) -> None:
-        self.text = text  # text released by this token (stop-string lookahead may delay text)
-        self.token_id = token_id
-        self.index = index
-        self.logprob = logprob
+from service.protocol.events import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
+from service.protocol.messages import FinishReason, StepLogprob
 
 
 @dataclass(frozen=True)
@@ -201,22 +176,3 @@ class Stream:
         async for batch in self.iter_batches():
             for ev in batch:
                 yield ev
-
-
-class EventsFromBatches:
-    """`events()` and `collect()` for a generation that defines `batches()`: the engine's
-    `Generation` and a worker's `RemoteGeneration` read them the same way."""
-
-    def batches(self, keep_logprobs: bool = True) -> AsyncIterator[list[TokenEvent | Finished]]:
-        raise NotImplementedError
-
-    async def events(self, keep_logprobs: bool = True) -> AsyncIterator[TokenEvent | Finished]:
-        async for batch in self.batches(keep_logprobs):
-            for ev in batch:
-                yield ev
-
-    async def collect(self) -> GenerationResult:
-        async for ev in self.events():
-            if isinstance(ev, Finished):
-                return ev.result
-        raise RuntimeError("generation ended without a result")  # pragma: no cover

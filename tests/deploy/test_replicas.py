@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.engine.sessions.blob import decode_state
+from service.sessions.blob import decode_state
 from tests.deploy.cluster import Cluster, which
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(240)]

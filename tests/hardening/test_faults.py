@@ -189,7 +189,7 @@ async def test_over_the_wire_a_session_stream_commits_only_once_its_client_has_i
 async def test_redis_dropped_mid_request_is_503_and_nothing_half_written(
     make_client: ClientFactory, registry: Registry, tmp_path: Path
 ) -> None:
-    from service.engine.sessions.redis_store import RedisStore
+    from service.sessions.redis_store import RedisStore
     from tests.service.redis_server import REDIS_SERVER, RedisProcess
 
     if not Path(REDIS_SERVER).exists():
@@ -239,7 +239,7 @@ async def test_redis_hung_is_503_within_one_deadline_and_leaves_no_lease(
     Every session call still gets its 503 within the one store deadline (connect, read and lease
     wait together; no second wait to leave the queue), and once Redis runs again the session is
     not held by a lease that a request already answered 503 had queued."""
-    from service.engine.sessions.redis_store import RedisStore
+    from service.sessions.redis_store import RedisStore
     from tests.service.redis_server import REDIS_SERVER, RedisProcess
 
     if not Path(REDIS_SERVER).exists():

@@ -29,7 +29,7 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.core.failures import FailureGroup
 
 from service.app import create_app
-from service.engine.sessions.blob import FORMAT, MAGIC
+from service.sessions.blob import FORMAT, MAGIC
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
 from tests.service.conftest import ALL_MODELS, CLS, LM
@@ -105,7 +105,7 @@ _JSON_VALUES = st.recursive(
 
 
 def _split(blob: bytes) -> tuple[dict[str, Any], bytes]:
-    """(header, array bytes) of a blob (`service/engine/sessions/blob.py` has the layout)."""
+    """(header, array bytes) of a blob (`service/sessions/blob.py` has the layout)."""
     _, hlen = _HEAD.unpack_from(blob, len(MAGIC))
     start = len(MAGIC) + _HEAD.size
     header: dict[str, Any] = json.loads(blob[start : start + hlen])

@@ -8,7 +8,7 @@ import time
 import pytest
 from starlette.types import Message
 
-from service.middleware.limits import ClientStalled, SendWatch
+from service.api.middleware.limits import ClientStalled, SendWatch
 
 
 async def test_prompt_sends_pass_and_share_one_timer() -> None:

@@ -16,11 +16,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.engine.engine import Engine
-from service.engine.protocol import GenerateParams, NextTokens
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
-from service.engine.session_ops import SessionService
-from service.engine.sessions import MemoryStore, decode_state
+from service.protocol.messages import GenerateParams, NextTokens
+from service.sessions import MemoryStore, decode_state
+from service.sessions.service import SessionService
 from tests.service.conftest import LM
 
 GRU = "tiny-char-gru"  # a huge or NaN state turns a GRU's outputs NaN (an LSTM's, here, not)
@@ -200,8 +200,8 @@ def test_any_imported_state_is_accepted_usable_or_refused_as_invalid_state(
 
     import numpy as np
 
-    from service.engine.sessions.blob import encode_state
     from service.errors import InvalidState
+    from service.sessions.blob import encode_state
     from tests.hardening.test_state_import import _reframe
 
     loop, svc = world

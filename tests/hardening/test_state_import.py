@@ -13,8 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from service.engine.session_records import store_id
-from service.engine.sessions.blob import (
+from service.sessions.blob import (
     _FIXED,
     FORMAT,
     MAGIC,
@@ -22,6 +21,7 @@ from service.engine.sessions.blob import (
     decode_state,
     encode_state,
 )
+from service.sessions.feeding import store_id
 from tests.service.conftest import CHAR_MODELS, CLASSIFIERS, LM, app_of, new_session
 
 

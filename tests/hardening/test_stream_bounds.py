@@ -31,7 +31,7 @@ OPEN_STREAMS = 40
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
-    """Both of uvicorn's HTTP parsers carry the same guards (service/http_protocol.py)."""
+    """Both of uvicorn's HTTP parsers carry the same guards (service/api/http_protocol.py)."""
     with server_process(
         tmp_path_factory.mktemp("streams"),
         RNNSERVE_HTTP=request.param,

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import Message
 
-from service.engine.remote_streams import _FINISHING
+from service.transport.remote_streams import _FINISHING
 from tests.hardening.asgi import HeldClient
 from tests.service.conftest import (
     LM,

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.engine.sessions import SessionRecord
-from service.engine.sessions.redis_store import RedisStore
+from service.sessions import SessionRecord
+from service.sessions.redis_store import RedisStore
 from tests.loopback import REDIS_SERVER, RedisProcess
 
 

@@ -353,7 +353,7 @@ async def test_stream_error_is_an_error_event_then_terminal(
 
 
 async def test_state_blob_with_nan_or_wrong_shape_is_refused(client: httpx.AsyncClient) -> None:
-    from service.engine.sessions.blob import decode_state, encode_state
+    from service.sessions.blob import decode_state, encode_state
 
     sid = (await new_session(client, LM))["session_id"]
     await client.post(f"/v1/sessions/{sid}/feed", json={"text": "abc"})

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.engine.sessions.blob import StateBlob, decode_state, encode_state
 from service.errors import InvalidState
+from service.sessions.blob import StateBlob, decode_state, encode_state
 
 
 def _blob() -> StateBlob:
@@ -54,7 +54,7 @@ def _craft(header: bytes, arrays: bytes = b"") -> bytes:
     """A blob with any header, correctly framed and checksummed: what a hostile client can send."""
     import hashlib
 
-    from service.engine.sessions.blob import _FIXED, FORMAT, MAGIC
+    from service.sessions.blob import _FIXED, FORMAT, MAGIC
 
     body = MAGIC + _FIXED.pack(FORMAT, len(header)) + header + arrays
     return body + hashlib.sha256(body).digest()

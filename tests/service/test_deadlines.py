@@ -1,4 +1,4 @@
-"""The request deadlines' one timer (`service/middleware/deadlines.py`); the 504 it leads to is
+"""The request deadlines' one timer (`service/api/middleware/deadlines.py`); the 504 it leads to is
 tested over HTTP in tests/hardening/test_limits.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from service.middleware.deadlines import Deadlines
+from service.api.middleware.deadlines import Deadlines
 
 
 async def test_a_task_past_its_deadline_is_cancelled_and_one_discarded_in_time_is_not() -> None:

@@ -7,7 +7,7 @@ import pytest
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.http_protocol import protocol_for
+from service.api.http_protocol import protocol_for
 from service.settings import Settings
 
 

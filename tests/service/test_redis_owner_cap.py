@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from service.engine.sessions import SessionRecord
-from service.engine.sessions.redis_store import RedisStore
 from service.errors import SessionEvicted, SessionExpired, SessionLimit
+from service.sessions import SessionRecord
+from service.sessions.redis_store import RedisStore
 from tests.service.redis_server import RedisProcess, rec, redis_server, two_stores
 from tests.service.test_redis_store import stores
 

@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from service.engine.sessions import IdempotencyRecord, redis_store
-from service.engine.sessions.redis_store import RedisStore
 from service.errors import (
     SessionEvicted,
     SessionExists,
@@ -26,6 +24,8 @@ from service.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from service.sessions import IdempotencyRecord, redis_store
+from service.sessions.redis_store import RedisStore
 from tests.service.redis_server import (
     RedisProcess,
     rec,
@@ -324,7 +324,7 @@ async def test_a_forgotten_token_is_never_granted_in_either_order(
     """The two orders in which a failed request's buffered acquire and the janitor's cleanup can
     reach Redis: cleanup first leaves a tombstone that refuses the acquire; acquire first is
     undone by the cleanup."""
-    from service.engine.sessions import redis_lease
+    from service.sessions import redis_lease
 
     raw = Redis.from_url(redis_server.url)
     acquire, forget = (

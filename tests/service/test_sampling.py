@@ -8,11 +8,10 @@ from service.engine.sampling import (
     StopMatcher,
     all_plain,
     inverse_temperature,
-    log_softmax,
     sample,
     sample_plain,
-    softmax,
 )
+from service.protocol.softmax import log_softmax, softmax
 
 
 def _logits(b: int = 4, k: int = 10, seed: int = 0) -> np.ndarray:

@@ -13,8 +13,9 @@ import pytest
 from service.contract import load_manifest
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
-from service.engine.stream import DoneEvent, ErrorEvent, Stream, TokenEvent
+from service.engine.stream import DoneEvent, ErrorEvent, Stream
 from service.errors import EngineError, Overloaded
+from service.protocol.events import TokenEvent
 from tests.conftest import FIXTURE_MODELS
 
 

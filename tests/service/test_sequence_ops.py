@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from service.engine.engine import Engine
-from service.engine.protocol import SequenceRef
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
-from service.engine.sequence_ops import SequenceSteps
-from service.engine.sessions import MemoryStore
 from service.errors import SequenceError, ServiceError, SessionNotFound
+from service.protocol.messages import SequenceRef
+from service.sessions import MemoryStore
+from service.sessions.sequences import SequenceSteps
 from tests.service.conftest import CLS, LM, FakeClock
 
 

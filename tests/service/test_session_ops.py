@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from service.engine.engine import Engine
-from service.engine.protocol import GenerateParams
 from service.engine.registry import LoadedModel, Registry
 from service.engine.scheduler import SchedulerConfig
-from service.engine.session_ops import SessionService
-from service.engine.sessions import MemoryStore
 from service.errors import EngineError, ModelChanged
+from service.protocol.messages import GenerateParams
+from service.sessions import MemoryStore
+from service.sessions.service import SessionService
 from tests.conftest import LONG
 from tests.service.conftest import LM, FakeClock
 

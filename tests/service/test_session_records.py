@@ -11,14 +11,14 @@ import pytest
 from service.engine.engine import Engine
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
-from service.engine.session_records import (
+from service.errors import UnsupportedTask
+from service.sessions.feeding import (
     fresh_record,
     prefill_peeking,
     public_id,
     require_streamable,
     store_id,
 )
-from service.errors import UnsupportedTask
 from tests.service.conftest import LM
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from service.engine.registry import Registry
-from service.engine.session_records import fresh_record
-from service.engine.session_state import export_blob, restore
-from service.engine.sessions import decode_state
 from service.errors import InvalidState
+from service.sessions import decode_state
+from service.sessions.feeding import fresh_record
+from service.sessions.import_export import export_blob, restore
 from tests.service.conftest import CLS, LM
 
 

@@ -5,7 +5,6 @@ import asyncio
 import numpy as np
 import pytest
 
-from service.engine.sessions import IdempotencyRecord, MemoryStore, SessionRecord
 from service.errors import (
     SessionEvicted,
     SessionExists,
@@ -14,6 +13,7 @@ from service.errors import (
     SessionNotFound,
     VersionConflict,
 )
+from service.sessions import IdempotencyRecord, MemoryStore, SessionRecord
 from tests.service.conftest import FakeClock
 
 

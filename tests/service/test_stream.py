@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from service.engine.sampling import SamplingParams
-from service.engine.stream import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, Stream, TokenEvent
+from service.engine.stream import Stream
+from service.protocol.events import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
 
 LP = {"logprob": -0.1, "top": []}
 

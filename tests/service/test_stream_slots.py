@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 import pytest
 
-from service.engine.client import STREAM_HOLD, StreamHold
 from service.engine.engine import Engine
-from service.engine.host import EngineHost
-from service.engine.protocol import GenerateParams
-from service.engine.remote import RemoteClient, worker_identity
 from service.engine.stream_slots import StreamSlots
 from service.errors import Overloaded, StreamLimit
+from service.protocol.client import STREAM_HOLD, StreamHold
+from service.protocol.messages import GenerateParams
+from service.transport.host import EngineHost
+from service.transport.remote import RemoteClient, worker_identity
 from tests.hardening.conftest import KEY_A, KEYS, auth
 from tests.service.conftest import LM, ClientFactory, app_of
 

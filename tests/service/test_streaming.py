@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.api.streaming import _frame, token_frame, token_payload
-from service.engine.protocol import Alternative, StepLogprob
 from service.engine.sampling import SamplingParams
-from service.engine.stream import DoneEvent, Stream, TokenEvent
+from service.engine.stream import DoneEvent, Stream
+from service.protocol.events import TokenEvent
+from service.protocol.messages import Alternative, StepLogprob
 
 
 @given(st.text(), st.integers(0, 10**6), st.integers(0, 10**6))

@@ -1,4 +1,4 @@
-"""The surface registry (`service/surfaces.py`): every path belongs to one surface, which answers
+"""The surface registry (`service/api/surfaces.py`): every path belongs to one surface, which answers
 its failures (an unmatched path included) in its own error shape."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import tritonclient.http as tc
 from tritonclient.utils import InferenceServerException
 
-from service.surfaces import is_stream, surface_of
+from service.api.surfaces import is_stream, surface_of
 from tests.service.live import LiveServer, clock, live
 
 __all__ = ["clock", "live"]  # the fixtures, used by name

@@ -14,10 +14,10 @@ from pydantic import BaseModel, Field
 
 from service.api.bounds import Capped, Items, StrictIn
 from service.api.schemas import SESSION_ID, GenerateRequest
-from service.engine.protocol import GenerateParams
+from service.api.surfaces import openai_body
 from service.errors import InvalidInput
+from service.protocol.messages import GenerateParams
 from service.settings import Settings
-from service.surfaces import openai_body
 
 SEED_MOD = 2**63  # the engine's seed range; OpenAI seeds are int64 and may be negative
 
@@ -218,5 +218,5 @@ class ErrorResponse(BaseModel):
 
 
 def error_body(message: str, status: int, param: str | None, code: str | None) -> dict[str, Any]:
-    """OpenAI's error shape (`service.surfaces.openai_body`, the registry's)."""
+    """OpenAI's error shape (`service.api.surfaces.openai_body`, the registry's)."""
     return openai_body(message, status, param, code)

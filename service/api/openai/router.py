@@ -28,8 +28,8 @@ from service.api.openai.protocol import (
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream
 from service.api.surface_route import SurfaceRoute, client_status
-from service.engine.catalog import ModelView
 from service.errors import ModelNotFound, ServiceError
+from service.protocol.catalog import ModelView
 
 
 def error_response(

@@ -25,10 +25,10 @@ from service.api.deps import Services
 from service.api.openai.protocol import ValidCompletion, error_body
 from service.api.pacing import Pacer
 from service.api.surface_route import client_status
-from service.engine.catalog import ModelView
-from service.engine.client import STREAM_HOLD, GenerationStream, TokenEvent
-from service.engine.protocol import Finished, GenerationResult
 from service.errors import InvalidInput, ServiceError
+from service.protocol.catalog import ModelView
+from service.protocol.client import STREAM_HOLD, GenerationStream, TokenEvent
+from service.protocol.messages import Finished, GenerationResult
 
 
 @dataclass

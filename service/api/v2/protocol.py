@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service.api.bounds import Capped, StrictIn
 from service.api.schemas import SESSION_ID
 from service.api.v2.binary import BinaryProtocolError
-from service.engine.catalog import ModelView
+from service.protocol.catalog import ModelView
 
 # -- tensor names (THE place they are written) -----------------------------------------------
 

@@ -17,11 +17,11 @@ from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
 from service.api.surface_route import SurfaceRoute
+from service.api.surfaces import v2_error
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
-from service.engine.catalog import ModelView
 from service.errors import ModelNotFound, ServiceError
-from service.surfaces import v2_error
+from service.protocol.catalog import ModelView
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
 

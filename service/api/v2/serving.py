@@ -25,10 +25,10 @@ from service.api.v2.protocol import (
     RequestInput,
     Sequence,
 )
-from service.engine.catalog import ModelView
-from service.engine.protocol import SequenceRef
-from service.engine.sampling import softmax
 from service.errors import InvalidInput
+from service.protocol.catalog import ModelView
+from service.protocol.messages import SequenceRef
+from service.protocol.softmax import softmax
 
 
 @dataclass(frozen=True)

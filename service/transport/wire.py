@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 
 from service import errors
-from service.engine.protocol import (
+from service.protocol.messages import (
     FeedResult,
     GenerateParams,
     GenerationResult,

@@ -16,11 +16,11 @@ from __future__ import annotations
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.api.middleware.limits import OWNER_KEY, send_error
+from service.api.surfaces import open_paths
 from service.errors import ServiceError
 from service.keys import Keys
-from service.middleware.limits import OWNER_KEY, send_error
 from service.settings import Settings
-from service.surfaces import open_paths
 
 
 class Unauthorized(ServiceError):

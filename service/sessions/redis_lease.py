@@ -29,8 +29,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from service.engine.sessions.redis_scripts import NOW, ms
 from service.errors import StoreUnavailable
+from service.sessions.redis_scripts import NOW, ms
 
 log = logging.getLogger("rnnserve.sessions.redis")
 

@@ -17,8 +17,8 @@ import numpy as np
 
 from service.contract import UnknownCharactersError
 from service.engine.registry import LoadedModel
-from service.engine.sessions.blob import StateBlob
 from service.errors import InvalidState
+from service.sessions.blob import StateBlob
 
 _SLACK = 1e-3  # float rounding (fp16 variants included) around the exact bounds
 # An imported session's counters start at most here: 2^62 commits (and tokens) of headroom

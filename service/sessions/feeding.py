@@ -10,8 +10,8 @@ import numpy as np
 
 from service.engine.engine import Engine
 from service.engine.registry import LoadedModel
-from service.engine.sessions import SessionRecord
 from service.errors import UnsupportedTask
+from service.sessions import SessionRecord
 
 
 def store_id(session_id: str, owner: str | None) -> str:

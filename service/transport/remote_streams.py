@@ -13,19 +13,19 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from service.engine import wire
-from service.engine.protocol import Finished, GenerationResult, TokenLogprob
-from service.engine.stream import (
+from service.errors import ServiceError
+from service.protocol.events import (
     EVENT_BYTES,
     LOGPROB_BYTES,
     ClientTooSlow,
     EventsFromBatches,
     TokenEvent,
 )
-from service.errors import ServiceError
+from service.protocol.messages import Finished, GenerationResult, TokenLogprob
+from service.transport import wire
 
 if TYPE_CHECKING:
-    from service.engine.remote import RemoteClient
+    from service.transport.remote import RemoteClient
 
 
 # queued by `Finishing`: the engine waits to commit until the consumer gets past it

@@ -146,7 +146,7 @@ class StateExport(Message, frozen=True):
     session_id: str
     model: str
     version: int
-    state: bytes  # the portable, checksummed blob (service/engine/sessions/blob.py)
+    state: bytes  # the portable, checksummed blob (service/sessions/blob.py)
 
 
 class SequenceRef(Message, frozen=True):

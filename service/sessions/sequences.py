@@ -8,16 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.engine.engine import Engine
-from service.engine.protocol import SequenceRef
 from service.engine.registry import LoadedModel
-from service.engine.session_records import (
-    fresh_record,
-    prefill_peeking,
-    require_streamable,
-    store_id,
-)
-from service.engine.sessions import Clock, SessionRecord, SessionStore
-from service.engine.state_bounds import require_finite
 from service.errors import (
     InvalidInput,
     ModelChanged,
@@ -26,6 +17,15 @@ from service.errors import (
     SessionEvicted,
     SessionExpired,
     SessionNotFound,
+)
+from service.protocol.messages import SequenceRef
+from service.sessions import Clock, SessionRecord, SessionStore
+from service.sessions.bounds import require_finite
+from service.sessions.feeding import (
+    fresh_record,
+    prefill_peeking,
+    require_streamable,
+    store_id,
 )
 
 

@@ -22,10 +22,10 @@ import zmq
 import zmq.asyncio
 
 from service.contract import ModelManifest, tokenizer_from_spec
-from service.engine import wire
-from service.engine.catalog import Catalog, ModelView, require_unicode
-from service.engine.client import STREAM_HOLD
-from service.engine.protocol import (
+from service.errors import EngineError, InvalidInput, ServiceError
+from service.protocol.catalog import Catalog, ModelView, require_unicode
+from service.protocol.client import STREAM_HOLD
+from service.protocol.messages import (
     PROTOCOL_VERSION,
     FeedResult,
     GenerateParams,
@@ -34,8 +34,8 @@ from service.engine.protocol import (
     SessionInfo,
     StateExport,
 )
-from service.engine.remote_streams import RemoteGeneration, RemoteHold
-from service.errors import EngineError, InvalidInput, ServiceError
+from service.transport import wire
+from service.transport.remote_streams import RemoteGeneration, RemoteHold
 
 HEALTH_TIMEOUT_S = 2.0  # a readiness probe's wait for the engine process
 

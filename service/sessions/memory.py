@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
-from service.engine.sessions.record import IdempotencyRecord, SessionRecord
-from service.engine.sessions.store import Clock, global_limit, owner_limit
 from service.errors import (
     SessionEvicted,
     SessionExists,
@@ -18,6 +16,8 @@ from service.errors import (
     SessionNotFound,
     VersionConflict,
 )
+from service.sessions.record import IdempotencyRecord, SessionRecord
+from service.sessions.store import Clock, global_limit, owner_limit
 
 Gone = Literal["expired", "evicted"]
 _MAX_GONE = 100_000

@@ -24,12 +24,12 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from service.engine import wire
-from service.engine.client import InProcessClient, LocalHold
-from service.engine.protocol import PROTOCOL_VERSION, Finished
-from service.engine.stream import TokenEvent
+from service.engine.local import InProcessClient, LocalHold
 from service.errors import ServiceError
 from service.logging import get_logger
+from service.protocol.events import TokenEvent
+from service.protocol.messages import PROTOCOL_VERSION, Finished
+from service.transport import wire
 
 log = get_logger("engine.host")
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from service.engine.sessions.record import IdempotencyRecord, SessionRecord
 from service.errors import SessionLimit
+from service.sessions.record import IdempotencyRecord, SessionRecord
 
 Clock = Callable[[], float]  # seconds, monotonic enough for TTLs (injectable in tests)
 

@@ -22,37 +22,8 @@ import msgspec
 import numpy as np
 
 from service.engine.engine import Engine, Generation
-from service.engine.protocol import (
-    FeedResult,
-    GenerateParams,
-    GenerationResult,
-    Message,
-    R,
-    SequenceRef,
-    SessionInfo,
-    StateExport,
-    replayed,
-    stored,
-)
 from service.engine.registry import LoadedModel
 from service.engine.sampling import SamplingParams
-from service.engine.sequence_ops import SequenceSteps
-from service.engine.session_records import (
-    fresh_record,
-    prefill_peeking,
-    public_id,
-    require_streamable,
-    store_id,
-)
-from service.engine.session_state import export_blob, restore
-from service.engine.sessions import (
-    Clock,
-    IdempotencyRecord,
-    SessionRecord,
-    SessionStore,
-    decode_state,
-)
-from service.engine.state_bounds import require_finite
 from service.engine.stream import DoneEvent, Stream
 from service.errors import (
     IdempotencyKeyReused,
@@ -64,6 +35,35 @@ from service.errors import (
     SessionNotFound,
     VersionConflict,
 )
+from service.protocol.messages import (
+    FeedResult,
+    GenerateParams,
+    GenerationResult,
+    Message,
+    R,
+    SequenceRef,
+    SessionInfo,
+    StateExport,
+    replayed,
+    stored,
+)
+from service.sessions import (
+    Clock,
+    IdempotencyRecord,
+    SessionRecord,
+    SessionStore,
+    decode_state,
+)
+from service.sessions.bounds import require_finite
+from service.sessions.feeding import (
+    fresh_record,
+    prefill_peeking,
+    public_id,
+    require_streamable,
+    store_id,
+)
+from service.sessions.import_export import export_blob, restore
+from service.sessions.sequences import SequenceSteps
 
 
 class SessionService:

@@ -51,12 +51,6 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from service.engine.sessions import redis_scripts as lua
-from service.engine.sessions.blob import StateBlob, decode_state, encode_state
-from service.engine.sessions.record import IdempotencyRecord, SessionRecord
-from service.engine.sessions.redis_lease import RedisLease
-from service.engine.sessions.redis_scripts import ms
-from service.engine.sessions.store import Clock, global_limit, owner_limit
 from service.errors import (
     SessionEvicted,
     SessionExists,
@@ -65,6 +59,12 @@ from service.errors import (
     StoreUnavailable,
     VersionConflict,
 )
+from service.sessions import redis_scripts as lua
+from service.sessions.blob import StateBlob, decode_state, encode_state
+from service.sessions.record import IdempotencyRecord, SessionRecord
+from service.sessions.redis_lease import RedisLease
+from service.sessions.redis_scripts import ms
+from service.sessions.store import Clock, global_limit, owner_limit
 
 # Server replies that mean "not now" rather than "bug": answered as 503 like a lost connection.
 _TRANSIENT = (

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from service.engine.sessions.blob import decode_state, encode_state
-from service.engine.sessions.memory import MemoryStore
-from service.engine.sessions.record import IdempotencyRecord, SessionRecord
-from service.engine.sessions.store import Clock, SessionStore
+from service.sessions.blob import decode_state, encode_state
+from service.sessions.memory import MemoryStore
+from service.sessions.record import IdempotencyRecord, SessionRecord
+from service.sessions.store import Clock, SessionStore
 
 __all__ = [
     "Clock",

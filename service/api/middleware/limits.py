@@ -20,7 +20,7 @@
   refused slot the generation raises the refusal instead of starting, and the surface answers
   it); a WebSocket's is confirmed before the app accepts it (refused: closed 1013).
 
-Errors are answered in the shape of the surface the path belongs to (`service/surfaces.py`).
+Errors are answered in the shape of the surface the path belongs to (`service/api/surfaces.py`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.engine.client import STREAM_HOLD, EngineClient, StreamHold
+from service.api.http_protocol import ABORT
+from service.api.middleware.deadlines import Deadlines
+from service.api.surfaces import error_response_parts, is_stream, surface_of
 from service.errors import ServiceError
-from service.http_protocol import ABORT
 from service.logging import get_logger
-from service.middleware.deadlines import Deadlines
+from service.protocol.client import STREAM_HOLD, EngineClient, StreamHold
 from service.settings import Settings
-from service.surfaces import error_response_parts, is_stream, surface_of
 
 log = get_logger("limits")
 

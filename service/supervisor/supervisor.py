@@ -2,7 +2,7 @@
 
     supervisor (this process) ── binds the port, starts and watches the others
       ├─ engine process     models, schedulers, sampling, every session rule, the store;
-      │                     serves its ZeroMQ ROUTER socket (service/engine/host.py)
+      │                     serves its ZeroMQ ROUTER socket (service/transport/host.py)
       └─ worker × N         uvicorn + the FastAPI app on the shared listening socket; HTTP,
                             validation, tokenization, JSON/SSE/WebSocket framing; no session
                             state; each reaches the engine through a RemoteClient (DEALER)
@@ -20,7 +20,6 @@ each counted once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import multiprocessing
 import os
@@ -29,104 +28,21 @@ import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Coroutine
 from multiprocessing import forkserver
-from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from service.heap import freeze_startup_heap
+from service.api.http_server import url_of
 from service.logging import configure_logging, get_logger
 from service.settings import Settings
-
-# what the supervisor sends each API worker when the engine process died (`RemoteClient.engine_gone`)
-ENGINE_GONE_SIGNAL = signal.SIGUSR1
+from service.supervisor.control import ENGINE_GONE_SIGNAL, Forget, Stop
+from service.supervisor.engine_process import engine_main
+from service.supervisor.worker_process import worker_main
 
 log = get_logger("supervisor")
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-# -- the engine process ------------------------------------------------------------------------
-
-
-def engine_main(settings: dict[str, Any], address: str, conn: Connection) -> None:
-    """Target of the engine process: serve until told to stop (or the supervisor goes)."""
-    _name_process("rnnserve-engine")
-    s = Settings(**settings)
-    configure_logging(s.log_level, s.log_json)
-    sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
-    _run_loop(_engine(s, address, conn))
-
-
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
-    """uvloop when installed (uvicorn[standard] brings it; the workers run on it too): the
-    engine thread wakes the loop once per decode step, and asyncio's wake-up (a write to its
-    self-pipe) gives up the GIL, which the engine thread then waits to take back, a ninth of
-    the engine's samples at 256 streams (py-spy); uvloop's does not."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover (uvicorn without [standard])
-        asyncio.run(main)
-        return
-    uvloop.run(main)
-
-
-async def _engine(settings: Settings, address: str, conn: Connection) -> None:
-    from service.app import running_engine
-    from service.engine.host import EngineHost
-    from service.engine.remote import worker_identity
-    from service.metrics import Metrics
-
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        # the supervisor decides when the engine stops (after the workers drained)
-        loop.add_signal_handler(sig, lambda: None)
-    async with running_engine(settings, Metrics()) as client:
-        host = EngineHost(client, address)
-        serving = asyncio.create_task(host.serve())
-
-        def control() -> None:  # the supervisor's messages, read off the loop
-            try:
-                while True:
-                    kind, arg = conn.recv()
-                    if kind == "forget":
-                        loop.call_soon_threadsafe(_forget, host, worker_identity(arg), arg)
-                    elif kind == "stop":
-                        break
-            except (EOFError, OSError):
-                pass  # the supervisor is gone: stop too
-            loop.call_soon_threadsafe(stop.set)
-
-        threading.Thread(target=control, name="engine-control", daemon=True).start()
-        freeze_startup_heap()
-        conn.send(("ready", sorted(client.catalog.models)))
-        await stop.wait()
-        serving.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
-        await host.close()
-
-
-def _forget(host: Any, ident: bytes, pid: int) -> None:
-    n = host.forget_worker(ident)
-    log.warning("worker gone; its calls cancelled", extra={"pid": pid, "calls": n})
-
-
-# -- a worker process --------------------------------------------------------------------------
-
-
-def worker_main(settings: dict[str, Any], sock: socket.socket, address: str) -> None:
-    """Target of an API worker: the app on the shared socket, the engine at `address`."""
-    from service.app import create_app
-    from service.server import run_app
-
-    _name_process("rnnserve-worker")
-    s = Settings(**settings)
-    run_app(create_app(s, engine_address=address), s, sockets=[sock])
 
 
 # -- the supervisor ----------------------------------------------------------------------------
@@ -139,7 +55,7 @@ class Supervisor:
         # in the environment), and every engine and worker process is forked from it: start-up
         # does not pay each process's imports, and the processes share those pages (PSS)
         self.ctx = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["service.app", "service.engine.host", "uvicorn"])
+        self.ctx.set_forkserver_preload(["service.app", "service.transport.host", "uvicorn"])
         self.dir = Path(tempfile.mkdtemp(prefix="rnnserve-"))
         self.address = f"ipc://{self.dir / 'engine.sock'}"
         self.workers: list[BaseProcess] = []
@@ -211,8 +127,9 @@ class Supervisor:
                         "worker died; replacing it", extra={"pid": w.pid, "exitcode": w.exitcode}
                     )
                     _mark_dead(w.pid)
-                    with contextlib.suppress(OSError):
-                        parent.send(("forget", w.pid))
+                    if w.pid is not None:  # (a started process always has one)
+                        with contextlib.suppress(OSError):
+                            parent.send(Forget(w.pid))
                     self.workers[i] = self._spawn(sock)
         if not engine.is_alive():  # (also when it died while the server was already stopping)
             # the workers' waiting calls and streams fail at once (503), so their drain below
@@ -225,7 +142,7 @@ class Supervisor:
         self._stop_workers()
         if engine.is_alive():
             with contextlib.suppress(OSError):
-                parent.send(("stop", 0))
+                parent.send(Stop())
             engine.join(s.shutdown_timeout_s + 5)
             if engine.is_alive():
                 engine.kill()
@@ -260,24 +177,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
-
-
-def url_of(sock: socket.socket) -> str:
-    """The URL a bound socket answers on (its real port, also when asked for port 0)."""
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _name_process(name: str) -> None:
-    """Set the kernel's name of this process (`ps -o comm`, `top`, /proc/PID/comm; 15 bytes), so
-    an operator and `bench/workers.py` can tell the engine from the workers."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # 15 = PR_SET_NAME
 
 
 def _mark_dead(pid: int | None) -> None:

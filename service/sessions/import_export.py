@@ -4,10 +4,10 @@ create with `state` restores, checked against the model that will run it."""
 from __future__ import annotations
 
 from service.engine.registry import LoadedModel
-from service.engine.sessions import SessionRecord, encode_state
-from service.engine.sessions.blob import StateBlob
-from service.engine.state_bounds import check_import
 from service.errors import InvalidState
+from service.sessions import SessionRecord, encode_state
+from service.sessions.blob import StateBlob
+from service.sessions.bounds import check_import
 
 
 def export_blob(m: LoadedModel, rec: SessionRecord) -> bytes:

@@ -1,0 +1,18 @@
+"""Probabilities from logits, in float64 (the engine's outputs and sampling, and v2's PROBS, which an
+API worker computes from the logits it is sent)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    out: np.ndarray = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return out
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.exp(log_softmax(logits))
+    return out
