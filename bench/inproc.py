@@ -149,6 +149,7 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     from service.engine.engine import Engine
     from service.engine.registry import load_registry
     from service.engine.scheduler import SchedulerConfig
+    from service.protocol.ops import CreateSession, Feed
     from service.sessions import MemoryStore
     from service.sessions.service import SessionService
 
@@ -160,8 +161,8 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     m = reg.get(name)
     raw = sum(a.nbytes for a in m.manifest.init_states(1))
     # warm every code path once, then measure
-    first = await svc.create(name, None, None, None, None)
-    await svc.feed(first["session_id"], "ab", 5, None, None, None)
+    first = await svc.create(CreateSession(name, None, None, None, None))
+    await svc.feed(Feed(first.session_id, "ab", 5, None, None, None))
     gc.collect()
     before = _pss()
     t0 = time.perf_counter()
@@ -169,8 +170,13 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     first_n = max(chunk, n // 10 // chunk * chunk)
     at_first = before
     for i in range(0, n, chunk):
-        infos = [await svc.create(name, None, None, None, None) for _ in range(min(chunk, n - i))]
-        await asyncio.gather(*(svc.feed(x["session_id"], "a", 5, None, None, None) for x in infos))
+        infos = [
+            await svc.create(CreateSession(name, None, None, None, None))
+            for _ in range(min(chunk, n - i))
+        ]
+        await asyncio.gather(
+            *(svc.feed(Feed(x.session_id, "a", 5, None, None, None)) for x in infos)
+        )
         if i + chunk == first_n:
             gc.collect()
             at_first = _pss()
@@ -180,7 +186,7 @@ async def _capacity(root: Path, name: str, n: int) -> dict[str, Any]:
     # the marginal cost: the PSS slope between n/10 and n sessions, so fixed start-up costs
     # (the allocator's and onnxruntime's first arenas) are not charged per session
     per = (after - at_first) / (n - first_n) if n > first_n else (after - before) / n
-    rec = await store.get(first["session_id"])
+    rec = await store.get(first.session_id)
     logits_bytes = rec.logits.nbytes if rec.logits is not None else 0
     await engine.close(1.0)
     return {

@@ -9,10 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+# every ServiceError class by its code (the first class to name one): what an error that crossed
+# the wire is raised again as (`transport/wire.py`)
+_BY_CODE: dict[str, type[ServiceError]] = {}
+
+
+def error_class(code: str) -> type[ServiceError]:
+    """The class registered for `code`; a plain `ServiceError` for a code nothing registered."""
+    return _BY_CODE.get(code, ServiceError)
+
 
 class ServiceError(Exception):
     status: int = 500
     code: str = "internal_error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:  # a class that names its own code is known by it
+            _BY_CODE.setdefault(cls.code, cls)
 
     def __init__(
         self,

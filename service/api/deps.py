@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from service.api.middleware.auth import owner_of
+from service.api.middleware.limits import HOLD_KEY
 from service.api.pacing import Pacer
 from service.metrics import Metrics
-from service.protocol.client import EngineClient
+from service.protocol.client import EngineClient, StreamHold
 from service.settings import Settings
 
 
@@ -38,3 +39,14 @@ async def get_owner(conn: HTTPConnection) -> str | None:
     """The caller's key scope: the API key's owner name (`service.api.middleware.auth`); None with keys
     off (every caller is the anonymous owner)."""
     return owner_of(conn)
+
+
+def hold_of(conn: HTTPConnection) -> StreamHold | None:
+    """The request's stream slot (`middleware/limits.py` takes one for a stream route); a
+    generation is opened under it (`EngineClient.open`)."""
+    hold: StreamHold | None = (conn.scope.get("state") or {}).get(HOLD_KEY)
+    return hold
+
+
+async def get_hold(conn: HTTPConnection) -> StreamHold | None:
+    return hold_of(conn)

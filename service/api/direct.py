@@ -35,12 +35,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api import models, sessions
 from service.api.deps import Services
 from service.api.errors import service_error_response
-from service.api.middleware.limits import OWNER_KEY
+from service.api.middleware.limits import HOLD_KEY, OWNER_KEY
 from service.api.schemas import FeedRequest, GenerateRequest, PredictRequest
 from service.errors import ServiceError
+from service.protocol.client import StreamHold
 
-# (services, the path parameter, the validated body, Idempotency-Key, owner) -> the response
-Handler = Callable[[Services, str, Any, str | None, str | None], Awaitable[Response]]
+# (services, the path parameter, the validated body, Idempotency-Key, owner, stream slot) -> the
+# response
+Handler = Callable[
+    [Services, str, Any, str | None, str | None, StreamHold | None], Awaitable[Response]
+]
 
 _MAX_IDEMPOTENCY_KEY = 256  # sessions.IdemKey's bounds; a key outside them goes to FastAPI
 
@@ -64,16 +68,20 @@ class DirectRoute:
         return self.template.rpartition("}")[2]
 
 
-async def _feed(s: Services, sid: str, body: Any, idem: str | None, owner: str | None) -> Response:
+async def _feed(
+    s: Services, sid: str, body: Any, idem: str | None, owner: str | None, _: Any
+) -> Response:
     return await sessions.feed_response(s, sid, body, idem, owner)
 
 
-async def _predict(s: Services, model: str, body: Any, _: str | None, __: str | None) -> Response:
+async def _predict(s: Services, model: str, body: Any, *_: Any) -> Response:
     return await models.predict_response(s, model, body)
 
 
-async def _stream(s: Services, model: str, body: Any, _: str | None, __: str | None) -> Response:
-    return await models.stream_response(s, model, body)
+async def _stream(
+    s: Services, model: str, body: Any, _: Any, __: Any, hold: StreamHold | None
+) -> Response:
+    return await models.stream_response(s, model, body, hold)
 
 
 def _streamed(body: GenerateRequest) -> bool:
@@ -141,9 +149,11 @@ class DirectRoutes:
             return
         value, idem = parsed
         services: Services = scope["app"].state.services
-        owner: str | None = (scope.get("state") or {}).get(OWNER_KEY)
+        state = scope.get("state") or {}
         try:
-            response = await b.spec.handle(services, param, value, idem, owner)
+            response = await b.spec.handle(
+                services, param, value, idem, state.get(OWNER_KEY), state.get(HOLD_KEY)
+            )
         except ServiceError as e:
             response = service_error_response(e)
         await response(scope, receive, send)

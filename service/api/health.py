@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from service.api.deps import Services, get_services
+from service.errors import ServiceError
+from service.protocol.client import EngineClient
+from service.protocol.ops import Health
 
 router = APIRouter(tags=["health"])
+
+HEALTH_TIMEOUT_S = 2.0  # a readiness probe's wait for the engine
 
 
 class Ready(BaseModel):
@@ -32,7 +39,19 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness", response_model=Ready, responses={503: {"model": Ready}})
 async def readyz(s: Services = Depends(get_services)) -> JSONResponse:
     cat = s.client.catalog
-    problems = await s.client.health()
+    problems = await engine_problems(s.client)
     ready = cat.ready(s.settings.require_all_models) and not problems
     body = Ready(ready=ready, models=sorted(cat.models), failed=cat.failed, problems=problems)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+async def engine_problems(client: EngineClient) -> dict[str, str]:
+    """What keeps the engine from serving (what -> why), or why it does not say: a frozen or
+    dead engine process answers nothing, and readiness must say so rather than wait with the
+    probe (empty: it serves)."""
+    try:
+        return await asyncio.wait_for(client.call(Health()), HEALTH_TIMEOUT_S)
+    except TimeoutError:
+        return {"engine": f"the engine process did not answer within {HEALTH_TIMEOUT_S:g} s"}
+    except ServiceError as e:  # the engine process is gone (503 engine_unavailable)
+        return {"engine": e.message}

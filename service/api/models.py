@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from service.api import results
-from service.api.deps import Services, get_services
+from service.api.deps import Services, get_hold, get_services
 from service.api.errors import responses
 from service.api.schemas import (
     GenerateRequest,
@@ -21,6 +21,8 @@ from service.api.schemas import (
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream, sse_events
 from service.protocol.catalog import ModelView
+from service.protocol.client import StreamHold
+from service.protocol.ops import Generate, Predict
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
@@ -74,7 +76,10 @@ async def predict_response(s: Services, model: str, body: PredictRequest) -> JSO
     router. The JSON is built here (`results.output`), not re-validated against the response
     model."""
     body.check(s.settings)
-    outputs = await s.client.predict(model, body.inputs, body.top_k)
+    # tokenized here, in the API: the engine only runs the model
+    m = s.client.catalog.get(model)
+    rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(body.inputs)]
+    outputs = await s.client.call(Predict(model, rows, body.top_k))
     return JSONResponse({"model": model, "outputs": [results.output(o) for o in outputs]})
 
 
@@ -86,19 +91,24 @@ async def predict_response(s: Services, model: str, body: PredictRequest) -> JSO
     summary="Generate text from a fresh state (JSON or SSE)",
 )
 async def generate(
-    model: str, body: GenerateRequest, s: Services = Depends(get_services)
+    model: str,
+    body: GenerateRequest,
+    s: Services = Depends(get_services),
+    hold: StreamHold | None = Depends(get_hold),
 ) -> Response | dict[str, Any]:
     if body.stream:
-        return await stream_response(s, model, body)
-    gen = await s.client.generate(model, body.to_params(s.settings))
+        return await stream_response(s, model, body, hold)
+    gen = await s.client.open(Generate(model, body.to_params(s.settings)), hold)
     try:
         return results.generation(await gen.collect())
     finally:
         await gen.aclose()
 
 
-async def stream_response(s: Services, model: str, body: GenerateRequest) -> EventStream:
+async def stream_response(
+    s: Services, model: str, body: GenerateRequest, hold: StreamHold | None
+) -> EventStream:
     """The generate route's work for `"stream": true`, also run by `direct.py` for a request
     it takes past the router."""
-    gen = await s.client.generate(model, body.to_params(s.settings))
+    gen = await s.client.open(Generate(model, body.to_params(s.settings)), hold)
     return EventStream(sse_events(gen, s.pacer), gen.aclose)

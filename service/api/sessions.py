@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from service.api import results
-from service.api.deps import Services, get_owner, get_services
+from service.api.deps import Services, get_hold, get_owner, get_services
 from service.api.errors import responses
 from service.api.schemas import (
     CreateSession,
@@ -31,6 +31,18 @@ from service.api.streaming import (
     unless_disconnected,
 )
 from service.errors import InvalidState
+from service.protocol.client import StreamHold
+from service.protocol.ops import (
+    CreateSession as Create,
+)
+from service.protocol.ops import (
+    DeleteSession,
+    ExportState,
+    Feed,
+    GetSession,
+    Reset,
+    SessionGenerate,
+)
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -60,7 +72,7 @@ async def create_session(
             blob = base64.b64decode(body.state, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidState("state is not valid base64", field="state") from None
-    info = await s.client.create_session(body.model, body.session_id, body.ttl_s, blob, owner)
+    info = await s.client.call(Create(body.model, body.session_id, body.ttl_s, blob, owner))
     return results.session_info(info)
 
 
@@ -73,14 +85,14 @@ async def create_session(
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    return results.session_info(await s.client.get_session(session_id, owner))
+    return results.session_info(await s.client.call(GetSession(session_id, owner)))
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
 async def delete_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> Response:
-    await s.client.delete_session(session_id, owner)
+    await s.client.call(DeleteSession(session_id, owner))
     return Response(status_code=204)
 
 
@@ -99,7 +111,7 @@ async def reset_session(
     owner: str | None = Depends(get_owner),
 ) -> JSONResponse:
     expected = body.expected_version if body is not None else None
-    r = await s.client.reset(session_id, expected, idempotency_key, owner)
+    r = await s.client.call(Reset(session_id, expected, idempotency_key, owner))
     return JSONResponse(
         results.session_info(r, change=True), headers=results.replay_headers(r.replayed)
     )
@@ -126,8 +138,8 @@ async def feed_response(
 ) -> JSONResponse:
     """The feed route's work, also run by `direct.py` for a request it takes past the router."""
     check_text(body.text, "text", s.settings)
-    r = await s.client.feed(
-        session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner
+    r = await s.client.call(
+        Feed(session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner)
     )
     return JSONResponse(results.feed(r), headers=results.replay_headers(r.replayed))
 
@@ -145,11 +157,11 @@ async def generate(
     idempotency_key: str | None = IdemKey,
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
+    hold: StreamHold | None = Depends(get_hold),
 ) -> Response:
     params = body.to_params(s.settings)
-    gen = await s.client.session_generate(
-        session_id, params, body.expected_version, idempotency_key, owner
-    )
+    op = SessionGenerate(session_id, params, body.expected_version, idempotency_key, owner)
+    gen = await s.client.open(op, hold)
     if body.stream:
         return EventStream(sse_events(gen, s.pacer), gen.aclose)
     try:
@@ -168,4 +180,4 @@ async def generate(
 async def export_state(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> dict[str, Any]:
-    return results.state(await s.client.export_state(session_id, owner))
+    return results.state(await s.client.call(ExportState(session_id, owner)))

@@ -17,12 +17,13 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import Field, TypeAdapter, ValidationError
 
 from service.api import results
-from service.api.deps import Services, get_owner, get_services
+from service.api.deps import Services, get_owner, get_services, hold_of
 from service.api.errors import field_of
 from service.api.schemas import FeedRequest, ResetRequest, SessionGenerateRequest, _In, check_text
 from service.api.streaming import token_payload
 from service.errors import ServiceError, stream_error
 from service.protocol.messages import Finished
+from service.protocol.ops import Feed, GetSession, Reset, SessionGenerate
 
 router = APIRouter(tags=["sessions"])
 
@@ -57,15 +58,16 @@ async def _handle(
     key = msg.idempotency_key
     if isinstance(msg, WsFeed):
         check_text(msg.text, "text", s.settings)
-        fed = await s.client.feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner)
+        fed = await s.client.call(Feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner))
         await ws.send_json({"type": "result", "op": "feed", **tag, **results.feed(fed)})
     elif isinstance(msg, WsReset):
-        r = await s.client.reset(sid, msg.expected_version, key, owner)
+        r = await s.client.call(Reset(sid, msg.expected_version, key, owner))
         body = results.session_info(r, change=True)
         await ws.send_json({"type": "result", "op": "reset", **tag, **body})
     else:
         params = msg.to_params(s.settings)
-        gen = await s.client.session_generate(sid, params, msg.expected_version, key, owner)
+        op = SessionGenerate(sid, params, msg.expected_version, key, owner)
+        gen = await s.client.open(op, hold_of(ws))
         try:
             async for ev in gen.events(keep_logprobs=False):  # each token message has its own
                 if isinstance(ev, Finished):
@@ -85,7 +87,7 @@ async def session_ws(
 ) -> None:
     await ws.accept()
     try:
-        await s.client.get_session(session_id, owner)
+        await s.client.call(GetSession(session_id, owner))
     except ServiceError as e:
         await ws.send_json({"type": "error", **stream_error(e)})
         await ws.close(code=1008)

@@ -204,15 +204,8 @@ class Engine:
     ) -> tuple[np.ndarray, StateRows]:
         return await self.schedulers[m.name].prefill(ids, states)
 
-    async def predict(self, name: str, inputs: list[str], top_k: int) -> list[Output | None]:
-        m = self.model(name)
-        encoded = [m.view.encode_full(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
-        return await self.predict_ids(name, encoded, top_k)
-
-    async def predict_ids(
-        self, name: str, rows: list[list[int]], top_k: int
-    ) -> list[Output | None]:
-        """`predict` on texts already tokenized (an API worker tokenizes them)."""
+    async def predict(self, name: str, rows: list[list[int]], top_k: int) -> list[Output | None]:
+        """Each row of token ids (the API tokenized them) from a fresh state: its output."""
         m = self.model(name)
         self._require_work(rows, "inputs")
         done = await self._prefill_all(m, rows)

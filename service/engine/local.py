@@ -1,116 +1,80 @@
 """`InProcessClient`: the `EngineClient` of an engine in this process (one process serving
-everything; the engine process itself, behind `transport/host.py`; the tests)."""
+everything; the engine process itself, behind `transport/host.py`; the tests). An operation goes
+straight to its handler (`dispatch.py`): the engine's own below, the session rules' in
+`sessions/service.py`."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
 import numpy as np
 
+from service.engine.dispatch import handlers, handles
 from service.engine.engine import Engine, Generation
 from service.engine.stream_slots import StreamSlots
-from service.errors import ServiceError
-from service.protocol.client import STREAM_HOLD
-from service.protocol.messages import (
-    FeedResult,
-    GenerateParams,
-    Output,
-    SequenceRef,
-    SessionInfo,
-    StateExport,
-)
-from service.sessions import SessionStore
+from service.errors import InvalidInput, ServiceError
+from service.protocol.catalog import Catalog
+from service.protocol.client import StreamHold
+from service.protocol.messages import Output
+from service.protocol.ops import Generate, Health, Logits, Op, Predict, StreamOp
 from service.sessions.service import SessionService
+
+R = TypeVar("R")
 
 
 class InProcessClient:
     """`EngineClient` over an engine in this process: plain calls, no copies."""
 
-    def __init__(
-        self, engine: Engine, sessions: SessionService, store: SessionStore, slots: StreamSlots
-    ) -> None:
-        self.engine, self.sessions, self.store, self.slots = engine, sessions, store, slots
-        self.catalog = engine.registry.catalog()
+    def __init__(self, engine: Engine, sessions: SessionService, slots: StreamSlots) -> None:
+        self.engine, self.sessions, self.slots = engine, sessions, slots
+        self.catalog: Catalog = engine.registry.catalog()
+        self._handlers = handlers(self, sessions)
+
+    async def call(self, op: Op[R]) -> R:
+        handler = self._handlers.get(type(op))
+        if handler is None or isinstance(op, StreamOp):
+            raise InvalidInput(f"the engine has no operation {type(op).__name__}")
+        out: R = await handler(op)
+        return out
+
+    async def open(
+        self,
+        op: StreamOp,
+        hold: StreamHold | None = None,
+        *,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
+    ) -> Generation:
+        """As `EngineClient.open`; `before_commit` is awaited after a session generation's last
+        token and before it commits (the engine process waits there for its worker's client)."""
+        if isinstance(hold, LocalHold) and hold.refusal is not None:
+            raise hold.refusal
+        handler = self._handlers.get(type(op))
+        if handler is None or not isinstance(op, StreamOp):
+            raise InvalidInput(f"the engine has no stream operation {type(op).__name__}")
+        gen: Generation = await handler(op, before_commit)
+        return gen
 
     def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:
         return LocalHold(self.slots, owner, rows)
 
-    async def health(self) -> dict[str, str]:
+    # -- the engine's own operations (the session ones are the session service's)
+
+    @handles(Health)
+    async def _health(self, _op: Health) -> dict[str, str]:
         return self.engine.problems()
 
-    async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
-        return await self.engine.predict(model, inputs, top_k)
+    @handles(Predict)
+    async def _predict(self, op: Predict) -> list[Output | None]:
+        return await self.engine.predict(op.model, op.rows, op.top_k)
 
-    async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:
-        return await self.engine.logits(model, rows)
+    @handles(Logits)
+    async def _logits(self, op: Logits) -> np.ndarray:
+        return await self.engine.logits(op.model, op.rows)
 
-    async def generate(self, model: str, params: GenerateParams) -> Generation:
-        _require_slot()
-        return await self.engine.generate(model, params)
-
-    async def create_session(
-        self,
-        model: str | None,
-        session_id: str | None,
-        ttl_s: float | None,
-        state: bytes | None,
-        owner: str | None,
-    ) -> SessionInfo:
-        return await self.sessions.create(model, session_id, ttl_s, state, owner)
-
-    async def get_session(self, session_id: str, owner: str | None) -> SessionInfo:
-        return await self.sessions.get(session_id, owner)
-
-    async def delete_session(self, session_id: str, owner: str | None) -> None:
-        await self.sessions.delete(session_id, owner)
-
-    async def reset(
-        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
-    ) -> SessionInfo:
-        return await self.sessions.reset(session_id, expected_version, key, owner)
-
-    async def feed(
-        self,
-        session_id: str,
-        text: str,
-        top_k: int,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
-    ) -> FeedResult:
-        return await self.sessions.feed(session_id, text, top_k, expected_version, key, owner)
-
-    async def session_generate(
-        self,
-        session_id: str,
-        params: GenerateParams,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
-    ) -> Generation:
-        _require_slot()
-        return await self.sessions.open_generation(session_id, params, expected_version, key, owner)
-
-    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
-        return await self.sessions.export_state(session_id, owner)
-
-    async def sequence_step(
-        self,
-        model: str,
-        seq: SequenceRef,
-        text: str | None,
-        ids: list[int] | None,
-        owner: str | None,
-    ) -> np.ndarray:
-        m = self.engine.model(model)
-        return await self.sessions.sequence_step(m, seq, text, ids, owner)
-
-    async def live_sessions(self) -> int:
-        return await self.store.count()
-
-
-def _require_slot() -> None:
-    hold = STREAM_HOLD.get()
-    if isinstance(hold, LocalHold) and hold.refusal is not None:
-        raise hold.refusal
+    @handles(Generate)
+    async def _generate(self, op: Generate, _before_commit: Any = None) -> Generation:
+        return await self.engine.generate(op.model, op.params)
 
 
 class LocalHold:

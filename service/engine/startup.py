@@ -102,7 +102,7 @@ async def running_engine(
     log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
     try:
         slots = StreamSlots(settings.max_open_streams, settings.max_streams_per_key)
-        yield InProcessClient(engine, svc, st, slots)
+        yield InProcessClient(engine, svc, slots)
     finally:
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

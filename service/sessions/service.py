@@ -15,12 +15,14 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 import msgspec
 import numpy as np
 
+from service.engine.dispatch import handles
 from service.engine.engine import Engine, Generation
 from service.engine.registry import LoadedModel
 from service.engine.sampling import SamplingParams
@@ -37,15 +39,24 @@ from service.errors import (
 )
 from service.protocol.messages import (
     FeedResult,
-    GenerateParams,
     GenerationResult,
     Message,
     R,
-    SequenceRef,
     SessionInfo,
     StateExport,
     replayed,
     stored,
+)
+from service.protocol.ops import (
+    CreateSession,
+    DeleteSession,
+    ExportState,
+    Feed,
+    GetSession,
+    LiveSessions,
+    Reset,
+    SequenceStep,
+    SessionGenerate,
 )
 from service.sessions import (
     Clock,
@@ -165,16 +176,11 @@ class SessionService:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def create(
-        self,
-        model: str | None,
-        session_id: str | None,
-        ttl_s: float | None,
-        state: bytes | None,
-        owner: str | None,
-    ) -> SessionInfo:
-        blob = decode_state(state) if state is not None else None
-        name = model if model is not None else (blob.model if blob is not None else None)
+    @handles(CreateSession)
+    async def create(self, op: CreateSession) -> SessionInfo:
+        owner, ttl_s = op.owner, op.ttl_s
+        blob = decode_state(op.state) if op.state is not None else None
+        name = op.model if op.model is not None else (blob.model if blob is not None else None)
         if name is None:
             raise InvalidInput("`model` is required (or a `state` blob naming one)", field="model")
         m = self.engine.model(name)
@@ -183,7 +189,7 @@ class SessionService:
         if ttl > self.max_ttl_s:
             raise InvalidInput(f"ttl_s must be <= {self.max_ttl_s}", field="ttl_s")
         # 192 random bits; stored under the owner's namespace (ids never clash across keys)
-        sid = store_id(session_id or secrets.token_urlsafe(24), owner)
+        sid = store_id(op.session_id or secrets.token_urlsafe(24), owner)
         rec = fresh_record(m, sid, owner, self.clock(), ttl)
         if blob is not None:
             rec = restore(m, rec, blob)
@@ -195,26 +201,33 @@ class SessionService:
             ) from None
         return self.info(rec)
 
-    async def get(self, session_id: str, owner: str | None) -> SessionInfo:
-        return self.info(await self._get(session_id, owner))
+    @handles(GetSession)
+    async def get(self, op: GetSession) -> SessionInfo:
+        return self.info(await self._get(op.session_id, op.owner))
 
-    async def delete(self, session_id: str, owner: str | None) -> None:
-        async with self.store.lock(store_id(session_id, owner)):
-            rec = await self._get(session_id, owner)
+    @handles(DeleteSession)
+    async def delete(self, op: DeleteSession) -> None:
+        async with self.store.lock(store_id(op.session_id, op.owner)):
+            rec = await self._get(op.session_id, op.owner)
             await self.store.delete(rec.id)
 
-    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
-        rec = await self._get(session_id, owner)
+    @handles(LiveSessions)
+    async def count(self, _op: LiveSessions) -> int:
+        return await self.store.count()
+
+    @handles(ExportState)
+    async def export_state(self, op: ExportState) -> StateExport:
+        rec = await self._get(op.session_id, op.owner)
         data = export_blob(self.engine.model(rec.model), rec)
         return StateExport(public_id(rec.id), rec.model, rec.version, data)
 
     # -- state-changing operations ----------------------------------------------------------
 
-    async def reset(
-        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
-    ) -> SessionInfo:
-        async with self.store.lock(store_id(session_id, owner)):
-            rec = await self._get(session_id, owner)
+    @handles(Reset)
+    async def reset(self, op: Reset) -> SessionInfo:
+        key, expected_version = op.key, op.expected_version
+        async with self.store.lock(store_id(op.session_id, op.owner)):
+            rec = await self._get(op.session_id, op.owner)
             fp = self._fingerprint("reset", {})
             replay = await self._replay(rec, key, fp, SessionInfo)
             if replay is not None:
@@ -231,17 +244,11 @@ class SessionService:
             )
             return self.info(await self._commit(rec, new, key, fp, self.info(new)))
 
-    async def feed(
-        self,
-        session_id: str,
-        text: str,
-        top_k: int,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
-    ) -> FeedResult:
-        async with self.store.lock(store_id(session_id, owner)):
-            rec = await self._get(session_id, owner)
+    @handles(Feed)
+    async def feed(self, op: Feed) -> FeedResult:
+        text, top_k, key, expected_version = op.text, op.top_k, op.key, op.expected_version
+        async with self.store.lock(store_id(op.session_id, op.owner)):
+            rec = await self._get(op.session_id, op.owner)
             fp = self._fingerprint("feed", {"text": text, "top_k": top_k})
             replay = await self._replay(rec, key, fp, FeedResult)
             if replay is not None:
@@ -268,20 +275,18 @@ class SessionService:
             await self._commit(rec, new, key, fp, result)
             return result
 
+    @handles(SessionGenerate)
     async def open_generation(
-        self,
-        session_id: str,
-        p: GenerateParams,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
+        self, op: SessionGenerate, before_commit: Callable[[], Awaitable[None]] | None = None
     ) -> Generation:
         """Take the session's lock and start generating; the lock is held until the
-        generation is closed, and the state is committed only when it finishes."""
+        generation is closed, and the state is committed only when it finishes (after
+        `before_commit`: the engine process waits there for its worker's client)."""
+        p, key, expected_version = op.params, op.key, op.expected_version
         stack = AsyncExitStack()
-        await stack.enter_async_context(self.store.lock(store_id(session_id, owner)))
+        await stack.enter_async_context(self.store.lock(store_id(op.session_id, op.owner)))
         try:
-            rec = await self._get(session_id, owner)
+            rec = await self._get(op.session_id, op.owner)
             fp = self._fingerprint("generate", msgspec.structs.asdict(p))
             replay = await self._replay(rec, key, fp, GenerationResult)
             m = self._model(rec)
@@ -319,21 +324,23 @@ class SessionService:
             await self._commit(rec, new, key, fp, result)
             return result
 
-        return Generation(stream, m.name, public, finalize=finalize, release=stack.aclose)
+        return Generation(
+            stream,
+            m.name,
+            public,
+            finalize=finalize,
+            release=stack.aclose,
+            before_commit=before_commit,
+        )
 
     # -- v2 sequences: one request is one step of a session (sequence_ops.py) -------------------
 
-    async def sequence_step(
-        self,
-        m: LoadedModel,
-        seq: SequenceRef,
-        text: str | None,
-        ids: list[int] | None,
-        owner: str | None,
-    ) -> np.ndarray:
+    @handles(SequenceStep)
+    async def sequence_step(self, op: SequenceStep) -> np.ndarray:
         """Feed one row (`text` or token `ids`) into v2 sequence `seq`; the logits (K,) on all
         input so far (`SequenceSteps.step` has the rules)."""
-        return await self._sequences.step(m, seq, text, ids, owner)
+        m = self.engine.model(op.model)
+        return await self._sequences.step(m, op.seq, op.text, op.ids, op.owner)
 
 
 def _idle_stream(params: SamplingParams) -> Stream:

@@ -1,7 +1,8 @@
 """The engine process's side of the wire: one ROUTER socket, every worker's calls served by the
 `InProcessClient` (so the engine behaves exactly as in a one-process server).
 
-Each call runs as its own task. A stream's tokens skip it: each is posted as a `Tokens` frame
+Each call runs as its own task: the host decodes the frame, hands the operation to the
+`InProcessClient` and encodes its answer, knowing no operation by name. A stream's tokens skip it: each is posted as a `Tokens` frame
 from the loop callback that emits the engine's step (`Generation.forward_tokens`), and the task
 wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in the
 same loop iteration leave as one message. A `Cancel` (the worker's client went away)
@@ -20,15 +21,14 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import zmq
 import zmq.asyncio
 
 from service.engine.local import InProcessClient, LocalHold
-from service.errors import ServiceError
 from service.logging import get_logger
 from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, Finished
+from service.protocol.ops import Op, SessionGenerate, StreamOp
 from service.transport import wire
 
 log = get_logger("engine.host")
@@ -89,21 +89,19 @@ class EngineHost:
     def _start(self, ident: bytes, call: wire.Call) -> None:
         op, rid = call.op, call.rid
         if isinstance(op, wire.HoldStream):  # a WebSocket's slot, asked for as it connects
-            refusal = self._slot(ident, wire.SlotRef(rid, op.owner, op.rows))
+            refusal = self._slot(ident, wire.SlotRef(rid, op.owner, op.rows)).refusal
             self._post(
                 ident,
-                wire.Result(rid, wire.Empty())
+                wire.Result(rid, wire.answer(None))
                 if refusal is None
                 else wire.Failed(rid, wire.error_info(refusal)),
             )
             return
-        if isinstance(op, wire.STREAMING) and op.slot is not None:
-            refusal = self._slot(ident, op.slot)
-            if refusal is not None:  # refused before it starts: nothing ran
-                self._post(ident, wire.Failed(rid, wire.error_info(refusal)))
-                return
+        # the slot is decided as the frame is read (no task), so that a `Cancel` read later
+        # always finds it to release
+        hold = self._slot(ident, call.slot) if call.slot is not None else None
         key = (ident, rid)
-        task = asyncio.create_task(self._run(ident, rid, op))
+        task = asyncio.create_task(self._run(ident, rid, op, hold))
         self._calls[key] = task
         task.add_done_callback(self._done(key))
 
@@ -152,27 +150,28 @@ class EngineHost:
             except zmq.ZMQError as e:  # the socket is closing
                 log.warning("frames to a worker not sent", extra={"error": str(e)})
 
-    async def _run(self, ident: bytes, rid: int, op: wire.Operation) -> None:
+    async def _run(
+        self, ident: bytes, rid: int, op: wire.Operation, hold: LocalHold | None
+    ) -> None:
         try:
-            if isinstance(op, wire.STREAMING):
-                await self._stream(ident, rid, op)
-            else:
-                self._post(ident, wire.Result(rid, await self._call(op)))
+            if isinstance(op, StreamOp):
+                await self._stream(ident, rid, op, hold)
+                return
+            if isinstance(op, Op):
+                value: Any = await self.client.call(op)
+            elif isinstance(op, wire.Hello):
+                value = catalog_info(self.client)
+            else:  # pragma: no cover (HoldStream is answered as it is read)
+                raise TypeError(f"unexpected operation {type(op).__name__}")
+            self._post(ident, wire.Result(rid, wire.answer(value)))
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self._post(ident, wire.Failed(rid, wire.error_info(e)))
 
-    async def _stream(
-        self, ident: bytes, rid: int, op: wire.Generate | wire.SessionGenerate
-    ) -> None:
-        c = self.client
-        if isinstance(op, wire.Generate):
-            gen = await c.generate(op.model, op.params)
-        else:
-            gen = await c.session_generate(
-                op.session_id, op.params, op.expected_version, op.key, op.owner
-            )
+    async def _stream(self, ident: bytes, rid: int, op: StreamOp, hold: LocalHold | None) -> None:
+        before_commit = None
+        if isinstance(op, SessionGenerate):
             # commit only once the worker's client has been handed every token: the engine
             # reads the stream ahead of the client, and a client gone before the end must
             # leave the session as it was (docs/reliability.md, guarantee 2)
@@ -183,7 +182,11 @@ class EngineHost:
                 self._post(ident, wire.Finishing(rid))
                 await drained
 
-            gen.before_commit = before_commit
+        try:
+            gen = await self.client.open(op, hold, before_commit=before_commit)
+        except BaseException:
+            self._drains.pop((ident, rid), None)
+            raise
         try:
             self._post(ident, wire.Opened(rid))
             post = self._post
@@ -200,54 +203,20 @@ class EngineHost:
             async for batch in gen.batches(keep_logprobs=False):
                 for ev in batch:  # only the end is left (Finished, or the error raised) ...
                     if isinstance(ev, Finished):
-                        post(ident, wire.Result(rid, wire.Generated(ev.result)))
+                        post(ident, wire.Result(rid, wire.answer(ev.result)))
                     else:  # ... but a token that got here would still go out, in order
                         send(ev)
         finally:
             self._drains.pop((ident, rid), None)
             await gen.aclose()
 
-    def _slot(self, ident: bytes, ref: wire.SlotRef) -> ServiceError | None:
-        """Take the slot `ref` names (once: later frames find it decided); its refusal, if any.
-        Decided as the frame is read, so a `Cancel` read later always finds it to release."""
+    def _slot(self, ident: bytes, ref: wire.SlotRef) -> LocalHold:
+        """The slot `ref` names, taken (or refused) by the first frame that names it."""
         key = (ident, ref.rid)
         slot = self._slots.get(key)
         if slot is None:
             slot = self._slots[key] = self.client.hold_stream(ref.owner, ref.rows)
-        return slot.refusal
-
-    async def _call(self, op: Any) -> wire.Value:
-        c = self.client
-        match op:
-            case wire.Hello():
-                return catalog_info(c)
-            case wire.Health():
-                return wire.Problems(await c.health())
-            case wire.Predict(model, inputs, top_k):
-                return wire.Outputs(await c.predict(model, inputs, top_k))
-            case wire.PredictIds(model, rows, top_k):
-                return wire.Outputs(await c.engine.predict_ids(model, rows, top_k))
-            case wire.Logits(model, rows):
-                return wire.TensorValue(wire.Tensor.of(await c.logits(model, rows)))
-            case wire.CreateSession(model, sid, ttl_s, state, owner):
-                return wire.Session(await c.create_session(model, sid, ttl_s, state, owner))
-            case wire.GetSession(sid, owner):
-                return wire.Session(await c.get_session(sid, owner))
-            case wire.DeleteSession(sid, owner):
-                await c.delete_session(sid, owner)
-                return wire.Empty()
-            case wire.Reset(sid, expected, key, owner):
-                return wire.Session(await c.reset(sid, expected, key, owner))
-            case wire.Feed(sid, text, top_k, expected, key, owner):
-                return wire.Fed(await c.feed(sid, text, top_k, expected, key, owner))
-            case wire.ExportState(sid, owner):
-                return wire.State(await c.export_state(sid, owner))
-            case wire.SequenceStep(model, seq, text, ids, owner):
-                logits = await c.sequence_step(model, seq, text, ids, owner)
-                return wire.TensorValue(wire.Tensor.of(np.asarray(logits, np.float32)))
-            case wire.LiveSessions():
-                return wire.Count(await c.live_sessions())
-        raise TypeError(f"unknown operation {type(op).__name__}")  # pragma: no cover
+        return slot
 
 
 def catalog_info(c: InProcessClient) -> wire.CatalogInfo:

@@ -15,29 +15,22 @@ import asyncio
 import contextlib
 import itertools
 import os
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
+import msgspec
 import zmq
 import zmq.asyncio
 
 from service.contract import ModelManifest, tokenizer_from_spec
 from service.errors import EngineError, InvalidInput, ServiceError
 from service.protocol.catalog import Catalog, ModelView, require_unicode
-from service.protocol.client import STREAM_HOLD
-from service.protocol.messages import (
-    PROTOCOL_VERSION,
-    FeedResult,
-    GenerateParams,
-    Output,
-    SequenceRef,
-    SessionInfo,
-    StateExport,
-)
+from service.protocol.client import StreamHold
+from service.protocol.messages import PROTOCOL_VERSION, GenerationResult
+from service.protocol.ops import Op, StreamOp
 from service.transport import wire
 from service.transport.remote_streams import RemoteGeneration, RemoteHold
 
-HEALTH_TIMEOUT_S = 2.0  # a readiness probe's wait for the engine process
+R = TypeVar("R")
 
 
 class EngineGone(EngineError):
@@ -61,7 +54,7 @@ class RemoteClient:
         self._sock.setsockopt(zmq.IDENTITY, worker_identity(os.getpid()))
         self._sock.connect(address)
         self._ids = itertools.count(1)
-        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._calls: dict[int, asyncio.Future[msgspec.Raw]] = {}
         self._streams: dict[int, RemoteGeneration] = {}
         self._reader: asyncio.Task[None] | None = None
         self._gone: EngineGone | None = None  # set once the engine process is known dead
@@ -69,8 +62,12 @@ class RemoteClient:
 
     async def connect(self, timeout_s: float = 300.0) -> None:
         self._reader = asyncio.create_task(self._read())
-        info = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
-        if not isinstance(info, wire.CatalogInfo) or info.wire_version != wire.WIRE_VERSION:
+        raw = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
+        try:
+            info = wire.decode_result(wire.CatalogInfo, raw)
+        except msgspec.DecodeError:
+            info = None
+        if info is None or info.wire_version != wire.WIRE_VERSION:
             raise RuntimeError(f"engine speaks another wire version: {info!r}")
         if info.protocol_version != PROTOCOL_VERSION:
             raise RuntimeError(
@@ -127,12 +124,13 @@ class RemoteClient:
             value: Any = (
                 frame.value if isinstance(frame, wire.Result) else wire.raise_error(frame.error)
             )
-            if isinstance(value, wire.Generated):
-                value = value.result
             gen = self._streams.get(frame.rid)
-            if gen is not None:
+            if gen is not None:  # a stream's end: its result, decoded here
+                if isinstance(value, msgspec.Raw):
+                    value = wire.decode_result(GenerationResult, value)
                 gen._end(value)
                 return
+            # a call's answer stays encoded: its caller knows the type to decode it as
             fut = self._calls.pop(frame.rid, None)
             if fut is not None and not fut.done():
                 if isinstance(value, BaseException):
@@ -165,11 +163,11 @@ class RemoteClient:
         except OverflowError:  # the schemas bound every integer; this guards the wire itself
             raise InvalidInput("a number in the request is out of range") from None
 
-    async def _unary(self, op: wire.Operation, rid: int | None = None) -> Any:
+    async def _unary(self, op: wire.Operation, rid: int | None = None) -> msgspec.Raw:
         if self._gone is not None:
             raise self._gone
         rid = next(self._ids) if rid is None else rid
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
         try:
             await self._sock.send(self._encode(wire.Call(rid, op)))
@@ -179,11 +177,19 @@ class RemoteClient:
                 self._cancel(rid)  # the caller left: the engine stops and commits nothing
             raise
 
-    async def _open(self, op: wire.Generate | wire.SessionGenerate) -> RemoteGeneration:
+    # -- EngineClient
+    async def call(self, op: Op[R]) -> R:
+        out: R = wire.decode_result(op.result_type(), await self._unary(op))
+        return out
+
+    async def open(self, op: StreamOp, hold: StreamHold | None = None) -> RemoteGeneration:
         if self._gone is not None:
             raise self._gone
         rid = next(self._ids)
-        frame = self._encode(wire.Call(rid, op))
+        # the request's stream slot travels with its generation: the engine takes it as it
+        # reads the frame (`wire.SlotRef`)
+        slot = hold.ref_for(self) if isinstance(hold, RemoteHold) else None
+        frame = self._encode(wire.Call(rid, op, slot))
         gen = RemoteGeneration(self, rid, self.stream_buffer_bytes)
         self._streams[rid] = gen
         try:
@@ -194,133 +200,19 @@ class RemoteClient:
             raise
         return gen
 
-    # -- EngineClient
     def hold_stream(self, owner: str | None, rows: int = 1) -> RemoteHold:
         return RemoteHold(self, next(self._ids), owner, rows)
-
-    def _slot(self) -> wire.SlotRef | None:
-        """The request's stream slot (`STREAM_HOLD`), for its generation to carry."""
-        hold = STREAM_HOLD.get()
-        return hold.ref_for(self) if isinstance(hold, RemoteHold) else None
-
-    async def health(self) -> dict[str, str]:
-        """The engine's own answer, or why there is none: a frozen or dead engine process
-        answers nothing, and readiness must say so rather than wait with the probe."""
-        try:
-            out: wire.Problems = await asyncio.wait_for(
-                self._unary(wire.Health()), HEALTH_TIMEOUT_S
-            )
-        except TimeoutError:
-            return {"engine": f"the engine process did not answer within {HEALTH_TIMEOUT_S:g} s"}
-        except EngineGone as e:
-            return {"engine": e.message}
-        return out.problems
-
-    async def predict(self, model: str, inputs: list[str], top_k: int) -> list[Output | None]:
-        # tokenized here, in the worker: the engine process only runs the model
-        m = self.catalog.get(model)
-        rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
-        out: wire.Outputs = await self._unary(wire.PredictIds(model, rows, top_k))
-        return out.outputs
-
-    async def logits(self, model: str, rows: list[list[int]]) -> np.ndarray:
-        out: wire.TensorValue = await self._unary(wire.Logits(model, rows))
-        return out.tensor.array()
-
-    async def generate(self, model: str, params: GenerateParams) -> RemoteGeneration:
-        return await self._open(wire.Generate(model, params, self._slot()))
-
-    async def create_session(
-        self,
-        model: str | None,
-        session_id: str | None,
-        ttl_s: float | None,
-        state: bytes | None,
-        owner: str | None,
-    ) -> SessionInfo:
-        out: wire.Session = await self._unary(
-            wire.CreateSession(model, session_id, ttl_s, state, owner)
-        )
-        return out.info
-
-    async def get_session(self, session_id: str, owner: str | None) -> SessionInfo:
-        out: wire.Session = await self._unary(wire.GetSession(session_id, owner))
-        return out.info
-
-    async def delete_session(self, session_id: str, owner: str | None) -> None:
-        await self._unary(wire.DeleteSession(session_id, owner))
-
-    async def reset(
-        self, session_id: str, expected_version: int | None, key: str | None, owner: str | None
-    ) -> SessionInfo:
-        out: wire.Session = await self._unary(wire.Reset(session_id, expected_version, key, owner))
-        return out.info
-
-    async def feed(
-        self,
-        session_id: str,
-        text: str,
-        top_k: int,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
-    ) -> FeedResult:
-        out: wire.Fed = await self._unary(
-            wire.Feed(session_id, text, top_k, expected_version, key, owner)
-        )
-        return out.result
-
-    async def session_generate(
-        self,
-        session_id: str,
-        params: GenerateParams,
-        expected_version: int | None,
-        key: str | None,
-        owner: str | None,
-    ) -> RemoteGeneration:
-        return await self._open(
-            wire.SessionGenerate(session_id, params, expected_version, key, owner, self._slot())
-        )
-
-    async def export_state(self, session_id: str, owner: str | None) -> StateExport:
-        out: wire.State = await self._unary(wire.ExportState(session_id, owner))
-        return out.export
-
-    async def sequence_step(
-        self,
-        model: str,
-        seq: SequenceRef,
-        text: str | None,
-        ids: list[int] | None,
-        owner: str | None,
-    ) -> np.ndarray:
-        out: wire.TensorValue = await self._unary(wire.SequenceStep(model, seq, text, ids, owner))
-        return out.tensor.array()
-
-    async def live_sessions(self) -> int:
-        out: wire.Count = await self._unary(wire.LiveSessions())
-        return out.n
 
 
 def _not_text(op: wire.Operation) -> ServiceError:
     """The error a string that cannot cross the wire (a lone surrogate) gets: the one the
     in-process engine gives (`catalog.require_unicode`), naming the same field."""
-    texts: list[tuple[str, str | None]] = []
-    if isinstance(op, wire.Predict):
-        texts = [(f"inputs[{i}]", t) for i, t in enumerate(op.inputs)]
-    elif isinstance(op, wire.Feed):
-        texts = [("text", op.text)]
-    elif isinstance(op, wire.Generate | wire.SessionGenerate):
-        texts = [("prompt", op.params.prompt)]
-        texts += [(f"stop[{i}]", t) for i, t in enumerate(op.params.stop)]
-    elif isinstance(op, wire.SequenceStep):
-        texts = [("TEXT", op.text)]
+    texts = op.texts() if isinstance(op, Op | StreamOp) else ()
     for field, text in texts:
-        if text is not None:
-            try:
-                require_unicode(text, field)
-            except ServiceError as e:
-                return e
+        try:
+            require_unicode(text, field)
+        except ServiceError as e:
+            return e
     return InvalidInput("the request holds a string that is not valid Unicode text")
 
 

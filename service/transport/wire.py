@@ -1,39 +1,35 @@
 """The engine boundary on the wire: what an API worker process and the engine process say to each
 other over ZeroMQ (a DEALER per worker, one ROUTER in the engine), msgpack-encoded by msgspec.
 
-Every frame is one `Frame` struct: a request from a worker (`Call` with a typed operation, or
-`Cancel`), or an answer from the engine (`Result`, `Tokens`, `Failed`). Operations and results
-are the typed messages of `protocol.py`; arrays cross as `Tensor`; errors as `ErrorInfo`, which
-the worker raises again as the same `ServiceError`, so a surface cannot tell a remote engine from
-a local one. `WIRE_VERSION` must match on both ends (checked by `Hello`).
+Every frame is one `Frame` struct: a request from a worker (`Call` with any operation of
+`protocol/ops.py`, or `Cancel`), or an answer from the engine (`Result`, `Tokens`, `Failed`). A
+`Result` carries its answer encoded on its own (`msgspec.Raw`): the worker decodes it as the type
+its operation names (`decode_result`), so no operation or answer is listed here. Arrays cross as
+`Tensor`; errors as `ErrorInfo`, which the worker raises again as the `ServiceError` registered
+for its code, so a surface cannot tell a remote engine from a local one. `WIRE_VERSION` must match
+on both ends (checked by `Hello`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import TYPE_CHECKING, Any, Union
 
 import msgspec
 import numpy as np
 
 from service import errors
-from service.protocol.messages import (
-    FeedResult,
-    GenerateParams,
-    GenerationResult,
-    Message,
-    Output,
-    SequenceRef,
-    SessionInfo,
-    StateExport,
-    StepLogprob,
-)
+from service.protocol.messages import Message, StepLogprob
+from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 9  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 10  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
 # (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`);
-# 9: `Health` (readiness asks the engine what keeps it from serving)
+# 9: `Health` (readiness asks the engine what keeps it from serving); 10: operations are
+# `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
+# `Call` carries a stream's slot, an `ErrorInfo` is known by its code
 
 
 class Tensor(Message, frozen=True):
@@ -50,30 +46,13 @@ class Tensor(Message, frozen=True):
         return np.frombuffer(self.data, dtype=np.dtype(self.dtype)).reshape(self.shape)
 
 
-# -- operations (worker -> engine) -----------------------------------------------------------
+# -- transport operations (worker -> engine; the engine's own are `protocol/ops.py`) ----------
 
 
 class Hello(Message, frozen=True, tag="hello"):
+    """The first call of a worker: the engine answers `CatalogInfo`."""
+
     wire_version: int
-
-
-class Predict(Message, frozen=True, tag="predict"):
-    model: str
-    inputs: list[str]
-    top_k: int
-
-
-class PredictIds(Message, frozen=True, tag="predict_ids"):
-    """`Predict` on texts the worker tokenized (the engine only runs the model)."""
-
-    model: str
-    rows: list[list[int]]
-    top_k: int
-
-
-class Logits(Message, frozen=True, tag="logits"):
-    model: str
-    rows: list[list[int]]
 
 
 class SlotRef(Message, frozen=True):
@@ -88,105 +67,19 @@ class SlotRef(Message, frozen=True):
     rows: int = 1  # decode rows it holds (an OpenAI completion's n x prompts)
 
 
-class Generate(Message, frozen=True, tag="generate"):
-    model: str
-    params: GenerateParams
-    slot: SlotRef | None = None
-
-
-class CreateSession(Message, frozen=True, tag="create_session"):
-    model: str | None
-    session_id: str | None
-    ttl_s: float | None
-    state: bytes | None
-    owner: str | None
-
-
-class GetSession(Message, frozen=True, tag="get_session"):
-    session_id: str
-    owner: str | None
-
-
-class DeleteSession(Message, frozen=True, tag="delete_session"):
-    session_id: str
-    owner: str | None
-
-
-class Reset(Message, frozen=True, tag="reset"):
-    session_id: str
-    expected_version: int | None
-    key: str | None
-    owner: str | None
-
-
-class Feed(Message, frozen=True, tag="feed"):
-    session_id: str
-    text: str
-    top_k: int
-    expected_version: int | None
-    key: str | None
-    owner: str | None
-
-
-class SessionGenerate(Message, frozen=True, tag="session_generate"):
-    session_id: str
-    params: GenerateParams
-    expected_version: int | None
-    key: str | None
-    owner: str | None
-    slot: SlotRef | None = None  # as in Generate
-
-
-class ExportState(Message, frozen=True, tag="export_state"):
-    session_id: str
-    owner: str | None
-
-
-class SequenceStep(Message, frozen=True, tag="sequence_step"):
-    model: str
-    seq: SequenceRef
-    text: str | None
-    ids: list[int] | None
-    owner: str | None
-
-
-class LiveSessions(Message, frozen=True, tag="live_sessions"):
-    pass
-
-
 class HoldStream(Message, frozen=True, tag="hold_stream"):
-    """Take the stream slot `SlotRef(rid, owner)` of this call's `rid` now and answer: `Empty`
+    """Take the stream slot `SlotRef(rid, owner)` of this call's `rid` now and answer (`None`)
     once taken, or `Failed`. A WebSocket asks this way when it connects (it must know before it
-    accepts); an HTTP stream's slot is taken by its first generation instead (`SlotRef`)."""
+    accepts); an HTTP stream's slot is taken by its first generation instead (`Call.slot`)."""
 
     owner: str | None
     rows: int = 1
 
 
-class Health(Message, frozen=True, tag="health"):
-    """What keeps the engine from serving (`Problems`): a model whose engine thread has work
-    and has not moved for `stall_timeout_s`. Asked by a worker's readiness probe."""
-
-
-Operation = (
-    Hello
-    | Health
-    | Predict
-    | PredictIds
-    | Logits
-    | Generate
-    | CreateSession
-    | GetSession
-    | DeleteSession
-    | Reset
-    | Feed
-    | SessionGenerate
-    | ExportState
-    | SequenceStep
-    | LiveSessions
-    | HoldStream
-)
-STREAMING = (Generate, SessionGenerate)
+if TYPE_CHECKING:
+    Operation = Op[Any] | StreamOp | Hello | HoldStream
+else:  # every operation the engine has, as msgspec decodes a tagged union
+    Operation = Union[(Hello, HoldStream, *operations())]
 
 
 # -- what the engine says about its models (the answer to Hello) ------------------------------
@@ -207,61 +100,6 @@ class CatalogInfo(Message, frozen=True, tag="catalog"):
     failed: dict[str, str]
 
 
-# -- answers (engine -> worker) --------------------------------------------------------------
-
-
-class Empty(Message, frozen=True, tag="empty"):
-    pass
-
-
-class Outputs(Message, frozen=True, tag="outputs"):
-    outputs: list[Output | None]
-
-
-class Count(Message, frozen=True, tag="count"):
-    n: int
-
-
-class TensorValue(Message, frozen=True, tag="tensor"):
-    tensor: Tensor
-
-
-class Session(Message, frozen=True, tag="session"):
-    info: SessionInfo
-
-
-class Fed(Message, frozen=True, tag="fed"):
-    result: FeedResult
-
-
-class State(Message, frozen=True, tag="state"):
-    export: StateExport
-
-
-class Problems(Message, frozen=True, tag="problems"):
-    problems: dict[str, str]  # what -> why (empty: healthy)
-
-
-class Generated(Message, frozen=True, tag="generated"):
-    """A stream's end (its `GenerationResult`)."""
-
-    result: GenerationResult
-
-
-Value = (
-    CatalogInfo
-    | Empty
-    | Outputs
-    | Count
-    | TensorValue
-    | Session
-    | Fed
-    | State
-    | Generated
-    | Problems
-)
-
-
 class Token(Message, frozen=True):
     text: str
     token_id: int
@@ -270,7 +108,6 @@ class Token(Message, frozen=True):
 
 
 class ErrorInfo(Message, frozen=True):
-    kind: str  # the ServiceError subclass's name, raised again on the worker
     status: int
     code: str
     message: str
@@ -284,6 +121,7 @@ class ErrorInfo(Message, frozen=True):
 class Call(Message, frozen=True, tag="call"):
     rid: int
     op: Operation
+    slot: SlotRef | None = None  # a generation's stream slot (see SlotRef)
 
 
 class Cancel(Message, frozen=True, tag="cancel"):
@@ -291,10 +129,11 @@ class Cancel(Message, frozen=True, tag="cancel"):
 
 
 class Result(Message, frozen=True, tag="result"):
-    """The answer to a call; for a stream, its end (`GenerationResult`)."""
+    """The answer to a call, encoded as its operation's result type (`decode_result`); for a
+    stream, its end (a `GenerationResult`)."""
 
     rid: int
-    value: Value
+    value: msgspec.Raw
 
 
 class Opened(Message, frozen=True, tag="opened"):
@@ -332,32 +171,52 @@ class Failed(Message, frozen=True, tag="failed"):
 
 Frame = Call | Cancel | Drained | Result | Opened | Tokens | Finishing | Failed
 
-encoder = msgspec.msgpack.Encoder()
+
+def _encode_array(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):  # an answer that is an array (v2's logits)
+        return Tensor.of(obj)
+    raise NotImplementedError(f"cannot send {type(obj).__name__}")
+
+
+def _decode_array(kind: type, obj: Any) -> Any:
+    if kind is np.ndarray:
+        return msgspec.convert(obj, Tensor).array()
+    raise NotImplementedError(f"cannot read {kind.__name__}")
+
+
+encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
 decoder = msgspec.msgpack.Decoder(Frame)  # worker -> engine: one frame per message
 # engine -> worker: every frame ready for that worker in one array. One ZeroMQ message part per
 # frame cost a send each, and each send gives up the GIL: at 256 streams a quarter of the
 # engine's samples were those sends and the wake-ups around them (py-spy, docs/benchmarks.md)
 frames_decoder = msgspec.msgpack.Decoder(list[Frame])
 
-# a status and code the worker cannot map to a known class are raised as a plain ServiceError
-_KINDS: dict[str, type[errors.ServiceError]] = {
-    c.__name__: c
-    for c in vars(errors).values()
-    if isinstance(c, type) and issubclass(c, errors.ServiceError)
-}
+
+def answer(value: Any) -> msgspec.Raw:
+    """An operation's answer, for a `Result`."""
+    return msgspec.Raw(encoder.encode(value))
+
+
+@functools.cache
+def _result_decoder(kind: Any) -> msgspec.msgpack.Decoder[Any]:
+    return msgspec.msgpack.Decoder(kind, dec_hook=_decode_array)
+
+
+def decode_result(kind: Any, raw: msgspec.Raw) -> Any:
+    """A `Result`'s answer as `kind` (an operation's `result_type()`)."""
+    return _result_decoder(kind).decode(raw)
 
 
 def error_info(e: BaseException) -> ErrorInfo:
     if isinstance(e, errors.ServiceError):
-        return ErrorInfo(
-            type(e).__name__, e.status, e.code, e.message, e.field, dict(e.headers or {})
-        )
-    return ErrorInfo("EngineError", 500, "engine_error", f"engine failed: {type(e).__name__}")
+        return ErrorInfo(e.status, e.code, e.message, e.field, dict(e.headers or {}))
+    return ErrorInfo(500, "engine_error", f"engine failed: {type(e).__name__}")
 
 
 def raise_error(info: ErrorInfo) -> errors.ServiceError:
-    """The `ServiceError` an `ErrorInfo` stands for (same class, status, code, field)."""
-    cls = _KINDS.get(info.kind, errors.ServiceError)
+    """The `ServiceError` an `ErrorInfo` stands for: the class registered for its code (a
+    plain `ServiceError` for a code this worker does not know), with its status and field."""
+    cls = errors.error_class(info.code)
     e = cls.__new__(cls)
     errors.ServiceError.__init__(
         e, info.message, status=info.status, code=info.code, field=info.field

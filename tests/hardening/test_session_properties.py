@@ -19,6 +19,14 @@ from service.engine.engine import Engine
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
 from service.protocol.messages import GenerateParams, NextTokens
+from service.protocol.ops import (
+    CreateSession,
+    DeleteSession,
+    ExportState,
+    Feed,
+    Reset,
+    SessionGenerate,
+)
 from service.sessions import MemoryStore, decode_state
 from service.sessions.service import SessionService
 from tests.service.conftest import LM
@@ -36,12 +44,18 @@ class Op:
         """The typed result, as plain data (compared field by field below)."""
         if self.kind == "feed":
             assert isinstance(self.arg, str)
-            return msgspec.to_builtins(await svc.feed(sid, self.arg, 3, None, self.key, None))
+            return msgspec.to_builtins(await svc.feed(Feed(sid, self.arg, 3, None, self.key, None)))
         if self.kind == "reset":
-            return msgspec.to_builtins(await svc.reset(sid, None, self.key, None))
+            return msgspec.to_builtins(await svc.reset(Reset(sid, None, self.key, None)))
         assert isinstance(self.arg, int)
         gen = await svc.open_generation(
-            sid, GenerateParams(max_tokens=4, seed=self.arg, temperature=1.0), None, self.key, None
+            SessionGenerate(
+                sid,
+                GenerateParams(max_tokens=4, seed=self.arg, temperature=1.0),
+                None,
+                self.key,
+                None,
+            )
         )
         try:
             return msgspec.to_builtins(await gen.collect())
@@ -93,7 +107,7 @@ async def _start(engine: Engine) -> None:
 
 
 async def _state(svc: SessionService, sid: str) -> tuple[Any, ...]:
-    blob = decode_state((await svc.export_state(sid, None)).state)
+    blob = decode_state((await svc.export_state(ExportState(sid, None))).state)
     return (
         blob.version,
         blob.pending,
@@ -126,8 +140,8 @@ def test_each_distinct_request_applies_once_in_arrival_order(
     loop, svc = world
 
     async def run() -> None:
-        sid = (await svc.create(LM, None, None, None, None)).session_id
-        ref = (await svc.create(LM, None, None, None, None)).session_id
+        sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
+        ref = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
         # the system under test: everything sent at once (arrival order = send order), or
         # one after another
         if concurrent:
@@ -149,7 +163,7 @@ def test_each_distinct_request_applies_once_in_arrival_order(
                 expected[o.key] = got
         assert await _state(svc, sid) == await _state(svc, ref)
         for s in (sid, ref):
-            await svc.delete(s, None)
+            await svc.delete(DeleteSession(s, None))
 
     loop.run_until_complete(asyncio.wait_for(run(), 30))
 
@@ -207,9 +221,9 @@ def test_any_imported_state_is_accepted_usable_or_refused_as_invalid_state(
     loop, svc = world
 
     async def run() -> None:
-        sid = (await svc.create(model, None, None, None, None)).session_id
-        await svc.feed(sid, "to be", 3, None, None, None)
-        data = (await svc.export_state(sid, None)).state
+        sid = (await svc.create(CreateSession(model, None, None, None, None))).session_id
+        await svc.feed(Feed(sid, "to be", 3, None, None, None))
+        data = (await svc.export_state(ExportState(sid, None))).state
         if poison is not None:
             blob = decode_state(data)
             with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf
@@ -225,13 +239,15 @@ def test_any_imported_state_is_accepted_usable_or_refused_as_invalid_state(
 
         data = _reframe(data, edit)
         try:
-            info = await svc.create(None, None, None, data, None)
+            info = await svc.create(CreateSession(None, None, None, data, None))
         except InvalidState as e:
             assert e.field == "state"
             return
         new = info.session_id
-        fed = await svc.feed(new, "or not", 3, None, None, None)
-        gen = await svc.open_generation(new, GenerateParams(max_tokens=4, seed=1), None, None, None)
+        fed = await svc.feed(Feed(new, "or not", 3, None, None, None))
+        gen = await svc.open_generation(
+            SessionGenerate(new, GenerateParams(max_tokens=4, seed=1), None, None, None)
+        )
         try:
             done = await gen.collect()
         finally:
@@ -239,6 +255,6 @@ def test_any_imported_state_is_accepted_usable_or_refused_as_invalid_state(
         _json.dumps(msgspec.to_builtins([fed, done]), allow_nan=False)  # finite everywhere
         assert isinstance(fed.output, NextTokens)
         assert np.isfinite([p.prob for p in fed.output.next]).all()
-        await svc.delete(new, None)
+        await svc.delete(DeleteSession(new, None))
 
     loop.run_until_complete(asyncio.wait_for(run(), 30))

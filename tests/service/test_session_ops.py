@@ -15,6 +15,7 @@ from service.engine.registry import LoadedModel, Registry
 from service.engine.scheduler import SchedulerConfig
 from service.errors import EngineError, ModelChanged
 from service.protocol.messages import GenerateParams
+from service.protocol.ops import CreateSession, ExportState, Feed, SessionGenerate
 from service.sessions import MemoryStore
 from service.sessions.service import SessionService
 from tests.conftest import LONG
@@ -61,45 +62,51 @@ def _flaky(svc: SessionService) -> FlakyRunner:
 
 
 async def test_operations_apply_in_arrival_order(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None)).session_id
+    sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
     pieces = [f"{chr(97 + i % 26)}" for i in range(50)]
-    tasks = [asyncio.create_task(svc.feed(sid, p, 3, None, None, None)) for p in pieces]
+    tasks = [asyncio.create_task(svc.feed(Feed(sid, p, 3, None, None, None))) for p in pieces]
     results = await asyncio.gather(*tasks)
     assert [r.version for r in results] == list(range(1, 51))  # task i committed version i+1
 
 
 async def test_engine_failure_leaves_session_unchanged(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None)).session_id
-    await svc.feed(sid, "abc", 3, None, None, None)
-    before = await svc.export_state(sid, None)
+    sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
+    await svc.feed(Feed(sid, "abc", 3, None, None, None))
+    before = await svc.export_state(ExportState(sid, None))
     _flaky(svc).fail_after = _flaky(svc).calls
     with pytest.raises(EngineError):
-        await svc.feed(sid, "def", 3, None, None, None)
-    gen = await svc.open_generation(sid, GenerateParams(max_tokens=5), None, None, None)
+        await svc.feed(Feed(sid, "def", 3, None, None, None))
+    gen = await svc.open_generation(
+        SessionGenerate(sid, GenerateParams(max_tokens=5), None, None, None)
+    )
     with pytest.raises(EngineError):
         await gen.collect()
-    assert await svc.export_state(sid, None) == before
+    assert await svc.export_state(ExportState(sid, None)) == before
     _flaky(svc).fail_after = None
-    assert (await svc.feed(sid, "def", 3, None, None, None)).version == 2
+    assert (await svc.feed(Feed(sid, "def", 3, None, None, None))).version == 2
 
 
 async def test_failure_mid_generation_leaves_session_unchanged(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None)).session_id
-    before = await svc.export_state(sid, None)
-    gen = await svc.open_generation(sid, GenerateParams(max_tokens=50), None, None, None)
+    sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
+    before = await svc.export_state(ExportState(sid, None))
+    gen = await svc.open_generation(
+        SessionGenerate(sid, GenerateParams(max_tokens=50), None, None, None)
+    )
     _flaky(svc).fail_after = _flaky(svc).calls + 5  # fail on the 6th decode step
     seen = 0
     with pytest.raises(EngineError):
         async for _ in gen.events():
             seen += 1
     assert seen == 6
-    assert await svc.export_state(sid, None) == before
+    assert await svc.export_state(ExportState(sid, None)) == before
 
 
 async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None:
-    sid = (await svc.create(LM, None, None, None, None)).session_id
-    before = await svc.export_state(sid, None)
-    gen = await svc.open_generation(sid, GenerateParams(max_tokens=LONG), None, None, None)
+    sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
+    before = await svc.export_state(ExportState(sid, None))
+    gen = await svc.open_generation(
+        SessionGenerate(sid, GenerateParams(max_tokens=LONG), None, None, None)
+    )
 
     async def consume() -> None:
         async for _ in gen.events():
@@ -110,25 +117,27 @@ async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await svc.export_state(sid, None) == before
+    assert await svc.export_state(ExportState(sid, None)) == before
     assert svc.engine.schedulers[LM].active_streams in (0, 1)  # dropped before the next step
-    r = await asyncio.wait_for(svc.feed(sid, "a", 1, None, None, None), 2)  # lock released
+    r = await asyncio.wait_for(svc.feed(Feed(sid, "a", 1, None, None, None)), 2)  # lock released
     assert r.version == 1
 
 
 async def test_a_session_of_a_redeployed_graph_answers_model_changed(svc: SessionService) -> None:
     """A session's state belongs to the graph it was made with (its sha256): once another graph
     of the model is served, every operation answers 409 model_changed, and nothing is fed."""
-    sid = (await svc.create(LM, None, None, None, None)).session_id
-    await svc.feed(sid, "ab", 1, None, None, None)
-    before = await svc.export_state(sid, None)
+    sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
+    await svc.feed(Feed(sid, "ab", 1, None, None, None))
+    before = await svc.export_state(ExportState(sid, None))
     m = svc.engine.registry.models[LM]
     other = m.manifest.model_copy(update={"onnx_sha256": "0" * 64})
     svc.engine.registry.models[LM] = dataclasses.replace(m, manifest=other)
     with pytest.raises(ModelChanged) as e:
-        await svc.feed(sid, "c", 1, None, None, None)
+        await svc.feed(Feed(sid, "c", 1, None, None, None))
     assert (e.value.status, e.value.code) == (409, "model_changed")
     with pytest.raises(ModelChanged):
-        await svc.open_generation(sid, GenerateParams(max_tokens=3), None, None, None)
+        await svc.open_generation(
+            SessionGenerate(sid, GenerateParams(max_tokens=3), None, None, None)
+        )
     svc.engine.registry.models[LM] = m  # the original graph again: the session is intact
-    assert await svc.export_state(sid, None) == before
+    assert await svc.export_state(ExportState(sid, None)) == before

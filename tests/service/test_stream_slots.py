@@ -15,8 +15,9 @@ import pytest
 from service.engine.engine import Engine
 from service.engine.stream_slots import StreamSlots
 from service.errors import Overloaded, StreamLimit
-from service.protocol.client import STREAM_HOLD, StreamHold
+from service.protocol.client import StreamHold
 from service.protocol.messages import GenerateParams
+from service.protocol.ops import Generate
 from service.transport.host import EngineHost
 from service.transport.remote import RemoteClient, worker_identity
 from tests.hardening.conftest import KEY_A, KEYS, auth
@@ -124,13 +125,11 @@ async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_sta
         slots: StreamSlots = app.state.local.slots
 
         async def generate_under(hold: StreamHold, n: int = 1) -> int:
-            token = STREAM_HOLD.set(hold)
-            try:
-                gens = await asyncio.gather(*(client.generate(LM, params) for _ in range(n)))
-                results = [await g.collect() for g in gens]
-                return sum(r.usage.completion_tokens for r in results)
-            finally:
-                STREAM_HOLD.reset(token)
+            gens = await asyncio.gather(
+                *(client.open(Generate(LM, params), hold) for _ in range(n))
+            )
+            results = [await g.collect() for g in gens]
+            return sum(r.usage.completion_tokens for r in results)
 
         first = client.hold_stream("a")
         assert await generate_under(first, n=3) == 15  # three choices, one slot

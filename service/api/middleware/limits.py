@@ -16,7 +16,8 @@
   WebSocket connections hold a slot from the engine (`engine/stream_slots.py`), which counts
   them for the whole replica, across all its workers: `max_open_streams` (503 `overloaded`,
   keys on or off) and `max_streams_per_key` per owner (429 `stream_limit`, Retry-After).
-  An HTTP stream's slot is taken by its generation (`STREAM_HOLD` carries it there; under a
+  An HTTP stream's slot is taken by its generation (the route opens it under the hold this
+  leaves in the scope's state, `HOLD_KEY`; under a
   refused slot the generation raises the refusal instead of starting, and the surface answers
   it); a WebSocket's is confirmed before the app accepts it (refused: closed 1013).
 
@@ -36,12 +37,13 @@ from service.api.middleware.deadlines import Deadlines
 from service.api.surfaces import error_response_parts, is_stream, surface_of
 from service.errors import ServiceError
 from service.logging import get_logger
-from service.protocol.client import STREAM_HOLD, EngineClient, StreamHold
+from service.protocol.client import EngineClient, StreamHold
 from service.settings import Settings
 
 log = get_logger("limits")
 
 OWNER_KEY = "rnnserve.owner"  # where AuthMiddleware leaves the caller's owner in scope["state"]
+HOLD_KEY = "rnnserve.stream_hold"  # where this leaves a stream's slot (`deps.get_hold`)
 
 
 class PayloadTooLarge(ServiceError):
@@ -160,7 +162,7 @@ class GuardMiddleware:
             # the engine counts every worker's streams (engine/stream_slots.py); nothing waits
             # here: the request's generation takes the slot or raises its refusal
             hold = client.hold_stream(owner)
-            token = STREAM_HOLD.set(hold)
+            scope.setdefault("state", {})[HOLD_KEY] = hold
         watch = SendWatch(send, self.send_timeout)
         try:
             if scope["type"] == "http":
@@ -178,7 +180,6 @@ class GuardMiddleware:
         finally:
             watch.close()
             if hold is not None:
-                STREAM_HOLD.reset(token)
                 hold.release()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:

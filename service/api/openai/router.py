@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from service.api.deps import Services, get_owner, get_services
+from service.api.deps import Services, get_hold, get_owner, get_services
 from service.api.errors import http_error
 from service.api.openai import serving
 from service.api.openai.protocol import (
@@ -30,6 +30,7 @@ from service.api.streaming import STREAM_RESPONSE, EventStream
 from service.api.surface_route import SurfaceRoute, client_status
 from service.errors import ModelNotFound, ServiceError
 from service.protocol.catalog import ModelView
+from service.protocol.client import StreamHold
 
 
 def error_response(
@@ -110,10 +111,11 @@ async def create_completion(
     ),
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
+    hold: StreamHold | None = Depends(get_hold),
 ) -> Response | dict[str, Any]:
     req = body.validate_for(s.settings)
     _language_model(s, req.model)
-    completion = await serving.start(s, req, owner, idempotency_key)
+    completion = await serving.start(s, req, owner, idempotency_key, hold)
     if req.stream:
         return EventStream(serving.sse(completion, s.pacer), completion.aclose)
     return await serving.collect(completion)

@@ -27,8 +27,9 @@ from service.api.pacing import Pacer
 from service.api.surface_route import client_status
 from service.errors import InvalidInput, ServiceError
 from service.protocol.catalog import ModelView
-from service.protocol.client import STREAM_HOLD, GenerationStream, TokenEvent
+from service.protocol.client import GenerationStream, StreamHold, TokenEvent
 from service.protocol.messages import Finished, GenerationResult
+from service.protocol.ops import Generate, GetSession, SessionGenerate
 
 
 @dataclass
@@ -137,7 +138,11 @@ class Running:
 
 
 async def start(
-    s: Services, req: ValidCompletion, owner: str | None, idempotency_key: str | None
+    s: Services,
+    req: ValidCompletion,
+    owner: str | None,
+    idempotency_key: str | None,
+    hold: StreamHold | None,
 ) -> Running:
     """Open every choice's generation (all or none)."""
     m = s.client.catalog.get(req.model)
@@ -145,15 +150,16 @@ async def start(
     done = Running(m, req, [])
     try:
         if req.session_id is not None:
-            info = await s.client.get_session(req.session_id, owner)
+            info = await s.client.call(GetSession(req.session_id, owner))
             if info.model != m.name:
                 raise InvalidInput(
                     f"session {req.session_id!r} belongs to model {info.model!r}, not {m.name!r}",
                     field="model",
                 )
-            session_gen = await s.client.session_generate(
+            op = SessionGenerate(
                 req.session_id, req.choices[0][0], req.expected_version, idempotency_key, owner
             )
+            session_gen = await s.client.open(op, hold)
             done.choices.append(Choice(0, req.prompts[0], session_gen, True))
             return done
         # opened concurrently, so every choice's prompt goes into the same prefill batch
@@ -162,11 +168,11 @@ async def start(
             for i, (prompt, row) in enumerate(zip(req.prompts, req.choices, strict=True))
             for j, p in enumerate(row)
         ]
-        hold = STREAM_HOLD.get()
         if hold is not None:  # every choice is a decode row: the stream caps count them all
             hold.widen(len(slots))
         opened = await asyncio.gather(
-            *(s.client.generate(m.name, p) for *_, p in slots), return_exceptions=True
+            *(s.client.open(Generate(m.name, p), hold) for *_, p in slots),
+            return_exceptions=True,
         )
         for (i, j, prompt, _), gen in zip(slots, opened, strict=True):
             if not isinstance(gen, BaseException):

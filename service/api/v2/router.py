@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
+from service.api.health import engine_problems
 from service.api.surface_route import SurfaceRoute
 from service.api.surfaces import v2_error
 from service.api.v2 import binary, protocol, serving
@@ -87,7 +88,7 @@ async def live() -> dict[str, bool]:
 @router.get("/health/ready", summary="Readiness", responses=_ERRORS)
 async def ready(s: Services = Depends(get_services)) -> Response:
     cat = s.client.catalog
-    problems = await s.client.health()
+    problems = await engine_problems(s.client)
     if cat.ready(s.settings.require_all_models) and not problems:  # the rule /readyz answers by
         return JSONResponse({"ready": True})
     why = (

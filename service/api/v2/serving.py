@@ -28,6 +28,7 @@ from service.api.v2.protocol import (
 from service.errors import InvalidInput
 from service.protocol.catalog import ModelView
 from service.protocol.messages import SequenceRef
+from service.protocol.ops import Logits, SequenceStep
 from service.protocol.softmax import softmax
 
 
@@ -154,13 +155,13 @@ async def run(
         text = rows.texts[0] if rows.texts is not None else None
         ids = rows.ids[0] if rows.ids is not None else None
         ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
-        logits = await s.client.sequence_step(m.name, ref, text, ids, owner)
+        logits = await s.client.call(SequenceStep(m.name, ref, text, ids, owner))
         return logits[None, :].astype(np.float32)
     if rows.texts is not None:
         encoded = [m.encode_full(t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
     else:
         encoded = rows.ids or []
-    return await s.client.logits(m.name, encoded)
+    return await s.client.call(Logits(m.name, encoded))
 
 
 def outputs(m: ModelView, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:

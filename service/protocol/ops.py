@@ -1,0 +1,175 @@
+"""The engine's operations: one frozen struct per thing the API asks of the engine, each naming
+the type of its answer (`Op[R]`), or, for a generation, opening a stream (`StreamOp`).
+
+An operation crosses to the engine process as it is (`transport/wire.py` sends any `Op`, and
+decodes its answer as `result_type()`), and in one process goes straight to its handler
+(`engine/local.py` dispatches on the struct's type). So a new operation is its struct here, its
+handler (a method marked `@handles(TheOp)` on the engine or the session service) and the route
+that sends it; nothing in between names it.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from typing import Any, ClassVar, Generic, TypeVar, get_args
+
+import numpy as np
+
+from service.protocol.messages import (
+    FeedResult,
+    GenerateParams,
+    Message,
+    Output,
+    SequenceRef,
+    SessionInfo,
+    StateExport,
+)
+
+R = TypeVar("R")
+
+
+class Op(Message, Generic[R], frozen=True):
+    """An operation whose answer is one `R`."""
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        """The strings it carries, each with the request field it came from (a string that
+        cannot cross the wire is refused naming it)."""
+        return ()
+
+    @classmethod
+    @functools.cache
+    def result_type(cls) -> Any:
+        for base in getattr(cls, "__orig_bases__", ()):
+            if getattr(base, "__origin__", None) is Op:
+                return get_args(base)[0]
+        raise TypeError(f"{cls.__name__} does not name its result type")  # pragma: no cover
+
+
+class StreamOp(Message, frozen=True):
+    """An operation that opens a generation stream (`EngineClient.open`)."""
+
+    streams: ClassVar[bool] = True
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        return ()
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+class Health(Op[dict[str, str]], frozen=True, tag="health"):
+    """What keeps the engine from serving now (what -> why); empty when it serves: a model
+    whose engine thread holds work and has not moved for `stall_timeout_s`."""
+
+
+class Predict(Op[list[Output | None]], frozen=True, tag="predict"):
+    """Each row of token ids from a fresh state: its output (None for an empty row). The API
+    tokenizes (`ModelView.encode_full`): the engine only runs the model."""
+
+    model: str
+    rows: list[list[int]]
+    top_k: int
+
+
+class Logits(Op[np.ndarray], frozen=True, tag="logits"):
+    """(B, K) float32: each row of ids from a fresh state (v2 inference)."""
+
+    model: str
+    rows: list[list[int]]
+
+
+class Generate(StreamOp, frozen=True, tag="generate"):
+    """A generation from a fresh state."""
+
+    model: str
+    params: GenerateParams
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        return _params_texts(self.params)
+
+
+# -- sessions (every rule lives behind this line: locks, versions, keys, TTLs, caps) ------------
+
+
+class CreateSession(Op[SessionInfo], frozen=True, tag="create_session"):
+    model: str | None
+    session_id: str | None
+    ttl_s: float | None
+    state: bytes | None  # an exported state blob to start from
+    owner: str | None
+
+
+class GetSession(Op[SessionInfo], frozen=True, tag="get_session"):
+    session_id: str
+    owner: str | None
+
+
+class DeleteSession(Op[None], frozen=True, tag="delete_session"):
+    session_id: str
+    owner: str | None
+
+
+class Reset(Op[SessionInfo], frozen=True, tag="reset"):
+    session_id: str
+    expected_version: int | None
+    key: str | None  # Idempotency-Key
+    owner: str | None
+
+
+class Feed(Op[FeedResult], frozen=True, tag="feed"):
+    session_id: str
+    text: str
+    top_k: int
+    expected_version: int | None
+    key: str | None
+    owner: str | None
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        return (("text", self.text),)
+
+
+class SessionGenerate(StreamOp, frozen=True, tag="session_generate"):
+    """A generation from a session's state, committed to it when the stream ends."""
+
+    session_id: str
+    params: GenerateParams
+    expected_version: int | None
+    key: str | None
+    owner: str | None
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        return _params_texts(self.params)
+
+
+class ExportState(Op[StateExport], frozen=True, tag="export_state"):
+    session_id: str
+    owner: str | None
+
+
+class SequenceStep(Op[np.ndarray], frozen=True, tag="sequence_step"):
+    """One v2 sequence request (`text` or token `ids`): logits (K,) on all of the sequence's
+    input so far."""
+
+    model: str
+    seq: SequenceRef
+    text: str | None
+    ids: list[int] | None
+    owner: str | None
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        return () if self.text is None else (("TEXT", self.text),)
+
+
+class LiveSessions(Op[int], frozen=True, tag="live_sessions"):
+    """How many sessions the store holds."""
+
+
+def _params_texts(p: GenerateParams) -> list[tuple[str, str]]:
+    texts = [] if p.prompt is None else [("prompt", p.prompt)]
+    return texts + [(f"stop[{i}]", t) for i, t in enumerate(p.stop)]
+
+
+def operations() -> tuple[type[Op[Any]] | type[StreamOp], ...]:
+    """Every operation (the wire decodes any of them)."""
+    return (*Op.__subclasses__(), *StreamOp.__subclasses__())
