@@ -28,6 +28,11 @@ _FEW_UNKNOWN = 8  # up to this many unknown keys are reported one by one, as usu
 
 Items = Annotated[list[T], Field(max_length=MAX_ITEMS, fail_fast=True)]
 
+# An Idempotency-Key, wherever a client sends one (a header, a WebSocket message field); the
+# direct routes (`direct.py`) check the same bound before they take a request past FastAPI
+IDEMPOTENCY_KEY_MAX = 256
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=IDEMPOTENCY_KEY_MAX)]
+
 
 def _cap_keys(value: Any) -> Any:
     if isinstance(value, dict) and len(value) > MAX_KEYS:

@@ -33,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api import models, sessions
+from service.api.bounds import IDEMPOTENCY_KEY_MAX
 from service.api.deps import Services
 from service.api.errors import service_error_response
 from service.api.middleware.limits import HOLD_KEY, OWNER_KEY
@@ -45,8 +46,6 @@ from service.protocol.client import StreamHold
 Handler = Callable[
     [Services, str, Any, str | None, str | None, StreamHold | None], Awaitable[Response]
 ]
-
-_MAX_IDEMPOTENCY_KEY = 256  # sessions.IdemKey's bounds; a key outside them goes to FastAPI
 
 
 @dataclass(frozen=True)
@@ -200,7 +199,7 @@ def _accept(spec: DirectRoute, scope: Scope, body: bytes) -> tuple[Any, str | No
         or content_type.split(b";", 1)[0].strip().lower() != b"application/json"
     ):
         return None
-    if idem is not None and not 1 <= len(idem) <= _MAX_IDEMPOTENCY_KEY:
+    if idem is not None and not 1 <= len(idem) <= IDEMPOTENCY_KEY_MAX:  # else FastAPI refuses
         return None
     try:
         data = json.loads(body)  # as Starlette's `Request.json()`

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from service.api import results
@@ -67,20 +66,20 @@ async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInf
 )
 async def predict(
     model: str, body: PredictRequest, s: Services = Depends(get_services)
-) -> JSONResponse:
+) -> Response:
     return await predict_response(s, model, body)
 
 
-async def predict_response(s: Services, model: str, body: PredictRequest) -> JSONResponse:
+async def predict_response(s: Services, model: str, body: PredictRequest) -> Response:
     """The predict route's work, also run by `direct.py` for a request it takes past the
-    router. The JSON is built here (`results.output`), not re-validated against the response
-    model."""
+    router. The JSON is the typed outputs encoded (`results.py`), not re-validated against the
+    response model."""
     body.check(s.settings)
     # tokenized here, in the API: the engine only runs the model
     m = s.client.catalog.get(model)
     rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(body.inputs)]
     outputs = await s.client.call(Predict(model, rows, body.top_k))
-    return JSONResponse({"model": model, "outputs": [results.output(o) for o in outputs]})
+    return results.response({"model": model, "outputs": outputs})
 
 
 @router.post(
@@ -100,7 +99,7 @@ async def generate(
         return await stream_response(s, model, body, hold)
     gen = await s.client.open(Generate(model, body.to_params(s.settings)), hold)
     try:
-        return results.generation(await gen.collect())
+        return results.response(await gen.collect())
     finally:
         await gen.aclose()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +35,9 @@ class NextToken(BaseModel):
 class Output(BaseModel):
     """Classifier: `label` + `probs`; language model: `next` (most likely next tokens)."""
 
+    kind: Literal["classify", "next_token"] = Field(
+        description="`classify` (a classifier's) or `next_token` (a language model's)."
+    )
     label: str | None = Field(None, description="Most likely label (classifiers).")
     probs: dict[str, float] | None = Field(None, description="Probability per label.")
     next: list[NextToken] | None = Field(None, description="Top next tokens (language models).")

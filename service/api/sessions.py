@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import JSONResponse
 from starlette.responses import Response
 
 from service.api import results
+from service.api.bounds import IdempotencyKey
 from service.api.deps import Services, get_hold, get_owner, get_services
 from service.api.errors import responses
 from service.api.schemas import (
@@ -46,13 +46,13 @@ from service.protocol.ops import (
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
-IdemKey = Header(
-    None,
-    alias="Idempotency-Key",
-    min_length=1,
-    max_length=256,
-    description="Retry-safe key: a repeat returns the stored result without advancing state.",
-)
+IdemKey = Annotated[
+    IdempotencyKey | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Retry-safe key: a repeat returns the stored result without advancing state.",
+    ),
+]
 
 
 @router.post(
@@ -65,7 +65,7 @@ IdemKey = Header(
 )
 async def create_session(
     body: CreateSession, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
-) -> dict[str, Any]:
+) -> Response:
     blob = None
     if body.state is not None:
         try:
@@ -73,7 +73,7 @@ async def create_session(
         except (binascii.Error, ValueError):
             raise InvalidState("state is not valid base64", field="state") from None
     info = await s.client.call(Create(body.model, body.session_id, body.ttl_s, blob, owner))
-    return results.session_info(info)
+    return results.response(info, status=201)
 
 
 @router.get(
@@ -84,8 +84,8 @@ async def create_session(
 )
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
-) -> dict[str, Any]:
-    return results.session_info(await s.client.call(GetSession(session_id, owner)))
+) -> Response:
+    return results.response(await s.client.call(GetSession(session_id, owner)))
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
@@ -106,15 +106,13 @@ async def delete_session(
 async def reset_session(
     session_id: str,
     body: ResetRequest | None = None,
-    idempotency_key: str | None = IdemKey,
+    idempotency_key: IdemKey = None,
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
-) -> JSONResponse:
+) -> Response:
     expected = body.expected_version if body is not None else None
     r = await s.client.call(Reset(session_id, expected, idempotency_key, owner))
-    return JSONResponse(
-        results.session_info(r, change=True), headers=results.replay_headers(r.replayed)
-    )
+    return results.response(r, replayed=r.replayed)
 
 
 @router.post(
@@ -126,22 +124,22 @@ async def reset_session(
 async def feed(
     session_id: str,
     body: FeedRequest,
-    idempotency_key: str | None = IdemKey,
+    idempotency_key: IdemKey = None,
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
-) -> JSONResponse:
+) -> Response:
     return await feed_response(s, session_id, body, idempotency_key, owner)
 
 
 async def feed_response(
     s: Services, session_id: str, body: FeedRequest, idempotency_key: str | None, owner: str | None
-) -> JSONResponse:
+) -> Response:
     """The feed route's work, also run by `direct.py` for a request it takes past the router."""
     check_text(body.text, "text", s.settings)
     r = await s.client.call(
         Feed(session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner)
     )
-    return JSONResponse(results.feed(r), headers=results.replay_headers(r.replayed))
+    return results.response(r, replayed=r.replayed)
 
 
 @router.post(
@@ -154,7 +152,7 @@ async def generate(
     request: Request,
     session_id: str,
     body: SessionGenerateRequest,
-    idempotency_key: str | None = IdemKey,
+    idempotency_key: IdemKey = None,
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
     hold: StreamHold | None = Depends(get_hold),
@@ -168,7 +166,7 @@ async def generate(
         r = await unless_disconnected(request, gen.collect())
     finally:
         await gen.aclose()
-    return JSONResponse(results.generation(r), headers=results.replay_headers(r.replayed))
+    return results.response(r, replayed=r.replayed)
 
 
 @router.get(
@@ -179,5 +177,5 @@ async def generate(
 )
 async def export_state(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
-) -> dict[str, Any]:
-    return results.state(await s.client.call(ExportState(session_id, owner)))
+) -> Response:
+    return results.response(await s.client.call(ExportState(session_id, owner)))

@@ -39,7 +39,7 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 def token_payload(ev: TokenEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"text": ev.text, "index": ev.index, "token_id": ev.token_id}
     if ev.logprob is not None:
-        out["logprob"] = results.step_logprob(ev.logprob)
+        out["logprob"] = results.body(ev.logprob)
     return out
 
 
@@ -66,7 +66,7 @@ async def sse_events(gen: GenerationStream, pacer: Pacer) -> AsyncGenerator[str,
         try:
             async for batch in gen.batches(keep_logprobs=False):  # each token has its own
                 yield "".join(
-                    _frame("done", results.generation(ev.result))
+                    _frame("done", results.body(ev.result))
                     if isinstance(ev, Finished)
                     else token_frame(ev)
                     for ev in batch

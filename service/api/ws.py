@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import Field, TypeAdapter, ValidationError
 
 from service.api import results
+from service.api.bounds import IdempotencyKey
 from service.api.deps import Services, get_owner, get_services, hold_of
 from service.api.errors import field_of
 from service.api.schemas import FeedRequest, ResetRequest, SessionGenerateRequest, _In, check_text
@@ -30,8 +31,8 @@ router = APIRouter(tags=["sessions"])
 
 class _Msg(_In):
     id: str | int | None = Field(None, description="Echoed in every reply to this message.")
-    idempotency_key: str | None = Field(
-        None, min_length=1, max_length=256, description="As the HTTP `Idempotency-Key` header."
+    idempotency_key: IdempotencyKey | None = Field(
+        None, description="As the HTTP `Idempotency-Key` header."
     )
 
 
@@ -59,10 +60,10 @@ async def _handle(
     if isinstance(msg, WsFeed):
         check_text(msg.text, "text", s.settings)
         fed = await s.client.call(Feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner))
-        await ws.send_json({"type": "result", "op": "feed", **tag, **results.feed(fed)})
+        await ws.send_json({"type": "result", "op": "feed", **tag, **results.body(fed)})
     elif isinstance(msg, WsReset):
         r = await s.client.call(Reset(sid, msg.expected_version, key, owner))
-        body = results.session_info(r, change=True)
+        body = results.body(r)
         await ws.send_json({"type": "result", "op": "reset", **tag, **body})
     else:
         params = msg.to_params(s.settings)
@@ -71,7 +72,7 @@ async def _handle(
         try:
             async for ev in gen.events(keep_logprobs=False):  # each token message has its own
                 if isinstance(ev, Finished):
-                    await ws.send_json({"type": "done", **tag, **results.generation(ev.result)})
+                    await ws.send_json({"type": "done", **tag, **results.body(ev.result)})
                 else:
                     await ws.send_json({"type": "token", **tag, **token_payload(ev)})
         finally:

@@ -5,6 +5,10 @@ schema; no surface edits a structure the engine built. They are msgspec structs 
 cross a process boundary as they are (msgpack), and `PROTOCOL_VERSION` names their layout:
 bump it when a field changes meaning or goes away (adding a field with a default does not).
 
+They are also the native surface's JSON (`service/api/results.py` encodes them as they are;
+`service/api/schemas.py` describes the same shapes for OpenAPI, and a test keeps the two
+agreeing): a result's optional field that is unset is left out of it (`omit_defaults`).
+
 The same structs are what an `Idempotency-Key` replay returns: a stored result is kept as
 `msgspec.to_builtins(result)` and read back with `replayed(...)`.
 """
@@ -97,7 +101,7 @@ class GenerateParams(Message, frozen=True):
     logprobs: int | None = None
 
 
-class GenerationResult(Message, frozen=True):
+class GenerationResult(Message, frozen=True, omit_defaults=True):
     """A finished generation (the last event of a stream, or the whole non-streaming answer)."""
 
     model: str
@@ -109,7 +113,7 @@ class GenerationResult(Message, frozen=True):
     logprobs: tuple[TokenLogprob, ...] | None = None  # asked for, and not a stream
     session_id: str | None = None  # generated from a session
     version: int | None = None  # the session's version after committing
-    replayed: bool = False  # an Idempotency-Key replay: nothing ran
+    replayed: bool | None = None  # a session's: an Idempotency-Key replay (nothing ran)
 
 
 class Finished(Message, frozen=True):
@@ -121,7 +125,7 @@ class Finished(Message, frozen=True):
 # -- sessions --------------------------------------------------------------------------------
 
 
-class SessionInfo(Message, frozen=True):
+class SessionInfo(Message, frozen=True, omit_defaults=True):
     session_id: str
     model: str
     version: int
@@ -130,7 +134,7 @@ class SessionInfo(Message, frozen=True):
     ttl_s: float
     tokens_seen: int
     pending_chars: int
-    replayed: bool = False
+    replayed: bool | None = None  # a change's (reset): an Idempotency-Key replay
 
 
 class FeedResult(Message, frozen=True):

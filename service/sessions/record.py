@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from service.engine.registry import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,23 @@ class IdempotencyRecord:
     fingerprint: str  # hash of (operation, request body): a reused key with another body is refused
     result: dict[str, Any]
     expires_at: float
+
+
+def fresh_record(
+    m: LoadedModel, sid: str, owner: str | None, now: float, ttl_s: float
+) -> SessionRecord:
+    """A new session (or v2 sequence) stored as `sid`: version 0, the model's initial state and
+    no text seen yet."""
+    return SessionRecord(
+        id=sid,
+        model=m.name,
+        model_sha256=m.sha256,
+        version=0,
+        states=tuple(m.manifest.init_states(1)),
+        pending="",
+        logits=None,
+        created_at=now,
+        ttl_s=ttl_s,
+        expires_at=now + ttl_s,
+        owner=owner,
+    )

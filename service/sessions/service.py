@@ -1,6 +1,7 @@
 """Session operations with DESIGN §4 semantics: the one owner of every session rule, for native
-sessions, WebSocket, OpenAI session completions and v2 sequences alike (the v2 step's own rules
-live in `sequence_ops.py`, state export/import in `session_state.py`).
+sessions, WebSocket, OpenAI session completions and v2 sequences alike (a v2 sequence is a
+session: its step runs the same lookup, model check and advance here, and `sequences.py` only
+words its errors as Triton's sequence batcher would; state export/import is `import_export.py`).
 
 Every operation on a session runs under the store's per-session lock (arrival order), checks an
 `Idempotency-Key` first (a replay returns the stored result and changes nothing), then
@@ -11,6 +12,7 @@ exactly as it was.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import secrets
@@ -35,6 +37,7 @@ from service.errors import (
     SessionExists,
     SessionExpired,
     SessionNotFound,
+    UnsupportedTask,
     VersionConflict,
 )
 from service.protocol.messages import (
@@ -64,17 +67,12 @@ from service.sessions import (
     SessionRecord,
     SessionStore,
     decode_state,
+    sequences,
 )
 from service.sessions.bounds import require_finite
-from service.sessions.feeding import (
-    fresh_record,
-    prefill_peeking,
-    public_id,
-    require_streamable,
-    store_id,
-)
 from service.sessions.import_export import export_blob, restore
-from service.sessions.sequences import SequenceSteps
+from service.sessions.record import fresh_record
+from service.sessions.store import public_id, store_id
 
 
 class SessionService:
@@ -94,7 +92,6 @@ class SessionService:
         self.max_ttl_s = max_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
         self.clock = clock
-        self._sequences = SequenceSteps(engine, store, default_ttl_s=default_ttl_s, clock=clock)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -106,12 +103,14 @@ class SessionService:
             version=rec.version,
             created_at=rec.created_at,
             expires_at=rec.expires_at,
-            ttl_s=rec.ttl_s,
+            ttl_s=float(rec.ttl_s),  # 3600.0 however it was given
             tokens_seen=rec.tokens_seen,
             pending_chars=len(rec.pending),
         )
 
     async def _get(self, session_id: str, owner: str | None) -> SessionRecord:
+        """The caller's live session, or the store's `SessionNotFound` / `SessionExpired` /
+        `SessionEvicted` naming the id the caller sent."""
         sid = store_id(session_id, owner)
         try:
             rec = await self.store.get(sid)
@@ -126,12 +125,36 @@ class SessionService:
 
     def _model(self, rec: SessionRecord) -> LoadedModel:
         m = self.engine.model(rec.model)
-        if m.sha256 != rec.model_sha256:
-            raise ModelChanged(
-                f"model {rec.model!r} changed since this session started; export its state or "
-                "reset it"
-            )
+        _require_same_model(rec, m, "since this session started; export its state or reset it")
         return m
+
+    async def advance(
+        self, m: LoadedModel, rec: SessionRecord, ids: list[int], pending: str, version: int
+    ) -> tuple[np.ndarray | None, SessionRecord]:
+        """`rec` after the tokens `ids`, holding back the unfinished word `pending`, as the
+        record to commit at `version`; and the logits (K,) to show, which peek through
+        `pending` without committing it, so they equal a one-shot prediction on all text so
+        far (None before any token). Both rows share one prefill batch."""
+        peek = m.tokenizer.encode(pending) if pending else []
+        states, logits = list(rec.states), rec.logits
+        jobs = []
+        if ids:
+            jobs.append(self.engine.prefill(m, ids, states))
+        if peek:
+            jobs.append(self.engine.prefill(m, ids + peek, states))
+        done = await asyncio.gather(*jobs)
+        if ids:
+            logits, states = done[0]
+        shown = done[-1][0] if peek else logits
+        require_finite(m, [shown, logits], states)
+        new = rec.replace(
+            version=version,
+            states=tuple(states),
+            pending=pending,
+            logits=logits,
+            tokens_seen=rec.tokens_seen + len(ids),
+        )
+        return shown, new
 
     @staticmethod
     def _fingerprint(op: str, body: dict[str, Any]) -> str:
@@ -242,7 +265,8 @@ class SessionService:
                 tokens_seen=0,
                 model_sha256=m.sha256,
             )
-            return self.info(await self._commit(rec, new, key, fp, self.info(new)))
+            done = self.info(await self._commit(rec, new, key, fp, self.info(new)))
+            return msgspec.structs.replace(done, replayed=False)
 
     @handles(Feed)
     async def feed(self, op: Feed) -> FeedResult:
@@ -256,15 +280,7 @@ class SessionService:
             self._check_version(rec, expected_version)
             m = self._model(rec)
             ids, pending = self.engine.encode_stream(m, rec.pending, text, "text")
-            shown, logits, states = await prefill_peeking(self.engine, m, rec, ids, pending)
-            require_finite(m, [shown, logits], states)
-            new = rec.replace(
-                version=rec.version + 1,
-                states=tuple(states),
-                pending=pending,
-                logits=logits,
-                tokens_seen=rec.tokens_seen + len(ids),
-            )
+            shown, new = await self.advance(m, rec, ids, pending, rec.version + 1)
             result = FeedResult(
                 session_id=public_id(rec.id),
                 version=new.version,
@@ -320,7 +336,7 @@ class SessionService:
                 logits=done.logits,
                 tokens_seen=rec.tokens_seen + fed,
             )
-            result = msgspec.structs.replace(result, version=new.version)
+            result = msgspec.structs.replace(result, version=new.version, replayed=False)
             await self._commit(rec, new, key, fp, result)
             return result
 
@@ -333,14 +349,70 @@ class SessionService:
             before_commit=before_commit,
         )
 
-    # -- v2 sequences: one request is one step of a session (sequence_ops.py) -------------------
+    # -- v2 sequences: one request is one step of a session -------------------------------
 
     @handles(SequenceStep)
     async def sequence_step(self, op: SequenceStep) -> np.ndarray:
-        """Feed one row (`text` or token `ids`) into v2 sequence `seq`; the logits (K,) on all
-        input so far (`SequenceSteps.step` has the rules)."""
+        """Feed one row (`text` or token `ids`) into a v2 sequence, which IS a session (the
+        sequence id is the session id, so either protocol continues what the other started);
+        the logits (K,) on all input so far, peeking through an unfinished word as a feed
+        does. Under the session's lock, committed with compare-and-set on completion:
+
+        * `start`: begin from a fresh state (an existing sequence with that id is restarted);
+        * neither: continue; an unknown, expired or evicted id is a 400 naming the sequence;
+        * `end`: the state is freed after this step (nothing is stored for start + end).
+        """
+        seq, owner = op.seq, op.owner
         m = self.engine.model(op.model)
-        return await self._sequences.step(m, op.seq, op.text, op.ids, op.owner)
+        require_streamable(m)
+        async with self.store.lock(store_id(seq.session_id, owner)):
+            try:
+                rec: SessionRecord | None = await self._get(seq.session_id, owner)
+            except (SessionNotFound, SessionExpired, SessionEvicted) as e:
+                if not seq.start:
+                    raise sequences.gone(seq, e) from None
+                rec = None
+            if rec is not None and not seq.start:
+                sequences.require_model(seq, rec.model, m.name)
+                _require_same_model(
+                    rec,
+                    m,
+                    f"since sequence {seq.label} started; restart it with sequence_start=true",
+                )
+                base = rec
+            else:
+                sid = store_id(seq.session_id, owner)
+                base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)
+            ids, pending = sequences.row(self.engine, m, seq, base.pending, op.text, op.ids)
+            version = rec.version + 1 if rec is not None else 1
+            shown, new = await self.advance(m, base, ids, pending, version)
+            if shown is None:
+                raise sequences.empty(seq, op.text is not None)
+            if seq.end:
+                if rec is not None:
+                    await self.store.delete(rec.id)
+            elif rec is None:
+                await self.store.create(new)
+            else:
+                await self.store.commit(new, rec.version)
+            return shown
+
+
+def _require_same_model(rec: SessionRecord, m: LoadedModel, since: str) -> None:
+    """A session's state belongs to the exact graph that made it (`model_sha256`)."""
+    if m.sha256 != rec.model_sha256:
+        raise ModelChanged(f"model {m.name!r} changed {since}")
+
+
+def require_streamable(m: LoadedModel) -> None:
+    """A bidirectional encoder's output depends on text not seen yet: no sessions."""
+    if not m.manifest.streamable:
+        raise UnsupportedTask(
+            f"model {m.name!r} is not streamable (a bidirectional encoder sees the whole text at "
+            "once): sessions and sequences are refused; use predict with the full text",
+            field="model",
+            code="not_streamable",
+        )
 
 
 def _idle_stream(params: SamplingParams) -> Stream:

@@ -21,6 +21,17 @@ from service.sessions.record import IdempotencyRecord, SessionRecord
 Clock = Callable[[], float]  # seconds, monotonic enough for TTLs (injectable in tests)
 
 
+def store_id(session_id: str, owner: str | None) -> str:
+    """The store key of a caller's session id: the id itself for the anonymous owner, else
+    `owner/id` ("/" is in neither an owner name nor a session id, so this cannot be forged)."""
+    return session_id if owner is None else f"{owner}/{session_id}"
+
+
+def public_id(stored: str) -> str:
+    """The id a caller knows, from a store key."""
+    return stored.rpartition("/")[2]
+
+
 def global_limit(cap: int) -> SessionLimit:
     """The error every store raises at the live-session cap (`max_sessions`)."""
     return SessionLimit(f"the live-session cap ({cap}) is reached")

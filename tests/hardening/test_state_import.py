@@ -21,7 +21,7 @@ from service.sessions.blob import (
     decode_state,
     encode_state,
 )
-from service.sessions.feeding import store_id
+from service.sessions.store import store_id
 from tests.service.conftest import CHAR_MODELS, CLASSIFIERS, LM, app_of, new_session
 
 
@@ -165,7 +165,7 @@ async def test_a_non_finite_step_is_never_committed(client: httpx.AsyncClient) -
     (written there directly, at the seam) answers 422 for feed and generate, keeps its version,
     and an idempotent retry answers the same."""
     sid = (await new_session(client, "tiny-char-gru"))["session_id"]
-    store = app_of(client).state.local.store
+    store = app_of(client).state.local.sessions.store
     rec = await store.get(store_id(sid, None))
     bad = rec.replace(
         version=rec.version + 1, states=tuple(np.full_like(s, 3e38) for s in rec.states)

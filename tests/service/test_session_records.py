@@ -1,4 +1,4 @@
-"""What native sessions and v2 sequences share: store keys, fresh records, the peeking prefill
+"""What native sessions and v2 sequences share: store keys, fresh records, the peeking advance
 and the streamable check."""
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from service.engine.engine import Engine
 from service.engine.registry import Registry
 from service.engine.scheduler import SchedulerConfig
 from service.errors import UnsupportedTask
-from service.sessions.feeding import (
-    fresh_record,
-    prefill_peeking,
-    public_id,
-    require_streamable,
-    store_id,
-)
+from service.sessions import MemoryStore
+from service.sessions.record import fresh_record
+from service.sessions.service import SessionService, require_streamable
+from service.sessions.store import public_id, store_id
 from tests.service.conftest import LM
 
 
@@ -55,7 +52,12 @@ async def test_the_peek_equals_one_shot_and_commits_only_finished_tokens(
         m = registry.models[LM]
         rec = fresh_record(m, "s", None, 0.0, 60.0)
         ids = m.tokenizer.encode("ab")
-        shown, logits, states = await prefill_peeking(engine, m, rec, ids, "cd")
+        svc = SessionService(
+            engine, MemoryStore(10), default_ttl_s=60, max_ttl_s=600, idempotency_ttl_s=60
+        )
+        shown, new = await svc.advance(m, rec, ids, "cd", version=1)
+        logits, states = new.logits, new.states
+        assert (new.version, new.pending, new.tokens_seen) == (1, "cd", len(ids))
         whole, _ = await engine.prefill(m, m.tokenizer.encode("abcd"), list(rec.states))
         only_ab, ab_states = await engine.prefill(m, ids, list(rec.states))
         assert shown is not None and np.abs(shown - whole).max() <= 1e-5

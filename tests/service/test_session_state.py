@@ -9,8 +9,8 @@ import pytest
 from service.engine.registry import Registry
 from service.errors import InvalidState
 from service.sessions import decode_state
-from service.sessions.feeding import fresh_record
 from service.sessions.import_export import export_blob, restore
+from service.sessions.record import fresh_record
 from tests.service.conftest import CLS, LM
 
 

@@ -7,7 +7,7 @@ Errors have OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from service.api.bounds import IdempotencyKey
 from service.api.deps import Services, get_hold, get_owner, get_services
 from service.api.errors import http_error
 from service.api.openai import serving
@@ -102,13 +103,14 @@ async def retrieve_model(model: str, s: Services = Depends(get_services)) -> Mod
 
 async def create_completion(
     body: CompletionRequest,
-    idempotency_key: str | None = Header(
-        None,
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=256,
-        description="With `session_id`: a retry returns the stored result, state advances once.",
-    ),
+    idempotency_key: Annotated[
+        IdempotencyKey | None,
+        Header(
+            alias="Idempotency-Key",
+            description="With `session_id`: a retry returns the stored result, state advances "
+            "once.",
+        ),
+    ] = None,
     s: Services = Depends(get_services),
     owner: str | None = Depends(get_owner),
     hold: StreamHold | None = Depends(get_hold),
