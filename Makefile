@@ -49,8 +49,8 @@ lint: setup-dev
 # uses (RNNSERVE_ENGINE_TRANSPORT=zmq): the process boundary under the whole suite. Last, the
 # suites that start a real `rnnserve` process run once more against `--workers 2` (a supervisor,
 # an engine process and two API workers; their RSS and sockets are summed over the tree).
-REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/test_listen_address.py \
-	tests/service/test_client_examples.py tests/hardening/test_stream_bounds.py \
+REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/api/test_http_server.py \
+	tests/service/client/test_examples.py tests/hardening/test_stream_bounds.py \
 	tests/hardening/test_hostile_bodies.py tests/hardening/test_heavy_requests.py \
 	tests/hardening/test_hostile_replays.py
 pytest: setup-dev

@@ -63,7 +63,7 @@ def train_cmd(
 ) -> None:
     """Train one experiment into a run folder (checkpoint.pt, metrics.jsonl, learning_curve.png...)."""
     _need_torch()
-    from training.train import train
+    from training.experiment import train
 
     extra = [a for a in ctx.args if "=" in a]  # `--model.hidden_size=256` style, passed through
     cfg = _config(config, [*(overrides or []), *extra, *(set_ or [])])
@@ -178,7 +178,7 @@ def reproduce_cmd(
 ) -> None:
     """Retrain every shipped model from its committed config, then export it to models/NAME."""
     _need_torch()
-    from training.train import train
+    from training.experiment import train
 
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SHIPPED]

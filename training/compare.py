@@ -68,8 +68,8 @@ def compare(
     minutes: float = 0.0,
     steps: int = 0,
 ) -> list[dict[str, Any]]:
+    from training.experiment import build_task, train
     from training.plots import overlay
-    from training.train import build_task, train
 
     out.mkdir(parents=True, exist_ok=True)
     task = build_task(cfg)  # only to learn the vocabulary / label count for the size matching

@@ -11,7 +11,6 @@ from fastapi import FastAPI
 
 from service.api import health, metrics, models, playground, sessions, ws
 from service.api.deps import Services
-from service.api.direct import DirectRoutes
 from service.api.docs import install as install_docs
 from service.api.errors import install_error_handlers
 from service.api.middleware.auth import AuthMiddleware
@@ -20,6 +19,7 @@ from service.api.middleware.observe import ObserveMiddleware
 from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
 from service.api.openapi import install as install_openapi
+from service.api.router_bypass import DirectRoutes
 from service.api.v2.router import router as v2_router
 from service.heap import freeze_startup_heap
 from service.keys import Keys, reload_on_sighup

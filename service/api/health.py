@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from service.api import encode
 from service.api.deps import Services, get_services
 from service.errors import ServiceError
 from service.protocol.client import EngineClient
-from service.protocol.ops import Health
+from service.protocol.ops import Health, Load
 
 router = APIRouter(tags=["health"])
 
@@ -34,6 +35,26 @@ class Ready(BaseModel):
 @router.get("/healthz", summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
+
+
+class ModelLoad(BaseModel):
+    queued: int = Field(description="Prefill jobs waiting for the model's engine thread.")
+    streams: int = Field(description="Generations in its decode batch.")
+
+
+class EngineLoad(BaseModel):
+    models: dict[str, ModelLoad] = Field(description="Each model's queue and decode batch.")
+    open_streams: int = Field(description="Stream slots held now, every worker's (decode rows).")
+    max_open_streams: int = Field(description="`RNNSERVE_MAX_OPEN_STREAMS`.")
+
+
+@router.get(
+    "/v1/load",
+    summary="The engine's load now (for a router or an autoscaler)",
+    response_model=EngineLoad,
+)
+async def load(s: Services = Depends(get_services)) -> Response:
+    return encode.response(await s.client.call(Load()))
 
 
 @router.get("/readyz", summary="Readiness", response_model=Ready, responses={503: {"model": Ready}})

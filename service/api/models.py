@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
-from service.api import results
+from service.api import encode
 from service.api.deps import Services, get_hold, get_services
 from service.api.errors import responses
 from service.api.schemas import (
@@ -79,7 +79,7 @@ async def predict_response(s: Services, model: str, body: PredictRequest) -> Res
     m = s.client.catalog.get(model)
     rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(body.inputs)]
     outputs = await s.client.call(Predict(model, rows, body.top_k))
-    return results.response({"model": model, "outputs": outputs})
+    return encode.response({"model": model, "outputs": outputs})
 
 
 @router.post(
@@ -99,7 +99,7 @@ async def generate(
         return await stream_response(s, model, body, hold)
     gen = await s.client.open(Generate(model, body.to_params(s.settings)), hold)
     try:
-        return results.response(await gen.collect())
+        return encode.response(await gen.collect())
     finally:
         await gen.aclose()
 

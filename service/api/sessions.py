@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from starlette.responses import Response
 
-from service.api import results
+from service.api import encode
 from service.api.bounds import IdempotencyKey
 from service.api.deps import Services, get_hold, get_owner, get_services
 from service.api.errors import responses
@@ -73,7 +73,7 @@ async def create_session(
         except (binascii.Error, ValueError):
             raise InvalidState("state is not valid base64", field="state") from None
     info = await s.client.call(Create(body.model, body.session_id, body.ttl_s, blob, owner))
-    return results.response(info, status=201)
+    return encode.response(info, status=201)
 
 
 @router.get(
@@ -85,7 +85,7 @@ async def create_session(
 async def get_session(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> Response:
-    return results.response(await s.client.call(GetSession(session_id, owner)))
+    return encode.response(await s.client.call(GetSession(session_id, owner)))
 
 
 @router.delete("/{session_id}", status_code=204, response_class=Response, responses=responses(404))
@@ -112,7 +112,7 @@ async def reset_session(
 ) -> Response:
     expected = body.expected_version if body is not None else None
     r = await s.client.call(Reset(session_id, expected, idempotency_key, owner))
-    return results.response(r, replayed=r.replayed)
+    return encode.response(r, replayed=r.replayed)
 
 
 @router.post(
@@ -139,7 +139,7 @@ async def feed_response(
     r = await s.client.call(
         Feed(session_id, body.text, body.top_k, body.expected_version, idempotency_key, owner)
     )
-    return results.response(r, replayed=r.replayed)
+    return encode.response(r, replayed=r.replayed)
 
 
 @router.post(
@@ -166,7 +166,7 @@ async def generate(
         r = await unless_disconnected(request, gen.collect())
     finally:
         await gen.aclose()
-    return results.response(r, replayed=r.replayed)
+    return encode.response(r, replayed=r.replayed)
 
 
 @router.get(
@@ -178,4 +178,4 @@ async def generate(
 async def export_state(
     session_id: str, s: Services = Depends(get_services), owner: str | None = Depends(get_owner)
 ) -> Response:
-    return results.response(await s.client.call(ExportState(session_id, owner)))
+    return encode.response(await s.client.call(ExportState(session_id, owner)))

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.api import results
+from service.api import encode
 from service.api.pacing import Pacer
 from service.errors import ServiceError, stream_error
 from service.protocol.client import GenerationStream, TokenEvent
@@ -39,7 +39,7 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 def token_payload(ev: TokenEvent) -> dict[str, Any]:
     out: dict[str, Any] = {"text": ev.text, "index": ev.index, "token_id": ev.token_id}
     if ev.logprob is not None:
-        out["logprob"] = results.body(ev.logprob)
+        out["logprob"] = encode.body(ev.logprob)
     return out
 
 
@@ -66,7 +66,7 @@ async def sse_events(gen: GenerationStream, pacer: Pacer) -> AsyncGenerator[str,
         try:
             async for batch in gen.batches(keep_logprobs=False):  # each token has its own
                 yield "".join(
-                    _frame("done", results.body(ev.result))
+                    _frame("done", encode.body(ev.result))
                     if isinstance(ev, Finished)
                     else token_frame(ev)
                     for ev in batch

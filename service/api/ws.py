@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, WebSocket, WebSocketDisconnect
 from pydantic import Field, TypeAdapter, ValidationError
 
-from service.api import results
+from service.api import encode
 from service.api.bounds import IdempotencyKey
 from service.api.deps import Services, get_owner, get_services, hold_of
 from service.api.errors import field_of
@@ -60,10 +60,10 @@ async def _handle(
     if isinstance(msg, WsFeed):
         check_text(msg.text, "text", s.settings)
         fed = await s.client.call(Feed(sid, msg.text, msg.top_k, msg.expected_version, key, owner))
-        await ws.send_json({"type": "result", "op": "feed", **tag, **results.body(fed)})
+        await ws.send_json({"type": "result", "op": "feed", **tag, **encode.body(fed)})
     elif isinstance(msg, WsReset):
         r = await s.client.call(Reset(sid, msg.expected_version, key, owner))
-        body = results.body(r)
+        body = encode.body(r)
         await ws.send_json({"type": "result", "op": "reset", **tag, **body})
     else:
         params = msg.to_params(s.settings)
@@ -72,7 +72,7 @@ async def _handle(
         try:
             async for ev in gen.events(keep_logprobs=False):  # each token message has its own
                 if isinstance(ev, Finished):
-                    await ws.send_json({"type": "done", **tag, **results.body(ev.result)})
+                    await ws.send_json({"type": "done", **tag, **encode.body(ev.result)})
                 else:
                     await ws.send_json({"type": "token", **tag, **token_payload(ev)})
         finally:

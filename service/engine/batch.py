@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.engine.prefill import StateRows
-from service.engine.rows import Rows
+from service.engine.row_params import Rows
 from service.engine.sampling import Draws, all_plain
 from service.engine.stream import Stream
 

@@ -17,7 +17,17 @@ from service.errors import InvalidInput, ServiceError
 from service.protocol.catalog import Catalog
 from service.protocol.client import StreamHold
 from service.protocol.messages import Output
-from service.protocol.ops import Generate, Health, Logits, Op, Predict, StreamOp
+from service.protocol.ops import (
+    EngineLoad,
+    Generate,
+    Health,
+    Load,
+    Logits,
+    ModelLoad,
+    Op,
+    Predict,
+    StreamOp,
+)
 from service.sessions.service import SessionService
 
 R = TypeVar("R")
@@ -63,6 +73,14 @@ class InProcessClient:
     @handles(Health)
     async def _health(self, _op: Health) -> dict[str, str]:
         return self.engine.problems()
+
+    @handles(Load)
+    async def _load(self, _op: Load) -> EngineLoad:
+        models = {
+            name: ModelLoad(sched.queue_depth, sched.active_streams)
+            for name, sched in self.engine.schedulers.items()
+        }
+        return EngineLoad(models, self.slots.open, self.slots.max_open)
 
     @handles(Predict)
     async def _predict(self, op: Predict) -> list[Output | None]:

@@ -15,7 +15,7 @@ Each model has one **engine thread** that alternates between
 Why a thread, not a task on the event loop: the engine never waits for the loop. HTTP runs on
 the loop *while* the next step computes; a consumer that fell behind finds several tokens and
 writes them with one send (docs/benchmarks.md has the A/B). Results cross back with ONE
-`call_soon_threadsafe` per step or prefill bucket (`handoff.py`): futures and stream events are
+`call_soon_threadsafe` per step or prefill bucket (`to_loop.py`): futures and stream events are
 touched on the loop thread only.
 
 The decode batch (`batch.DecodeBatch`) keeps its state as contiguous batch arrays plus per-row
@@ -37,16 +37,6 @@ from typing import Any
 import numpy as np
 
 from service.engine.batch import DecodeBatch
-from service.engine.handoff import (
-    Meters,
-    as_service_error,
-    emit,
-    fail_streams,
-    finish,
-    record,
-    reject,
-    resolve,
-)
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -57,10 +47,20 @@ from service.engine.prefill import (
     length_buckets,
     pack,
 )
-from service.engine.rows import special_rows
+from service.engine.row_params import special_rows
 from service.engine.runner import Runner
 from service.engine.sampling import sample, sample_plain
 from service.engine.stream import Stream
+from service.engine.to_loop import (
+    Meters,
+    as_service_error,
+    emit,
+    fail_streams,
+    finish,
+    record,
+    reject,
+    resolve,
+)
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics

@@ -5,7 +5,7 @@ schema; no surface edits a structure the engine built. They are msgspec structs 
 cross a process boundary as they are (msgpack), and `PROTOCOL_VERSION` names their layout:
 bump it when a field changes meaning or goes away (adding a field with a default does not).
 
-They are also the native surface's JSON (`service/api/results.py` encodes them as they are;
+They are also the native surface's JSON (`service/api/encode.py` encodes them as they are;
 `service/api/schemas.py` describes the same shapes for OpenAPI, and a test keeps the two
 agreeing): a result's optional field that is unset is left out of it (`omit_defaults`).
 

@@ -79,6 +79,21 @@ class Logits(Op[np.ndarray], frozen=True, tag="logits"):
     rows: list[list[int]]
 
 
+class ModelLoad(Message, frozen=True):
+    queued: int  # prefill jobs waiting for the model's engine thread
+    streams: int  # generations in its decode batch
+
+
+class EngineLoad(Message, frozen=True):
+    models: dict[str, ModelLoad]
+    open_streams: int  # stream slots held (decode rows), every worker's
+    max_open_streams: int  # RNNSERVE_MAX_OPEN_STREAMS
+
+
+class Load(Op[EngineLoad], frozen=True, tag="load"):
+    """The engine's load now: what a router or an autoscaler weighs a replica by."""
+
+
 class Generate(StreamOp, frozen=True, tag="generate"):
     """A generation from a fresh state."""
 

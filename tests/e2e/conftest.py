@@ -16,7 +16,7 @@ from service.app import create_app
 from service.engine.registry import load_registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, ROOT
-from tests.service.live import serve_in_thread
+from tests.servers import serve_in_thread
 
 ARTIFACTS = ROOT / "test-artifacts" / "playground"
 # as in the machine notes: without the background-networking flags Chromium keeps dialling

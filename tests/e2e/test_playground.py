@@ -20,7 +20,7 @@ from service.app import create_app
 from service.engine.registry import load_registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
-from tests.service.live import serve_in_thread
+from tests.servers import serve_in_thread
 
 pytestmark = pytest.mark.e2e
 expect = pytest.importorskip("playwright.sync_api").expect

@@ -19,7 +19,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.hardening.latency import LoopingClient
-from tests.hardening.server_proc import ServerProcess, server_process
+from tests.servers import ServerProcess, server_process
 
 MODEL = "char-gru"
 PATH = f"/v1/models/{MODEL}/predict"

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hardening.server_proc import ServerProcess, server_process
+from tests.servers import ServerProcess, server_process
 from tests.service.conftest import CLS, LM
 
 N = 1_000_000  # items: 2-8 MB bodies, under the 16 MiB body limit

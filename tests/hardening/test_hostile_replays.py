@@ -17,7 +17,7 @@ import pytest
 
 from tests.hardening.conftest import KEY_A, KEY_B, KEYS, auth
 from tests.hardening.latency import LoopingClient
-from tests.hardening.server_proc import ServerProcess, server_process
+from tests.servers import ServerProcess, server_process
 from tests.service.conftest import CLS, LM
 
 

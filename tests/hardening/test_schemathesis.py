@@ -32,8 +32,8 @@ from service.app import create_app
 from service.sessions.blob import FORMAT, MAGIC
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
+from tests.servers import serve_in_thread
 from tests.service.conftest import ALL_MODELS, CLS, LM
-from tests.service.live import serve_in_thread
 
 MAX_EXAMPLES = 30
 # sessions the cases may name (recreated when a case deleted one)

@@ -19,8 +19,8 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 from websockets.sync.client import connect as connect_sync
 
 from tests.conftest import LONG
-from tests.hardening.server_proc import ServerProcess, server_process
 from tests.hardening.test_hostile_bodies import Prober
+from tests.servers import ServerProcess, server_process
 from tests.service.conftest import LM
 
 SEND_TIMEOUT_S = 2.0

@@ -1,53 +1,23 @@
-"""A real uvicorn server on a free loopback port, in a thread (for streaming and WebSockets), and
-the module-scoped `live` app that the tests through real protocol clients (tritonclient,
-openai) share: import `clock` and `live` into a test module to use them."""
+"""The module-scoped `live` server (`tests/servers.py` `serve_in_thread`) that the tests through
+real protocol clients (tritonclient, openai) share: import `clock` and `live` into a test module
+to use them."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
 from service.engine.registry import Registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, LONG
+from tests.servers import serve_in_thread
 from tests.service.conftest import FakeClock
 
 TTL = 60.0  # the session TTL of `live`: a test advances `clock` past it
-
-
-@contextmanager
-def serve_in_thread(app: FastAPI) -> Iterator[str]:
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        ws="websockets-sansio",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @dataclass(frozen=True)

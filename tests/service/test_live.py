@@ -17,9 +17,9 @@ from service.app import create_app
 from service.engine.registry import Registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, LONG
+from tests.servers import serve_in_thread
+from tests.service.api.test_sessions import TEXT, chunks, close, probs_of
 from tests.service.conftest import ALL_MODELS, CLASSIFIERS, LM
-from tests.service.live import serve_in_thread
-from tests.service.test_api_sessions import TEXT, chunks, close, probs_of
 
 
 @pytest.fixture(scope="module")

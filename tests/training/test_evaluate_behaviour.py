@@ -78,7 +78,7 @@ def test_behaviour_report_counts_per_capability() -> None:
 def _train_classifier(tmp_path: Path, labels: tuple[str, str]) -> Path:
     """A seconds-long classifier run on a synthetic table whose labels are `labels`."""
     from training.config import load_config
-    from training.train import train
+    from training.experiment import train
 
     rng = random.Random(0)
     good = ["great", "wonderful", "loved", "best", "fun"]

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from training import checkpoint as ck  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.train import train  # noqa: E402
+from training.experiment import train  # noqa: E402
 
 SST2 = [
     "data.dataset='sst2'",

@@ -88,7 +88,7 @@ def test_training_with_a_time_cap_ends_with_a_full_bar(
     pytest.importorskip("torch")
     pytest.importorskip("tqdm")
     from training.config import load_config
-    from training.train import train
+    from training.experiment import train
 
     rng = random.Random(0)
     text = tmp_path / "t.txt"

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from training import checkpoint as ck  # noqa: E402
 from training.config import load_config  # noqa: E402
-from training.train import train  # noqa: E402
+from training.experiment import train  # noqa: E402
 
 WORDS = [
     "good",

@@ -13,7 +13,7 @@ from service.errors import SessionEvicted, SessionExpired, SessionLimit
 from service.sessions import SessionRecord
 from service.sessions.redis_store import RedisStore
 from tests.service.redis_server import RedisProcess, rec, redis_server, two_stores
-from tests.service.test_redis_store import stores
+from tests.service.sessions.test_redis_store import stores
 
 pytestmark = pytest.mark.redis
 __all__ = ["redis_server", "stores"]  # fixtures, used by name

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -16,8 +15,9 @@ from service.contract.tokenizers import (
     WordTokenizer,
     pre_tokenize,
 )
+from tests.conftest import ROOT
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets"
+SHARED = ROOT.parent / "shared" / "datasets"
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "good": 2, "movie": 3, "!": 4, "not": 5, "bad": 6, "'": 7, "s": 8}
 
 

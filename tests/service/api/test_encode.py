@@ -1,4 +1,4 @@
-"""The native JSON is the engine's typed results encoded as they are (`service/api/results.py`);
+"""The native JSON is the engine's typed results encoded as they are (`service/api/encode.py`);
 the pydantic models of `schemas.py` describe the same shapes for OpenAPI. These keep the two
 agreeing: every key a result encodes is a documented field, every required field is there, and
 the document's model accepts the body."""
@@ -15,8 +15,9 @@ import msgspec
 import pytest
 from pydantic import BaseModel
 
-from service.api import results, schemas
+from service.api import encode, health, schemas
 from service.protocol import messages as p
+from service.protocol.ops import EngineLoad, ModelLoad
 
 CLS = p.Classification("positive", {"negative": 0.25, "positive": 0.75})
 LM = p.NextTokens((p.Prob("e", 0.5), p.Prob(" ", 0.25)))
@@ -41,6 +42,11 @@ CASES: list[tuple[str, Any, type[BaseModel]]] = [
     ("feed, no token yet", p.FeedResult("s", 1, 0, 4, None), schemas.FeedResponse),
     ("state", p.StateExport("s", "m", 3, b"\x00RNNS\xff"), schemas.StateResponse),
     ("predict", {"model": "m", "outputs": [CLS, LM]}, schemas.PredictResponse),
+    (
+        "load",
+        EngineLoad({"m": ModelLoad(queued=2, streams=5)}, open_streams=5, max_open_streams=64),
+        health.EngineLoad,
+    ),
 ]
 
 
@@ -74,23 +80,23 @@ def _agrees(model: type[BaseModel], data: Any, where: str) -> None:
 def test_the_encoded_result_is_the_documented_shape(
     name: str, result: Any, model: type[BaseModel]
 ) -> None:
-    body = msgspec.json.decode(results.response(result).body)
+    body = msgspec.json.decode(encode.response(result).body)
     if not isinstance(result, dict):  # the frames' data (SSE `done`, WebSocket) is the same
-        assert body == json.loads(json.dumps(results.body(result)))
+        assert body == json.loads(json.dumps(encode.body(result)))
     _agrees(model, body, name)
     model.model_validate(body)
 
 
 def test_unset_optional_fields_are_left_out_and_a_feed_shows_its_null_output() -> None:
-    stateless = results.body(CASES[0][1])
+    stateless = encode.body(CASES[0][1])
     assert not {"stop", "logprobs", "session_id", "version", "replayed"} & set(stateless)
-    assert results.body(CASES[1][1])["replayed"] is False  # a session's generation says so
-    assert "replayed" not in results.body(CASES[2][1])  # a plain session lookup does not
-    fed = results.body(CASES[6][1])
+    assert encode.body(CASES[1][1])["replayed"] is False  # a session's generation says so
+    assert "replayed" not in encode.body(CASES[2][1])  # a plain session lookup does not
+    fed = encode.body(CASES[6][1])
     assert fed["output"] is None and fed["replayed"] is False
 
 
 def test_a_replay_says_so_in_a_header_and_a_state_is_base64() -> None:
-    assert results.response(CASES[5][1], replayed=True).headers["Idempotent-Replayed"] == "true"
-    assert "idempotent-replayed" not in results.response(CASES[4][1], replayed=False).headers
-    assert base64.b64decode(results.body(CASES[7][1])["state"]) == b"\x00RNNS\xff"
+    assert encode.response(CASES[5][1], replayed=True).headers["Idempotent-Replayed"] == "true"
+    assert "idempotent-replayed" not in encode.response(CASES[4][1], replayed=False).headers
+    assert base64.b64decode(encode.body(CASES[7][1])["state"]) == b"\x00RNNS\xff"

@@ -24,13 +24,15 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import LONG
-from tests.service.cluster import Cluster, start, stop
+from tests.servers import ServerProcess as Cluster
+from tests.servers import start, stop
 from tests.service.conftest import CLS, LM
+from tests.service.supervisor.conftest import CLUSTER
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    c = start(tmp_path_factory.mktemp("workers"))
+    c = start(tmp_path_factory.mktemp("workers"), workers=2, **CLUSTER)
     try:
         yield c
     finally:
@@ -129,7 +131,8 @@ def test_processes_carry_their_role_in_the_kernel_name(cluster: Cluster) -> None
     def comm(pid: int) -> str:
         return Path(f"/proc/{pid}/comm").read_text().strip()
 
-    assert comm(cluster.engine_pid()) == "rnnserve-engine"
+    engine = next(int(str(r["pid"])) for r in cluster.lines() if r.get("msg") == "engine ready")
+    assert comm(engine) == "rnnserve-engine"
     workers = cluster.worker_pids()
     assert len(workers) == 2 and {comm(p) for p in workers} == {"rnnserve-worker"}
 
@@ -236,6 +239,8 @@ def test_stream_caps_count_every_workers_streams(tmp_path: Path) -> None:
     keys = {n: f"{n}-key-0123456789abcdef" for n in ("alice", "bob", "carol")}
     c = start(
         tmp_path,
+        workers=2,
+        **CLUSTER,
         api_keys=",".join(f"{n}:{k}" for n, k in keys.items()),
         max_open_streams="5",
         max_streams_per_key="3",

@@ -1,4 +1,4 @@
-"""`service/api/direct.py`: the hot routes (feed, predict, streamed generate) served past
+"""`service/api/router_bypass.py`: the hot routes (feed, predict, streamed generate) served past
 FastAPI's router answer exactly as the declared routes do, for good requests and for every kind
 of bad one."""
 
@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from service.api import direct
+from service.api import router_bypass
 from service.api.deps import get_services
-from service.api.direct import ROUTES, DirectRoute, _accept, _Bound
+from service.api.router_bypass import ROUTES, DirectRoute, _accept, _Bound
 from service.api.schemas import FeedRequest
 from service.app import create_app
 from service.engine.registry import Registry
@@ -160,14 +160,14 @@ async def test_good_requests_skip_the_router(
     replayed, and so is every request while dependency overrides are set (the direct path does
     not read dependencies)."""
     handed_on = 0
-    real_replay = direct._replay
+    real_replay = router_bypass._replay
 
     def counted(messages: Any, receive: Any) -> Any:
         nonlocal handed_on
         handed_on += 1
         return real_replay(messages, receive)
 
-    monkeypatch.setattr(direct, "_replay", counted)
+    monkeypatch.setattr(router_bypass, "_replay", counted)
     async with served(registry, clock, direct=True) as c:
         assert (await c.post(FEED, json={"text": "ROMEO"})).status_code == 200
         r = await c.post(f"/v1/models/{CLS}/predict", json={"inputs": ["a fine film"]})

@@ -1,6 +1,6 @@
 """The native surface's JSON: the engine's typed results (`service/protocol/messages.py`) encoded
 as they are, for the REST routes, the SSE `done` event and the WebSocket. Their shapes are
-described once more only for OpenAPI (`schemas.py`), and `tests/service/api/test_results.py`
+described once more only for OpenAPI (`schemas.py`), and `tests/service/api/test_encode.py`
 keeps the two agreeing."""
 
 from __future__ import annotations

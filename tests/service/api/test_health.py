@@ -15,8 +15,16 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.cluster import start, stop
-from tests.service.conftest import CLS, ClientFactory, app_of
+from tests.servers import start, stop
+from tests.service.conftest import (
+    CLS,
+    LM,
+    ClientFactory,
+    app_of,
+    gate_decode_steps,
+    no_streams_left,
+)
+from tests.service.supervisor.conftest import CLUSTER
 
 
 async def _until_status(c: httpx.AsyncClient, path: str, status: int) -> httpx.Response:
@@ -60,7 +68,7 @@ async def test_a_stuck_engine_thread_is_not_ready_until_it_moves(
 
 
 def test_a_frozen_engine_process_is_not_ready_until_it_thaws(tmp_path: Path) -> None:
-    c = start(tmp_path, workers=1)
+    c = start(tmp_path, workers=1, **CLUSTER)
     engine = c.engine_pid()
     try:
         assert httpx.get(f"{c.base}/readyz", timeout=10).status_code == 200
@@ -77,3 +85,30 @@ def test_a_frozen_engine_process_is_not_ready_until_it_thaws(tmp_path: Path) -> 
             time.sleep(0.05)
     finally:
         stop(c)
+
+
+async def test_load_says_each_models_queue_and_streams_and_the_slots_held(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`GET /v1/load` (the engine's `Load` operation): a stream in the decode batch shows, with
+    its slot, and both are gone once it ends."""
+    async with make_client(max_open_streams=7) as c:
+        app = app_of(c)
+        idle = (await c.get("/v1/load")).json()
+        assert idle["open_streams"] == 0 and idle["max_open_streams"] == 7
+        assert idle["models"][LM] == {"queued": 0, "streams": 0}
+        gate = gate_decode_steps(app, monkeypatch)  # the stream stays in the batch
+        sched = app.state.local.engine.schedulers[LM]
+        body = {"prompt": "ab", "max_tokens": 50}
+        generating = asyncio.create_task(c.post(f"/v1/models/{LM}/generate", json=body))
+        try:
+            async with asyncio.timeout(10):
+                while sched.active_streams == 0:
+                    await asyncio.sleep(0.005)
+            busy = (await c.get("/v1/load")).json()
+            assert busy["open_streams"] == 1 and busy["models"][LM]["streams"] == 1
+        finally:
+            gate.set()
+        assert (await generating).status_code == 200
+        await no_streams_left(app)
+        assert (await c.get("/v1/load")).json()["open_streams"] == 0

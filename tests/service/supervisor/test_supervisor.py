@@ -14,12 +14,13 @@ import httpx
 import pytest
 
 from tests.conftest import LONG
-from tests.service.cluster import start, stop
+from tests.servers import start, stop
 from tests.service.conftest import LM
+from tests.service.supervisor.conftest import CLUSTER
 
 
 def test_the_engine_dying_stops_the_server_non_zero(tmp_path: Path) -> None:
-    c = start(tmp_path, workers=1)
+    c = start(tmp_path, workers=1, **CLUSTER)
     try:
         workers = c.worker_pids()
         os.kill(c.engine_pid(), signal.SIGKILL)
@@ -36,7 +37,7 @@ def test_a_killed_engine_ends_whats_in_flight_with_503_and_the_server_at_once(
     """Issue 32.8: with the default 30 s drain, a SIGKILLed engine left requests hanging and the
     server exiting only after 30.6 s, with 13 tracebacks. The supervisor now tells the workers
     (SIGUSR1): what waits on the engine ends at once with 503 `engine_unavailable`."""
-    c = start(tmp_path, workers=1, shutdown_timeout_s="30")
+    c = start(tmp_path, workers=1, **{**CLUSTER, "shutdown_timeout_s": "30"})
     try:
         body = {"prompt": "ab", "max_tokens": LONG, "stream": True}
         with (
@@ -68,10 +69,10 @@ def test_a_stop_signal_drains_a_stream_in_flight_and_exits_zero(
     """Before: a SIGTERM to the group killed multiprocessing's fork server too, the engine then
     read as dead (exit code 255), and the server exited 1 at once instead of draining (the
     fork server ignores SIGINT of its own accord)."""
-    c = start(tmp_path, workers=1)
+    c = start(tmp_path, workers=1, **CLUSTER)
     try:
         # long enough to be in flight when the signal comes, short enough to end within the
-        # drain (RNNSERVE_SHUTDOWN_TIMEOUT_S=5 in tests.service.cluster): ~0.1 ms a token
+        # drain (RNNSERVE_SHUTDOWN_TIMEOUT_S=5: supervisor/conftest.py CLUSTER): ~0.1 ms a token
         body = {"prompt": "a", "max_tokens": 3000, "stream": True}
         streaming = threading.Event()
         text: list[str] = []
@@ -87,7 +88,7 @@ def test_a_stop_signal_drains_a_stream_in_flight_and_exits_zero(
         reader.start()
         assert streaming.wait(10)
         if to_group:
-            os.killpg(c.proc.pid, sig)  # its own session and group (cluster.start)
+            os.killpg(c.proc.pid, sig)  # its own session and group (tests/servers.py)
         else:
             c.proc.send_signal(sig)
         reader.join(30)

@@ -5,9 +5,6 @@ when the engine forgets a dead worker's calls."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tempfile
 from collections.abc import Callable
 
 import pytest
@@ -18,8 +15,6 @@ from service.errors import Overloaded, StreamLimit
 from service.protocol.client import StreamHold
 from service.protocol.messages import GenerateParams
 from service.protocol.ops import Generate
-from service.transport.host import EngineHost
-from service.transport.remote import RemoteClient, worker_identity
 from tests.hardening.conftest import KEY_A, KEYS, auth
 from tests.service.conftest import LM, ClientFactory, app_of
 
@@ -49,53 +44,6 @@ async def _until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
     while not cond():
         assert asyncio.get_running_loop().time() < deadline
         await asyncio.sleep(0.01)
-
-
-async def test_a_slot_held_over_the_wire_is_the_engines_and_comes_back(
-    make_client: ClientFactory,
-) -> None:
-    async with make_client(engine_transport="zmq", max_open_streams=2) as c:
-        app = app_of(c)
-        slots: StreamSlots = app.state.local.slots
-        remote = app.state.services.client
-        assert isinstance(remote, RemoteClient)
-        first = remote.hold_stream("o")
-        await first.confirmed()
-        await remote.hold_stream(None).confirmed()
-        assert slots.open == 2
-        third = remote.hold_stream("o")
-        with pytest.raises(Overloaded):  # the engine's error, raised again in the worker
-            await third.confirmed()
-        third.release()  # a refused hold is released like any other (nothing to give back)
-        first.release()
-        first.release()  # once only
-        await _until(lambda: slots.open == 1)
-        assert slots.held_by("o") == 0
-
-
-async def test_a_dead_workers_slots_are_freed_by_forget_worker(
-    make_client: ClientFactory,
-) -> None:
-    async with make_client(max_open_streams=4) as c:
-        local = app_of(c).state.local
-        with tempfile.TemporaryDirectory(prefix="rnnserve-test-") as d:
-            host = EngineHost(local, f"ipc://{d}/engine.sock")
-            serving = asyncio.create_task(host.serve())
-            worker = RemoteClient(host.address)
-            try:
-                await worker.connect()
-                for _ in range(3):
-                    await worker.hold_stream("o").confirmed()
-                assert local.slots.open == 3
-                # the supervisor's word that the worker died (SIGKILL: it could not release)
-                assert host.forget_worker(worker_identity(os.getpid())) == 3
-                await _until(lambda: local.slots.open == 0)
-            finally:
-                await worker.close()
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
-                await host.close()
 
 
 def _engine_calls(engine: Engine) -> float:

@@ -37,9 +37,9 @@ from service.client.types import Output
 from service.engine.registry import Registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, LONG, ROOT
+from tests.servers import serve_in_thread
+from tests.service.api.test_sessions import TEXT, chunks, close
 from tests.service.conftest import CLASSIFIERS, LM, FakeClock
-from tests.service.live import serve_in_thread
-from tests.service.test_api_sessions import TEXT, chunks, close
 
 FAST = Retry(attempts=4, backoff_s=0.01)
 

@@ -12,8 +12,8 @@ from service.app import create_app
 from service.engine.registry import Registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, ROOT
+from tests.servers import serve_in_thread
 from tests.service.conftest import CLASSIFIERS, LM
-from tests.service.live import serve_in_thread
 
 
 @pytest.fixture(scope="module")

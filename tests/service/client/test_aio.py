@@ -14,10 +14,10 @@ from service.client import AsyncClient, InvalidInput, Retry, SessionNotFound, Ve
 from service.engine.registry import Registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS, LONG
+from tests.servers import serve_in_thread
+from tests.service.api.test_sessions import TEXT, chunks, close
+from tests.service.client.test_sync import probs
 from tests.service.conftest import CLASSIFIERS, LM
-from tests.service.live import serve_in_thread
-from tests.service.test_api_sessions import TEXT, chunks, close
-from tests.service.test_client import probs
 
 
 @pytest.fixture(scope="module")

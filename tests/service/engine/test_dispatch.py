@@ -1,0 +1,45 @@
+"""An operation finds its one handler: a method marked `@handles(Op)` on one of the engine's
+parts; every operation has exactly one in the in-process engine."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.engine.dispatch import handlers, handles
+from service.protocol import ops
+from tests.service.conftest import ClientFactory, app_of
+
+
+class _Part:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @handles(ops.Health)
+    async def health(self, _op: ops.Health) -> dict[str, str]:
+        return {"part": self.name}
+
+    async def helper(self) -> None:  # not marked: not a handler
+        return None
+
+
+class _Other:
+    @handles(ops.Health)
+    async def also_health(self, _op: ops.Health) -> dict[str, str]:
+        return {}
+
+
+async def test_a_marked_method_handles_its_operation_bound_to_its_part() -> None:
+    found = handlers(_Part("a"))
+    assert set(found) == {ops.Health}
+    assert await found[ops.Health](ops.Health()) == {"part": "a"}
+
+
+def test_two_handlers_for_one_operation_are_refused() -> None:
+    with pytest.raises(TypeError, match="two handlers for Health"):
+        handlers(_Part("a"), _Other())
+
+
+async def test_the_engine_handles_every_operation(make_client: ClientFactory) -> None:
+    async with make_client() as c:
+        local = app_of(c).state.local
+        assert set(handlers(local, local.sessions)) == set(ops.operations())

@@ -1,0 +1,49 @@
+"""What the engine thread hands the event loop: results to waiting futures (a caller that left is
+skipped), one failure to many, a step's tokens to its streams, and inference errors as the
+`ServiceError` a client can be told."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from service.engine import to_loop
+from service.errors import EngineError, SessionLimit
+from service.protocol.messages import StepLogprob
+
+
+async def test_resolve_skips_a_caller_that_left_and_reject_fails_the_rest() -> None:
+    loop = asyncio.get_running_loop()
+    waiting, left, failing = loop.create_future(), loop.create_future(), loop.create_future()
+    left.cancel()
+    to_loop.resolve([(waiting, 1), (left, 2)])
+    assert waiting.result() == 1 and left.cancelled()
+    err = EngineError("boom")
+    to_loop.reject([failing, waiting], err)
+    assert failing.exception() is err and waiting.result() == 1
+
+
+class _Stream:
+    """The seam: what `emit` hands each stream of a decode step."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, Any, Any]] = []
+
+    def emit(self, token: int, text: str | None, logprob: StepLogprob | None) -> None:
+        self.got.append((token, text, logprob))
+
+
+def test_a_steps_tokens_go_to_their_streams_in_order() -> None:
+    streams = [_Stream(), _Stream(), _Stream()]
+    to_loop.emit(streams, [5, 6, 7], None, None, None)  # type: ignore[arg-type]
+    assert [s.got for s in streams] == [[(5, None, None)], [(6, None, None)], [(7, None, None)]]
+    lp = StepLogprob(-0.1, ())
+    to_loop.emit(streams, [1, 2, 3], {1: "x"}, {2: lp}, None)  # type: ignore[arg-type]
+    assert [s.got[-1] for s in streams] == [(1, None, None), (2, "x", None), (3, None, lp)]
+
+
+def test_an_inference_failure_reaches_waiters_as_a_service_error() -> None:
+    wrapped = to_loop.as_service_error(RuntimeError("onnxruntime: bad shape"))
+    assert isinstance(wrapped, EngineError) and "bad shape" in wrapped.message
+    limit = SessionLimit("cap")
+    assert to_loop.as_service_error(limit) is limit

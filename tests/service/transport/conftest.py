@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Callable
+
+from service.engine.local import InProcessClient
+from service.transport.host import EngineHost
+from service.transport.remote import RemoteClient
+
+
+async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    """Wait for `cond` (checked at each turn of the loop), at most `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.005)
+
+
+@contextlib.asynccontextmanager
+async def hosted(
+    local: InProcessClient, **remote: object
+) -> AsyncIterator[tuple[EngineHost, RemoteClient]]:
+    """An `EngineHost` serving `local` on a private IPC socket and a connected `RemoteClient`."""
+    with tempfile.TemporaryDirectory(prefix="rnnserve-test-") as d:
+        host = EngineHost(local, f"ipc://{d}/engine.sock")
+        serving = asyncio.create_task(host.serve())
+        worker = RemoteClient(host.address, **remote)  # type: ignore[arg-type]
+        try:
+            await worker.connect(timeout_s=10)
+            yield host, worker
+        finally:
+            await worker.close()
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+            await host.close()
