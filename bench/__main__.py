@@ -3,6 +3,7 @@
     python -m bench                  # everything (~15 min on 2 cores)
     python -m bench --quick          # a few seconds per measurement: proves the plumbing
     python -m bench --only step,classify --peers floor,pytriton
+    python -m bench --only cost      # the server's own CPU by process role (bench/cost.py)
 
 Results: bench/.out/results-<UTC>.json (scratch) and bench/results/latest.{json,md} + PNGs.
 """
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
 RESULTS = REPO / "bench" / "results"
 IMDB = REPO.parent / "shared" / "datasets" / "imdb" / "train.jsonl.gz"
-WORKLOADS = ("step", "classify", "generate", "footprint", "capacity", "overhead")
+WORKLOADS = ("step", "classify", "generate", "footprint", "capacity", "overhead", "cost")
 ALL_TARGETS = (
     "rnnserve",
     "floor",
@@ -348,6 +349,14 @@ def main() -> None:
             f"capacity: {c['bytes_per_session']:.0f} B/session vs raw state "
             f"{c['raw_state_bytes']} B (x{c['ratio']:.2f})"
         )
+
+    if "cost" in only:
+        # the server's own CPU per step and per token by process role (bench/cost.py)
+        from bench import cost
+
+        log("the server's own cost: near-free model, --workers 1")
+        counts = [256] if a.quick else [256, 1024, 4096]
+        res["cost"] = cost.run_once(1, counts, 2.0 if a.quick else 6.0)
 
     res["load_after"] = os.getloadavg()
     res["wall_s"] = time.time() - t_begin

@@ -65,10 +65,14 @@ class RemoteClient:
         raw = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
         try:
             info = wire.decode_result(wire.CatalogInfo, raw)
-        except msgspec.DecodeError:
+        except msgspec.DecodeError:  # (a validation error too)
             info = None
         if info is None or info.wire_version != wire.WIRE_VERSION:
-            raise RuntimeError(f"engine speaks another wire version: {info!r}")
+            theirs = "an unknown" if info is None else str(info.wire_version)
+            raise RuntimeError(
+                f"the engine speaks wire version {theirs}, this worker {wire.WIRE_VERSION}: "
+                "run the same version of both"
+            )
         if info.protocol_version != PROTOCOL_VERSION:
             raise RuntimeError(
                 f"engine protocol {info.protocol_version}, this worker {PROTOCOL_VERSION}"
