@@ -97,6 +97,9 @@ async def test_an_engine_speaking_another_wire_version_is_refused(
     async with make_client() as c:
         local = app_of(c).state.local
         monkeypatch.setattr(host_module, "catalog_info", older)  # only the host started here
-        with pytest.raises(RuntimeError, match=f"wire version {wire.WIRE_VERSION - 1}, this worker {wire.WIRE_VERSION}"):
+        with pytest.raises(
+            RuntimeError,
+            match=f"wire version {wire.WIRE_VERSION - 1}, this worker {wire.WIRE_VERSION}",
+        ):
             async with hosted(local):
                 pass  # pragma: no cover
