@@ -38,7 +38,11 @@ OUT = REPO / "bench" / ".out"
 MODELS = REPO / "tests" / "fixtures" / "models"
 LM = "tiny-char-lstm"
 CONNECTIONS = 32  # session-step clients (one session each, one character per feed)
-ROLES = {"rnnserve-engine": "engine", "rnnserve-worker": "workers", "python": "one process"}
+ROLES = {
+    "rnnserve-engine": "engine",
+    "rnnserve-worker": "workers",
+    "python": "python (the one process, or the supervisor)",
+}
 
 
 def log(msg: str) -> None:
@@ -184,7 +188,8 @@ def env_for(workers: int, counts: list[int]) -> dict[str, str]:
 
 def run_once(workers: int, counts: list[int], seconds: float, cwd: Path = REPO) -> dict[str, Any]:
     """One measurement of the tree at `cwd` (what `python -m bench --only cost` runs)."""
-    srv = server(f"cost-w{workers}", cwd, MODELS, env_for(workers, counts))
+    # named by its tree: its own log (bench/.out/logs/ab-<name>.log) and genclient scratch files
+    srv = server(f"cost-{cwd.name}-w{workers}", cwd, MODELS, env_for(workers, counts))
     srv.start()
     try:
         return measure(srv, counts, seconds)
@@ -208,7 +213,9 @@ def main() -> None:
     targets.append(("B:tree" if a.base else "tree", REPO))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in targets}
     for r in range(a.rounds):
-        for name, cwd in targets:
+        # every other round the other order: whichever runs first would otherwise always meet
+        # the machine as the previous server left it
+        for name, cwd in targets if r % 2 == 0 else targets[::-1]:
             log(f"round {r + 1}/{a.rounds}: {name}")
             results[name].append(run_once(a.workers, counts, a.seconds, cwd))
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")

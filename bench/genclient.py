@@ -30,7 +30,12 @@ async def _stream(
 ) -> None:
     tail = len(PAT) - 1
     while time.perf_counter() < t_end:
-        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:  # refused or reset while connecting: an error, not the end of the run
+            out["errors"] += 1
+            await asyncio.sleep(0.01)
+            continue
         sent = time.perf_counter()
         writer.write(request)
         last: float | None = None
@@ -66,6 +71,9 @@ async def _stream(
                     out["itl"].extend([0.0] * (k - 1))
                     out["tokens"] += k
                 last = now
+        except OSError:  # the server reset the connection: count it, open another
+            out["errors"] += 1
+            continue
         finally:
             writer.close()
         out["generations"] += 1

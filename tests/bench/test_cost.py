@@ -8,13 +8,9 @@ from bench import cost
 def test_cpu_is_summed_by_role_and_differenced() -> None:
     before = cost._roles({"rnnserve-engine": 1.0, "rnnserve-worker": 2.0, "python": 0.5})
     after = cost._roles({"rnnserve-engine": 3.0, "rnnserve-worker": 2.5, "python": 0.5, "sh": 1})
-    assert before == {"engine": 1.0, "workers": 2.0, "one process": 0.5}
-    assert cost._delta(before, after) == {
-        "engine": 2.0,
-        "workers": 0.5,
-        "one process": 0.0,
-        "other": 1,
-    }
+    one = cost.ROLES["python"]
+    assert before == {"engine": 1.0, "workers": 2.0, one: 0.5}
+    assert cost._delta(before, after) == {"engine": 2.0, "workers": 0.5, one: 0.0, "other": 1}
 
 
 def _round(engine_us: float, rps: float) -> dict[str, object]:
