@@ -57,6 +57,9 @@ class EngineHost:
         # task posts its tokens, and a send (and the worker's receive) per stream per step was
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
         self._outbox: dict[bytes, list[wire.Frame]] = {}
+        # the tokens posted since a worker's last frame, as `StepTokens` columns (rids, texts,
+        # ids, indexes): four appends a token instead of two structs
+        self._columns: dict[bytes, tuple[list[int], list[str], list[int], list[int]]] = {}
         self._flush_due = False
         # session generations waiting for their worker's `Drained` before they commit
         self._drains: dict[tuple[bytes, int], asyncio.Future[None]] = {}
@@ -133,7 +136,25 @@ class EngineHost:
         self._ctx.term()
 
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
-        self._outbox.setdefault(ident, []).append(frame)
+        box = self._outbox.setdefault(ident, [])
+        cols = self._columns.pop(ident, None)
+        if cols is not None:  # tokens posted before this frame go before it (a stream's end)
+            box.append(wire.StepTokens(*cols))
+        box.append(frame)
+        self._flush_soon()
+
+    def _post_token(self, ident: bytes, rid: int, ev: TokenEvent) -> None:
+        """A token without logprobs, into the worker's `StepTokens` columns."""
+        cols = self._columns.get(ident)
+        if cols is None:
+            cols = self._columns[ident] = ([], [], [], [])
+            self._flush_soon()
+        cols[0].append(rid)
+        cols[1].append(ev.text)
+        cols[2].append(ev.token_id)
+        cols[3].append(ev.index)
+
+    def _flush_soon(self) -> None:
         if not self._flush_due:
             self._flush_due = True
             # call_soon runs after the tasks already ready in this loop iteration, i.e. after
@@ -142,13 +163,20 @@ class EngineHost:
 
     def _flush(self) -> None:
         self._flush_due = False
+        for ident, cols in self._columns.items():
+            self._outbox.setdefault(ident, []).append(wire.StepTokens(*cols))
+        self._columns = {}
         out, self._outbox = self._outbox, {}
         for ident, frames in out.items():
-            try:
-                # no high-water mark (above): a send never waits, so NOBLOCK never refuses
-                self._sock.send_multipart([ident, wire.encoder.encode(frames)], flags=zmq.NOBLOCK)
-            except zmq.ZMQError as e:  # the socket is closing
-                log.warning("frames to a worker not sent", extra={"error": str(e)})
+            self._send(ident, frames)
+
+    def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
+        """A worker's frames, as one message."""
+        try:
+            # no high-water mark (above): a send never waits, so NOBLOCK never refuses
+            self._sock.send_multipart([ident, wire.encoder.encode(frames)], flags=zmq.NOBLOCK)
+        except zmq.ZMQError as e:  # the socket is closing
+            log.warning("frames to a worker not sent", extra={"error": str(e)})
 
     async def _run(
         self, ident: bytes, rid: int, op: wire.Operation, hold: LocalHold | None
@@ -189,11 +217,15 @@ class EngineHost:
             raise
         try:
             self._post(ident, wire.Opened(rid))
-            post = self._post
+            post, column = self._post, self._post_token
 
-            # each token goes to the outbox as the engine emits it (no task wakes per token);
-            # it carries its own logprobs, and the worker rebuilds a result's list from them
+            # each token goes to the worker's step columns as the engine emits it (no task
+            # wakes per token); one with logprobs in a frame of its own that carries them, and
+            # the worker rebuilds a result's list from them
             def send(ev: TokenEvent) -> None:
+                if ev.logprob is None:
+                    column(ident, rid, ev)
+                    return
                 post(
                     ident,
                     wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),

@@ -25,6 +25,7 @@ from service.contract import ModelManifest, tokenizer_from_spec
 from service.errors import EngineError, InvalidInput, ServiceError
 from service.protocol.catalog import Catalog, ModelView, require_unicode
 from service.protocol.client import StreamHold
+from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, GenerationResult
 from service.protocol.ops import Op, StreamOp
 from service.transport import wire
@@ -112,7 +113,15 @@ class RemoteClient:
                 self._dispatch(frame)
 
     def _dispatch(self, frame: wire.Frame) -> None:
-        if type(frame) is wire.Tokens:  # most frames by far: one per stream per engine step
+        if type(frame) is wire.StepTokens:  # most frames by far: one per engine step
+            streams = self._streams
+            for rid, text, token_id, index in zip(
+                frame.rids, frame.texts, frame.ids, frame.indexes, strict=True
+            ):
+                gen = streams.get(rid)
+                if gen is not None:
+                    gen._token(TokenEvent(text, token_id, index))
+        elif type(frame) is wire.Tokens:  # tokens with logprobs
             gen = self._streams.get(frame.rid)
             if gen is not None:
                 gen._tokens(frame.tokens)

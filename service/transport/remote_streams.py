@@ -49,6 +49,26 @@ class RemoteGeneration(EventsFromBatches):
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- fed by the client's reader
+    def _token(self, ev: TokenEvent) -> None:
+        """One token without logprobs (from a `StepTokens` frame)."""
+        if self._ended:
+            return
+        self._backlog += EVENT_BYTES
+        if self._backlog > self._max_backlog:
+            self._too_slow()
+            return
+        self._put(ev)
+
+    def _too_slow(self) -> None:
+        self._ended = True
+        self._client._cancel(self._rid)
+        self._put(
+            ClientTooSlow(
+                f"the client fell more than {self._max_backlog} bytes behind the stream "
+                "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
+            )
+        )
+
     def _tokens(self, tokens: list[wire.Token]) -> None:
         if self._ended:
             return
@@ -58,14 +78,7 @@ class RemoteGeneration(EventsFromBatches):
                 cost += LOGPROB_BYTES * len(t.logprob.top)
         self._backlog += cost
         if self._backlog > self._max_backlog:
-            self._ended = True
-            self._client._cancel(self._rid)
-            self._put(
-                ClientTooSlow(
-                    f"the client fell more than {self._max_backlog} bytes behind the stream "
-                    "(RNNSERVE_STREAM_BUFFER_BYTES); the generation was stopped"
-                )
-            )
+            self._too_slow()
             return
         self._put(tokens)
 
@@ -108,6 +121,9 @@ class RemoteGeneration(EventsFromBatches):
                 self._backlog = 0
                 out: list[TokenEvent | Finished] = []
                 for item in ready:
+                    if type(item) is TokenEvent:  # most items: a token without logprobs
+                        out.append(item)
+                        continue
                     if item is _FINISHING:
                         if out:  # hand the last tokens over first; ask again, then commit
                             yield out

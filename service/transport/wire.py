@@ -22,14 +22,14 @@ from service import errors
 from service.protocol.messages import Message, StepLogprob
 from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 10  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 11  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
 # (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`);
 # 9: `Health` (readiness asks the engine what keeps it from serving); 10: operations are
 # `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
-# `Call` carries a stream's slot, an `ErrorInfo` is known by its code
+# `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`
 
 
 class Tensor(Message, frozen=True):
@@ -150,6 +150,19 @@ class Tokens(Message, frozen=True, tag="tokens"):
     tokens: list[Token]
 
 
+class StepTokens(Message, frozen=True, tag="step"):
+    """Tokens of many streams, as columns: stream `rids[i]` got token `ids[i]` at position
+    `indexes[i]`, releasing `texts[i]`. Every token (without logprobs) that the engine emitted
+    for one worker in one loop iteration, usually one decode step of the whole batch, travels in
+    one of these: one struct and four arrays per worker per step, not a frame per stream. A
+    token with logprobs travels in a `Tokens` frame of its own."""
+
+    rids: list[int]
+    texts: list[str]
+    ids: list[int]
+    indexes: list[int]
+
+
 class Finishing(Message, frozen=True, tag="finishing"):
     """Engine -> worker: a session generation has produced its last token and waits to commit
     until the worker answers `Drained` (or `Cancel`: then nothing is committed)."""
@@ -169,7 +182,7 @@ class Failed(Message, frozen=True, tag="failed"):
     error: ErrorInfo
 
 
-Frame = Call | Cancel | Drained | Result | Opened | Tokens | Finishing | Failed
+Frame = Call | Cancel | Drained | Result | Opened | StepTokens | Tokens | Finishing | Failed
 
 
 def _encode_array(obj: Any) -> Any:

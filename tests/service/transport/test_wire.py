@@ -75,3 +75,9 @@ def test_a_call_carries_its_streams_slot() -> None:
     call = wire.Call(5, ops.Generate("m", ops.GenerateParams()), wire.SlotRef(5, "alice", rows=3))
     back = wire.decoder.decode(wire.encoder.encode(call))
     assert back == call
+
+
+def test_a_steps_tokens_travel_as_columns() -> None:
+    step = wire.StepTokens(rids=[3, 9, 4], texts=["a", "", "é"], ids=[1, 2, 3], indexes=[0, 7, 2])
+    (back,) = wire.frames_decoder.decode(wire.encoder.encode([step]))
+    assert back == step
