@@ -4,10 +4,14 @@ import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import pytest
 
 from service.engine.local import InProcessClient
 from service.transport.host import EngineHost
 from service.transport.remote import RemoteClient
+from tests.service.conftest import ClientFactory, app_of
 
 
 async def until(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -35,3 +39,19 @@ async def hosted(
             with contextlib.suppress(asyncio.CancelledError):
                 await serving
             await host.close()
+
+
+@dataclass(frozen=True)
+class Wired:
+    local: InProcessClient  # the engine, in this process
+    host: EngineHost  # serving it on a private IPC socket
+    worker: RemoteClient  # connected to the host
+
+
+@pytest.fixture
+async def wired(make_client: ClientFactory) -> AsyncIterator[Wired]:
+    """An app's engine (fixture models, default settings), a host for it and a worker's client."""
+    async with make_client() as c:
+        local: InProcessClient = app_of(c).state.local
+        async with hosted(local) as (host, worker):
+            yield Wired(local, host, worker)

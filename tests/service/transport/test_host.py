@@ -15,7 +15,7 @@ from service.protocol.ops import CreateSession, Feed, GetSession
 from service.transport import wire
 from service.transport.remote import worker_identity
 from tests.service.conftest import LM, ClientFactory, app_of
-from tests.service.transport.conftest import hosted, until
+from tests.service.transport.conftest import Wired, hosted, until
 
 
 async def test_a_dead_workers_slots_are_freed_by_forget_worker(
@@ -33,46 +33,44 @@ async def test_a_dead_workers_slots_are_freed_by_forget_worker(
 
 
 async def test_a_frame_it_cannot_decode_is_skipped_and_serving_goes_on(
-    make_client: ClientFactory,
+    wired: Wired,
 ) -> None:
-    async with make_client() as c:
-        local = app_of(c).state.local
-        async with hosted(local) as (host, worker):
-            ctx = zmq.asyncio.Context()
-            stranger = ctx.socket(zmq.DEALER)
-            stranger.setsockopt(zmq.LINGER, 0)
-            stranger.connect(host.address)
-            try:
-                await stranger.send(b"\xc1 not msgpack")
-                info = await worker.call(CreateSession(LM, "h1", None, None, None))
-                fed = await worker.call(Feed(info.session_id, "to be", 3, None, None, None))
-                assert fed.version == 1
-                assert (await local.call(GetSession("h1", None))).version == 1
-            finally:
-                stranger.close(linger=0)
-                ctx.term()
+    local = wired.local
+    host = wired.host
+    worker = wired.worker
+    ctx = zmq.asyncio.Context()
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.LINGER, 0)
+    stranger.connect(host.address)
+    try:
+        await stranger.send(b"\xc1 not msgpack")
+        info = await worker.call(CreateSession(LM, "h1", None, None, None))
+        fed = await worker.call(Feed(info.session_id, "to be", 3, None, None, None))
+        assert fed.version == 1
+        assert (await local.call(GetSession("h1", None))).version == 1
+    finally:
+        stranger.close(linger=0)
+        ctx.term()
 
 
 async def test_a_workers_tokens_leave_as_one_columns_frame_in_order(
-    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The tokens posted for a worker in one loop iteration leave as ONE `StepTokens` frame,
     and a frame posted after some of them (a stream's end) leaves after them."""
-    async with make_client() as c:
-        local = app_of(c).state.local
-        async with hosted(local) as (host, _):
-            sent: list[list[wire.Frame]] = []
-            monkeypatch.setattr(host, "_send", lambda ident, frames: sent.append(frames))
-            for rid, text in ((5, "a"), (6, "b")):
-                host._post_token(b"w", rid, TokenEvent(text, ord(text), 0))
-            end = wire.Result(5, wire.answer(None))
-            host._post(b"w", end)
-            host._post_token(b"w", 6, TokenEvent("c", 99, 1))
-            await asyncio.sleep(0)  # the flush runs after the tasks ready in this iteration
-            await until(lambda: bool(sent))
-            (frames,) = sent
-            assert frames == [
-                wire.StepTokens([5, 6], ["a", "b"], [97, 98], [0, 0]),
-                end,
-                wire.StepTokens([6], ["c"], [99], [1]),
-            ]
+    host = wired.host
+    sent: list[list[wire.Frame]] = []
+    monkeypatch.setattr(host, "_send", lambda ident, frames: sent.append(frames))
+    for rid, text in ((5, "a"), (6, "b")):
+        host._post_token(b"w", rid, TokenEvent(text, ord(text), 0))
+    end = wire.Result(5, wire.answer(None))
+    host._post(b"w", end)
+    host._post_token(b"w", 6, TokenEvent("c", 99, 1))
+    await asyncio.sleep(0)  # the flush runs after the tasks ready in this iteration
+    await until(lambda: bool(sent))
+    (frames,) = sent
+    assert frames == [
+        wire.StepTokens([5, 6], ["a", "b"], [97, 98], [0, 0]),
+        end,
+        wire.StepTokens([6], ["c"], [99], [1]),
+    ]

@@ -17,72 +17,67 @@ from service.transport import host as host_module
 from service.transport import wire
 from service.transport.remote import EngineGone
 from tests.service.conftest import CLS, LM, ClientFactory, app_of
-from tests.service.transport.conftest import hosted
+from tests.service.transport.conftest import Wired, hosted
 
 
 async def test_answers_over_the_wire_are_the_in_process_answers(
-    make_client: ClientFactory,
+    wired: Wired,
 ) -> None:
-    async with make_client() as c:
-        local = app_of(c).state.local
-        async with hosted(local) as (_, worker):
-            m = worker.catalog.get(CLS)
-            rows = [m.encode_full(t, "t") for t in ("a wonderful film", "dull")]
-            assert await worker.call(Predict(CLS, rows, 3)) == await local.call(
-                Predict(CLS, rows, 3)
-            )
-            ids = [[1, 2, 3], [4]]
-            far, near = await worker.call(Logits(LM, ids)), await local.call(Logits(LM, ids))
-            assert far.dtype == np.float32 and np.array_equal(far, near)
-            assert await worker.call(Health()) == {}
-            for sid, client in (("w", worker), ("l", local)):
-                await client.call(CreateSession(LM, sid, None, None, None))
-            a = await worker.call(Feed("w", "to be", 3, None, None, None))
-            b = await local.call(Feed("l", "to be", 3, None, None, None))
-            assert msgspec.structs.replace(a, session_id="l") == b
-            assert await worker.call(LiveSessions()) == 2
+    local = wired.local
+    worker = wired.worker
+    m = worker.catalog.get(CLS)
+    rows = [m.encode_full(t, "t") for t in ("a wonderful film", "dull")]
+    assert await worker.call(Predict(CLS, rows, 3)) == await local.call(Predict(CLS, rows, 3))
+    ids = [[1, 2, 3], [4]]
+    far, near = await worker.call(Logits(LM, ids)), await local.call(Logits(LM, ids))
+    assert far.dtype == np.float32 and np.array_equal(far, near)
+    assert await worker.call(Health()) == {}
+    for sid, client in (("w", worker), ("l", local)):
+        await client.call(CreateSession(LM, sid, None, None, None))
+    a = await worker.call(Feed("w", "to be", 3, None, None, None))
+    b = await local.call(Feed("l", "to be", 3, None, None, None))
+    assert msgspec.structs.replace(a, session_id="l") == b
+    assert await worker.call(LiveSessions()) == 2
 
 
 async def test_a_string_that_cannot_cross_is_refused_naming_its_field(
-    make_client: ClientFactory,
+    wired: Wired,
 ) -> None:
-    async with make_client() as c:
-        local = app_of(c).state.local
-        async with hosted(local) as (_, worker):
-            await worker.call(CreateSession(LM, "s", None, None, None))
-            with pytest.raises(InvalidInput) as far:
-                await worker.call(Feed("s", "bad \ud800 text", 3, None, None, None))
-            with pytest.raises(InvalidInput) as near:
-                await local.call(Feed("s", "bad \ud800 text", 3, None, None, None))
-            assert (far.value.code, far.value.field) == (near.value.code, near.value.field)
-            assert far.value.field == "text"
+    local = wired.local
+    worker = wired.worker
+    await worker.call(CreateSession(LM, "s", None, None, None))
+    with pytest.raises(InvalidInput) as far:
+        await worker.call(Feed("s", "bad \ud800 text", 3, None, None, None))
+    with pytest.raises(InvalidInput) as near:
+        await local.call(Feed("s", "bad \ud800 text", 3, None, None, None))
+    assert (far.value.code, far.value.field) == (near.value.code, near.value.field)
+    assert far.value.field == "text"
 
 
 async def test_once_the_engine_is_gone_every_call_fails_at_once(
-    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with make_client() as c:
-        local = app_of(c).state.local
-        async with hosted(local) as (_, worker):
-            started = asyncio.Event()
-            real = local.call
+    local = wired.local
+    worker = wired.worker
+    started = asyncio.Event()
+    real = local.call
 
-            async def stuck(op: object) -> object:  # the engine process froze mid-call
-                started.set()
-                await asyncio.Event().wait()
-                return await real(op)  # pragma: no cover
+    async def stuck(op: object) -> object:  # the engine process froze mid-call
+        started.set()
+        await asyncio.Event().wait()
+        return await real(op)  # pragma: no cover
 
-            monkeypatch.setattr(local, "call", stuck)
-            waiting = asyncio.create_task(worker.call(LiveSessions()))
-            await started.wait()
-            worker.engine_gone()  # the supervisor's SIGUSR1
-            with pytest.raises(EngineGone) as e:
-                await waiting
-            assert (e.value.status, e.value.code) == (503, "engine_unavailable")
-            with pytest.raises(EngineGone):
-                await worker.call(LiveSessions())
-            problems = await engine_problems(worker)
-            assert "engine" in problems and "died" in problems["engine"]
+    monkeypatch.setattr(local, "call", stuck)
+    waiting = asyncio.create_task(worker.call(LiveSessions()))
+    await started.wait()
+    worker.engine_gone()  # the supervisor's SIGUSR1
+    with pytest.raises(EngineGone) as e:
+        await waiting
+    assert (e.value.status, e.value.code) == (503, "engine_unavailable")
+    with pytest.raises(EngineGone):
+        await worker.call(LiveSessions())
+    problems = await engine_problems(worker)
+    assert "engine" in problems and "died" in problems["engine"]
 
 
 async def test_an_engine_speaking_another_wire_version_is_refused(

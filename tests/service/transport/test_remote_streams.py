@@ -12,7 +12,7 @@ from service.protocol.messages import Finished, GenerateParams
 from service.protocol.ops import Generate
 from service.transport.remote import RemoteClient
 from tests.service.conftest import LM, ClientFactory, app_of, no_streams_left
-from tests.service.transport.conftest import hosted, until
+from tests.service.transport.conftest import Wired, hosted, until
 
 
 async def test_a_slot_held_over_the_wire_is_the_engines_and_comes_back(
@@ -57,18 +57,13 @@ async def test_tokens_its_client_does_not_take_are_bounded(make_client: ClientFa
             assert 0 < got <= 5 and e.value.code == "client_too_slow"
 
 
-async def test_a_stream_read_to_its_end_gives_the_engines_result(
-    make_client: ClientFactory,
-) -> None:
-    async with make_client() as c:
-        local = app_of(c).state.local
-        p = GenerateParams(prompt="ROMEO:", max_tokens=12, seed=3, temperature=0.8)
-        async with hosted(local) as (_, worker):
-            far = await worker.open(Generate(LM, p))
-            near = await local.open(Generate(LM, p))
-            try:
-                a, b = await far.collect(), await near.collect()
-            finally:
-                await far.aclose()
-                await near.aclose()
-            assert a == b and a.usage.completion_tokens == 12
+async def test_a_stream_read_to_its_end_gives_the_engines_result(wired: Wired) -> None:
+    p = GenerateParams(prompt="ROMEO:", max_tokens=12, seed=3, temperature=0.8)
+    far = await wired.worker.open(Generate(LM, p))
+    near = await wired.local.open(Generate(LM, p))
+    try:
+        a, b = await far.collect(), await near.collect()
+    finally:
+        await far.aclose()
+        await near.aclose()
+    assert a == b and a.usage.completion_tokens == 12
