@@ -9,7 +9,10 @@ import numpy as np
 from service.engine.prefill import StateRows
 from service.engine.row_params import Rows
 from service.engine.sampling import Draws, all_plain
-from service.engine.stream import Stream
+from service.engine.stream import Stream, TokenSink
+
+# (sink, stream ids, tokens): one step's tokens for one consumer of routed rows
+Routed = list[tuple[TokenSink, np.ndarray, np.ndarray]]
 
 
 class DecodeBatch:
@@ -26,6 +29,14 @@ class DecodeBatch:
         self.plain = True  # every row temperature-only (see sampling.all_plain)
         self.until_done = 0  # steps until the first row reaches its max_tokens
         self.fresh = False  # rows joined that have not sampled their first token
+        # where each row's tokens go (`stream.Route`): the index of its sink in `sinks` (-1:
+        # the stream's own event buffer) and its id there; a step's tokens then leave as one
+        # pair of arrays per sink (`routed`), and only `local` rows are walked in Python
+        self.sinks: list[TokenSink] = []
+        self.sink_of = np.zeros(0, np.int32)  # (n,)
+        self.rids = np.zeros(0, np.int64)  # (n,)
+        self.local: tuple[tuple[int, Stream], ...] = ()  # (row, stream) with no route
+        self._one_sink = False  # every row routed, all to one sink
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -44,8 +55,11 @@ class DecodeBatch:
         if old:
             logits = np.concatenate([self.logits, logits])
             rows = self.rows.concat(joined)
+        sink_of, rids = self._routes(new)
         self.states, self.logits, self.rows = states, logits, rows
         self.draws.join(joined.seeds, joined.count)
+        self.sink_of = np.concatenate([self.sink_of, sink_of])
+        self.rids = np.concatenate([self.rids, rids])
         self.streams = (*self.streams, *new)
         self.fresh = True
         self._changed()
@@ -60,6 +74,7 @@ class DecodeBatch:
         self.logits = self.logits[idx]
         self.rows = self.rows.take(idx)
         self.draws.keep(idx)
+        self.sink_of, self.rids = self.sink_of[idx], self.rids[idx]
         self._changed()
 
     def clear(self) -> None:
@@ -67,13 +82,45 @@ class DecodeBatch:
         self.logits = np.zeros((0, 0), np.float32)
         self.rows = Rows.of([])
         self.draws.clear()
+        self.sinks, self.sink_of, self.rids = [], np.zeros(0, np.int32), np.zeros(0, np.int64)
         self._changed()
+
+    def routed(self, tokens: np.ndarray) -> Routed:
+        """This step's `tokens` (n,) of the routed rows, split by sink: O(sinks) numpy calls."""
+        if self._one_sink:  # the usual batch: every row goes to the one worker
+            return [(self.sinks[0], self.rids, tokens)]
+        out: Routed = []
+        for k, sink in enumerate(self.sinks):
+            mine = self.sink_of == k
+            if mine.any():
+                out.append((sink, self.rids[mine], tokens[mine]))
+        return out
+
+    def _routes(self, new: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
+        """Sink index and id of each new row (once per joining stream, never per step)."""
+        sink_of = np.full(len(new), -1, np.int32)
+        rids = np.zeros(len(new), np.int64)
+        for i, s in enumerate(new):
+            if s.route is None:
+                continue
+            try:
+                k = self.sinks.index(s.route.sink)  # a handful: one per worker
+            except ValueError:
+                k = len(self.sinks)
+                self.sinks.append(s.route.sink)
+            sink_of[i], rids[i] = k, s.route.rid
+        return sink_of, rids
 
     def advance(self, logits: np.ndarray, states: StateRows) -> None:
         """The step's outputs become the next step's inputs (no copies)."""
         self.logits, self.states = logits, states
 
     def _changed(self) -> None:
+        if not self.streams:  # (a worker that went away leaves no sink behind)
+            self.sinks, self.sink_of, self.rids = [], np.zeros(0, np.int32), np.zeros(0, np.int64)
+        routed = self.sink_of >= 0
+        self.local = tuple((i, self.streams[i]) for i in np.flatnonzero(~routed).tolist())
+        self._one_sink = len(self.sinks) == 1 and bool(routed.all())
         r = self.rows
         self.plain = all_plain(r.temp, r.top_k, r.top_p, self.logits.shape[-1])
         self.until_done = int((r.max - r.count).min()) if len(r.count) else 0

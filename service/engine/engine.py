@@ -17,10 +17,9 @@ from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
-from service.engine.stream import DoneEvent, ErrorEvent, Stream
+from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
 from service.errors import InvalidInput
 from service.metrics import Metrics
-from service.protocol.catalog import token_text
 from service.protocol.events import EventsFromBatches, TokenEvent
 from service.protocol.messages import (
     Classification,
@@ -37,6 +36,7 @@ from service.protocol.softmax import softmax
 from service.sessions.bounds import require_finite
 
 Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
+BeforeCommit = Callable[[], Awaitable[str | None]]
 
 
 @dataclass(eq=False)
@@ -50,8 +50,9 @@ class Generation(EventsFromBatches):
     release: Callable[[], Awaitable[None]] | None = None
     replay: GenerationResult | None = None  # an idempotent replay: no stream ran
     # awaited after the last token was taken and before `finalize` commits (the engine process:
-    # until the worker's client has been handed every token too)
-    before_commit: Callable[[], Awaitable[None]] | None = None
+    # until the worker's client has been handed every token too); it answers the text the
+    # consumer was handed when the consumer decoded the tokens itself (a routed stream)
+    before_commit: BeforeCommit | None = None
     _closed: bool = field(default=False, init=False)
     _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
 
@@ -68,6 +69,12 @@ class Generation(EventsFromBatches):
             send(ev)
 
         self.stream.forward_tokens(sink)
+
+    @property
+    def routed(self) -> bool:
+        """Its tokens go by its `Route` as arrays: its consumer decodes them, and only the end
+        comes through `batches()` (with the text left for the consumer to fill in)."""
+        return self.stream.route is not None
 
     async def batches(
         self, keep_logprobs: bool = True
@@ -107,7 +114,9 @@ class Generation(EventsFromBatches):
                                 yield out
                                 out = []
                             if self.before_commit is not None:
-                                await self.before_commit()
+                                text = await self.before_commit()
+                                if text is not None:  # a routed stream's, decoded by its consumer
+                                    pieces[:] = [text]
                         out.append(Finished(await self._result(ev, pieces, logprobs)))
                 yield out
         finally:
@@ -147,15 +156,6 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.schedulers: dict[str, Scheduler] = {}
-        self._vocab: dict[str, list[str]] = {}  # id -> text, for fast decoding
-
-    def vocab(self, m: LoadedModel) -> list[str]:
-        table = self._vocab.get(m.name)
-        if table is None:
-            table = self._vocab[m.name] = [
-                token_text(m.tokenizer, i) for i in range(m.tokenizer.vocab_size)
-            ]
-        return table
 
     def start(self) -> None:
         """Create the schedulers inside the running loop."""
@@ -266,8 +266,10 @@ class Engine:
         ids: list[int],
         states: StateRows | None,
         logits: np.ndarray | None,
+        route: Route | None = None,
     ) -> Stream:
-        """Prefill `ids` (or prime an empty context), then join the decode batch."""
+        """Prefill `ids` (or prime an empty context), then join the decode batch, its tokens
+        going by `route` when it has one (see `stream.Route`)."""
         started = time.perf_counter()  # time to first token includes the prefill
         if not ids and logits is None:
             ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
@@ -283,18 +285,21 @@ class Engine:
             params,
             logits,
             list(rows),
-            self.vocab(m).__getitem__,
+            m.view.vocab.__getitem__,
             created=started,
             max_backlog_bytes=self.config.stream_buffer_bytes,
             prompt_tokens=len(ids),
+            route=route,
         )
         self.schedulers[m.name].join(stream)
         return stream
 
-    async def generate(self, name: str, p: GenerateParams) -> Generation:
+    async def generate(
+        self, name: str, p: GenerateParams, route: Route | None = None
+    ) -> Generation:
         """A stateless generation from a fresh state."""
         m = self.model(name)
         m.view.require_lm()
         ids = m.view.encode_full(p.prompt, "prompt") if p.prompt else []
-        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None)
+        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None, route)
         return Generation(stream, m.name)

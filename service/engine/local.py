@@ -5,13 +5,13 @@ straight to its handler (`dispatch.py`): the engine's own below, the session rul
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
 from service.engine.dispatch import handlers, handles
-from service.engine.engine import Engine, Generation
+from service.engine.engine import BeforeCommit, Engine, Generation
+from service.engine.stream import Route
 from service.engine.stream_slots import StreamSlots
 from service.errors import InvalidInput, ServiceError
 from service.protocol.catalog import Catalog
@@ -53,16 +53,18 @@ class InProcessClient:
         op: StreamOp,
         hold: StreamHold | None = None,
         *,
-        before_commit: Callable[[], Awaitable[None]] | None = None,
+        before_commit: BeforeCommit | None = None,
+        route: Route | None = None,
     ) -> Generation:
         """As `EngineClient.open`; `before_commit` is awaited after a session generation's last
-        token and before it commits (the engine process waits there for its worker's client)."""
+        token and before it commits (the engine process waits there for its worker's client);
+        `route` sends the tokens as arrays to a consumer that decodes them (`stream.Route`)."""
         if isinstance(hold, LocalHold) and hold.refusal is not None:
             raise hold.refusal
         handler = self._handlers.get(type(op))
         if handler is None or not isinstance(op, StreamOp):
             raise InvalidInput(f"the engine has no stream operation {type(op).__name__}")
-        gen: Generation = await handler(op, before_commit)
+        gen: Generation = await handler(op, before_commit, route)
         return gen
 
     def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:
@@ -91,8 +93,10 @@ class InProcessClient:
         return await self.engine.logits(op.model, op.rows)
 
     @handles(Generate)
-    async def _generate(self, op: Generate, _before_commit: Any = None) -> Generation:
-        return await self.engine.generate(op.model, op.params)
+    async def _generate(
+        self, op: Generate, _before_commit: Any = None, route: Route | None = None
+    ) -> Generation:
+        return await self.engine.generate(op.model, op.params, route)
 
 
 class LocalHold:

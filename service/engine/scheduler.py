@@ -10,7 +10,11 @@ Each model has one **engine thread** that alternates between
   others by a pass, never by its whole length, and is dropped between chunks once its caller
   has timed out or gone;
 * a **decode step**: every active generation stream samples one token and the whole batch
-  advances by that token in ONE onnxruntime call. Streams join and leave between steps.
+  advances by that token in ONE onnxruntime call. Streams join and leave between steps. A
+  step's tokens leave as arrays: one (stream ids, tokens) pair per sink for the routed rows
+  (`stream.Route`: in the engine process, a worker, which decodes them), so the engine's Python
+  per step does not grow with the streams; only rows that need text here (stop strings,
+  logprobs) or have no route (one process) are walked one by one.
 
 Why a thread, not a task on the event loop: the engine never waits for the loop. HTTP runs on
 the loop *while* the next step computes; a consumer that fell behind finds several tokens and
@@ -380,9 +384,19 @@ class Scheduler:
         if b.fresh:
             b.fresh = False
             self._first_tokens(streams, t0)
-        # the tokens reach their consumers while onnxruntime computes the step
+        # the tokens reach their consumers while onnxruntime computes the step: the routed
+        # rows' as one pair of arrays per sink, the others stream by stream
         stats, self._stats = self._stats, None
-        self._post(emit, streams, tokens.tolist(), texts, logprobs, stats)
+        local = b.local
+        self._post(
+            emit,
+            local,
+            tokens.tolist() if local else [],
+            texts,
+            logprobs,
+            b.routed(tokens) if b.sinks else [],
+            stats,
+        )
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
             logits, states = self.runner.run(tokens[:, None], self._ones[:n], b.states)
@@ -398,11 +412,12 @@ class Scheduler:
         if done is not None and done.any():
             finished = [
                 (
-                    streams[r],
-                    logits[r].copy(),
-                    [np.take(st, [r], axis=ax) for st, ax in zip(states, self._axes, strict=True)],
+                    streams[i],
+                    logits[i].copy(),
+                    [np.take(st, [i], axis=ax) for st, ax in zip(states, self._axes, strict=True)],
+                    int(r.count[i]),
                 )
-                for r in np.flatnonzero(done).tolist()
+                for i in np.flatnonzero(done).tolist()
             ]
             self._post(finish, finished)
             self._keep(~done)

@@ -1,4 +1,5 @@
-"""A generation stream: per-stream sampling state and the events its consumer reads."""
+"""A generation stream: per-stream sampling state and the events its consumer reads, or the
+route its tokens take as arrays (`Route`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,21 @@ import numpy as np
 from service.engine.sampling import SamplingParams, StopMatcher
 from service.protocol.events import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
 from service.protocol.messages import FinishReason, StepLogprob
+
+# (stream ids, token ids): one decode step's tokens for one consumer, row for row
+TokenSink = Callable[[np.ndarray, np.ndarray], None]
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """Where a stream's tokens go instead of its event buffer: the decode step hands `sink` the
+    ids and tokens of all its rows routed there as two arrays, this stream's under `rid`. In the
+    engine process a sink is a worker's outbox: the engine's Python per step is then one call
+    per worker, not per stream, and the worker decodes the tokens (it has the vocabulary).
+    Only the end (`DoneEvent`) and errors still reach the stream's buffer."""
+
+    sink: TokenSink
+    rid: int
 
 
 @dataclass(frozen=True)
@@ -55,10 +71,15 @@ class Stream:
     produced: int = 0  # tokens handed to the consumer so far
     prompt_tokens: int = 0  # tokens prefilled before the first sampled one (usage)
     first_token_at: float | None = None
+    # the consumer takes the tokens as arrays (see Route); ignored (None) for a stream whose
+    # tokens need the per-row path (stop strings, logprobs)
+    route: Route | None = None
 
     def __post_init__(self) -> None:
         self.stopper = StopMatcher(self.params.stop)
         self.has_stops = bool(self.stopper.stops)
+        if self.has_stops or self.params.logprobs is not None:
+            self.route = None
         # a plain buffer + one waiter: cheaper than asyncio.Queue, and a consumer that falls
         # behind drains several events per wake-up
         self._buf: deque[Event] = deque()
@@ -143,11 +164,12 @@ class Stream:
             return
         self._push(TokenEvent(text, token, self.produced - 1, logprob))
 
-    def finish(self, logits: np.ndarray, states: list[np.ndarray]) -> None:
+    def finish(self, logits: np.ndarray, states: list[np.ndarray], sampled: int) -> None:
+        """The row ended after `sampled` tokens (those a routed stream's consumer counted)."""
         if self.cancelled:
             return
         reason: FinishReason = "stop" if self.stopper.matched is not None else "length"
-        self._push(DoneEvent(reason, self.produced, logits, states, self.stopper.matched))
+        self._push(DoneEvent(reason, sampled, logits, states, self.stopper.matched))
 
     def fail(self, error: BaseException) -> None:
         self._push(ErrorEvent(error))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from service.engine.batch import Routed
 from service.engine.prefill import StateRows
 from service.engine.stream import Stream
 from service.errors import EngineError, ServiceError
@@ -46,21 +47,26 @@ def reject(futures: list[asyncio.Future[Any]], err: BaseException) -> None:
 
 
 def emit(
-    streams: Sequence[Stream],
+    local: Sequence[tuple[int, Stream]],
     tokens: list[int],
     texts: dict[int, str] | None,
     logprobs: dict[int, StepLogprob] | None,
+    routed: Routed,
     stats: tuple[Meters, int, float, float | None] | None,
 ) -> None:
+    """One decode step's tokens: each routed sink's in one call, then the rows without a route
+    (`local`: (row, stream)) one by one; `tokens`, `texts` and `logprobs` are by row."""
     if stats is not None:  # the previous step's metrics ride along (off the engine thread)
         record(*stats)
+    for sink, rids, ids in routed:
+        sink(rids, ids)
     if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
-        for s, tok in zip(streams, tokens, strict=True):
-            s.emit(tok, None, None)
+        for i, s in local:
+            s.emit(tokens[i], None, None)
         return
     texts, logprobs = texts or {}, logprobs or {}
-    for i, (s, tok) in enumerate(zip(streams, tokens, strict=True)):
-        s.emit(tok, texts.get(i), logprobs.get(i))
+    for i, s in local:
+        s.emit(tokens[i], texts.get(i), logprobs.get(i))
 
 
 def record(m: Meters, n: int, step_s: float, gap_s: float | None) -> None:
@@ -71,9 +77,9 @@ def record(m: Meters, n: int, step_s: float, gap_s: float | None) -> None:
         m.itl.observe(gap_s)
 
 
-def finish(done: list[tuple[Stream, np.ndarray, StateRows]]) -> None:
-    for s, logits, rows in done:
-        s.finish(logits, rows)
+def finish(done: list[tuple[Stream, np.ndarray, StateRows, int]]) -> None:
+    for s, logits, rows, sampled in done:
+        s.finish(logits, rows, sampled)
 
 
 def fail_streams(streams: Sequence[Stream], err: BaseException) -> None:

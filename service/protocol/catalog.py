@@ -10,6 +10,7 @@ manifests the engine loaded; an in-process server takes them from its registry.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from service.contract import (
     CharTokenizer,
@@ -98,6 +99,12 @@ class ModelView:
 
     def token_text(self, token: int) -> str:
         return token_text(self.tokenizer, token)
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        """Every token's text by id: decoding a generated token is one list index, on whichever
+        side of the wire decodes it (the engine for its own consumers, a worker for its own)."""
+        return [token_text(self.tokenizer, i) for i in range(self.tokenizer.vocab_size)]
 
 
 @dataclass(frozen=True)

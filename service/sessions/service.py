@@ -17,7 +17,6 @@ import hashlib
 import json
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -25,10 +24,10 @@ import msgspec
 import numpy as np
 
 from service.engine.dispatch import handles
-from service.engine.engine import Engine, Generation
+from service.engine.engine import BeforeCommit, Engine, Generation
 from service.engine.registry import LoadedModel
 from service.engine.sampling import SamplingParams
-from service.engine.stream import DoneEvent, Stream
+from service.engine.stream import DoneEvent, Route, Stream
 from service.errors import (
     IdempotencyKeyReused,
     InvalidInput,
@@ -293,7 +292,10 @@ class SessionService:
 
     @handles(SessionGenerate)
     async def open_generation(
-        self, op: SessionGenerate, before_commit: Callable[[], Awaitable[None]] | None = None
+        self,
+        op: SessionGenerate,
+        before_commit: BeforeCommit | None = None,
+        route: Route | None = None,
     ) -> Generation:
         """Take the session's lock and start generating; the lock is held until the
         generation is closed, and the state is committed only when it finishes (after
@@ -320,7 +322,7 @@ class SessionService:
                 stream = _idle_stream(params)
                 return Generation(stream, m.name, public, release=stack.aclose, replay=replay)
             stream = await self.engine.start_generation(
-                m, params, ids, list(rec.states), rec.logits
+                m, params, ids, list(rec.states), rec.logits, route
             )
         except BaseException:
             await stack.aclose()

@@ -2,10 +2,13 @@
 `InProcessClient` (so the engine behaves exactly as in a one-process server).
 
 Each call runs as its own task: the host decodes the frame, hands the operation to the
-`InProcessClient` and encodes its answer, knowing no operation by name. A stream's tokens skip it: each is posted as a `Tokens` frame
-from the loop callback that emits the engine's step (`Generation.forward_tokens`), and the task
-wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in the
-same loop iteration leave as one message. A `Cancel` (the worker's client went away)
+`InProcessClient` and encodes its answer, knowing no operation by name. A stream's tokens skip
+that task: the stream is routed to its worker's sink (`stream.Route`), so each decode step hands
+the host ONE pair of arrays per worker (stream ids, token ids), sent as a `StepIds` frame that
+the worker decodes; a stream whose tokens need text in the engine (stop strings, logprobs) has
+each token posted from the loop callback that emits the step (`Generation.forward_tokens`). The
+task wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in
+the same loop iteration leave as one message. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
 and nothing is committed. A stream slot (`wire.SlotRef`) is taken or refused as the first frame
 naming it is read (no task), and held until the worker cancels its id; a generation under a
@@ -21,10 +24,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import zmq
 import zmq.asyncio
 
 from service.engine.local import InProcessClient, LocalHold
+from service.engine.stream import Route, TokenSink
 from service.logging import get_logger
 from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, Finished
@@ -61,8 +66,10 @@ class EngineHost:
         # ids, indexes): four appends a token instead of two structs
         self._columns: dict[bytes, tuple[list[int], list[str], list[int], list[int]]] = {}
         self._flush_due = False
-        # session generations waiting for their worker's `Drained` before they commit
-        self._drains: dict[tuple[bytes, int], asyncio.Future[None]] = {}
+        # each worker's token sink (`stream.Route`): a decode step's ids for its streams
+        self._sinks: dict[bytes, TokenSink] = {}
+        # session generations waiting for their worker's `Drained` (and its text) to commit
+        self._drains: dict[tuple[bytes, int], asyncio.Future[str | None]] = {}
 
     async def serve(self) -> None:
         while True:
@@ -77,7 +84,7 @@ class EngineHost:
             elif isinstance(frame, wire.Drained):
                 drained = self._drains.get((ident, frame.rid))
                 if drained is not None and not drained.done():
-                    drained.set_result(None)
+                    drained.set_result(frame.text)
             elif isinstance(frame, wire.Call):
                 self._start(ident, frame)
 
@@ -123,6 +130,7 @@ class EngineHost:
         held = [k for k in self._slots if k[0] == ident]
         for k in held:
             self._slots.pop(k).release()
+        self._sinks.pop(ident, None)
         return len(gone) + len(held)
 
     async def close(self) -> None:
@@ -153,6 +161,19 @@ class EngineHost:
         cols[1].append(ev.text)
         cols[2].append(ev.token_id)
         cols[3].append(ev.index)
+
+    def _sink(self, ident: bytes) -> TokenSink:
+        """Where the engine's decode steps put this worker's routed tokens: a `StepIds` frame
+        in its outbox (after any frame already there, before any posted later)."""
+        sink = self._sinks.get(ident)
+        if sink is None:
+
+            def sink(rids: np.ndarray, ids: np.ndarray) -> None:
+                self._outbox.setdefault(ident, []).append(wire.StepIds.of(rids, ids))
+                self._flush_soon()
+
+            self._sinks[ident] = sink
+        return sink
 
     def _flush_soon(self) -> None:
         if not self._flush_due:
@@ -203,20 +224,21 @@ class EngineHost:
             # commit only once the worker's client has been handed every token: the engine
             # reads the stream ahead of the client, and a client gone before the end must
             # leave the session as it was (docs/reliability.md, guarantee 2)
-            drained = asyncio.get_running_loop().create_future()
+            drained: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
             self._drains[(ident, rid)] = drained
 
-            async def before_commit() -> None:
+            async def before_commit() -> str | None:
                 self._post(ident, wire.Finishing(rid))
-                await drained
+                return await drained  # (the text its client got, when the worker decoded it)
 
+        route = Route(self._sink(ident), rid)
         try:
-            gen = await self.client.open(op, hold, before_commit=before_commit)
+            gen = await self.client.open(op, hold, before_commit=before_commit, route=route)
         except BaseException:
             self._drains.pop((ident, rid), None)
             raise
         try:
-            self._post(ident, wire.Opened(rid))
+            self._post(ident, wire.Opened(rid, gen.model if gen.routed else None))
             post, column = self._post, self._post_token
 
             # each token goes to the worker's step columns as the engine emits it (no task

@@ -113,7 +113,13 @@ class RemoteClient:
                 self._dispatch(frame)
 
     def _dispatch(self, frame: wire.Frame) -> None:
-        if type(frame) is wire.StepTokens:  # most frames by far: one per engine step
+        if type(frame) is wire.StepIds:  # most frames by far: one per engine step
+            streams = self._streams
+            for rid, token_id in zip(*frame.arrays(), strict=True):
+                gen = streams.get(rid)
+                if gen is not None:
+                    gen._id(token_id)
+        elif type(frame) is wire.StepTokens:
             streams = self._streams
             for rid, text, token_id, index in zip(
                 frame.rids, frame.texts, frame.ids, frame.indexes, strict=True
@@ -128,6 +134,8 @@ class RemoteClient:
         elif isinstance(frame, wire.Opened):
             gen = self._streams.get(frame.rid)
             if gen is not None and not gen.opened.done():
+                if frame.model is not None:  # its tokens come as ids, for this worker to decode
+                    gen.decode_with(self.catalog.get(frame.model).vocab)
                 gen.opened.set_result(None)
         elif isinstance(frame, wire.Finishing):
             gen = self._streams.get(frame.rid)
@@ -163,9 +171,9 @@ class RemoteClient:
         with contextlib.suppress(zmq.ZMQError):
             self._sock.send(wire.encoder.encode(wire.Cancel(rid)), flags=zmq.NOBLOCK)
 
-    def _drained(self, rid: int) -> None:
+    def _drained(self, rid: int, text: str | None) -> None:
         with contextlib.suppress(zmq.ZMQError):
-            self._sock.send(wire.encoder.encode(wire.Drained(rid)), flags=zmq.NOBLOCK)
+            self._sock.send(wire.encoder.encode(wire.Drained(rid, text)), flags=zmq.NOBLOCK)
 
     @staticmethod
     def _encode(frame: wire.Call) -> bytes:

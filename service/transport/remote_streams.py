@@ -47,8 +47,29 @@ class RemoteGeneration(EventsFromBatches):
         self._ended = False
         # resolved when the engine has started the generation (or refused it: the error)
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # a routed stream (`wire.Opened.model`): its tokens arrive as ids, decoded here with
+        # the model's vocabulary, counted here, and its text is this worker's to report
+        self._vocab: list[str] | None = None
+        self._pieces: list[str] = []
+        self._next = 0  # the next token's index
+
+    def decode_with(self, vocab: list[str]) -> None:
+        self._vocab = vocab
 
     # -- fed by the client's reader
+    def _id(self, token_id: int) -> None:
+        """One token of a routed stream (from a `StepIds` frame): decoded and counted here."""
+        if self._ended or self._vocab is None:
+            return
+        self._backlog += EVENT_BYTES
+        if self._backlog > self._max_backlog:
+            self._too_slow()
+            return
+        text = self._vocab[token_id]
+        self._pieces.append(text)
+        self._put(TokenEvent(text, token_id, self._next))
+        self._next += 1
+
     def _token(self, ev: TokenEvent) -> None:
         """One token without logprobs (from a `StepTokens` frame)."""
         if self._ended:
@@ -128,7 +149,7 @@ class RemoteGeneration(EventsFromBatches):
                         if out:  # hand the last tokens over first; ask again, then commit
                             yield out
                             out = []
-                        self._client._drained(self._rid)
+                        self._client._drained(self._rid, self._text())
                         continue
                     if isinstance(item, list):
                         for t in item:
@@ -141,6 +162,8 @@ class RemoteGeneration(EventsFromBatches):
                         if out:
                             yield out  # the tokens before a failure still go out
                         raise item
+                    if self._vocab is not None:  # the engine left the text to this worker
+                        item = msgspec.structs.replace(item, text=self._text())
                     out.append(self._finish(item, keep_logprobs, logprobs))
                     yield out
                     return
@@ -148,6 +171,10 @@ class RemoteGeneration(EventsFromBatches):
                     yield out
         finally:
             await self.aclose()
+
+    def _text(self) -> str | None:
+        """What this worker decoded, for a routed stream (None: the engine decodes)."""
+        return "".join(self._pieces) if self._vocab is not None else None
 
     @staticmethod
     def _finish(result: GenerationResult, keep: bool, logprobs: list[TokenLogprob]) -> Finished:

@@ -22,14 +22,15 @@ from service import errors
 from service.protocol.messages import Message, StepLogprob
 from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 11  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 12  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
 # (`Finishing` / `Drained`); 8: a slot holds `rows` decode rows (`SlotRef.rows`, `HoldStream.rows`);
 # 9: `Health` (readiness asks the engine what keeps it from serving); 10: operations are
 # `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
-# `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`
+# `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`;
+# 12: `StepIds` (the worker decodes a routed stream's tokens: `Opened.model`, `Drained.text`)
 
 
 class Tensor(Message, frozen=True):
@@ -137,9 +138,12 @@ class Result(Message, frozen=True, tag="result"):
 
 
 class Opened(Message, frozen=True, tag="opened"):
-    """A stream started (its errors from here on end the stream instead of the call)."""
+    """A stream started (its errors from here on end the stream instead of the call). With
+    `model`, its tokens come as ids (`StepIds`) for the worker to decode with that model's
+    vocabulary, and its result's text is the worker's to fill in."""
 
     rid: int
+    model: str | None = None
 
 
 class Tokens(Message, frozen=True, tag="tokens"):
@@ -163,6 +167,26 @@ class StepTokens(Message, frozen=True, tag="step"):
     indexes: list[int]
 
 
+class StepIds(Message, frozen=True, tag="ids"):
+    """One decode step's tokens for one worker: stream `rids[i]` got token `ids[i]`, both as
+    little-endian arrays (int64, int32) copied out of the engine's batch arrays, so the engine's
+    Python per step is one frame per worker whatever the streams. The worker decodes them (the
+    stream's `Opened.model`) and counts each stream's positions."""
+
+    rids: bytes
+    ids: bytes
+
+    @classmethod
+    def of(cls, rids: np.ndarray, ids: np.ndarray) -> StepIds:
+        return cls(rids.astype("<i8", copy=False).tobytes(), ids.astype("<i4").tobytes())
+
+    def arrays(self) -> tuple[list[int], list[int]]:
+        return (
+            np.frombuffer(self.rids, "<i8").tolist(),
+            np.frombuffer(self.ids, "<i4").tolist(),
+        )
+
+
 class Finishing(Message, frozen=True, tag="finishing"):
     """Engine -> worker: a session generation has produced its last token and waits to commit
     until the worker answers `Drained` (or `Cancel`: then nothing is committed)."""
@@ -172,9 +196,11 @@ class Finishing(Message, frozen=True, tag="finishing"):
 
 class Drained(Message, frozen=True, tag="drained"):
     """Worker -> engine: the client has been handed every token of the stream `rid` (its
-    consumer asked for more after the last one); the engine may commit."""
+    consumer asked for more after the last one); the engine may commit. `text`: what the
+    client was handed, for a stream whose tokens the worker decoded (the committed result's)."""
 
     rid: int
+    text: str | None = None
 
 
 class Failed(Message, frozen=True, tag="failed"):
@@ -182,7 +208,9 @@ class Failed(Message, frozen=True, tag="failed"):
     error: ErrorInfo
 
 
-Frame = Call | Cancel | Drained | Result | Opened | StepTokens | Tokens | Finishing | Failed
+Frame = (
+    Call | Cancel | Drained | Result | Opened | StepIds | StepTokens | Tokens | Finishing | Failed
+)
 
 
 def _encode_array(obj: Any) -> Any:
