@@ -114,6 +114,8 @@ class Server:
 
     def start(self, timeout: float = 120.0) -> float:
         """Start and poll the ready URL; returns seconds from spawn to ready."""
+        if self.log:  # (a fresh checkout has no bench/.out/logs yet)
+            self.log.parent.mkdir(parents=True, exist_ok=True)
         out = open(self.log, "wb") if self.log else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, **self.env}
         t0 = time.perf_counter()

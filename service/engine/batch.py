@@ -9,10 +9,12 @@ import numpy as np
 from service.engine.prefill import StateRows
 from service.engine.row_params import Rows
 from service.engine.sampling import Draws, all_plain
+from service.engine.stops import StopTable
 from service.engine.stream import Stream, TokenSink
 
-# (sink, stream ids, tokens): one step's tokens for one consumer of routed rows
-Routed = list[tuple[TokenSink, np.ndarray, np.ndarray]]
+# (sink, stream ids, tokens, ids of the streams whose last token this is or None): one step's
+# tokens for one consumer of routed rows
+Routed = list[tuple[TokenSink, np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 class DecodeBatch:
@@ -37,6 +39,7 @@ class DecodeBatch:
         self.rids = np.zeros(0, np.int64)  # (n,)
         self.local: tuple[tuple[int, Stream], ...] = ()  # (row, stream) with no route
         self._one_sink = False  # every row routed, all to one sink
+        self.stops: StopTable | None = None  # the rows' stop automata (from the first join)
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -56,6 +59,9 @@ class DecodeBatch:
             logits = np.concatenate([self.logits, logits])
             rows = self.rows.concat(joined)
         sink_of, rids = self._routes(new)
+        if self.stops is None:
+            self.stops = StopTable(logits.shape[-1])
+        self.stops.join([s.stop_automaton for s in new])
         self.states, self.logits, self.rows = states, logits, rows
         self.draws.join(joined.seeds, joined.count)
         self.sink_of = np.concatenate([self.sink_of, sink_of])
@@ -75,6 +81,8 @@ class DecodeBatch:
         self.rows = self.rows.take(idx)
         self.draws.keep(idx)
         self.sink_of, self.rids = self.sink_of[idx], self.rids[idx]
+        if self.stops is not None:
+            self.stops.keep(idx)
         self._changed()
 
     def clear(self) -> None:
@@ -83,17 +91,21 @@ class DecodeBatch:
         self.rows = Rows.of([])
         self.draws.clear()
         self.sinks, self.sink_of, self.rids = [], np.zeros(0, np.int32), np.zeros(0, np.int64)
+        self.stops = None
         self._changed()
 
-    def routed(self, tokens: np.ndarray) -> Routed:
-        """This step's `tokens` (n,) of the routed rows, split by sink: O(sinks) numpy calls."""
+    def routed(self, tokens: np.ndarray, done: np.ndarray | None) -> Routed:
+        """This step's `tokens` (n,) of the routed rows, split by sink, with the ids of the rows
+        that end at this step (`done`, when any may): O(sinks) numpy calls."""
         if self._one_sink:  # the usual batch: every row goes to the one worker
-            return [(self.sinks[0], self.rids, tokens)]
+            ends = None if done is None else self.rids[done]
+            return [(self.sinks[0], self.rids, tokens, ends)]
         out: Routed = []
         for k, sink in enumerate(self.sinks):
             mine = self.sink_of == k
             if mine.any():
-                out.append((sink, self.rids[mine], tokens[mine]))
+                ends = None if done is None else self.rids[mine & done]
+                out.append((sink, self.rids[mine], tokens[mine], ends))
         return out
 
     def _routes(self, new: list[Stream]) -> tuple[np.ndarray, np.ndarray]:

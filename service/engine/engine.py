@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.engine.gate import DecodeGate
 from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
+from service.engine.stops import StopAutomata, StopAutomaton
 from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
 from service.errors import InvalidInput
 from service.metrics import Metrics
@@ -156,11 +158,13 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.schedulers: dict[str, Scheduler] = {}
+        self.gate = DecodeGate()  # closed by the engine process's host (gate.py)
+        self._stops: dict[str, StopAutomata] = {}  # each model's stop automata, by stop list
 
     def start(self) -> None:
         """Create the schedulers inside the running loop."""
         for name, m in self.registry.models.items():
-            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics)
+            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics, self.gate)
             self.schedulers[name].start()
 
     async def close(self, timeout: float) -> None:
@@ -259,6 +263,14 @@ class Engine:
             logprobs=p.logprobs,
         )
 
+    def stop_automaton(self, m: LoadedModel, stops: tuple[str, ...]) -> StopAutomaton | None:
+        if not stops:
+            return None
+        automata = self._stops.get(m.name)
+        if automata is None:
+            automata = self._stops[m.name] = StopAutomata(m.view.vocab)
+        return automata.get(stops)
+
     async def start_generation(
         self,
         m: LoadedModel,
@@ -290,6 +302,7 @@ class Engine:
             max_backlog_bytes=self.config.stream_buffer_bytes,
             prompt_tokens=len(ids),
             route=route,
+            stop_automaton=self.stop_automaton(m, params.stop),
         )
         self.schedulers[m.name].join(stream)
         return stream

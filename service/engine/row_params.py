@@ -25,7 +25,7 @@ class Rows:
     seeds: np.ndarray  # uint64
     count: np.ndarray  # uint64, tokens sampled so far (the index of the next draw)
     max: np.ndarray  # uint64, max_tokens
-    special: np.ndarray  # bool: stop strings or logprobs, the per-row Python path
+    special: np.ndarray  # bool: text in the engine (logprobs; stop strings unrouted)
 
     @classmethod
     def of(cls, streams: Sequence[Stream]) -> Rows:
@@ -37,7 +37,7 @@ class Rows:
             np.array([x.seed for x in p], np.uint64),
             np.zeros(len(p), np.uint64),
             np.array([x.max_tokens for x in p], np.uint64),
-            np.array([s.has_stops or s.wants_logprobs for s in streams], bool),
+            np.array([s.wants_logprobs or (s.has_stops and not s.route) for s in streams], bool),
         )
 
     def concat(self, other: Rows) -> Rows:
@@ -67,8 +67,10 @@ class Rows:
 def special_rows(
     rows: Rows, streams: Sequence[Stream], logits: np.ndarray, tokens: np.ndarray, done: np.ndarray
 ) -> tuple[dict[int, str] | None, dict[int, StepLogprob] | None]:
-    """Stop strings (which may end a row early: `done` is updated) and logprobs (against the
-    step's input `logits`): per row, only where asked. (texts by row, logprobs by row)."""
+    """The text of the rows that hold back their own stop strings (a stream without a route:
+    its text is made here; `done` already says where a stop ends it, from the batch's
+    `StopTable`, and the matcher agrees) and logprobs (against the step's input `logits`): per
+    row, only where asked. (texts by row, logprobs by row)."""
     if not rows.any_special:
         return None, None
     texts: dict[int, str] = {}
@@ -77,8 +79,6 @@ def special_rows(
         s, tok = streams[i], int(tokens[i])
         if s.wants_logprobs:
             logprobs[i] = logprob_info(logits[i], tok, s.params.logprobs or 0, s.decode)
-        if s.has_stops:
-            texts[i], stopped = s.stop_text(tok, bool(done[i]))
-            if stopped:
-                done[i] = True
+        if s.has_stops and s.route is None:
+            texts[i], _ = s.stop_text(tok, bool(done[i]))
     return texts or None, logprobs or None

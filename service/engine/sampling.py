@@ -9,7 +9,7 @@ per-stream generator object is stepped in Python on the hot path.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,40 +202,3 @@ def logprob_info(
     return StepLogprob(
         float(lp[token]), tuple(Alternative(decode(int(i)), float(lp[i])) for i in top)
     )
-
-
-class StopMatcher:
-    """Holds back text that could still become a stop string; reports when one completes."""
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self.stops = [s for s in stops if s]
-        self.buf = ""
-        self.matched: str | None = None
-
-    def push(self, text: str) -> str:
-        """Add generated text; return what may be emitted now."""
-        if not self.stops:
-            return text
-        self.buf += text
-        first = None
-        for s in self.stops:
-            i = self.buf.find(s)
-            if i >= 0 and (first is None or i < first[0]):
-                first = (i, s)
-        if first is not None:
-            self.matched = first[1]
-            out, self.buf = self.buf[: first[0]], ""
-            return out
-        hold = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.buf)), 0, -1):
-                if self.buf.endswith(s[:n]):
-                    hold = max(hold, n)
-                    break
-        out = self.buf[: len(self.buf) - hold]
-        self.buf = self.buf[len(self.buf) - hold :]
-        return out
-
-    def flush(self) -> str:
-        out, self.buf = self.buf, ""
-        return out

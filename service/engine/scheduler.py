@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.batch import DecodeBatch
+from service.engine.gate import DecodeGate
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -96,7 +97,13 @@ def _shutting_down() -> Overloaded:
 class Scheduler:
     """Create inside the running loop (`start()` captures it and starts the engine thread)."""
 
-    def __init__(self, runner: Runner, config: SchedulerConfig, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        runner: Runner,
+        config: SchedulerConfig,
+        metrics: Metrics | None = None,
+        gate: DecodeGate | None = None,
+    ):
         self.runner = runner
         self.config = config
         self.metrics = metrics
@@ -107,6 +114,8 @@ class Scheduler:
         self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
         self._cv = threading.Condition()
+        self._gate = gate or DecodeGate()  # paces decode steps to their consumers
+        self._gate.attach(self._cv)
         self._prefill = PrefillQueue()
         self._joining: deque[Stream] = deque()
         self._closing = False
@@ -223,7 +232,7 @@ class Scheduler:
                     return
                 if chunks:
                     self._run_prefill(chunks)
-                if self._batch.streams or self._joining:
+                if (self._batch.streams or self._joining) and not self._gate.held_s():
                     self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
@@ -239,11 +248,14 @@ class Scheduler:
                     self._fail_all(_shutting_down())
                     return None
                 decoding = bool(self._batch.streams or self._joining)
-                if not (self._prefill or decoding):
-                    if self._closing:
+                # the workers are behind on the tokens already sent: the next step waits
+                # (`gate.py`), prefills do not
+                held = self._gate.held_s() if decoding else 0.0
+                if not self._prefill and (held or not decoding):
+                    if self._closing and not decoding:
                         return None
                     self._waiting = True
-                    self._cv.wait()
+                    self._cv.wait(held or None)
                     self._waiting, self._beat = False, time.monotonic()
                     continue
                 if self._prefill and not decoding and not self._closing:
@@ -376,8 +388,13 @@ class Scheduler:
             tokens = sample(b.logits, r.temp, r.top_k, r.top_p, u)  # (n,)
         np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
         b.until_done -= 1
-        if b.until_done <= 0 or r.any_special:  # (stop strings end rows early)
-            done = r.count >= r.max  # (n,) finished by length
+        stops = b.stops if b.stops is not None and b.stops.active else None
+        hits = stops.step(tokens) if stops is not None else None  # (n,) 1 + stop completed
+        stopped = hits is not None and bool(hits.any())
+        if b.until_done <= 0 or r.any_special or stopped:
+            done = r.count >= r.max  # (n,) finished by length ...
+            if hits is not None and stopped:
+                done |= hits > 0  # ... or by a stop string
             texts, logprobs = special_rows(r, streams, b.logits, tokens, done)
         else:  # no row can finish at this step
             done, texts, logprobs = None, None, None
@@ -394,7 +411,7 @@ class Scheduler:
             tokens.tolist() if local else [],
             texts,
             logprobs,
-            b.routed(tokens) if b.sinks else [],
+            b.routed(tokens, done) if b.sinks else [],
             stats,
         )
         try:
@@ -416,6 +433,7 @@ class Scheduler:
                     logits[i].copy(),
                     [np.take(st, [i], axis=ax) for st, ax in zip(states, self._axes, strict=True)],
                     int(r.count[i]),
+                    self._stop_of(i, hits),
                 )
                 for i in np.flatnonzero(done).tolist()
             ]
@@ -428,6 +446,12 @@ class Scheduler:
                 self._post(record, *self._stats)
                 self._stats = None
         self._last_step = t0 if b.streams else None
+
+    def _stop_of(self, row: int, hits: np.ndarray | None) -> str | None:
+        """The stop string that ended `row` at this step, if one did."""
+        if hits is None or not hits[row] or self._batch.stops is None:
+            return None
+        return self._batch.stops.stop_of(row, int(hits[row]))
 
     def _first_tokens(self, streams: Sequence[Stream], t0: float) -> None:
         """Time to first token, for the rows sampling their first token now (the newest)."""

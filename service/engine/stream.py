@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.sampling import SamplingParams, StopMatcher
+from service.engine.sampling import SamplingParams
+from service.engine.stops import StopAutomaton
 from service.protocol.events import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
 from service.protocol.messages import FinishReason, StepLogprob
+from service.protocol.stop_text import StopMatcher
 
-# (stream ids, token ids): one decode step's tokens for one consumer, row for row
-TokenSink = Callable[[np.ndarray, np.ndarray], None]
+# (stream ids, token ids, ids of the streams that end with this token, or None when none may):
+# one decode step's tokens for one consumer, row for row
+TokenSink = Callable[[np.ndarray, np.ndarray, np.ndarray | None], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,13 +75,16 @@ class Stream:
     prompt_tokens: int = 0  # tokens prefilled before the first sampled one (usage)
     first_token_at: float | None = None
     # the consumer takes the tokens as arrays (see Route); ignored (None) for a stream whose
-    # tokens need the per-row path (stop strings, logprobs)
+    # tokens need the per-row path (logprobs)
     route: Route | None = None
+    # where its stop strings end it, decided over the batch (`stops.StopTable`); the text held
+    # back and released is matched by whoever decodes the tokens (`stop_text` for its own)
+    stop_automaton: StopAutomaton | None = None
 
     def __post_init__(self) -> None:
         self.stopper = StopMatcher(self.params.stop)
         self.has_stops = bool(self.stopper.stops)
-        if self.has_stops or self.params.logprobs is not None:
+        if self.params.logprobs is not None:
             self.route = None
         # a plain buffer + one waiter: cheaper than asyncio.Queue, and a consumer that falls
         # behind drains several events per wake-up
@@ -164,12 +170,14 @@ class Stream:
             return
         self._push(TokenEvent(text, token, self.produced - 1, logprob))
 
-    def finish(self, logits: np.ndarray, states: list[np.ndarray], sampled: int) -> None:
-        """The row ended after `sampled` tokens (those a routed stream's consumer counted)."""
+    def finish(
+        self, logits: np.ndarray, states: list[np.ndarray], sampled: int, stop: str | None
+    ) -> None:
+        """The row ended after `sampled` tokens, on the stop string `stop` or by length."""
         if self.cancelled:
             return
-        reason: FinishReason = "stop" if self.stopper.matched is not None else "length"
-        self._push(DoneEvent(reason, sampled, logits, states, self.stopper.matched))
+        reason: FinishReason = "stop" if stop is not None else "length"
+        self._push(DoneEvent(reason, sampled, logits, states, stop))
 
     def fail(self, error: BaseException) -> None:
         self._push(ErrorEvent(error))

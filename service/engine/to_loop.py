@@ -58,8 +58,8 @@ def emit(
     (`local`: (row, stream)) one by one; `tokens`, `texts` and `logprobs` are by row."""
     if stats is not None:  # the previous step's metrics ride along (off the engine thread)
         record(*stats)
-    for sink, rids, ids in routed:
-        sink(rids, ids)
+    for sink, rids, ids, ends in routed:
+        sink(rids, ids, ends)
     if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
         for i, s in local:
             s.emit(tokens[i], None, None)
@@ -77,9 +77,9 @@ def record(m: Meters, n: int, step_s: float, gap_s: float | None) -> None:
         m.itl.observe(gap_s)
 
 
-def finish(done: list[tuple[Stream, np.ndarray, StateRows, int]]) -> None:
-    for s, logits, rows, sampled in done:
-        s.finish(logits, rows, sampled)
+def finish(done: list[tuple[Stream, np.ndarray, StateRows, int, str | None]]) -> None:
+    for s, logits, rows, sampled, stop in done:
+        s.finish(logits, rows, sampled, stop)
 
 
 def fail_streams(streams: Sequence[Stream], err: BaseException) -> None:

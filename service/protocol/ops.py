@@ -54,6 +54,10 @@ class StreamOp(Message, frozen=True):
     def texts(self) -> Iterable[tuple[str, str]]:
         return ()
 
+    def stops(self) -> tuple[str, ...]:
+        """Its stop strings (a worker matches their text for a stream whose tokens it decodes)."""
+        return ()
+
 
 # -- the engine ---------------------------------------------------------------------------------
 
@@ -102,6 +106,9 @@ class Generate(StreamOp, frozen=True, tag="generate"):
 
     def texts(self) -> Iterable[tuple[str, str]]:
         return _params_texts(self.params)
+
+    def stops(self) -> tuple[str, ...]:
+        return self.params.stop
 
 
 # -- sessions (every rule lives behind this line: locks, versions, keys, TTLs, caps) ------------
@@ -155,6 +162,9 @@ class SessionGenerate(StreamOp, frozen=True, tag="session_generate"):
 
     def texts(self) -> Iterable[tuple[str, str]]:
         return _params_texts(self.params)
+
+    def stops(self) -> tuple[str, ...]:
+        return self.params.stop
 
 
 class ExportState(Op[StateExport], frozen=True, tag="export_state"):

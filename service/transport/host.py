@@ -40,9 +40,15 @@ log = get_logger("engine.host")
 
 
 class EngineHost:
-    def __init__(self, client: InProcessClient, address: str) -> None:
+    def __init__(self, client: InProcessClient, address: str, window: int = 2) -> None:
         self.client = client
         self.address = address
+        # decode steps wait while a worker has `window` messages of tokens it has not taken
+        # off its socket (`engine/gate.py`): 2 lets one be computed while one is read
+        self.window = window
+        self._gate = client.engine.gate
+        self._untaken: dict[bytes, int] = {}  # messages with tokens each worker has not taken
+        self._stepped: set[bytes] = set()  # workers given tokens since the last flush
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -62,9 +68,6 @@ class EngineHost:
         # task posts its tokens, and a send (and the worker's receive) per stream per step was
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
         self._outbox: dict[bytes, list[wire.Frame]] = {}
-        # the tokens posted since a worker's last frame, as `StepTokens` columns (rids, texts,
-        # ids, indexes): four appends a token instead of two structs
-        self._columns: dict[bytes, tuple[list[int], list[str], list[int], list[int]]] = {}
         self._flush_due = False
         # each worker's token sink (`stream.Route`): a decode step's ids for its streams
         self._sinks: dict[bytes, TokenSink] = {}
@@ -79,7 +82,9 @@ class EngineHost:
             except Exception:
                 log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
                 continue
-            if isinstance(frame, wire.Cancel):
+            if type(frame) is wire.Took:
+                self._took(ident)
+            elif isinstance(frame, wire.Cancel):
                 self._cancel(ident, frame.rid)
             elif isinstance(frame, wire.Drained):
                 drained = self._drains.get((ident, frame.rid))
@@ -131,6 +136,8 @@ class EngineHost:
         for k in held:
             self._slots.pop(k).release()
         self._sinks.pop(ident, None)
+        self._untaken.pop(ident, None)  # a dead worker holds no step back
+        self._pace()
         return len(gone) + len(held)
 
     async def close(self) -> None:
@@ -144,35 +151,22 @@ class EngineHost:
         self._ctx.term()
 
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
-        box = self._outbox.setdefault(ident, [])
-        cols = self._columns.pop(ident, None)
-        if cols is not None:  # tokens posted before this frame go before it (a stream's end)
-            box.append(wire.StepTokens(*cols))
-        box.append(frame)
+        self._outbox.setdefault(ident, []).append(frame)
         self._flush_soon()
-
-    def _post_token(self, ident: bytes, rid: int, ev: TokenEvent) -> None:
-        """A token without logprobs, into the worker's `StepTokens` columns."""
-        cols = self._columns.get(ident)
-        if cols is None:
-            cols = self._columns[ident] = ([], [], [], [])
-            self._flush_soon()
-        cols[0].append(rid)
-        cols[1].append(ev.text)
-        cols[2].append(ev.token_id)
-        cols[3].append(ev.index)
 
     def _sink(self, ident: bytes) -> TokenSink:
         """Where the engine's decode steps put this worker's routed tokens: a `StepIds` frame
         in its outbox (after any frame already there, before any posted later)."""
-        sink = self._sinks.get(ident)
-        if sink is None:
+        known = self._sinks.get(ident)
+        if known is not None:
+            return known
 
-            def sink(rids: np.ndarray, ids: np.ndarray) -> None:
-                self._outbox.setdefault(ident, []).append(wire.StepIds.of(rids, ids))
-                self._flush_soon()
+        def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
+            self._outbox.setdefault(ident, []).append(wire.StepIds.of(rids, ids, ends))
+            self._stepped.add(ident)
+            self._flush_soon()
 
-            self._sinks[ident] = sink
+        self._sinks[ident] = sink
         return sink
 
     def _flush_soon(self) -> None:
@@ -184,12 +178,29 @@ class EngineHost:
 
     def _flush(self) -> None:
         self._flush_due = False
-        for ident, cols in self._columns.items():
-            self._outbox.setdefault(ident, []).append(wire.StepTokens(*cols))
-        self._columns = {}
         out, self._outbox = self._outbox, {}
         for ident, frames in out.items():
             self._send(ident, frames)
+        if self._stepped:
+            for ident in self._stepped:
+                self._untaken[ident] = self._untaken.get(ident, 0) + 1
+            self._stepped.clear()
+            self._pace()
+
+    def _took(self, ident: bytes) -> None:
+        left = self._untaken.get(ident, 0) - 1
+        if left > 0:
+            self._untaken[ident] = left
+        else:
+            self._untaken.pop(ident, None)
+        self._pace()
+
+    def _pace(self) -> None:
+        """Hold the decode steps while some worker has `window` messages of tokens untaken."""
+        if any(n >= self.window for n in self._untaken.values()):
+            self._gate.close()
+        else:
+            self._gate.open()
 
     def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
         """A worker's frames, as one message."""
@@ -239,15 +250,12 @@ class EngineHost:
             raise
         try:
             self._post(ident, wire.Opened(rid, gen.model if gen.routed else None))
-            post, column = self._post, self._post_token
+            post = self._post
 
-            # each token goes to the worker's step columns as the engine emits it (no task
-            # wakes per token); one with logprobs in a frame of its own that carries them, and
-            # the worker rebuilds a result's list from them
+            # a stream the engine decodes (logprobs): each token goes out as the engine emits
+            # it (no task wakes per token), in a frame that carries its logprobs, from which
+            # the worker rebuilds a result's list
             def send(ev: TokenEvent) -> None:
-                if ev.logprob is None:
-                    column(ident, rid, ev)
-                    return
                 post(
                     ident,
                     wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),

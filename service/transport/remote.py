@@ -25,7 +25,6 @@ from service.contract import ModelManifest, tokenizer_from_spec
 from service.errors import EngineError, InvalidInput, ServiceError
 from service.protocol.catalog import Catalog, ModelView, require_unicode
 from service.protocol.client import StreamHold
-from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, GenerationResult
 from service.protocol.ops import Op, StreamOp
 from service.transport import wire
@@ -109,24 +108,26 @@ class RemoteClient:
     async def _read(self) -> None:
         while True:
             # one message holds every frame the engine had ready for this worker (host.py)
-            for frame in wire.frames_decoder.decode(await self._sock.recv()):
+            frames = wire.frames_decoder.decode(await self._sock.recv())
+            for frame in frames:
                 self._dispatch(frame)
+            if any(type(f) is wire.StepIds for f in frames):
+                # the engine paces its decode steps to this (engine/gate.py). Said once the
+                # streams' writers woken by these tokens have run (they are ahead of this task
+                # in the loop's queue), and before the next message is read: a busy worker
+                # says so less often, and the engine steps fewer, fuller batches
+                await asyncio.sleep(0)
+                with contextlib.suppress(zmq.ZMQError):
+                    self._sock.send(_TOOK, flags=zmq.NOBLOCK)
 
     def _dispatch(self, frame: wire.Frame) -> None:
         if type(frame) is wire.StepIds:  # most frames by far: one per engine step
             streams = self._streams
+            ends = frame.ending() if frame.ends else None
             for rid, token_id in zip(*frame.arrays(), strict=True):
                 gen = streams.get(rid)
                 if gen is not None:
-                    gen._id(token_id)
-        elif type(frame) is wire.StepTokens:
-            streams = self._streams
-            for rid, text, token_id, index in zip(
-                frame.rids, frame.texts, frame.ids, frame.indexes, strict=True
-            ):
-                gen = streams.get(rid)
-                if gen is not None:
-                    gen._token(TokenEvent(text, token_id, index))
+                    gen._id(token_id, ends is not None and rid in ends)
         elif type(frame) is wire.Tokens:  # tokens with logprobs
             gen = self._streams.get(frame.rid)
             if gen is not None:
@@ -211,7 +212,7 @@ class RemoteClient:
         # reads the frame (`wire.SlotRef`)
         slot = hold.ref_for(self) if isinstance(hold, RemoteHold) else None
         frame = self._encode(wire.Call(rid, op, slot))
-        gen = RemoteGeneration(self, rid, self.stream_buffer_bytes)
+        gen = RemoteGeneration(self, rid, self.stream_buffer_bytes, op.stops())
         self._streams[rid] = gen
         try:
             await self._sock.send(frame)
@@ -235,6 +236,9 @@ def _not_text(op: wire.Operation) -> ServiceError:
         except ServiceError as e:
             return e
     return InvalidInput("the request holds a string that is not valid Unicode text")
+
+
+_TOOK = wire.encoder.encode(wire.Took())
 
 
 def worker_identity(pid: int) -> bytes:

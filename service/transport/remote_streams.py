@@ -22,6 +22,7 @@ from service.protocol.events import (
     TokenEvent,
 )
 from service.protocol.messages import Finished, GenerationResult, TokenLogprob
+from service.protocol.stop_text import StopMatcher
 from service.transport import wire
 
 if TYPE_CHECKING:
@@ -35,7 +36,9 @@ _FINISHING = object()
 class RemoteGeneration(EventsFromBatches):
     """A generation running in the engine process (`GenerationStream`)."""
 
-    def __init__(self, client: RemoteClient, rid: int, max_backlog_bytes: int) -> None:
+    def __init__(
+        self, client: RemoteClient, rid: int, max_backlog_bytes: int, stops: tuple[str, ...] = ()
+    ) -> None:
         self._client, self._rid = client, rid
         # a plain buffer + one waiter (as `Stream`): cheaper than asyncio.Queue, one put per
         # stream per engine step
@@ -50,35 +53,39 @@ class RemoteGeneration(EventsFromBatches):
         # a routed stream (`wire.Opened.model`): its tokens arrive as ids, decoded here with
         # the model's vocabulary, counted here, and its text is this worker's to report
         self._vocab: list[str] | None = None
+        self._stops = stops
+        self._stopper: StopMatcher | None = None  # the text its stop strings hold back
         self._pieces: list[str] = []
         self._next = 0  # the next token's index
 
     def decode_with(self, vocab: list[str]) -> None:
         self._vocab = vocab
+        if any(self._stops):
+            self._stopper = StopMatcher(self._stops)
 
     # -- fed by the client's reader
-    def _id(self, token_id: int) -> None:
-        """One token of a routed stream (from a `StepIds` frame): decoded and counted here."""
+    def _id(self, token_id: int, last: bool) -> None:
+        """One token of a routed stream (from a `StepIds` frame): decoded, counted and its stop
+        strings' text matched here, as the engine does for its own (`Stream.emit`); `last`: the
+        stream ends with it (text held back for a stop string that did not come is released)."""
         if self._ended or self._vocab is None:
             return
-        self._backlog += EVENT_BYTES
-        if self._backlog > self._max_backlog:
-            self._too_slow()
-            return
         text = self._vocab[token_id]
-        self._pieces.append(text)
-        self._put(TokenEvent(text, token_id, self._next))
+        index = self._next
         self._next += 1
-
-    def _token(self, ev: TokenEvent) -> None:
-        """One token without logprobs (from a `StepTokens` frame)."""
-        if self._ended:
+        stopper = self._stopper
+        if stopper is not None:
+            text = stopper.push(text)
+            if last and stopper.matched is None:
+                text += stopper.flush()
+        if not text:  # held back (or a token without text): nothing to hand over
             return
         self._backlog += EVENT_BYTES
         if self._backlog > self._max_backlog:
             self._too_slow()
             return
-        self._put(ev)
+        self._pieces.append(text)
+        self._put(TokenEvent(text, token_id, index))
 
     def _too_slow(self) -> None:
         self._ended = True

@@ -2,7 +2,7 @@
 other over ZeroMQ (a DEALER per worker, one ROUTER in the engine), msgpack-encoded by msgspec.
 
 Every frame is one `Frame` struct: a request from a worker (`Call` with any operation of
-`protocol/ops.py`, or `Cancel`), or an answer from the engine (`Result`, `Tokens`, `Failed`). A
+`protocol/ops.py`, or `Cancel`), or an answer from the engine (`Result`, `StepIds`, `Tokens`, `Failed`). A
 `Result` carries its answer encoded on its own (`msgspec.Raw`): the worker decodes it as the type
 its operation names (`decode_result`), so no operation or answer is listed here. Arrays cross as
 `Tensor`; errors as `ErrorInfo`, which the worker raises again as the `ServiceError` registered
@@ -30,7 +30,8 @@ WIRE_VERSION = 12  # 2: a message from the engine may carry several frames; 3: H
 # 9: `Health` (readiness asks the engine what keeps it from serving); 10: operations are
 # `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
 # `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`;
-# 12: `StepIds` (the worker decodes a routed stream's tokens: `Opened.model`, `Drained.text`)
+# 12: `StepIds` replaces `StepTokens` (the worker decodes a routed stream's tokens and matches
+# its stop strings' text: `Opened.model`, `Drained.text`), and the worker says it `Took` them
 
 
 class Tensor(Message, frozen=True):
@@ -147,44 +148,45 @@ class Opened(Message, frozen=True, tag="opened"):
 
 
 class Tokens(Message, frozen=True, tag="tokens"):
-    """Tokens of one stream, in order (the engine posts one frame per token as it is emitted;
-    all the frames for a worker ready in one loop iteration travel in one message)."""
+    """Tokens of one stream that the engine decoded itself (one with logprobs: their
+    alternatives are text), in order, one frame per token as it is emitted; all the frames for
+    a worker ready in one loop iteration travel in one message."""
 
     rid: int
     tokens: list[Token]
-
-
-class StepTokens(Message, frozen=True, tag="step"):
-    """Tokens of many streams, as columns: stream `rids[i]` got token `ids[i]` at position
-    `indexes[i]`, releasing `texts[i]`. Every token (without logprobs) that the engine emitted
-    for one worker in one loop iteration, usually one decode step of the whole batch, travels in
-    one of these: one struct and four arrays per worker per step, not a frame per stream. A
-    token with logprobs travels in a `Tokens` frame of its own."""
-
-    rids: list[int]
-    texts: list[str]
-    ids: list[int]
-    indexes: list[int]
 
 
 class StepIds(Message, frozen=True, tag="ids"):
     """One decode step's tokens for one worker: stream `rids[i]` got token `ids[i]`, both as
     little-endian arrays (int64, int32) copied out of the engine's batch arrays, so the engine's
     Python per step is one frame per worker whatever the streams. The worker decodes them (the
-    stream's `Opened.model`) and counts each stream's positions."""
+    stream's `Opened.model`) and counts each stream's positions. `ends` (int64): the streams
+    whose last token this is (a step where none ends leaves it empty), so the worker releases
+    the text its stop matcher still holds back when a stream ends by length."""
 
     rids: bytes
     ids: bytes
+    ends: bytes = b""
 
     @classmethod
-    def of(cls, rids: np.ndarray, ids: np.ndarray) -> StepIds:
-        return cls(rids.astype("<i8", copy=False).tobytes(), ids.astype("<i4").tobytes())
+    def of(cls, rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None = None) -> StepIds:
+        last = b"" if ends is None or not len(ends) else ends.astype("<i8").tobytes()
+        return cls(rids.astype("<i8", copy=False).tobytes(), ids.astype("<i4").tobytes(), last)
 
     def arrays(self) -> tuple[list[int], list[int]]:
         return (
             np.frombuffer(self.rids, "<i8").tolist(),
             np.frombuffer(self.ids, "<i4").tolist(),
         )
+
+    def ending(self) -> set[int]:
+        return set(np.frombuffer(self.ends, "<i8").tolist())
+
+
+class Took(Message, frozen=True, tag="took"):
+    """Worker -> engine: it took a message of `StepIds` off its socket. The engine holds its
+    decode steps while a worker has `EngineHost.window` such messages not yet taken
+    (`engine/gate.py`), so it does not run ahead of the worker with small batches."""
 
 
 class Finishing(Message, frozen=True, tag="finishing"):
@@ -208,9 +210,7 @@ class Failed(Message, frozen=True, tag="failed"):
     error: ErrorInfo
 
 
-Frame = (
-    Call | Cancel | Drained | Result | Opened | StepIds | StepTokens | Tokens | Finishing | Failed
-)
+Frame = Call | Cancel | Drained | Took | Result | Opened | StepIds | Tokens | Finishing | Failed
 
 
 def _encode_array(obj: Any) -> Any:

@@ -48,7 +48,7 @@ async def test_a_consumer_that_fell_behind_gets_every_ready_event_at_once() -> N
     await asyncio.sleep(0)  # the consumer takes the one token
     for tok in (1, 2, 3):  # three tokens before it runs again
         s.emit(tok, None, None)
-    s.finish(np.zeros(4, np.float32), [np.zeros((1, 1, 2), np.float32)], s.produced)
+    s.finish(np.zeros(4, np.float32), [np.zeros((1, 1, 2), np.float32)], s.produced, None)
     await asyncio.wait_for(task, 1)
     assert batches == [["TokenEvent"], ["TokenEvent"] * 3 + ["DoneEvent"]]
     assert s.produced == 4

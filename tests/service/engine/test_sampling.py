@@ -5,7 +5,6 @@ import pytest
 
 from service.engine.sampling import (
     GREEDY_BELOW,
-    StopMatcher,
     all_plain,
     inverse_temperature,
     sample,
@@ -88,30 +87,6 @@ def test_softmax_is_stable() -> None:
     p = softmax(np.array([1000.0, 0.0, -1000.0]))
     assert np.isclose(p.sum(), 1) and p[0] > 0.999
     assert np.isfinite(log_softmax(np.array([1e4, -1e4]))).all()
-
-
-@pytest.mark.parametrize(
-    ("pieces", "stops", "emitted", "matched"),
-    [
-        (["a", "b", "c"], [], "abc", None),
-        (["he", "ll", "o w"], ["lo"], "hel", "lo"),
-        (["a", "\n", "\n", "b"], ["\n\n"], "a", "\n\n"),
-        (["x", "\n", "y"], ["\n\n"], "x\ny", None),
-        (["ab", "cd"], ["bc", "d"], "a", "bc"),
-    ],
-)
-def test_stop_matcher(
-    pieces: list[str], stops: list[str], emitted: str, matched: str | None
-) -> None:
-    m = StopMatcher(stops)
-    out = ""
-    for p in pieces:
-        out += m.push(p)
-        if m.matched:
-            break
-    if not m.matched:
-        out += m.flush()
-    assert (out, m.matched) == (emitted, matched)
 
 
 def test_counter_uniforms_are_a_pure_function_of_seed_and_index() -> None:

@@ -49,7 +49,7 @@ async def test_forwarded_tokens_go_to_the_sink_in_order_and_only_the_end_is_buff
     s.forward_tokens(lambda ev: got.append(ev.index))
     for _ in range(100):  # ten times the bound: a forwarded stream's backlog is not its own
         s.emit(1, None, None)
-    s.finish(np.zeros(5, np.float32), [], 103)
+    s.finish(np.zeros(5, np.float32), [], 103, None)
     assert got == list(range(103)) and not s.cancelled
     batches = [b async for b in s.iter_batches()]
     assert len(batches) == 1 and [type(e).__name__ for e in batches[0]] == ["DoneEvent"]

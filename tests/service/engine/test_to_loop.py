@@ -47,15 +47,15 @@ def test_a_steps_tokens_go_to_their_streams_in_order() -> None:
 
 def test_routed_rows_reach_their_sink_as_arrays_and_local_rows_their_stream() -> None:
     """Rows 0 and 2 routed to one sink, row 1 local: the sink gets one call with both."""
-    got: list[tuple[list[int], list[int]]] = []
+    got: list[tuple[list[int], list[int], Any]] = []
     local = _Stream()
 
-    def sink(rids: np.ndarray, ids: np.ndarray) -> None:
-        got.append((rids.tolist(), ids.tolist()))
+    def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
+        got.append((rids.tolist(), ids.tolist(), None if ends is None else ends.tolist()))
 
-    routed = [(sink, np.array([10, 12]), np.array([5, 7]))]
+    routed = [(sink, np.array([10, 12]), np.array([5, 7]), np.array([12]))]
     to_loop.emit([(1, local)], [5, 6, 7], None, None, routed, None)  # type: ignore[list-item]
-    assert got == [([10, 12], [5, 7])] and local.got == [(6, None, None)]
+    assert got == [([10, 12], [5, 7], [12])] and local.got == [(6, None, None)]
 
 
 def test_an_inference_failure_reaches_waiters_as_a_service_error() -> None:

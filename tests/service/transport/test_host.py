@@ -1,16 +1,16 @@
 """The engine process's end of the wire: it serves any operation without naming it, skips what
-it cannot decode, and forgets a dead worker's calls and stream slots."""
+it cannot decode, sends a step's tokens as arrays, paces decode steps to what workers took, and
+forgets a dead worker's calls, stream slots and untaken tokens."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 
+import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
 
-from service.protocol.events import TokenEvent
 from service.protocol.ops import CreateSession, Feed, GetSession
 from service.transport import wire
 from service.transport.remote import worker_identity
@@ -53,24 +53,45 @@ async def test_a_frame_it_cannot_decode_is_skipped_and_serving_goes_on(
         ctx.term()
 
 
-async def test_a_workers_tokens_leave_as_one_columns_frame_in_order(
+async def test_a_steps_tokens_leave_as_one_ids_frame_in_order_with_the_frames_around_them(
     wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tokens posted for a worker in one loop iteration leave as ONE `StepTokens` frame,
-    and a frame posted after some of them (a stream's end) leaves after them."""
+    """What a decode step hands a worker's sink leaves as a `StepIds` frame, in the same message
+    as the frames posted in the same loop iteration and in the order they were posted."""
     host = wired.host
     sent: list[list[wire.Frame]] = []
     monkeypatch.setattr(host, "_send", lambda ident, frames: sent.append(frames))
-    for rid, text in ((5, "a"), (6, "b")):
-        host._post_token(b"w", rid, TokenEvent(text, ord(text), 0))
+    sink = host._sink(b"w")
+    assert host._sink(b"w") is sink  # one per worker
+    sink(np.array([5, 6]), np.array([97, 98]), None)
     end = wire.Result(5, wire.answer(None))
     host._post(b"w", end)
-    host._post_token(b"w", 6, TokenEvent("c", 99, 1))
-    await asyncio.sleep(0)  # the flush runs after the tasks ready in this iteration
+    sink(np.array([6]), np.array([99]), np.array([6]))
     await until(lambda: bool(sent))
     (frames,) = sent
-    assert frames == [
-        wire.StepTokens([5, 6], ["a", "b"], [97, 98], [0, 0]),
-        end,
-        wire.StepTokens([6], ["c"], [99], [1]),
-    ]
+    assert frames == [wire.StepIds.of(np.array([5, 6]), np.array([97, 98])), end, frames[2]]
+    step = frames[2]
+    assert isinstance(step, wire.StepIds)
+    assert step.arrays() == ([6], [99]) and step.ending() == {6}
+
+
+async def test_decode_steps_wait_while_a_worker_has_a_window_of_tokens_untaken(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each message of tokens counts against its worker until it says it took it: at `window`
+    untaken the gate holds the decode steps, a `Took` opens it, a worker gone frees it."""
+    host, gate = wired.host, wired.local.engine.gate
+    monkeypatch.setattr(host, "_send", lambda ident, frames: None)
+    sink = host._sink(b"w")
+    for _ in range(host.window):
+        assert not gate.held_s()
+        sink(np.array([1]), np.array([2]), None)
+        host._flush()
+    assert gate.held_s() > 0
+    host._took(b"w")
+    assert not gate.held_s()
+    sink(np.array([1]), np.array([2]), None)
+    host._flush()
+    assert gate.held_s() > 0
+    host.forget_worker(b"w")
+    assert not gate.held_s()

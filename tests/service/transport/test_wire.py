@@ -77,7 +77,12 @@ def test_a_call_carries_its_streams_slot() -> None:
     assert back == call
 
 
-def test_a_steps_tokens_travel_as_columns() -> None:
-    step = wire.StepTokens(rids=[3, 9, 4], texts=["a", "", "é"], ids=[1, 2, 3], indexes=[0, 7, 2])
+def test_a_steps_tokens_travel_as_two_arrays_and_keep_their_values() -> None:
+    """Ids and stream ids cross as little-endian bytes: exact for any int32 token and int64 id,
+    whatever the batch arrays' own dtypes; `ends` empty when no stream ends."""
+    rids = np.array([3, 2**40, 4], np.int64)
+    ids = np.array([0, 2**31 - 1, 57], np.int64)  # sampling's int64 tokens
+    step = wire.StepIds.of(rids, ids, np.array([4]))
     (back,) = wire.frames_decoder.decode(wire.encoder.encode([step]))
-    assert back == step
+    assert back == step and back.arrays() == (rids.tolist(), ids.tolist())
+    assert back.ending() == {4} and wire.StepIds.of(rids, ids, np.array([], np.int64)).ends == b""
