@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engine.gate import DecodeGate
 from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams
@@ -158,13 +157,12 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.schedulers: dict[str, Scheduler] = {}
-        self.gate = DecodeGate()  # closed by the engine process's host (gate.py)
         self._stops: dict[str, StopAutomata] = {}  # each model's stop automata, by stop list
 
     def start(self) -> None:
         """Create the schedulers inside the running loop."""
         for name, m in self.registry.models.items():
-            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics, self.gate)
+            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics)
             self.schedulers[name].start()
 
     async def close(self, timeout: float) -> None:

@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from service.engine.batch import DecodeBatch
-from service.engine.gate import DecodeGate
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -97,13 +96,7 @@ def _shutting_down() -> Overloaded:
 class Scheduler:
     """Create inside the running loop (`start()` captures it and starts the engine thread)."""
 
-    def __init__(
-        self,
-        runner: Runner,
-        config: SchedulerConfig,
-        metrics: Metrics | None = None,
-        gate: DecodeGate | None = None,
-    ):
+    def __init__(self, runner: Runner, config: SchedulerConfig, metrics: Metrics | None = None):
         self.runner = runner
         self.config = config
         self.metrics = metrics
@@ -114,8 +107,6 @@ class Scheduler:
         self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
         self._cv = threading.Condition()
-        self._gate = gate or DecodeGate()  # paces decode steps to their consumers
-        self._gate.attach(self._cv)
         self._prefill = PrefillQueue()
         self._joining: deque[Stream] = deque()
         self._closing = False
@@ -232,7 +223,7 @@ class Scheduler:
                     return
                 if chunks:
                     self._run_prefill(chunks)
-                if (self._batch.streams or self._joining) and not self._gate.held_s():
+                if self._batch.streams or self._joining:
                     self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
@@ -248,14 +239,11 @@ class Scheduler:
                     self._fail_all(_shutting_down())
                     return None
                 decoding = bool(self._batch.streams or self._joining)
-                # the workers are behind on the tokens already sent: the next step waits
-                # (`gate.py`), prefills do not
-                held = self._gate.held_s() if decoding else 0.0
-                if not self._prefill and (held or not decoding):
-                    if self._closing and not decoding:
+                if not (self._prefill or decoding):
+                    if self._closing:
                         return None
                     self._waiting = True
-                    self._cv.wait(held or None)
+                    self._cv.wait()
                     self._waiting, self._beat = False, time.monotonic()
                     continue
                 if self._prefill and not decoding and not self._closing:

@@ -40,15 +40,9 @@ log = get_logger("engine.host")
 
 
 class EngineHost:
-    def __init__(self, client: InProcessClient, address: str, window: int = 2) -> None:
+    def __init__(self, client: InProcessClient, address: str) -> None:
         self.client = client
         self.address = address
-        # decode steps wait while a worker has `window` messages of tokens it has not taken
-        # off its socket (`engine/gate.py`): 2 lets one be computed while one is read
-        self.window = window
-        self._gate = client.engine.gate
-        self._untaken: dict[bytes, int] = {}  # messages with tokens each worker has not taken
-        self._stepped: set[bytes] = set()  # workers given tokens since the last flush
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
@@ -82,9 +76,7 @@ class EngineHost:
             except Exception:
                 log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
                 continue
-            if type(frame) is wire.Took:
-                self._took(ident)
-            elif isinstance(frame, wire.Cancel):
+            if isinstance(frame, wire.Cancel):
                 self._cancel(ident, frame.rid)
             elif isinstance(frame, wire.Drained):
                 drained = self._drains.get((ident, frame.rid))
@@ -136,8 +128,6 @@ class EngineHost:
         for k in held:
             self._slots.pop(k).release()
         self._sinks.pop(ident, None)
-        self._untaken.pop(ident, None)  # a dead worker holds no step back
-        self._pace()
         return len(gone) + len(held)
 
     async def close(self) -> None:
@@ -163,7 +153,6 @@ class EngineHost:
 
         def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
             self._outbox.setdefault(ident, []).append(wire.StepIds.of(rids, ids, ends))
-            self._stepped.add(ident)
             self._flush_soon()
 
         self._sinks[ident] = sink
@@ -181,26 +170,6 @@ class EngineHost:
         out, self._outbox = self._outbox, {}
         for ident, frames in out.items():
             self._send(ident, frames)
-        if self._stepped:
-            for ident in self._stepped:
-                self._untaken[ident] = self._untaken.get(ident, 0) + 1
-            self._stepped.clear()
-            self._pace()
-
-    def _took(self, ident: bytes) -> None:
-        left = self._untaken.get(ident, 0) - 1
-        if left > 0:
-            self._untaken[ident] = left
-        else:
-            self._untaken.pop(ident, None)
-        self._pace()
-
-    def _pace(self) -> None:
-        """Hold the decode steps while some worker has `window` messages of tokens untaken."""
-        if any(n >= self.window for n in self._untaken.values()):
-            self._gate.close()
-        else:
-            self._gate.open()
 
     def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
         """A worker's frames, as one message."""

@@ -108,17 +108,8 @@ class RemoteClient:
     async def _read(self) -> None:
         while True:
             # one message holds every frame the engine had ready for this worker (host.py)
-            frames = wire.frames_decoder.decode(await self._sock.recv())
-            for frame in frames:
+            for frame in wire.frames_decoder.decode(await self._sock.recv()):
                 self._dispatch(frame)
-            if any(type(f) is wire.StepIds for f in frames):
-                # the engine paces its decode steps to this (engine/gate.py). Said once the
-                # streams' writers woken by these tokens have run (they are ahead of this task
-                # in the loop's queue), and before the next message is read: a busy worker
-                # says so less often, and the engine steps fewer, fuller batches
-                await asyncio.sleep(0)
-                with contextlib.suppress(zmq.ZMQError):
-                    self._sock.send(_TOOK, flags=zmq.NOBLOCK)
 
     def _dispatch(self, frame: wire.Frame) -> None:
         if type(frame) is wire.StepIds:  # most frames by far: one per engine step
@@ -236,9 +227,6 @@ def _not_text(op: wire.Operation) -> ServiceError:
         except ServiceError as e:
             return e
     return InvalidInput("the request holds a string that is not valid Unicode text")
-
-
-_TOOK = wire.encoder.encode(wire.Took())
 
 
 def worker_identity(pid: int) -> bytes:

@@ -31,7 +31,7 @@ WIRE_VERSION = 12  # 2: a message from the engine may carry several frames; 3: H
 # `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
 # `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`;
 # 12: `StepIds` replaces `StepTokens` (the worker decodes a routed stream's tokens and matches
-# its stop strings' text: `Opened.model`, `Drained.text`), and the worker says it `Took` them
+# its stop strings' text: `Opened.model`, `Drained.text`)
 
 
 class Tensor(Message, frozen=True):
@@ -183,12 +183,6 @@ class StepIds(Message, frozen=True, tag="ids"):
         return set(np.frombuffer(self.ends, "<i8").tolist())
 
 
-class Took(Message, frozen=True, tag="took"):
-    """Worker -> engine: it took a message of `StepIds` off its socket. The engine holds its
-    decode steps while a worker has `EngineHost.window` such messages not yet taken
-    (`engine/gate.py`), so it does not run ahead of the worker with small batches."""
-
-
 class Finishing(Message, frozen=True, tag="finishing"):
     """Engine -> worker: a session generation has produced its last token and waits to commit
     until the worker answers `Drained` (or `Cancel`: then nothing is committed)."""
@@ -210,7 +204,7 @@ class Failed(Message, frozen=True, tag="failed"):
     error: ErrorInfo
 
 
-Frame = Call | Cancel | Drained | Took | Result | Opened | StepIds | Tokens | Finishing | Failed
+Frame = Call | Cancel | Drained | Result | Opened | StepIds | Tokens | Finishing | Failed
 
 
 def _encode_array(obj: Any) -> Any:

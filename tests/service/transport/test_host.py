@@ -1,6 +1,5 @@
 """The engine process's end of the wire: it serves any operation without naming it, skips what
-it cannot decode, sends a step's tokens as arrays, paces decode steps to what workers took, and
-forgets a dead worker's calls, stream slots and untaken tokens."""
+it cannot decode, sends a step's tokens as arrays, and forgets a dead worker's calls and stream slots."""
 
 from __future__ import annotations
 
@@ -73,25 +72,3 @@ async def test_a_steps_tokens_leave_as_one_ids_frame_in_order_with_the_frames_ar
     step = frames[2]
     assert isinstance(step, wire.StepIds)
     assert step.arrays() == ([6], [99]) and step.ending() == {6}
-
-
-async def test_decode_steps_wait_while_a_worker_has_a_window_of_tokens_untaken(
-    wired: Wired, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Each message of tokens counts against its worker until it says it took it: at `window`
-    untaken the gate holds the decode steps, a `Took` opens it, a worker gone frees it."""
-    host, gate = wired.host, wired.local.engine.gate
-    monkeypatch.setattr(host, "_send", lambda ident, frames: None)
-    sink = host._sink(b"w")
-    for _ in range(host.window):
-        assert not gate.held_s()
-        sink(np.array([1]), np.array([2]), None)
-        host._flush()
-    assert gate.held_s() > 0
-    host._took(b"w")
-    assert not gate.held_s()
-    sink(np.array([1]), np.array([2]), None)
-    host._flush()
-    assert gate.held_s() > 0
-    host.forget_worker(b"w")
-    assert not gate.held_s()
