@@ -199,7 +199,8 @@ class Engine:
                 labels[int(np.argmax(p))], dict(zip(labels, p.tolist(), strict=True))
             )
         top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
-        return NextTokens(tuple(Prob(m.view.token_text(int(i)), float(p[i])) for i in top.tolist()))
+        vocab = m.view.vocab
+        return NextTokens(tuple(Prob(vocab[i], float(p[i])) for i in top.tolist()))
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None

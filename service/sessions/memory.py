@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Literal
 
 from service.errors import (
@@ -44,7 +44,7 @@ class MemoryStore:
         self._live: OrderedDict[str, SessionRecord] = OrderedDict()  # least recently used first
         self._gone: OrderedDict[str, tuple[Gone, float]] = OrderedDict()
         self._idem: dict[str, dict[str, IdempotencyRecord]] = {}
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._locks: dict[str, _Users] = {}  # sessions in use: their lock and its users
         self._owned: dict[str, set[str]] = {}  # owner -> live session ids
 
     # -- lifecycle helpers ------------------------------------------------------------------
@@ -179,20 +179,8 @@ class MemoryStore:
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
         self._idem.setdefault(session_id, {})[key] = record
 
-    @asynccontextmanager
-    async def lock(self, session_id: str) -> AsyncIterator[None]:
-        # asyncio.Lock wakes waiters first come first served: arrival order
-        lock, users = self._locks.get(session_id, (asyncio.Lock(), 0))
-        self._locks[session_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[session_id]
-            if users <= 1:
-                del self._locks[session_id]
-            else:
-                self._locks[session_id] = (lock, users - 1)
+    def lock(self, session_id: str) -> _SessionLock:
+        return _SessionLock(self._locks, session_id)
 
     async def sweep(self) -> int:
         now = self.clock()
@@ -214,3 +202,55 @@ class MemoryStore:
 
     async def close(self) -> None:
         return None
+
+
+class _Users:
+    """A session in use: whoever holds it, and the callers waiting for it, first come first
+    served (an `asyncio.Lock` per use cost a lock and its waiter set for every feed, though
+    nearly every one finds its session free)."""
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+
+class _SessionLock:
+    """`MemoryStore.lock`: a plain async context manager over `_Users` (a generator-based one
+    cost ~8 % of the engine's Python per session step in its set-up alone). A session free is
+    taken at once, with no future; a busy one queues, and a release hands it to the first
+    caller still waiting."""
+
+    __slots__ = ("_locks", "_sid")
+
+    def __init__(self, locks: dict[str, _Users], sid: str) -> None:
+        self._locks, self._sid = locks, sid
+
+    async def __aenter__(self) -> None:
+        users = self._locks.get(self._sid)
+        if users is None:
+            self._locks[self._sid] = _Users()
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        users.waiters.append(turn)
+        try:
+            await turn
+        except BaseException:
+            if turn.done() and not turn.cancelled():  # handed the session as it was cancelled
+                self._release()
+            else:
+                with contextlib.suppress(ValueError):
+                    users.waiters.remove(turn)
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        waiters = self._locks[self._sid].waiters
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():  # (one cancelled while it waited is skipped)
+                turn.set_result(None)  # the session is the next caller's now
+                return
+        del self._locks[self._sid]

@@ -141,11 +141,12 @@ class SessionService:
             jobs.append(self.engine.prefill(m, ids, states))
         if peek:
             jobs.append(self.engine.prefill(m, ids + peek, states))
-        done = await asyncio.gather(*jobs)
+        # one job (the usual feed) is awaited as it is: `gather` would wrap it in a task
+        done = await asyncio.gather(*jobs) if len(jobs) > 1 else [await j for j in jobs]
         if ids:
             logits, states = done[0]
         shown = done[-1][0] if peek else logits
-        require_finite(m, [shown, logits], states)
+        require_finite(m, [shown] if shown is logits else [shown, logits], states)
         new = rec.replace(
             version=version,
             states=tuple(states),
@@ -272,7 +273,8 @@ class SessionService:
         text, top_k, key, expected_version = op.text, op.top_k, op.key, op.expected_version
         async with self.store.lock(store_id(op.session_id, op.owner)):
             rec = await self._get(op.session_id, op.owner)
-            fp = self._fingerprint("feed", {"text": text, "top_k": top_k})
+            # (a request without a key is never replayed: no fingerprint to compute)
+            fp = "" if key is None else self._fingerprint("feed", {"text": text, "top_k": top_k})
             replay = await self._replay(rec, key, fp, FeedResult)
             if replay is not None:
                 return replay

@@ -70,3 +70,13 @@ def test_non_finite_outputs_are_never_committed(registry: Registry) -> None:
     bad = [np.full_like(states[0], np.nan), states[1]]
     with pytest.raises(InvalidState, match="'h' became non-finite"):
         require_finite(m, [None], bad)
+    for x in (np.inf, -np.inf, np.nan):  # one element of any kind, anywhere, and +inf with -inf
+        c = states[1].copy()
+        c.flat[-1] = x
+        with pytest.raises(InvalidState, match="'c' became non-finite"):
+            require_finite(m, [None], [states[0], c])
+    both = np.array([np.inf, -np.inf], np.float32)
+    with pytest.raises(InvalidState):
+        require_finite(m, [both], states)
+    huge = np.full_like(states[1], np.finfo(np.float32).max)  # finite: its sum must not overflow
+    require_finite(m, [np.full(4, np.finfo(np.float32).max, np.float32)], [states[0], huge])

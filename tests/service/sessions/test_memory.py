@@ -111,6 +111,42 @@ async def test_lock_serializes_in_arrival_order(clock: FakeClock) -> None:
     assert not store._locks  # cleaned up
 
 
+async def test_a_caller_cancelled_while_waiting_never_holds_the_session(
+    clock: FakeClock,
+) -> None:
+    """Cancelled while queued, or just as the session was handed to it: either way the next
+    caller gets it, nobody holds it twice, and the store forgets the session once free."""
+    store = MemoryStore(10, clock=clock)
+    holding = 0
+    order: list[str] = []
+    first_in, release_first = asyncio.Event(), asyncio.Event()
+
+    async def op(name: str, gate: asyncio.Event | None = None) -> None:
+        nonlocal holding
+        async with store.lock("s"):
+            holding += 1
+            assert holding == 1
+            order.append(name)
+            if gate is not None:
+                first_in.set()
+                await gate.wait()
+            holding -= 1
+
+    a = asyncio.create_task(op("a", release_first))
+    await first_in.wait()
+    b = asyncio.create_task(op("b"))  # queued, then cancelled while it waits
+    c = asyncio.create_task(op("c"))  # queued: handed the session, cancelled before it runs
+    d = asyncio.create_task(op("d"))
+    await asyncio.sleep(0)
+    b.cancel()
+    release_first.set()
+    await asyncio.sleep(0)  # a releases: the session goes to c (b's turn was cancelled)
+    c.cancel()
+    await asyncio.gather(a, b, c, d, return_exceptions=True)
+    assert order == ["a", "d"] and b.cancelled() and c.cancelled()
+    assert not store._locks
+
+
 async def test_sweep_drops_expired(clock: FakeClock) -> None:
     store = MemoryStore(10, clock=clock, expired_memory_s=100)
     await store.create(rec("a", clock))
