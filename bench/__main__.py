@@ -4,6 +4,7 @@
     python -m bench --quick          # a few seconds per measurement: proves the plumbing
     python -m bench --only step,classify --peers floor,pytriton
     python -m bench --only cost      # the server's own CPU by process role (bench/cost.py)
+    python -m bench --only engine    # what one engine process can feed (bench/engine_load.py)
 
 Results: bench/.out/results-<UTC>.json (scratch) and bench/results/latest.{json,md} + PNGs.
 """
@@ -31,7 +32,16 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
 RESULTS = REPO / "bench" / "results"
 IMDB = REPO.parent / "shared" / "datasets" / "imdb" / "train.jsonl.gz"
-WORKLOADS = ("step", "classify", "generate", "footprint", "capacity", "overhead", "cost")
+WORKLOADS = (
+    "step",
+    "classify",
+    "generate",
+    "footprint",
+    "capacity",
+    "overhead",
+    "cost",
+    "engine",
+)
 ALL_TARGETS = (
     "rnnserve",
     "floor",
@@ -357,6 +367,16 @@ def main() -> None:
         log("the server's own cost: near-free model, --workers 1")
         counts = [256] if a.quick else [256, 1024, 4096]
         res["cost"] = cost.run_once(1, counts, 2.0 if a.quick else 6.0)
+
+    if "engine" in only:
+        # one engine process loaded over the wire, without API workers (bench/engine_load.py)
+        from bench import engine_load
+
+        log("what one engine process can feed: near-free model, loaded over the wire")
+        counts = [256] if a.quick else [256, 1024, 4096]
+        res["engine"] = engine_load.run_once(engine_load.REPO, counts, 2.0 if a.quick else 6.0)
+        for k, v in res["engine"].items():
+            log(f"  {k}: {v['rate']:.0f}/s, engine {v['us_per_unit']} us CPU each")
 
     res["load_after"] = os.getloadavg()
     res["wall_s"] = time.time() - t_begin
