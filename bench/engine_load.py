@@ -135,15 +135,21 @@ def _tokens(frame: dict[str, Any]) -> int:
     return 0
 
 
-def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str, Any]:
-    """Keep `n` generations open (each ended one replaced at once) and count tokens in a
-    window; returns the window's bounds so the engine's CPU is read over the same span."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, b"bench-load")
+def _dealer(address: str, identity: bytes) -> tuple[zmq.Context[Any], zmq.Socket[bytes]]:
+    """A worker's kind of socket to the engine (no high-water mark, as the workers have)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.IDENTITY, identity)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(address)
+    return ctx, sock
+
+
+def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str, Any]:
+    """Keep `n` generations open (each ended one replaced at once) and count tokens in a
+    window; returns the window's bounds so the engine's CPU is read over the same span."""
+    ctx, sock = _dealer(address, b"bench-load")
     rid = 0
     for _ in range(n):
         rid += 1
@@ -177,10 +183,7 @@ def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str,
 
 def step_load(address: str, clients: int, seconds: float, warm: float) -> dict[str, Any]:
     """`clients` sessions, each fed one character at a time with one feed in flight."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.IDENTITY, b"bench-step")
-    sock.connect(address)
+    ctx, sock = _dealer(address, b"bench-step")
     sessions: dict[int, str] = {}
     for i in range(clients):
         op = {"type": "create_session", "model": LM, "session_id": None, "ttl_s": None,
@@ -248,7 +251,6 @@ def measure(engine: Engine, kind: str, n: int, seconds: float, warm: float) -> d
         stdout=subprocess.PIPE,
         text=True,
     )
-    t0 = time.perf_counter()
     time.sleep(warm + 0.5)  # (the load's own start comes first: its window is later than ours)
     cpu0, at0 = engine.cpu(), time.perf_counter()
     time.sleep(max(0.0, seconds - 1.0))
@@ -259,7 +261,6 @@ def measure(engine: Engine, kind: str, n: int, seconds: float, warm: float) -> d
     count = r["tokens"] if kind == "streams" else r["steps"]
     per = (cpu1 - cpu0) / max(1.0, count * share) * 1e6
     rate = count / seconds
-    del t0
     return {"n": n, "rate": rate, "us_per_unit": round(per, 3), "errors": r["errors"]}
 
 

@@ -37,7 +37,8 @@ class DecodeBatch:
         self.sinks: list[TokenSink] = []
         self.sink_of = np.zeros(0, np.int32)  # (n,)
         self.rids = np.zeros(0, np.int64)  # (n,)
-        self.local: tuple[tuple[int, Stream], ...] = ()  # (row, stream) with no route
+        # the rows with no route, walked one by one: None = every row (one process), () = none
+        self.local: tuple[int, ...] | None = None
         self._one_sink = False  # every row routed, all to one sink
         self.stops: StopTable | None = None  # the rows' stop automata (from the first join)
 
@@ -90,9 +91,8 @@ class DecodeBatch:
         self.logits = np.zeros((0, 0), np.float32)
         self.rows = Rows.of([])
         self.draws.clear()
-        self.sinks, self.sink_of, self.rids = [], np.zeros(0, np.int32), np.zeros(0, np.int64)
         self.stops = None
-        self._changed()
+        self._changed()  # (which forgets the sinks)
 
     def routed(self, tokens: np.ndarray, done: np.ndarray | None) -> Routed:
         """This step's `tokens` (n,) of the routed rows, split by sink, with the ids of the rows
@@ -106,6 +106,22 @@ class DecodeBatch:
             if mine.any():
                 ends = None if done is None else self.rids[mine & done]
                 out.append((sink, self.rids[mine], tokens[mine], ends))
+        return out
+
+    def finished(
+        self, done: np.ndarray, hits: np.ndarray | None
+    ) -> list[tuple[Stream, np.ndarray, StateRows, int, str | None]]:
+        """The rows `done` at this step (after `advance`): each stream, its logits and state
+        rows after its last token, the tokens it sampled and the stop string that ended it."""
+        out = []
+        for i in np.flatnonzero(done).tolist():
+            rows = [np.take(s, [i], axis=ax) for s, ax in zip(self.states, self.axes, strict=True)]
+            stop = None
+            if hits is not None and hits[i] and self.stops is not None:
+                stop = self.stops.stop_of(i, int(hits[i]))
+            out.append(
+                (self.streams[i], self.logits[i].copy(), rows, int(self.rows.count[i]), stop)
+            )
         return out
 
     def _routes(self, new: list[Stream]) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +147,12 @@ class DecodeBatch:
         if not self.streams:  # (a worker that went away leaves no sink behind)
             self.sinks, self.sink_of, self.rids = [], np.zeros(0, np.int32), np.zeros(0, np.int64)
         routed = self.sink_of >= 0
-        self.local = tuple((i, self.streams[i]) for i in np.flatnonzero(~routed).tolist())
+        if not routed.any():
+            self.local = None
+        elif routed.all():
+            self.local = ()
+        else:
+            self.local = tuple(np.flatnonzero(~routed).tolist())
         self._one_sink = len(self.sinks) == 1 and bool(routed.all())
         r = self.rows
         self.plain = all_plain(r.temp, r.top_k, r.top_p, self.logits.shape[-1])

@@ -80,5 +80,5 @@ def special_rows(
         if s.wants_logprobs:
             logprobs[i] = logprob_info(logits[i], tok, s.params.logprobs or 0, s.decode)
         if s.has_stops and s.route is None:
-            texts[i], _ = s.stop_text(tok, bool(done[i]))
+            texts[i] = s.stop_text(tok, bool(done[i]))
     return texts or None, logprobs or None

@@ -395,8 +395,9 @@ class Scheduler:
         local = b.local
         self._post(
             emit,
+            streams,
             local,
-            tokens.tolist() if local else [],
+            tokens.tolist() if local != () else [],
             texts,
             logprobs,
             b.routed(tokens, done) if b.sinks else [],
@@ -415,17 +416,7 @@ class Scheduler:
             return
         b.advance(logits, states)
         if done is not None and done.any():
-            finished = [
-                (
-                    streams[i],
-                    logits[i].copy(),
-                    [np.take(st, [i], axis=ax) for st, ax in zip(states, self._axes, strict=True)],
-                    int(r.count[i]),
-                    self._stop_of(i, hits),
-                )
-                for i in np.flatnonzero(done).tolist()
-            ]
-            self._post(finish, finished)
+            self._post(finish, b.finished(done, hits))
             self._keep(~done)
         if self._m is not None:  # recorded on the loop with the next step's tokens
             gap = None if self._last_step is None else t0 - self._last_step
@@ -434,12 +425,6 @@ class Scheduler:
                 self._post(record, *self._stats)
                 self._stats = None
         self._last_step = t0 if b.streams else None
-
-    def _stop_of(self, row: int, hits: np.ndarray | None) -> str | None:
-        """The stop string that ended `row` at this step, if one did."""
-        if hits is None or not hits[row] or self._batch.stops is None:
-            return None
-        return self._batch.stops.stop_of(row, int(hits[row]))
 
     def _first_tokens(self, streams: Sequence[Stream], t0: float) -> None:
         """Time to first token, for the rows sampling their first token now (the newest)."""

@@ -107,14 +107,9 @@ class Stream:
 
     # -- engine thread ----------------------------------------------------------------------
 
-    def stop_text(self, token: int, last: bool) -> tuple[str, bool]:
-        """Pass a token's text through the stop matcher: (text released now, stopped)."""
-        text = self.stopper.push(self.decode(token))
-        if self.stopper.matched is not None:
-            return text, True
-        if last:
-            text += self.stopper.flush()
-        return text, False
+    def stop_text(self, token: int, last: bool) -> str:
+        """A token's text through the stop matcher: what is released now."""
+        return self.stopper.release(self.decode(token), last)
 
     # -- event loop -------------------------------------------------------------------------
 

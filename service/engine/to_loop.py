@@ -47,7 +47,8 @@ def reject(futures: list[asyncio.Future[Any]], err: BaseException) -> None:
 
 
 def emit(
-    local: Sequence[tuple[int, Stream]],
+    streams: Sequence[Stream],
+    local: Sequence[int] | None,
     tokens: list[int],
     texts: dict[int, str] | None,
     logprobs: dict[int, StepLogprob] | None,
@@ -55,18 +56,19 @@ def emit(
     stats: tuple[Meters, int, float, float | None] | None,
 ) -> None:
     """One decode step's tokens: each routed sink's in one call, then the rows without a route
-    (`local`: (row, stream)) one by one; `tokens`, `texts` and `logprobs` are by row."""
+    (`local`: their rows; None: every row) one by one; `tokens`, `texts` and `logprobs` are by
+    row."""
     if stats is not None:  # the previous step's metrics ride along (off the engine thread)
         record(*stats)
     for sink, rids, ids, ends in routed:
         sink(rids, ids, ends)
-    if texts is None and logprobs is None:  # the usual step: no stop strings, no logprobs
-        for i, s in local:
-            s.emit(tokens[i], None, None)
+    if local is None and texts is None and logprobs is None:  # one process, the usual step
+        for s, tok in zip(streams, tokens, strict=True):
+            s.emit(tok, None, None)
         return
     texts, logprobs = texts or {}, logprobs or {}
-    for i, s in local:
-        s.emit(tokens[i], texts.get(i), logprobs.get(i))
+    for i in range(len(streams)) if local is None else local:
+        streams[i].emit(tokens[i], texts.get(i), logprobs.get(i))
 
 
 def record(m: Meters, n: int, step_s: float, gap_s: float | None) -> None:

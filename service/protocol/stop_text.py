@@ -42,6 +42,14 @@ class StopMatcher:
         self.buf = self.buf[len(self.buf) - hold :]
         return out
 
+    def release(self, text: str, last: bool) -> str:
+        """A token's text through the matcher: what may be handed over now (`last`: the stream
+        ends with this token, so text held back for a stop that did not come goes too)."""
+        out = self.push(text)
+        if last and self.matched is None:
+            out += self.flush()
+        return out
+
     def flush(self) -> str:
         out, self.buf = self.buf, ""
         return out

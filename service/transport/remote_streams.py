@@ -73,11 +73,8 @@ class RemoteGeneration(EventsFromBatches):
         text = self._vocab[token_id]
         index = self._next
         self._next += 1
-        stopper = self._stopper
-        if stopper is not None:
-            text = stopper.push(text)
-            if last and stopper.matched is None:
-                text += stopper.flush()
+        if self._stopper is not None:
+            text = self._stopper.release(text, last)
         if not text:  # held back (or a token without text): nothing to hand over
             return
         self._backlog += EVENT_BYTES

@@ -37,25 +37,25 @@ class _Stream:
 
 def test_a_steps_tokens_go_to_their_streams_in_order() -> None:
     streams = [_Stream(), _Stream(), _Stream()]
-    local = list(enumerate(streams))
-    to_loop.emit(local, [5, 6, 7], None, None, [], None)  # type: ignore[arg-type]
+    to_loop.emit(streams, None, [5, 6, 7], None, None, [], None)  # type: ignore[arg-type]
     assert [s.got for s in streams] == [[(5, None, None)], [(6, None, None)], [(7, None, None)]]
     lp = StepLogprob(-0.1, ())
-    to_loop.emit(local, [1, 2, 3], {1: "x"}, {2: lp}, [], None)  # type: ignore[arg-type]
+    to_loop.emit(streams, None, [1, 2, 3], {1: "x"}, {2: lp}, [], None)  # type: ignore[arg-type]
     assert [s.got[-1] for s in streams] == [(1, None, None), (2, "x", None), (3, None, lp)]
 
 
 def test_routed_rows_reach_their_sink_as_arrays_and_local_rows_their_stream() -> None:
     """Rows 0 and 2 routed to one sink, row 1 local: the sink gets one call with both."""
     got: list[tuple[list[int], list[int], Any]] = []
-    local = _Stream()
+    streams = [_Stream(), _Stream(), _Stream()]
 
     def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
         got.append((rids.tolist(), ids.tolist(), None if ends is None else ends.tolist()))
 
     routed = [(sink, np.array([10, 12]), np.array([5, 7]), np.array([12]))]
-    to_loop.emit([(1, local)], [5, 6, 7], None, None, routed, None)  # type: ignore[list-item]
-    assert got == [([10, 12], [5, 7], [12])] and local.got == [(6, None, None)]
+    to_loop.emit(streams, (1,), [5, 6, 7], None, None, routed, None)  # type: ignore[arg-type]
+    assert got == [([10, 12], [5, 7], [12])]
+    assert [s.got for s in streams] == [[], [(6, None, None)], []]
 
 
 def test_an_inference_failure_reaches_waiters_as_a_service_error() -> None:
