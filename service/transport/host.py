@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -191,9 +191,19 @@ class EngineHost:
         """A worker's frames, as one message."""
         try:
             # no high-water mark (above): a send never waits, so NOBLOCK never refuses
-            self._sock.send_multipart([ident, wire.encoder.encode(frames)], flags=zmq.NOBLOCK)
+            message = [ident, wire.encoder.encode(frames)]
+            sent = cast("asyncio.Future[Any]", self._sock.send_multipart(message, zmq.NOBLOCK))
         except zmq.ZMQError as e:  # the socket is closing
-            log.warning("frames to a worker not sent", extra={"error": str(e)})
+            _not_sent(e)
+            return
+        # the asyncio socket reports a failed send on the future it returns, not by raising (a
+        # send racing the socket's close at shutdown): read it there, or it is logged at exit
+        # as "Future exception was never retrieved"
+        if sent.done():
+            if not sent.cancelled() and sent.exception() is not None:
+                _not_sent(sent.exception())
+        else:
+            sent.add_done_callback(_check_sent)
 
     async def _run(
         self, ident: bytes, rid: int, op: wire.Operation, hold: LocalHold | None
@@ -264,6 +274,15 @@ class EngineHost:
         if slot is None:
             slot = self._slots[key] = self.client.hold_stream(ref.owner, ref.rows)
         return slot
+
+
+def _not_sent(e: BaseException | None) -> None:
+    log.warning("frames to a worker not sent", extra={"error": str(e)})
+
+
+def _check_sent(sent: asyncio.Future[Any]) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        _not_sent(sent.exception())
 
 
 def catalog_info(c: InProcessClient) -> wire.CatalogInfo:

@@ -3,7 +3,10 @@ it cannot decode, sends a step's tokens as arrays, and forgets a dead worker's c
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ import zmq.asyncio
 
 from service.protocol.ops import CreateSession, Feed, GetSession
 from service.transport import wire
+from service.transport.host import EngineHost
 from service.transport.remote import worker_identity
 from tests.service.conftest import LM, ClientFactory, app_of
 from tests.service.transport.conftest import Wired, hosted, until
@@ -72,3 +76,26 @@ async def test_a_steps_tokens_leave_as_one_ids_frame_in_order_with_the_frames_ar
     step = frames[2]
     assert isinstance(step, wire.StepIds)
     assert step.arrays() == ([6], [99]) and step.ending() == {6}
+
+
+async def test_frames_sent_as_the_socket_closes_are_reported_not_lost_in_a_future(
+    make_client: ClientFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """A decode step's tokens posted while the engine shuts down: the asyncio socket reports
+    the failed send on the future it returns, which the host reads (an unread one is logged at
+    exit as "Future exception was never retrieved")."""
+    async with make_client() as c:
+        host = EngineHost(app_of(c).state.local, f"ipc://{tmp_path}/engine.sock")
+        host._sock.close(linger=0)
+        unretrieved: list[object] = []
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, ctx: unretrieved.append(ctx))
+        try:
+            host._send(b"gone", [wire.Cancel(1)])
+            await asyncio.sleep(0)  # (a callback on a pending send runs here)
+            gc.collect()
+        finally:
+            loop.set_exception_handler(None)
+        host._ctx.term()
+    assert unretrieved == []
+    assert "frames to a worker not sent" in caplog.text
