@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         "activations per call over the whole batch, so padded == alone and chunked == whole "
         "hold only approximately.",
     )
+    state_on_device: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Where a decode batch's recurrent state lives between steps: `on`, as "
+        "onnxruntime values on the model's device, bound to each step (IO binding: a step "
+        "moves only tokens in and logits out); `off`, as host arrays passed to every call; "
+        "`auto`: on the device unless the model runs on the CPU provider (where the two are "
+        "the same memory). Results are bit-identical either way.",
+    )
     gil_switch_interval_ms: float = Field(
         0.5,
         gt=0,

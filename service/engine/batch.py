@@ -9,6 +9,7 @@ import numpy as np
 from service.engine.prefill import StateRows
 from service.engine.row_params import Rows
 from service.engine.sampling import Draws, all_plain
+from service.engine.state_place import Held, StatePlace
 from service.engine.stops import StopTable
 from service.engine.stream import Stream, TokenSink
 
@@ -18,12 +19,12 @@ Routed = list[tuple[TokenSink, np.ndarray, np.ndarray, np.ndarray | None]]
 
 
 class DecodeBatch:
-    def __init__(self, axes: list[int]) -> None:
-        self.axes = axes  # each state tensor's batch axis
+    def __init__(self, place: StatePlace) -> None:
+        self.place = place  # where the rows' state lives between steps (host or device)
         # a tuple, replaced (never changed in place) when rows join or leave: a step hands it to
         # the loop with its tokens, and the next step's joins must not change what that sees
         self.streams: tuple[Stream, ...] = ()
-        self.states: StateRows = []
+        self.states: Held = []
         self.logits = np.zeros((0, 0), np.float32)  # (n, K): what the next step samples from
         self.rows = Rows.of([])
         self.draws = Draws()  # the rows' next random draws, computed a block at a time
@@ -49,10 +50,7 @@ class DecodeBatch:
         """Append `new` rows. Built aside and assigned together: if anything fails (it raises),
         the batch is unchanged and the new streams fail alone."""
         old = bool(self.streams)
-        states = [
-            np.concatenate([*([self.states[k]] if old else []), *(s.states[k] for s in new)], ax)
-            for k, ax in enumerate(self.axes)
-        ]
+        states = self.place.join(self.states if old else [], [s.states for s in new])
         logits = np.stack([s.logits for s in new])
         joined = Rows.of(new)
         rows = joined
@@ -75,9 +73,7 @@ class DecodeBatch:
         """Filter the batch to the rows where `keep` is True."""
         idx = np.flatnonzero(keep)
         self.streams = tuple(self.streams[i] for i in idx)
-        self.states = [
-            np.take(s, idx, axis=ax) for s, ax in zip(self.states, self.axes, strict=True)
-        ]
+        self.states = self.place.take(self.states, idx)
         self.logits = self.logits[idx]
         self.rows = self.rows.take(idx)
         self.draws.keep(idx)
@@ -114,8 +110,8 @@ class DecodeBatch:
         """The rows `done` at this step (after `advance`): each stream, its logits and state
         rows after its last token, the tokens it sampled and the stop string that ended it."""
         out = []
-        for i in np.flatnonzero(done).tolist():
-            rows = [np.take(s, [i], axis=ax) for s, ax in zip(self.states, self.axes, strict=True)]
+        idx = np.flatnonzero(done).tolist()
+        for i, rows in zip(idx, self.place.rows(self.states, idx), strict=True):
             stop = None
             if hits is not None and hits[i] and self.stops is not None:
                 stop = self.stops.stop_of(i, int(hits[i]))
@@ -139,7 +135,7 @@ class DecodeBatch:
             sink_of[i], rids[i] = k, s.route.rid
         return sink_of, rids
 
-    def advance(self, logits: np.ndarray, states: StateRows) -> None:
+    def advance(self, logits: np.ndarray, states: Held) -> None:
         """The step's outputs become the next step's inputs (no copies)."""
         self.logits, self.states = logits, states
 

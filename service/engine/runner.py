@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import ArtifactError, ModelManifest
+from service.engine import cuda_libs
 
 _ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)"}
 
@@ -55,9 +56,10 @@ class Runner:
         # ~10 % cost to a lone stream).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.intra_op_num_threads = intra_op_threads or auto_intra_op_threads()
-        self.session = ort.InferenceSession(
-            str(onnx_path), sess_options=opts, providers=list(providers or default_providers())
-        )
+        providers = list(providers or default_providers())
+        if "CUDAExecutionProvider" in providers:
+            cuda_libs.preload()  # the wheels' CUDA libraries (GPU image), before the session
+        self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=providers)
         check_graph(manifest, self.session)
         self.providers: list[str] = list(self.session.get_providers())
         io = manifest.io
@@ -68,12 +70,36 @@ class Runner:
     def provider(self) -> str:
         return self.providers[0] if self.providers else "unknown"
 
+    @property
+    def device(self) -> str:
+        """Where this session's tensors live: onnxruntime's device name for `OrtValue`s."""
+        return "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+
     def run(
         self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         feed = dict(zip(self._inputs, (tokens, lengths, *states), strict=True))
         out = self.session.run(self._outputs, feed)
         return out[0], list(out[1:])
+
+    def run_bound(
+        self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[ort.OrtValue]
+    ) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """`run` with the state as `OrtValue`s where this session computes (IO binding): only
+        the tokens go in and the logits come out; the new state stays on the device. A fresh
+        binding each call, so every output is a new buffer (the last step's outputs are this
+        step's inputs and must not be written over)."""
+        io = self.session.io_binding()
+        io.bind_cpu_input(self._inputs[0], tokens)
+        io.bind_cpu_input(self._inputs[1], lengths)
+        for name, value in zip(self._inputs[2:], states, strict=True):
+            io.bind_ortvalue_input(name, value)
+        io.bind_output(self._outputs[0], "cpu")
+        for name in self._outputs[1:]:
+            io.bind_output(name, self.device)
+        self.session.run_with_iobinding(io)
+        out = io.get_outputs()
+        return out[0].numpy(), list(out[1:])
 
 
 def check_graph(manifest: ModelManifest, session: ort.InferenceSession) -> None:

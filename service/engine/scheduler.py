@@ -54,6 +54,7 @@ from service.engine.prefill import (
 from service.engine.row_params import special_rows
 from service.engine.runner import Runner
 from service.engine.sampling import sample, sample_plain
+from service.engine.state_place import StateOnDevice, place_for
 from service.engine.stream import Stream
 from service.engine.to_loop import (
     Meters,
@@ -84,6 +85,7 @@ class SchedulerConfig:
     max_request_tokens: int = 1_000_000  # tokens one predict request may bring (all its rows)
     stall_timeout_s: float = 10.0  # work waiting and the engine thread not moving: not ready
     stream_buffer_bytes: int = 512 << 10  # a stream's unread backlog (see Stream.max_backlog_bytes)
+    state_on_device: StateOnDevice = "auto"  # where the decode batch's state lives (state_place)
 
 
 def _shutting_down() -> Overloaded:
@@ -111,7 +113,10 @@ class Scheduler:
         self._joining: deque[Stream] = deque()
         self._closing = False
         self._abort = False
-        self._batch = DecodeBatch(self._axes)  # owned by the engine thread
+        place = place_for(runner, config.state_on_device)
+        self._batch = DecodeBatch(place)  # owned by the engine thread
+        # a decode step with the batch's state where it lives (IO binding when on the device)
+        self._step_call = runner.run_bound if place.on_device else runner.run
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
@@ -405,7 +410,7 @@ class Scheduler:
         )
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
-            logits, states = self.runner.run(tokens[:, None], self._ones[:n], b.states)
+            logits, states = self._step_call(tokens[:, None], self._ones[:n], b.states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
             self._post(fail_streams, streams, as_service_error(e))

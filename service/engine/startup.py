@@ -86,6 +86,7 @@ async def running_engine(
         max_request_tokens=settings.max_request_tokens,
         stall_timeout_s=settings.stall_timeout_s,
         stream_buffer_bytes=settings.stream_buffer_bytes,
+        state_on_device=settings.state_on_device,
     )
     engine = Engine(reg, config, m)
     engine.start()

@@ -34,6 +34,7 @@ class WrappedRunner:
         self.manifest = real.manifest
         self.session = real.session
         self.provider = real.provider
+        self.device = real.device
         self.delay_s = 0.0
         self.fail: BaseException | None = None
         self.calls = 0

@@ -8,6 +8,7 @@ import pytest
 
 from service.engine.batch import DecodeBatch
 from service.engine.sampling import SamplingParams, counter_uniforms
+from service.engine.state_place import HostState
 from service.engine.stream import Stream
 
 K = 5
@@ -20,7 +21,7 @@ def _stream(row: float, max_tokens: int = 10, top_k: int = 0, seed: int = 0) -> 
 
 
 def test_rows_join_and_leave_as_batch_arrays() -> None:
-    b = DecodeBatch(axes=[1])
+    b = DecodeBatch(HostState([1]))
     b.join([_stream(0), _stream(1)])
     b.join([_stream(2)])
     assert len(b) == 3 and b.fresh
@@ -34,7 +35,7 @@ def test_rows_join_and_leave_as_batch_arrays() -> None:
 
 
 def test_a_join_that_fails_leaves_the_batch_unchanged() -> None:
-    b = DecodeBatch(axes=[1])
+    b = DecodeBatch(HostState([1]))
     b.join([_stream(0)])
     bad = _stream(1)
     bad.states = [np.zeros((2, 1, 4), np.float32)]  # the wrong hidden size
@@ -44,7 +45,7 @@ def test_a_join_that_fails_leaves_the_batch_unchanged() -> None:
 
 
 def test_what_steps_derive_follows_joins_and_leaves() -> None:
-    b = DecodeBatch(axes=[1])
+    b = DecodeBatch(HostState([1]))
     b.join([_stream(0, max_tokens=7), _stream(1, max_tokens=3)])
     assert b.plain and b.until_done == 3
     b.rows.count[:] = 2  # two steps taken
@@ -55,7 +56,7 @@ def test_what_steps_derive_follows_joins_and_leaves() -> None:
 
 
 def test_draws_of_rows_joining_mid_block_are_their_own() -> None:
-    b = DecodeBatch(axes=[1])
+    b = DecodeBatch(HostState([1]))
     b.join([_stream(0, seed=11)])
     for _ in range(3):
         b.draws.step(b.rows.seeds, b.rows.count)

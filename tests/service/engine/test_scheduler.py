@@ -24,6 +24,7 @@ class FakeRunner:
 
     def __init__(self) -> None:
         self.manifest = load_manifest(FIXTURE_MODELS / "tiny-char-gru")
+        self.device = "cpu"
         self.calls: list[tuple[int, int]] = []  # (B, T) per call
         self.fail = False
         self.gate = threading.Event()

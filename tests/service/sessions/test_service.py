@@ -28,6 +28,7 @@ class FlakyRunner:
         self.manifest = real.manifest
         self.session = real.session
         self.provider = real.provider
+        self.device = real.device
         self.fail_after: int | None = None
         self.calls = 0
 
