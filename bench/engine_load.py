@@ -34,7 +34,6 @@ from typing import Any
 import msgspec
 import zmq
 
-from bench.ab import worktree
 from bench.procs import cpu_seconds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,12 +69,18 @@ def log(msg: str) -> None:
 
 
 class Engine:
-    def __init__(self, cwd: Path, max_streams: int) -> None:
+    def __init__(
+        self,
+        cwd: Path,
+        max_streams: int,
+        models: Path = MODELS,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.dir = tempfile.TemporaryDirectory(prefix="rnnserve-bench-")
         self.address = f"ipc://{self.dir.name}/engine.sock"
         env = {
             **os.environ,
-            "RNNSERVE_MODELS_DIR": str(MODELS),
+            "RNNSERVE_MODELS_DIR": str(models),
             "RNNSERVE_MAX_STREAMS": str(max_streams),
             "RNNSERVE_MAX_QUEUE": str(4 * max_streams),
             "RNNSERVE_LOG_LEVEL": "warning",
@@ -83,6 +88,7 @@ class Engine:
             # own threads spin between the sampler's small matrix products (found here: a
             # thread burning most of a core)
             "OPENBLAS_NUM_THREADS": "1",
+            **(settings or {}),  # RNNSERVE_* (bench.gpu_check: providers, variant)
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-c", ENGINE, self.address],
@@ -119,9 +125,9 @@ def _call(rid: int, op: dict[str, Any]) -> bytes:
     return msgspec.msgpack.encode({"type": "call", "rid": rid, "op": op})
 
 
-def _generate(max_tokens: int) -> dict[str, Any]:
+def _generate(max_tokens: int, model: str) -> dict[str, Any]:
     params = {"prompt": "ROMEO:", "max_tokens": max_tokens, "temperature": 1.0}
-    return {"type": "generate", "model": LM, "params": params}
+    return {"type": "generate", "model": model, "params": params}
 
 
 def _tokens(frame: dict[str, Any]) -> int:
@@ -146,14 +152,14 @@ def _dealer(address: str, identity: bytes) -> tuple[zmq.Context[Any], zmq.Socket
     return ctx, sock
 
 
-def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str, Any]:
+def streams_load(address: str, n: int, seconds: float, warm: float, model: str) -> dict[str, Any]:
     """Keep `n` generations open (each ended one replaced at once) and count tokens in a
     window; returns the window's bounds so the engine's CPU is read over the same span."""
     ctx, sock = _dealer(address, b"bench-load")
     rid = 0
     for _ in range(n):
         rid += 1
-        sock.send(_call(rid, _generate(200)))
+        sock.send(_call(rid, _generate(200, model)))
     tokens = ended = errors = 0
     start = time.perf_counter()
     window = (start + warm, start + warm + seconds)
@@ -172,7 +178,7 @@ def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str,
                 ended += 1
                 errors += f.get("type") == "failed"
                 rid += 1
-                sock.send(_call(rid, _generate(200)))
+                sock.send(_call(rid, _generate(200, model)))
         tokens += got
         if window[0] <= now:
             counted += got
@@ -181,12 +187,14 @@ def streams_load(address: str, n: int, seconds: float, warm: float) -> dict[str,
     return {"tokens": counted, "streams_ended": ended, "errors": errors, "window": window}
 
 
-def step_load(address: str, clients: int, seconds: float, warm: float) -> dict[str, Any]:
+def step_load(
+    address: str, clients: int, seconds: float, warm: float, model: str
+) -> dict[str, Any]:
     """`clients` sessions, each fed one character at a time with one feed in flight."""
     ctx, sock = _dealer(address, b"bench-step")
     sessions: dict[int, str] = {}
     for i in range(clients):
-        op = {"type": "create_session", "model": LM, "session_id": None, "ttl_s": None,
+        op = {"type": "create_session", "model": model, "session_id": None, "ttl_s": None,
               "state": None, "owner": None}  # fmt: skip
         sock.send(_call(i + 1, op))
     while len(sessions) < clients:
@@ -227,13 +235,15 @@ def step_load(address: str, clients: int, seconds: float, warm: float) -> dict[s
 
 
 def _load_main() -> None:
-    """Entry of the load process: `kind address n seconds warm` -> JSON on stdout."""
-    kind, address, n, seconds, warm = sys.argv[2:7]
+    """Entry of the load process: `kind address n seconds warm model` -> JSON on stdout."""
+    kind, address, n, seconds, warm, model = sys.argv[2:8]
     run = streams_load if kind == "streams" else step_load
-    print(json.dumps(run(address, int(n), float(seconds), float(warm))), flush=True)
+    print(json.dumps(run(address, int(n), float(seconds), float(warm), model)), flush=True)
 
 
-def measure(engine: Engine, kind: str, n: int, seconds: float, warm: float) -> dict[str, Any]:
+def measure(
+    engine: Engine, kind: str, n: int, seconds: float, warm: float, model: str = LM
+) -> dict[str, Any]:
     """One load run in its own process; the engine's CPU read at the window's bounds."""
     load = subprocess.Popen(
         [
@@ -246,6 +256,7 @@ def measure(engine: Engine, kind: str, n: int, seconds: float, warm: float) -> d
             str(n),
             str(seconds),
             str(warm),
+            model,
         ],
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -286,6 +297,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
     counts = [int(x) for x in a.streams.split(",")]
+    # (imported here: bench.ab pins the peers' venvs to this onnxruntime's version, and
+    # bench.gpu_check uses this module where only onnxruntime-gpu is installed)
+    from bench.ab import worktree
+
     targets = [(f"A:{a.base}", worktree(a.base))] if a.base else []
     targets.append(("B:tree" if a.base else "tree", REPO))
     results: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in targets}
