@@ -31,7 +31,7 @@ import httpx
 from bench import loadgen
 from bench.ab import server, worktree
 from bench.genclient import run as gen_run
-from bench.procs import Server, cpu_by_name
+from bench.procs import Server, cpu_by_name, pss_by_name
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
@@ -93,15 +93,19 @@ def streams(srv: Server, n: int, seconds: float, warm: float) -> dict[str, Any]:
     """`n` concurrent SSE streams: tokens/s, ITL and CPU µs per token by role, the CPU read at
     the start and the end of the window whose tokens genclient counts."""
     srv.wait_idle()
+    idle = _roles(pss_by_name(srv.pids()))  # memory with no stream open, by role
     port = int(srv.base.rsplit(":", 1)[1])
     body = {"prompt": "ROMEO:", "max_tokens": 200, "stream": True, "temperature": 1.0}
     t0 = time.perf_counter() + 0.3  # genclient's own start (perf_counter is system-wide)
     marks: list[dict[str, float]] = []
+    loaded: dict[str, float] = {}
 
     def sample() -> None:
         for at in (t0 + warm, t0 + warm + seconds):
             time.sleep(max(0.0, at - time.perf_counter()))
             marks.append(_roles(cpu_by_name(srv.pids())))
+            if not loaded:  # every stream open (after the warm-up): memory by role
+                loaded.update(_roles(pss_by_name(srv.pids())))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -124,6 +128,11 @@ def streams(srv: Server, n: int, seconds: float, warm: float) -> dict[str, Any]:
         "errors": r["errors"],
         "itl_p99_ms": r["itl_p99_ms"],
         "us_per_token": {k: round(v / tokens * 1e6, 3) for k, v in used.items() if v > 0},
+        # what n open streams add to each role's memory, per stream (PSS, KiB)
+        "kib_per_stream": {
+            k: round((v - idle.get(k, 0.0)) / n / 1024, 2) for k, v in loaded.items()
+        },
+        "pss_mib": {k: round(v / 2**20, 1) for k, v in loaded.items()},
     }
 
 
@@ -184,6 +193,9 @@ def env_for(workers: int, counts: list[int]) -> dict[str, str]:
         # twice the streams: a client that reconnects at once must not find its old slot
         # still held (a 503 the benchmark would count as an error)
         "RNNSERVE_MAX_OPEN_STREAMS": str(2 * top),
+        # every stream's prompt may wait for its prefill at once (the default, 1,024 waiting
+        # jobs a model, answered 4,096 streams opened together with some 503 `overloaded`)
+        "RNNSERVE_MAX_QUEUE": str(2 * top),
         "RNNSERVE_MAX_TOKENS_LIMIT": "100000",
     }
 

@@ -71,16 +71,22 @@ def cpu_by_name(pids: Sequence[int]) -> dict[str, float]:
 
 
 def pss_bytes(pids: Sequence[int]) -> int:
-    total = 0
+    return sum(pss_by_name(pids).values())
+
+
+def pss_by_name(pids: Sequence[int]) -> dict[str, float]:
+    """Proportional set size (bytes) per kernel process name, as `cpu_by_name`."""
+    out: dict[str, float] = {}
     for p in pids:
         try:
+            name = Path(f"/proc/{p}/comm").read_text().strip()
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+                    out[name] = out.get(name, 0) + int(line.split()[1]) * 1024
                     break
         except OSError:
             continue
-    return total
+    return out
 
 
 def _alive(pid: int) -> bool:

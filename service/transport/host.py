@@ -65,6 +65,7 @@ class EngineHost:
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
         self._outbox: dict[bytes, list[wire.Frame]] = {}
         self._flush_due = False
+        self._closing = False
         # each worker's token sink (`stream.Route`): a decode step's ids for its streams
         self._sinks: dict[bytes, TokenSink] = {}
         # session generations waiting for their worker's `Drained` (and its text) to commit
@@ -147,6 +148,9 @@ class EngineHost:
         return len(gone) + len(held)
 
     async def close(self) -> None:
+        # the engine may still step the streams that are closing: what they post from now on
+        # has no socket to go to (and one warning per step at 4,096 streams said nothing new)
+        self._closing = True
         for slot in self._slots.values():
             slot.release()
         self._slots.clear()
@@ -189,6 +193,8 @@ class EngineHost:
 
     def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
         """A worker's frames, as one message."""
+        if self._closing:
+            return
         try:
             # no high-water mark (above): a send never waits, so NOBLOCK never refuses
             message = [ident, wire.encoder.encode(frames)]

@@ -29,3 +29,18 @@ def test_the_table_gives_medians_and_the_ratio_b_over_a() -> None:
     assert "| step (µs CPU / step) | engine | 110.00 | 45.00 | 0.41 |" in md
     assert "| step | req/s | 950 | 2000 | 2.11 |" in md
     assert "| streams-256 (µs CPU / token) | engine | 5.50 | 2.25 | 0.41 |" in md
+
+
+def test_memory_is_read_per_process_name_from_proc() -> None:
+    """`pss_by_name`, which `streams` reads before and while the streams are open: this
+    process's PSS under its kernel name, and the same total as `pss_bytes`."""
+    import os
+    from pathlib import Path
+
+    from bench.procs import pss_by_name, pss_bytes
+
+    me = os.getpid()
+    name = Path(f"/proc/{me}/comm").read_text().strip()
+    by_name = pss_by_name([me, 2**22 + 1])  # (a pid that is not there is skipped)
+    assert set(by_name) == {name} and by_name[name] > 1 << 20
+    assert abs(pss_bytes([me]) - by_name[name]) < 1 << 20  # (read twice: it moves a little)
