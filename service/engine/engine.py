@@ -198,9 +198,9 @@ class Engine:
             return Classification(
                 labels[int(np.argmax(p))], dict(zip(labels, p.tolist(), strict=True))
             )
-        top = np.argsort(-p, kind="stable")[: min(top_k, p.size)]
+        top = np.argsort(-p, kind="stable")[: min(top_k, p.size)].tolist()
         vocab = m.view.vocab
-        return NextTokens(tuple(Prob(vocab[i], float(p[i])) for i in top.tolist()))
+        return NextTokens(tuple(map(Prob, [vocab[i] for i in top], p[top].tolist())))
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None
@@ -284,14 +284,15 @@ class Engine:
         started = time.perf_counter()  # time to first token includes the prefill
         if not ids and logits is None:
             ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
-        if ids:
+        if ids:  # (a prefill's outputs are checked as the engine makes them: finite.py)
             logits, states = await self.prefill(m, ids, states)
         assert logits is not None
         rows = states if states is not None else m.manifest.init_states(1)
-        # a row with non-finite numbers would sample garbage, and its overflow warnings would
-        # fail the whole decode batch: it never joins (a session's state is checked at import;
-        # this guards whatever got past that)
-        require_finite(m, [logits], rows)
+        if not ids:
+            # a row with non-finite numbers would sample garbage, and its overflow warnings
+            # would fail the whole decode batch: it never joins (a session's state is checked
+            # at import and at every commit; this guards whatever got past that)
+            require_finite(m, [logits], rows)
         stream = Stream(
             params,
             logits,

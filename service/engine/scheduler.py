@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.batch import DecodeBatch
+from service.engine.finite import nonfinite
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -66,7 +67,7 @@ from service.engine.to_loop import (
     reject,
     resolve,
 )
-from service.errors import EngineError, Overloaded, ServiceError
+from service.errors import EngineError, InvalidState, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
 
@@ -106,6 +107,7 @@ class Scheduler:
         self._m = Meters(metrics, self.name) if metrics is not None else None
         self._gauged = (-1, -1)  # (queue depth, active streams) last set
         self._axes = [s.batch_axis for s in runner.manifest.io.states]
+        self._specs = runner.manifest.io.states
         self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
         self._cv = threading.Condition()
@@ -309,18 +311,27 @@ class Scheduler:
         try:
             tokens, lengths, states = pack(chunks, self._init_row, self._axes)
             logits, out = self._run_prefill_call(tokens, lengths, states)
+            # the outputs checked once for the whole pass (each row only when one is not)
+            suspect = nonfinite(self._specs, [logits], out) is not None
             results = []
             unfinished = []
+            refused = []
             for i, c in enumerate(chunks):
                 rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
-                if c.last:
-                    results.append((c.job.future, (logits[i].copy(), rows)))
-                else:
+                if not c.last:  # (a later chunk's outputs are what is checked)
                     unfinished.append((c, rows))
+                elif suspect and (why := nonfinite(self._specs, [logits[i]], rows)) is not None:
+                    refused.append(
+                        (c.job.future, InvalidState(f"state rejected: {why}", field="state"))
+                    )
+                else:
+                    results.append((c.job.future, (logits[i].copy(), rows)))
         except Exception as e:
             log.exception("prefill batch failed", extra={"model": self.name, "rows": len(chunks)})
             self._post(reject, [c.job.future for c in chunks], as_service_error(e))
             return []
+        for future, err in refused:
+            self._post(reject, [future], err)
         for c, rows in unfinished:  # each goes on from the state after exactly its chunk
             c.job.done += c.tokens.size
             c.job.states = rows

@@ -11,12 +11,12 @@ A finite but huge state (say 3e38) in a GRU or tanh-RNN turns its next outputs i
 
 from __future__ import annotations
 
-import math
 from typing import NoReturn
 
 import numpy as np
 
 from service.contract import UnknownCharactersError
+from service.engine.finite import nonfinite
 from service.engine.registry import LoadedModel
 from service.errors import InvalidState
 from service.sessions.blob import StateBlob
@@ -87,23 +87,11 @@ def require_finite(
     states: list[np.ndarray] | tuple[np.ndarray, ...],
 ) -> None:
     """Defence in depth before a commit: a step whose outputs are not finite is never stored
-    (the session keeps its version) and never reaches a JSON encoder."""
-    if any(x is not None and not _finite(x) for x in logits):
-        _refuse("the session's state gave non-finite outputs; reset it or import another")
-    for a, s in zip(states, m.manifest.io.states, strict=True):
-        # a state that starts infinite (a running max) may stay so; NaN never
-        if np.isnan(a).any() if math.isinf(s.init) else not _finite(a):
-            _refuse(f"the session's state tensor {s.name!r} became non-finite; reset it")
-
-
-def _finite(a: np.ndarray) -> bool:
-    """Every element finite. It runs on every feed, for each state tensor: the float64 sum of
-    the float32/float16 elements' magnitudes is finite exactly when they all are (it cannot
-    overflow; an inf or NaN anywhere makes it inf or NaN, and magnitudes never add +inf to
-    -inf, which would warn), two C calls instead of `isfinite` and `all`'s Python wrapper."""
-    if a.dtype.itemsize > 4:
-        return bool(np.isfinite(a).all())
-    return math.isfinite(np.add.reduce(np.abs(a), axis=None, dtype=np.float64))
+    (the session keeps its version) and never reaches a JSON encoder. (A prefill's outputs are
+    checked by the engine as it makes them: `service/engine/finite.py`.)"""
+    why = nonfinite(m.manifest.io.states, logits, states)
+    if why is not None:
+        _refuse(why)
 
 
 def _refuse(why: str) -> NoReturn:

@@ -14,7 +14,7 @@ from service.contract import load_manifest
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stream import DoneEvent, ErrorEvent, Stream
-from service.errors import EngineError, Overloaded
+from service.errors import EngineError, InvalidState, Overloaded
 from service.protocol.events import TokenEvent
 from tests.conftest import FIXTURE_MODELS
 
@@ -44,7 +44,8 @@ class FakeRunner:
         h = states[0] + add[None, :, None]
         k = 58
         logits = np.full((tokens.shape[0], k), -10.0, np.float32)
-        logits[np.arange(tokens.shape[0]), h[0, :, 0].astype(int) % k] = 10.0
+        top = np.nan_to_num(h[0, :, 0], nan=0.0, posinf=0.0, neginf=0.0)  # (a poisoned row)
+        logits[np.arange(tokens.shape[0]), top.astype(int) % k] = 10.0
         return logits, [h]
 
 
@@ -66,6 +67,31 @@ async def test_prefill_batches_concurrent_jobs_exactly() -> None:
         assert rows[0][0, 0, 0] == sum(j)  # exact: padding ignored
     assert len(runner.calls) < len(jobs)  # batched
     assert max(b for b, _ in runner.calls) <= 8
+    await s.close(1)
+
+
+async def test_a_job_whose_outputs_are_not_finite_is_refused_and_its_batch_mate_is_not() -> None:
+    """The pass's outputs are checked once for the batch, then row by row when one is bad: the
+    row that went non-finite is refused naming its tensor, the other gets exactly its result."""
+    runner = FakeRunner()
+    runner.gate.clear()
+    s = make(runner, max_batch_size=8)
+    first = asyncio.ensure_future(s.prefill([1]))  # holds the engine thread in its call ...
+    await asyncio.to_thread(runner.entered.wait, 5)
+    bad = [np.full((1, 1, 32), np.nan, np.float32)]
+    clean = asyncio.ensure_future(s.prefill([2, 3]))  # ... so these two share the next pass
+    poisoned = asyncio.ensure_future(s.prefill([4], bad))
+    async with asyncio.timeout(5):  # both queued: the next pass takes whatever waits
+        while len(s._prefill) < 2:
+            await asyncio.sleep(0.001)
+    runner.gate.set()
+    await first
+    _, rows = await clean
+    assert rows[0][0, 0, 0] == 5
+    with pytest.raises(InvalidState, match="tensor 'h' became non-finite") as e:
+        await poisoned
+    assert e.value.field == "state"
+    assert (2, 2) in runner.calls  # one pass ran both
     await s.close(1)
 
 
