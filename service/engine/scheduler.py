@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 
 from service.engine.batch import DecodeBatch
-from service.engine.finite import nonfinite
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -49,9 +48,8 @@ from service.engine.prefill import (
     PrefillQueue,
     PrefillResult,
     StateRows,
-    length_buckets,
-    pack,
 )
+from service.engine.prefill_pass import PrefillPass
 from service.engine.row_params import special_rows
 from service.engine.runner import Runner
 from service.engine.sampling import sample, sample_plain
@@ -65,9 +63,8 @@ from service.engine.to_loop import (
     finish,
     record,
     reject,
-    resolve,
 )
-from service.errors import EngineError, InvalidState, Overloaded, ServiceError
+from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
 
@@ -106,9 +103,6 @@ class Scheduler:
         self.name = runner.manifest.name
         self._m = Meters(metrics, self.name) if metrics is not None else None
         self._gauged = (-1, -1)  # (queue depth, active streams) last set
-        self._axes = [s.batch_axis for s in runner.manifest.io.states]
-        self._specs = runner.manifest.io.states
-        self._init_row = runner.manifest.init_states(1)
         # shared with the event loop, guarded by _cv
         self._cv = threading.Condition()
         self._prefill = PrefillQueue()
@@ -128,6 +122,7 @@ class Scheduler:
         self._budget = PassBudget(
             config.prefill_pass_ms, config.max_batch_tokens, config.prefill_chunk_tokens
         )
+        self._pass = PrefillPass(runner, self._budget, config.max_batch_tokens, self._post, self._m)
         self._beat = time.monotonic()  # the engine thread's last sign of life (see stalled_s)
         self._waiting = False  # the engine thread is waiting for work (not stalled, whatever beat)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -229,7 +224,7 @@ class Scheduler:
                 if chunks is None:
                     return
                 if chunks:
-                    self._run_prefill(chunks)
+                    self._pass.run(chunks, self._put_back)
                 if self._batch.streams or self._joining:
                     self._decode_step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
@@ -276,18 +271,6 @@ class Scheduler:
         self._gauge()
         return jobs
 
-    def _run_prefill_call(
-        self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows
-    ) -> tuple[np.ndarray, StateRows]:
-        t0 = time.perf_counter()
-        out = self.runner.run(tokens, lengths, states)
-        dt = time.perf_counter() - t0
-        self._budget.observe(tokens.size, dt)
-        if self._m is not None:
-            self._m.prefill_time.observe(dt)
-            self._m.prefill_batch.observe(len(lengths))
-        return out
-
     def _gauge(self) -> None:
         now = (len(self._prefill), self.active_streams)
         if self._m is not None and now != self._gauged:  # most steps change neither
@@ -295,49 +278,9 @@ class Scheduler:
             self._m.queue_depth.set(now[0])
             self._m.active_streams.set(now[1])
 
-    def _run_prefill(self, chunks: list[Chunk]) -> None:
-        unfinished: list[PrefillJob] = []
-        try:
-            for bucket in length_buckets(chunks, self.config.max_batch_tokens):
-                unfinished += self._prefill_bucket(bucket)
-        finally:  # (also if a bug raised: the engine loop then fails whatever is queued)
-            if unfinished:  # behind the long jobs still waiting
-                with self._cv:
-                    self._prefill.put_back(unfinished)
-
-    def _prefill_bucket(self, chunks: list[Chunk]) -> list[PrefillJob]:
-        """Run one bucket; resolve the jobs it finishes, return those it does not. Any failure
-        fails every job of the bucket (none goes back)."""
-        try:
-            tokens, lengths, states = pack(chunks, self._init_row, self._axes)
-            logits, out = self._run_prefill_call(tokens, lengths, states)
-            # the outputs checked once for the whole pass (each row only when one is not)
-            suspect = nonfinite(self._specs, [logits], out) is not None
-            results = []
-            unfinished = []
-            refused = []
-            for i, c in enumerate(chunks):
-                rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
-                if not c.last:  # (a later chunk's outputs are what is checked)
-                    unfinished.append((c, rows))
-                elif suspect and (why := nonfinite(self._specs, [logits[i]], rows)) is not None:
-                    refused.append(
-                        (c.job.future, InvalidState(f"state rejected: {why}", field="state"))
-                    )
-                else:
-                    results.append((c.job.future, (logits[i].copy(), rows)))
-        except Exception as e:
-            log.exception("prefill batch failed", extra={"model": self.name, "rows": len(chunks)})
-            self._post(reject, [c.job.future for c in chunks], as_service_error(e))
-            return []
-        for future, err in refused:
-            self._post(reject, [future], err)
-        for c, rows in unfinished:  # each goes on from the state after exactly its chunk
-            c.job.done += c.tokens.size
-            c.job.states = rows
-        if results:
-            self._post(resolve, results)
-        return [c.job for c, _ in unfinished]
+    def _put_back(self, jobs: list[PrefillJob]) -> None:
+        with self._cv:  # behind the long jobs still waiting
+            self._prefill.put_back(jobs)
 
     def _admit_joins(self) -> None:
         if not self._joining:  # the usual step (a join racing this check is seen next step)
