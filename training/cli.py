@@ -204,7 +204,8 @@ def reproduce_cmd(
             if name in FP16_SHIPPED:
                 from training.export.run import quantize_command
 
-                quantize_command(models / name, None, "fp16")
+                # its state crosses in half precision too: half the bytes a row on the device
+                quantize_command(models / name, None, "fp16", "float16")
 
 
 def export_cmd(
@@ -249,6 +250,14 @@ def quantize_cmd(
             help="int8 (dynamic quantization, for CPU) or fp16 (half precision, for GPU)."
         ),
     ] = "int8",
+    state_dtype: Annotated[
+        str,
+        typer.Option(
+            help="fp16 only: float16 makes the graph's state inputs and outputs half precision "
+            "too (sessions, the decode batch and state blobs of that variant hold half the "
+            "bytes); float32 keeps them as the fp32 graph's."
+        ),
+    ] = "float32",
 ) -> None:
     """Add an int8 or fp16 variant to an exported model, kept only if its validation metric
     holds (the data is rebuilt from the training config in its manifest; no run folder needed)."""
@@ -258,7 +267,18 @@ def quantize_cmd(
     if kind not in ("int8", "fp16"):
         typer.echo(f"error: --kind must be int8 or fp16, not {kind!r}", err=True)
         raise typer.Exit(2)
-    quantize_command(model_dir, tolerance, "int8" if kind == "int8" else "fp16")
+    if state_dtype not in ("float32", "float16") or (state_dtype == "float16" and kind != "fp16"):
+        typer.echo(
+            f"error: --state-dtype must be float32, or float16 with --kind fp16; not {state_dtype!r}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    quantize_command(
+        model_dir,
+        tolerance,
+        "int8" if kind == "int8" else "fp16",
+        "float16" if state_dtype == "float16" else "float32",
+    )
 
 
 def download_cmd(

@@ -87,6 +87,7 @@ def load_artifact(directory: Path, variant: str | None = None) -> tuple[ModelMan
         if not found:
             raise ArtifactError(f"{directory}: no {variant!r} variant")
         file, expected = found[0].file, found[0].sha256
+        manifest = manifest.served_as(found[0])
     onnx_path = directory / file
     if not onnx_path.is_file():
         raise ArtifactError(f"{directory}: missing {file}")

@@ -148,6 +148,12 @@ class Variant(_Strict):
     fp32_value: float
     value: float
     tolerance: float
+    state_dtype: Literal["float32", "float16"] = Field(
+        "float32",
+        description="The dtype of this graph's state inputs and outputs (the fp16 variant's, "
+        "float16 when exported with `--state-dtype float16`): what its sessions, decode batch "
+        "and state blobs hold. float16 halves a row's bytes on the device and in the store.",
+    )
 
 
 class ModelManifest(_Strict):
@@ -179,6 +185,14 @@ class ModelManifest(_Strict):
         if self.task == "next_token" and self.labels:
             raise ValueError("a next_token model has no labels")
         return self
+
+    def served_as(self, variant: Variant) -> ModelManifest:
+        """This manifest as `variant`'s graph is served: its state tensors in the variant's
+        dtype (everything else is the model's)."""
+        if all(s.dtype == variant.state_dtype for s in self.io.states):
+            return self
+        states = [s.model_copy(update={"dtype": variant.state_dtype}) for s in self.io.states]
+        return self.model_copy(update={"io": self.io.model_copy(update={"states": states})})
 
     def state_nbytes_per_row(self) -> int:
         return sum(s.row_nbytes() for s in self.io.states)

@@ -143,3 +143,40 @@ def test_quantize_cli_fp16_variant_keeps_the_io_contract(tmp_path: Path) -> None
     assert [i.type for i in sess.get_inputs()][2:] == ["tensor(float)"] * len(m.io.states)
     bad = CliRunner().invoke(train_app, ["quantize", str(out), "--kind", "bf16"])
     assert bad.exit_code == 2
+
+
+def test_fp16_variant_with_its_state_in_half_precision(tmp_path: Path) -> None:
+    """`rnnserve quantize --kind fp16 --state-dtype float16`: the graph's state inputs and
+    outputs become float16 (tokens, lengths and logits stay as they were), the variant records
+    it, it is judged on a manifest whose state is float16, and it loads served that way."""
+    pytest.importorskip("onnxruntime.transformers.float16")
+    from training.export.quantize import try_variant
+
+    art = _copy("tiny-char-lstm", tmp_path)
+    m, _ = load_artifact(art)
+    ids = tokenizer_from_spec(m.tokenizer).encode(TEXT * 2)
+    r = try_variant(
+        "fp16", art, lm_loss(ids, streams=4), "val_loss_nats", 0.05, False, None, "float16"
+    )
+    assert r.variant is not None and r.variant.state_dtype == "float16"
+    served, path = load_artifact(art, variant="fp16")
+    assert [s.dtype for s in served.io.states] == ["float16", "float16"]
+    assert load_artifact(art)[0].io == m.io  # the fp32 graph's contract is untouched
+    sess = make_session(path.read_bytes())
+    types = {i.name: i.type for i in [*sess.get_inputs(), *sess.get_outputs()]}
+    assert types[m.io.tokens] == "tensor(int64)" and types[m.io.logits] == "tensor(float)"
+    assert {types[s.input] for s in m.io.states} == {"tensor(float16)"}
+    lengths = np.array([len(ids)], np.int32)
+    logits, states = run_graph(sess, served.io, np.array([ids]), lengths, served.init_states(1))
+    assert np.isfinite(logits).all() and all(s.dtype == np.float16 for s in states)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--kind", "int8", "--state-dtype", "float16"], ["--kind", "fp16", "--state-dtype", "bf16"]],
+)
+def test_a_state_dtype_only_fp16_can_take_is_refused(tmp_path: Path, args: list[str]) -> None:
+    art = _copy("tiny-char-lstm", tmp_path)
+    res = CliRunner().invoke(train_app, ["quantize", str(art), *args])
+    assert res.exit_code == 2 and "--state-dtype" in res.output
+    assert load_artifact(art)[0].variants == []

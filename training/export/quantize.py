@@ -3,7 +3,10 @@ for CPU) and fp16 (half-precision weights and compute, for GPU).
 
 fp16: `onnxruntime.transformers.float16` converts weights and compute to float16 with the graph's
 inputs and outputs kept float32 (`keep_io_types`), so the manifest's io contract and the server's
-state arrays are unchanged. Its accuracy is measured here with onnxruntime's CPU float16 kernels
+state arrays are unchanged; or, with `state_dtype="float16"`, with only the tokens, lengths and
+logits kept float32: the state tensors are then float16 in and out (the variant records it, and
+the server holds that graph's sessions, decode batch and blobs in float16: half the bytes a row
+on the device and in the store). Its accuracy is measured here with onnxruntime's CPU float16 kernels
 (the same IEEE half format a GPU computes in; accumulation order differs); its speed only matters
 on a GPU.
 
@@ -42,6 +45,7 @@ from training.export.verify import make_session, padded_diff, run_graph
 INT8_FILE = "model.int8.onnx"
 FP16_FILE = "model.fp16.onnx"
 VariantKind = Literal["int8", "fp16"]
+StateDtype = Literal["float32", "float16"]
 Evaluate = Callable[[ort.InferenceSession, ModelManifest], float]
 log = logging.getLogger(__name__)
 
@@ -109,7 +113,8 @@ def add_int8_variant(
     return try_variant("int8", artifact_dir, evaluate, metric, tolerance, higher_is_better).variant
 
 
-def _convert(kind: VariantKind, src: Path, dst: Path) -> None:
+def _convert(kind: VariantKind, src: Path, dst: Path, keep_io: bool | list[str] = True) -> None:
+    """`keep_io` (fp16): the graph inputs and outputs left float32 (True: all of them)."""
     if kind == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -122,7 +127,7 @@ def _convert(kind: VariantKind, src: Path, dst: Path) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    half = convert_float_to_float16(onnx.load(str(src)), keep_io_types=keep_io)
     onnx.save(half, str(dst))
 
 
@@ -134,6 +139,7 @@ def try_variant(
     tolerance: float,
     higher_is_better: bool = True,
     evaluated_on: dict[str, Any] | None = None,
+    state_dtype: StateDtype = "float32",
 ) -> VariantOutcome:
     """Convert the artifact's fp32 graph to `kind`, evaluate both graphs with `evaluate`, and
     record the variant if the metric moves by at most `tolerance` in the bad direction.
@@ -144,9 +150,13 @@ def try_variant(
     target = artifact_dir / file
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp) / file
-        _convert(kind, onnx_path, staged)
+        io = manifest.io  # float16 state: it crosses in half precision, the rest stays float32
+        keep = True if state_dtype == "float32" else [io.tokens, io.lengths, io.logits]
+        _convert(kind, onnx_path, staged, keep)
         base_sess, sess = make_session(onnx_path.read_bytes()), make_session(staged.read_bytes())
-        fp32, value = evaluate(base_sess, manifest), evaluate(sess, manifest)
+        # the variant as the server will serve it (its state tensors in `state_dtype`)
+        served = manifest.served_as(_variant(kind, file, "0" * 64, metric, 0, 0, 0, state_dtype))
+        fp32, value = evaluate(base_sess, manifest), evaluate(sess, served)
         worse = (fp32 - value) if higher_is_better else (value - fp32)
         if worse > tolerance:
             log.warning(
@@ -154,21 +164,13 @@ def try_variant(
             )
             return VariantOutcome(fp32, value, None)
         checks: dict[str, Any] = {
-            "padded_max_abs_diff": _padded(sess, manifest),
-            "max_abs_diff_vs_fp32": _vs_fp32(base_sess, sess, manifest),
+            "padded_max_abs_diff": _padded(sess, served),
+            "max_abs_diff_vs_fp32": _vs_fp32(base_sess, sess, manifest, served),
         }
         if evaluated_on is not None:
             checks["evaluated_on"] = evaluated_on
         staged.replace(target)
-    variant = Variant(
-        name=kind,
-        file=file,
-        sha256=sha256_file(target),
-        metric=metric,
-        fp32_value=fp32,
-        value=value,
-        tolerance=tolerance,
-    )
+    variant = _variant(kind, file, sha256_file(target), metric, fp32, value, tolerance, state_dtype)
     training = manifest.training.model_copy(update={f"{kind}_checks": checks})
     others = [v for v in manifest.variants if v.name != kind]
     updated = manifest.model_copy(update={"variants": [*others, variant], "training": training})
@@ -187,8 +189,32 @@ def _padded(sess: ort.InferenceSession, m: ModelManifest) -> float:
     return padded_diff(sess, m.io, tokens, lengths, m.init_states(len(lengths)))
 
 
-def _vs_fp32(fp32: ort.InferenceSession, other: ort.InferenceSession, m: ModelManifest) -> float:
+def _vs_fp32(
+    fp32: ort.InferenceSession, other: ort.InferenceSession, m: ModelManifest, served: ModelManifest
+) -> float:
     tokens, lengths = _batch(m, np.random.default_rng(1))
     a, _ = run_graph(fp32, m.io, tokens, lengths, m.init_states(len(lengths)))
-    b, _ = run_graph(other, m.io, tokens, lengths, m.init_states(len(lengths)))
+    b, _ = run_graph(other, served.io, tokens, lengths, served.init_states(len(lengths)))
     return float(np.abs(a - b).max())
+
+
+def _variant(
+    kind: VariantKind,
+    file: str,
+    sha256: str,
+    metric: str,
+    fp32: float,
+    value: float,
+    tolerance: float,
+    state_dtype: StateDtype,
+) -> Variant:
+    return Variant(
+        name=kind,
+        file=file,
+        sha256=sha256,
+        metric=metric,
+        fp32_value=fp32,
+        value=value,
+        tolerance=tolerance,
+        state_dtype=state_dtype,
+    )

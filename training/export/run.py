@@ -24,7 +24,7 @@ from service.contract import (
 )
 from training.export.graph import build_graph
 from training.export.io import build_io
-from training.export.quantize import VariantKind
+from training.export.quantize import StateDtype, VariantKind
 from training.export.verify import verify_export
 from training.model import ModelConfig, RNNModel
 
@@ -163,13 +163,17 @@ def export_command(
 
 
 def quantize_command(
-    artifact_dir: Path, tolerance: float | None = None, kind: VariantKind = "int8"
+    artifact_dir: Path,
+    tolerance: float | None = None,
+    kind: VariantKind = "int8",
+    state_dtype: StateDtype = "float32",
 ) -> None:
-    """CLI: `rnnserve quantize MODEL_DIR [--kind int8|fp16] [--tolerance X]`: add (or refuse) a
-    variant of an exported model, judged on its validation data; prints both figures."""
+    """CLI: `rnnserve quantize MODEL_DIR [--kind int8|fp16] [--tolerance X] [--state-dtype D]`:
+    add (or refuse) a variant of an exported model, judged on its validation data; prints both
+    figures."""
     from training.export.variant_run import default_tolerance, variant_for_artifact
 
-    r = variant_for_artifact(artifact_dir, kind, tolerance)
+    r = variant_for_artifact(artifact_dir, kind, tolerance, state_dtype=state_dtype)
     task = load_manifest(artifact_dir).task
     tol = default_tolerance(task) if tolerance is None else tolerance
     metric = "val_loss_nats" if task == "next_token" else "val_accuracy"

@@ -23,6 +23,7 @@ from service.contract import ModelManifest, load_artifact, tokenizer_from_spec
 from training.config import config_from_dict
 from training.evaluate import VALIDATION, classify_inputs, validation_examples, validation_text
 from training.export.quantize import (
+    StateDtype,
     VariantKind,
     VariantOutcome,
     classify_accuracy,
@@ -45,6 +46,7 @@ def variant_for_artifact(
     kind: VariantKind = "int8",
     tolerance: float | None = None,
     lm_chars: int = LM_CHARS,
+    state_dtype: StateDtype = "float32",
 ) -> VariantOutcome:
     """Convert `artifact_dir`'s graph to `kind` and keep it if its validation metric holds: works
     on any exported model (the shipped ones included) without its training run."""
@@ -52,12 +54,13 @@ def variant_for_artifact(
     cfg = config_from_dict(manifest.training.config)
     tol = default_tolerance(manifest.task) if tolerance is None else tolerance
     if manifest.task == "next_token":
-        return _lm(kind, cfg, manifest, artifact_dir, tol, lm_chars)
+        return _lm(kind, cfg, manifest, artifact_dir, tol, lm_chars, state_dtype)
     examples = validation_examples(cfg)
     labels = list(manifest.labels or [])
     xs, ys = classify_inputs(cfg, manifest.tokenizer, labels, examples)
     on: dict[str, Any] = {"data": VALIDATION, "examples": len(xs), "max_len": cfg.data.max_len}
-    return try_variant(kind, artifact_dir, classify_accuracy(xs, ys), "val_accuracy", tol, True, on)
+    acc = classify_accuracy(xs, ys)
+    return try_variant(kind, artifact_dir, acc, "val_accuracy", tol, True, on, state_dtype)
 
 
 def _lm(
@@ -67,6 +70,7 @@ def _lm(
     artifact_dir: Path,
     tol: float,
     lm_chars: int,
+    state_dtype: StateDtype,
 ) -> VariantOutcome:
     text = validation_text(cfg)
     text = text[:lm_chars] if lm_chars else text  # 0: the whole split
@@ -78,4 +82,5 @@ def _lm(
         "streams": streams,
         "steps_per_stream": (len(ids) - 1) // streams,
     }
-    return try_variant(kind, artifact_dir, lm_loss(ids, streams), "val_loss_nats", tol, False, on)
+    loss = lm_loss(ids, streams)
+    return try_variant(kind, artifact_dir, loss, "val_loss_nats", tol, False, on, state_dtype)
