@@ -111,8 +111,9 @@ class Scheduler:
         self._abort = False
         place = place_for(runner, config.state_on_device)
         self._batch = DecodeBatch(place)  # owned by the engine thread
-        # a decode step with the batch's state where it lives (IO binding when on the device)
-        self._step_call = runner.run_bound if place.on_device else runner.run
+        # a decode step binds the batch's state where it lives when that is the device (the
+        # runner's method is looked up at each step, not kept: tests gate `runner.run`)
+        self._bound = place.on_device
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
         self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
@@ -364,7 +365,8 @@ class Scheduler:
         )
         try:
             # (n, 1) tokens: finished rows are fed too, so their final state includes the token
-            logits, states = self._step_call(tokens[:, None], self._ones[:n], b.states)
+            step = self.runner.run_bound if self._bound else self.runner.run
+            logits, states = step(tokens[:, None], self._ones[:n], b.states)
         except Exception as e:
             log.exception("decode step failed", extra={"model": self.name, "rows": n})
             self._post(fail_streams, streams, as_service_error(e))
