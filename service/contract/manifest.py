@@ -17,7 +17,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -154,6 +161,15 @@ class Variant(_Strict):
         "float16 when exported with `--state-dtype float16`): what its sessions, decode batch "
         "and state blobs hold. float16 halves a row's bytes on the device and in the store.",
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_float32_state(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # written only when it says something: a manifest whose variants keep float32 state
+        # stays readable by servers from before the field (their manifests forbid extra keys)
+        data: dict[str, Any] = handler(self)
+        if data.get("state_dtype") == "float32":
+            del data["state_dtype"]
+        return data
 
 
 class ModelManifest(_Strict):

@@ -103,3 +103,14 @@ async def test_sessions_hold_float16_and_chunked_equals_whole(
             json={"state": (await c.get(f"/v1/sessions/{sid}/state")).json()["state"]},
         )
         assert r.status_code == 201, r.text  # its own float16 blob imports
+
+
+def test_a_variant_writes_its_state_dtype_only_when_it_is_float16() -> None:
+    """A manifest whose variants keep float32 state stays readable by servers from before the
+    field (their manifests forbid unknown keys); a float16 one says so."""
+    base = {"file": "m.onnx", "sha256": "0" * 64, "metric": "m", "fp32_value": 1.0}
+    kept = Variant(name="int8", value=1.0, tolerance=0.1, **base)  # type: ignore[arg-type]
+    half = Variant(name="fp16", value=1.0, tolerance=0.1, state_dtype="float16", **base)  # type: ignore[arg-type]
+    assert "state_dtype" not in kept.model_dump() and "state_dtype" not in kept.model_dump_json()
+    assert half.model_dump()["state_dtype"] == "float16"
+    assert Variant.model_validate(kept.model_dump()).state_dtype == "float32"
