@@ -205,9 +205,8 @@ class EngineHost:
         # the asyncio socket reports a failed send on the future it returns, not by raising (a
         # send racing the socket's close at shutdown): read it there, or it is logged at exit
         # as "Future exception was never retrieved"
-        if sent.done():
-            if not sent.cancelled() and sent.exception() is not None:
-                _not_sent(sent.exception())
+        if sent.done():  # (a NOBLOCK send with no high-water mark: always, so no callback)
+            _check_sent(sent)
         else:
             sent.add_done_callback(_check_sent)
 
