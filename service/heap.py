@@ -10,6 +10,8 @@ permanent generation, which collections skip; what requests allocate is collecte
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 
 
@@ -23,3 +25,17 @@ def freeze_startup_heap() -> None:
     `gc.freeze()` only relinks the generations' lists. What start-up left as garbage stays,
     once."""
     gc.freeze()
+
+
+def give_back_unloaded() -> None:
+    """After a model is unloaded: collect what it left in cycles made since start-up, and hand
+    the C heap's free pages back to the system (glibc keeps them otherwise: an unloaded graph's
+    session then still counted in the process's RSS). An operator's action, not a request's:
+    the full collection's cost is paid once per unload."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return
+    trim(0)

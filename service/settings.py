@@ -26,6 +26,23 @@ class Settings(BaseSettings):
     require_all_models: bool = Field(
         False, description="/readyz answers 503 when any artifact was refused at start-up."
     )
+    model_control: bool = Field(
+        True,
+        description="The model repository API (load and unload models at run time: "
+        "`/v2/repository/...`, `/v1/repository/...`); false: it answers 403.",
+    )
+    admin_keys: str = Field(
+        "",
+        description="With API keys on: the key names (comma-separated) allowed to load and "
+        "unload models; with none named, nobody may.",
+    )
+    unload_drain_s: float = Field(
+        300.0,
+        ge=0,
+        le=7 * 86400,
+        description="How long an unloaded model version keeps serving the live sessions "
+        "pinned to it before they end (409 `model_unloaded`); a request may ask for another.",
+    )
     intra_op_threads: int = Field(
         0,
         ge=0,

@@ -9,7 +9,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api import health, metrics, models, playground, sessions, ws
+from service.api import health, metrics, models, playground, repository, sessions, ws
 from service.api.deps import Services
 from service.api.docs import install as install_docs
 from service.api.errors import install_error_handlers
@@ -20,6 +20,7 @@ from service.api.openai.router import compat_router as openai_compat_router
 from service.api.openai.router import router as openai_router
 from service.api.openapi import install as install_openapi
 from service.api.router_bypass import DirectRoutes
+from service.api.v2 import repository as v2_repository
 from service.api.v2.router import router as v2_router
 from service.heap import freeze_startup_heap
 from service.keys import Keys, reload_on_sighup
@@ -67,7 +68,9 @@ def api_app(
     install_docs(app)
     for r in (health.router, metrics.router, models.router, sessions.router, ws.router):
         app.include_router(r)
+    app.include_router(repository.router)
     app.include_router(v2_router)
+    app.include_router(v2_repository.router)
     app.include_router(openai_router)
     app.include_router(openai_compat_router)
     app.include_router(playground.router)

@@ -32,9 +32,13 @@ class Ready(BaseModel):
     )
 
 
-@router.get("/healthz", summary="Liveness")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/healthz", summary="Liveness", responses={503: {"description": "The engine is gone"}})
+async def healthz(s: Services = Depends(get_services)) -> JSONResponse:
+    """Alive while this process and its engine are: an API worker whose engine process died
+    answers 503 (the supervisor is stopping the server; a probe restarts what is left)."""
+    if not s.client.alive:
+        return JSONResponse({"status": "engine_gone"}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 class ModelLoad(BaseModel):

@@ -19,14 +19,14 @@ from service.api.schemas import (
     PredictResponse,
 )
 from service.api.streaming import STREAM_RESPONSE, EventStream, sse_events
-from service.protocol.catalog import ModelView
+from service.protocol.catalog import ModelView, newest
 from service.protocol.client import StreamHold
 from service.protocol.ops import Generate, Predict
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def model_info(m: ModelView, detail: bool = False) -> ModelInfo:
+def model_info(m: ModelView, detail: bool = False, versions: list[str] | None = None) -> ModelInfo:
     man = m.manifest
     return ModelInfo(
         name=man.name,
@@ -44,17 +44,25 @@ def model_info(m: ModelView, detail: bool = False) -> ModelInfo:
         state_bytes=man.state_nbytes_per_row(),
         sampling=man.sampling.model_dump() if man.task == "next_token" else None,
         training=man.training.model_dump() if detail else None,
+        settings=m.settings,
+        versions=versions or [man.version],
     )
+
+
+def _versions(s: Services, m: ModelView) -> list[str]:
+    return newest([v.manifest.version for v in s.client.catalog.versions_of(m.name)])
 
 
 @router.get("", response_model=ModelList, summary="Models being served")
 async def list_models(s: Services = Depends(get_services)) -> ModelList:
-    return ModelList(models=[model_info(m) for m in s.client.catalog.models.values()])
+    cat = s.client.catalog
+    return ModelList(models=[model_info(m, versions=_versions(s, m)) for m in cat.models.values()])
 
 
 @router.get("/{model}", response_model=ModelInfo, responses=responses(404))
 async def get_model(model: str, s: Services = Depends(get_services)) -> ModelInfo:
-    return model_info(s.client.catalog.get(model), detail=True)
+    m = s.client.catalog.get(model)
+    return model_info(m, detail=True, versions=_versions(s, m))
 
 
 @router.post(
@@ -78,7 +86,8 @@ async def predict_response(s: Services, model: str, body: PredictRequest) -> Res
     # tokenized here, in the API: the engine only runs the model
     m = s.client.catalog.get(model)
     rows = [m.encode_full(t, f"inputs[{i}]") for i, t in enumerate(body.inputs)]
-    outputs = await s.client.call(Predict(model, rows, body.top_k))
+    # the very version tokenized for, whatever becomes the default meanwhile
+    outputs = await s.client.call(Predict(m.key, rows, body.top_k))
     return encode.response({"model": model, "outputs": outputs})
 
 

@@ -68,6 +68,16 @@ class ModelInfo(BaseModel):
         "classifier, which generates nothing)."
     )
     training: dict[str, Any] | None = Field(None, description="Training summary (detail view).")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Its settings in force: its settings.json over the server's (batch size, "
+        "batch wait, stream cap, variant, threads, version policy, default version).",
+    )
+    versions: list[str] = Field(
+        default_factory=list,
+        description="Every version serving; `version` is the default one (request another as "
+        "`name@version`).",
+    )
 
 
 class ModelList(BaseModel):

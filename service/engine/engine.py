@@ -6,21 +6,26 @@ It speaks numpy and plain Python; the API layer translates HTTP/WebSocket to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from service.contract.model_settings import EffectiveSettings, effective
 from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stops import StopAutomata, StopAutomaton
 from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ModelNotFound
 from service.metrics import Metrics
+from service.protocol.catalog import Catalog
 from service.protocol.events import EventsFromBatches, TokenEvent
 from service.protocol.messages import (
     Classification,
@@ -54,6 +59,7 @@ class Generation(EventsFromBatches):
     # until the worker's client has been handed every token too); it answers the text the
     # consumer was handed when the consumer decoded the tokens itself (a routed stream)
     before_commit: BeforeCommit | None = None
+    key: str | None = None  # the version generating (name@version), whose vocab decodes it
     _closed: bool = field(default=False, init=False)
     _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
 
@@ -154,16 +160,92 @@ class Generation(EventsFromBatches):
 class Engine:
     def __init__(self, registry: Registry, config: SchedulerConfig, metrics: Metrics | None = None):
         self.registry = registry
-        self.config = config
+        self.config = config  # the server's; a model's settings.json goes over it (`config_of`)
         self.metrics = metrics
-        self.schedulers: dict[str, Scheduler] = {}
+        self.schedulers: dict[str, Scheduler] = {}  # by loaded instance (`LoadedModel.ident`)
         self._stops: dict[str, StopAutomata] = {}  # each model's stop automata, by stop list
+        self.intra_op_threads = 0  # the server's (shown in a model's settings in force)
+        # called when the models served change (a load or an unload): the catalogs follow
+        self.on_change: list[Callable[[], None]] = []
 
     def start(self) -> None:
         """Create the schedulers inside the running loop."""
-        for name, m in self.registry.models.items():
-            self.schedulers[name] = Scheduler(m.runner, self.config, self.metrics)
-            self.schedulers[name].start()
+        for m in self.registry.all():
+            self.start_model(m)
+
+    def start_model(self, m: LoadedModel) -> None:
+        """`m`'s engine thread (before it joins the registry: nothing routes to it yet)."""
+        # one label per model name in the metrics; a second version serving beside the first
+        # is labelled name@version (the dashboards' series stay the default version's)
+        label = m.name if all(s.name != m.name for s in self.schedulers.values()) else m.key
+        sched = Scheduler(m.runner, self.config_of(m), self.metrics, label)
+        self.schedulers[m.ident] = sched
+        sched.start()
+        if self.metrics is not None:
+            self.metrics.model_info.labels(*self._info_labels(m)).set(1)
+
+    @staticmethod
+    def _info_labels(m: LoadedModel) -> tuple[str, ...]:
+        man = m.manifest
+        return (
+            man.name,
+            man.version,
+            man.task,
+            man.cell,
+            m.sha256,
+            m.runner.provider,
+            m.variant or "fp32",
+        )
+
+    async def stop_model(self, m: LoadedModel, timeout: float) -> None:
+        """Let `m`'s work in flight finish (up to `timeout`), then end its engine thread."""
+        sched = self.schedulers.pop(m.ident, None)
+        self._stops.pop(m.ident, None)
+        if sched is not None:
+            await sched.close(timeout)
+            sched.release()
+        if self.metrics is not None and not any(
+            o.sha256 == m.sha256 and o.version == m.version for o in self.registry.all()
+        ):
+            with contextlib.suppress(KeyError):
+                self.metrics.model_info.remove(*self._info_labels(m))
+
+    def config_of(self, m: LoadedModel) -> SchedulerConfig:
+        own = m.settings
+        return dataclasses.replace(
+            self.config,
+            max_batch_size=own.max_batch_size or self.config.max_batch_size,
+            max_wait_ms=self.config.max_wait_ms if own.max_wait_ms is None else own.max_wait_ms,
+            max_streams=own.max_streams or self.config.max_streams,
+        )
+
+    def settings_of(self, m: LoadedModel) -> EffectiveSettings:
+        c = self.config
+        return effective(
+            m.settings,
+            c.max_batch_size,
+            c.max_wait_ms,
+            c.max_streams,
+            self.intra_op_threads,
+            m.variant,
+        )
+
+    def catalog(self) -> Catalog:
+        """What the API layer may know of the models serving, their settings in force included."""
+        reg = self.registry
+
+        def view(m: LoadedModel) -> Any:
+            return dataclasses.replace(m.view, settings=self.settings_of(m).model_dump())
+
+        # (a draining version stays in: a worker decodes its sessions' generations by its vocab;
+        # one reloaded in place gives way to its new instance)
+        views = {m.key: view(m) for m in reg.draining.values()}
+        views |= {m.key: view(m) for vs in reg.versions.values() for m in vs.values()}
+        return Catalog({n: views[m.key] for n, m in reg.models.items()}, dict(reg.failed), views)
+
+    def changed(self) -> None:
+        for fn in self.on_change:
+            fn()
 
     async def close(self, timeout: float) -> None:
         await asyncio.gather(*(s.close(timeout) for s in self.schedulers.values()))
@@ -172,14 +254,17 @@ class Engine:
         """Each model whose engine thread has held work without moving for longer than
         `stall_timeout_s` (readiness says not ready while there is one)."""
         out = {}
-        for name, sched in self.schedulers.items():
+        for sched in self.schedulers.values():
             stalled = sched.stalled_s()
             if stalled is not None and stalled > self.config.stall_timeout_s:
-                out[name] = f"the engine thread has not moved for {stalled:.0f} s with work waiting"
+                out[sched.name] = (
+                    f"the engine thread has not moved for {stalled:.0f} s with work waiting"
+                )
         return out
 
-    def model(self, name: str) -> LoadedModel:
-        return self.registry.get(name)
+    def model(self, ref: str) -> LoadedModel:
+        """`name` (its default version) or `name@version`."""
+        return self.registry.get(ref)
 
     # -- text in, outputs out ---------------------------------------------------------------
 
@@ -202,10 +287,20 @@ class Engine:
         vocab = m.view.vocab
         return NextTokens(tuple(map(Prob, [vocab[i] for i in top], p[top].tolist())))
 
+    def scheduler(self, ref: str) -> Scheduler:
+        """The engine thread of `name` (its default version) or `name@version`."""
+        return self._scheduler(self.registry.get(ref))
+
+    def _scheduler(self, m: LoadedModel) -> Scheduler:
+        try:
+            return self.schedulers[m.ident]
+        except KeyError:  # unloaded between the request's lookup and now
+            raise ModelNotFound(f"model version {m.key} is not loaded", field="model") from None
+
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None
     ) -> tuple[np.ndarray, StateRows]:
-        return await self.schedulers[m.name].prefill(ids, states)
+        return await self._scheduler(m).prefill(ids, states)
 
     async def predict(self, name: str, rows: list[list[int]], top_k: int) -> list[Output | None]:
         """Each row of token ids (the API tokenized them) from a fresh state: its output."""
@@ -265,9 +360,9 @@ class Engine:
     def stop_automaton(self, m: LoadedModel, stops: tuple[str, ...]) -> StopAutomaton | None:
         if not stops:
             return None
-        automata = self._stops.get(m.name)
+        automata = self._stops.get(m.ident)
         if automata is None:
-            automata = self._stops[m.name] = StopAutomata(m.view.vocab)
+            automata = self._stops[m.ident] = StopAutomata(m.view.vocab)
         return automata.get(stops)
 
     async def start_generation(
@@ -304,7 +399,7 @@ class Engine:
             route=route,
             stop_automaton=self.stop_automaton(m, params.stop),
         )
-        self.schedulers[m.name].join(stream)
+        self._scheduler(m).join(stream)
         return stream
 
     async def generate(
@@ -315,4 +410,4 @@ class Engine:
         m.view.require_lm()
         ids = m.view.encode_full(p.prompt, "prompt") if p.prompt else []
         stream = await self.start_generation(m, self.sampling(m, p), ids, None, None, route)
-        return Generation(stream, m.name)
+        return Generation(stream, m.name, key=m.key)

@@ -36,10 +36,22 @@ R = TypeVar("R")
 class InProcessClient:
     """`EngineClient` over an engine in this process: plain calls, no copies."""
 
-    def __init__(self, engine: Engine, sessions: SessionService, slots: StreamSlots) -> None:
+    def __init__(
+        self, engine: Engine, sessions: SessionService, slots: StreamSlots, *parts: object
+    ) -> None:
+        """`parts`: more of the engine's parts with operations (the model repository)."""
         self.engine, self.sessions, self.slots = engine, sessions, slots
-        self.catalog: Catalog = engine.registry.catalog()
-        self._handlers = handlers(self, sessions)
+        self.catalog: Catalog = engine.catalog()
+        engine.on_change.append(self._refresh)
+        self.parts = (self, sessions, *parts)  # each with its operations' handlers
+        self._handlers = handlers(*self.parts)
+
+    @property
+    def alive(self) -> bool:
+        return True  # (this process is the engine's)
+
+    def _refresh(self) -> None:
+        self.catalog = self.engine.catalog()
 
     async def call(self, op: Op[R]) -> R:
         handler = self._handlers.get(type(op))
@@ -78,9 +90,10 @@ class InProcessClient:
 
     @handles(Load)
     async def _load(self, _op: Load) -> EngineLoad:
+        # (a version serving beside the default one is named name@version, as in the metrics)
         models = {
-            name: ModelLoad(sched.queue_depth, sched.active_streams)
-            for name, sched in self.engine.schedulers.items()
+            sched.name: ModelLoad(sched.queue_depth, sched.active_streams)
+            for sched in self.engine.schedulers.values()
         }
         return EngineLoad(models, self.slots.open, self.slots.max_open)
 

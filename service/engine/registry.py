@@ -1,4 +1,11 @@
-"""Loads every model artifact under the models folder at start-up; broken ones are refused."""
+"""The models being served: each name's loaded versions and its default one, the artifacts that
+were refused, and the graphs unloaded while this process ran (a session on one is told so).
+
+Loading reads `<models dir>/<name>/` (one artifact) or `<models dir>/<name>/<version>/` (several):
+which versions load is the model's version policy (`model_settings.py`). Broken artifacts are
+refused with the reason and the rest serve. `ModelRepository` (`repository.py`) loads and unloads
+at run time through `load_named` and the registry's `add` / `retire`.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +21,14 @@ from service.contract import (
     ModelManifest,
     WordTokenizer,
     load_artifact,
+    load_manifest,
     tokenizer_from_spec,
 )
+from service.contract.model_settings import ModelSettings, read_settings
 from service.engine.runner import Runner
-from service.errors import ModelNotFound
+from service.errors import ModelChanged, ModelNotFound
 from service.logging import get_logger
-from service.protocol.catalog import Catalog, ModelView
+from service.protocol.catalog import Catalog, ModelView, newest
 
 log = get_logger("registry")
 
@@ -31,10 +40,26 @@ class LoadedModel:
     tokenizer: CharTokenizer | WordTokenizer
     path: Path
     variant: str | None = None  # the manifest variant whose graph is loaded; None: the fp32 graph
+    settings: ModelSettings = field(default_factory=ModelSettings)  # its settings.json
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def key(self) -> str:
+        """`name@version`: how a request names this very version."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def ident(self) -> str:
+        """This loaded instance (a version reloaded in place drains its old instance beside the
+        new one: same key, two engine threads)."""
+        return f"{self.key}#{id(self):x}"
 
     @property
     def sha256(self) -> str:
@@ -54,37 +79,190 @@ class LoadedModel:
         )
 
 
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """`name` or `name@version` (a model name never holds `@`)."""
+    name, sep, version = ref.partition("@")
+    return name, (version if sep else None)
+
+
 @dataclass
 class Registry:
-    models: dict[str, LoadedModel] = field(default_factory=dict)
+    models: dict[str, LoadedModel] = field(default_factory=dict)  # name -> its default version
     failed: dict[str, str] = field(default_factory=dict)  # artifact dir -> reason
+    # name -> version -> model, every version serving (the default one included)
+    versions: dict[str, dict[str, LoadedModel]] = field(default_factory=dict)
+    # ident -> a version being unloaded: no new work, its sessions still served until it goes
+    draining: dict[str, LoadedModel] = field(default_factory=dict)
+    # sha256 -> key of each graph unloaded while this process ran (a session on one is told so)
+    retired: dict[str, str] = field(default_factory=dict)
 
-    def get(self, name: str) -> LoadedModel:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise ModelNotFound(f"no model named {name!r}", field="model") from None
+    def __post_init__(self) -> None:
+        for name, m in self.models.items():
+            self.versions.setdefault(name, {}).setdefault(m.version, m)
+
+    def get(self, ref: str) -> LoadedModel:
+        """`name` (its default version) or `name@version`, among the versions serving."""
+        name, version = split_ref(ref)
+        if version is None:
+            try:
+                return self.models[name]
+            except KeyError:
+                raise ModelNotFound(f"no model named {name!r}", field="model") from None
+        found = self.versions.get(name, {}).get(version)
+        if found is not None:
+            return found
+        if name not in self.versions:
+            raise ModelNotFound(f"no model named {name!r}", field="model")
+        draining = any(m.key == ref for m in self.draining.values())
+        why = "it is being unloaded" if draining else "it is not loaded"
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r} serving ({why}; serving "
+            f"{', '.join(sorted(self.versions[name]))})",
+            field="model",
+        )
+
+    def for_graph(self, name: str, sha256: str, since: str) -> LoadedModel:
+        """The loaded version of `name` whose graph is `sha256` (a session's, pinned to the
+        graph that made its state), draining ones included; else 409 `model_changed` saying
+        what became of it (`since`: what the session should do)."""
+        for m in self.versions.get(name, {}).values():
+            if m.sha256 == sha256:
+                return m
+        for m in self.draining.values():
+            if m.name == name and m.sha256 == sha256:
+                return m
+        gone = self.retired.get(sha256)
+        if gone is not None:
+            raise ModelChanged(f"model version {gone} was unloaded {since}", code="model_unloaded")
+        if name not in self.versions:
+            raise ModelNotFound(f"no model named {name!r}", field="model")
+        raise ModelChanged(
+            f"model {name!r} changed {since} (its graph, sha256 {sha256[:12]}…, is not served "
+            f"here: serving version {', '.join(sorted(self.versions[name]))})"
+        )
+
+    def all(self) -> list[LoadedModel]:
+        """Every version with an engine thread: serving, then draining."""
+        return [m for vs in self.versions.values() for m in vs.values()] + list(
+            self.draining.values()
+        )
+
+    def add(self, m: LoadedModel, default: bool) -> None:
+        self.versions.setdefault(m.name, {})[m.version] = m
+        if default or m.name not in self.models:
+            self.models[m.name] = m
+        self.retired.pop(m.sha256, None)
+
+    def drain(self, m: LoadedModel) -> None:
+        """`m` takes no new work; its sessions are still served (see `for_graph`)."""
+        vs = self.versions.get(m.name, {})
+        vs.pop(m.version, None)
+        self.draining[m.ident] = m
+        if not vs:
+            self.versions.pop(m.name, None)
+            self.models.pop(m.name, None)
+        elif self.models.get(m.name) is m:
+            self.models[m.name] = vs[newest(list(vs))[-1]]
+
+    def retire(self, m: LoadedModel) -> None:
+        """`m` is gone: a session still on it is told which version it was."""
+        self.draining.pop(m.ident, None)
+        if not any(o.sha256 == m.sha256 for o in self.all()):  # (reloaded: it still serves)
+            self.retired[m.sha256] = m.key
 
     def catalog(self) -> Catalog:
-        return Catalog({n: m.view for n, m in self.models.items()}, dict(self.failed))
+        return Catalog(
+            {n: m.view for n, m in self.models.items()},
+            dict(self.failed),
+            {m.key: m.view for vs in self.versions.values() for m in vs.values()},
+        )
 
 
-def _version_key(path: Path) -> tuple[int, str]:
-    return (int(path.name), "") if path.name.isdigit() else (-1, path.name)
+@dataclass(frozen=True)
+class LoadOptions:
+    """How the server loads a graph (its settings; a model's own settings.json goes over them)."""
+
+    providers: Sequence[str] | None = None
+    intra_op_threads: int = 0
+    variant: str | None = None
 
 
-def find_artifacts(models_dir: Path) -> list[Path]:
-    """Artifact folders: `<dir>/<name>/` or `<dir>/<name>/<version>/` holding a manifest."""
-    found: list[Path] = []
+@dataclass
+class ModelFolder:
+    """One model as found on disk: its settings and each version's artifact folder."""
+
+    name: str
+    top: Path
+    versions: dict[str, Path] = field(default_factory=dict)  # version -> artifact folder
+    settings: ModelSettings = field(default_factory=ModelSettings)
+
+    def chosen(self) -> list[str]:
+        """The versions its policy loads, oldest first."""
+        return self.settings.version_policy.choose(newest(list(self.versions)))
+
+    def default(self, loaded: list[str]) -> str | None:
+        want = self.settings.default_version
+        if want is not None:
+            return want if want in loaded else None
+        return newest(loaded)[-1] if loaded else None
+
+
+def scan(models_dir: Path, failed: dict[str, str] | None = None) -> dict[str, ModelFolder]:
+    """Every model folder under `models_dir` by model name (the manifests' name), reading only
+    manifests and settings; what cannot be read goes to `failed` (artifact dir -> why)."""
+    failed = failed if failed is not None else {}
+    found: dict[str, ModelFolder] = {}
     if not models_dir.is_dir():
         return found
     for top in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        if (top / MANIFEST_FILE).is_file() or (top / "model.onnx").is_file():
-            found.append(top)
+        flat = (top / MANIFEST_FILE).is_file() or (top / "model.onnx").is_file()
+        dirs = [top] if flat else [p for p in top.iterdir() if (p / MANIFEST_FILE).is_file()]
+        try:
+            settings = read_settings(top)
+        except ArtifactError as e:
+            failed[str(top)] = str(e)
+            log.error("model refused", extra={"artifact": str(top), "reason": str(e)})
             continue
-        versions = sorted((p for p in top.iterdir() if p.is_dir()), key=_version_key)
-        found += [v for v in versions if (v / MANIFEST_FILE).is_file()]
+        for path in sorted(dirs):
+            try:
+                manifest = load_manifest(path)
+            except ArtifactError as e:
+                failed[str(path)] = str(e)
+                log.error("model refused", extra={"artifact": str(path), "reason": str(e)})
+                continue
+            # a versions folder's name is the version (the manifest's is what it was exported as)
+            version = manifest.version if flat else path.name
+            folder = found.setdefault(manifest.name, ModelFolder(manifest.name, top))
+            if folder.top != top:
+                why = f"model {manifest.name!r} is already in {folder.top}"
+                failed[str(path)] = why
+                log.error("model refused", extra={"artifact": str(path), "reason": why})
+                continue
+            folder.settings = settings
+            folder.versions[version] = path
     return found
+
+
+def load_version(
+    folder: ModelFolder, version: str, opts: LoadOptions, settings: ModelSettings | None = None
+) -> LoadedModel:
+    """One version's graph, checked and loaded (blocking: seconds for a big graph); raises
+    `ArtifactError` or onnxruntime's own error."""
+    own = settings or folder.settings
+    path = folder.versions[version]
+    variant = own.variant if own.variant is not None else opts.variant
+    manifest, onnx_path, used = _load(path, None if variant == "fp32" else variant)
+    if manifest.version != version:
+        manifest = manifest.model_copy(update={"version": version})
+    threads = opts.intra_op_threads if own.intra_op_threads is None else own.intra_op_threads
+    runner = Runner(manifest, onnx_path, opts.providers, threads)
+    tokenizer = tokenizer_from_spec(manifest.tokenizer)
+    return LoadedModel(manifest, runner, tokenizer, path, used, own)
+
+
+def refusal(e: Exception) -> str:
+    """Why an artifact was refused, as the index and readiness say it."""
+    return str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
 
 
 def load_registry(
@@ -93,34 +271,46 @@ def load_registry(
     intra_op_threads: int = 0,
     variant: str | None = None,
 ) -> Registry:
-    """Every artifact under `models_dir`; with `variant`, that graph where the manifest has it,
-    else the base (fp32) graph."""
+    """Every model under `models_dir`, the versions its policy names; with `variant`, that
+    graph where the manifest has it, else the base (fp32) graph."""
     reg = Registry()
-    for path in find_artifacts(models_dir):
-        try:
-            manifest, onnx_path, used = _load(path, variant)
-            runner = Runner(manifest, onnx_path, providers, intra_op_threads)
-            tokenizer = tokenizer_from_spec(manifest.tokenizer)
-        except Exception as e:  # ArtifactError, or onnxruntime's own InvalidGraph / Fail / ...
-            reg.failed[str(path)] = (
-                str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
+    opts = LoadOptions(providers, intra_op_threads, variant)
+    for folder in scan(models_dir, reg.failed).values():
+        loaded: list[LoadedModel] = []
+        for version in folder.chosen():
+            try:
+                loaded.append(load_version(folder, version, opts))
+            except Exception as e:  # ArtifactError, or onnxruntime's own InvalidGraph / Fail / ...
+                reg.failed[str(folder.versions[version])] = refusal(e)
+                log.error(
+                    "model refused",
+                    extra={"artifact": str(folder.versions[version]), "reason": refusal(e)},
+                )
+        default = folder.default([m.version for m in loaded])
+        if loaded and default is None:  # a pinned default that did not load: none serve
+            reg.failed[str(folder.top)] = (
+                f"default_version {folder.settings.default_version!r} is not among the "
+                f"versions loaded ({', '.join(m.version for m in loaded)})"
             )
-            log.error("model refused", extra={"artifact": str(path), "reason": str(e)})
             continue
-        if manifest.name in reg.models:
-            log.info("newer version replaces older", extra={"model": manifest.name})
-        reg.models[manifest.name] = LoadedModel(manifest, runner, tokenizer, path, used)
-        log.info(
-            "model loaded",
-            extra={
-                "model": manifest.name,
-                "version": manifest.version,
-                "task": manifest.task,
-                "provider": runner.provider,
-                "variant": used,
-            },
-        )
+        for m in loaded:
+            reg.add(m, default=m.version == default)
+            _logged(m, default)
     return reg
+
+
+def _logged(m: LoadedModel, default: str | None) -> None:
+    log.info(
+        "model loaded",
+        extra={
+            "model": m.name,
+            "version": m.version,
+            "default": m.version == default,
+            "task": m.manifest.task,
+            "provider": m.runner.provider,
+            "variant": m.variant,
+        },
+    )
 
 
 def _load(path: Path, variant: str | None) -> tuple[ModelManifest, Path, str | None]:

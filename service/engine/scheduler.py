@@ -96,11 +96,17 @@ def _shutting_down() -> Overloaded:
 class Scheduler:
     """Create inside the running loop (`start()` captures it and starts the engine thread)."""
 
-    def __init__(self, runner: Runner, config: SchedulerConfig, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        runner: Runner,
+        config: SchedulerConfig,
+        metrics: Metrics | None = None,
+        name: str | None = None,
+    ):
         self.runner = runner
         self.config = config
         self.metrics = metrics
-        self.name = runner.manifest.name
+        self.name = name or runner.manifest.name  # its metrics' `model` label and thread name
         self._m = Meters(metrics, self.name) if metrics is not None else None
         self._gauged = (-1, -1)  # (queue depth, active streams) last set
         # shared with the event loop, guarded by _cv
@@ -193,6 +199,15 @@ class Scheduler:
         fail_streams(joining, err)
         if self._thread.is_alive():
             fail_streams(self._batch.streams, err)
+
+    def release(self) -> None:
+        """After `close`: let go of the model (an unloaded version's graph and its memory). The
+        scheduler refers to itself through its parts' callbacks, and a scheduler made at
+        start-up was frozen out of the collector (`heap.py`): a cycle that holds the onnxruntime
+        session would never be freed, so the links to the model are cut here."""
+        if self._thread.is_alive():  # a thread stuck in a call still uses them
+            return
+        del self._pass, self._batch, self.runner
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -11,7 +11,8 @@ from collections.abc import AsyncIterator
 
 from service.engine.engine import Engine
 from service.engine.local import InProcessClient
-from service.engine.registry import Registry, load_registry
+from service.engine.registry import LoadOptions, Registry, load_registry
+from service.engine.repository import ModelRepository
 from service.engine.scheduler import SchedulerConfig
 from service.engine.stream_slots import StreamSlots
 from service.logging import get_logger
@@ -63,17 +64,6 @@ async def running_engine(
     reg = registry or load_registry(
         settings.models_dir, settings.providers, settings.intra_op_threads, settings.variant
     )
-    for model in reg.models.values():
-        man = model.manifest
-        m.model_info.labels(
-            man.name,
-            man.version,
-            man.task,
-            man.cell,
-            model.sha256,
-            model.runner.provider,
-            model.variant or "fp32",
-        ).set(1)
     m.model_load_failures.set(len(reg.failed))
     config = SchedulerConfig(
         max_batch_size=settings.max_batch_size,
@@ -89,6 +79,7 @@ async def running_engine(
         state_on_device=settings.state_on_device,
     )
     engine = Engine(reg, config, m)
+    engine.intra_op_threads = settings.intra_op_threads
     engine.start()
     st = store or build_store(settings, m, clock)
     svc = SessionService(
@@ -99,12 +90,21 @@ async def running_engine(
         idempotency_ttl_s=settings.idempotency_ttl_s,
         clock=clock,
     )
+    repository = ModelRepository(
+        engine,
+        st,
+        settings.models_dir,
+        LoadOptions(settings.providers, settings.intra_op_threads, settings.variant),
+        settings.unload_drain_s,
+        settings.shutdown_timeout_s,
+    )
     sweeper = asyncio.create_task(_sweep(st))
     log.info("serving", extra={"models": sorted(reg.models), "failed": len(reg.failed)})
     try:
         slots = StreamSlots(settings.max_open_streams, settings.max_streams_per_key)
-        yield InProcessClient(engine, svc, slots)
+        yield InProcessClient(engine, svc, slots, repository)
     finally:
+        await repository.close()
         sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sweeper

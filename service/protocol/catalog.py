@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from service.contract import (
     CharTokenizer,
@@ -48,6 +49,11 @@ def require_unicode(text: str, field: str) -> None:
         ) from None
 
 
+def newest(versions: list[str]) -> list[str]:
+    """Model versions oldest first (numbers by value, then any other names)."""
+    return sorted(versions, key=lambda v: (int(v), "") if v.isdigit() else (-1, v))
+
+
 @dataclass(frozen=True)
 class ModelView:
     manifest: ModelManifest
@@ -56,6 +62,12 @@ class ModelView:
     variant: str | None  # the manifest variant serving; None: the base (fp32) graph
     provider: str  # the onnxruntime execution provider in use
     created: int = 0  # unix time its artifact was written (the manifest's mtime)
+    settings: dict[str, Any] = field(default_factory=dict)  # its settings in force
+
+    @property
+    def key(self) -> str:
+        """`name@version`: how a request names this very version."""
+        return f"{self.name}@{self.manifest.version}"
 
     @property
     def name(self) -> str:
@@ -111,12 +123,28 @@ class ModelView:
 class Catalog:
     models: dict[str, ModelView] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # artifact dir -> why it was refused
+    versions: dict[str, ModelView] = field(default_factory=dict)  # name@version -> every one
 
-    def get(self, name: str) -> ModelView:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise ModelNotFound(f"no model named {name!r}", field="model") from None
+    def __post_init__(self) -> None:
+        for m in self.models.values():
+            self.versions.setdefault(m.key, m)
+
+    def get(self, ref: str) -> ModelView:
+        """`name` (its default version) or `name@version`."""
+        name, sep, version = ref.partition("@")
+        found = self.versions.get(ref) if sep else self.models.get(name)
+        if found is not None:
+            return found
+        if not sep or name not in self.models:
+            raise ModelNotFound(f"no model named {name!r}", field="model")
+        serving = ", ".join(sorted(v.manifest.version for v in self.versions_of(name)))
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r} serving (serving {serving})",
+            field="model",
+        )
+
+    def versions_of(self, name: str) -> list[ModelView]:
+        return [v for v in self.versions.values() if v.name == name]
 
     def ready(self, require_all: bool) -> bool:
         """Serving when a model loaded and (with `require_all`) none was refused: what /readyz

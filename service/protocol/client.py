@@ -60,6 +60,11 @@ class StreamHold(Protocol):
 class EngineClient(Protocol):
     catalog: Catalog  # the models served: manifests and tokenizers (the API tokenizes)
 
+    @property
+    def alive(self) -> bool:
+        """False once the engine is known gone (its process died): liveness fails."""
+        ...
+
     async def call(self, op: Op[R]) -> R:
         """Run `op`; its answer (`op.result_type()`), or its `ServiceError`."""
         ...

@@ -125,6 +125,17 @@ class Finished(Message, frozen=True):
 # -- sessions --------------------------------------------------------------------------------
 
 
+class RepositoryEntry(Message, frozen=True):
+    """A model version in the repository (the models folder) and what the server does with it."""
+
+    name: str
+    version: str
+    state: str  # READY | DRAINING | UNAVAILABLE (Triton's names)
+    reason: str = ""  # why it is not READY (a refusal, "not loaded", a drain's progress)
+    default: bool = False  # the version a request naming only the model gets
+    sessions: int | None = None  # live sessions pinned to it (a draining version's)
+
+
 class SessionInfo(Message, frozen=True, omit_defaults=True):
     session_id: str
     model: str

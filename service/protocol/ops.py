@@ -21,6 +21,7 @@ from service.protocol.messages import (
     GenerateParams,
     Message,
     Output,
+    RepositoryEntry,
     SequenceRef,
     SessionInfo,
     StateExport,
@@ -65,6 +66,60 @@ class StreamOp(Message, frozen=True):
 class Health(Op[dict[str, str]], frozen=True, tag="health"):
     """What keeps the engine from serving now (what -> why); empty when it serves: a model
     whose engine thread holds work and has not moved for `stall_timeout_s`."""
+
+
+# -- the model repository (load, unload, index: `engine/repository.py`) -----------------------
+
+
+class RepositoryIndex(Op[list[RepositoryEntry]], frozen=True, tag="repo-index"):
+    """Every model version under the models folder, each with its state; `ready`: only those
+    serving."""
+
+    ready: bool = False
+
+
+class LoadModel(Op[list[RepositoryEntry]], frozen=True, tag="repo-load"):
+    """Load `name` (the versions its policy names, or `version`) from the models folder, beside
+    what serves; `settings` (a settings.json object) go over the model's own file. Answers
+    the model's versions once they serve; a failed load leaves what served as it was."""
+
+    name: str
+    version: str | None = None
+    settings: dict[str, Any] | None = None
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        yield "model", self.name
+        if self.version is not None:
+            yield "version", self.version
+        yield from _strings(self.settings, "settings")
+
+
+class UnloadModel(Op[list[RepositoryEntry]], frozen=True, tag="repo-unload"):
+    """Stop serving `name` (every version, or `version`): it takes no new work at once, its
+    live sessions are served for up to `drain_s` (None: `RNNSERVE_UNLOAD_DRAIN_S`), then it
+    goes and a session still on it answers 409 `model_unloaded` naming the version."""
+
+    name: str
+    version: str | None = None
+    drain_s: float | None = None
+
+    def texts(self) -> Iterable[tuple[str, str]]:
+        yield "model", self.name
+        if self.version is not None:
+            yield "version", self.version
+
+
+def _strings(value: Any, where: str) -> Iterable[tuple[str, str]]:
+    """Every string in a JSON value (keys too), each named by its path."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield f"{where}.{k}", str(k)
+            yield from _strings(v, f"{where}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{where}[{i}]")
 
 
 class Predict(Op[list[Output | None]], frozen=True, tag="predict"):

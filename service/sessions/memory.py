@@ -169,6 +169,14 @@ class MemoryStore:
     async def count(self) -> int:
         return len(self._live)
 
+    async def count_graph(self, model: str, sha256: str) -> int:
+        now = self.clock()
+        return sum(
+            1
+            for r in self._live.values()
+            if r.model_sha256 == sha256 and r.model == model and r.expires_at > now
+        )
+
     async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
         rec = self._idem.get(session_id, {}).get(key)
         if rec is not None and rec.expires_at <= self.clock():

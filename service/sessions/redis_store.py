@@ -158,7 +158,13 @@ class RedisStore:
         )
         names = [f"s{i}" for i in range(len(rec.states))]  # the store keeps order, not names
         meta = json.dumps(
-            {"created_at": rec.created_at, "ttl_s": rec.ttl_s, "owner": rec.owner},
+            # the graph, readable without the state blob (`count_graph`)
+            {
+                "created_at": rec.created_at,
+                "ttl_s": rec.ttl_s,
+                "owner": rec.owner,
+                "graph": f"{rec.model}/{rec.model_sha256}",
+            },
             separators=(",", ":"),
         )
         return encode_state(blob, names), meta
@@ -315,6 +321,31 @@ class RedisStore:
     async def count(self) -> int:
         _, live = await self._run(self._sweep, [self.prefix + "live"], [])
         return int(live)
+
+    async def count_graph(self, model: str, sha256: str, page: int = 1000) -> int:
+        """Reads each live session's small meta field (not its state), a page at a time: an
+        operator's unload polls it, not the request path."""
+        want, found, start = f"{model}/{sha256}", 0, 0
+        async with self._errors():
+            while True:
+                ids = await self._r.zrange(self.prefix + "live", start, start + page - 1)
+                if not ids:
+                    return found
+                pipe = self._r.pipeline(transaction=False)
+                for sid in ids:
+                    pipe.hmget(
+                        self._k(sid.decode() if isinstance(sid, bytes) else str(sid), "s"),
+                        ["m", "st"],
+                    )
+                for meta, st in await pipe.execute():
+                    if meta is None:  # expired since the page was read
+                        continue
+                    graph = json.loads(meta).get("graph")
+                    if graph is None and st is not None:  # written before the field existed
+                        b = decode_state(st)
+                        graph = f"{b.model}/{b.model_sha256}"
+                    found += graph == want
+                start += page
 
     def _idem_args(self, rec: IdempotencyRecord) -> tuple[bytes, int]:
         """The stored value ("<expires_at ms>|<JSON>") and the TTL the record still has."""

@@ -13,6 +13,7 @@ exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -32,6 +33,7 @@ from service.errors import (
     IdempotencyKeyReused,
     InvalidInput,
     ModelChanged,
+    ModelNotFound,
     SessionEvicted,
     SessionExists,
     SessionExpired,
@@ -123,9 +125,21 @@ class SessionService:
         return rec
 
     def _model(self, rec: SessionRecord) -> LoadedModel:
-        m = self.engine.model(rec.model)
-        _require_same_model(rec, m, "since this session started; export its state or reset it")
-        return m
+        """The version the session is pinned to: the one whose graph made its state, served
+        until the session ends even when a newer version became the default."""
+        return self.engine.registry.for_graph(
+            rec.model,
+            rec.model_sha256,
+            "since this session started; export its state or reset it (a reset starts it "
+            "again on the default version)",
+        )
+
+    def _model_or_default(self, rec: SessionRecord) -> LoadedModel:
+        """Its pinned version while served, else the model's default one (a reset moves it)."""
+        try:
+            return self._model(rec)
+        except ModelChanged:
+            return self.engine.model(rec.model)
 
     async def advance(
         self, m: LoadedModel, rec: SessionRecord, ids: list[int], pending: str, version: int
@@ -207,6 +221,10 @@ class SessionService:
         if name is None:
             raise InvalidInput("`model` is required (or a `state` blob naming one)", field="model")
         m = self.engine.model(name)
+        if blob is not None and "@" not in name and blob.model == m.name:
+            # an exported state goes back onto the very graph that made it, where it serves
+            with contextlib.suppress(ModelChanged, ModelNotFound):
+                m = self.engine.registry.for_graph(m.name, blob.model_sha256, "")
         require_streamable(m)
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if ttl > self.max_ttl_s:
@@ -241,7 +259,7 @@ class SessionService:
     @handles(ExportState)
     async def export_state(self, op: ExportState) -> StateExport:
         rec = await self._get(op.session_id, op.owner)
-        data = export_blob(self.engine.model(rec.model), rec)
+        data = export_blob(self._model_or_default(rec), rec)
         return StateExport(public_id(rec.id), rec.model, rec.version, data)
 
     # -- state-changing operations ----------------------------------------------------------
@@ -256,7 +274,7 @@ class SessionService:
             if replay is not None:
                 return replay
             self._check_version(rec, expected_version)
-            m = self.engine.model(rec.model)
+            m = self._model_or_default(rec)
             new = rec.replace(
                 version=rec.version + 1,
                 states=tuple(m.manifest.init_states(1)),
@@ -322,7 +340,9 @@ class SessionService:
             public = public_id(rec.id)
             if replay is not None:
                 stream = _idle_stream(params)
-                return Generation(stream, m.name, public, release=stack.aclose, replay=replay)
+                return Generation(
+                    stream, m.name, public, release=stack.aclose, replay=replay, key=m.key
+                )
             stream = await self.engine.start_generation(
                 m, params, ids, list(rec.states), rec.logits, route
             )
@@ -351,6 +371,7 @@ class SessionService:
             finalize=finalize,
             release=stack.aclose,
             before_commit=before_commit,
+            key=m.key,
         )
 
     # -- v2 sequences: one request is one step of a session -------------------------------
@@ -378,12 +399,17 @@ class SessionService:
                 rec = None
             if rec is not None and not seq.start:
                 sequences.require_model(seq, rec.model, m.name)
-                _require_same_model(
-                    rec,
-                    m,
+                pinned = self.engine.registry.for_graph(
+                    rec.model,
+                    rec.model_sha256,
                     f"since sequence {seq.label} started; restart it with sequence_start=true",
                 )
-                base = rec
+                _require_same_model(
+                    rec,
+                    m if "@" in op.model else pinned,
+                    f"since sequence {seq.label} started; restart it with sequence_start=true",
+                )
+                m, base = pinned, rec
             else:
                 sid = store_id(seq.session_id, owner)
                 base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)

@@ -68,6 +68,9 @@ class SessionStore(Protocol):
     async def count(self) -> int:
         """Live sessions."""
 
+    async def count_graph(self, model: str, sha256: str) -> int:
+        """Live sessions on one graph of `model` (a version being unloaded drains them)."""
+
     async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
         """A stored result for this session and key, if any and not expired."""
 

@@ -70,6 +70,16 @@ class EngineHost:
         self._sinks: dict[bytes, TokenSink] = {}
         # session generations waiting for their worker's `Drained` (and its text) to commit
         self._drains: dict[tuple[bytes, int], asyncio.Future[str | None]] = {}
+        # the workers that said Hello: each gets the catalog again when the models change
+        self._peers: set[bytes] = set()
+        self._catalogs = 0  # catalogs sent so far (a worker keeps the newest)
+        client.engine.on_change.append(self._catalog_changed)
+
+    def _catalog_changed(self) -> None:
+        self._catalogs += 1
+        info = catalog_info(self.client, self._catalogs)
+        for ident in self._peers:
+            self._post(ident, info)
 
     async def serve(self) -> None:
         # the same ZeroMQ socket, without asyncio: what else is queued when a message arrives is
@@ -145,6 +155,7 @@ class EngineHost:
         for k in held:
             self._slots.pop(k).release()
         self._sinks.pop(ident, None)
+        self._peers.discard(ident)
         return len(gone) + len(held)
 
     async def close(self) -> None:
@@ -220,7 +231,8 @@ class EngineHost:
             if isinstance(op, Op):
                 value: Any = await self.client.call(op)
             elif isinstance(op, wire.Hello):
-                value = catalog_info(self.client)
+                self._peers.add(ident)
+                value = catalog_info(self.client, self._catalogs)
             else:  # pragma: no cover (HoldStream is answered as it is read)
                 raise TypeError(f"unexpected operation {type(op).__name__}")
             self._post(ident, wire.Result(rid, wire.answer(value)))
@@ -249,7 +261,7 @@ class EngineHost:
             self._drains.pop((ident, rid), None)
             raise
         try:
-            self._post(ident, wire.Opened(rid, gen.model if gen.routed else None))
+            self._post(ident, wire.Opened(rid, (gen.key or gen.model) if gen.routed else None))
             post = self._post
 
             # a stream the engine decodes (logprobs): each token goes out as the engine emits
@@ -290,14 +302,23 @@ def _check_sent(sent: asyncio.Future[Any]) -> None:
         _not_sent(sent.exception())
 
 
-def catalog_info(c: InProcessClient) -> wire.CatalogInfo:
+def catalog_info(c: InProcessClient, generation: int = 0) -> wire.CatalogInfo:
+    cat = c.catalog
     models = [
         wire.ModelEntry(
-            m.manifest.model_dump(mode="json"), m.sha256, m.variant, m.provider, m.created
+            m.manifest.model_dump(mode="json"),
+            m.sha256,
+            m.variant,
+            m.provider,
+            m.created,
+            m.settings,
+            cat.models.get(m.name) is m,
         )
-        for m in c.catalog.models.values()
+        for m in cat.versions.values()
     ]
-    return wire.CatalogInfo(wire.WIRE_VERSION, PROTOCOL_VERSION, models, dict(c.catalog.failed))
+    return wire.CatalogInfo(
+        wire.WIRE_VERSION, PROTOCOL_VERSION, models, dict(cat.failed), generation
+    )
 
 
 async def close_quietly(host: EngineHost) -> None:

@@ -59,6 +59,7 @@ class RemoteClient:
         self._reader: asyncio.Task[None] | None = None
         self._gone: EngineGone | None = None  # set once the engine process is known dead
         self.catalog = Catalog()
+        self._generation = 0  # of the catalog held (the engine numbers each one it sends)
 
     async def connect(self, timeout_s: float = 300.0) -> None:
         self._reader = asyncio.create_task(self._read())
@@ -77,14 +78,23 @@ class RemoteClient:
             raise RuntimeError(
                 f"engine protocol {info.protocol_version}, this worker {PROTOCOL_VERSION}"
             )
-        models = {}
+        self._catalog_from(info)
+
+    def _catalog_from(self, info: wire.CatalogInfo) -> None:
+        """The engine's catalog, unless a newer one came first (`generation`)."""
+        if info.generation < self._generation:
+            return
+        self._generation = info.generation
+        defaults: dict[str, ModelView] = {}
+        versions: dict[str, ModelView] = {}
         for e in info.models:
             manifest = ModelManifest.model_validate(e.manifest)
             tok = tokenizer_from_spec(manifest.tokenizer)
-            models[manifest.name] = ModelView(
-                manifest, tok, e.sha256, e.variant, e.provider, e.created
-            )
-        self.catalog = Catalog(models, dict(info.failed))
+            view = ModelView(manifest, tok, e.sha256, e.variant, e.provider, e.created, e.settings)
+            versions[view.key] = view
+            if e.default:
+                defaults[view.name] = view
+        self.catalog = Catalog(defaults, dict(info.failed), versions)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -94,6 +104,10 @@ class RemoteClient:
         self._fail_all(EngineGone("the worker is shutting down"))
         self._sock.close(linger=0)
         self._ctx.term()
+
+    @property
+    def alive(self) -> bool:
+        return self._gone is None
 
     def engine_gone(self) -> None:
         """The engine process died (the supervisor says so with SIGUSR1): every call waiting
@@ -119,6 +133,8 @@ class RemoteClient:
                 gen = streams.get(rid)
                 if gen is not None:
                     gen._id(token_id, ends is not None and rid in ends)
+        elif type(frame) is wire.CatalogInfo:  # the models served changed
+            self._catalog_from(frame)
         elif type(frame) is wire.Tokens:  # tokens with logprobs
             gen = self._streams.get(frame.rid)
             if gen is not None:

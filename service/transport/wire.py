@@ -22,7 +22,7 @@ from service import errors
 from service.protocol.messages import Message, StepLogprob
 from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 12  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 13  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
@@ -31,7 +31,8 @@ WIRE_VERSION = 12  # 2: a message from the engine may carry several frames; 3: H
 # `protocol/ops.py`'s structs, a `Result` carries its answer as the operation's result type, a
 # `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`;
 # 12: `StepIds` replaces `StepTokens` (the worker decodes a routed stream's tokens and matches
-# its stop strings' text: `Opened.model`, `Drained.text`)
+# its stop strings' text: `Opened.model`, `Drained.text`); 13: the catalog lists every version
+# serving with its settings, and comes again to every worker when it changes (`CatalogInfo`)
 
 
 class Tensor(Message, frozen=True):
@@ -93,13 +94,19 @@ class ModelEntry(Message, frozen=True):
     variant: str | None
     provider: str
     created: int
+    settings: dict[str, Any]  # its settings in force
+    default: bool  # the version a request naming only the model gets
 
 
 class CatalogInfo(Message, frozen=True, tag="catalog"):
+    """The models serving: the answer to `Hello`, and sent again to every worker when they
+    change (a load or an unload), numbered so that a worker keeps the newest (`generation`)."""
+
     wire_version: int
     protocol_version: int
     models: list[ModelEntry]
     failed: dict[str, str]
+    generation: int = 0
 
 
 class Token(Message, frozen=True):
@@ -204,7 +211,9 @@ class Failed(Message, frozen=True, tag="failed"):
     error: ErrorInfo
 
 
-Frame = Call | Cancel | Drained | Result | Opened | StepIds | Tokens | Finishing | Failed
+Frame = (
+    Call | Cancel | Drained | Result | Opened | StepIds | Tokens | Finishing | Failed | CatalogInfo
+)
 
 
 def _encode_array(obj: Any) -> Any:

@@ -82,7 +82,7 @@ async def test_onnxruntime_failing_mid_batch_fails_every_waiter_and_changes_no_s
         runners[LM].fail, runners[LM].delay_s = None, 0.0
         r = await c.post(f"/v1/sessions/{sids[0]}/feed", json={"text": "cd"})
         assert r.status_code == 200 and r.json()["version"] == 2
-        assert app_of(c).state.local.engine.schedulers[LM].active_streams == 0
+        assert app_of(c).state.local.engine.scheduler(LM).active_streams == 0
 
 
 async def test_a_stream_that_cannot_join_fails_alone(registry: Registry) -> None:
@@ -93,7 +93,7 @@ async def test_a_stream_that_cannot_join_fails_alone(registry: Registry) -> None
     engine = Engine(Registry({LM: m}), SchedulerConfig())
     engine.start()
     try:
-        sched = engine.schedulers[LM]
+        sched = engine.scheduler(LM)
         k = m.tokenizer.vocab_size
 
         def stream(top_k: int) -> Stream:
@@ -166,7 +166,7 @@ async def test_over_the_wire_a_session_stream_commits_only_once_its_client_has_i
         body = {"max_tokens": 40, "stream": True}
         task = asyncio.create_task(held.call(app, "POST", f"/v1/sessions/{sid}/generate", body))
         await asyncio.wait_for(held.held.wait(), 10)
-        sched = app.state.local.engine.schedulers[LM]
+        sched = app.state.local.engine.scheduler(LM)
         for _ in range(500):  # the engine generates every token while the client is held
             if sched.active_streams == 0:
                 break

@@ -80,7 +80,7 @@ async def test_stalled_reader_is_dropped_and_frees_everything(
             held.call(app, "POST", f"/v1/sessions/{sid}/generate", body), timeout=10
         )
         assert time.monotonic() - t0 < 5
-        sched = app.state.local.engine.schedulers[LM]
+        sched = app.state.local.engine.scheduler(LM)
         for _ in range(50):
             if sched.active_streams == 0:
                 break

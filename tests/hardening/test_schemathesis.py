@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import struct
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -48,8 +49,7 @@ KEY = "schemathesis-key-0123456789"
 
 def _settings(**overrides: Any) -> Settings:
     return Settings(
-        **overrides,
-        models_dir=FIXTURE_MODELS,
+        **{"models_dir": FIXTURE_MODELS, **overrides},
         log_json=False,
         log_level="error",
         max_tokens_limit=32,  # keep generated cases cheap; the limit is in the schema
@@ -86,9 +86,21 @@ def _export(url: str, model: str) -> bytes:
     return base64.b64decode(httpx.get(f"{url}/v1/sessions/{sid}/state").json()["state"])
 
 
+# the model the cases may load and unload (the repository routes name no other: unloading the
+# models the other cases use would leave them only 404s)
+SCRATCH = "st-scratch"
+
+
 @pytest.fixture(scope="module")
-def live_url() -> Iterator[str]:
-    with serve_in_thread(create_app(_settings(), configure_logs=False)) as addr:
+def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    models = tmp_path_factory.mktemp("models")
+    for m in ALL_MODELS:
+        shutil.copytree(FIXTURE_MODELS / m, models / m)
+    scratch = shutil.copytree(FIXTURE_MODELS / "tiny-char-rnn", models / SCRATCH)
+    manifest = json.loads((scratch / "manifest.json").read_text())
+    (scratch / "manifest.json").write_text(json.dumps({**manifest, "name": SCRATCH}))
+    app = create_app(_settings(models_dir=models), configure_logs=False)
+    with serve_in_thread(app) as addr:
         url = f"http://{addr}"
         EXPORTED[:] = [_export(url, m) for m in ALL_MODELS]
         yield url
@@ -170,6 +182,9 @@ def _with(d: dict[str, Any], key: str, values: st.SearchStrategy[Any]) -> st.Sea
 def flatmap_path_parameters(ctx: Any, params: Any) -> st.SearchStrategy[Any]:
     if not isinstance(params, dict):
         return st.just(params)
+    repository = ctx.operation is not None and "/repository/" in ctx.operation.path
+    if repository and isinstance(params.get("model"), str):
+        return st.just({**params, "model": SCRATCH})
     for key, names in (("model", ALL_MODELS), ("session_id", list(SESSIONS))):
         if isinstance(params.get(key), str) and params[key]:
             return _either(params, _with(params, key, st.sampled_from(names)))

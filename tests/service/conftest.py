@@ -99,7 +99,7 @@ async def new_session(client: httpx.AsyncClient, model: str = LM, **kw: Any) -> 
 async def no_streams_left(app: FastAPI, model: str = LM, within_s: float = 5.0) -> None:
     """Wait until `model`'s decode batch has no stream (a cancelled one leaves at its next
     step); fail if one is still there after `within_s`."""
-    sched = app.state.local.engine.schedulers[model]
+    sched = app.state.local.engine.scheduler(model)
     for _ in range(int(within_s / 0.01)):
         if sched.active_streams == 0:
             return
@@ -111,7 +111,7 @@ def gate_decode_steps(app: FastAPI, monkeypatch: pytest.MonkeyPatch, model: str 
     """Make `model`'s decode steps wait (in onnxruntime's call, after the step's tokens went
     out) until the returned `threading.Event` is set: a stream then has exactly its first
     token out, whatever the machine's load. Prefills (the whole prompt at once) run freely."""
-    runner = app.state.local.engine.schedulers[model].runner
+    runner = app.state.local.engine.scheduler(model).runner
     gate = threading.Event()
     real_run = runner.run
 

@@ -134,7 +134,7 @@ async def test_websocket_generate_reset_and_errors(live: tuple[str, FastAPI]) ->
 
 async def _wait_idle(app: FastAPI) -> None:
     for _ in range(200):
-        if app.state.local.engine.schedulers[LM].active_streams == 0:
+        if app.state.local.engine.scheduler(LM).active_streams == 0:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the stream's batch slot was not freed")

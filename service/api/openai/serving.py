@@ -171,7 +171,7 @@ async def start(
         if hold is not None:  # every choice is a decode row: the stream caps count them all
             hold.widen(len(slots))
         opened = await asyncio.gather(
-            *(s.client.open(Generate(m.name, p), hold) for *_, p in slots),
+            *(s.client.open(Generate(req.model, p), hold) for *_, p in slots),  # (name@v too)
             return_exceptions=True,
         )
         for (i, j, prompt, _), gen in zip(slots, opened, strict=True):

@@ -7,6 +7,7 @@ native 422 included), unknown models or versions 404, overload 503.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,7 +23,7 @@ from service.api.surfaces import v2_error
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
 from service.errors import ModelNotFound, ServiceError
-from service.protocol.catalog import ModelView
+from service.protocol.catalog import Catalog, ModelView, newest
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
 
@@ -67,12 +68,10 @@ def _server_version() -> str:
 
 
 def _model(s: Services, name: str, version: str | None) -> ModelView:
-    m = s.client.catalog.get(name)
-    if version is not None and version != m.manifest.version:
-        raise ModelNotFound(
-            f"model {name!r} has no version {version!r} (serving version {m.manifest.version!r})"
-        )
-    return m
+    """The model's default version, or the one named (any version serving)."""
+    if "@" in name:  # a model name never holds one: `name@version` is for the other surfaces
+        raise ModelNotFound(f"no model named {name!r}")
+    return s.client.catalog.get(name if version is None else f"{name}@{version}")
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
@@ -80,9 +79,11 @@ async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="rnnserve", version=_server_version(), extensions=EXTENSIONS)
 
 
-@router.get("/health/live", summary="Liveness")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+@router.get("/health/live", summary="Liveness", responses=_ERRORS)
+async def live(s: Services = Depends(get_services)) -> Response:
+    if not s.client.alive:  # as /healthz: the engine process died
+        return error_response(503, "not live: the engine process is gone")
+    return JSONResponse({"live": True})
 
 
 @router.get("/health/ready", summary="Readiness", responses=_ERRORS)
@@ -99,7 +100,7 @@ async def ready(s: Services = Depends(get_services)) -> Response:
     return error_response(503, "not ready: " + why)
 
 
-def _metadata(m: ModelView) -> ModelMetadata:
+def _metadata(m: ModelView, catalog: Catalog) -> ModelMetadata:
     man = m.manifest
     params: dict[str, Any] = {"task": man.task}
     if man.labels is not None:
@@ -108,7 +109,7 @@ def _metadata(m: ModelView) -> ModelMetadata:
         params["vocab_size"] = m.tokenizer.vocab_size
     return ModelMetadata(
         name=m.name,
-        versions=[man.version],
+        versions=newest([v.manifest.version for v in catalog.versions_of(m.name)]),
         platform="onnxruntime_onnx",
         inputs=protocol.input_specs(m),
         outputs=protocol.output_specs(m),
@@ -123,7 +124,7 @@ def _metadata(m: ModelView) -> ModelMetadata:
     summary="Model metadata: input and output tensors",
 )
 async def model_metadata(model: str, s: Services = Depends(get_services)) -> ModelMetadata:
-    return _metadata(_model(s, model, None))
+    return _metadata(_model(s, model, None), s.client.catalog)
 
 
 @router.get(
@@ -135,14 +136,58 @@ async def model_metadata(model: str, s: Services = Depends(get_services)) -> Mod
 async def model_version_metadata(
     model: str, version: str, s: Services = Depends(get_services)
 ) -> ModelMetadata:
-    return _metadata(_model(s, model, version))
+    return _metadata(_model(s, model, version), s.client.catalog)
+
+
+def _config(m: ModelView) -> dict[str, Any]:
+    """Triton's model configuration fields that apply, and the settings in force as they are
+    (`settings`: the model's settings.json over the server's)."""
+    st = m.settings
+    policy = st.get("version_policy") or {}
+    return {
+        "name": m.name,
+        "version": m.manifest.version,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": st.get("max_batch_size", 0),
+        "version_policy": {
+            k: ({} if v is True else {"num_versions": v} if k == "latest" else {"versions": v})
+            for k, v in policy.items()
+        },
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": round(float(st.get("max_wait_ms", 0)) * 1000)
+        },
+        "sequence_batching": {} if m.manifest.streamable else None,
+        "parameters": {
+            k: {"string_value": v if isinstance(v, str) else json.dumps(v)}
+            for k, v in st.items()
+            if v is not None
+        },
+        "settings": st,
+    }
+
+
+@router.get("/models/{model}/config", responses=_ERRORS, summary="Model configuration")
+async def model_config(model: str, s: Services = Depends(get_services)) -> dict[str, Any]:
+    return _config(_model(s, model, None))
+
+
+@router.get(
+    "/models/{model}/versions/{version}/config",
+    responses=_ERRORS,
+    summary="Model configuration (a given version)",
+)
+async def model_version_config(
+    model: str, version: str, s: Services = Depends(get_services)
+) -> dict[str, Any]:
+    return _config(_model(s, model, version))
 
 
 @router.get(
     "/models/{model}/ready", response_model=ModelReady, responses=_ERRORS, summary="Model readiness"
 )
-async def model_ready(model: str, s: Services = Depends(get_services)) -> ModelReady:
-    return ModelReady(name=_model(s, model, None).name, ready=True)
+async def model_ready(model: str, s: Services = Depends(get_services)) -> Response:
+    return await _ready(s, _model(s, model, None))
 
 
 @router.get(
@@ -153,8 +198,19 @@ async def model_ready(model: str, s: Services = Depends(get_services)) -> ModelR
 )
 async def model_version_ready(
     model: str, version: str, s: Services = Depends(get_services)
-) -> ModelReady:
-    return ModelReady(name=_model(s, model, version).name, ready=True)
+) -> Response:
+    return await _ready(s, _model(s, model, version))
+
+
+async def _ready(s: Services, m: ModelView) -> Response:
+    """Ready while its engine thread moves (the watchdog's word, as `/readyz` hears it): 503
+    naming why, not a 200 that a stuck model would also answer."""
+    problems = await engine_problems(s.client)
+    # (the engine names a stalled model's thread by its name, or name@version beside another)
+    why = next((problems[k] for k in (m.key, m.name, "engine") if k in problems), None)
+    if why is not None:
+        return error_response(503, f"model {m.key} is not ready: {why}")
+    return JSONResponse(ModelReady(name=m.name, ready=True).model_dump())
 
 
 _INFER_DOC: dict[str, Any] = {
@@ -183,7 +239,7 @@ async def _infer(
     seq = protocol.parse_sequence(params)
     default_binary = protocol.binary_output_default(params)
     rows = serving.read_rows(m, req, rest, s)
-    logits = await serving.run(s, m, rows, seq, owner)
+    logits = await serving.run(s, m, rows, seq, owner, m.key if version is not None else None)
     content, header_length = serving.respond(m, req, logits, default_binary)
     if header_length is None:
         return Response(content, media_type="application/json")

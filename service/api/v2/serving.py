@@ -143,9 +143,16 @@ def read_rows(m: ModelView, req: InferRequest, rest: bytes, s: Services) -> Rows
 
 
 async def run(
-    s: Services, m: ModelView, rows: Rows, seq: Sequence | None, owner: str | None
+    s: Services,
+    m: ModelView,
+    rows: Rows,
+    seq: Sequence | None,
+    owner: str | None,
+    ref: str | None = None,
 ) -> np.ndarray:
-    """logits (B, K) float32 for each row."""
+    """logits (B, K) float32 for each row; `ref`: the version the request named
+    (`name@version`), else the model's default (a sequence: the version it is pinned to)."""
+    ref = ref or m.name
     if seq is not None:
         if len(rows) != 1:
             raise InvalidInput(
@@ -154,14 +161,14 @@ async def run(
             )
         text = rows.texts[0] if rows.texts is not None else None
         ids = rows.ids[0] if rows.ids is not None else None
-        ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
-        logits = await s.client.call(SequenceStep(m.name, ref, text, ids, owner))
+        seq_ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
+        logits = await s.client.call(SequenceStep(ref, seq_ref, text, ids, owner))
         return logits[None, :].astype(np.float32)
     if rows.texts is not None:
         encoded = [m.encode_full(t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
     else:
         encoded = rows.ids or []
-    return await s.client.call(Logits(m.name, encoded))
+    return await s.client.call(Logits(ref, encoded))
 
 
 def outputs(m: ModelView, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:

@@ -42,7 +42,7 @@ async def test_a_stuck_engine_thread_is_not_ready_until_it_moves(
 ) -> None:
     async with make_client(stall_timeout_s=0.2) as c:
         assert (await c.get("/readyz")).status_code == 200  # idle is not stalled
-        runner = app_of(c).state.local.engine.schedulers[CLS].runner
+        runner = app_of(c).state.local.engine.scheduler(CLS).runner
         gate, entered = threading.Event(), threading.Event()
         real_run = runner.run
 
@@ -60,11 +60,25 @@ async def test_a_stuck_engine_thread_is_not_ready_until_it_moves(
             assert "has not moved" in r.json()["problems"][CLS]
             v2 = await c.get("/v2/health/ready")
             assert v2.status_code == 503 and CLS in v2.json()["error"]
+            # the v2 model readiness says it of the stuck model, and only of it
+            one = await c.get(f"/v2/models/{CLS}/ready")
+            assert one.status_code == 503 and "has not moved" in one.json()["error"]
+            assert (await c.get(f"/v2/models/{LM}/ready")).status_code == 200
         finally:
             gate.set()
         assert (await predict).status_code == 200
         r = await _until_status(c, "/readyz", 200)
         assert r.json()["problems"] == {}
+
+
+async def test_liveness_fails_once_the_engine_process_is_gone(make_client: ClientFactory) -> None:
+    async with make_client(engine_transport="zmq") as c:
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        assert (await c.get("/v2/health/live")).json() == {"live": True}
+        app_of(c).state.services.client.engine_gone()  # what the supervisor's SIGUSR1 does
+        r = await c.get("/healthz")
+        assert (r.status_code, r.json()) == (503, {"status": "engine_gone"})
+        assert (await c.get("/v2/health/live")).status_code == 503
 
 
 def test_a_frozen_engine_process_is_not_ready_until_it_thaws(tmp_path: Path) -> None:
@@ -98,7 +112,7 @@ async def test_load_says_each_models_queue_and_streams_and_the_slots_held(
         assert idle["open_streams"] == 0 and idle["max_open_streams"] == 7
         assert idle["models"][LM] == {"queued": 0, "streams": 0}
         gate = gate_decode_steps(app, monkeypatch)  # the stream stays in the batch
-        sched = app.state.local.engine.schedulers[LM]
+        sched = app.state.local.engine.scheduler(LM)
         body = {"prompt": "ab", "max_tokens": 50}
         generating = asyncio.create_task(c.post(f"/v1/models/{LM}/generate", json=body))
         try:

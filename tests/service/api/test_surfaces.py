@@ -56,9 +56,9 @@ def test_an_unknown_path_answers_in_its_surfaces_shape(live: LiveServer) -> None
 
 
 def test_tritonclient_reads_an_unknown_v2_path(live: LiveServer) -> None:
-    """The model repository API is not served: tritonclient gets v2's error shape and says what
+    """Triton's trace settings are not served: tritonclient gets v2's error shape and says what
     happened (with the native shape its exception carried a dict it could not print)."""
     client = tc.InferenceServerClient(live.url)
     with pytest.raises(InferenceServerException) as e:
-        client.get_model_repository_index()
+        client.get_trace_settings()
     assert isinstance(e.value.message(), str) and "not found" in e.value.message().lower()

@@ -42,4 +42,4 @@ def test_two_handlers_for_one_operation_are_refused() -> None:
 async def test_the_engine_handles_every_operation(make_client: ClientFactory) -> None:
     async with make_client() as c:
         local = app_of(c).state.local
-        assert set(handlers(local, local.sessions)) == set(ops.operations())
+        assert set(handlers(*local.parts)) == set(ops.operations())

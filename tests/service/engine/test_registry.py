@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -11,6 +12,7 @@ from service.engine.registry import load_registry
 from service.settings import Settings
 from tests.conftest import FIXTURE_MODELS
 from tests.service.conftest import LM
+from tests.service.engine.repo_layout import NAME, add_version, write_settings
 
 
 def _copy(dst: Path, name: str, as_name: str | None = None) -> Path:
@@ -74,3 +76,38 @@ async def test_no_models_is_not_ready(tmp_path: Path) -> None:
     ):
         assert (await c.get("/readyz")).status_code == 503
         assert (await c.get("/healthz")).status_code == 200
+
+
+def test_the_version_policy_picks_the_versions_and_the_newest_is_the_default(
+    tmp_path: Path,
+) -> None:
+    for v in ("1", "2", "3"):
+        add_version(tmp_path, v)
+    reg = load_registry(tmp_path)  # default policy: the newest two
+    assert sorted(reg.versions[NAME]) == ["2", "3"] and reg.models[NAME].version == "3"
+    cases: list[tuple[dict[str, Any], list[str], str]] = [
+        ({"version_policy": {"all": True}}, ["1", "2", "3"], "3"),
+        ({"version_policy": {"latest": 1}}, ["3"], "3"),
+        ({"version_policy": {"specific": ["1", "3"]}, "default_version": "1"}, ["1", "3"], "1"),
+    ]
+    for settings, versions, default in cases:
+        write_settings(tmp_path, settings)
+        reg = load_registry(tmp_path)
+        assert sorted(reg.versions[NAME]) == versions, settings
+        assert reg.models[NAME].version == default
+        assert reg.models[NAME].manifest.version == default  # the folder's name is the version
+
+
+def test_a_bad_settings_file_refuses_the_model_naming_the_field(tmp_path: Path) -> None:
+    add_version(tmp_path, "1")
+    _copy(tmp_path, LM)
+    for settings, why in (
+        ({"max_batch_sise": 8}, "max_batch_sise: Extra inputs are not permitted"),
+        ({"version_policy": {"latest": 1, "all": True}}, "name one of latest, all, specific"),
+        ({"max_wait_ms": -1}, "max_wait_ms: Input should be greater than or equal to 0"),
+        ({"default_version": "9"}, "default_version '9' is not among the versions loaded"),
+    ):
+        write_settings(tmp_path, settings)
+        reg = load_registry(tmp_path)
+        assert list(reg.models) == [LM]  # the others serve
+        assert why in reg.failed[str(tmp_path / NAME)], reg.failed

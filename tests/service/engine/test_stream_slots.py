@@ -89,7 +89,7 @@ async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_sta
         refused = client.hold_stream(None)
         # the last decode step's metrics are posted to the loop after its stream finished: wait
         # for the engine thread to end that step, then one loop turn for the posted callback
-        sched = engine.schedulers[LM]
+        sched = engine.scheduler(LM)
         for _ in range(500):
             if sched.active_streams == 0 and sched._last_step is None:
                 break

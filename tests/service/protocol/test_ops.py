@@ -29,6 +29,9 @@ SAMPLES: list[Any] = [
     ops.SequenceStep("m", SequenceRef("7", "7", start=True), "hi", None, None),
     ops.LiveSessions(),
     ops.Load(),
+    ops.RepositoryIndex(ready=True),
+    ops.LoadModel("m", "2", {"max_batch_size": 8, "version_policy": {"specific": ["2"]}}),
+    ops.UnloadModel("m", None, 30.0),
 ]
 
 
@@ -59,6 +62,14 @@ def test_strings_are_named_by_the_field_a_client_sent_them_in() -> None:
     assert list(SAMPLES[11].texts()) == [("TEXT", "hi")]
     assert list(ops.SequenceStep("m", SequenceRef("7", "7"), None, [1], None).texts()) == []
     assert list(SAMPLES[5].texts()) == []
+    assert list(SAMPLES[15].texts()) == [
+        ("model", "m"),
+        ("version", "2"),
+        ("settings.max_batch_size", "max_batch_size"),
+        ("settings.version_policy", "version_policy"),
+        ("settings.version_policy.specific", "specific"),
+        ("settings.version_policy.specific[0]", "2"),
+    ]
 
 
 def test_operations_are_frozen() -> None:

@@ -119,7 +119,7 @@ async def test_cancelled_generation_commits_nothing(svc: SessionService) -> None
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await svc.export_state(ExportState(sid, None)) == before
-    assert svc.engine.schedulers[LM].active_streams in (0, 1)  # dropped before the next step
+    assert svc.engine.scheduler(LM).active_streams in (0, 1)  # dropped before the next step
     r = await asyncio.wait_for(svc.feed(Feed(sid, "a", 1, None, None, None)), 2)  # lock released
     assert r.version == 1
 
@@ -130,9 +130,13 @@ async def test_a_session_of_a_redeployed_graph_answers_model_changed(svc: Sessio
     sid = (await svc.create(CreateSession(LM, None, None, None, None))).session_id
     await svc.feed(Feed(sid, "ab", 1, None, None, None))
     before = await svc.export_state(ExportState(sid, None))
-    m = svc.engine.registry.models[LM]
-    other = m.manifest.model_copy(update={"onnx_sha256": "0" * 64})
-    svc.engine.registry.models[LM] = dataclasses.replace(m, manifest=other)
+    reg = svc.engine.registry
+    m = reg.models[LM]
+
+    def serve(only: LoadedModel) -> None:  # as if the server had restarted on `only`
+        reg.models[LM], reg.versions[LM] = only, {only.version: only}
+
+    serve(dataclasses.replace(m, manifest=m.manifest.model_copy(update={"onnx_sha256": "0" * 64})))
     with pytest.raises(ModelChanged) as e:
         await svc.feed(Feed(sid, "c", 1, None, None, None))
     assert (e.value.status, e.value.code) == (409, "model_changed")
@@ -140,5 +144,5 @@ async def test_a_session_of_a_redeployed_graph_answers_model_changed(svc: Sessio
         await svc.open_generation(
             SessionGenerate(sid, GenerateParams(max_tokens=3), None, None, None)
         )
-    svc.engine.registry.models[LM] = m  # the original graph again: the session is intact
+    serve(m)  # the original graph again: the session is intact
     assert await svc.export_state(ExportState(sid, None)) == before

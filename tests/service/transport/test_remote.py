@@ -85,8 +85,8 @@ async def test_an_engine_speaking_another_wire_version_is_refused(
 ) -> None:
     real = host_module.catalog_info
 
-    def older(c: object) -> wire.CatalogInfo:
-        info = real(c)  # type: ignore[arg-type]
+    def older(c: object, generation: int = 0) -> wire.CatalogInfo:
+        info = real(c, generation)  # type: ignore[arg-type]
         return msgspec.structs.replace(info, wire_version=wire.WIRE_VERSION - 1)
 
     async with make_client() as c:

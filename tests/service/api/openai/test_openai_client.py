@@ -181,7 +181,7 @@ async def test_async_client_streaming(live: LiveServer) -> None:
 
 
 def _active_streams(live: LiveServer) -> int:
-    return int(live.app.state.local.engine.schedulers[LM].active_streams)
+    return int(live.app.state.local.engine.scheduler(LM).active_streams)
 
 
 def test_disconnect_mid_stream_frees_the_stream_and_keeps_the_session(live: LiveServer) -> None:
