@@ -220,23 +220,19 @@ def scan(models_dir: Path, failed: dict[str, str] | None = None) -> dict[str, Mo
         try:
             settings = read_settings(top)
         except ArtifactError as e:
-            failed[str(top)] = str(e)
-            log.error("model refused", extra={"artifact": str(top), "reason": str(e)})
+            _refuse(failed, top, str(e))
             continue
         for path in sorted(dirs):
             try:
                 manifest = load_manifest(path)
             except ArtifactError as e:
-                failed[str(path)] = str(e)
-                log.error("model refused", extra={"artifact": str(path), "reason": str(e)})
+                _refuse(failed, path, str(e))
                 continue
             # a versions folder's name is the version (the manifest's is what it was exported as)
             version = manifest.version if flat else path.name
             folder = found.setdefault(manifest.name, ModelFolder(manifest.name, top))
             if folder.top != top:
-                why = f"model {manifest.name!r} is already in {folder.top}"
-                failed[str(path)] = why
-                log.error("model refused", extra={"artifact": str(path), "reason": why})
+                _refuse(failed, path, f"model {manifest.name!r} is already in {folder.top}")
                 continue
             folder.settings = settings
             folder.versions[version] = path
@@ -260,6 +256,11 @@ def load_version(
     return LoadedModel(manifest, runner, tokenizer, path, used, own)
 
 
+def _refuse(failed: dict[str, str], artifact: Path, why: str) -> None:
+    failed[str(artifact)] = why
+    log.error("model refused", extra={"artifact": str(artifact), "reason": why})
+
+
 def refusal(e: Exception) -> str:
     """Why an artifact was refused, as the index and readiness say it."""
     return str(e) if isinstance(e, ArtifactError) else f"{type(e).__name__}: {e}"
@@ -281,11 +282,7 @@ def load_registry(
             try:
                 loaded.append(load_version(folder, version, opts))
             except Exception as e:  # ArtifactError, or onnxruntime's own InvalidGraph / Fail / ...
-                reg.failed[str(folder.versions[version])] = refusal(e)
-                log.error(
-                    "model refused",
-                    extra={"artifact": str(folder.versions[version]), "reason": refusal(e)},
-                )
+                _refuse(reg.failed, folder.versions[version], refusal(e))
         default = folder.default([m.version for m in loaded])
         if loaded and default is None:  # a pinned default that did not load: none serve
             reg.failed[str(folder.top)] = (
