@@ -150,7 +150,31 @@ class Settings(BaseSettings):
 
     # sessions
     store: Literal["memory", "redis"] = Field("memory", description="Session store backend.")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (store=redis).")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis URL (store=redis); with `redis_cluster`, any node of the cluster.",
+    )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Answer a session change only once this many Redis replicas have it "
+        "(`WAIT`): an acknowledged change then survives a failover (docs/reliability.md); "
+        "0: answer once the primary has it.",
+    )
+    redis_wait_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How long a change waits for `redis_wait_replicas`; past it the request "
+        "answers 503 `store_unavailable` (the change stands on the primary: a retry with the "
+        "same Idempotency-Key replays it).",
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="The Redis at `redis_url` is a Redis Cluster: sessions spread over its "
+        "shards (docs/deploy.md).",
+    )
     redis_timeout_s: float = Field(
         2.0,
         gt=0,

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import redis.asyncio
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -54,9 +55,18 @@ class RedisProcess:
     """redis-server on loopback with an fsync-always append-only file, so a stop/start on the
     same port and directory keeps the sessions."""
 
+    cluster = False  # (`RedisStore(cluster=...)`; see `redis_cluster.RedisCluster`)
+
     def __init__(self, workdir: Path, binary: str = REDIS_SERVER) -> None:
         self.binary, self.dir, self.port = binary, workdir, free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def raw(self) -> redis.asyncio.Redis:
+        return redis.asyncio.Redis.from_url(self.url)
+
+    async def config_set(self, name: str, value: int) -> None:
+        async with self.raw() as r:
+            await r.config_set(name, value)
 
     @property
     def url(self) -> str:

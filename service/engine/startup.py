@@ -38,6 +38,9 @@ def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionSt
             on_evict=lambda why: metrics.session_evictions.labels(why).inc(),
             max_per_owner=settings.max_sessions_per_key,
             socket_timeout_s=settings.redis_timeout_s,
+            cluster=settings.redis_cluster,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_s=settings.redis_wait_timeout_s,
         )
     return MemoryStore(
         settings.max_sessions,

@@ -27,7 +27,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from service.errors import StoreUnavailable
 from service.sessions.redis_scripts import NOW, ms
@@ -142,7 +142,9 @@ class Janitor:
 class RedisLease:
     """`hold(session_id, keys)`: the lease on one session (`keys`: its lock, queue and waiters)."""
 
-    def __init__(self, client: Redis, run: Run, lease_s: float, poll_max_s: float) -> None:
+    def __init__(
+        self, client: Redis | RedisCluster, run: Run, lease_s: float, poll_max_s: float
+    ) -> None:
         self.lease_s = lease_s
         self.poll_max_s = poll_max_s
         self._run = run

@@ -10,7 +10,8 @@ owner's sorted set (`{prefix}own:<owner>`, id -> expiry ms, like `{prefix}live`)
 that refreshes, deletes or evicts the session updates that set too, so its scores stay the
 sessions' expiries and `ZCOUNT (now +inf` is the owner's live count without any pruning. These
 scripts name keys they derive (owner sets, eviction victims): the store needs one primary, not a
-cluster (docs/deploy.md).
+cluster unless those keys share the session's slot: in a cluster (`RedisStore(cluster=True)`)
+the live and owner sets are per bucket, and a session's keys carry its bucket's hash tag.
 """
 
 from __future__ import annotations
@@ -34,12 +35,34 @@ local function touch_owner(own, id, ttl)
 end
 """
 
-# KEYS s g i live [own] | ARGV id v st m ttl_ms extra_ms max evict prefix nonce max_own
+# The least recently used session of a live set that no request holds, evicted: its keys go, its
+# marker says "evicted" for `extra_ms`; '' when every one is held (or the set is empty).
+_EVICT_ONE = """
+local function evict_one(live, head, tail, extra_ms)
+  for _, c in ipairs(redis.call('ZRANGEBYSCORE', live, '(' .. now, '+inf', 'LIMIT', 0, 64)) do
+    local k = head .. c .. tail
+    if redis.call('EXISTS', k .. 'lock') == 0 then
+      local o = redis.call('HGET', k .. 's', 'o')
+      redis.call('DEL', k .. 's', k .. 'i')
+      redis.call('SET', k .. 'g', 'evicted', 'PX', extra_ms)
+      redis.call('ZREM', live, c)
+      if o then redis.call('ZREM', o, c) end
+      return c
+    end
+  end
+  return ''
+end
+"""
+
+# KEYS s g i live [own] | ARGV id v st m ttl_ms extra_ms max evict head nonce max_own tail
 # `own` (the owner's set) is given only for a session with an owner; `max_own` 0 = no per-owner
-# cap. The per-owner check comes first, so a refused create never evicts anybody.
+# cap. The per-owner check comes first, so a refused create never evicts anybody. A session `c`
+# of the same live set has its keys at `head .. c .. tail .. kind` (the layout's: one primary,
+# or a cluster bucket's slot).
 CREATE = (
     NOW
     + _TOUCH_OWNER
+    + _EVICT_ONE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'w') == ARGV[10] then return {'ok', tostring(now), '', '0'} end
@@ -53,18 +76,7 @@ end
 local evicted = ''
 if redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') >= tonumber(ARGV[7]) then
   if ARGV[8] ~= 'lru' then return {'limit'} end
-  for _, c in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. now, '+inf', 'LIMIT', 0, 64)) do
-    local k = ARGV[9] .. '{' .. c .. '}:'
-    if redis.call('EXISTS', k .. 'lock') == 0 then
-      local o = redis.call('HGET', k .. 's', 'o')
-      redis.call('DEL', k .. 's', k .. 'i')
-      redis.call('SET', k .. 'g', 'evicted', 'PX', ARGV[6])
-      redis.call('ZREM', KEYS[4], c)
-      if o then redis.call('ZREM', o, c) end
-      evicted = c
-      break
-    end
-  end
+  evicted = evict_one(KEYS[4], ARGV[9], ARGV[12], ARGV[6])
   if evicted == '' then return {'limit'} end
 end
 local ttl = tonumber(ARGV[5])
@@ -130,6 +142,16 @@ if ARGV[8] ~= '' then
   end
 end
 return {'ok', tostring(now)}
+"""
+)
+
+# KEYS live | ARGV head tail extra_ms -> the id evicted, or ''
+# (a cluster at its cap, whose new session's own bucket had nobody to evict: one of another's)
+EVICT = (
+    NOW
+    + _EVICT_ONE
+    + """
+return evict_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 """
 )
 

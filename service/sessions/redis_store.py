@@ -1,6 +1,7 @@
-"""The Redis session store: any replica serves any session (redis-py asyncio, one Redis primary).
+"""The Redis session store: any replica serves any session (redis-py asyncio; one Redis primary, or
+a Redis Cluster with `cluster=True`: `Layout` says where the keys go there).
 
-Keys (the id in a hash tag, so one session's keys share a cluster slot):
+Keys on one primary (the id in a hash tag, so one session's keys share a slot):
 
     {p}{<id>}:s     HASH  v=version, st=state blob, m=meta JSON, t=idle TTL ms,   PEXPIRE = idle TTL
                           w=nonce of the last write
@@ -21,7 +22,11 @@ Guarantees:
   replicas, leases or network retries do (the client's own retry of a commit whose reply was lost
   is recognised by a per-call nonce and succeeds instead of conflicting);
 * the live-session cap and the per-owner cap are counted and checked inside the create script:
-  replicas together never exceed either; delete, eviction and expiry free an owner's slot;
+  replicas together never exceed either; delete, eviction and expiry free an owner's slot (on a
+  cluster they are checked against the counts summed over the buckets just before: creates
+  racing at a cap can pass it by as many as race);
+* with `wait_replicas`, a change is answered only once that many replicas have it (`WAIT`, on
+  the script's own connection), so a failover loses nothing that was acknowledged;
 * `lock(id)` is a lease (`redis_lease.py`) renewed while held, granted in arrival order across
   replicas; a holder that dies (kill -9) blocks the session for at most one lease. Mutual
   exclusion is for liveness only: if a lease is ever lost (pause longer than the lease,
@@ -41,13 +46,14 @@ import contextlib
 import json
 import secrets
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 import numpy as np
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
@@ -88,8 +94,68 @@ def _jsonable(o: object) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
+CLUSTER_BUCKETS = 128  # live and owner sets per cluster (each in its own slot)
+
+
+class Layout:
+    """Where a session's keys live.
+
+    One primary: `{p}{<id>}:<kind>`, one `{p}live` set and one `{p}own:<owner>` set per owner.
+    A cluster: a script may only name keys of one slot, and a single live set would be one hot
+    slot that every request touches. So sessions are spread over `buckets` buckets (crc32 of the
+    id), each with its own live and owner sets, and a session's keys carry its bucket's hash tag
+    (`{p}{b<k>}<id>:<kind>`, `{p}{b<k>}live`, `{p}{b<k>}own:<owner>`): every script still runs on
+    one slot, and the buckets spread over the shards as slots do."""
+
+    def __init__(self, prefix: str, buckets: int | None) -> None:
+        self.prefix, self.buckets = prefix, buckets
+
+    def _tag(self, session_id: str) -> str:
+        assert self.buckets is not None
+        return f"{self.prefix}{{b{zlib.crc32(session_id.encode()) % self.buckets}}}"
+
+    def key(self, session_id: str, kind: str) -> str:
+        if self.buckets is None:
+            return f"{self.prefix}{{{session_id}}}:{kind}"
+        return f"{self._tag(session_id)}{session_id}:{kind}"
+
+    def live(self, session_id: str) -> str:
+        return self.prefix + "live" if self.buckets is None else self._tag(session_id) + "live"
+
+    def own(self, session_id: str, owner: str) -> str:
+        if self.buckets is None:
+            return f"{self.prefix}own:{owner}"
+        return f"{self._tag(session_id)}own:{owner}"
+
+    def around(self, session_id: str) -> tuple[str, str]:
+        """(head, tail): another session `c` of the same live set keeps its keys at
+        `head + c + tail + kind` (the create script evicts by it)."""
+        if self.buckets is None:
+            return self.prefix + "{", "}:"
+        return self._tag(session_id), ":"
+
+    def around_live(self, live: str) -> tuple[str, str]:
+        """`around`, for the sessions of the live set `live`."""
+        if self.buckets is None:
+            return self.prefix + "{", "}:"
+        return live.removesuffix("live"), ":"
+
+    def lives(self) -> list[str]:
+        """Every live set."""
+        if self.buckets is None:
+            return [self.prefix + "live"]
+        return [f"{self.prefix}{{b{b}}}live" for b in range(self.buckets)]
+
+    def owns(self, owner: str) -> list[str]:
+        """Every set of one owner's sessions."""
+        if self.buckets is None:
+            return [f"{self.prefix}own:{owner}"]
+        return [f"{self.prefix}{{b{b}}}own:{owner}" for b in range(self.buckets)]
+
+
 class RedisStore:
-    """`SessionStore` on one Redis primary (or a Sentinel/managed failover pair)."""
+    """`SessionStore` on one Redis primary (or a Sentinel/managed failover pair), or on a Redis
+    Cluster (`cluster=True`; see `Layout` and docs/deploy.md for what changes)."""
 
     def __init__(
         self,
@@ -105,8 +171,11 @@ class RedisStore:
         clock: Clock = time.time,
         on_change: Callable[[int], None] | None = None,
         on_evict: Callable[[str], None] | None = None,
-        client: Redis | None = None,
+        client: Redis | RedisCluster | None = None,
         max_per_owner: int | None = None,
+        cluster: bool = False,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 0.5,
     ) -> None:
         self.max_sessions = max_sessions
         self.max_per_owner = max_per_owner  # per API key (owner None: only the global cap)
@@ -117,32 +186,49 @@ class RedisStore:
         self.clock = clock  # wall clock, for idempotency expiry (shared by replicas)
         self._on_change = on_change
         self._on_evict = on_evict
-        self._r: Redis = client or Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=min(socket_timeout_s, 1.0),
-            # one quick retry on a fresh connection: a pooled connection that died with a
-            # restarted Redis is replaced instead of failing the request
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-            health_check_interval=15,
+        self.cluster = cluster
+        # a state change is answered only once this many replicas have it (`WAIT`): what a
+        # failover then loses was never acknowledged (docs/reliability.md)
+        self.wait_replicas, self.wait_timeout_s = wait_replicas, wait_timeout_s
+        self._node_clients: dict[tuple[str, int], Redis] = {}  # a cluster's, for `WAIT`
+        self._slots_known = False  # the cluster client's slot map read since the last failure
+        self._node_clients_used = False
+        self._slots_read_at = 0.0
+        self.layout = Layout(key_prefix, CLUSTER_BUCKETS if cluster else None)
+        # a cluster's summed live count as last read (for the gauge), and when
+        self._live_seen: tuple[float, int] | None = None
+        # one quick retry on a fresh connection: a pooled connection that died with a
+        # restarted Redis is replaced instead of failing the request
+        retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
+        timeouts: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": min(socket_timeout_s, 1.0),
+            "retry": retry,
+        }
+        # redis-py's cluster client: slots, MOVED/ASK and failovers are its business (a
+        # failed-over slot is found again on the next call)
+        self._r: Redis | RedisCluster = client or (
+            RedisCluster.from_url(url, **timeouts)
+            if cluster
+            else Redis.from_url(url, health_check_interval=15, **timeouts)
         )
         reg = self._r.register_script
         self._create, self._get, self._commit = reg(lua.CREATE), reg(lua.GET), reg(lua.COMMIT)
         self._put_idem, self._delete = reg(lua.PUT_IDEM), reg(lua.DELETE)
-        self._sweep = reg(lua.SWEEP)
+        self._sweep, self._evict = reg(lua.SWEEP), reg(lua.EVICT)
         self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s)
 
     # -- keys and encoding ------------------------------------------------------------------
 
     def _k(self, session_id: str, kind: str) -> str:
-        return f"{self.prefix}{{{session_id}}}:{kind}"
+        return self.layout.key(session_id, kind)
 
     def _keys(self, session_id: str) -> list[str]:
         return [
             self._k(session_id, "s"),
             self._k(session_id, "g"),
             self._k(session_id, "i"),
-            self.prefix + "live",
+            self.layout.live(session_id),
         ]
 
     @staticmethod
@@ -209,7 +295,8 @@ class RedisStore:
             raise StoreUnavailable(
                 f"session store did not answer within {self.deadline_s:g} s"
             ) from None
-        except (rx.ConnectionError, rx.TimeoutError) as e:
+        except (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException) as e:
+            # (a cluster none of whose nodes answer, or a slot no node serves yet)
             raise StoreUnavailable(f"session store unreachable ({type(e).__name__})") from None
         except (
             rx.OutOfMemoryError,
@@ -229,6 +316,66 @@ class RedisStore:
         async with self._errors():
             return await script(keys=keys, args=args)
 
+    async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """`_run` for a script that changes a session: with `wait_replicas`, followed on the
+        same connection by `WAIT`, and refused (503, Retry-After) unless enough replicas have
+        the change in time. The change itself stands on the primary: a client's retry with
+        its Idempotency-Key finds it and answers it, so nothing is applied twice."""
+        if not self.wait_replicas:
+            return await self._run(script, keys, args)
+        timeout_ms = ms(self.wait_timeout_s)
+        for attempt in (1, 2):
+            try:
+                async with self._errors():
+                    client = self._r if not self.cluster else await self._node_client(keys[0])
+                    pipe = client.pipeline(transaction=False)
+                    await script(keys=keys, args=args, client=pipe)
+                    pipe.execute_command("WAIT", self.wait_replicas, timeout_ms)
+                    out, acked = await pipe.execute()
+                break
+            except (StoreUnavailable, rx.ResponseError) as e:
+                if not self.cluster:
+                    raise
+                self._slots_known = False  # a failover or a moved slot: read the map again
+                moved = isinstance(e, rx.AskError)  # (MOVED too: a subclass)
+                if not moved or attempt == 2:
+                    if moved:  # still moving (a resharding): ask again later
+                        raise StoreUnavailable(f"session store: slot moving ({e})") from None
+                    raise
+        if int(acked) < self.wait_replicas:
+            raise StoreUnavailable(
+                f"session store: the change reached {acked} of {self.wait_replicas} replicas "
+                f"within {timeout_ms} ms (RNNSERVE_REDIS_WAIT_REPLICAS); retry with the same "
+                "Idempotency-Key"
+            )
+        return out
+
+    async def _node_client(self, key: str) -> Redis:
+        """A plain client of the primary that holds `key` (`WAIT` counts the writes of its own
+        connection, so it goes down the script's connection, not the cluster client's)."""
+        assert isinstance(self._r, RedisCluster)
+        if not self._slots_known:  # the slot map as the cluster says it now
+            if self._node_clients_used:  # again, after a failure (at most every 100 ms)
+                if time.monotonic() - self._slots_read_at > 0.1:
+                    self._slots_read_at = time.monotonic()
+                    await self._r.nodes_manager.initialize()
+            else:
+                await self._r.initialize()
+            self._slots_known = self._node_clients_used = True
+        node = self._r.get_node_from_key(key)
+        if node is None:
+            raise StoreUnavailable("session store: no cluster node serves this session's slot")
+        addr = (str(node.host), int(node.port))
+        client = self._node_clients.get(addr)
+        if client is None:
+            client = self._node_clients[addr] = Redis(
+                host=addr[0],
+                port=addr[1],
+                socket_timeout=self.deadline_s,
+                socket_connect_timeout=min(self.deadline_s, 1.0),
+            )
+        return client
+
     def _changed(self, live: int) -> None:
         if self._on_change is not None:
             self._on_change(live)
@@ -239,8 +386,12 @@ class RedisStore:
         st, meta = self._encode(record)
         keys = self._keys(record.id)
         if record.owner is not None:
-            keys.append(f"{self.prefix}own:{record.owner}")
-        out = await self._run(
+            keys.append(self.layout.own(record.id, record.owner))
+        head, tail = self.layout.around(record.id)
+        max_sessions, max_own = self.max_sessions, self.max_per_owner or 0
+        if self.cluster:  # the caps against the summed counts (the script sees one bucket)
+            max_sessions, max_own = await self._cluster_caps(record.owner)
+        out = await self._write(
             self._create,
             keys,
             [
@@ -250,11 +401,12 @@ class RedisStore:
                 meta,
                 ms(record.ttl_s),
                 ms(self.expired_memory_s),
-                self.max_sessions,
+                max_sessions,
                 self.evict,
-                self.prefix,
+                head,
                 secrets.token_hex(8),
-                self.max_per_owner or 0,
+                max_own,
+                tail,
             ],
         )
         if out[0] == b"exists":
@@ -266,7 +418,7 @@ class RedisStore:
             raise global_limit(self.max_sessions)
         if out[2] and self._on_evict is not None:
             self._on_evict("evicted")
-        self._changed(int(out[3]))
+        self._changed(self._counted(int(out[3]), 0 if out[2] else 1))
 
     async def get(self, session_id: str) -> SessionRecord:
         s, g, _, live = self._keys(session_id)
@@ -286,7 +438,7 @@ class RedisStore:
         if idempotency is not None:
             idem_key = idempotency[0]
             idem_val, idem_ttl = self._idem_args(idempotency[1])
-        out = await self._run(
+        out = await self._write(
             self._commit,
             self._keys(record.id),
             [
@@ -313,22 +465,101 @@ class RedisStore:
         return record.replace(expires_at=int(out[1]) / 1000 + record.ttl_s)
 
     async def delete(self, session_id: str) -> None:
-        out = await self._run(self._delete, self._keys(session_id), [session_id])
+        out = await self._write(self._delete, self._keys(session_id), [session_id])
         if out[0] == b"missing":
             raise self._missing(session_id, out[1])
-        self._changed(int(out[1]))
+        self._changed(self._counted(int(out[1]), -1))
 
     async def count(self) -> int:
-        _, live = await self._run(self._sweep, [self.prefix + "live"], [])
-        return int(live)
+        return (await self._sweep_all())[1]
+
+    # -- a cluster's counts: summed over the buckets ------------------------------------------
+
+    async def _sums(self, *groups: list[str]) -> list[int]:
+        """Live members of each group of sets, summed (one pipeline: a round trip per shard)."""
+        now = f"({round(self.clock() * 1000)}"
+        async with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            for keys in groups:
+                for k in keys:
+                    pipe.zcount(k, now, "+inf")
+            counts = [int(n) for n in await pipe.execute()]
+        out, at = [], 0
+        for keys in groups:
+            out.append(sum(counts[at : at + len(keys)]))
+            at += len(keys)
+        return out
+
+    async def _cluster_caps(self, owner: str | None) -> tuple[int, int]:
+        """The (global, owner) caps to hand the create script of one bucket, which sees only
+        its bucket: the counts summed over every bucket just before, checked here. At the
+        global cap the script gets 0 (it then evicts from its bucket with `lru`, or refuses).
+        Unlike on one primary, creates racing on several replicas can pass a cap by as many as
+        are racing (docs/deploy.md)."""
+        owns = self.layout.owns(owner) if owner and self.max_per_owner is not None else []
+        live, owned = await self._sums(self.layout.lives(), owns)
+        self._live_seen = (time.monotonic(), live)
+        if owns and self.max_per_owner is not None and owned >= self.max_per_owner:
+            raise owner_limit(self.max_per_owner)
+        if live < self.max_sessions or (self.evict == "lru" and await self._evict_oldest()):
+            return 2**53, 0
+        return 0, 0  # (the script refuses: 'limit')
+
+    async def _evict_oldest(self) -> bool:
+        """A cluster at its cap: the least recently used session that no request holds goes,
+        whichever bucket it is in (each bucket's oldest are read, then tried oldest first)."""
+        lives = self.layout.lives()
+        async with self._errors():
+            pipe = self._r.pipeline(transaction=False)
+            for key in lives:
+                pipe.zrange(key, 0, 0, withscores=True)
+            oldest = await pipe.execute()
+        order = sorted(
+            (first[0][1], key) for key, first in zip(lives, oldest, strict=True) if first
+        )
+        for _, key in order:
+            head, tail = self.layout.around_live(key)
+            gone = await self._run(self._evict, [key], [head, tail, ms(self.expired_memory_s)])
+            if gone:
+                if self._on_evict is not None:
+                    self._on_evict("evicted")
+                self._counted(0, -1)
+                return True
+        return False
+
+    def _counted(self, in_set: int, delta: int) -> int:
+        """The live count after a create (+1) or delete (-1), for the gauge: the set's own
+        count on one primary; a cluster's sum as last read, moved by this replica's changes
+        since (the sweep reads it again)."""
+        if not self.cluster:
+            return in_set
+        if self._live_seen is not None:
+            self._live_seen = (self._live_seen[0], max(0, self._live_seen[1] + delta))
+        return self._live_seen[1] if self._live_seen is not None else in_set
+
+    async def _sweep_all(self) -> tuple[int, int]:
+        """Expired members dropped from every live set: (removed, live)."""
+        removed = live = 0
+        for key in self.layout.lives():
+            r, n = await self._run(self._sweep, [key], [])
+            removed, live = removed + int(r), live + int(n)
+        if self.cluster:
+            self._live_seen = (time.monotonic(), live)
+        return removed, live
 
     async def count_graph(self, model: str, sha256: str, page: int = 1000) -> int:
         """Reads each live session's small meta field (not its state), a page at a time: an
         operator's unload polls it, not the request path."""
-        want, found, start = f"{model}/{sha256}", 0, 0
+        found = 0
+        for live in self.layout.lives():
+            found += await self._count_graph_in(live, f"{model}/{sha256}", page)
+        return found
+
+    async def _count_graph_in(self, live: str, want: str, page: int) -> int:
+        found, start = 0, 0
         async with self._errors():
             while True:
-                ids = await self._r.zrange(self.prefix + "live", start, start + page - 1)
+                ids = await self._r.zrange(live, start, start + page - 1)
                 if not ids:
                     return found
                 pipe = self._r.pipeline(transaction=False)
@@ -377,7 +608,7 @@ class RedisStore:
         return self._lease.hold(session_id, (lk, q, w))
 
     async def sweep(self) -> int:
-        removed, live = await self._run(self._sweep, [self.prefix + "live"], [])
+        removed, live = await self._sweep_all()
         if self._on_evict is not None:
             for _ in range(int(removed)):
                 self._on_evict("expired")
@@ -391,4 +622,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._lease.janitor.close()
+        for client in self._node_clients.values():
+            await client.aclose()
         await self._r.aclose()

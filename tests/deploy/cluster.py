@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 
 from tests.loopback import RedisProcess, free_port, stop_process, wait_until
+from tests.redis_cluster import RedisCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_MODELS = ROOT / "tests" / "fixtures" / "models"
@@ -140,12 +141,24 @@ class Nginx:
 
 
 class Cluster:
-    def __init__(self, workdir: Path, replicas: int = 3, env: dict[str, str] | None = None) -> None:
+    """`redis_cluster`: the store is a Redis Cluster of 3 primaries with a replica each
+    (`tests/redis_cluster.py`) instead of one redis-server."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        replicas: int = 3,
+        env: dict[str, str] | None = None,
+        redis_cluster: bool = False,
+    ) -> None:
         redis_bin, nginx_bin = which("redis-server"), which("nginx")
         if redis_bin is None or nginx_bin is None:
             raise FileNotFoundError("redis-server and nginx are needed (scripts/system-deps.sh)")
-        self.redis = RedisProcess(workdir, redis_bin)
-        self.replicas = [Replica(i, self.redis.url, workdir, env or {}) for i in range(replicas)]
+        self.redis: RedisProcess | RedisCluster = (
+            RedisCluster(workdir / "redis") if redis_cluster else RedisProcess(workdir, redis_bin)
+        )
+        env = {**(env or {}), "RNNSERVE_REDIS_CLUSTER": "true" if redis_cluster else "false"}
+        self.replicas = [Replica(i, self.redis.url, workdir, env) for i in range(replicas)]
         self.nginx = Nginx(nginx_bin, workdir, [r.addr for r in self.replicas])
 
     def start(self) -> None:

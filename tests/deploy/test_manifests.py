@@ -251,3 +251,47 @@ def test_grafana_dashboard_queries_real_metrics() -> None:
         "rnnserve_batch_size_bucket",
         "rnnserve_live_sessions",
     } <= used
+
+
+# -- autoscaling on load (deploy/k8s/autoscale-on-load) ---------------------------------------
+
+ON_LOAD = K8S / "autoscale-on-load"
+
+
+def _hpa_on_load() -> dict[str, Any]:
+    """The base HPA with the overlay's patch applied (a strategic merge of `spec.metrics`, a
+    list kustomize replaces whole)."""
+    (base,) = load_all(K8S / "hpa.yaml")
+    (patch,) = load_all(ON_LOAD / "hpa-on-load.yaml")
+    assert patch["metadata"]["name"] == base["metadata"]["name"]
+    return {**base, "spec": {**base["spec"], **patch["spec"]}}
+
+
+def test_the_load_overlay_validates_strict(tmp_path: Path) -> None:
+    merged = tmp_path / "hpa.yaml"
+    merged.write_text(yaml.safe_dump(_hpa_on_load()))
+    files = [str(merged), str(ON_LOAD / "prometheus-adapter-rules.yaml")]
+    r = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", *files], capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    kust = yaml.safe_load((ON_LOAD / "kustomization.yaml").read_text())
+    for ref in [*kust["resources"], *(p["path"] for p in kust["patches"])]:
+        assert (ON_LOAD / ref).exists(), ref
+
+
+def test_the_hpa_scales_on_metrics_the_service_exports_through_the_adapter() -> None:
+    """Each Pods metric the HPA reads is one the adapter's rules serve, from a series the
+    service really exports, summed per pod (over models): a renamed gauge fails here."""
+    (cm,) = load_all(ON_LOAD / "prometheus-adapter-rules.yaml")
+    rules = yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+    served = {r["name"]["as"]: r for r in rules}
+    exported = exported_series()
+    for rule in rules:
+        series = re.match(r"(rnnserve_[a-z_]+)\{", rule["seriesQuery"])
+        assert series is not None and series.group(1) in exported, rule["seriesQuery"]
+        assert "by (<<.GroupBy>>)" in rule["metricsQuery"]
+    hpa = _hpa_on_load()
+    pods = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert set(pods) == {"rnnserve_queue_depth", "rnnserve_active_streams"} <= set(served)
+    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])  # CPU still counts

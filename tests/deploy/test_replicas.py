@@ -34,11 +34,16 @@ CLS = "tiny-sentiment-gru"
 TEXT = "To be, or not to be: that is the question. Whether tis nobler in the mind to suffer"
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+@pytest.fixture(scope="module", params=["one redis", "redis cluster"])
+def cluster(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """Three replicas on one Redis primary, then on a Redis Cluster of 3 primaries with a
+    replica each: every test runs on both."""
     if which("redis-server") is None or which("nginx") is None:
         pytest.skip("needs redis-server and nginx (scripts/system-deps.sh installs them)")
-    c = Cluster(Path(tmp_path_factory.mktemp("cluster")), replicas=3)
+    workdir = Path(tmp_path_factory.mktemp("cluster"))
+    c = Cluster(workdir, replicas=3, redis_cluster=request.param == "redis cluster")
     c.start()
     try:
         yield c

@@ -16,6 +16,7 @@ import pytest
 from service.sessions import SessionRecord
 from service.sessions.redis_store import RedisStore
 from tests.loopback import REDIS_SERVER, RedisProcess
+from tests.redis_cluster import RedisCluster
 
 
 @pytest.fixture
@@ -30,9 +31,42 @@ def redis_server(tmp_path: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def _cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    if not Path(REDIS_SERVER).exists():
+        pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+Target = RedisProcess | RedisCluster
+
+
+@pytest.fixture(params=["primary", "cluster"])
+def any_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """The store contract runs on both: one Redis primary (this test's own), and a Redis Cluster
+    of 3 primaries with a replica each (one per module, emptied before each test, started again
+    if a test stopped it)."""
+    if request.param == "primary":
+        yield request.getfixturevalue("redis_server")
+        return
+    cluster: RedisCluster = request.getfixturevalue("_cluster")
+    if not cluster.procs:
+        cluster.start()
+    cluster.flush()
+    yield cluster
+
+
 @contextlib.asynccontextmanager
-async def two_stores(url: str, **kw: Any) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+async def two_stores(url: str | Target, **kw: Any) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
     """Two stores ("replicas") on one Redis; they share nothing but the server."""
+    if not isinstance(url, str):  # a target: a primary or a cluster
+        kw["cluster"] = url.cluster
+        url = url.url
     a = RedisStore(url, 100, socket_timeout_s=1.0, **kw)
     b = RedisStore(url, 100, socket_timeout_s=1.0, **kw)
     try:

@@ -1,4 +1,5 @@
-"""The Redis session store against a real `redis-server` on 127.0.0.1 (skipped without the binary).
+"""The Redis session store against a real `redis-server` on 127.0.0.1 (skipped without the binary):
+every test runs on one primary and on a Redis Cluster of 3 primaries with a replica each.
 
 Two `RedisStore` instances on one server stand for two replicas: they share nothing but Redis.
 """
@@ -13,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from redis.asyncio import Redis
 
 from service.errors import (
     SessionEvicted,
@@ -27,21 +27,23 @@ from service.errors import (
 from service.sessions import IdempotencyRecord, redis_store
 from service.sessions.redis_store import RedisStore
 from tests.service.redis_server import (
-    RedisProcess,
+    Target,
+    _cluster,
+    any_redis,
     rec,
     redis_server,
     two_stores,
 )
 
 pytestmark = pytest.mark.redis
-__all__ = ["redis_server"]  # the fixture, used by name
+__all__ = ["_cluster", "any_redis", "redis_server"]  # the fixtures, used by name
 
 
 @pytest.fixture
-async def stores(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+async def stores(any_redis: Target) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
     """Two replicas with a short lease so a dead holder costs little (1 s: long enough that
     renewal survives a busy shared CI machine)."""
-    async with two_stores(redis_server.url, lock_lease_s=1.0) as pair:
+    async with two_stores(any_redis, lock_lease_s=1.0) as pair:
         yield pair
 
 
@@ -50,7 +52,7 @@ def idem(result: dict[str, Any], ttl: float = 30.0) -> IdempotencyRecord:
 
 
 async def test_roundtrip_is_exact_and_visible_to_another_replica(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     a, b = stores
     r = rec("s1", fill=0.25)
@@ -64,10 +66,10 @@ async def test_roundtrip_is_exact_and_visible_to_another_replica(
     assert np.array_equal(got.logits, r.logits)
     assert abs(got.expires_at - (time.time() + 30)) < 2
     # Redis keeps the idle TTL, and a read refreshes it
-    raw = Redis.from_url(redis_server.url)
+    raw = any_redis.raw()
     try:
-        assert 29_000 < await raw.pttl("rnnserve:{s1}:s") <= 30_000
-        blob = await raw.hget("rnnserve:{s1}:s", "st")
+        assert 29_000 < await raw.pttl(a.layout.key("s1", "s")) <= 30_000
+        blob = await raw.hget(a.layout.key("s1", "s"), "st")
         assert isinstance(blob, bytes) and blob.startswith(b"RNNSTATE")  # the compact blob format
         assert len(blob) < 4 * 14 + 400  # 14 float32 values plus a few hundred header bytes
     finally:
@@ -101,9 +103,9 @@ async def test_expired_evicted_and_unknown_are_distinct(
         await b.create(rec("x"))
 
 
-async def test_cap_refuses_or_evicts_least_recently_used(redis_server: RedisProcess) -> None:
-    refuse = RedisStore(redis_server.url, 2, key_prefix="r:")
-    lru = RedisStore(redis_server.url, 2, evict="lru", key_prefix="l:")
+async def test_cap_refuses_or_evicts_least_recently_used(any_redis: Target) -> None:
+    refuse = RedisStore(any_redis.url, 2, key_prefix="r:", cluster=any_redis.cluster)
+    lru = RedisStore(any_redis.url, 2, evict="lru", key_prefix="l:", cluster=any_redis.cluster)
     try:
         await refuse.create(rec("a"))
         await refuse.create(rec("b"))
@@ -149,7 +151,7 @@ async def test_commit_is_compare_and_set(
 
 
 async def test_idempotency_records_live_beside_the_state(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     a, b = stores
     await a.create(rec("s"))
@@ -162,9 +164,9 @@ async def test_idempotency_records_live_beside_the_state(
     assert await b.get_idempotent("s", "other") is None
     await b.put_idempotent("s", "key-2", idem({"deleted": True}))
     assert (await a.get_idempotent("s", "key-2")) is not None
-    raw = Redis.from_url(redis_server.url)
+    raw = any_redis.raw()
     try:  # their own TTL, not the session's
-        assert await raw.pttl("rnnserve:{s}:i") > 20_000
+        assert await raw.pttl(a.layout.key("s", "i")) > 20_000
     finally:
         await raw.aclose()
     await asyncio.sleep(0.5)
@@ -251,16 +253,16 @@ async def test_lease_is_renewed_while_held(stores: tuple[RedisStore, RedisStore]
 
 
 async def test_a_dead_holder_blocks_for_at_most_one_lease(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     """A replica killed while holding the lease (no release, no renewal) stalls the session for
     at most one lease; its late commit is then refused by compare-and-set."""
     a, b = stores
     await a.create(rec("d"))
-    raw = Redis.from_url(redis_server.url)
+    raw = any_redis.raw()
     try:
         # what a kill -9 leaves behind: a lease with a token nobody will release or renew
-        await raw.set("rnnserve:{d}:lock", "dead-replica", px=1000)
+        await raw.set(a.layout.key("d", "lock"), "dead-replica", px=1000)
         stale = await a.get("d")
         t0 = time.monotonic()
         async with b.lock("d"):
@@ -281,20 +283,20 @@ async def test_a_dead_holder_blocks_for_at_most_one_lease(
         t0 = time.monotonic()
         async with b.lock("d"):
             assert time.monotonic() - t0 < 1.5  # under the 2 s a dead waiter would cost
-        assert await raw.exists("rnnserve:{d}:q", "rnnserve:{d}:w", "rnnserve:{d}:lock") == 0
+        assert sum([await raw.exists(a.layout.key("d", k)) for k in ("q", "w", "lock")]) == 0
     finally:
         await raw.aclose()
 
 
 async def test_a_hung_redis_fails_each_call_within_the_deadline_and_leaves_no_lease(
-    redis_server: RedisProcess,
+    any_redis: Target,
 ) -> None:
     """SIGSTOP (sockets open, nothing answered): each call fails within the store's one deadline,
     and once Redis runs again the acquire that the failed request left in Redis's socket buffer
     holds nothing: another replica gets the session at once, well inside one lease."""
-    async with two_stores(redis_server.url, lock_lease_s=6.0) as (a, b):
+    async with two_stores(any_redis, lock_lease_s=6.0) as (a, b):
         await a.create(rec("h", ttl=600))
-        redis_server.pause()
+        any_redis.pause()
         try:
             for op in (a.lock("h").__aenter__(), a.get("h"), a.create(rec("i")), a.count()):
                 t0 = time.monotonic()
@@ -302,7 +304,7 @@ async def test_a_hung_redis_fails_each_call_within_the_deadline_and_leaves_no_le
                     await op
                 assert time.monotonic() - t0 < a.deadline_s + 0.5
         finally:
-            redis_server.resume()
+            any_redis.resume()
         t0 = time.monotonic()
         async with b.lock("h"):
             assert time.monotonic() - t0 < 1.0  # not the 6 s lease a late grant would hold
@@ -311,37 +313,37 @@ async def test_a_hung_redis_fails_each_call_within_the_deadline_and_leaves_no_le
                 break
             await asyncio.sleep(0.02)
         assert a._lease.janitor.pending == 0
-        raw = Redis.from_url(redis_server.url)
+        raw = any_redis.raw()
         try:
-            assert await raw.exists("rnnserve:{h}:lock", "rnnserve:{h}:q") == 0
+            assert sum([await raw.exists(a.layout.key("h", k)) for k in ("lock", "q")]) == 0
         finally:
             await raw.aclose()
 
 
 async def test_a_forgotten_token_is_never_granted_in_either_order(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     """The two orders in which a failed request's buffered acquire and the janitor's cleanup can
     reach Redis: cleanup first leaves a tombstone that refuses the acquire; acquire first is
     undone by the cleanup."""
     from service.sessions import redis_lease
 
-    raw = Redis.from_url(redis_server.url)
+    raw = any_redis.raw()
     acquire, forget = (
         raw.register_script(redis_lease._ACQUIRE),
         raw.register_script(redis_lease._FORGET),
     )
     try:
         for sid, forget_first in (("o1", True), ("o2", False)):
-            lk = f"rnnserve:{{{sid}}}:lock"
-            keys = [lk, f"rnnserve:{{{sid}}}:q", f"rnnserve:{{{sid}}}:w", f"{lk}:x:tok"]
+            lk, q, w = (stores[0].layout.key(sid, k) for k in ("lock", "q", "w"))
+            keys = [lk, q, w, f"{lk}:x:tok"]
             if forget_first:
                 await forget(keys=keys, args=["tok", 60_000])
                 assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 0
             else:
                 assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 1
                 await forget(keys=keys, args=["tok", 60_000])
-            assert await raw.exists(lk, keys[1], keys[2]) == 0
+            assert sum([await raw.exists(k) for k in keys[:3]]) == 0
             t0 = time.monotonic()
             async with stores[1].lock(sid):
                 assert time.monotonic() - t0 < 0.5
@@ -350,11 +352,11 @@ async def test_a_forgotten_token_is_never_granted_in_either_order(
 
 
 async def test_unavailable_store_is_503_and_recovers(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     a, _ = stores
     await a.create(rec("p", ttl=600))
-    redis_server.stop()
+    any_redis.stop()
     for op in (a.get("p"), a.create(rec("q")), a.count(), a.ping()):
         t0 = time.monotonic()
         with pytest.raises(StoreUnavailable) as e:
@@ -365,31 +367,35 @@ async def test_unavailable_store_is_503_and_recovers(
     with pytest.raises(StoreUnavailable):
         async with a.lock("p"):
             pass
-    redis_server.start()  # same port, same append-only file: sessions resume, same client
+    any_redis.start()  # same port, same append-only file: sessions resume, same client
     await a.ping()
     got = await a.get("p")
     assert got.version == 0 and got.pending == "unfinished wo"
 
 
 async def test_out_of_memory_is_503_not_500(
-    stores: tuple[RedisStore, RedisStore], redis_server: RedisProcess
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     a, _ = stores
-    raw = Redis.from_url(redis_server.url)
+    await any_redis.config_set("maxmemory", 1)  # noeviction by default: every write is refused
     try:
-        await raw.config_set("maxmemory", 1)  # noeviction by default: every write is refused
         with pytest.raises(StoreUnavailable):
             await a.create(rec("oom"))
-        await raw.config_set("maxmemory", 0)
-        await a.create(rec("oom"))
     finally:
-        await raw.aclose()
+        await any_redis.config_set("maxmemory", 0)
+    await a.create(rec("oom"))
 
 
-async def test_sweep_counts_expired_sessions(redis_server: RedisProcess) -> None:
+async def test_sweep_counts_expired_sessions(any_redis: Target) -> None:
     changes: list[int] = []
     evictions: list[str] = []
-    s = RedisStore(redis_server.url, 10, on_change=changes.append, on_evict=evictions.append)
+    s = RedisStore(
+        any_redis.url,
+        10,
+        on_change=changes.append,
+        on_evict=evictions.append,
+        cluster=any_redis.cluster,
+    )
     try:
         await s.create(rec("a", ttl=0.2))
         await s.create(rec("b", ttl=30))
@@ -400,3 +406,20 @@ async def test_sweep_counts_expired_sessions(redis_server: RedisProcess) -> None
         assert changes[-1] == 1 and evictions == ["expired"]
     finally:
         await s.close()
+
+
+async def test_with_wait_a_change_is_answered_once_a_replica_has_it(any_redis: Target) -> None:
+    """`wait_replicas`: a change is acknowledged only once a replica has it. The test cluster's
+    primaries have a replica each; the lone primary has none, so there the change stands on the
+    primary but is never confirmed: 503, and a retry finds it."""
+    async with two_stores(any_redis, wait_replicas=1, wait_timeout_s=0.3) as (a, b):
+        if not any_redis.cluster:
+            with pytest.raises(StoreUnavailable, match="reached 0 of 1 replicas"):
+                await a.create(rec("w"))
+            assert (await b.get("w")).version == 0  # it stands on the primary
+            return
+        for i in range(8):  # sessions on every shard
+            await a.create(rec(f"w{i}"))
+            await b.commit(rec(f"w{i}", version=1), 0)
+        await a.delete("w0")
+        assert await b.count() == 7
