@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -296,3 +296,15 @@ class Settings(BaseSettings):
         "`httptools` (C; `auto` picks it when installed, as uvicorn[standard] does) or `h11` "
         "(pure Python, slower per request).",
     )
+
+    @model_validator(mode="after")
+    def _wait_within_the_store_deadline(self) -> Settings:
+        """A change waits for its replicas inside the store call's one deadline: a wait as
+        long as the deadline would turn every slow replica into a timeout instead of its clear
+        error."""
+        if self.redis_wait_replicas and self.redis_wait_timeout_s >= self.redis_timeout_s:
+            raise ValueError(
+                f"RNNSERVE_REDIS_WAIT_TIMEOUT_S ({self.redis_wait_timeout_s:g}) must be below "
+                f"RNNSERVE_REDIS_TIMEOUT_S ({self.redis_timeout_s:g})"
+            )
+        return self

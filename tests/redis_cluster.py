@@ -114,7 +114,15 @@ class RedisCluster:
 
     def start(self) -> None:
         """Create the cluster, or (after `stop`) start its nodes again: each finds the others
-        from its nodes.conf, and its data in its append-only file."""
+        from its nodes.conf, and its data in its append-only file. A start that fails stops
+        what it started."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> None:
         for port in self.ports:
             self.start_node(port)
         if self.created:
@@ -158,15 +166,23 @@ class RedisCluster:
 
         wait_until(synced, within_s, "the cluster's replicas")
 
-    def primary_ports(self) -> list[int]:
-        """The primaries serving, as a live node sees them."""
+    def nodes(self) -> dict[int, str]:
+        """Each node's port -> its flags, as a live node sees them (`CLUSTER NODES`)."""
         alive = next(p for p, proc in self.procs.items() if proc.poll() is None)
         out = self.cli(alive, "CLUSTER", "NODES")
-        return sorted(
-            int(line.split()[1].split(":")[1].split("@")[0])
+        return {
+            int(line.split()[1].split(":")[1].split("@")[0]): line.split()[2]
             for line in out.splitlines()
-            if "master" in line.split()[2] and "fail" not in line.split()[2]
-        )
+        }
+
+    def primary_ports(self) -> list[int]:
+        """The primaries serving (not failed, nor suspected of it)."""
+        serving = []
+        for port, flags in self.nodes().items():
+            names = flags.split(",")
+            if "master" in names and not any(f.startswith("fail") for f in names):
+                serving.append(port)
+        return sorted(serving)
 
     def kill(self, port: int) -> None:
         """kill -9: no goodbye to the others, as a lost machine."""
@@ -183,8 +199,16 @@ class RedisCluster:
 
 
 def wait_failover(cluster: RedisCluster, dead: int, within_s: float = 60) -> float:
-    """Seconds until a replica has taken the dead primary's slots and the cluster serves again."""
+    """Seconds until the cluster has marked the dead primary failed (not only suspected it),
+    a replica has taken its slots (as many primaries serve as before) and every live node says
+    the cluster serves every slot."""
     t0 = time.monotonic()
-    wait_until(lambda: dead not in cluster.primary_ports(), within_s, "the failover")
+
+    def taken_over() -> bool:
+        flags = cluster.nodes()
+        failed = "fail" in flags[dead] and "fail?" not in flags[dead]
+        return failed and len(cluster.primary_ports()) == cluster.primaries
+
+    wait_until(taken_over, within_s, "the failover")
     cluster.wait_ok(within_s)
     return time.monotonic() - t0

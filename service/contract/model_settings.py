@@ -72,7 +72,20 @@ class ModelSettings(BaseModel):
 
     def merged(self, other: ModelSettings) -> ModelSettings:
         """These settings with `other`'s fields where `other` sets them (a load's overrides)."""
-        return self.model_copy(update=other.model_dump(exclude_unset=True))
+        return ModelSettings.model_validate(
+            {**self.model_dump(exclude_unset=True), **other.model_dump(exclude_unset=True)}
+        )
+
+    def runtime(self) -> tuple[object, ...]:
+        """What an instance is built with: a change to these needs a new engine thread (the
+        version policy and the default version do not)."""
+        return (
+            self.max_batch_size,
+            self.max_wait_ms,
+            self.max_streams,
+            self.variant,
+            self.intra_op_threads,
+        )
 
 
 class EffectiveSettings(BaseModel):

@@ -210,6 +210,11 @@ class Engine:
             with contextlib.suppress(KeyError):
                 self.metrics.model_info.remove(*self._info_labels(m))
 
+    def busy(self, m: LoadedModel) -> bool:
+        """`m`'s engine thread holds work (a queued prefill, a stream decoding)."""
+        sched = self.schedulers.get(m.ident)
+        return sched is not None and bool(sched.queue_depth or sched.active_streams)
+
     def config_of(self, m: LoadedModel) -> SchedulerConfig:
         own = m.settings
         return dataclasses.replace(
@@ -239,7 +244,7 @@ class Engine:
 
         # (a draining version stays in: a worker decodes its sessions' generations by its vocab;
         # one reloaded in place gives way to its new instance)
-        views = {m.key: view(m) for m in reg.draining.values()}
+        views = {m.key: dataclasses.replace(view(m), draining=True) for m in reg.draining.values()}
         views |= {m.key: view(m) for vs in reg.versions.values() for m in vs.values()}
         return Catalog({n: views[m.key] for n, m in reg.models.items()}, dict(reg.failed), views)
 
@@ -292,10 +297,15 @@ class Engine:
         return self._scheduler(self.registry.get(ref))
 
     def _scheduler(self, m: LoadedModel) -> Scheduler:
-        try:
-            return self.schedulers[m.ident]
-        except KeyError:  # unloaded between the request's lookup and now
-            raise ModelNotFound(f"model version {m.key} is not loaded", field="model") from None
+        sched = self.schedulers.get(m.ident)
+        if sched is not None:
+            return sched
+        # `m` was unloaded between the request's lookup and now: its graph may still serve,
+        # reloaded (same version, same graph, new settings)
+        for other in self.registry.versions.get(m.name, {}).values():
+            if other.sha256 == m.sha256 and other.ident in self.schedulers:
+                return self.schedulers[other.ident]
+        raise ModelNotFound(f"model version {m.key} is not loaded", field="model")
 
     async def prefill(
         self, m: LoadedModel, ids: list[int], states: StateRows | None

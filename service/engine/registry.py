@@ -121,6 +121,10 @@ class Registry:
             field="model",
         )
 
+    def knows(self, name: str) -> bool:
+        """A version of `name` serves or drains."""
+        return name in self.versions or any(m.name == name for m in self.draining.values())
+
     def for_graph(self, name: str, sha256: str, since: str) -> LoadedModel:
         """The loaded version of `name` whose graph is `sha256` (a session's, pinned to the
         graph that made its state), draining ones included; else 409 `model_changed` saying

@@ -99,7 +99,14 @@ class ModelRepository:
             parse_settings_object(op.settings, "settings") if op.settings is not None else None
         )
         async with self._lock:
-            folder = (await asyncio.to_thread(scan, self.models_dir)).get(op.name)
+            refused: dict[str, str] = {}
+            folder = (await asyncio.to_thread(scan, self.models_dir, refused)).get(op.name)
+            why = next((w for path, w in refused.items() if op.name in Path(path).parts[-2:]), None)
+            if why is not None:  # its settings.json or a version's manifest does not read
+                raise ModelLoadFailed(
+                    f"failed to load {op.name}: {why} (what was serving still serves)",
+                    field="model",
+                )
             if folder is None:
                 raise ModelNotFound(
                     f"no model named {op.name!r} in the models folder ({self.models_dir})",
@@ -139,17 +146,24 @@ class ModelRepository:
                 targets = list(serving.values())
                 if not targets and not any(m.name == op.name for m in reg.draining.values()):
                     raise ModelNotFound(f"no model named {op.name!r} is loaded", field="model")
+            drains = [self._start_drain(m, drain_s) for m in targets]
             for m in targets:
-                reg.drain(m)
                 self._unloaded.add(m.key)
-                d = self._drains[m.ident] = Drain(m, time.monotonic() + drain_s)
-                d.task = asyncio.create_task(self._drain(d))
                 log.info("unloading", extra={"model": m.key, "drain_s": drain_s})
             self.engine.changed()
-            # a drain with no session left ends at once: answer with what it came to
-            for m in targets:
-                await self._counted(self._drains[m.ident])
+            # a drain with no session left ends at once: answer with what it came to (the
+            # drains are this call's own: one may end and leave `_drains` meanwhile)
+            for d in drains:
+                await self._counted(d)
         return [self._entry(m.name, m.version) for m in targets]
+
+    def _start_drain(self, m: LoadedModel, drain_s: float) -> Drain:
+        """`m` takes no new work from now on; its sessions are served until they are gone or
+        `drain_s` passes, then it goes (`_drain`)."""
+        self.engine.registry.drain(m)
+        d = self._drains[m.ident] = Drain(m, time.monotonic() + drain_s)
+        d.task = asyncio.create_task(self._drain(d))
+        return d
 
     async def close(self) -> None:
         tasks = [d.task for d in self._drains.values() if d.task is not None]
@@ -178,8 +192,13 @@ class ModelRepository:
                     field="model",
                 ) from None
             self._refused.pop(key, None)
-            if current is not None and (current.sha256, current.settings) == (m.sha256, settings):
-                m = current  # the same graph and settings: nothing to reload
+            if current is not None and (current.sha256, current.settings.runtime()) == (
+                m.sha256,
+                settings.runtime(),
+            ):
+                # the same graph, built the same way: nothing to reload (a new version policy
+                # or default version only moves the default)
+                m = current
             out.append(m)
         return out
 
@@ -214,9 +233,7 @@ class ModelRepository:
             keep = {m.version for m in loaded}
             for v, m in list(serving.items()):
                 if v not in keep:
-                    reg.drain(m)
-                    d = self._drains[m.ident] = Drain(m, time.monotonic() + self.drain_s)
-                    d.task = asyncio.create_task(self._drain(d))
+                    self._start_drain(m, self.drain_s)
         if default in reg.versions.get(folder.name, {}):
             reg.models[folder.name] = reg.versions[folder.name][default]
         self.engine.changed()
@@ -236,13 +253,22 @@ class ModelRepository:
 
     async def _drain(self, d: Drain) -> None:
         m = d.model
-        while time.monotonic() < d.deadline and await self._counted(d) > 0:
-            await asyncio.sleep(min(DRAIN_POLL_S, max(0.0, d.deadline - time.monotonic())))
+        try:
+            while time.monotonic() < d.deadline and await self._counted(d) > 0:
+                await asyncio.sleep(min(DRAIN_POLL_S, max(0.0, d.deadline - time.monotonic())))
+            # its work in flight (a stream, a queued prefill) finishes before its thread ends
+            while time.monotonic() < d.deadline and self.engine.busy(m):
+                await asyncio.sleep(0.05)
+        except Exception:  # counting failed for good: the deadline still ends it
+            log.exception("drain failed; the version goes now", extra={"model": m.key})
         left, key = d.sessions or 0, m.key
         self.engine.registry.retire(m)
-        await self.engine.stop_model(m, self.stop_timeout_s)
-        self._drains.pop(m.ident, None)
-        self.engine.changed()
+        try:
+            # shielded: a shutdown that cancels this task still lets the thread stop cleanly
+            await asyncio.shield(self.engine.stop_model(m, self.stop_timeout_s))
+        finally:
+            self._drains.pop(m.ident, None)
+            self.engine.changed()
         del m, d  # (the last references to the graph: its memory goes back now)
         give_back_unloaded()
         log.info("model unloaded", extra={"model": key, "sessions_ended": left})

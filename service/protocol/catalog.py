@@ -51,7 +51,7 @@ def require_unicode(text: str, field: str) -> None:
 
 def newest(versions: list[str]) -> list[str]:
     """Model versions oldest first (numbers by value, then any other names)."""
-    return sorted(versions, key=lambda v: (int(v), "") if v.isdigit() else (-1, v))
+    return sorted(versions, key=lambda v: (int(v), "") if v.isascii() and v.isdigit() else (-1, v))
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class ModelView:
     provider: str  # the onnxruntime execution provider in use
     created: int = 0  # unix time its artifact was written (the manifest's mtime)
     settings: dict[str, Any] = field(default_factory=dict)  # its settings in force
+    draining: bool = False  # being unloaded: its sessions are served, no new work
 
     @property
     def key(self) -> str:
@@ -133,7 +134,7 @@ class Catalog:
         """`name` (its default version) or `name@version`."""
         name, sep, version = ref.partition("@")
         found = self.versions.get(ref) if sep else self.models.get(name)
-        if found is not None:
+        if found is not None and not found.draining:
             return found
         if not sep or name not in self.models:
             raise ModelNotFound(f"no model named {name!r}", field="model")
@@ -144,7 +145,16 @@ class Catalog:
         )
 
     def versions_of(self, name: str) -> list[ModelView]:
-        return [v for v in self.versions.values() if v.name == name]
+        """Every version of `name` that takes new work."""
+        return [v for v in self.versions.values() if v.name == name and not v.draining]
+
+    def decoder(self, key: str) -> ModelView:
+        """The version `key` (`name@version`), draining ones included: whose vocabulary decodes
+        a generation it runs."""
+        found = self.versions.get(key) or self.models.get(key)
+        if found is None:
+            raise ModelNotFound(f"no model version {key!r}", field="model")
+        return found
 
     def ready(self, require_all: bool) -> bool:
         """Serving when a model loaded and (with `require_all`) none was refused: what /readyz

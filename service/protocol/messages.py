@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, Literal, TypeVar
 
 import msgspec
+import numpy as np
 
 PROTOCOL_VERSION = 1
 
@@ -146,6 +147,14 @@ class SessionInfo(Message, frozen=True, omit_defaults=True):
     tokens_seen: int
     pending_chars: int
     replayed: bool | None = None  # a change's (reset): an Idempotency-Key replay
+
+
+class SequenceOutput(Message, frozen=True):
+    """A v2 sequence step's answer: the logits (K,) on all of its input so far, and the version
+    (`name@version`) it ran on, the one the sequence is pinned to, whose outputs describe them."""
+
+    logits: np.ndarray
+    model: str
 
 
 class FeedResult(Message, frozen=True):

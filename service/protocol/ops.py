@@ -22,6 +22,7 @@ from service.protocol.messages import (
     Message,
     Output,
     RepositoryEntry,
+    SequenceOutput,
     SequenceRef,
     SessionInfo,
     StateExport,
@@ -227,9 +228,9 @@ class ExportState(Op[StateExport], frozen=True, tag="export_state"):
     owner: str | None
 
 
-class SequenceStep(Op[np.ndarray], frozen=True, tag="sequence_step"):
+class SequenceStep(Op[SequenceOutput], frozen=True, tag="sequence_step"):
     """One v2 sequence request (`text` or token `ids`): logits (K,) on all of the sequence's
-    input so far."""
+    input so far, and the version they came from."""
 
     model: str
     seq: SequenceRef

@@ -155,6 +155,18 @@ return evict_one(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
+# KEYS i | ARGV field -> the stored record, or nil. A record found is touched (its own TTL set
+# again): a write, so a `WAIT` after it covers the change the record answers for (a replay is
+# acknowledged only once what it replays is on the replicas).
+GET_IDEM = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then
+  local t = redis.call('PTTL', KEYS[1])
+  if t > 0 then redis.call('PEXPIRE', KEYS[1], t) end
+end
+return v
+"""
+
 # KEYS i | ARGV field value ttl_ms
 PUT_IDEM = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])

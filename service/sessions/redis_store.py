@@ -54,8 +54,9 @@ from typing import Any, Literal
 import numpy as np
 from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 
 from service.errors import (
     SessionEvicted,
@@ -197,6 +198,7 @@ class RedisStore:
         self.layout = Layout(key_prefix, CLUSTER_BUCKETS if cluster else None)
         # a cluster's summed live count as last read (for the gauge), and when
         self._live_seen: tuple[float, int] | None = None
+        self._seen_counts: dict[str, int] = {}  # each set's live count as last read
         # one quick retry on a fresh connection: a pooled connection that died with a
         # restarted Redis is replaced instead of failing the request
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
@@ -212,10 +214,20 @@ class RedisStore:
             if cluster
             else Redis.from_url(url, health_check_interval=15, **timeouts)
         )
+        # `WAIT` pipelines go down connections that never resend (see `_with_wait`)
+        self._wait_client: Redis | RedisCluster = self._r
+        if wait_replicas and not cluster and client is None:
+            self._wait_client = Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=min(socket_timeout_s, 1.0),
+                retry=Retry(NoBackoff(), 0),
+            )
         reg = self._r.register_script
         self._create, self._get, self._commit = reg(lua.CREATE), reg(lua.GET), reg(lua.COMMIT)
         self._put_idem, self._delete = reg(lua.PUT_IDEM), reg(lua.DELETE)
         self._sweep, self._evict = reg(lua.SWEEP), reg(lua.EVICT)
+        self._get_idem = reg(lua.GET_IDEM)
         self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s)
 
     # -- keys and encoding ------------------------------------------------------------------
@@ -318,66 +330,77 @@ class RedisStore:
 
     async def _write(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         """`_run` for a script that changes a session: with `wait_replicas`, followed on the
-        same connection by `WAIT`, and refused (503, Retry-After) unless enough replicas have
-        the change in time. The change itself stands on the primary: a client's retry with
-        its Idempotency-Key finds it and answers it, so nothing is applied twice."""
+        same connection by `WAIT`, and a change it made refused (503, Retry-After) unless
+        enough replicas have it in time. The change itself stands on the primary: a client's
+        retry with its Idempotency-Key finds it, and is answered only once that is replicated
+        too (`get_idempotent`), so nothing is applied twice and nothing unreplicated is
+        acknowledged. An outcome that changed nothing (a conflict, a missing session) is
+        answered as it is."""
         if not self.wait_replicas:
             return await self._run(script, keys, args)
-        timeout_ms = ms(self.wait_timeout_s)
+        out, acked = await self._with_wait(script, keys, args)
+        if out[0] == b"ok" and int(acked) < self.wait_replicas:
+            raise StoreUnavailable(
+                f"session store: the change reached {acked} of {self.wait_replicas} replicas "
+                f"within {ms(self.wait_timeout_s)} ms (RNNSERVE_REDIS_WAIT_REPLICAS); retry with "
+                "the same Idempotency-Key"
+            )
+        return out
+
+    async def _with_wait(self, script: Any, keys: list[str], args: list[Any]) -> tuple[Any, int]:
+        """(the script's answer, the replicas that have it): the script and `WAIT` in one
+        pipeline, on a connection that never resends (a resent script finds its own write and
+        changes nothing, and `WAIT` on the new connection would then count nothing of it)."""
         for attempt in (1, 2):
             try:
                 async with self._errors():
-                    client = self._r if not self.cluster else await self._node_client(keys[0])
+                    client = (
+                        self._wait_client if not self.cluster else await self._node_client(keys[0])
+                    )
                     pipe = client.pipeline(transaction=False)
                     await script(keys=keys, args=args, client=pipe)
-                    pipe.execute_command("WAIT", self.wait_replicas, timeout_ms)
+                    pipe.execute_command("WAIT", self.wait_replicas, ms(self.wait_timeout_s))
                     out, acked = await pipe.execute()
-                break
-            except (StoreUnavailable, rx.ResponseError) as e:
-                if not self.cluster:
-                    raise
-                self._slots_known = False  # a failover or a moved slot: read the map again
-                moved = isinstance(e, rx.AskError)  # (MOVED too: a subclass)
-                if not moved or attempt == 2:
-                    if moved:  # still moving (a resharding): ask again later
-                        raise StoreUnavailable(f"session store: slot moving ({e})") from None
-                    raise
-        if int(acked) < self.wait_replicas:
-            raise StoreUnavailable(
-                f"session store: the change reached {acked} of {self.wait_replicas} replicas "
-                f"within {timeout_ms} ms (RNNSERVE_REDIS_WAIT_REPLICAS); retry with the same "
-                "Idempotency-Key"
-            )
-        return out
+                    return out, int(acked)
+            except rx.NoScriptError:  # a flushed script cache, or a new server at the address
+                if attempt == 2:
+                    raise StoreUnavailable("session store: scripts not loaded") from None
+            except rx.AskError as e:  # (MOVED too: a subclass)
+                self._slots_known = False  # the slot moved: read the map again, once
+                if attempt == 2 or not isinstance(e, rx.MovedError):  # ASK: a slot migrating
+                    raise StoreUnavailable(f"session store: slot moving ({e})") from None
+            except StoreUnavailable:
+                self._slots_known = False  # a failover's new primary, on the next call
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _node_client(self, key: str) -> Redis:
         """A plain client of the primary that holds `key` (`WAIT` counts the writes of its own
         connection, so it goes down the script's connection, not the cluster client's)."""
         assert isinstance(self._r, RedisCluster)
         if not self._slots_known:  # the slot map as the cluster says it now
-            if self._node_clients_used:  # again, after a failure (at most every 100 ms)
-                if time.monotonic() - self._slots_read_at > 0.1:
-                    self._slots_read_at = time.monotonic()
-                    await self._r.nodes_manager.initialize()
-            else:
+            if not self._node_clients_used:
                 await self._r.initialize()
-            self._slots_known = self._node_clients_used = True
+                self._slots_known = self._node_clients_used = True
+            elif time.monotonic() - self._slots_read_at > 0.1:  # again, after a failure
+                self._slots_read_at = time.monotonic()
+                await self._r.nodes_manager.initialize()
+                self._slots_known = True
         node = self._r.get_node_from_key(key)
         if node is None:
             raise StoreUnavailable("session store: no cluster node serves this session's slot")
         addr = (str(node.host), int(node.port))
         client = self._node_clients.get(addr)
         if client is None:
+            # the cluster client's own connection settings (credentials, TLS), no resend
+            kwargs = {**node.connection_kwargs, "retry": Retry(NoBackoff(), 0)}
             client = self._node_clients[addr] = Redis(
-                host=addr[0],
-                port=addr[1],
-                socket_timeout=self.deadline_s,
-                socket_connect_timeout=min(self.deadline_s, 1.0),
+                connection_pool=ConnectionPool(connection_class=node.connection_class, **kwargs)
             )
         return client
 
     def _changed(self, live: int) -> None:
-        if self._on_change is not None:
+        if self._on_change is not None and live >= 0:
             self._on_change(live)
 
     # -- SessionStore -----------------------------------------------------------------------
@@ -390,7 +413,10 @@ class RedisStore:
         head, tail = self.layout.around(record.id)
         max_sessions, max_own = self.max_sessions, self.max_per_owner or 0
         if self.cluster:  # the caps against the summed counts (the script sees one bucket)
-            max_sessions, max_own = await self._cluster_caps(record.owner)
+            async with self._errors():  # (one that exists is answered so, caps or not)
+                exists = await self._r.exists(keys[0])
+            if not exists:
+                max_sessions, max_own = await self._cluster_caps(record.owner)
         out = await self._write(
             self._create,
             keys,
@@ -476,18 +502,33 @@ class RedisStore:
     # -- a cluster's counts: summed over the buckets ------------------------------------------
 
     async def _sums(self, *groups: list[str]) -> list[int]:
-        """Live members of each group of sets, summed (one pipeline: a round trip per shard)."""
+        """Live members of each group of sets, summed (one pipeline: a round trip per shard).
+        A set whose shard does not answer (a failover under way) counts as last read, so one
+        shard down does not stop creates on the others; none answering is 503."""
         now = f"({round(self.clock() * 1000)}"
+        keys = [k for group in groups for k in group]
         async with self._errors():
             pipe = self._r.pipeline(transaction=False)
-            for keys in groups:
-                for k in keys:
-                    pipe.zcount(k, now, "+inf")
-            counts = [int(n) for n in await pipe.execute()]
+            for k in keys:
+                pipe.zcount(k, now, "+inf")
+            try:
+                got = await pipe.execute(raise_on_error=False)
+            except (rx.ConnectionError, rx.TimeoutError, rx.RedisClusterException):
+                got = [None] * len(keys)
+        counts: list[int] = []
+        for k, n in zip(keys, got, strict=True):
+            if isinstance(n, int):
+                if k.endswith("live"):  # (the live sets' only: owners' would grow unbounded)
+                    self._seen_counts[k] = n
+                counts.append(n)
+            else:
+                counts.append(self._seen_counts.get(k, 0))
+        if keys and not any(isinstance(n, int) for n in got):
+            raise StoreUnavailable("session store: no shard answered")
         out, at = [], 0
-        for keys in groups:
-            out.append(sum(counts[at : at + len(keys)]))
-            at += len(keys)
+        for group in groups:
+            out.append(sum(counts[at : at + len(group)]))
+            at += len(group)
         return out
 
     async def _cluster_caps(self, owner: str | None) -> tuple[int, int]:
@@ -511,8 +552,9 @@ class RedisStore:
         lives = self.layout.lives()
         async with self._errors():
             pipe = self._r.pipeline(transaction=False)
-            for key in lives:
-                pipe.zrange(key, 0, 0, withscores=True)
+            now = f"({round(self.clock() * 1000)}"
+            for key in lives:  # each bucket's oldest live one (expired ones await the sweep)
+                pipe.zrangebyscore(key, now, "+inf", start=0, num=1, withscores=True)
             oldest = await pipe.execute()
         order = sorted(
             (first[0][1], key) for key, first in zip(lives, oldest, strict=True) if first
@@ -533,9 +575,10 @@ class RedisStore:
         since (the sweep reads it again)."""
         if not self.cluster:
             return in_set
-        if self._live_seen is not None:
-            self._live_seen = (self._live_seen[0], max(0, self._live_seen[1] + delta))
-        return self._live_seen[1] if self._live_seen is not None else in_set
+        if self._live_seen is None:
+            return -1  # not read yet: the gauge waits for the sweep
+        self._live_seen = (self._live_seen[0], max(0, self._live_seen[1] + delta))
+        return self._live_seen[1]
 
     async def _sweep_all(self) -> tuple[int, int]:
         """Expired members dropped from every live set: (removed, live)."""
@@ -562,20 +605,24 @@ class RedisStore:
                 ids = await self._r.zrange(live, start, start + page - 1)
                 if not ids:
                     return found
+                names = [sid.decode() if isinstance(sid, bytes) else str(sid) for sid in ids]
                 pipe = self._r.pipeline(transaction=False)
-                for sid in ids:
-                    pipe.hmget(
-                        self._k(sid.decode() if isinstance(sid, bytes) else str(sid), "s"),
-                        ["m", "st"],
-                    )
-                for meta, st in await pipe.execute():
+                for sid in names:
+                    pipe.hget(self._k(sid, "s"), "m")  # the small meta field, not the state
+                metas = await pipe.execute()
+                older = []  # written before the meta named the graph: read from the blob
+                for sid, meta in zip(names, metas, strict=True):
                     if meta is None:  # expired since the page was read
                         continue
                     graph = json.loads(meta).get("graph")
-                    if graph is None and st is not None:  # written before the field existed
-                        b = decode_state(st)
-                        graph = f"{b.model}/{b.model_sha256}"
+                    if graph is None:
+                        older.append(sid)
                     found += graph == want
+                for sid in older:
+                    st = await self._r.hget(self._k(sid, "s"), "st")
+                    if isinstance(st, bytes):
+                        b = decode_state(st)
+                        found += f"{b.model}/{b.model_sha256}" == want
                 start += page
 
     def _idem_args(self, rec: IdempotencyRecord) -> tuple[bytes, int]:
@@ -588,8 +635,16 @@ class RedisStore:
         return f"{round(rec.expires_at * 1000)}|{body}".encode(), ms(rec.expires_at - self.clock())
 
     async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
-        async with self._errors():
-            raw = await self._r.hget(self._k(session_id, "i"), key)
+        if self.wait_replicas:  # a replay, acknowledged only once what it replays is replicated
+            raw, acked = await self._with_wait(self._get_idem, [self._k(session_id, "i")], [key])
+            if raw is not None and acked < self.wait_replicas:
+                raise StoreUnavailable(
+                    f"session store: the change this request made reached {acked} of "
+                    f"{self.wait_replicas} replicas (RNNSERVE_REDIS_WAIT_REPLICAS); retry"
+                )
+        else:
+            async with self._errors():
+                raw = await self._r.hget(self._k(session_id, "i"), key)
         if raw is None:
             return None
         exp_ms, body = (raw.encode() if isinstance(raw, str) else raw).split(b"|", 1)
@@ -624,4 +679,6 @@ class RedisStore:
         await self._lease.janitor.close()
         for client in self._node_clients.values():
             await client.aclose()
+        if self._wait_client is not self._r:
+            await self._wait_client.aclose()
         await self._r.aclose()

@@ -26,7 +26,7 @@ import numpy as np
 
 from service.engine.dispatch import handles
 from service.engine.engine import BeforeCommit, Engine, Generation
-from service.engine.registry import LoadedModel
+from service.engine.registry import LoadedModel, split_ref
 from service.engine.sampling import SamplingParams
 from service.engine.stream import DoneEvent, Route, Stream
 from service.errors import (
@@ -46,6 +46,7 @@ from service.protocol.messages import (
     GenerationResult,
     Message,
     R,
+    SequenceOutput,
     SessionInfo,
     StateExport,
     replayed,
@@ -135,11 +136,13 @@ class SessionService:
         )
 
     def _model_or_default(self, rec: SessionRecord) -> LoadedModel:
-        """Its pinned version while served, else the model's default one (a reset moves it)."""
+        """Its pinned version while it serves new work, else the model's default one (a reset
+        moves it: a fresh state need not stay on a version being unloaded)."""
         try:
-            return self._model(rec)
+            m = self._model(rec)
         except ModelChanged:
             return self.engine.model(rec.model)
+        return self.engine.model(rec.model) if m.ident in self.engine.registry.draining else m
 
     async def advance(
         self, m: LoadedModel, rec: SessionRecord, ids: list[int], pending: str, version: int
@@ -259,7 +262,11 @@ class SessionService:
     @handles(ExportState)
     async def export_state(self, op: ExportState) -> StateExport:
         rec = await self._get(op.session_id, op.owner)
-        data = export_blob(self._model_or_default(rec), rec)
+        try:  # (the state's own graph names its arrays, draining or not)
+            m = self._model(rec)
+        except ModelChanged:
+            m = self.engine.model(rec.model)
+        data = export_blob(m, rec)
         return StateExport(public_id(rec.id), rec.model, rec.version, data)
 
     # -- state-changing operations ----------------------------------------------------------
@@ -377,7 +384,7 @@ class SessionService:
     # -- v2 sequences: one request is one step of a session -------------------------------
 
     @handles(SequenceStep)
-    async def sequence_step(self, op: SequenceStep) -> np.ndarray:
+    async def sequence_step(self, op: SequenceStep) -> SequenceOutput:
         """Feed one row (`text` or token `ids`) into a v2 sequence, which IS a session (the
         sequence id is the session id, so either protocol continues what the other started);
         the logits (K,) on all input so far, peeking through an unfinished word as a feed
@@ -388,8 +395,10 @@ class SessionService:
         * `end`: the state is freed after this step (nothing is stored for start + end).
         """
         seq, owner = op.seq, op.owner
-        m = self.engine.model(op.model)
-        require_streamable(m)
+        name, version_named = split_ref(op.model)
+        since = f"since sequence {seq.label} started; restart it with sequence_start=true"
+        if not self.engine.registry.knows(name):  # (before any lock or store call)
+            self.engine.model(name)  # 404 naming it
         async with self.store.lock(store_id(seq.session_id, owner)):
             try:
                 rec: SessionRecord | None = await self._get(seq.session_id, owner)
@@ -398,19 +407,18 @@ class SessionService:
                     raise sequences.gone(seq, e) from None
                 rec = None
             if rec is not None and not seq.start:
-                sequences.require_model(seq, rec.model, m.name)
-                pinned = self.engine.registry.for_graph(
-                    rec.model,
-                    rec.model_sha256,
-                    f"since sequence {seq.label} started; restart it with sequence_start=true",
-                )
-                _require_same_model(
-                    rec,
-                    m if "@" in op.model else pinned,
-                    f"since sequence {seq.label} started; restart it with sequence_start=true",
-                )
-                m, base = pinned, rec
+                sequences.require_model(seq, rec.model, name)
+                # the version its state belongs to, draining or not (a request naming another
+                # version is told so: a state is never fed to another graph)
+                m, base = self.engine.registry.for_graph(rec.model, rec.model_sha256, since), rec
+                if version_named is not None and version_named != m.version:
+                    raise ModelChanged(
+                        f"model {name!r} version {version_named} is not the "
+                        f"version {m.version} this sequence runs on ({since})"
+                    )
             else:
+                m = self.engine.model(op.model)
+                require_streamable(m)
                 sid = store_id(seq.session_id, owner)
                 base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)
             ids, pending = sequences.row(self.engine, m, seq, base.pending, op.text, op.ids)
@@ -425,13 +433,7 @@ class SessionService:
                 await self.store.create(new)
             else:
                 await self.store.commit(new, rec.version)
-            return shown
-
-
-def _require_same_model(rec: SessionRecord, m: LoadedModel, since: str) -> None:
-    """A session's state belongs to the exact graph that made it (`model_sha256`)."""
-    if m.sha256 != rec.model_sha256:
-        raise ModelChanged(f"model {m.name!r} changed {since}")
+            return SequenceOutput(shown, m.key)
 
 
 def require_streamable(m: LoadedModel) -> None:

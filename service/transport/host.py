@@ -313,6 +313,7 @@ def catalog_info(c: InProcessClient, generation: int = 0) -> wire.CatalogInfo:
             m.created,
             m.settings,
             cat.models.get(m.name) is m,
+            m.draining,
         )
         for m in cat.versions.values()
     ]

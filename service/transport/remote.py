@@ -90,7 +90,9 @@ class RemoteClient:
         for e in info.models:
             manifest = ModelManifest.model_validate(e.manifest)
             tok = tokenizer_from_spec(manifest.tokenizer)
-            view = ModelView(manifest, tok, e.sha256, e.variant, e.provider, e.created, e.settings)
+            view = ModelView(
+                manifest, tok, e.sha256, e.variant, e.provider, e.created, e.settings, e.draining
+            )
             versions[view.key] = view
             if e.default:
                 defaults[view.name] = view
@@ -143,7 +145,7 @@ class RemoteClient:
             gen = self._streams.get(frame.rid)
             if gen is not None and not gen.opened.done():
                 if frame.model is not None:  # its tokens come as ids, for this worker to decode
-                    gen.decode_with(self.catalog.get(frame.model).vocab)
+                    gen.decode_with(self.catalog.decoder(frame.model).vocab)
                 gen.opened.set_result(None)
         elif isinstance(frame, wire.Finishing):
             gen = self._streams.get(frame.rid)

@@ -96,6 +96,7 @@ class ModelEntry(Message, frozen=True):
     created: int
     settings: dict[str, Any]  # its settings in force
     default: bool  # the version a request naming only the model gets
+    draining: bool = False  # being unloaded (its sessions' generations still decode by it)
 
 
 class CatalogInfo(Message, frozen=True, tag="catalog"):

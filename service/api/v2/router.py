@@ -67,10 +67,15 @@ def _server_version() -> str:
         return "0"
 
 
-def _model(s: Services, name: str, version: str | None) -> ModelView:
-    """The model's default version, or the one named (any version serving)."""
+def _model(s: Services, name: str, version: str | None, draining_ok: bool = False) -> ModelView:
+    """The model's default version, or the one named (any version serving; with
+    `draining_ok`, one being unloaded too: a sequence running on it goes on)."""
     if "@" in name:  # a model name never holds one: `name@version` is for the other surfaces
         raise ModelNotFound(f"no model named {name!r}")
+    if version is not None and draining_ok:
+        found = s.client.catalog.versions.get(f"{name}@{version}")
+        if found is not None:
+            return found
     return s.client.catalog.get(name if version is None else f"{name}@{version}")
 
 
@@ -228,7 +233,6 @@ _INFER_DOC: dict[str, Any] = {
 async def _infer(
     model: str, version: str | None, request: Request, s: Services, owner: str | None
 ) -> Response:
-    m = _model(s, model, version)
     body = binary.decompress(
         await request.body(), request.headers.get("content-encoding"), s.settings.max_body_bytes
     )
@@ -237,10 +241,13 @@ async def _infer(
     params = req.parameters or {}
     protocol.check_parameters(params)
     seq = protocol.parse_sequence(params)
+    m = _model(s, model, version, draining_ok=seq is not None and not seq.start)
     default_binary = protocol.binary_output_default(params)
     rows = serving.read_rows(m, req, rest, s)
-    logits = await serving.run(s, m, rows, seq, owner, m.key if version is not None else None)
-    content, header_length = serving.respond(m, req, logits, default_binary)
+    logits, ran_on = await serving.run(
+        s, m, rows, seq, owner, m.key if version is not None else None
+    )
+    content, header_length = serving.respond(ran_on, req, logits, default_binary)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

@@ -149,9 +149,10 @@ async def run(
     seq: Sequence | None,
     owner: str | None,
     ref: str | None = None,
-) -> np.ndarray:
-    """logits (B, K) float32 for each row; `ref`: the version the request named
-    (`name@version`), else the model's default (a sequence: the version it is pinned to)."""
+) -> tuple[np.ndarray, ModelView]:
+    """logits (B, K) float32 for each row, and the version they came from (whose outputs
+    describe them: a sequence's is the version it is pinned to, whatever the default);
+    `ref`: the version the request named (`name@version`), else the model's default."""
     ref = ref or m.name
     if seq is not None:
         if len(rows) != 1:
@@ -162,13 +163,15 @@ async def run(
         text = rows.texts[0] if rows.texts is not None else None
         ids = rows.ids[0] if rows.ids is not None else None
         seq_ref = SequenceRef(seq.session_id, seq.label, seq.start, seq.end)
-        logits = await s.client.call(SequenceStep(ref, seq_ref, text, ids, owner))
-        return logits[None, :].astype(np.float32)
+        out = await s.client.call(SequenceStep(ref, seq_ref, text, ids, owner))
+        ran_on = m if out.model == m.key else s.client.catalog.decoder(out.model)
+        return out.logits[None, :].astype(np.float32), ran_on
     if rows.texts is not None:
         encoded = [m.encode_full(t, f"{TEXT}[{i}]") for i, t in enumerate(rows.texts)]
     else:
         encoded = rows.ids or []
-    return await s.client.call(Logits(ref, encoded))
+    # the very version tokenized for, whatever becomes the default meanwhile
+    return await s.client.call(Logits(m.key, encoded)), m
 
 
 def outputs(m: ModelView, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray]]:

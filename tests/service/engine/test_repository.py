@@ -16,7 +16,7 @@ import pytest
 
 from service.engine.registry import load_registry
 from tests.service.conftest import ClientFactory, app_of
-from tests.service.engine.repo_layout import NAME, add_version
+from tests.service.engine.repo_layout import NAME, add_version, write_settings
 
 pytestmark = pytest.mark.parametrize("transport", ["inprocess", "zmq"])
 
@@ -216,3 +216,45 @@ async def test_only_an_admin_key_may_load_or_unload(
     async with _client(make_client, root, transport, model_control=False) as c:
         r = await c.post(f"/v1/repository/models/{NAME}/load", json={})
         assert r.status_code == 403 and r.json()["error"]["code"] == "model_control_off"
+
+
+async def test_a_loads_policy_a_broken_settings_file_and_a_drain_are_answered_as_they_should(
+    make_client: ClientFactory, tmp_path: Path, transport: str
+) -> None:
+    root = _layout(tmp_path, "lstm", "gru")
+    async with _client(make_client, root, transport) as c:
+        # a load's own version policy: only the newest now (the other drains)
+        r = await c.post(
+            f"/v1/repository/models/{NAME}/load",
+            json={"settings": {"version_policy": {"latest": 1}}},
+        )
+        assert r.status_code == 200, r.text
+        assert {e["version"]: e["state"] for e in r.json()["models"]} == {
+            "1": "DRAINING",
+            "2": "READY",
+        }
+        # a v2 sequence on the draining version goes on, named by its version or not
+        seq = {"sequence_id": "s-1", "sequence_start": True}
+        body = {"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}
+        r = await c.post(f"/v2/models/{NAME}/versions/2/infer", json={**body, "parameters": seq})
+        assert r.status_code == 200, r.text
+        await c.post(f"/v1/repository/models/{NAME}/load", json={"version": "1"})
+        pinned = await _session(c, f"{NAME}@1")
+        await c.post(f"/v1/repository/models/{NAME}/unload", json={"version": "1"})
+        for path in (f"/v2/models/{NAME}/versions/1/infer", f"/v2/models/{NAME}/infer"):
+            step = {**body, "parameters": {"sequence_id": pinned}}
+            r = await c.post(path, json=step)
+            assert r.status_code == 200, (path, r.text)
+            assert r.json()["model_version"] == "1"  # what ran, whatever the default is
+        # a reset moves a session off the draining version, onto the default one
+        r = await c.post(f"/v1/sessions/{pinned}/reset")
+        assert r.status_code == 200, r.text
+        first = await _feed(c, pinned, "to be")
+        fresh = await _session(c)
+        assert (await _feed(c, fresh, "to be"))["output"] == first["output"]
+        # a settings.json that does not read refuses the load, saying why
+        write_settings(root, {"max_batch_sise": 4})
+        r = await c.post(f"/v1/repository/models/{NAME}/load", json={})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["code"] == "model_load_failed" and "max_batch_sise" in err["message"]

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from service.protocol import ops
-from service.protocol.messages import FeedResult, GenerateParams, SequenceRef, SessionInfo
+from service.protocol.messages import (
+    FeedResult,
+    GenerateParams,
+    SequenceOutput,
+    SequenceRef,
+    SessionInfo,
+)
 from service.transport import wire
 
 PARAMS = GenerateParams(prompt="ROMEO:", stop=("\n", "END"), max_tokens=4)
@@ -76,3 +82,10 @@ def test_operations_are_frozen() -> None:
     with pytest.raises(AttributeError):
         SAMPLES[8].text = "other"  # type: ignore[misc]
     assert msgspec.structs.replace(SAMPLES[8], text="x").text == "x"
+
+
+def test_a_sequence_steps_answer_crosses_the_wire_with_its_version() -> None:
+    out = SequenceOutput(np.linspace(-1, 1, 5).astype(np.float32), "m@2")
+    back = wire.decode_result(ops.SequenceStep.result_type(), wire.answer(out))
+    assert back.model == "m@2" and back.logits.dtype == np.float32
+    assert np.array_equal(back.logits, out.logits)

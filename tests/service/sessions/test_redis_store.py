@@ -210,16 +210,16 @@ async def test_lock_serializes_read_modify_write_across_replicas(
 
 
 async def test_lock_grants_in_arrival_order_across_replicas(
-    stores: tuple[RedisStore, RedisStore],
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
     a, b = stores
     order: list[int] = []
-    gate = asyncio.Event()
+    gate, release = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
         async with a.lock("q"):
             gate.set()
-            await asyncio.sleep(0.3)
+            await release.wait()
 
     async def waiter(i: int) -> None:
         async with (a if i % 2 else b).lock("q"):
@@ -228,9 +228,16 @@ async def test_lock_grants_in_arrival_order_across_replicas(
     h = asyncio.create_task(holder())
     await gate.wait()
     tasks = []
-    for i in range(6):
-        tasks.append(asyncio.create_task(waiter(i)))
-        await asyncio.sleep(0.1)  # each has queued before the next arrives
+    raw = any_redis.raw()
+    try:
+        for i in range(6):
+            tasks.append(asyncio.create_task(waiter(i)))
+            # each has queued (in Redis's queue of the session) before the next arrives
+            while await raw.zcard(a.layout.key("q", "q")) < i + 1:
+                await asyncio.sleep(0.005)
+    finally:
+        await raw.aclose()
+    release.set()
     await asyncio.gather(h, *tasks)
     assert order == list(range(6))
 

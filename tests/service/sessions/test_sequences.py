@@ -39,7 +39,9 @@ async def _step(
     ids: list[int] | None,
     owner: str | None,
 ) -> np.ndarray:
-    return await svc.sequence_step(SequenceStep(m.name, seq, text, ids, owner))
+    out = await svc.sequence_step(SequenceStep(m.name, seq, text, ids, owner))
+    assert out.model == m.key  # the version it ran on
+    return out.logits
 
 
 def _seq(sid: str = "7", *, start: bool = False, end: bool = False) -> SequenceRef:
