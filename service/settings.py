@@ -170,6 +170,15 @@ class Settings(BaseSettings):
         "answers 503 `store_unavailable` (the change stands on the primary: a retry with the "
         "same Idempotency-Key replays it).",
     )
+    redis_sentinels: str = Field(
+        "",
+        description="Find the Redis primary through these Sentinels (`host:port`, "
+        "comma-separated) instead of `redis_url`: after a failover the store asks them for the "
+        "new primary.",
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster", description="The name the Sentinels know the primary by."
+    )
     redis_cluster: bool = Field(
         False,
         description="The Redis at `redis_url` is a Redis Cluster: sessions spread over its "
@@ -296,6 +305,31 @@ class Settings(BaseSettings):
         "`httptools` (C; `auto` picks it when installed, as uvicorn[standard] does) or `h11` "
         "(pure Python, slower per request).",
     )
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """`redis_sentinels` as (host, port) pairs."""
+        out = []
+        for item in filter(None, (i.strip() for i in self.redis_sentinels.split(","))):
+            host, sep, port = item.rpartition(":")
+            if not (sep and host):
+                raise ValueError(item)
+            out.append((host, int(port)))
+        return out
+
+    @model_validator(mode="after")
+    def _sentinels_read(self) -> Settings:
+        try:
+            self.sentinel_addresses()
+        except ValueError:
+            raise ValueError(
+                f"RNNSERVE_REDIS_SENTINELS must be host:port[,host:port...], "
+                f"not {self.redis_sentinels!r}"
+            ) from None
+        if self.redis_sentinels.strip() and self.redis_cluster:
+            raise ValueError(
+                "RNNSERVE_REDIS_SENTINELS and RNNSERVE_REDIS_CLUSTER exclude each other"
+            )
+        return self
 
     @model_validator(mode="after")
     def _wait_within_the_store_deadline(self) -> Settings:

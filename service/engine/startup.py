@@ -41,6 +41,8 @@ def build_store(settings: Settings, metrics: Metrics, clock: Clock) -> SessionSt
             cluster=settings.redis_cluster,
             wait_replicas=settings.redis_wait_replicas,
             wait_timeout_s=settings.redis_wait_timeout_s,
+            sentinels=settings.sentinel_addresses(),
+            sentinel_master=settings.redis_sentinel_master,
         )
     return MemoryStore(
         settings.max_sessions,

@@ -56,6 +56,7 @@ from redis import exceptions as rx
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff, NoBackoff
 
 from service.errors import (
@@ -177,6 +178,8 @@ class RedisStore:
         cluster: bool = False,
         wait_replicas: int = 0,
         wait_timeout_s: float = 0.5,
+        sentinels: list[tuple[str, int]] | None = None,
+        sentinel_master: str = "mymaster",
     ) -> None:
         self.max_sessions = max_sessions
         self.max_per_owner = max_per_owner  # per API key (owner None: only the global cap)
@@ -209,19 +212,33 @@ class RedisStore:
         }
         # redis-py's cluster client: slots, MOVED/ASK and failovers are its business (a
         # failed-over slot is found again on the next call)
+        self._sentinel = (
+            # a primary found through Sentinel: its client asks the sentinels again for the
+            # primary whenever a connection fails (a failover's new primary, on the next call)
+            Sentinel(
+                sentinels,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=min(socket_timeout_s, 1.0),
+            )
+            if sentinels and client is None
+            else None
+        )
+        self.sentinel_master = sentinel_master
         self._r: Redis | RedisCluster = client or (
             RedisCluster.from_url(url, **timeouts)
             if cluster
+            else self._sentinel.master_for(sentinel_master, **timeouts)
+            if self._sentinel is not None
             else Redis.from_url(url, health_check_interval=15, **timeouts)
         )
         # `WAIT` pipelines go down connections that never resend (see `_with_wait`)
         self._wait_client: Redis | RedisCluster = self._r
         if wait_replicas and not cluster and client is None:
-            self._wait_client = Redis.from_url(
-                url,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=min(socket_timeout_s, 1.0),
-                retry=Retry(NoBackoff(), 0),
+            no_resend = {**timeouts, "retry": Retry(NoBackoff(), 0)}
+            self._wait_client = (
+                self._sentinel.master_for(sentinel_master, **no_resend)
+                if self._sentinel is not None
+                else Redis.from_url(url, **no_resend)
             )
         reg = self._r.register_script
         self._create, self._get, self._commit = reg(lua.CREATE), reg(lua.GET), reg(lua.COMMIT)

@@ -46,3 +46,16 @@ def test_every_api_field_is_documented() -> None:
             ):
                 for field, info in cls.model_fields.items():
                     assert info.description, f"{mod.__name__}.{name}.{field}"
+
+
+def test_the_redis_sentinels_and_the_wait_are_checked_at_start_up() -> None:
+    s = Settings(redis_sentinels="10.0.0.1:26379, sentinel-b:26380")
+    assert s.sentinel_addresses() == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+    assert Settings().sentinel_addresses() == []
+    for bad, why in (
+        ({"redis_sentinels": "host-without-port"}, "host:port"),
+        ({"redis_sentinels": "a:1", "redis_cluster": True}, "exclude each other"),
+        ({"redis_wait_replicas": 1, "redis_wait_timeout_s": 2.0}, "must be below"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            Settings(**bad)
