@@ -44,32 +44,21 @@ from service.sessions.redis_store import RedisStore  # noqa: E402
 from tests.loopback import (  # noqa: E402
     REDIS_SERVER,
     RedisProcess,
-    free_port,
-    stop_process,
+    RedisReplica,
     wait_until,
 )
 from tests.redis_cluster import RedisCluster  # noqa: E402
 
 
-def _replica_of(primary: RedisProcess, folder: Path) -> subprocess.Popen[bytes]:
-    folder.mkdir()
-    port = free_port()
-    proc = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder),
-         "--replicaof", "127.0.0.1", str(primary.port), "--appendonly", "yes", "--save", ""],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+def _replica_of(primary: RedisProcess, folder: Path) -> RedisReplica:
+    replica = RedisReplica(folder, primary.port)
+    wait_until(lambda: "state=online" in _cli(primary.port, "INFO", "replication"), 30, "sync")
+    return replica
 
-    def synced() -> bool:
-        info = subprocess.run(
-            [str(Path(REDIS_SERVER).with_name("redis-cli")), "-p", str(primary.port), "INFO",
-             "replication"], capture_output=True, text=True, check=False,
-        ).stdout  # fmt: skip
-        return "state=online" in info
 
-    wait_until(synced, 30, "the replica")
-    return proc
+def _cli(port: int, *args: str) -> str:
+    cli = str(Path(REDIS_SERVER).with_name("redis-cli"))
+    return subprocess.run([cli, "-p", str(port), *args], capture_output=True, text=True).stdout
 
 
 def _record(sid: str, states: tuple[np.ndarray, ...], logits: np.ndarray | None) -> SessionRecord:
@@ -189,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu: dict[str, dict[str, list[float]]] = {k: {"client": [], "redis": []} for k in runs}
             assert one.proc is not None
             servers = {
-                "primary": [one.proc.pid, replica.pid],
+                "primary": [one.proc.pid, replica.proc.pid],
                 "cluster": [p.pid for p in cluster.procs.values()],
             }
             for _ in range(args.rounds):
@@ -214,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             cluster.stop()
-            stop_process(replica)
+            replica.stop()
             one.stop()
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or OUT / f"store-{stamp}.json"

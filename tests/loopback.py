@@ -124,3 +124,20 @@ class RedisProcess:
             self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
         stop_process(self.proc)
         self.proc = None
+
+
+class RedisReplica:
+    """redis-server on loopback replicating `primary_port` (append-only file, no snapshots)."""
+
+    def __init__(self, folder: Path, primary_port: int, binary: str = REDIS_SERVER) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
+             "--replicaof", "127.0.0.1", str(primary_port), "--appendonly", "yes", "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        stop_process(self.proc)

@@ -46,7 +46,6 @@ import contextlib
 import json
 import secrets
 import time
-import zlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
@@ -70,6 +69,7 @@ from service.errors import (
 from service.sessions import redis_scripts as lua
 from service.sessions.blob import StateBlob, decode_state, encode_state
 from service.sessions.record import IdempotencyRecord, SessionRecord
+from service.sessions.redis_layout import CLUSTER_BUCKETS, Layout
 from service.sessions.redis_lease import RedisLease
 from service.sessions.redis_scripts import ms
 from service.sessions.store import Clock, global_limit, owner_limit
@@ -94,65 +94,6 @@ def _jsonable(o: object) -> Any:
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
-
-
-CLUSTER_BUCKETS = 128  # live and owner sets per cluster (each in its own slot)
-
-
-class Layout:
-    """Where a session's keys live.
-
-    One primary: `{p}{<id>}:<kind>`, one `{p}live` set and one `{p}own:<owner>` set per owner.
-    A cluster: a script may only name keys of one slot, and a single live set would be one hot
-    slot that every request touches. So sessions are spread over `buckets` buckets (crc32 of the
-    id), each with its own live and owner sets, and a session's keys carry its bucket's hash tag
-    (`{p}{b<k>}<id>:<kind>`, `{p}{b<k>}live`, `{p}{b<k>}own:<owner>`): every script still runs on
-    one slot, and the buckets spread over the shards as slots do."""
-
-    def __init__(self, prefix: str, buckets: int | None) -> None:
-        self.prefix, self.buckets = prefix, buckets
-
-    def _tag(self, session_id: str) -> str:
-        assert self.buckets is not None
-        return f"{self.prefix}{{b{zlib.crc32(session_id.encode()) % self.buckets}}}"
-
-    def key(self, session_id: str, kind: str) -> str:
-        if self.buckets is None:
-            return f"{self.prefix}{{{session_id}}}:{kind}"
-        return f"{self._tag(session_id)}{session_id}:{kind}"
-
-    def live(self, session_id: str) -> str:
-        return self.prefix + "live" if self.buckets is None else self._tag(session_id) + "live"
-
-    def own(self, session_id: str, owner: str) -> str:
-        if self.buckets is None:
-            return f"{self.prefix}own:{owner}"
-        return f"{self._tag(session_id)}own:{owner}"
-
-    def around(self, session_id: str) -> tuple[str, str]:
-        """(head, tail): another session `c` of the same live set keeps its keys at
-        `head + c + tail + kind` (the create script evicts by it)."""
-        if self.buckets is None:
-            return self.prefix + "{", "}:"
-        return self._tag(session_id), ":"
-
-    def around_live(self, live: str) -> tuple[str, str]:
-        """`around`, for the sessions of the live set `live`."""
-        if self.buckets is None:
-            return self.prefix + "{", "}:"
-        return live.removesuffix("live"), ":"
-
-    def lives(self) -> list[str]:
-        """Every live set."""
-        if self.buckets is None:
-            return [self.prefix + "live"]
-        return [f"{self.prefix}{{b{b}}}live" for b in range(self.buckets)]
-
-    def owns(self, owner: str) -> list[str]:
-        """Every set of one owner's sessions."""
-        if self.buckets is None:
-            return [f"{self.prefix}own:{owner}"]
-        return [f"{self.prefix}{{b{b}}}own:{owner}" for b in range(self.buckets)]
 
 
 class RedisStore:

@@ -16,7 +16,14 @@ import pytest
 
 from service.errors import StoreUnavailable
 from service.sessions.redis_store import RedisStore
-from tests.loopback import REDIS_SERVER, RedisProcess, free_port, stop_process, wait_until
+from tests.loopback import (
+    REDIS_SERVER,
+    RedisProcess,
+    RedisReplica,
+    free_port,
+    stop_process,
+    wait_until,
+)
 from tests.service.redis_server import rec
 
 pytestmark = pytest.mark.redis
@@ -28,18 +35,6 @@ def cli(port: int, *args: str) -> str:
     return subprocess.run(
         [REDIS_CLI, "-p", str(port), *args], capture_output=True, text=True, timeout=10
     ).stdout
-
-
-class Replica:
-    def __init__(self, folder: Path, primary: int) -> None:
-        folder.mkdir()
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(folder),
-             "--replicaof", "127.0.0.1", str(primary), "--appendonly", "yes", "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
 
 
 def sentinel(folder: Path, primary: int) -> tuple[int, subprocess.Popen[bytes]]:
@@ -61,13 +56,13 @@ def sentinel(folder: Path, primary: int) -> tuple[int, subprocess.Popen[bytes]]:
 
 
 @pytest.fixture
-def sentinels(tmp_path: Path) -> Iterator[tuple[RedisProcess, Replica, list[int]]]:
+def sentinels(tmp_path: Path) -> Iterator[tuple[RedisProcess, RedisReplica, list[int]]]:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
     primary = RedisProcess(tmp_path / "primary")
     (tmp_path / "primary").mkdir()
     primary.start()
-    replica = Replica(tmp_path / "replica", primary.port)
+    replica = RedisReplica(tmp_path / "replica", primary.port)
     watchers = [sentinel(tmp_path / f"sentinel-{i}", primary.port) for i in range(3)]
     ports = [p for p, _ in watchers]
     try:
@@ -86,7 +81,7 @@ def sentinels(tmp_path: Path) -> Iterator[tuple[RedisProcess, Replica, list[int]
     finally:
         for _, proc in watchers:
             stop_process(proc)
-        stop_process(replica.proc)
+        replica.stop()
         primary.stop()
 
 
@@ -103,7 +98,7 @@ async def _until_served(op: object, within_s: float = 30) -> object:
 
 
 async def test_a_sentinel_failover_loses_no_acknowledged_change(
-    sentinels: tuple[RedisProcess, Replica, list[int]],
+    sentinels: tuple[RedisProcess, RedisReplica, list[int]],
 ) -> None:
     primary, replica, ports = sentinels
     store = RedisStore(
