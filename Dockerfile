@@ -93,7 +93,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+# 8001: gRPC, when RNNSERVE_GRPC_PORT=8001 turns it on
+EXPOSE 8000 8001
 
 # No curl in slim images: the interpreter we already ship does the probe.
 HEALTHCHECK --interval=15s --timeout=4s --start-period=30s --retries=3 \

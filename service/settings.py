@@ -18,6 +18,14 @@ class Settings(BaseSettings):
     models_dir: Path = Field(Path("models"), description="Folder scanned for model artifacts.")
     host: str = Field("127.0.0.1", description="Interface to bind.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to bind.")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Also serve the v2 protocol over gRPC (KServe's `GRPCInferenceService`, "
+        "Triton's streaming) on this port of `host`; unset: off (docs/protocols.md says why). "
+        "Every API worker serves it (SO_REUSEPORT spreads connections over them).",
+    )
     providers: list[str] | None = Field(
         None,
         description="onnxruntime execution providers in priority order; default: CUDA when "

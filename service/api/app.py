@@ -5,7 +5,7 @@ this process (`service/app.py`)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
@@ -51,10 +51,18 @@ def api_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         m = Metrics()
         async with engine(app, m) as client:
-            app.state.services = Services(settings, client, m)
-            freeze_startup_heap()
-            with reload_on_sighup(keys):
-                yield
+            services = app.state.services = Services(settings, client, m)
+            async with AsyncExitStack() as stack:
+                if settings.grpc_port is not None:
+                    # imported only when on: grpcio costs an API process ~10 MB
+                    from service.api.grpc.server import grpc_server
+
+                    app.state.grpc_port = await stack.enter_async_context(
+                        grpc_server(services, keys)
+                    )
+                freeze_startup_heap()
+                with reload_on_sighup(keys):
+                    yield
 
     app = FastAPI(
         title="rnnserve",

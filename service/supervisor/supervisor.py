@@ -114,6 +114,8 @@ class Supervisor:
         log.info("engine ready", extra={"pid": engine.pid, "s": round(time.monotonic() - t0, 2)})
         url = url_of(sock)  # once, here: every worker serves this one socket
         log.info("listening on %s", url, extra={"url": url, "workers": s.workers})
+        if s.grpc_port is not None:  # each worker binds it (SO_REUSEPORT): named once, here
+            log.info("grpc on port %d", s.grpc_port, extra={"grpc_port": s.grpc_port})
         code = 0
         while not self.stopping:
             time.sleep(0.1)

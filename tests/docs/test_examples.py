@@ -44,10 +44,16 @@ curl() { command curl --fail-with-body --max-time 60 "$@"; }
 Start = Callable[[Path], str]
 
 
+GRPC: dict[str, str] = {}  # a docs server's base URL -> its gRPC endpoint's host:port
+
+
 def localize(code: str, base: str) -> str:
-    """The docs talk to port 8000; the test's servers listen on free ports."""
+    """The docs talk to port 8000 (and 8001 for gRPC); the test's servers listen on free ports."""
     addr = base.removeprefix("http://")
-    return code.replace("localhost:8000", addr).replace("127.0.0.1:8000", addr)
+    code = code.replace("localhost:8000", addr).replace("127.0.0.1:8000", addr)
+    if base in GRPC:
+        code = code.replace("localhost:8001", GRPC[base]).replace("127.0.0.1:8001", GRPC[base])
+    return code
 
 
 def env_for(base: str | None = None, port: int | None = None) -> dict[str, str]:
@@ -82,6 +88,8 @@ def server_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start]:
             return bases[path]
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        grpc_port = free_port()
+        GRPC[base] = f"127.0.0.1:{grpc_port}"
         serve = next((ex for ex in EXAMPLES if ex.path == path and "serve" in ex.options), None)
         cmd = (
             ["bash", "-c", "set -euo pipefail\n" + localize(serve.code, base)]
@@ -89,6 +97,7 @@ def server_for(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Start]:
             else [str(BIN / "rnnserve"), "serve"]
         )
         env = env_for(base, port)
+        env["RNNSERVE_GRPC_PORT"] = str(grpc_port)  # protocols.md's gRPC examples
         if serve is None:
             env["RNNSERVE_MODELS_DIR"] = str(ROOT / "models")
         log = logs / f"{path.name}.log"

@@ -25,6 +25,11 @@ class LiveServer:
     app: FastAPI  # for a look at the server's state
     url: str  # host:port
 
+    @property
+    def grpc(self) -> str:
+        """host:port of its gRPC endpoint."""
+        return f"127.0.0.1:{self.app.state.grpc_port}"
+
 
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
@@ -40,6 +45,7 @@ def live(registry: Registry, clock: FakeClock) -> Iterator[LiveServer]:
         log_json=False,
         session_ttl_s=TTL,
         max_tokens_limit=LONG,
+        grpc_port=0,
     )
     app = create_app(settings, registry=registry, clock=clock, configure_logs=False)
     with serve_in_thread(app) as url:

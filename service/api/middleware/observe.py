@@ -73,3 +73,8 @@ def _request_id(scope: Scope) -> str:
             if rid.isprintable():
                 return rid
     return f"{_RID_PREFIX}{next(_rid_counter):08x}"
+
+
+def new_request_id() -> str:
+    """A fresh request id (for a surface without HTTP headers: gRPC's without `x-request-id`)."""
+    return f"{_RID_PREFIX}{next(_rid_counter):08x}"

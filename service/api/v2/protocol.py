@@ -3,6 +3,7 @@ each task exposes, and the request `parameters` validated into a distinct `Seque
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
@@ -12,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from service.api.bounds import Capped, StrictIn
 from service.api.schemas import SESSION_ID
 from service.api.v2.binary import BinaryProtocolError
-from service.protocol.catalog import ModelView
+from service.protocol.catalog import Catalog, ModelView, newest
 
 # -- tensor names (THE place they are written) -----------------------------------------------
 
@@ -70,6 +71,52 @@ class ModelMetadata(BaseModel):
 class ModelReady(BaseModel):
     name: str = Field(description="Model name.")
     ready: bool = Field(description="True while the model serves.")
+
+
+def metadata_of(m: ModelView, catalog: Catalog) -> ModelMetadata:
+    """A model's v2 metadata (HTTP and gRPC alike)."""
+    man = m.manifest
+    params: dict[str, Any] = {"task": man.task}
+    if man.labels is not None:
+        params["labels"] = man.labels
+    else:
+        params["vocab_size"] = m.tokenizer.vocab_size
+    return ModelMetadata(
+        name=m.name,
+        versions=newest([v.manifest.version for v in catalog.versions_of(m.name)]),
+        platform="onnxruntime_onnx",
+        inputs=input_specs(m),
+        outputs=output_specs(m),
+        parameters=params,
+    )
+
+
+def config_of(m: ModelView) -> dict[str, Any]:
+    """Triton's model configuration fields that apply, and the settings in force as they are
+    (`settings`: the model's settings.json over the server's)."""
+    st = m.settings
+    policy = st.get("version_policy") or {}
+    return {
+        "name": m.name,
+        "version": m.manifest.version,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": st.get("max_batch_size", 0),
+        "version_policy": {
+            k: ({} if v is True else {"num_versions": v} if k == "latest" else {"versions": v})
+            for k, v in policy.items()
+        },
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": round(float(st.get("max_wait_ms", 0)) * 1000)
+        },
+        "sequence_batching": {} if m.manifest.streamable else None,
+        "parameters": {
+            k: {"string_value": v if isinstance(v, str) else json.dumps(v)}
+            for k, v in st.items()
+            if v is not None
+        },
+        "settings": st,
+    }
 
 
 # -- inference ---------------------------------------------------------------------------------

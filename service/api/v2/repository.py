@@ -49,8 +49,7 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _params(body: dict[str, Any], known: set[str]) -> dict[str, Any]:
-    params = body.get("parameters", {})
+def _params(params: Any, known: set[str]) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise InvalidInput("must be an object", field="parameters")
     for name in params:
@@ -84,9 +83,9 @@ async def index(request: Request, s: Services = Depends(get_services)) -> Respon
     )
 
 
-@router.post("/models/{model}/load", summary="Load a model", responses=_REPO_ERRORS)
-async def load(model: str, request: Request, s: Services = Depends(get_services)) -> Response:
-    params = _params(await _body(request), {"config", "version"})
+def load_op(model: str, params: dict[str, Any]) -> LoadModel:
+    """A load's parameters (HTTP's or gRPC's), checked, as the operation."""
+    params = _params(params, {"config", "version"})
     settings = None
     config = params.get("config")
     if config is not None:
@@ -100,17 +99,27 @@ async def load(model: str, request: Request, s: Services = Depends(get_services)
                 field="parameters.config",
             )
         parse_settings_object(settings, "parameters.config")
-    await s.client.call(LoadModel(model, _str(params, "version"), settings))
-    return JSONResponse({})
+    return LoadModel(model, _str(params, "version"), settings)
 
 
-@router.post("/models/{model}/unload", summary="Unload a model", responses=_REPO_ERRORS)
-async def unload(model: str, request: Request, s: Services = Depends(get_services)) -> Response:
-    params = _params(await _body(request), {"unload_dependents", "version", "drain_s"})
+def unload_op(model: str, params: dict[str, Any]) -> UnloadModel:
+    """An unload's parameters (HTTP's or gRPC's), checked, as the operation."""
+    params = _params(params, {"unload_dependents", "version", "drain_s"})
     drain = params.get("drain_s")
     if drain is not None and (
         isinstance(drain, bool) or not isinstance(drain, int | float) or not 0 <= drain <= 604800
     ):
         raise InvalidInput("must be a number of seconds, 0-604800", field="parameters.drain_s")
-    await s.client.call(UnloadModel(model, _str(params, "version"), drain))
+    return UnloadModel(model, _str(params, "version"), drain)
+
+
+@router.post("/models/{model}/load", summary="Load a model", responses=_REPO_ERRORS)
+async def load(model: str, request: Request, s: Services = Depends(get_services)) -> Response:
+    await s.client.call(load_op(model, (await _body(request)).get("parameters", {})))
+    return JSONResponse({})
+
+
+@router.post("/models/{model}/unload", summary="Unload a model", responses=_REPO_ERRORS)
+async def unload(model: str, request: Request, s: Services = Depends(get_services)) -> Response:
+    await s.client.call(unload_op(model, (await _body(request)).get("parameters", {})))
     return JSONResponse({})

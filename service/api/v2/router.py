@@ -7,7 +7,6 @@ native 422 included), unknown models or versions 404, overload 503.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -22,8 +21,8 @@ from service.api.surface_route import SurfaceRoute
 from service.api.surfaces import v2_error
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
-from service.errors import ModelNotFound, ServiceError
-from service.protocol.catalog import Catalog, ModelView, newest
+from service.errors import ServiceError
+from service.protocol.catalog import ModelView
 
 EXTENSIONS = ["binary_tensor_data", "sequence"]
 
@@ -67,18 +66,6 @@ def _server_version() -> str:
         return "0"
 
 
-def _model(s: Services, name: str, version: str | None, draining_ok: bool = False) -> ModelView:
-    """The model's default version, or the one named (any version serving; with
-    `draining_ok`, one being unloaded too: a sequence running on it goes on)."""
-    if "@" in name:  # a model name never holds one: `name@version` is for the other surfaces
-        raise ModelNotFound(f"no model named {name!r}")
-    if version is not None and draining_ok:
-        found = s.client.catalog.versions.get(f"{name}@{version}")
-        if found is not None:
-            return found
-    return s.client.catalog.get(name if version is None else f"{name}@{version}")
-
-
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
     return ServerMetadata(name="rnnserve", version=_server_version(), extensions=EXTENSIONS)
@@ -105,23 +92,6 @@ async def ready(s: Services = Depends(get_services)) -> Response:
     return error_response(503, "not ready: " + why)
 
 
-def _metadata(m: ModelView, catalog: Catalog) -> ModelMetadata:
-    man = m.manifest
-    params: dict[str, Any] = {"task": man.task}
-    if man.labels is not None:
-        params["labels"] = man.labels
-    else:
-        params["vocab_size"] = m.tokenizer.vocab_size
-    return ModelMetadata(
-        name=m.name,
-        versions=newest([v.manifest.version for v in catalog.versions_of(m.name)]),
-        platform="onnxruntime_onnx",
-        inputs=protocol.input_specs(m),
-        outputs=protocol.output_specs(m),
-        parameters=params,
-    )
-
-
 @router.get(
     "/models/{model}",
     response_model=ModelMetadata,
@@ -129,7 +99,7 @@ def _metadata(m: ModelView, catalog: Catalog) -> ModelMetadata:
     summary="Model metadata: input and output tensors",
 )
 async def model_metadata(model: str, s: Services = Depends(get_services)) -> ModelMetadata:
-    return _metadata(_model(s, model, None), s.client.catalog)
+    return protocol.metadata_of(serving.model_of(s, model, None), s.client.catalog)
 
 
 @router.get(
@@ -141,40 +111,12 @@ async def model_metadata(model: str, s: Services = Depends(get_services)) -> Mod
 async def model_version_metadata(
     model: str, version: str, s: Services = Depends(get_services)
 ) -> ModelMetadata:
-    return _metadata(_model(s, model, version), s.client.catalog)
-
-
-def _config(m: ModelView) -> dict[str, Any]:
-    """Triton's model configuration fields that apply, and the settings in force as they are
-    (`settings`: the model's settings.json over the server's)."""
-    st = m.settings
-    policy = st.get("version_policy") or {}
-    return {
-        "name": m.name,
-        "version": m.manifest.version,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "max_batch_size": st.get("max_batch_size", 0),
-        "version_policy": {
-            k: ({} if v is True else {"num_versions": v} if k == "latest" else {"versions": v})
-            for k, v in policy.items()
-        },
-        "dynamic_batching": {
-            "max_queue_delay_microseconds": round(float(st.get("max_wait_ms", 0)) * 1000)
-        },
-        "sequence_batching": {} if m.manifest.streamable else None,
-        "parameters": {
-            k: {"string_value": v if isinstance(v, str) else json.dumps(v)}
-            for k, v in st.items()
-            if v is not None
-        },
-        "settings": st,
-    }
+    return protocol.metadata_of(serving.model_of(s, model, version), s.client.catalog)
 
 
 @router.get("/models/{model}/config", responses=_ERRORS, summary="Model configuration")
 async def model_config(model: str, s: Services = Depends(get_services)) -> dict[str, Any]:
-    return _config(_model(s, model, None))
+    return protocol.config_of(serving.model_of(s, model, None))
 
 
 @router.get(
@@ -185,14 +127,14 @@ async def model_config(model: str, s: Services = Depends(get_services)) -> dict[
 async def model_version_config(
     model: str, version: str, s: Services = Depends(get_services)
 ) -> dict[str, Any]:
-    return _config(_model(s, model, version))
+    return protocol.config_of(serving.model_of(s, model, version))
 
 
 @router.get(
     "/models/{model}/ready", response_model=ModelReady, responses=_ERRORS, summary="Model readiness"
 )
 async def model_ready(model: str, s: Services = Depends(get_services)) -> Response:
-    return await _ready(s, _model(s, model, None))
+    return await _ready(s, serving.model_of(s, model, None))
 
 
 @router.get(
@@ -204,17 +146,14 @@ async def model_ready(model: str, s: Services = Depends(get_services)) -> Respon
 async def model_version_ready(
     model: str, version: str, s: Services = Depends(get_services)
 ) -> Response:
-    return await _ready(s, _model(s, model, version))
+    return await _ready(s, serving.model_of(s, model, version))
 
 
 async def _ready(s: Services, m: ModelView) -> Response:
-    """Ready while its engine thread moves (the watchdog's word, as `/readyz` hears it): 503
-    naming why, not a 200 that a stuck model would also answer."""
-    problems = await engine_problems(s.client)
-    # (the engine names a stalled model's thread by its name, or name@version beside another)
-    why = next((problems[k] for k in (m.key, m.name, "engine") if k in problems), None)
+    """Ready while its engine thread moves: 503 naming why (`serving.not_ready`)."""
+    why = await serving.not_ready(s, m)
     if why is not None:
-        return error_response(503, f"model {m.key} is not ready: {why}")
+        return error_response(503, why)
     return JSONResponse(ModelReady(name=m.name, ready=True).model_dump())
 
 
@@ -238,15 +177,8 @@ async def _infer(
     )
     header, rest = binary.split_body(body, request.headers.get(binary.HEADER_LENGTH))
     req = protocol.parse_request(header)
-    params = req.parameters or {}
-    protocol.check_parameters(params)
-    seq = protocol.parse_sequence(params)
-    m = _model(s, model, version, draining_ok=seq is not None and not seq.start)
-    default_binary = protocol.binary_output_default(params)
-    rows = serving.read_rows(m, req, rest, s)
-    logits, ran_on = await serving.run(
-        s, m, rows, seq, owner, m.key if version is not None else None
-    )
+    ran_on, logits = await serving.infer(s, model, version, req, rest, owner)
+    default_binary = protocol.binary_output_default(req.parameters or {})
     content, header_length = serving.respond(ran_on, req, logits, default_binary)
     if header_length is None:
         return Response(content, media_type="application/json")

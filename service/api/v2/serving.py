@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.api.deps import Services
+from service.api.health import engine_problems
 from service.api.v2 import binary, protocol
 from service.api.v2.binary import BinaryProtocolError
 from service.api.v2.protocol import (
@@ -25,7 +26,7 @@ from service.api.v2.protocol import (
     RequestInput,
     Sequence,
 )
-from service.errors import InvalidInput
+from service.errors import InvalidInput, ModelNotFound
 from service.protocol.catalog import ModelView
 from service.protocol.messages import SequenceRef
 from service.protocol.ops import Logits, SequenceStep
@@ -41,6 +42,46 @@ class Rows:
 
     def __len__(self) -> int:
         return len(self.texts if self.texts is not None else self.ids or [])
+
+
+def model_of(s: Services, name: str, version: str | None, draining_ok: bool = False) -> ModelView:
+    """The model's default version, or the one named (any version serving; with
+    `draining_ok`, one being unloaded too: a sequence running on it goes on)."""
+    if "@" in name:  # a model name never holds one: `name@version` is for the other surfaces
+        raise ModelNotFound(f"no model named {name!r}")
+    if version is not None and draining_ok:
+        found = s.client.catalog.versions.get(f"{name}@{version}")
+        if found is not None:
+            return found
+    return s.client.catalog.get(name if version is None else f"{name}@{version}")
+
+
+async def not_ready(s: Services, m: ModelView) -> str | None:
+    """Why the model is not ready, or None: ready while its engine thread moves (the
+    watchdog's word, as `/readyz` hears it), not a yes that a stuck model would also give."""
+    problems = await engine_problems(s.client)
+    # (the engine names a stalled model's thread by its name, or name@version beside another)
+    why = next((problems[k] for k in (m.key, m.name, "engine") if k in problems), None)
+    return None if why is None else f"model {m.key} is not ready: {why}"
+
+
+async def infer(
+    s: Services,
+    model: str,
+    version: str | None,
+    req: InferRequest,
+    rest: bytes,
+    owner: str | None,
+) -> tuple[ModelView, np.ndarray]:
+    """One v2 inference request (HTTP or gRPC), its binary parts in `rest`: the version that
+    answered and its logits (B, K)."""
+    params = req.parameters or {}
+    protocol.check_parameters(params)
+    seq = protocol.parse_sequence(params)
+    m = model_of(s, model, version, draining_ok=seq is not None and not seq.start)
+    rows = read_rows(m, req, rest, s)
+    logits, ran_on = await run(s, m, rows, seq, owner, m.key if version is not None else None)
+    return ran_on, logits
 
 
 def _raw_inputs(req: InferRequest, rest: bytes) -> dict[str, np.ndarray]:
@@ -186,15 +227,14 @@ def outputs(m: ModelView, logits: np.ndarray) -> dict[str, tuple[str, np.ndarray
     return out
 
 
-def respond(
-    m: ModelView, req: InferRequest, logits: np.ndarray, default_binary: bool
-) -> tuple[bytes, int | None]:
-    """The response body (JSON header + binary parts) and its header length (None: JSON only)."""
-    produced = outputs(m, logits)
+def wanted_outputs(m: ModelView, req: InferRequest, default_binary: bool) -> list[tuple[str, bool]]:
+    """The outputs asked for (default: every one), each with whether it goes in binary."""
     order = [t.name for t in protocol.output_specs(m)]
+    if req.outputs is None:
+        return [(name, default_binary) for name in order]
     wanted: list[tuple[str, bool]] = []
-    for o in req.outputs if req.outputs is not None else []:
-        if o.name not in produced:
+    for o in req.outputs:
+        if o.name not in order:
             raise InvalidInput(
                 f"model {m.name!r} has no output {o.name!r}; its outputs: {order}", field=o.name
             )
@@ -212,8 +252,15 @@ def respond(
                 f"output {o.name!r}: binary_data must be a boolean", field=f"{o.name}.binary_data"
             )
         wanted.append((o.name, flag))
-    if req.outputs is None:
-        wanted = [(name, default_binary) for name in order]
+    return wanted
+
+
+def respond(
+    m: ModelView, req: InferRequest, logits: np.ndarray, default_binary: bool
+) -> tuple[bytes, int | None]:
+    """The response body (JSON header + binary parts) and its header length (None: JSON only)."""
+    produced = outputs(m, logits)
+    wanted = wanted_outputs(m, req, default_binary)
     entries: list[dict[str, Any]] = []
     parts: list[bytes] = []
     for name, as_binary in wanted:

@@ -1,0 +1,196 @@
+"""What every gRPC call goes through, as an HTTP request goes through the middleware: the API
+key (metadata `authorization: Bearer <key>`), the request timeout, the error mapping (a
+`ServiceError` -> its status code, with v2's message), the request id, metrics and one access
+log line.
+
+Status codes follow the HTTP status each error has on the other surfaces, so one error reads
+the same everywhere: 400/415/422 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 403 PERMISSION_DENIED,
+404 NOT_FOUND, 409 FAILED_PRECONDITION, 413 and 429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE,
+504 DEADLINE_EXCEEDED, anything else INTERNAL (logged; its details stay in the log). The error's
+code (`invalid_tensor`, `session_busy`, ...) rides in the trailing metadata as
+`rnnserve-error-code`, a `Retry-After` as `retry-after`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from service.api.deps import Services
+from service.api.middleware.auth import Unauthorized
+from service.api.middleware.observe import new_request_id as new_request_id
+from service.api.surfaces import v2_error
+from service.errors import InvalidInput, ServiceError
+from service.keys import Keys
+from service.logging import get_logger, request_id
+from service.settings import Settings
+
+log = get_logger("grpc")
+SERVICE = "inference.GRPCInferenceService"
+
+_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.FAILED_PRECONDITION,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def status_of(e: ServiceError) -> grpc.StatusCode:
+    return _CODES.get(e.status, grpc.StatusCode.INTERNAL)
+
+
+def message_of(e: ServiceError) -> str:
+    """The error's message as v2 over HTTP words it (naming the field)."""
+    message: str = v2_error(e)[1]["error"]
+    return message
+
+
+def trailers_of(e: ServiceError) -> tuple[tuple[str, str], ...]:
+    out = [("rnnserve-error-code", e.code)]
+    retry = e.headers.get("Retry-After")
+    if retry is not None:
+        out.append(("retry-after", retry))
+    return tuple(out)
+
+
+class Malformed:
+    """A request message that does not parse: the method answers INVALID_ARGUMENT (grpcio's own
+    answer to a deserializer's exception is UNKNOWN, with a logged traceback)."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def error(self) -> ServiceError:
+        return InvalidInput(f"the message is not a valid {self.type_name}", field="message")
+
+
+def reader(message_type: Any) -> Callable[[bytes], Any]:
+    """A request deserializer that turns bytes that do not parse into `Malformed`."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def read(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Malformed(name)
+
+    return read
+
+
+def metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == name:
+            return v if isinstance(v, str) else v.decode("latin-1")
+    return None
+
+
+@dataclass
+class Calls:
+    """The per-call work shared by every method (`service/api/grpc/servicer.py`)."""
+
+    services: Services
+    keys: Keys
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    def owner(self, context: grpc.aio.ServicerContext, open_call: bool) -> str | None:
+        """The caller's owner name (None with keys off); `open_call`: a health call, open
+        when `RNNSERVE_AUTH_OPEN_HEALTH` leaves HTTP's health paths open."""
+        if not self.keys.enabled:
+            return None
+        header = metadata(context, "authorization")
+        token = None
+        if header is not None:
+            scheme, _, rest = header.partition(" ")
+            if scheme.lower() == "bearer" and rest.strip():
+                token = rest.strip()
+        owner = self.keys.owner(token) if token is not None else None
+        if owner is None and not (open_call and self.settings.auth_open_health):
+            why = "a valid API key is required" if token is None else "the API key is not valid"
+            raise Unauthorized(f"{why} (metadata authorization: Bearer <key>)")
+        return owner
+
+    def done(self, method: str, code: grpc.StatusCode, owner: str | None, t0: float) -> None:
+        dt = time.perf_counter() - t0
+        route = f"/{SERVICE}/{method}"
+        self.services.metrics.request_done(route, "GRPC", code.name, dt)
+        extra: dict[str, Any] = {
+            "method": "GRPC",
+            "route": route,
+            "status": code.name,
+            "ms": round(dt * 1e3, 2),
+        }
+        if owner is not None:
+            extra["key_name"] = owner
+        log.info("request", extra=extra)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Unary = Callable[[Any, Req, grpc.aio.ServicerContext, str | None], Awaitable[Resp]]
+
+
+def unary(
+    method: str, *, open_call: bool = False
+) -> Callable[[Unary[Req, Resp]], Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]]:
+    """A unary method of a servicer holding `calls: Calls`: `fn(self, request, context, owner)`
+    under the key check, the request timeout, the error mapping, metrics and the access log."""
+
+    def wrap(
+        fn: Unary[Req, Resp],
+    ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+        async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+            calls: Calls = self.calls
+            t0 = time.perf_counter()
+            token = request_id.set(metadata(context, "x-request-id") or new_request_id())
+            code, owner = grpc.StatusCode.OK, None
+            try:
+                owner = calls.owner(context, open_call)
+                if isinstance(request, Malformed):
+                    raise request.error()
+                async with asyncio.timeout(calls.settings.request_timeout_s):
+                    return await fn(self, request, context, owner)
+            except ServiceError as e:
+                code = status_of(e)
+                context.set_trailing_metadata(trailers_of(e))
+                await context.abort(code, message_of(e))
+            except TimeoutError:
+                code = grpc.StatusCode.DEADLINE_EXCEEDED
+                context.set_trailing_metadata((("rnnserve-error-code", "timeout"),))
+                await context.abort(
+                    code,
+                    f"the request did not complete within {calls.settings.request_timeout_s:g} "
+                    "s; retry later",
+                )
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error", extra={"route": method})
+                await context.abort(code, "internal error")
+            finally:
+                calls.done(method, code, owner, t0)
+                request_id.reset(token)
+            raise AssertionError("unreachable")  # pragma: no cover (abort raises)
+
+        handler.__name__ = handler.__qualname__ = method
+        return handler
+
+    return wrap

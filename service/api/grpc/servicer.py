@@ -1,0 +1,287 @@
+"""`GRPCInferenceService`: the Open Inference Protocol v2 over gRPC, mapped onto what HTTP's
+`/v2` serves (the same models, rules, limits and error messages; `calls.py` is the middleware).
+
+`ModelStreamInfer` runs a stream's requests as they arrive, in order within a sequence (a
+step waits for the one sent before it on the same `sequence_id`) and concurrently otherwise,
+at most `max_streams_per_key` at once per stream (past that the stream is not read until one
+finishes: a client cannot pile up work). A failed request answers an `error_message` on the
+stream, as Triton does, and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.metadata
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from service.api.deps import Services
+from service.api.grpc import calls as c
+from service.api.grpc import infer, tensors
+from service.api.grpc import inference_pb2 as pb
+from service.api.grpc.inference_pb2_grpc import GRPCInferenceServiceServicer
+from service.api.health import engine_problems
+from service.api.repository import require_admin
+from service.api.v2 import protocol, serving
+from service.api.v2.repository import load_op, unload_op
+from service.api.v2.router import EXTENSIONS
+from service.errors import InvalidInput, ModelNotFound, ServiceError
+from service.keys import Keys
+from service.logging import request_id
+from service.protocol.ops import RepositoryIndex
+
+_DATA_TYPES = {"BYTES": "TYPE_STRING"}  # v2 datatype -> Triton's config enum (else TYPE_<dt>)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("rnnserve")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        return "0"
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):
+    def __init__(self, services: Services, keys: Keys) -> None:
+        self.calls = c.Calls(services, keys)
+        self.s = services
+
+    # -- health and metadata ------------------------------------------------------------------
+
+    @c.unary("ServerLive", open_call=True)
+    async def ServerLive(self, request: Any, context: Any, owner: str | None) -> Any:
+        return pb.ServerLiveResponse(live=self.s.client.alive)
+
+    @c.unary("ServerReady", open_call=True)
+    async def ServerReady(self, request: Any, context: Any, owner: str | None) -> Any:
+        cat = self.s.client.catalog
+        problems = await engine_problems(self.s.client)
+        return pb.ServerReadyResponse(
+            ready=cat.ready(self.s.settings.require_all_models) and not problems
+        )
+
+    @c.unary("ModelReady")
+    async def ModelReady(self, request: Any, context: Any, owner: str | None) -> Any:
+        try:
+            m = serving.model_of(self.s, request.name, request.version or None)
+        except ModelNotFound:  # as tritonclient reads HTTP's 404: not ready
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=await serving.not_ready(self.s, m) is None)
+
+    @c.unary("ServerMetadata")
+    async def ServerMetadata(self, request: Any, context: Any, owner: str | None) -> Any:
+        return pb.ServerMetadataResponse(name="rnnserve", version=_version(), extensions=EXTENSIONS)
+
+    @c.unary("ModelMetadata")
+    async def ModelMetadata(self, request: Any, context: Any, owner: str | None) -> Any:
+        m = serving.model_of(self.s, request.name, request.version or None)
+        meta = protocol.metadata_of(m, self.s.client.catalog)
+        out = pb.ModelMetadataResponse(
+            name=meta.name, versions=meta.versions, platform=meta.platform
+        )
+        for t in meta.inputs:
+            out.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        for t in meta.outputs:
+            out.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        return out
+
+    @c.unary("ModelConfig")
+    async def ModelConfig(self, request: Any, context: Any, owner: str | None) -> Any:
+        m = serving.model_of(self.s, request.name, request.version or None)
+        cfg = protocol.config_of(m)
+        batch = int(cfg["max_batch_size"] or 0)
+        out = pb.ModelConfig(
+            name=cfg["name"],
+            platform=cfg["platform"],
+            backend=cfg["backend"],
+            max_batch_size=batch,
+        )
+        policy = cfg["version_policy"]
+        if "latest" in policy:
+            out.version_policy.latest.num_versions = policy["latest"].get("num_versions", 1)
+        elif "all" in policy:
+            out.version_policy.all.SetInParent()
+        elif "specific" in policy:
+            out.version_policy.specific.versions.extend(
+                int(v) for v in policy["specific"]["versions"]
+            )
+        out.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"][
+            "max_queue_delay_microseconds"
+        ]
+        if cfg["sequence_batching"] is not None:
+            out.sequence_batching.SetInParent()
+        for key, value in cfg["parameters"].items():
+            out.parameters[key].string_value = value["string_value"]
+        # with batching on, Triton's dims leave out the batch dimension
+        for specs, add in (
+            (protocol.input_specs(m), out.input.add),
+            (protocol.output_specs(m), out.output.add),
+        ):
+            for t in specs:
+                add(
+                    name=t.name,
+                    data_type=_DATA_TYPES.get(t.datatype, f"TYPE_{t.datatype}"),
+                    dims=t.shape[1:] or [1] if batch else t.shape,
+                )
+        return pb.ModelConfigResponse(config=out)
+
+    # -- the model repository -----------------------------------------------------------------
+
+    @c.unary("RepositoryIndex")
+    async def RepositoryIndex(self, request: Any, context: Any, owner: str | None) -> Any:
+        await require_admin(owner, self.s)
+        found = await self.s.client.call(RepositoryIndex(request.ready))
+        out = pb.RepositoryIndexResponse()
+        for e in found:
+            out.models.add(name=e.name, version=e.version, state=e.state, reason=e.reason)
+        return out
+
+    @c.unary("RepositoryModelLoad")
+    async def RepositoryModelLoad(self, request: Any, context: Any, owner: str | None) -> Any:
+        await require_admin(owner, self.s)
+        await self.s.client.call(load_op(request.model_name, _repo_params(request.parameters)))
+        return pb.RepositoryModelLoadResponse()
+
+    @c.unary("RepositoryModelUnload")
+    async def RepositoryModelUnload(self, request: Any, context: Any, owner: str | None) -> Any:
+        await require_admin(owner, self.s)
+        await self.s.client.call(unload_op(request.model_name, _repo_params(request.parameters)))
+        return pb.RepositoryModelUnloadResponse()
+
+    # -- inference ----------------------------------------------------------------------------
+
+    @c.unary("ModelInfer")
+    async def ModelInfer(self, request: Any, context: Any, owner: str | None) -> Any:
+        if infer.is_generation(request):
+            return await infer.generate(self.s, request, owner)
+        return await infer.infer(self.s, request, owner)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        t0 = time.perf_counter()
+        token = request_id.set(c.metadata(context, "x-request-id") or c.new_request_id())
+        code, owner = grpc.StatusCode.OK, None
+        try:
+            owner = self.calls.owner(context, False)
+            await _Stream(self, context, owner).run(requests)
+        except ServiceError as e:
+            code = c.status_of(e)
+            context.set_trailing_metadata(c.trailers_of(e))
+            await context.abort(code, c.message_of(e))
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            c.log.exception("unexpected error", extra={"route": "ModelStreamInfer"})
+            await context.abort(code, "internal error")
+        finally:
+            self.calls.done("ModelStreamInfer", code, owner, t0)
+            request_id.reset(token)
+
+
+def _repo_params(params: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        kind = v.WhichOneof("parameter_choice")
+        if kind is None:
+            raise InvalidInput("has no value", field=f"parameters.{k}")
+        out[k] = getattr(v, kind)
+    return out
+
+
+class _Stream:
+    """One `ModelStreamInfer` call: its requests run as tasks, its responses written one at a
+    time (gRPC allows one write in flight)."""
+
+    def __init__(
+        self, owner_of: InferenceServicer, context: grpc.aio.ServicerContext, owner: str | None
+    ) -> None:
+        self.s = owner_of.s
+        self.context = context
+        self.owner = owner
+        self.write_lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(self.s.settings.max_streams_per_key)
+        self.last: dict[tuple[str, str], asyncio.Task[None]] = {}  # a sequence's latest step
+
+    async def run(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async for msg in requests:
+                await self.slots.acquire()  # a full stream is not read until a request ends
+                key = _sequence_key(msg)
+                before = self.last.get(key) if key is not None else None
+                task = asyncio.create_task(self._one(msg, before))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if key is not None:
+                    self.last[key] = task
+                    task.add_done_callback(functools.partial(self._forget, key))
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+        if self.last.get(key) is task:
+            del self.last[key]
+
+    async def _one(self, msg: pb.ModelInferRequest, before: asyncio.Task[None] | None) -> None:
+        try:
+            if before is not None:  # the sequence's previous step first, whatever its outcome
+                await asyncio.wait([before])
+            if isinstance(msg, c.Malformed):
+                raise msg.error()
+            if infer.is_generation(msg):
+                async for resp in infer.stream_generation(self.s, msg, self.owner):
+                    await self._write(pb.ModelStreamInferResponse(infer_response=resp))
+            else:
+                async with asyncio.timeout(self.s.settings.request_timeout_s):
+                    resp = await infer.infer(self.s, msg, self.owner)
+                await self._write(pb.ModelStreamInferResponse(infer_response=resp))
+        except ServiceError as e:
+            await self._error(msg, c.message_of(e))
+        except TimeoutError:
+            await self._error(
+                msg,
+                f"the request did not complete within {self.s.settings.request_timeout_s:g} "
+                "s; retry later",
+            )
+        finally:
+            self.slots.release()
+
+    async def _error(self, msg: pb.ModelInferRequest, message: str) -> None:
+        resp = (
+            pb.ModelInferResponse()
+            if isinstance(msg, c.Malformed)
+            else pb.ModelInferResponse(
+                model_name=msg.model_name, model_version=msg.model_version, id=msg.id
+            )
+        )
+        await self._write(pb.ModelStreamInferResponse(error_message=message, infer_response=resp))
+
+    async def _write(self, resp: pb.ModelStreamInferResponse) -> None:
+        async with self.write_lock:
+            await self.context.write(resp)
+
+
+def _sequence_key(msg: pb.ModelInferRequest) -> tuple[str, str] | None:
+    """(model, sequence id) of a sequence step, for ordering (a malformed id: None; its step
+    fails on its own)."""
+    if isinstance(msg, c.Malformed):
+        return None
+    p = msg.parameters.get("sequence_id")
+    if p is None:
+        return None
+    try:
+        sid = tensors.parameter(p, "sequence_id")
+    except ServiceError:
+        return None
+    return None if sid in (0, "") else (msg.model_name, str(sid))
