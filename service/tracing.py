@@ -27,7 +27,7 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -122,6 +122,27 @@ def shutdown() -> None:
 # -- spans ----------------------------------------------------------------------------------
 
 
+class _Current:
+    """`span` current (attached) for a `with` block and ended after it; an exception leaving
+    the block marks it as an error (and goes on). Lighter than the SDK's
+    `start_as_current_span`, three generator context managers deep."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, _: Any) -> None:
+        otel_context.detach(self._token)
+        if e is not None:
+            self._span.set_status(Status(StatusCode.ERROR, type(e).__name__))
+        self._span.end()
+
+
 @contextlib.contextmanager
 def server_span(
     name: str, carrier: Mapping[str, str] | None = None, attributes: Attributes = None
@@ -135,18 +156,25 @@ def server_span(
         yield None
         return
     parent = _w3c.extract(carrier) if carrier else None
-    with _tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind.SERVER, attributes=attributes
-    ) as span:
-        yield span
-
-
-@contextlib.contextmanager
-def span(name: str, attributes: Attributes = None) -> Iterator[Span]:
-    """An INTERNAL span child of the current one, current for the block (call only when
-    `enabled`)."""
-    with _tracer.start_as_current_span(name, attributes=attributes) as s:
+    with _Current(
+        _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    ) as s:
         yield s
+
+
+def span(name: str, attributes: Attributes = None) -> _Current:
+    """An INTERNAL span child of the current one, current for the `with` block (call only
+    when `enabled`)."""
+    return _Current(_tracer.start_span(name, attributes=attributes))
+
+
+def remote_span(name: str, carrier: Mapping[str, str], attributes: Attributes = None) -> _Current:
+    """The SERVER span of a call whose caller sent `carrier`, current for the `with` block."""
+    return _Current(
+        _tracer.start_span(
+            name, context=_w3c.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
+        )
+    )
 
 
 def carrier_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -159,40 +187,43 @@ def carrier_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
 
 
 class RequestSpan:
-    """An HTTP request's SERVER span, current (attached) from `start` until `end`, which names
-    it by its route once the router has matched one."""
+    """An HTTP request's SERVER span, current (attached) from its start until `end`, which
+    names it by its route once the router has matched one. An unsampled one is never made
+    current: the calls it makes then see no recording span and start none."""
 
     __slots__ = ("_token", "remote", "span")
 
-    def __init__(self, method: str, headers: list[tuple[bytes, bytes]], path: str) -> None:
+    def __init__(self, method: str, headers: list[tuple[bytes, bytes]]) -> None:
         carrier = carrier_of(headers)
         parent = _w3c.extract(carrier) if carrier else None
         # a valid incoming context: the caller's trace id is worth logging even unsampled
         self.remote = (
             parent is not None and trace.get_current_span(parent).get_span_context().is_valid
         )
-        self.span = _tracer.start_span(
-            f"HTTP {method}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": path},
+        self.span = s = _tracer.start_span(f"HTTP {method}", context=parent, kind=SpanKind.SERVER)
+        self._token = (
+            otel_context.attach(trace.set_span_in_context(s)) if s.is_recording() else None
         )
-        self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
     def end(self, route: str, method: str, status: int) -> str | None:
         """End it; the trace id to log (hex): when it was sampled, or the caller sent one."""
-        otel_context.detach(self._token)
         s = self.span
+        if self._token is None:  # not sampled: nothing was recorded
+            ctx = s.get_span_context()
+            return trace.format_trace_id(ctx.trace_id) if self.remote else None
+        otel_context.detach(self._token)
         s.update_name(f"HTTP {method} {route}")
-        s.set_attribute("http.route", route)
-        s.set_attribute("http.response.status_code", status)
+        s.set_attributes(
+            {
+                "http.request.method": method,
+                "http.route": route,
+                "http.response.status_code": status,
+            }
+        )
         if status >= 500:
             s.set_status(Status(StatusCode.ERROR))
         s.end()
-        ctx = s.get_span_context()
-        return (
-            trace.format_trace_id(ctx.trace_id) if ctx.trace_flags.sampled or self.remote else None
-        )
+        return trace.format_trace_id(s.get_span_context().trace_id)
 
 
 def client_span(name: str, attributes: Attributes = None) -> tuple[Span, dict[str, str]]:
@@ -202,17 +233,6 @@ def client_span(name: str, attributes: Attributes = None) -> tuple[Span, dict[st
     carrier: dict[str, str] = {}
     _w3c.inject(carrier, trace.set_span_in_context(s))
     return s, carrier
-
-
-@contextlib.contextmanager
-def remote_span(
-    name: str, carrier: Mapping[str, str], attributes: Attributes = None
-) -> Iterator[Span]:
-    """The SERVER span of a call whose caller sent `carrier`, current for the block."""
-    with _tracer.start_as_current_span(
-        name, context=_w3c.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
-    ) as s:
-        yield s
 
 
 def end_span(s: Span, error: BaseException | None = None) -> None:

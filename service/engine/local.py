@@ -9,7 +9,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service import tracing
 from service.engine.dispatch import handlers, handles
 from service.engine.engine import BeforeCommit, Engine, Generation
 from service.engine.stream import Route
@@ -58,11 +57,7 @@ class InProcessClient:
         handler = self._handlers.get(type(op))
         if handler is None or isinstance(op, StreamOp):
             raise InvalidInput(f"the engine has no operation {type(op).__name__}")
-        if tracing.enabled and tracing.capture() is not None:
-            with tracing.span(f"engine {type(op).__name__}"):
-                out: R = await handler(op)
-                return out
-        out = await handler(op)
+        out: R = await handler(op)
         return out
 
     async def open(
@@ -81,12 +76,7 @@ class InProcessClient:
         handler = self._handlers.get(type(op))
         if handler is None or not isinstance(op, StreamOp):
             raise InvalidInput(f"the engine has no stream operation {type(op).__name__}")
-        if tracing.enabled and tracing.capture() is not None:
-            # its start (a session's lookup, the prompt's prefill); the decode has its own span
-            with tracing.span(f"engine {type(op).__name__}"):
-                gen: Generation = await handler(op, before_commit, route)
-                return gen
-        gen = await handler(op, before_commit, route)
+        gen: Generation = await handler(op, before_commit, route)
         return gen
 
     def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:

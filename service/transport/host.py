@@ -233,10 +233,11 @@ class EngineHost:
         hold: LocalHold | None,
         carrier: dict[str, str],
     ) -> None:
-        """`_run` in the SERVER span of the worker's call (its child), current for the task:
-        the engine's spans for the call are its children."""
+        """`_run` in the engine's SERVER span for the worker's call (`engine <Op>`: the wire
+        hop's far end and the operation's handling), current for the task: the engine's spans
+        for the call (store, queue wait, batch, decode) are its children."""
         attrs = {"rpc.system": "rnnserve.wire", "rnnserve.worker": ident.decode("latin-1")}
-        with tracing.remote_span(f"wire {type(op).__name__}", carrier, attrs):
+        with tracing.remote_span(f"engine {type(op).__name__}", carrier, attrs):
             await self._run(ident, rid, op, hold)
 
     async def _run(

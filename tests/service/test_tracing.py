@@ -178,17 +178,16 @@ def _is_parent(parent: ReadableSpan, child: ReadableSpan) -> bool:
 
 
 def _engine_side(got: list[ReadableSpan], op: str, http: ReadableSpan, transport: str) -> Any:
-    """The engine's span for the operation, under the wire hop (zmq) or the request's span."""
-    engine = _one(got, f"engine {op}")
+    """The parent of the engine's spans: over the wire, the engine's SERVER span for the
+    operation (`engine <Op>`, child of the worker's CLIENT span); in one process, the
+    request's own span."""
     if transport == "zmq":
         client = _one(got, f"wire {op}", SpanKind.CLIENT)
-        server = _one(got, f"wire {op}", SpanKind.SERVER)
-        assert _is_parent(http, client) and _is_parent(client, server)
-        assert _is_parent(server, engine)
-    else:
-        assert not [s for s in got if s.name.startswith("wire")]
-        assert _is_parent(http, engine)
-    return engine
+        engine = _one(got, f"engine {op}", SpanKind.SERVER)
+        assert _is_parent(http, client) and _is_parent(client, engine)
+        return engine
+    assert not [s for s in got if s.name.startswith(("wire", "engine"))]
+    return http
 
 
 @pytest.mark.parametrize("transport", ["inprocess", "zmq"])
@@ -274,9 +273,12 @@ def test_server_span_is_the_parent_of_the_calls_made_inside_it(
     with tracing.server_span("grpc Feed", {"traceparent": TRACEPARENT}, {"rpc.system": "grpc"}):
         client, carrier = tracing.client_span("wire Feed")
         tracing.end_span(client)
-    server = _one(spans.get_finished_spans(), "grpc Feed", SpanKind.SERVER)
+    with pytest.raises(ValueError), tracing.server_span("grpc Feed", {}):
+        raise ValueError("a failed call")
+    server, failed = [s for s in spans.get_finished_spans() if s.name == "grpc Feed"]
     assert format_trace_id(server.context.trace_id) == TRACE
     assert server.parent is not None and format_span_id(server.parent.span_id) == CALLER
+    assert failed.parent is None and not failed.status.is_ok
     assert carrier["traceparent"].split("-")[1:3] == [
         TRACE,
         format_span_id(client.get_span_context().span_id),
@@ -343,7 +345,6 @@ def test_a_server_with_workers_exports_its_spans_to_an_otlp_collector(
         want = {
             ("worker", "HTTP POST /v1/sessions/{session_id}/feed"),
             ("worker", "wire Feed"),
-            ("engine", "wire Feed"),
             ("engine", "engine Feed"),
             ("engine", "store.get"),
             ("engine", "queue wait"),

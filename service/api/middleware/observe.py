@@ -39,7 +39,7 @@ class ObserveMiddleware:
         t0 = time.perf_counter()
         status = 500
         span = (
-            tracing.RequestSpan(scope["method"], scope.get("headers", []), scope["path"])
+            tracing.RequestSpan(scope["method"], scope.get("headers", []))
             if tracing.enabled
             else None
         )
