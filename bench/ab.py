@@ -4,6 +4,9 @@
     python -m bench.ab --base HEAD~1 --only generate --streams 64,256 --rounds 5
     python -m bench.ab --base main --env-b RNNSERVE_INTRA_OP_THREADS=1   # a setting, same code
     python -m bench.ab --base HEAD~1 --only session   # short session streams, one client
+    python -m bench.ab --base HEAD --only step --otlp-sink \
+        --env-b OTEL_TRACES_SAMPLER=traceidratio --env-b OTEL_TRACES_SAMPLER_ARG=0.1
+                                   # tracing on at 10 % (B) vs off (A), exported for real
 
 Both servers run at once on loopback (the baseline from a `git worktree` of `--base` under
 bench/.out/, with the same venv), and every measurement goes in interleaved rounds (A, B, A,
@@ -166,6 +169,12 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--env-a", action="append", default=[], help="KEY=VALUE for A's server")
     p.add_argument("--env-b", action="append", default=[], help="KEY=VALUE for B's server")
+    p.add_argument(
+        "--otlp-sink",
+        action="store_true",
+        help="run an OTLP/gRPC receiver (bench/otlp_sink.py) and point B's traces at it "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT: tracing on in B)",
+    )
     a = p.parse_args()
     only = set(a.only.split(","))
     (OUT / "logs").mkdir(parents=True, exist_ok=True)
@@ -182,6 +191,17 @@ def main() -> None:
     def env(items: list[str]) -> dict[str, str]:
         return dict(x.split("=", 1) for x in items)
 
+    sink = None
+    if a.otlp_sink:
+        sink_port = free_port()
+        sink = subprocess.Popen(
+            [sys.executable, "-m", "bench.otlp_sink", "--port", str(sink_port)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert sink.stdout is not None and sink.stdout.readline().startswith("listening")
+        a.env_b.append(f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{sink_port}")
     servers = {
         "A": server("A", worktree(a.base), root, env(a.env_a)),
         "B": server("B", REPO, root, env(a.env_b)),
@@ -251,6 +271,10 @@ def main() -> None:
     finally:
         for s in servers.values():
             s.stop()
+        if sink is not None:
+            sink.terminate()
+            out, _ = sink.communicate(timeout=10)
+            res["otlp_sink_spans"] = int(out.split()[-1])
     res["load_after"] = Path("/proc/loadavg").read_text().split()[:3]
     stamp = res["when"].replace(":", "")
     (OUT / f"ab-{stamp}.json").write_text(json.dumps(res, indent=1))
@@ -260,7 +284,8 @@ def main() -> None:
 def table(res: dict[str, Any]) -> str:
     lines = [
         f"A = {res['base']} {' '.join(res['env_a'])}, B = this tree {' '.join(res['env_b'])}; "
-        f"{res['cpu']}, {res['when']}, load {res['load_before']} -> {res['load_after']}",
+        f"{res['cpu']}, {res['when']}, load {res['load_before']} -> {res['load_after']}"
+        + (f"; {res['otlp_sink_spans']:,} spans exported" if "otlp_sink_spans" in res else ""),
         "",
         "| workload | metric | A | B | B/A (median of per-round ratios) |",
         "|---|---|---:|---:|---:|",

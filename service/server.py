@@ -11,6 +11,7 @@ import os
 # (measured on 2 cores with one busy: 20 us vs 74-114 us for the 256 x 65 prefix-sum product).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from service import tracing
 from service.api.http_server import run_app
 from service.app import create_app
 from service.settings import Settings
@@ -24,4 +25,8 @@ def serve(settings: Settings | None = None) -> None:
 
         serve_workers(settings)
         return
-    run_app(create_app(settings), settings)
+    tracing.configure("server")  # (on only when the OTEL_* environment says so)
+    try:
+        run_app(create_app(settings), settings)
+    finally:
+        tracing.shutdown()

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from service import tracing
 from service.contract.model_settings import EffectiveSettings, effective
 from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
@@ -23,6 +24,7 @@ from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stops import StopAutomata, StopAutomaton
 from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
+from service.engine.traced import DecodeTrace
 from service.errors import InvalidInput, ModelNotFound
 from service.metrics import Metrics
 from service.protocol.catalog import Catalog
@@ -409,7 +411,17 @@ class Engine:
             route=route,
             stop_automaton=self.stop_automaton(m, params.stop),
         )
-        self._scheduler(m).join(stream)
+        sched = self._scheduler(m)
+        if tracing.enabled and (ctx := tracing.capture()) is not None:
+            span = tracing.start("decode", ctx, {"rnnserve.model": m.key})
+            stream.trace = DecodeTrace(span, sched.counts)
+        try:
+            sched.join(stream)
+        except BaseException as e:
+            if stream.trace is not None:
+                stream.trace.end("refused", error=e)
+                stream.trace = None
+            raise
         return stream
 
     async def generate(

@@ -15,9 +15,12 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
 
 StateRows = list[np.ndarray]
 PrefillResult = tuple[np.ndarray, StateRows]
@@ -30,6 +33,9 @@ class PrefillJob:
     future: asyncio.Future[PrefillResult]
     enqueued: float = field(default_factory=time.perf_counter)
     done: int = 0  # tokens already run (by earlier passes, from `states` on)
+    # (its request's trace context, when queued, ns since the epoch): a sampled request's job
+    # (service/tracing.py); the engine thread records its queue wait and batches under it
+    trace: tuple[Context, int] | None = None
 
     @property
     def remaining(self) -> int:

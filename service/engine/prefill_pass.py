@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from service import tracing
 from service.engine.finite import nonfinite
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import Chunk, PrefillJob, StateRows, length_buckets, pack
@@ -55,9 +56,13 @@ class PrefillPass:
     def _bucket(self, chunks: list[Chunk]) -> list[PrefillJob]:
         """Run one bucket; resolve the jobs it finishes, return those it does not. Any failure
         fails every job of the bucket (none goes back)."""
+        traced = [c for c in chunks if c.job.trace is not None] if tracing.enabled else None
+        start_ns = tracing.now_ns() if traced else 0
         try:
             tokens, lengths, states = pack(chunks, self._init_row, self._axes)
             logits, out = self._call(tokens, lengths, states)
+            if traced:
+                self._trace(traced, len(chunks), start_ns)
             # the outputs checked once for the whole pass (each row only when one is not)
             suspect = nonfinite(self._specs, [logits], out) is not None
             results = []
@@ -75,6 +80,8 @@ class PrefillPass:
                     results.append((c.job.future, (logits[i].copy(), rows)))
         except Exception as e:
             log.exception("prefill batch failed", extra={"model": self.name, "rows": len(chunks)})
+            if traced:
+                self._trace(traced, len(chunks), start_ns, e)
             self.post(reject, [c.job.future for c in chunks], as_service_error(e))
             return []
         for future, err in refused:
@@ -85,6 +92,27 @@ class PrefillPass:
         if results:
             self.post(resolve, results)
         return [c.job for c, _ in unfinished]
+
+    def _trace(
+        self, chunks: list[Chunk], rows: int, start_ns: int, error: Exception | None = None
+    ) -> None:
+        """The spans of the traced jobs of a bucket that ran from `start_ns` until now: its
+        queue wait (a job's first pass) and the batch it ran in."""
+        end_ns = tracing.now_ns()
+        for c in chunks:
+            assert c.job.trace is not None
+            ctx, queued_ns = c.job.trace
+            if c.job.done == 0:  # (updated after this: its first chunk)
+                tracing.record(
+                    "queue wait", ctx, queued_ns, start_ns, {"rnnserve.model": self.name}
+                )
+            attrs: dict[str, str | int | bool] = {
+                "rnnserve.model": self.name,
+                "rnnserve.batch_size": rows,
+                "rnnserve.tokens": int(c.tokens.size),
+                "rnnserve.last_chunk": c.last,
+            }
+            tracing.record("prefill batch", ctx, start_ns, end_ns, attrs, error)
 
     def _call(
         self, tokens: np.ndarray, lengths: np.ndarray, states: StateRows

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from service import tracing
 from service.engine.batch import DecodeBatch
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
@@ -64,6 +65,7 @@ from service.engine.to_loop import (
     record,
     reject,
 )
+from service.engine.traced import StepCount
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -122,6 +124,7 @@ class Scheduler:
         self._bound = place.on_device
         self._ones = np.ones(config.max_streams, np.int32)
         self._last_step: float | None = None  # start of the last decode step
+        self.counts = StepCount()  # decode steps and rows so far (a traced stream's batch sizes)
         self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
@@ -148,9 +151,12 @@ class Scheduler:
         arr = np.asarray(tokens, dtype=np.int64)
         assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
         fut: asyncio.Future[PrefillResult] = asyncio.get_running_loop().create_future()
+        job = PrefillJob(arr, states, fut)
+        if tracing.enabled and (ctx := tracing.capture()) is not None:
+            job.trace = (ctx, tracing.now_ns())
         with self._cv:
             self._admit(len(self._prefill))
-            self._prefill.add(PrefillJob(arr, states, fut), self._budget.chunk())
+            self._prefill.add(job, self._budget.chunk())
             self._cv.notify()
         self._gauge()
         return await fut
@@ -343,6 +349,9 @@ class Scheduler:
         if n == 0:
             return
         t0 = time.perf_counter()
+        counts = self.counts
+        counts.steps += 1
+        counts.rows += n
         r = b.rows
         u = b.draws.step(r.seeds, r.count)  # (n,), one draw per row
         if b.plain:  # the usual batch: temperature only, no per-step masks

@@ -9,6 +9,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+from service import tracing
 from service.engine.engine import Engine
 from service.engine.local import InProcessClient
 from service.engine.registry import LoadOptions, Registry, load_registry
@@ -19,6 +20,7 @@ from service.logging import get_logger
 from service.metrics import Metrics
 from service.sessions import Clock, MemoryStore, SessionStore
 from service.sessions.service import SessionService
+from service.sessions.traced import TracedStore
 from service.settings import Settings
 
 log = get_logger("app")
@@ -89,7 +91,7 @@ async def running_engine(
     st = store or build_store(settings, m, clock)
     svc = SessionService(
         engine,
-        st,
+        TracedStore(st) if tracing.enabled else st,  # record reads and writes as spans
         default_ttl_s=settings.session_ttl_s,
         max_ttl_s=settings.max_session_ttl_s,
         idempotency_ttl_s=settings.idempotency_ttl_s,

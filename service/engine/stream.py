@@ -8,6 +8,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +17,9 @@ from service.engine.stops import StopAutomaton
 from service.protocol.events import EVENT_BYTES, LOGPROB_BYTES, ClientTooSlow, TokenEvent
 from service.protocol.messages import FinishReason, StepLogprob
 from service.protocol.stop_text import StopMatcher
+
+if TYPE_CHECKING:
+    from service.engine.traced import DecodeTrace
 
 # (stream ids, token ids, ids of the streams that end with this token, or None when none may):
 # one decode step's tokens for one consumer, row for row
@@ -80,6 +84,7 @@ class Stream:
     # where its stop strings end it, decided over the batch (`stops.StopTable`); the text held
     # back and released is matched by whoever decodes the tokens (`stop_text` for its own)
     stop_automaton: StopAutomaton | None = None
+    trace: DecodeTrace | None = None  # its `decode` span (a sampled request's), ended at its end
 
     def __post_init__(self) -> None:
         self.stopper = StopMatcher(self.params.stop)
@@ -104,6 +109,9 @@ class Stream:
         self.cancelled = True
         if self.on_cancel is not None:
             self.on_cancel()
+        if self.trace is not None:
+            self.trace.end("cancelled")
+            self.trace = None
 
     # -- engine thread ----------------------------------------------------------------------
 
@@ -172,9 +180,15 @@ class Stream:
         if self.cancelled:
             return
         reason: FinishReason = "stop" if stop is not None else "length"
+        if self.trace is not None:
+            self.trace.end(reason, sampled)
+            self.trace = None
         self._push(DoneEvent(reason, sampled, logits, states, stop))
 
     def fail(self, error: BaseException) -> None:
+        if self.trace is not None:
+            self.trace.end("failed", error=error)
+            self.trace = None
         self._push(ErrorEvent(error))
 
     async def iter_batches(self) -> AsyncIterator[list[Event]]:

@@ -13,6 +13,7 @@ from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
+from service import tracing
 from service.engine.startup import running_engine
 from service.heap import freeze_startup_heap
 from service.logging import configure_logging, get_logger
@@ -31,7 +32,11 @@ def engine_main(settings: dict[str, Any], address: str, conn: Connection) -> Non
     s = Settings(**settings)
     configure_logging(s.log_level, s.log_json)
     sys.setswitchinterval(s.gil_switch_interval_ms / 1000)
-    _run_loop(_engine(s, address, conn))
+    tracing.configure("engine")  # (on only when the OTEL_* environment says so)
+    try:
+        _run_loop(_engine(s, address, conn))
+    finally:
+        tracing.shutdown()  # its last spans exported (a child process runs no atexit)
 
 
 def _run_loop(main: Coroutine[Any, Any, None]) -> None:

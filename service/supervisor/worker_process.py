@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from service import tracing
 from service.api.app import api_app
 from service.api.http_server import run_app
 from service.metrics import Metrics
@@ -24,7 +25,11 @@ def worker_main(settings: dict[str, Any], sock: socket.socket, address: str) -> 
     """Target of an API worker: the app on the shared socket, the engine at `address`."""
     name_process("rnnserve-worker")
     s = Settings(**settings)
-    run_app(api_app(s, remote_engine(s, address)), s, sockets=[sock])
+    tracing.configure("worker")  # (on only when the OTEL_* environment says so)
+    try:
+        run_app(api_app(s, remote_engine(s, address)), s, sockets=[sock])
+    finally:
+        tracing.shutdown()  # its last spans exported (a child process runs no atexit)
 
 
 def remote_engine(settings: Settings, address: str) -> Any:

@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.engine.local import InProcessClient, LocalHold
 from service.engine.stream import Route, TokenSink
 from service.logging import get_logger
@@ -135,7 +136,10 @@ class EngineHost:
         # always finds it to release
         hold = self._slot(ident, call.slot) if call.slot is not None else None
         key = (ident, rid)
-        task = asyncio.create_task(self._run(ident, rid, op, hold))
+        if call.trace is not None and tracing.enabled:
+            task = asyncio.create_task(self._traced(ident, rid, op, hold, call.trace))
+        else:
+            task = asyncio.create_task(self._run(ident, rid, op, hold))
         self._calls[key] = task
         task.add_done_callback(self._done(key))
 
@@ -220,6 +224,21 @@ class EngineHost:
             _check_sent(sent)
         else:
             sent.add_done_callback(_check_sent)
+
+    async def _traced(
+        self,
+        ident: bytes,
+        rid: int,
+        op: wire.Operation,
+        hold: LocalHold | None,
+        carrier: dict[str, str],
+    ) -> None:
+        """`_run` in the engine's SERVER span for the worker's call (`engine <Op>`: the wire
+        hop's far end and the operation's handling), current for the task: the engine's spans
+        for the call (store, queue wait, batch, decode) are its children."""
+        attrs = {"rpc.system": "rnnserve.wire", "rnnserve.worker": ident.decode("latin-1")}
+        with tracing.remote_span(f"engine {type(op).__name__}", carrier, attrs):
+            await self._run(ident, rid, op, hold)
 
     async def _run(
         self, ident: bytes, rid: int, op: wire.Operation, hold: LocalHold | None

@@ -21,6 +21,7 @@ import msgspec
 import zmq
 import zmq.asyncio
 
+from service import tracing
 from service.contract import ModelManifest, tokenizer_from_spec
 from service.errors import EngineError, InvalidInput, ServiceError
 from service.protocol.catalog import Catalog, ModelView, require_unicode
@@ -31,6 +32,8 @@ from service.transport import wire
 from service.transport.remote_streams import RemoteGeneration, RemoteHold
 
 R = TypeVar("R")
+
+_ATTRS = {"rpc.system": "rnnserve.wire"}
 
 
 class EngineGone(EngineError):
@@ -197,6 +200,8 @@ class RemoteClient:
     async def _unary(self, op: wire.Operation, rid: int | None = None) -> msgspec.Raw:
         if self._gone is not None:
             raise self._gone
+        if tracing.enabled and tracing.capture() is not None:  # (a sampled request's call)
+            return await self._traced(op, rid)
         rid = next(self._ids) if rid is None else rid
         fut: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
@@ -207,6 +212,27 @@ class RemoteClient:
             if self._calls.pop(rid, None) is not None:
                 self._cancel(rid)  # the caller left: the engine stops and commits nothing
             raise
+
+    async def _traced(self, op: wire.Operation, rid: int | None) -> msgspec.Raw:
+        """`_unary` in a CLIENT span, whose context the `Call` carries to the engine."""
+        span, carrier = tracing.client_span(f"wire {type(op).__name__}", _ATTRS)
+        rid = next(self._ids) if rid is None else rid
+        fut: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        self._calls[rid] = fut
+        error: BaseException | None = None
+        try:
+            await self._sock.send(self._encode(wire.Call(rid, op, trace=carrier)))
+            return await fut
+        except asyncio.CancelledError as e:
+            error = e
+            if self._calls.pop(rid, None) is not None:
+                self._cancel(rid)
+            raise
+        except Exception as e:
+            error = e
+            raise
+        finally:
+            tracing.end_span(span, error)
 
     # -- EngineClient
     async def call(self, op: Op[R]) -> R:
@@ -220,14 +246,29 @@ class RemoteClient:
         # the request's stream slot travels with its generation: the engine takes it as it
         # reads the frame (`wire.SlotRef`)
         slot = hold.ref_for(self) if isinstance(hold, RemoteHold) else None
-        frame = self._encode(wire.Call(rid, op, slot))
+        span, carrier = None, None
+        if tracing.enabled and tracing.capture() is not None:
+            # a CLIENT span for the whole stream, ended as the generation closes
+            span, carrier = tracing.client_span(f"wire {type(op).__name__}", _ATTRS)
+        try:
+            frame = self._encode(wire.Call(rid, op, slot, carrier))
+        except BaseException as e:
+            if span is not None:
+                tracing.end_span(span, e)
+            raise
         gen = RemoteGeneration(self, rid, self.stream_buffer_bytes, op.stops())
+        gen.span = span
         self._streams[rid] = gen
         try:
             await self._sock.send(frame)
             await gen.opened  # the engine's own errors at start (unknown session, bad prompt)
         except asyncio.CancelledError:
             await gen.aclose()
+            raise
+        except BaseException as e:  # refused as it started: no `aclose` comes
+            if span is not None:
+                gen.span = None
+                tracing.end_span(span, e)
             raise
         return gen
 

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from opentelemetry.trace import Span
 
+from service import tracing
 from service.errors import ServiceError
 from service.protocol.events import (
     EVENT_BYTES,
@@ -57,6 +59,7 @@ class RemoteGeneration(EventsFromBatches):
         self._stopper: StopMatcher | None = None  # the text its stop strings hold back
         self._pieces: list[str] = []
         self._next = 0  # the next token's index
+        self.span: Span | None = None  # its CLIENT span (tracing on and sampled), ended by aclose
 
     def decode_with(self, vocab: list[str]) -> None:
         self._vocab = vocab
@@ -192,6 +195,10 @@ class RemoteGeneration(EventsFromBatches):
         if self._closed:
             return
         self._closed = True
+        if self.span is not None:
+            self.span.set_attribute("rnnserve.cancelled", not self._ended)
+            tracing.end_span(self.span)
+            self.span = None
         if not self._ended:
             self._ended = True
             self._client._cancel(self._rid)

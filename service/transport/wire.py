@@ -22,7 +22,7 @@ from service import errors
 from service.protocol.messages import Message, StepLogprob
 from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 13  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 14  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
@@ -32,7 +32,8 @@ WIRE_VERSION = 13  # 2: a message from the engine may carry several frames; 3: H
 # `Call` carries a stream's slot, an `ErrorInfo` is known by its code; 11: `StepTokens`;
 # 12: `StepIds` replaces `StepTokens` (the worker decodes a routed stream's tokens and matches
 # its stop strings' text: `Opened.model`, `Drained.text`); 13: the catalog lists every version
-# serving with its settings, and comes again to every worker when it changes (`CatalogInfo`)
+# serving with its settings, and comes again to every worker when it changes (`CatalogInfo`); 14: a `Call` may carry its caller's trace
+# context (`Call.trace`, W3C `traceparent` / `tracestate`: service/tracing.py)
 
 
 class Tensor(Message, frozen=True):
@@ -132,6 +133,9 @@ class Call(Message, frozen=True, tag="call"):
     rid: int
     op: Operation
     slot: SlotRef | None = None  # a generation's stream slot (see SlotRef)
+    # the W3C trace context of the worker's span for this call (tracing on and sampled), of
+    # which the engine's spans for it are children
+    trace: dict[str, str] | None = None
 
 
 class Cancel(Message, frozen=True, tag="cancel"):

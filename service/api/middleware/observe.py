@@ -1,4 +1,5 @@
-"""Request ids, request metrics by route template and status, one access log line per request."""
+"""Request ids, request metrics by route template and status, the request's trace span, one
+access log line per request."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.api.deps import Services
+from service.api.middleware.limits import OWNER_KEY
 from service.logging import get_logger, request_id
 
 log = get_logger("app")
 
 
 class ObserveMiddleware:
-    """Request id, metrics by route template and status, one access log line (no bodies).
+    """Request id, metrics by route template and status, the request's SERVER span (tracing
+    on: `tracing.RequestSpan`, the caller's W3C `traceparent` honoured), one access log line
+    (no bodies): with the caller's key name (`key_name`, null with auth off; never the key)
+    and, tracing on, the `trace_id` of a sampled request or of one that came with a valid
+    `traceparent`.
 
     Pure ASGI (not BaseHTTPMiddleware): cheap, and transparent to streaming and cancellation.
     """
@@ -31,6 +38,11 @@ class ObserveMiddleware:
         token = request_id.set(rid)
         t0 = time.perf_counter()
         status = 500
+        span = (
+            tracing.RequestSpan(scope["method"], scope.get("headers", []))
+            if tracing.enabled
+            else None
+        )
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -47,15 +59,17 @@ class ObserveMiddleware:
             services: Services | None = getattr(scope["app"].state, "services", None)
             if services is not None:
                 services.metrics.request_done(route, scope["method"], str(status), dt)
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "route": route,
-                    "status": status,
-                    "ms": round(dt * 1e3, 2),
-                },
-            )
+            extra = {
+                "method": scope["method"],
+                "route": route,
+                "status": status,
+                "ms": round(dt * 1e3, 2),
+                # set by the auth middleware inside this one, in the scope's shared state
+                "key_name": (scope.get("state") or {}).get(OWNER_KEY),
+            }
+            if span is not None and (trace_id := span.end(route, scope["method"], status)):
+                extra["trace_id"] = trace_id
+            log.info("request", extra=extra)
             request_id.reset(token)
 
 
