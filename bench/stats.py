@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 KEYS = ("rps", "p50_ms", "p99_ms", "client_cpu", "server_cpu")
 REFERENCES = ("floor", "pytriton-bin")
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def summarize(
+    runs: dict[str, list[dict[str, Any]]], refs: Sequence[str] = REFERENCES
+) -> dict[str, dict[str, Any]]:
     """Per target: the median of each metric over rounds, total errors, and `x_<ref>`: the
     median over rounds of (target req/s / reference req/s in the SAME round), so slow drift of
     a shared machine cancels out of the ratio."""
@@ -20,7 +23,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]
         s: dict[str, Any] = {k: statistics.median(r[k] for r in rs) for k in KEYS}
         s["errors"] = sum(int(r["errors"]) for r in rs)
         s["rps_runs"] = [r["rps"] for r in rs]
-        for ref in REFERENCES:
+        for ref in refs:
             if t != ref and runs.get(ref):
                 ratios = [
                     a["rps"] / b["rps"] for a, b in zip(rs, runs[ref], strict=True) if b["rps"] > 0

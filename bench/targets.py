@@ -15,9 +15,11 @@ import subprocess
 import sys
 import sysconfig
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -295,6 +297,17 @@ def _v2(name: str, inputs: list[tuple[str, np.ndarray]], outputs: list[str], bin
     return Req("POST", f"/v2/models/{name}/infer", headers, bytes(body))
 
 
+def _v2_step(sid: str, text: str, start: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {"sequence_id": sid}
+    if start:
+        params["sequence_start"] = True
+    return {
+        "parameters": params,
+        "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": [text]}],
+        "outputs": [{"name": "PROBS"}],
+    }
+
+
 def step_requests(
     target: str, base: str, m: Models, h: np.ndarray, c: np.ndarray, threads: int, connections: int
 ) -> list[list[Req]]:
@@ -313,6 +326,23 @@ def step_requests(
                     Req("POST", p, JSON, json.dumps({"text": ch}).encode())
                     for ch in chars
                     for p in paths
+                ]
+            )
+        return out
+    if target == "rnnserve-v2":  # the same, as v2 sequence steps (what tritonclient sends)
+        out = []
+        for _ in range(threads):
+            seqs = []
+            for _ in range(connections // threads):
+                sid = f"v2-{uuid.uuid4().hex[:12]}"
+                _post(base, f"/v2/models/{m.char_name}/infer", _v2_step(sid, STEP_TEXT, True))
+                seqs.append(sid)
+            path = f"/v2/models/{m.char_name}/infer"
+            out.append(
+                [
+                    Req("POST", path, JSON, json.dumps(_v2_step(sid, ch, False)).encode())
+                    for ch in chars
+                    for sid in seqs
                 ]
             )
         return out

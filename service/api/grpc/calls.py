@@ -14,14 +14,17 @@ code (`invalid_tensor`, `session_busy`, ...) rides in the trailing metadata as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.trace import Span, format_trace_id
 
+from service import tracing
 from service.api.deps import Services
 from service.api.middleware.auth import Unauthorized
 from service.api.middleware.observe import new_request_id as new_request_id
@@ -32,6 +35,7 @@ from service.logging import get_logger, request_id
 from service.settings import Settings
 
 log = get_logger("grpc")
+access = get_logger("app")  # the access log: one line per request, every surface
 SERVICE = "inference.GRPCInferenceService"
 
 _CODES = {
@@ -126,19 +130,89 @@ class Calls:
             raise Unauthorized(f"{why} (metadata authorization: Bearer <key>)")
         return owner
 
-    def done(self, method: str, code: grpc.StatusCode, owner: str | None, t0: float) -> None:
+    @contextlib.asynccontextmanager
+    async def serving(
+        self, method: str, context: grpc.aio.ServicerContext, open_call: bool = False
+    ) -> AsyncIterator[Call]:
+        """One call: its request id, span, key check and error mapping; then its metrics and
+        access log line. A `ServiceError` (or the request timeout) leaving the block aborts the
+        call with its status code and message."""
+        t0 = time.perf_counter()
+        token = request_id.set(metadata(context, "x-request-id") or new_request_id())
+        call = Call()
+        carrier = _carrier(context) if tracing.enabled else None
+        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
+        with tracing.server_span(f"gRPC {method}", carrier, attributes) as span:
+            try:
+                call.owner = self.owner(context, open_call)
+                yield call
+            except ServiceError as e:
+                call.code = status_of(e)
+                context.set_trailing_metadata(trailers_of(e))
+                await context.abort(call.code, message_of(e))
+            except TimeoutError:
+                call.code = grpc.StatusCode.DEADLINE_EXCEEDED
+                context.set_trailing_metadata((("rnnserve-error-code", "timeout"),))
+                await context.abort(
+                    call.code,
+                    f"the request did not complete within {self.settings.request_timeout_s:g} "
+                    "s; retry later",
+                )
+            except asyncio.CancelledError:
+                call.code = grpc.StatusCode.CANCELLED  # the client left or its deadline passed
+                raise
+            except Exception:
+                call.code = grpc.StatusCode.INTERNAL
+                log.exception("unexpected error", extra={"route": method})
+                await context.abort(call.code, "internal error")
+            finally:
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+                self._done(method, call, t0, _trace_id(span, carrier))
+                request_id.reset(token)
+
+    def _done(self, method: str, call: Call, t0: float, trace_id: str | None) -> None:
         dt = time.perf_counter() - t0
         route = f"/{SERVICE}/{method}"
-        self.services.metrics.request_done(route, "GRPC", code.name, dt)
+        self.services.metrics.request_done(route, "GRPC", call.code.name, dt)
         extra: dict[str, Any] = {
             "method": "GRPC",
             "route": route,
-            "status": code.name,
+            "status": call.code.name,
             "ms": round(dt * 1e3, 2),
+            "key_name": call.owner,  # the key's name, never the key (as HTTP's line)
         }
-        if owner is not None:
-            extra["key_name"] = owner
-        log.info("request", extra=extra)
+        if trace_id is not None:
+            extra["trace_id"] = trace_id
+        access.info("request", extra=extra)
+
+
+@dataclass
+class Call:
+    """What the access log says of a call: its status code and the caller's key name."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    owner: str | None = None
+
+
+def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """The W3C trace context in a call's metadata."""
+    out = {}
+    for name in ("traceparent", "tracestate"):
+        value = metadata(context, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _trace_id(span: Span | None, carrier: dict[str, str] | None) -> str | None:
+    """The trace id to log (tracing on): a sampled call's, or the caller's own."""
+    if span is None:
+        return None
+    ctx = span.get_span_context()
+    if ctx.trace_flags.sampled or (carrier and "traceparent" in carrier):
+        return format_trace_id(ctx.trace_id)
+    return None
 
 
 Req = TypeVar("Req")
@@ -157,38 +231,12 @@ def unary(
     ) -> Callable[[Any, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
         async def handler(self: Any, request: Req, context: grpc.aio.ServicerContext) -> Resp:
             calls: Calls = self.calls
-            t0 = time.perf_counter()
-            token = request_id.set(metadata(context, "x-request-id") or new_request_id())
-            code, owner = grpc.StatusCode.OK, None
-            try:
-                owner = calls.owner(context, open_call)
+            async with calls.serving(method, context, open_call) as call:
                 if isinstance(request, Malformed):
                     raise request.error()
                 async with asyncio.timeout(calls.settings.request_timeout_s):
-                    return await fn(self, request, context, owner)
-            except ServiceError as e:
-                code = status_of(e)
-                context.set_trailing_metadata(trailers_of(e))
-                await context.abort(code, message_of(e))
-            except TimeoutError:
-                code = grpc.StatusCode.DEADLINE_EXCEEDED
-                context.set_trailing_metadata((("rnnserve-error-code", "timeout"),))
-                await context.abort(
-                    code,
-                    f"the request did not complete within {calls.settings.request_timeout_s:g} "
-                    "s; retry later",
-                )
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED  # the client went away or its deadline passed
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                log.exception("unexpected error", extra={"route": method})
-                await context.abort(code, "internal error")
-            finally:
-                calls.done(method, code, owner, t0)
-                request_id.reset(token)
-            raise AssertionError("unreachable")  # pragma: no cover (abort raises)
+                    return await fn(self, request, context, call.owner)
+            raise AssertionError("unreachable")  # pragma: no cover (an error aborts the call)
 
         handler.__name__ = handler.__qualname__ = method
         return handler

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import importlib.metadata
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
+from service import tracing
 from service.api.deps import Services
 from service.api.grpc import calls as c
 from service.api.grpc import infer, tensors
@@ -31,7 +31,6 @@ from service.api.v2.repository import load_op, unload_op
 from service.api.v2.router import EXTENSIONS
 from service.errors import InvalidInput, ModelNotFound, ServiceError
 from service.keys import Keys
-from service.logging import request_id
 from service.protocol.ops import RepositoryIndex
 
 _DATA_TYPES = {"BYTES": "TYPE_STRING"}  # v2 datatype -> Triton's config enum (else TYPE_<dt>)
@@ -162,26 +161,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, requests: AsyncIterator[pb.ModelInferRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        t0 = time.perf_counter()
-        token = request_id.set(c.metadata(context, "x-request-id") or c.new_request_id())
-        code, owner = grpc.StatusCode.OK, None
-        try:
-            owner = self.calls.owner(context, False)
-            await _Stream(self, context, owner).run(requests)
-        except ServiceError as e:
-            code = c.status_of(e)
-            context.set_trailing_metadata(c.trailers_of(e))
-            await context.abort(code, c.message_of(e))
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            c.log.exception("unexpected error", extra={"route": "ModelStreamInfer"})
-            await context.abort(code, "internal error")
-        finally:
-            self.calls.done("ModelStreamInfer", code, owner, t0)
-            request_id.reset(token)
+        async with self.calls.serving("ModelStreamInfer", context) as call:
+            await _Stream(self, context, call.owner).run(requests)
 
 
 def _repo_params(params: Any) -> dict[str, Any]:
@@ -234,6 +215,14 @@ class _Stream:
             del self.last[key]
 
     async def _one(self, msg: pb.ModelInferRequest, before: asyncio.Task[None] | None) -> None:
+        if not tracing.enabled:
+            await self._serve(msg, before)
+            return
+        attributes = {"rnnserve.request_id": getattr(msg, "id", "")}
+        with tracing.span("gRPC ModelStreamInfer request", attributes):  # one per request
+            await self._serve(msg, before)
+
+    async def _serve(self, msg: pb.ModelInferRequest, before: asyncio.Task[None] | None) -> None:
         try:
             if before is not None:  # the sequence's previous step first, whatever its outcome
                 await asyncio.wait([before])
