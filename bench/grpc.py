@@ -66,24 +66,7 @@ def log(msg: str) -> None:
 
 def rnnserve(m: targets.Models, workers: int, grpc_port: int) -> Server:
     """rnnserve at `--workers N` with its gRPC endpoint on (`RNNSERVE_GRPC_PORT`)."""
-    port = free_port()
-    env = {
-        "RNNSERVE_MODELS_DIR": str(m.root),
-        "RNNSERVE_PORT": str(port),
-        "RNNSERVE_HOST": "127.0.0.1",
-        "RNNSERVE_LOG_LEVEL": "warning",
-        "RNNSERVE_WORKERS": str(workers),
-        "RNNSERVE_GRPC_PORT": str(grpc_port),
-    }
-    return Server(
-        "rnnserve",
-        [sys.executable, "-c", "from service.server import serve; serve()"],
-        f"http://127.0.0.1:{port}/readyz",
-        f"http://127.0.0.1:{port}",
-        env,
-        cwd=REPO,
-        log=OUT / "logs" / "grpc-rnnserve.log",
-    )
+    return targets.rnnserve(m, "grpc-rnnserve", workers=str(workers), grpc_port=str(grpc_port))
 
 
 def pytriton_grpc_port(srv: Server) -> int:

@@ -54,22 +54,25 @@ def _env(m: Models) -> dict[str, str]:
 # -- servers ---------------------------------------------------------------------------------
 
 
-def rnnserve(m: Models) -> Server:
+def rnnserve(m: Models, name: str = "rnnserve", **settings: str) -> Server:
+    """rnnserve on `m`'s models and a free port; `settings`: more `RNNSERVE_*` variables
+    (`workers="2"` is `RNNSERVE_WORKERS=2`). `name` names it and its log."""
     port = free_port()
     env = {
         "RNNSERVE_MODELS_DIR": str(m.root),
         "RNNSERVE_PORT": str(port),
         "RNNSERVE_HOST": "127.0.0.1",
         "RNNSERVE_LOG_LEVEL": "warning",
+        **{f"RNNSERVE_{k.upper()}": v for k, v in settings.items()},
     }
     return Server(
-        "rnnserve",
+        name,
         [sys.executable, "-c", "from service.server import serve; serve()"],
         f"http://127.0.0.1:{port}/readyz",
         f"http://127.0.0.1:{port}",
         env,
         cwd=REPO,
-        log=OUT / "logs" / "rnnserve.log",
+        log=OUT / "logs" / f"{name}.log",
     )
 
 

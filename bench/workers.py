@@ -30,7 +30,7 @@ from typing import Any
 from bench import loadgen, model, targets
 from bench.__main__ import imdb_texts, machine
 from bench.genclient import run as gen_run
-from bench.procs import Server, cpu_by_name, free_port
+from bench.procs import Server, cpu_by_name
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
@@ -42,23 +42,7 @@ def log(msg: str) -> None:
 
 
 def rnnserve(m: targets.Models, workers: int) -> Server:
-    port = free_port()
-    env = {
-        "RNNSERVE_MODELS_DIR": str(m.root),
-        "RNNSERVE_PORT": str(port),
-        "RNNSERVE_HOST": "127.0.0.1",
-        "RNNSERVE_LOG_LEVEL": "warning",
-        "RNNSERVE_WORKERS": str(workers),
-    }
-    return Server(
-        f"rnnserve-w{workers}",
-        [sys.executable, "-c", "from service.server import serve; serve()"],
-        f"http://127.0.0.1:{port}/readyz",
-        f"http://127.0.0.1:{port}",
-        env,
-        cwd=REPO,
-        log=OUT / "logs" / f"rnnserve-w{workers}.log",
-    )
+    return targets.rnnserve(m, f"rnnserve-w{workers}", workers=str(workers))
 
 
 def wrk(srv: Server, prefix: Path, seconds: float, warm: float) -> dict[str, Any]:

@@ -52,7 +52,10 @@ _w3c = TraceContextTextMapPropagator()  # W3C trace context: what is read and wh
 
 
 def wanted(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether the environment turns tracing on (see the module's docstring)."""
+    """Whether the environment turns tracing on (see the module's docstring); the SDK's own
+    switch, `OTEL_SDK_DISABLED=true`, turns it off whatever else is set."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
     names = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
     if names:
         return names != "none"
@@ -166,6 +169,23 @@ def span(name: str, attributes: Attributes = None) -> _Current:
     """An INTERNAL span child of the current one, current for the `with` block (call only
     when `enabled`)."""
     return _Current(_tracer.start_span(name, attributes=attributes))
+
+
+def linked_span(name: str, attributes: Attributes = None) -> _Current:
+    """A SERVER span that starts a trace of its own, linked to the current span, current for
+    the `with` block (call only when `enabled`): a request on a long-lived stream, sampled and
+    bounded on its own (one trace per stream would be all or nothing, and unbounded), and
+    found from the stream's span by the link."""
+    current = trace.get_current_span().get_span_context()
+    return _Current(
+        _tracer.start_span(
+            name,
+            context=otel_context.Context(),  # no parent: a root, sampled anew
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+            links=[trace.Link(current)] if current.is_valid else None,
+        )
+    )
 
 
 def remote_span(name: str, carrier: Mapping[str, str], attributes: Attributes = None) -> _Current:

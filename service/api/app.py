@@ -57,9 +57,10 @@ def api_app(
                     # imported only when on: grpcio costs an API process ~10 MB
                     from service.api.grpc.server import grpc_server
 
-                    app.state.grpc_port = await stack.enter_async_context(
-                        grpc_server(services, keys)
-                    )
+                    grpc = await stack.enter_async_context(grpc_server(services, keys))
+                    app.state.grpc_port = grpc.port
+                    # its drain starts with HTTP's (`http_server.py`), not after it
+                    app.state.drain_hooks.append(grpc.drain)
                 freeze_startup_heap()
                 with reload_on_sighup(keys):
                     yield
@@ -90,4 +91,5 @@ def api_app(
     app.add_middleware(AuthMiddleware, keys=keys, settings=settings)
     app.add_middleware(ObserveMiddleware)
     install_openapi(app, settings, auth=keys.enabled)
+    app.state.drain_hooks = []  # called as the server begins to drain (`http_server.py`)
     return app

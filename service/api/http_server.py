@@ -31,6 +31,12 @@ class _Server(uvicorn.Server):
                 # "make: *** [Makefile:36: serve] Terminated"
                 self._captured_signals.clear()
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # what else the app serves (its gRPC endpoint) drains beside HTTP, in the same time
+        for hook in getattr(getattr(self.config.app, "state", None), "drain_hooks", ()):
+            hook()
+        await super().shutdown(sockets)
+
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if sockets is not None:

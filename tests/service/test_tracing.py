@@ -40,6 +40,7 @@ OTEL_VARS = (
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_SDK_DISABLED",
 )
 
 
@@ -102,6 +103,7 @@ def access_log() -> Iterator[Records]:
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317"}, True),
         ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"}, True),
         ({"OTEL_EXPORTER_OTLP_ENDPOINT": " "}, False),
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, False),
     ],
 )
 def test_tracing_is_on_only_when_the_standard_variables_say_so(

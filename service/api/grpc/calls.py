@@ -23,11 +23,14 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry.trace import Span, format_trace_id
+from opentelemetry.trace import Status as SpanStatus
+from opentelemetry.trace import StatusCode as SpanStatusCode
 
 from service import tracing
 from service.api.deps import Services
 from service.api.middleware.auth import Unauthorized
-from service.api.middleware.observe import new_request_id as new_request_id
+from service.api.middleware.limits import RequestTimeout
+from service.api.middleware.observe import request_id_of
 from service.api.surfaces import v2_error
 from service.errors import InvalidInput, ServiceError
 from service.keys import Keys
@@ -138,28 +141,35 @@ class Calls:
         access log line. A `ServiceError` (or the request timeout) leaving the block aborts the
         call with its status code and message."""
         t0 = time.perf_counter()
-        token = request_id.set(metadata(context, "x-request-id") or new_request_id())
+        token = request_id.set(request_id_of(metadata(context, "x-request-id")))
         call = Call()
         carrier = _carrier(context) if tracing.enabled else None
-        attributes = {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method}
-        with tracing.server_span(f"gRPC {method}", carrier, attributes) as span:
+        scope = (
+            tracing.server_span(
+                f"gRPC {method}",
+                carrier,
+                {"rpc.system": "grpc", "rpc.service": SERVICE, "rpc.method": method},
+            )
+            if tracing.enabled
+            else contextlib.nullcontext()
+        )
+        with scope as span:
             try:
                 call.owner = self.owner(context, open_call)
                 yield call
-            except ServiceError as e:
+            except (ServiceError, TimeoutError) as raised:
+                e = (
+                    raised
+                    if isinstance(raised, ServiceError)
+                    else RequestTimeout.after(self.settings.request_timeout_s)
+                )
                 call.code = status_of(e)
                 context.set_trailing_metadata(trailers_of(e))
                 await context.abort(call.code, message_of(e))
-            except TimeoutError:
-                call.code = grpc.StatusCode.DEADLINE_EXCEEDED
-                context.set_trailing_metadata((("rnnserve-error-code", "timeout"),))
-                await context.abort(
-                    call.code,
-                    f"the request did not complete within {self.settings.request_timeout_s:g} "
-                    "s; retry later",
-                )
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.CANCELLED  # the client left or its deadline passed
+                raise
+            except grpc.aio.AbortError:  # (an abort from inside: already answered)
                 raise
             except Exception:
                 call.code = grpc.StatusCode.INTERNAL
@@ -167,7 +177,7 @@ class Calls:
                 await context.abort(call.code, "internal error")
             finally:
                 if span is not None:
-                    span.set_attribute("rpc.grpc.status_code", call.code.value[0])
+                    _end_status(span, call.code)
                 self._done(method, call, t0, _trace_id(span, carrier))
                 request_id.reset(token)
 
@@ -193,6 +203,27 @@ class Call:
 
     code: grpc.StatusCode = grpc.StatusCode.OK
     owner: str | None = None
+
+
+# a call the server failed (its span an error); the rest are the caller's (as HTTP's 4xx)
+_SERVER_FAULTS = frozenset(
+    (
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    )
+)
+
+
+def _end_status(span: Span, code: grpc.StatusCode) -> None:
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if code in _SERVER_FAULTS:
+        span.set_status(SpanStatus(SpanStatusCode.ERROR, code.name))
+    else:  # OK is final: the abort leaving the block does not turn a client's mistake red
+        span.set_status(SpanStatus(SpanStatusCode.OK))
 
 
 def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:

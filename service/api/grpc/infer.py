@@ -16,7 +16,7 @@ releases, and `TOKEN_IDS`), and a last response with no outputs carries
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import numpy as np
@@ -50,14 +50,13 @@ async def infer(s: Services, msg: pb.ModelInferRequest, owner: str | None) -> pb
     """A stateless request or a sequence step: its one response."""
     req, rest = tensors.request(msg, skip=_STREAM_FLAGS)
     version = msg.model_version or None
-    ran_on, logits = await serving.infer(s, msg.model_name, version, req, rest, owner)
-    produced = serving.outputs(ran_on, logits)
-    wanted = serving.wanted_outputs(ran_on, req, False)
+    answer = await serving.infer(s, msg.model_name, version, req, rest, owner)
+    produced = serving.outputs(answer.model, answer.logits)
     return tensors.response(
-        ran_on.name,
-        ran_on.manifest.version,
+        answer.model.name,
+        answer.model.manifest.version,
         msg.id,
-        [(name, *produced[name]) for name, _ in wanted],
+        [(name, *produced[name]) for name, _ in answer.wanted],
     )
 
 
@@ -139,7 +138,7 @@ async def generate(
 
 async def stream_generation(
     s: Services, msg: pb.ModelInferRequest, owner: str | None
-) -> AsyncIterator[pb.ModelInferResponse]:
+) -> AsyncGenerator[pb.ModelInferResponse, None]:
     """A generation token by token, then its final (empty) response."""
     m, op = await open_generation(s, msg, owner)
     hold = s.client.hold_stream(owner)

@@ -9,6 +9,7 @@ is bound without it, so a port already taken fails the start loudly.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -39,10 +40,29 @@ def handlers(servicer: InferenceServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
+class GrpcEndpoint:
+    """A started server: its port, and its drain, begun once (as the HTTP drain begins, so
+    both share `shutdown_timeout_s`) and awaited as the app stops."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, grace_s: float) -> None:
+        self.server, self.port, self.grace_s = server, port, grace_s
+        self._stopping: asyncio.Future[None] | None = None
+
+    def drain(self) -> None:
+        """Stop taking calls; those in flight get `grace_s` to finish (then they are
+        cancelled: a session step commits nothing)."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.server.stop(self.grace_s))
+
+    async def close(self) -> None:
+        self.drain()
+        assert self._stopping is not None
+        await self._stopping
+
+
 @asynccontextmanager
-async def grpc_server(services: Services, keys: Keys) -> AsyncIterator[int]:
-    """Serve until the block ends; yields the bound port (the one asked for, or the system's
-    pick for port 0)."""
+async def grpc_server(services: Services, keys: Keys) -> AsyncIterator[GrpcEndpoint]:
+    """Serve until the block ends (draining first, if `drain()` was not called already)."""
     s = services.settings
     assert s.grpc_port is not None
     server = grpc.aio.server(
@@ -62,8 +82,8 @@ async def grpc_server(services: Services, keys: Keys) -> AsyncIterator[int]:
     await server.start()
     if s.workers == 0:  # at --workers N the supervisor's line names the port once
         log.info("grpc listening on %s:%d", host, port, extra={"grpc_port": port})
+    endpoint = GrpcEndpoint(server, port, s.shutdown_timeout_s)
     try:
-        yield port
+        yield endpoint
     finally:
-        # in-flight calls get the drain's time to finish, as HTTP requests do
-        await server.stop(s.shutdown_timeout_s)
+        await endpoint.close()

@@ -11,8 +11,8 @@ stream, as Triton does, and the stream goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
-import importlib.metadata
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,23 +24,16 @@ from service.api.grpc import calls as c
 from service.api.grpc import infer, tensors
 from service.api.grpc import inference_pb2 as pb
 from service.api.grpc.inference_pb2_grpc import GRPCInferenceServiceServicer
-from service.api.health import engine_problems
+from service.api.middleware.limits import RequestTimeout
 from service.api.repository import require_admin
 from service.api.v2 import protocol, serving
 from service.api.v2.repository import load_op, unload_op
-from service.api.v2.router import EXTENSIONS
 from service.errors import InvalidInput, ModelNotFound, ServiceError
 from service.keys import Keys
+from service.protocol.events import ClientTooSlow
 from service.protocol.ops import RepositoryIndex
 
 _DATA_TYPES = {"BYTES": "TYPE_STRING"}  # v2 datatype -> Triton's config enum (else TYPE_<dt>)
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("rnnserve")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "0"
 
 
 class InferenceServicer(GRPCInferenceServiceServicer):
@@ -56,11 +49,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @c.unary("ServerReady", open_call=True)
     async def ServerReady(self, request: Any, context: Any, owner: str | None) -> Any:
-        cat = self.s.client.catalog
-        problems = await engine_problems(self.s.client)
-        return pb.ServerReadyResponse(
-            ready=cat.ready(self.s.settings.require_all_models) and not problems
-        )
+        return pb.ServerReadyResponse(ready=await serving.server_not_ready(self.s) is None)
 
     @c.unary("ModelReady")
     async def ModelReady(self, request: Any, context: Any, owner: str | None) -> Any:
@@ -72,7 +61,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     @c.unary("ServerMetadata")
     async def ServerMetadata(self, request: Any, context: Any, owner: str | None) -> Any:
-        return pb.ServerMetadataResponse(name="rnnserve", version=_version(), extensions=EXTENSIONS)
+        meta = protocol.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=meta.name, version=meta.version, extensions=meta.extensions
+        )
 
     @c.unary("ModelMetadata")
     async def ModelMetadata(self, request: Any, context: Any, owner: str | None) -> Any:
@@ -104,8 +96,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         elif "all" in policy:
             out.version_policy.all.SetInParent()
         elif "specific" in policy:
+            # Triton's versions are numbers; a folder named otherwise is left out here (the
+            # settings, in `parameters`, still name it)
             out.version_policy.specific.versions.extend(
-                int(v) for v in policy["specific"]["versions"]
+                int(v) for v in policy["specific"]["versions"] if str(v).isdecimal()
             )
         out.dynamic_batching.max_queue_delay_microseconds = cfg["dynamic_batching"][
             "max_queue_delay_microseconds"
@@ -175,9 +169,15 @@ def _repo_params(params: Any) -> dict[str, Any]:
     return out
 
 
+class _Stalled(Exception):
+    """The client did not take an answer within `send_timeout_s`."""
+
+
 class _Stream:
     """One `ModelStreamInfer` call: its requests run as tasks, its responses written one at a
-    time (gRPC allows one write in flight)."""
+    time (gRPC allows one write in flight), each within `send_timeout_s` as HTTP's sends are: a
+    client that stops reading ends its stream (UNAVAILABLE `client_too_slow`), which cancels its
+    requests and frees their stream slots and session locks."""
 
     def __init__(
         self, owner_of: InferenceServicer, context: grpc.aio.ServicerContext, owner: str | None
@@ -187,30 +187,50 @@ class _Stream:
         self.owner = owner
         self.write_lock = asyncio.Lock()
         self.slots = asyncio.Semaphore(self.s.settings.max_streams_per_key)
-        self.last: dict[tuple[str, str], asyncio.Task[None]] = {}  # a sequence's latest step
+        self.last: dict[str, asyncio.Task[None]] = {}  # a sequence's latest step, by its id
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stalled = False
+        self.reader: asyncio.Task[Any] | None = None
 
     async def run(self, requests: AsyncIterator[pb.ModelInferRequest]) -> None:
-        tasks: set[asyncio.Task[None]] = set()
+        self.reader = reader = asyncio.current_task()
+        assert reader is not None
+        cancelling = reader.cancelling()
         try:
             async for msg in requests:
                 await self.slots.acquire()  # a full stream is not read until a request ends
                 key = _sequence_key(msg)
                 before = self.last.get(key) if key is not None else None
                 task = asyncio.create_task(self._one(msg, before))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                self.tasks.add(task)
+                task.add_done_callback(self._done)
                 if key is not None:
                     self.last[key] = task
                     task.add_done_callback(functools.partial(self._forget, key))
-            if tasks:
-                await asyncio.gather(*tasks)
+            if self.tasks:
+                await asyncio.gather(*self.tasks)
+        except asyncio.CancelledError:
+            if self.stalled and reader.uncancel() <= cancelling:  # ours, not the client's
+                raise ClientTooSlow(
+                    "the client did not read the stream's answers within "
+                    f"{self.s.settings.send_timeout_s:g} s (RNNSERVE_SEND_TIMEOUT_S)"
+                ) from None
+            raise
         finally:
-            for task in tasks:
+            for task in self.tasks:
                 task.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+            if self.tasks:
+                await asyncio.gather(*self.tasks, return_exceptions=True)
 
-    def _forget(self, key: tuple[str, str], task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if task.cancelled() or self.stalled:
+            return
+        if isinstance(task.exception(), _Stalled) and self.reader is not None:
+            self.stalled = True
+            self.reader.cancel()
+
+    def _forget(self, key: str, task: asyncio.Task[None]) -> None:
         if self.last.get(key) is task:
             del self.last[key]
 
@@ -218,8 +238,9 @@ class _Stream:
         if not tracing.enabled:
             await self._serve(msg, before)
             return
-        attributes = {"rnnserve.request_id": getattr(msg, "id", "")}
-        with tracing.span("gRPC ModelStreamInfer request", attributes):  # one per request
+        with tracing.linked_span(
+            "gRPC ModelStreamInfer request", {"rnnserve.request_id": getattr(msg, "id", "")}
+        ):
             await self._serve(msg, before)
 
     async def _serve(self, msg: pb.ModelInferRequest, before: asyncio.Task[None] | None) -> None:
@@ -229,20 +250,26 @@ class _Stream:
             if isinstance(msg, c.Malformed):
                 raise msg.error()
             if infer.is_generation(msg):
-                async for resp in infer.stream_generation(self.s, msg, self.owner):
-                    await self._write(pb.ModelStreamInferResponse(infer_response=resp))
+                gen = infer.stream_generation(self.s, msg, self.owner)
+                async with contextlib.aclosing(gen):  # its slot is freed here, not by the GC
+                    async for resp in gen:
+                        await self._write(pb.ModelStreamInferResponse(infer_response=resp))
             else:
                 async with asyncio.timeout(self.s.settings.request_timeout_s):
                     resp = await infer.infer(self.s, msg, self.owner)
                 await self._write(pb.ModelStreamInferResponse(infer_response=resp))
+        except _Stalled:
+            raise
         except ServiceError as e:
             await self._error(msg, c.message_of(e))
         except TimeoutError:
             await self._error(
-                msg,
-                f"the request did not complete within {self.s.settings.request_timeout_s:g} "
-                "s; retry later",
+                msg, c.message_of(RequestTimeout.after(self.s.settings.request_timeout_s))
             )
+        except Exception:
+            # as a unary call's INTERNAL: logged, its details stay in the log; the stream goes on
+            c.log.exception("unexpected error", extra={"route": "ModelStreamInfer"})
+            await self._error(msg, "internal error")
         finally:
             self.slots.release()
 
@@ -258,12 +285,26 @@ class _Stream:
 
     async def _write(self, resp: pb.ModelStreamInferResponse) -> None:
         async with self.write_lock:
-            await self.context.write(resp)
+            if self.stalled:
+                raise _Stalled
+            # the write itself is never cancelled: grpcio cannot take back a message it is
+            # sending, and a call whose write was cancelled never sends its status
+            write = asyncio.ensure_future(self.context.write(resp))
+            done, _ = await asyncio.wait((write,), timeout=self.s.settings.send_timeout_s)
+            if not done:
+                write.add_done_callback(_retrieve)
+                raise _Stalled
+            write.result()
 
 
-def _sequence_key(msg: pb.ModelInferRequest) -> tuple[str, str] | None:
-    """(model, sequence id) of a sequence step, for ordering (a malformed id: None; its step
-    fails on its own)."""
+def _retrieve(write: asyncio.Future[None]) -> None:
+    if not write.cancelled():
+        write.exception()  # (a stalled client's last write: its outcome no longer matters)
+
+
+def _sequence_key(msg: pb.ModelInferRequest) -> str | None:
+    """The sequence id of a sequence step, for ordering (the session it names, whatever model
+    a request says; a malformed id: None, its step fails on its own)."""
     if isinstance(msg, c.Malformed):
         return None
     p = msg.parameters.get("sequence_id")
@@ -273,4 +314,4 @@ def _sequence_key(msg: pb.ModelInferRequest) -> tuple[str, str] | None:
         sid = tensors.parameter(p, "sequence_id")
     except ServiceError:
         return None
-    return None if sid in (0, "") else (msg.model_name, str(sid))
+    return None if sid in (0, "") else str(sid)

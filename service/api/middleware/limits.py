@@ -53,6 +53,14 @@ class PayloadTooLarge(ServiceError):
 class RequestTimeout(ServiceError):
     status, code = 504, "timeout"
 
+    @classmethod
+    def after(cls, seconds: float) -> RequestTimeout:
+        """The answer to a request that did not complete within `seconds` (every surface's)."""
+        return cls(
+            f"the request did not complete within {seconds:g} s; retry later",
+            headers={"Retry-After": "1"},
+        )
+
 
 class ClientStalled(Exception):
     """The client did not take a response chunk in time; the response is abandoned."""
@@ -261,11 +269,7 @@ class GuardMiddleware:
                 raise
             if started or refused:  # pragma: no cover (the deadline is off by then)
                 raise ClientStalled from None
-            err = RequestTimeout(
-                f"the request did not complete within {self.request_timeout:g} s; retry later",
-            )
-            err.headers = {"Retry-After": "1"}
-            await send_error(scope, send, err)
+            await send_error(scope, send, RequestTimeout.after(self.request_timeout))
         finally:
             deadlines.discard(task)
             if logged:

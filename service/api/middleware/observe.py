@@ -83,12 +83,15 @@ _rid_counter = itertools.count(1)
 def _request_id(scope: Scope) -> str:
     for k, v in scope.get("headers", []):
         if k == b"x-request-id":
-            rid: str = bytes(v).decode("latin-1")[:64]
-            if rid.isprintable():
-                return rid
+            return request_id_of(bytes(v).decode("latin-1"))
     return f"{_RID_PREFIX}{next(_rid_counter):08x}"
 
 
-def new_request_id() -> str:
-    """A fresh request id (for a surface without HTTP headers: gRPC's without `x-request-id`)."""
+def request_id_of(given: str | None) -> str:
+    """The caller's request id (its first 64 characters, when printable), else a fresh one:
+    every surface's rule (HTTP's header, gRPC's metadata)."""
+    if given is not None:
+        rid = given[:64]
+        if rid.isprintable():
+            return rid
     return f"{_RID_PREFIX}{next(_rid_counter):08x}"

@@ -128,12 +128,22 @@ def take_binary(rest: bytes, sizes: Sequence[tuple[str, int | None]]) -> dict[st
     return out
 
 
+# No body holds more elements than this; a shape that names more (a zero dimension beside
+# huge ones holds none, yet numpy cannot even describe it) is refused before any array is made.
+MAX_SHAPE_ELEMENTS = 1 << 32
+
+
 def element_count(name: str, shape: Sequence[int]) -> int:
-    n = 1
+    n, extent = 1, 1
     for d in shape:
         if d < 0:
             raise BinaryProtocolError(f"input {name!r}: negative dimension in shape {list(shape)}")
         n *= d
+        extent *= max(d, 1)
+        if extent > MAX_SHAPE_ELEMENTS:
+            raise BinaryProtocolError(
+                f"input {name!r}: shape {list(shape)} is too large", field=f"{name}.shape"
+            )
     return n
 
 

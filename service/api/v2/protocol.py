@@ -3,6 +3,7 @@ each task exposes, and the request `parameters` validated into a distinct `Seque
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from dataclasses import dataclass
@@ -55,6 +56,18 @@ class ServerMetadata(BaseModel):
     name: str = Field(description="Server name (`rnnserve`).")
     version: str = Field(description="Server version.")
     extensions: list[str] = Field(description="Protocol extensions this server implements.")
+
+
+EXTENSIONS = ["binary_tensor_data", "sequence"]
+
+
+def server_metadata() -> ServerMetadata:
+    """The server's v2 metadata (HTTP and gRPC alike)."""
+    try:
+        version = importlib.metadata.version("rnnserve")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
+        version = "0"
+    return ServerMetadata(name="rnnserve", version=version, extensions=EXTENSIONS)
 
 
 class ModelMetadata(BaseModel):

@@ -6,7 +6,6 @@ native 422 included), unknown models or versions 404, overload 503.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -16,15 +15,12 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from service.api.deps import Services, get_owner, get_services
-from service.api.health import engine_problems
 from service.api.surface_route import SurfaceRoute
 from service.api.surfaces import v2_error
 from service.api.v2 import binary, protocol, serving
 from service.api.v2.protocol import ErrorResponse, ModelMetadata, ModelReady, ServerMetadata
 from service.errors import ServiceError
 from service.protocol.catalog import ModelView
-
-EXTENSIONS = ["binary_tensor_data", "sequence"]
 
 
 def error_response(
@@ -59,16 +55,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _server_version() -> str:
-    try:
-        return importlib.metadata.version("rnnserve")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover
-        return "0"
-
-
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
 async def server_metadata() -> ServerMetadata:
-    return ServerMetadata(name="rnnserve", version=_server_version(), extensions=EXTENSIONS)
+    return protocol.server_metadata()
 
 
 @router.get("/health/live", summary="Liveness", responses=_ERRORS)
@@ -80,15 +69,9 @@ async def live(s: Services = Depends(get_services)) -> Response:
 
 @router.get("/health/ready", summary="Readiness", responses=_ERRORS)
 async def ready(s: Services = Depends(get_services)) -> Response:
-    cat = s.client.catalog
-    problems = await engine_problems(s.client)
-    if cat.ready(s.settings.require_all_models) and not problems:  # the rule /readyz answers by
+    why = await serving.server_not_ready(s)
+    if why is None:
         return JSONResponse({"ready": True})
-    why = (
-        "; ".join(f"{k}: {v}" for k, v in problems.items())
-        if problems
-        else ("no model loaded" if not cat.models else f"{len(cat.failed)} model(s) refused")
-    )
     return error_response(503, "not ready: " + why)
 
 
@@ -177,9 +160,8 @@ async def _infer(
     )
     header, rest = binary.split_body(body, request.headers.get(binary.HEADER_LENGTH))
     req = protocol.parse_request(header)
-    ran_on, logits = await serving.infer(s, model, version, req, rest, owner)
-    default_binary = protocol.binary_output_default(req.parameters or {})
-    content, header_length = serving.respond(ran_on, req, logits, default_binary)
+    answer = await serving.infer(s, model, version, req, rest, owner)
+    content, header_length = serving.respond(answer, req)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

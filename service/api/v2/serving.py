@@ -56,6 +56,18 @@ def model_of(s: Services, name: str, version: str | None, draining_ok: bool = Fa
     return s.client.catalog.get(name if version is None else f"{name}@{version}")
 
 
+async def server_not_ready(s: Services) -> str | None:
+    """Why the server is not ready, or None: the rule `/readyz` answers by (a model serves and,
+    with `require_all_models`, none was refused; the engine moves)."""
+    cat = s.client.catalog
+    problems = await engine_problems(s.client)
+    if cat.ready(s.settings.require_all_models) and not problems:
+        return None
+    if problems:
+        return "; ".join(f"{k}: {v}" for k, v in problems.items())
+    return "no model loaded" if not cat.models else f"{len(cat.failed)} model(s) refused"
+
+
 async def not_ready(s: Services, m: ModelView) -> str | None:
     """Why the model is not ready, or None: ready while its engine thread moves (the
     watchdog's word, as `/readyz` hears it), not a yes that a stuck model would also give."""
@@ -65,6 +77,16 @@ async def not_ready(s: Services, m: ModelView) -> str | None:
     return None if why is None else f"model {m.key} is not ready: {why}"
 
 
+@dataclass(frozen=True)
+class Answer:
+    """An inference's outcome: the version that answered, its logits (B, K), and the outputs
+    asked for, each with whether it goes in binary."""
+
+    model: ModelView
+    logits: np.ndarray
+    wanted: list[tuple[str, bool]]
+
+
 async def infer(
     s: Services,
     model: str,
@@ -72,16 +94,17 @@ async def infer(
     req: InferRequest,
     rest: bytes,
     owner: str | None,
-) -> tuple[ModelView, np.ndarray]:
-    """One v2 inference request (HTTP or gRPC), its binary parts in `rest`: the version that
-    answered and its logits (B, K)."""
+) -> Answer:
+    """One v2 inference request (HTTP or gRPC), its binary parts in `rest`. Everything about
+    the request is checked before anything runs: a refused sequence step changes nothing."""
     params = req.parameters or {}
     protocol.check_parameters(params)
     seq = protocol.parse_sequence(params)
     m = model_of(s, model, version, draining_ok=seq is not None and not seq.start)
+    wanted = wanted_outputs(m, req, protocol.binary_output_default(params))
     rows = read_rows(m, req, rest, s)
     logits, ran_on = await run(s, m, rows, seq, owner, m.key if version is not None else None)
-    return ran_on, logits
+    return Answer(ran_on, logits, wanted)
 
 
 def _raw_inputs(req: InferRequest, rest: bytes) -> dict[str, np.ndarray]:
@@ -255,12 +278,11 @@ def wanted_outputs(m: ModelView, req: InferRequest, default_binary: bool) -> lis
     return wanted
 
 
-def respond(
-    m: ModelView, req: InferRequest, logits: np.ndarray, default_binary: bool
-) -> tuple[bytes, int | None]:
+def respond(answer: Answer, req: InferRequest) -> tuple[bytes, int | None]:
     """The response body (JSON header + binary parts) and its header length (None: JSON only)."""
-    produced = outputs(m, logits)
-    wanted = wanted_outputs(m, req, default_binary)
+    m = answer.model
+    produced = outputs(m, answer.logits)
+    wanted = answer.wanted
     entries: list[dict[str, Any]] = []
     parts: list[bytes] = []
     for name, as_binary in wanted:

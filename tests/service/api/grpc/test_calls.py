@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as tga
 from tritonclient.utils import InferenceServerException
 
 from service.api.grpc import calls
+from service.api.grpc import infer as infer_module
 from service.api.grpc import inference_pb2 as pb
 from service.errors import ServiceError
 from tests.service.conftest import CLS, LM, ClientFactory, app_of, gate_decode_steps
@@ -151,3 +153,74 @@ async def test_message_size_and_timeout(
             gate.set()
         ok = await infer(text_request(CLS, ["fine"]))  # the server goes on
         assert np.frombuffer(ok.raw_output_contents[1], np.float32).size == 2
+
+
+async def test_a_refused_sequence_step_changes_nothing(make_client: ClientFactory) -> None:
+    """Output options are checked before the step runs, on gRPC and HTTP alike: a client that
+    fixes its request and sends it again feeds its text once."""
+    async with grpc_of(make_client) as (app, ch):
+        infer = rpc(ch, "ModelInfer", pb.ModelInferResponse)
+        step = text_request(LM, ["abc"])
+        step.parameters["sequence_id"].string_param = "once"
+        step.parameters["sequence_start"].bool_param = True
+        await infer(step)
+        del step.parameters["sequence_start"]
+        bad_output = pb.ModelInferRequest()
+        bad_output.CopyFrom(step)
+        bad_output.outputs.add(name="NOPE")
+        bad_flag = pb.ModelInferRequest()
+        bad_flag.CopyFrom(step)
+        bad_flag.parameters["binary_data_output"].int64_param = 1
+        for bad in (bad_output, bad_flag):
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await infer(bad)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+        async with http:
+            body = {
+                "parameters": {"sequence_id": "once", "binary_data_output": 1},
+                "inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": ["d"]}],
+            }
+            r = await http.post(f"/v2/models/{LM}/infer", json=body)
+            assert r.status_code == 400
+            info = (await http.get("/v1/sessions/once")).json()
+        assert info["version"] == 1 and info["tokens_seen"] == 3
+
+
+async def test_an_unexpected_error_answers_on_the_stream_and_it_goes_on(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = infer_module.infer
+
+    async def flaky(s: Any, msg: pb.ModelInferRequest, owner: str | None) -> Any:
+        if msg.id == "boom":
+            raise ValueError("a bug")
+        return await real(s, msg, owner)
+
+    monkeypatch.setattr(infer_module, "infer", flaky)
+    async with grpc_of(make_client) as (_, ch):
+        stream = ch.stream_stream(
+            f"/{calls.SERVICE}/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )
+        boom, fine = text_request(CLS, ["a"]), text_request(CLS, ["b"])
+        boom.id, fine.id = "boom", "fine"
+        answers = {r.infer_response.id: r.error_message async for r in stream(iter([boom, fine]))}
+    assert answers == {"boom": "internal error", "fine": ""}
+
+
+async def test_model_config_leaves_out_versions_that_are_not_numbers(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.api.v2 import protocol
+
+    real = protocol.config_of
+
+    def named_versions(m: Any) -> dict[str, Any]:
+        return {**real(m), "version_policy": {"specific": {"versions": ["1", "canary"]}}}
+
+    monkeypatch.setattr(protocol, "config_of", named_versions)
+    async with grpc_of(make_client) as (_, ch):
+        got = await rpc(ch, "ModelConfig", pb.ModelConfigResponse)(pb.ModelConfigRequest(name=LM))
+    assert list(got.config.version_policy.specific.versions) == [1]

@@ -4,16 +4,21 @@ comes through the engine process's wire."""
 
 from __future__ import annotations
 
+import asyncio
 import queue
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import tritonclient.grpc as tg
 
+from service.api.grpc import inference_pb2 as pb
 from tests.loopback import free_port
 from tests.servers import server_process
+from tests.service.api.grpc.test_calls import text_request
 from tests.service.conftest import LM
 
 
@@ -61,3 +66,41 @@ def test_workers_serve_grpc(tmp_path: Path) -> None:
             for c in clients:
                 c.close()
         assert f"grpc on port {port}" in server.log.read_text()
+
+
+def test_a_client_that_stops_reading_gets_its_slots_taken_back(tmp_path: Path) -> None:
+    """Generations on a stream whose client reads nothing end once their backlog passes
+    `RNNSERVE_STREAM_BUFFER_BYTES` (as over HTTP): the stream slots come back, and each
+    request's end waits on the stream as an error naming why."""
+    port = free_port()
+    settings = {"grpc_port": str(port), "send_timeout_s": "1", "max_tokens_limit": "100000"}
+    with server_process(tmp_path, workers=0, **settings) as server:
+        asyncio.run(_stop_reading(server.base, port))
+
+
+async def _stop_reading(base: str, port: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stream = channel.stream_stream(
+            "/inference.GRPCInferenceService/ModelStreamInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelStreamInferResponse.FromString,
+        )()
+        for i in range(8):
+            gen = text_request(LM, ["a"])
+            gen.id = str(i)
+            gen.parameters["max_tokens"].int64_param = 50_000
+            await stream.write(gen)
+        async with httpx.AsyncClient(base_url=base) as http:
+            deadline = time.monotonic() + 60
+            while (await http.get("/v1/load")).json()["open_streams"]:
+                assert time.monotonic() < deadline, "the stream slots were not freed"
+                await asyncio.sleep(0.1)
+        ended: dict[str, str] = {}
+        while len(ended) < 8:  # what the client had not read is still there, then the ends
+            msg = await asyncio.wait_for(stream.read(), 30)
+            assert msg is not grpc.aio.EOF
+            if msg.error_message:
+                ended[msg.infer_response.id] = msg.error_message
+        assert set(ended) == {str(i) for i in range(8)}
+        assert all("RNNSERVE_STREAM_BUFFER_BYTES" in m for m in ended.values()), ended
+        await stream.done_writing()

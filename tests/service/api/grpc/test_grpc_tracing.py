@@ -1,5 +1,5 @@
 """A gRPC call's trace: the caller's `traceparent` (metadata) honoured, the call's SERVER span
-the parent of the engine's spans, one span per request of a stream, and the trace id and the
+the parent of the engine's spans, a linked trace per request of a stream, and the trace id and the
 key's name in the access log line (service/tracing.py's fixtures at its seam)."""
 
 from __future__ import annotations
@@ -64,8 +64,15 @@ async def test_a_sequence_step_over_grpc_is_one_trace(
         (engine,) = [s for s in got if s.name == "engine SequenceStep" and _is_parent(client, s)]
     assert any(_is_parent(engine, s) and s.name == "prefill batch" for s in got)
     streamed = _one(got, "gRPC ModelStreamInfer", SpanKind.SERVER)
-    per_request = [s for s in got if s.name == "gRPC ModelStreamInfer request"]
-    assert len(per_request) == 2 and all(_is_parent(streamed, s) for s in per_request)
+    # each request on the stream is a trace of its own (sampled and bounded on its own),
+    # linked to the stream's span; the engine's spans for it are under it
+    every = spans.get_finished_spans()
+    per_request = [s for s in every if s.name == "gRPC ModelStreamInfer request"]
+    assert len(per_request) == 2
+    for s in per_request:
+        assert s.parent is None and s.context.trace_id != streamed.context.trace_id
+        assert [link.context.span_id for link in s.links] == [streamed.context.span_id]
+        assert any(x.context.trace_id == s.context.trace_id for x in every if x is not s)
     line = access_log.access("/ModelInfer")
     assert line["trace_id"] == TRACE and line["key_name"] == "alice"
     assert line["status"] == "OK" and line["method"] == "GRPC"

@@ -170,3 +170,12 @@ def test_request_validation_names_the_field() -> None:
         protocol.parse_request({"inputs": []})
     with pytest.raises(BinaryProtocolError, match=r"inputs\.0\.shape"):
         protocol.parse_request({"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": "x"}]})
+
+
+def test_a_shape_too_large_to_describe_is_refused() -> None:
+    # no elements (a zero dimension), yet more than numpy can describe: a 400, not a 500
+    from service.api.v2.binary import BinaryProtocolError, decode_raw
+
+    with pytest.raises(BinaryProtocolError, match="too large") as e:
+        decode_raw("TEXT", "BYTES", [0, 102296001, 11270445505], b"")
+    assert e.value.field == "TEXT.shape"
