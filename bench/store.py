@@ -14,6 +14,11 @@ by side, and what a session costs in Redis.
    from `used_memory` over `--sessions` sessions on one primary.
 
 Writes bench/.out/store-<UTC>.json and prints Markdown tables.
+
+`--through-server` measures the same comparison where users see it: two rnnserve servers up at
+once, A on the primary (with its replica), B on the cluster, `bench.ab`'s session step and 256
+streams in interleaved rounds (`bench.ab --base HEAD --env-a ... --env-b ...`; its own flags
+follow `--`, e.g. `-- --rounds 4`).
 """
 
 from __future__ import annotations
@@ -163,7 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--through-server",
+        action="store_true",
+        help="run bench.ab with A's server on the primary, B's on the cluster",
+    )
+    ap.add_argument("ab_args", nargs="*", help="(after --) bench.ab's own arguments")
     args = ap.parse_args(argv)
+    if args.through_server:
+        return _through_server(args.ab_args)
     result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
     with tempfile.TemporaryDirectory() as tmp:
         one = RedisProcess(Path(tmp))
@@ -235,6 +248,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {b:.0f} B/session |")
     print(out)
     return 0
+
+
+def _through_server(ab_args: list[str]) -> int:
+    """bench.ab, A's server with the primary (and its replica) as its store, B's with the
+    cluster; both stores up for the whole run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        one = RedisProcess(Path(tmp))
+        one.start()
+        replica = _replica_of(one, Path(tmp) / "replica")
+        cluster = RedisCluster(Path(tmp) / "cluster")
+        cluster.start()
+        try:
+            store = "--env-a=RNNSERVE_STORE=redis", "--env-b=RNNSERVE_STORE=redis"
+            cmd = [sys.executable, "-m", "bench.ab", "--base", "HEAD", *store]
+            cmd += [f"--env-a=RNNSERVE_REDIS_URL={one.url}"]
+            cmd += [
+                f"--env-b=RNNSERVE_REDIS_URL={cluster.url}",
+                "--env-b=RNNSERVE_REDIS_CLUSTER=true",
+            ]
+            return subprocess.run([*cmd, *ab_args], cwd=REPO).returncode
+        finally:
+            cluster.stop()
+            replica.stop()
+            one.stop()
 
 
 if __name__ == "__main__":
