@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import statistics
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,25 @@ async def _bytes_per_session(url: str, port: int, sessions: int) -> dict[str, fl
     return out
 
 
+@contextlib.contextmanager
+def _stores() -> Iterator[tuple[RedisProcess, RedisReplica, RedisCluster]]:
+    """One primary with a replica (as in production, and as each cluster shard has: the
+    replication work is then the same on both sides) and a cluster of 3 primaries with a
+    replica each, all local, for the block."""
+    with tempfile.TemporaryDirectory() as tmp:
+        one = RedisProcess(Path(tmp))
+        one.start()
+        replica = _replica_of(one, Path(tmp) / "replica")
+        cluster = RedisCluster(Path(tmp) / "cluster")
+        cluster.start()
+        try:
+            yield one, replica, cluster
+        finally:
+            cluster.stop()
+            replica.stop()
+            one.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--clients", type=int, default=32)
@@ -178,46 +199,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.through_server:
         return _through_server(args.ab_args)
     result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
-    with tempfile.TemporaryDirectory() as tmp:
-        one = RedisProcess(Path(tmp))
-        one.start()
-        # the primary gets a replica too, as in production and as each cluster shard has: the
-        # replication work is then the same on both sides
-        replica = _replica_of(one, Path(tmp) / "replica")
-        cluster = RedisCluster(Path(tmp) / "cluster")
-        cluster.start()
-        try:
-            runs: dict[str, list[float]] = {"primary": [], "cluster": [], "cluster_wait": []}
-            cpu: dict[str, dict[str, list[float]]] = {k: {"client": [], "redis": []} for k in runs}
-            assert one.proc is not None
-            servers = {
-                "primary": [one.proc.pid, replica.proc.pid],
-                "cluster": [p.pid for p in cluster.procs.values()],
-            }
-            for _ in range(args.rounds):
-                for name, url, is_cluster, wait in (
-                    ("primary", one.url, False, 0),
-                    ("cluster", cluster.url, True, 0),
-                    ("cluster_wait", cluster.url, True, 1),  # RNNSERVE_REDIS_WAIT_REPLICAS=1
-                ):
-                    pids = servers["cluster" if is_cluster else "primary"]
-                    c0, r0 = time.process_time(), cpu_seconds(pids)
-                    got = asyncio.run(_steps(url, is_cluster, args.clients, args.seconds, wait))
-                    steps = got["steps_per_s"] * args.seconds
-                    runs[name].append(got["steps_per_s"])
-                    # CPU per step (µs), the client's (this process) and the Redis processes'
-                    cpu[name]["client"].append(1e6 * (time.process_time() - c0) / steps)
-                    cpu[name]["redis"].append(1e6 * (cpu_seconds(pids) - r0) / steps)
-            result["steps_per_s"] = runs
-            result["cpu_us_per_step"] = cpu
-            result |= asyncio.run(_ops(one.url, one.port))
-            result["bytes_per_session"] = asyncio.run(
-                _bytes_per_session(one.url, one.port, args.sessions)
-            )
-        finally:
-            cluster.stop()
-            replica.stop()
-            one.stop()
+    with _stores() as (one, replica, cluster):
+        runs: dict[str, list[float]] = {"primary": [], "cluster": [], "cluster_wait": []}
+        cpu: dict[str, dict[str, list[float]]] = {k: {"client": [], "redis": []} for k in runs}
+        assert one.proc is not None
+        servers = {
+            "primary": [one.proc.pid, replica.proc.pid],
+            "cluster": [p.pid for p in cluster.procs.values()],
+        }
+        for _ in range(args.rounds):
+            for name, url, is_cluster, wait in (
+                ("primary", one.url, False, 0),
+                ("cluster", cluster.url, True, 0),
+                ("cluster_wait", cluster.url, True, 1),  # RNNSERVE_REDIS_WAIT_REPLICAS=1
+            ):
+                pids = servers["cluster" if is_cluster else "primary"]
+                c0, r0 = time.process_time(), cpu_seconds(pids)
+                got = asyncio.run(_steps(url, is_cluster, args.clients, args.seconds, wait))
+                steps = got["steps_per_s"] * args.seconds
+                runs[name].append(got["steps_per_s"])
+                # CPU per step (µs), the client's (this process) and the Redis processes'
+                cpu[name]["client"].append(1e6 * (time.process_time() - c0) / steps)
+                cpu[name]["redis"].append(1e6 * (cpu_seconds(pids) - r0) / steps)
+        result["steps_per_s"] = runs
+        result["cpu_us_per_step"] = cpu
+        result |= asyncio.run(_ops(one.url, one.port))
+        result["bytes_per_session"] = asyncio.run(
+            _bytes_per_session(one.url, one.port, args.sessions)
+        )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = args.out or OUT / f"store-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,25 +262,15 @@ def main(argv: list[str] | None = None) -> int:
 def _through_server(ab_args: list[str]) -> int:
     """bench.ab, A's server with the primary (and its replica) as its store, B's with the
     cluster; both stores up for the whole run."""
-    with tempfile.TemporaryDirectory() as tmp:
-        one = RedisProcess(Path(tmp))
-        one.start()
-        replica = _replica_of(one, Path(tmp) / "replica")
-        cluster = RedisCluster(Path(tmp) / "cluster")
-        cluster.start()
-        try:
-            store = "--env-a=RNNSERVE_STORE=redis", "--env-b=RNNSERVE_STORE=redis"
-            cmd = [sys.executable, "-m", "bench.ab", "--base", "HEAD", *store]
-            cmd += [f"--env-a=RNNSERVE_REDIS_URL={one.url}"]
-            cmd += [
-                f"--env-b=RNNSERVE_REDIS_URL={cluster.url}",
-                "--env-b=RNNSERVE_REDIS_CLUSTER=true",
-            ]
-            return subprocess.run([*cmd, *ab_args], cwd=REPO).returncode
-        finally:
-            cluster.stop()
-            replica.stop()
-            one.stop()
+    with _stores() as (one, _, cluster):
+        store = "--env-a=RNNSERVE_STORE=redis", "--env-b=RNNSERVE_STORE=redis"
+        cmd = [sys.executable, "-m", "bench.ab", "--base", "HEAD", *store]
+        cmd += [f"--env-a=RNNSERVE_REDIS_URL={one.url}"]
+        cmd += [
+            f"--env-b=RNNSERVE_REDIS_URL={cluster.url}",
+            "--env-b=RNNSERVE_REDIS_CLUSTER=true",
+        ]
+        return subprocess.run([*cmd, *ab_args], cwd=REPO).returncode
 
 
 if __name__ == "__main__":
