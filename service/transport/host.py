@@ -22,11 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import zmq
-import zmq.asyncio
 
 from service import tracing
 from service.engine.local import InProcessClient, LocalHold
@@ -46,8 +45,11 @@ class EngineHost:
     def __init__(self, client: InProcessClient, address: str) -> None:
         self.client = client
         self.address = address
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.ROUTER)
+        # a plain (not asyncio) socket, read from the loop's reader callback on its descriptor:
+        # no future per message received or sent (pyzmq's asyncio socket made one each way,
+        # ~14 % of the engine's Python per session step and ~7 % per token, py-spy)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a worker gone: drop its frames
         # no high-water mark: at the default (1000 frames) a ROUTER silently DROPS frames for a
@@ -66,6 +68,7 @@ class EngineHost:
         # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
         self._outbox: dict[bytes, list[wire.Frame]] = {}
         self._flush_due = False
+        self._recheck_due = False
         self._closing = False
         # each worker's token sink (`stream.Route`): a decode step's ids for its streams
         self._sinks: dict[bytes, TokenSink] = {}
@@ -83,20 +86,44 @@ class EngineHost:
             self._post(ident, info)
 
     async def serve(self) -> None:
-        # the same ZeroMQ socket, without asyncio: what else is queued when a message arrives is
-        # read with no future each (the asyncio socket's per-message future was ~15 % of the
-        # engine's Python per session step). Reading until EAGAIN (or a bound, after which the
-        # awaited read finds the rest at once) keeps the edge-triggered descriptor's contract.
-        queued: zmq.Socket[bytes] = zmq.Socket.shadow(self._sock.underlying)
-        while True:
-            ident, raw = await self._sock.recv_multipart()
+        """Read the workers' frames until cancelled (each read by `_readable`, no task)."""
+        loop = asyncio.get_running_loop()
+        fd = int(self._sock.getsockopt(zmq.FD))
+        loop.add_reader(fd, self._readable)
+        self._readable()  # (anything queued before the reader was added)
+        try:
+            await loop.create_future()  # until cancelled
+        finally:
+            loop.remove_reader(fd)
+
+    def _readable(self) -> None:
+        """Read what is queued, up to a bound (then the rest in the next loop iteration).
+
+        ZeroMQ's descriptor is edge-triggered and only says "look at ZMQ_EVENTS": every
+        queued message must be read before it signals again, and a send may consume the edge
+        of a message that arrived meanwhile, which is why `_flush` looks again (`_recheck`)."""
+        self._recheck_due = False
+        sock = self._sock
+        for _ in range(_DRAIN):
+            try:
+                ident, raw = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # the socket is closing
+                return
             self._read(ident, raw)
-            for _ in range(_DRAIN):
-                try:
-                    ident, raw = queued.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                self._read(ident, raw)
+        self._recheck()  # the bound was reached: the rest after the loop runs what is ready
+
+    def _recheck(self) -> None:
+        if self._recheck_due or self._closing:
+            return
+        try:
+            ready = int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        except zmq.ZMQError:
+            return
+        if ready:
+            self._recheck_due = True
+            asyncio.get_running_loop().call_soon(self._readable)
 
     def _read(self, ident: bytes, raw: bytes) -> None:
         try:
@@ -205,6 +232,7 @@ class EngineHost:
         out, self._outbox = self._outbox, {}
         for ident, frames in out.items():
             self._send(ident, frames)
+        self._recheck()  # (a send may have taken the edge of a message that came meanwhile)
 
     def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
         """A worker's frames, as one message."""
@@ -212,18 +240,9 @@ class EngineHost:
             return
         try:
             # no high-water mark (above): a send never waits, so NOBLOCK never refuses
-            message = [ident, wire.encoder.encode(frames)]
-            sent = cast("asyncio.Future[Any]", self._sock.send_multipart(message, zmq.NOBLOCK))
+            self._sock.send_multipart([ident, wire.encoder.encode(frames)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # the socket is closing
-            _not_sent(e)
-            return
-        # the asyncio socket reports a failed send on the future it returns, not by raising (a
-        # send racing the socket's close at shutdown): read it there, or it is logged at exit
-        # as "Future exception was never retrieved"
-        if sent.done():  # (a NOBLOCK send with no high-water mark: always, so no callback)
-            _check_sent(sent)
-        else:
-            sent.add_done_callback(_check_sent)
+            log.warning("frames to a worker not sent", extra={"error": str(e)})
 
     async def _traced(
         self,
@@ -310,15 +329,6 @@ class EngineHost:
         if slot is None:
             slot = self._slots[key] = self.client.hold_stream(ref.owner, ref.rows)
         return slot
-
-
-def _not_sent(e: BaseException | None) -> None:
-    log.warning("frames to a worker not sent", extra={"error": str(e)})
-
-
-def _check_sent(sent: asyncio.Future[Any]) -> None:
-    if not sent.cancelled() and sent.exception() is not None:
-        _not_sent(sent.exception())
 
 
 def catalog_info(c: InProcessClient, generation: int = 0) -> wire.CatalogInfo:
