@@ -1,16 +1,24 @@
 """How the engine finds the handler of an operation: a method marked `@handles(SomeOp)` on one of
 the engine's parts (`engine/local.py`, the session service), collected once by `handlers(...)`.
 A new operation is then its struct (`protocol/ops.py`), its marked handler and the route that
-sends it."""
+sends it. An operation may also have a batch handler (`@handles_batch`): the engine process runs
+the calls of it that it reads from one worker together (`transport/host.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# each call's outcome as soon as it is known: (its index in the batch, its result or error)
+Reply = Callable[[int, Any], None]
+# a batch handler: (the calls, reply, the indexes of calls whose caller has gone: their outcome
+# is not wanted, and nothing of theirs is committed after they went)
+Batcher = Callable[[Sequence[Any], Reply, Container[int]], Awaitable[None]]
+
 _MARK = "__rnnserve_handles__"
+_BATCH = "__rnnserve_handles_batch__"
 
 
 def handles(op: type) -> Callable[[F], F]:
@@ -23,15 +31,30 @@ def handles(op: type) -> Callable[[F], F]:
     return mark
 
 
-def handlers(*parts: object) -> dict[type, Callable[..., Any]]:
+def handles_batch(op: type) -> Callable[[F], F]:
+    """Mark a method as the batch handler (a `Batcher`) of the operation `op`."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, _BATCH, op)
+        return fn
+
+    return mark
+
+
+def handlers(*parts: object, mark: str = _MARK) -> dict[type, Callable[..., Any]]:
     """Each operation's handler, bound to the part that defines it."""
     out: dict[type, Callable[..., Any]] = {}
     for part in parts:
         for name in dir(type(part)):
-            op = getattr(getattr(type(part), name, None), _MARK, None)
+            op = getattr(getattr(type(part), name, None), mark, None)
             if op is None:
                 continue
             if op in out:
                 raise TypeError(f"two handlers for {op.__name__}")
             out[op] = getattr(part, name)
     return out
+
+
+def batchers(*parts: object) -> dict[type, Batcher]:
+    """Each operation's batch handler, bound to the part that defines it."""
+    return handlers(*parts, mark=_BATCH)

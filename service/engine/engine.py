@@ -10,7 +10,7 @@ import contextlib
 import dataclasses
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -294,6 +294,32 @@ class Engine:
         vocab = m.view.vocab
         return NextTokens(tuple(map(Prob, [vocab[i] for i in top], p[top].tolist())))
 
+    @staticmethod
+    def outputs(
+        m: LoadedModel, rows: Sequence[np.ndarray | None], top_k: Sequence[int]
+    ) -> list[Output | None]:
+        """`output` of each row (K,) with its own `top_k`, the arithmetic done once for the
+        lot (a batch of session feeds): the same numbers `output` gives row by row."""
+        live = [i for i, r in enumerate(rows) if r is not None]
+        out: list[Output | None] = [None] * len(rows)
+        if not live:
+            return out
+        p = softmax(np.stack([r for r in rows if r is not None]))  # (B, K)
+        labels = m.manifest.labels
+        if labels is not None:
+            best = np.argmax(p, axis=1).tolist()
+            for i, b, row in zip(live, best, p.tolist(), strict=True):
+                out[i] = Classification(labels[b], dict(zip(labels, row, strict=True)))
+            return out
+        k = min(max(top_k[i] for i in live), p.shape[1])
+        top = np.argsort(-p, axis=1, kind="stable")[:, :k]  # (B, k)
+        probs = np.take_along_axis(p, top, axis=1).tolist()
+        vocab = m.view.vocab
+        for i, ids, ps in zip(live, top.tolist(), probs, strict=True):
+            n = top_k[i]
+            out[i] = NextTokens(tuple(map(Prob, [vocab[t] for t in ids[:n]], ps[:n])))
+        return out
+
     def scheduler(self, ref: str) -> Scheduler:
         """The engine thread of `name` (its default version) or `name@version`."""
         return self._scheduler(self.registry.get(ref))
@@ -313,6 +339,12 @@ class Engine:
         self, m: LoadedModel, ids: list[int], states: StateRows | None
     ) -> tuple[np.ndarray, StateRows]:
         return await self._scheduler(m).prefill(ids, states)
+
+    def submit(
+        self, m: LoadedModel, work: Sequence[tuple[list[int], StateRows | None]]
+    ) -> list[asyncio.Future[tuple[np.ndarray, StateRows]]]:
+        """Queue several prefills of `m` at once (`Scheduler.submit`)."""
+        return self._scheduler(m).submit(work)
 
     async def predict(self, name: str, rows: list[list[int]], top_k: int) -> list[Output | None]:
         """Each row of token ids (the API tokenized them) from a fresh state: its output."""

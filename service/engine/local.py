@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.engine.dispatch import handlers, handles
+from service.engine.dispatch import Batcher, batchers, handlers, handles
 from service.engine.engine import BeforeCommit, Engine, Generation
 from service.engine.stream import Route
 from service.engine.stream_slots import StreamSlots
@@ -45,6 +45,7 @@ class InProcessClient:
         engine.on_change.append(self._refresh)
         self.parts = (self, sessions, *parts)  # each with its operations' handlers
         self._handlers = handlers(*self.parts)
+        self._batchers = batchers(*self.parts)
 
     @property
     def alive(self) -> bool:
@@ -59,6 +60,10 @@ class InProcessClient:
             raise InvalidInput(f"the engine has no operation {type(op).__name__}")
         out: R = await handler(op)
         return out
+
+    def batcher(self, kind: type) -> Batcher | None:
+        """The batch handler of an operation, if it has one (`dispatch.handles_batch`)."""
+        return self._batchers.get(kind)
 
     async def open(
         self,

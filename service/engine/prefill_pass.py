@@ -41,6 +41,9 @@ class PrefillPass:
         self.meters = meters
         self._specs = runner.manifest.io.states
         self._axes = [s.batch_axis for s in self._specs]
+        # the index of the axes before each state's batch axis: a row is `s[lead + (i:i+1,)]`,
+        # copied (a third of `np.take`'s cost, and no row keeps the whole batch's array alive)
+        self._lead = [(slice(None),) * ax for ax in self._axes]
         self._init_row = runner.manifest.init_states(1)
 
     def run(self, chunks: list[Chunk], put_back: Callable[[list[PrefillJob]], None]) -> None:
@@ -69,7 +72,8 @@ class PrefillPass:
             unfinished = []
             refused = []
             for i, c in enumerate(chunks):
-                rows = [np.take(s, [i], axis=ax) for s, ax in zip(out, self._axes, strict=True)]
+                at = slice(i, i + 1)
+                rows = [s[(*lead, at)].copy() for s, lead in zip(out, self._lead, strict=True)]
                 if not c.last:  # (a later chunk's outputs are what is checked)
                     unfinished.append((c, rows))
                 elif suspect and (why := nonfinite(self._specs, [logits[i]], rows)) is not None:

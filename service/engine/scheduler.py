@@ -148,18 +148,37 @@ class Scheduler:
         self, tokens: Sequence[int] | np.ndarray, states: StateRows | None = None
     ) -> PrefillResult:
         """Run `tokens` from `states` (one row each); returns (logits (K,), new state rows)."""
-        arr = np.asarray(tokens, dtype=np.int64)
-        assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
-        fut: asyncio.Future[PrefillResult] = asyncio.get_running_loop().create_future()
-        job = PrefillJob(arr, states, fut)
-        if tracing.enabled and (ctx := tracing.capture()) is not None:
-            job.trace = (ctx, tracing.now_ns())
+        (fut,) = self.submit([(tokens, states)])
+        return await fut
+
+    def submit(
+        self, work: Sequence[tuple[Sequence[int] | np.ndarray, StateRows | None]]
+    ) -> list[asyncio.Future[PrefillResult]]:
+        """Queue each (tokens, state rows) as a prefill job with ONE wake-up of the engine
+        thread (a batch of session feeds read from the wire together); each future holds its
+        job's result, or the refusal (`Overloaded` past `max_queue`) of that job alone."""
+        loop = asyncio.get_running_loop()
+        jobs, futures = [], []
+        for tokens, states in work:
+            arr = np.asarray(tokens, dtype=np.int64)
+            assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
+            fut: asyncio.Future[PrefillResult] = loop.create_future()
+            job = PrefillJob(arr, states, fut)
+            if tracing.enabled and (ctx := tracing.capture()) is not None:
+                job.trace = (ctx, tracing.now_ns())
+            jobs.append(job)
+            futures.append(fut)
         with self._cv:
-            self._admit(len(self._prefill))
-            self._prefill.add(job, self._budget.chunk())
+            for job in jobs:
+                try:
+                    self._admit(len(self._prefill))
+                except ServiceError as e:
+                    job.future.set_exception(e)
+                    continue
+                self._prefill.add(job, self._budget.chunk())
             self._cv.notify()
         self._gauge()
-        return await fut
+        return futures
 
     def join(self, stream: Stream) -> None:
         """Add a generation stream; it advances from the next decode step on."""

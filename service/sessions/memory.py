@@ -190,6 +190,15 @@ class MemoryStore:
     def lock(self, session_id: str) -> _SessionLock:
         return _SessionLock(self._locks, session_id)
 
+    def lock_now(self, session_id: str) -> bool:
+        if session_id in self._locks:
+            return False
+        self._locks[session_id] = _Users()
+        return True
+
+    def unlock(self, session_id: str) -> None:
+        _SessionLock(self._locks, session_id).release()
+
     async def sweep(self) -> int:
         now = self.clock()
         expired = [s for s, r in self._live.items() if r.expires_at <= now and s not in self._locks]
@@ -245,16 +254,16 @@ class _SessionLock:
             await turn
         except BaseException:
             if turn.done() and not turn.cancelled():  # handed the session as it was cancelled
-                self._release()
+                self.release()
             else:
                 with contextlib.suppress(ValueError):
                     users.waiters.remove(turn)
             raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self._release()
+        self.release()
 
-    def _release(self) -> None:
+    def release(self) -> None:
         waiters = self._locks[self._sid].waiters
         while waiters:
             turn = waiters.popleft()

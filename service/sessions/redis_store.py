@@ -620,6 +620,12 @@ class RedisStore:
         lk, q, w = (self._k(session_id, k) for k in ("lock", "q", "w"))
         return self._lease.hold(session_id, (lk, q, w))
 
+    def lock_now(self, session_id: str) -> bool:
+        return False  # a lease is taken in Redis: never without I/O
+
+    def unlock(self, session_id: str) -> None:
+        raise RuntimeError("no lock is taken without waiting in Redis (lock_now)")
+
     async def sweep(self) -> int:
         removed, live = await self._sweep_all()
         if self._on_evict is not None:

@@ -18,14 +18,17 @@ import hashlib
 import json
 import secrets
 import time
+from collections.abc import Callable, Container, Sequence
 from contextlib import AsyncExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import msgspec
 import numpy as np
 
-from service.engine.dispatch import handles
+from service.engine.dispatch import Reply, handles, handles_batch
 from service.engine.engine import BeforeCommit, Engine, Generation
+from service.engine.prefill import PrefillResult, StateRows
 from service.engine.registry import LoadedModel, split_ref
 from service.engine.sampling import SamplingParams
 from service.engine.stream import DoneEvent, Route, Stream
@@ -45,6 +48,7 @@ from service.protocol.messages import (
     FeedResult,
     GenerationResult,
     Message,
+    Output,
     R,
     SequenceOutput,
     SessionInfo,
@@ -151,27 +155,63 @@ class SessionService:
         record to commit at `version`; and the logits (K,) to show, which peek through
         `pending` without committing it, so they equal a one-shot prediction on all text so
         far (None before any token). Both rows share one prefill batch."""
-        peek = m.tokenizer.encode(pending) if pending else []
-        states, logits = list(rec.states), rec.logits
-        jobs = []
-        if ids:
-            jobs.append(self.engine.prefill(m, ids, states))
-        if peek:
-            jobs.append(self.engine.prefill(m, ids + peek, states))
-        # one job (the usual feed) is awaited as it is: `gather` would wrap it in a task
-        done = await asyncio.gather(*jobs) if len(jobs) > 1 else [await j for j in jobs]
-        if ids:
-            logits, states = done[0]
-        # (every prefill's outputs are checked as the engine makes them: service/engine/finite.py)
-        shown = done[-1][0] if peek else logits
-        new = rec.replace(
-            version=version,
-            states=tuple(states),
-            pending=pending,
-            logits=logits,
-            tokens_seen=rec.tokens_seen + len(ids),
-        )
-        return shown, new
+        (out,) = await self.advance_many([(m, rec, ids, pending, version)])
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    async def advance_many(
+        self, work: Sequence[tuple[LoadedModel, SessionRecord, list[int], str, int]]
+    ) -> list[tuple[np.ndarray | None, SessionRecord] | Exception]:
+        """`advance` for each (m, rec, ids, pending, version): every prefill queued before any
+        is awaited (one wake-up of each model's engine thread for the lot), and each record's
+        outcome its own (a refused or failed row fails its record alone)."""
+        queued: dict[str, tuple[LoadedModel, list[tuple[list[int], StateRows]]]] = {}
+        plans: list[tuple[str, int, int] | Exception] = []
+        for m, rec, ids, pending, _ in work:
+            try:
+                peek = m.tokenizer.encode(pending) if pending else []
+            except Exception as e:
+                plans.append(e)
+                continue
+            jobs = queued.setdefault(m.ident, (m, []))[1]
+            plans.append((m.ident, len(jobs), bool(ids) + bool(peek)))
+            states = list(rec.states)
+            if ids:
+                jobs.append((ids, states))
+            if peek:
+                jobs.append((ids + peek, states))
+        futures: dict[str, list[asyncio.Future[PrefillResult]] | Exception] = {}
+        for ident, (m, jobs) in queued.items():
+            try:
+                futures[ident] = self.engine.submit(m, jobs) if jobs else []
+            except Exception as e:  # (the model went away since the record was read)
+                futures[ident] = e
+        out: list[tuple[np.ndarray | None, SessionRecord] | Exception] = []
+        for (_, rec, ids, pending, version), plan in zip(work, plans, strict=True):
+            if isinstance(plan, Exception):
+                out.append(plan)
+                continue
+            ident, first, n = plan
+            mine = futures[ident]
+            done, error = await _outcomes(
+                mine if isinstance(mine, Exception) else mine[first : first + n]
+            )
+            if error is not None:
+                out.append(error)
+                continue
+            # (every prefill's outputs are checked as the engine makes them: engine/finite.py)
+            logits, states = done[0] if ids else (rec.logits, list(rec.states))
+            shown = done[-1][0] if len(done) > bool(ids) else logits
+            new = rec.replace(
+                version=version,
+                states=tuple(states),
+                pending=pending,
+                logits=logits,
+                tokens_seen=rec.tokens_seen + len(ids),
+            )
+            out.append((shown, new))
+        return out
 
     @staticmethod
     def _fingerprint(op: str, body: dict[str, Any]) -> str:
@@ -295,27 +335,130 @@ class SessionService:
 
     @handles(Feed)
     async def feed(self, op: Feed) -> FeedResult:
-        text, top_k, key, expected_version = op.text, op.top_k, op.key, op.expected_version
         async with self.store.lock(store_id(op.session_id, op.owner)):
-            rec = await self._get(op.session_id, op.owner)
-            # (a request without a key is never replayed: no fingerprint to compute)
-            fp = "" if key is None else self._fingerprint("feed", {"text": text, "top_k": top_k})
-            replay = await self._replay(rec, key, fp, FeedResult)
-            if replay is not None:
-                return replay
-            self._check_version(rec, expected_version)
-            m = self._model(rec)
-            ids, pending = self.engine.encode_stream(m, rec.pending, text, "text")
-            shown, new = await self.advance(m, rec, ids, pending, rec.version + 1)
-            result = FeedResult(
-                session_id=public_id(rec.id),
-                version=new.version,
-                tokens=len(ids),
-                pending_chars=len(pending),
-                output=self.engine.output(m, shown, top_k),
-            )
-            await self._commit(rec, new, key, fp, result)
-            return result
+            result = await self._feed_locked(op)
+        assert result is not None  # (its caller cannot be gone: it is awaiting this)
+        return result
+
+    @handles_batch(Feed)
+    async def feed_batch(self, ops: Sequence[Feed], reply: Reply, gone: Container[int]) -> None:
+        """Feeds read together (one worker's, from the wire) run as one: each takes its session
+        at once when it is free, and a busy one's feed waits its turn on its own as `feed`
+        does; every check is `feed`'s, every prefill is queued with one wake-up of the engine
+        thread (`advance_many`), and each feed is replied and committed on its own (one that
+        fails, or whose caller is `gone` before its commit, leaves its session as it was)."""
+        held: list[str] = []
+        alone: list[asyncio.Task[None]] = []
+        steps: list[tuple[int, _FeedStep]] = []
+        try:
+            for i, op in enumerate(ops):
+                sid = store_id(op.session_id, op.owner)
+                if not self.store.lock_now(sid):  # busy (or a store that cannot tell at once)
+                    alone.append(asyncio.create_task(self._feed_alone(i, op, reply, gone)))
+                    continue
+                held.append(sid)
+                try:
+                    begun = await self._feed_begin(op)
+                except Exception as e:
+                    reply(i, e)
+                    continue
+                if isinstance(begun, FeedResult):
+                    reply(i, begun)
+                else:
+                    steps.append((i, begun))
+            advanced = await self.advance_many([s.work for _, s in steps])
+            shown = self._outputs([s for _, s in steps], advanced)
+            for (i, step), adv, output in zip(steps, advanced, shown, strict=True):
+                if isinstance(adv, Exception):
+                    reply(i, adv)
+                elif i not in gone:
+                    try:
+                        reply(i, await self._feed_end(step, adv[1], output))
+                    except Exception as e:
+                        reply(i, e)
+        except BaseException:
+            for t in alone:
+                t.cancel()
+            raise
+        finally:
+            for sid in held:
+                self.store.unlock(sid)
+        if alone:
+            await asyncio.gather(*alone)
+
+    async def _feed_alone(self, i: int, op: Feed, reply: Reply, gone: Container[int]) -> None:
+        """One feed of a batch whose session was busy: `feed`, its outcome replied."""
+        try:
+            async with self.store.lock(store_id(op.session_id, op.owner)):
+                result = await self._feed_locked(op, lambda: i in gone)
+        except Exception as e:
+            reply(i, e)
+            return
+        if result is not None:
+            reply(i, result)
+
+    async def _feed_locked(
+        self, op: Feed, gone: Callable[[], bool] = lambda: False
+    ) -> FeedResult | None:
+        """A feed under its session's lock; None when its caller went before the commit."""
+        begun = await self._feed_begin(op)
+        if isinstance(begun, FeedResult):
+            return begun
+        shown, new = await self.advance(*begun.work)
+        if gone():
+            return None
+        return await self._feed_end(begun, new, self.engine.output(begun.m, shown, begun.op.top_k))
+
+    async def _feed_begin(self, op: Feed) -> FeedResult | _FeedStep:
+        """A feed's checks, under its session's lock: the result an `Idempotency-Key` replays,
+        or the step to run."""
+        rec = await self._get(op.session_id, op.owner)
+        # (a request without a key is never replayed: no fingerprint to compute)
+        fp = (
+            ""
+            if op.key is None
+            else self._fingerprint("feed", {"text": op.text, "top_k": op.top_k})
+        )
+        replay = await self._replay(rec, op.key, fp, FeedResult)
+        if replay is not None:
+            return replay
+        self._check_version(rec, op.expected_version)
+        m = self._model(rec)
+        ids, pending = self.engine.encode_stream(m, rec.pending, op.text, "text")
+        return _FeedStep(op, rec, m, ids, pending, fp)
+
+    def _outputs(
+        self,
+        steps: list[_FeedStep],
+        advanced: list[tuple[np.ndarray | None, SessionRecord] | Exception],
+    ) -> list[Output | None]:
+        """Each advanced step's output (`Engine.outputs`, a model's rows at once)."""
+        out: list[Output | None] = [None] * len(steps)
+        by_model: dict[str, list[int]] = {}
+        for i, (step, adv) in enumerate(zip(steps, advanced, strict=True)):
+            if not isinstance(adv, Exception):
+                by_model.setdefault(step.m.ident, []).append(i)
+        for idx in by_model.values():
+            m = steps[idx[0]].m
+            rows = [cast("tuple[np.ndarray | None, SessionRecord]", advanced[i])[0] for i in idx]
+            got = self.engine.outputs(m, rows, [steps[i].op.top_k for i in idx])
+            for i, o in zip(idx, got, strict=True):
+                out[i] = o
+        return out
+
+    async def _feed_end(
+        self, step: _FeedStep, new: SessionRecord, output: Output | None
+    ) -> FeedResult:
+        """A feed's answer, committed with its new record."""
+        result = FeedResult(
+            session_id=public_id(step.rec.id),
+            version=new.version,
+            tokens=len(step.ids),
+            pending_chars=len(step.pending),
+            output=output,
+        )
+        await self._commit(step.rec, new, step.op.key, step.fp, result)
+        return result
 
     @handles(SessionGenerate)
     async def open_generation(
@@ -450,3 +593,36 @@ def require_streamable(m: LoadedModel) -> None:
 def _idle_stream(params: SamplingParams) -> Stream:
     """A stream that never joins a batch (for a replayed result)."""
     return Stream(params, np.zeros(1, np.float32), [], lambda i: "")
+
+
+@dataclass(slots=True)
+class _FeedStep:
+    """A feed between its checks and its commit, under its session's lock."""
+
+    op: Feed
+    rec: SessionRecord
+    m: LoadedModel
+    ids: list[int]  # the tokens it commits
+    pending: str  # the unfinished word held back after them
+    fp: str  # its request's fingerprint ("" without an Idempotency-Key)
+
+    @property
+    def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:
+        """Its arguments to `advance`."""
+        return self.m, self.rec, self.ids, self.pending, self.rec.version + 1
+
+
+async def _outcomes(
+    futures: list[asyncio.Future[PrefillResult]] | Exception,
+) -> tuple[list[PrefillResult], Exception | None]:
+    """The results of one record's prefills, or the first error (every future is awaited, so
+    that no error goes unretrieved)."""
+    if isinstance(futures, Exception):
+        return [], futures
+    done, error = [], None
+    for fut in futures:
+        try:
+            done.append(await fut)
+        except Exception as e:
+            error = error or e
+    return done, error

@@ -80,6 +80,14 @@ class SessionStore(Protocol):
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Serialize operations on one session, first come first served."""
 
+    def lock_now(self, session_id: str) -> bool:
+        """Take the session's lock if that needs no waiting: it is free, and the store can
+        tell so without I/O (a lease in Redis cannot: always False there). True: held until
+        `unlock`. (A batch of feeds takes its sessions this way: `SessionService.feed_batch`.)"""
+
+    def unlock(self, session_id: str) -> None:
+        """Release a lock taken by `lock_now`."""
+
     async def sweep(self) -> int:
         """Drop expired sessions and records; returns how many sessions went."""
 

@@ -66,6 +66,12 @@ class TracedStore:
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         return self.inner.lock(session_id)
 
+    def lock_now(self, session_id: str) -> bool:
+        return False  # (each feed its own task, so that its spans are its request's)
+
+    def unlock(self, session_id: str) -> None:
+        self.inner.unlock(session_id)
+
     async def sweep(self) -> int:
         return await self.inner.sweep()
 

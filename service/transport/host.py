@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from service import tracing
+from service.engine.dispatch import Batcher
 from service.engine.local import InProcessClient, LocalHold
 from service.engine.stream import Route, TokenSink
 from service.logging import get_logger
@@ -59,6 +60,12 @@ class EngineHost:
         self._sock.setsockopt(zmq.RCVHWM, 0)
         self._sock.bind(address)
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
+        # calls of an operation with a batch handler (session feeds), read in this drain: by
+        # worker and operation, each worker's run as one task when the drain ends
+        self._batching: dict[tuple[bytes, type], list[tuple[int, Op[Any]]]] = {}
+        # a batched call's (batch's gone set, its index there): its Cancel marks it gone
+        self._members: dict[tuple[bytes, int], tuple[set[int], int]] = {}
+        self._batches: dict[asyncio.Task[None], bytes] = {}  # each batch's task, its worker
         # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
         # worker's Cancel: every generation of one request names the same slot
         self._slots: dict[tuple[bytes, int], LocalHold] = {}
@@ -104,15 +111,16 @@ class EngineHost:
         of a message that arrived meanwhile, which is why `_flush` looks again (`_recheck`)."""
         self._recheck_due = False
         sock = self._sock
-        for _ in range(_DRAIN):
-            try:
-                ident, raw = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            except zmq.ZMQError:  # the socket is closing
-                return
-            self._read(ident, raw)
-        self._recheck()  # the bound was reached: the rest after the loop runs what is ready
+        try:
+            for _ in range(_DRAIN):
+                try:
+                    ident, raw = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.ZMQError:  # zmq.Again: nothing more queued (or the socket closing)
+                    return
+                self._read(ident, raw)
+            self._recheck()  # the bound was reached: the rest after the loop runs what is ready
+        finally:
+            self._start_batches()
 
     def _recheck(self) -> None:
         if self._recheck_due or self._closing:
@@ -131,6 +139,10 @@ class EngineHost:
         except Exception:
             log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
             return
+        if isinstance(frame, wire.Call) and (op := self._batchable(frame)) is not None:
+            self._batching.setdefault((ident, type(op)), []).append((frame.rid, op))
+            return
+        self._start_batches()  # (first: every call starts in the order it was read)
         if isinstance(frame, wire.Cancel):
             self._cancel(ident, frame.rid)
         elif isinstance(frame, wire.Drained):
@@ -140,7 +152,71 @@ class EngineHost:
         elif isinstance(frame, wire.Call):
             self._start(ident, frame)
 
+    def _batchable(self, call: wire.Call) -> Op[Any] | None:
+        """The call's operation if it has a batch handler and nothing of its own to set up (a
+        stream slot, or a trace: a traced call gets its own span)."""
+        op = call.op
+        if call.slot is not None or (call.trace is not None and tracing.enabled):
+            return None
+        if isinstance(op, Op) and self.client.batcher(type(op)) is not None:
+            return op
+        return None
+
+    def _start_batches(self) -> None:
+        """Start the batchable calls read so far: one task per worker and operation (a lone
+        call as any other call)."""
+        if not self._batching:
+            return
+        pending, self._batching = self._batching, {}
+        for (ident, kind), calls in pending.items():
+            if len(calls) == 1:
+                rid, op = calls[0]
+                self._start(ident, wire.Call(rid, op))
+                continue
+            batcher = self.client.batcher(kind)
+            assert batcher is not None
+            gone: set[int] = set()
+            rids = [rid for rid, _ in calls]
+            run = self._run_batch(ident, rids, [op for _, op in calls], gone, batcher)
+            task = asyncio.create_task(run)
+            self._batches[task] = ident
+            keys = [(ident, rid) for rid in rids]
+            for i, key in enumerate(keys):
+                self._members[key] = (gone, i)
+
+            def forget(t: asyncio.Task[None], keys: list[tuple[bytes, int]] = keys) -> None:
+                self._batches.pop(t, None)
+                for key in keys:
+                    self._members.pop(key, None)
+
+            task.add_done_callback(forget)
+
+    async def _run_batch(
+        self, ident: bytes, rids: list[int], ops: list[Op[Any]], gone: set[int], batcher: Batcher
+    ) -> None:
+        replied: set[int] = set()
+
+        def reply(i: int, value: Any) -> None:
+            replied.add(i)
+            if i in gone:  # (its caller cancelled it: it waits for no answer)
+                return
+            if isinstance(value, Exception):
+                self._post(ident, wire.Failed(rids[i], wire.error_info(value)))
+            else:
+                self._post(ident, wire.Result(rids[i], wire.answer(value)))
+
+        try:
+            await batcher(ops, reply, gone)
+        except Exception as e:  # a bug: every call not answered yet is told, none left hanging
+            log.exception("batch failed", extra={"calls": len(ops)})
+            for i in range(len(ops)):
+                if i not in replied:
+                    reply(i, e)
+
     def _cancel(self, ident: bytes, rid: int) -> None:
+        member = self._members.get((ident, rid))
+        if member is not None:
+            member[0].add(member[1])
         task = self._calls.get((ident, rid))
         if task is not None:
             task.cancel()
@@ -180,6 +256,7 @@ class EngineHost:
         """Cancel every call of a worker that is gone and release its stream slots; how many
         calls and slots there were."""
         gone = [t for (who, _), t in self._calls.items() if who == ident]
+        gone += [t for t, who in self._batches.items() if who == ident]
         for t in gone:
             t.cancel()
         held = [k for k in self._slots if k[0] == ident]
@@ -196,9 +273,10 @@ class EngineHost:
         for slot in self._slots.values():
             slot.release()
         self._slots.clear()
-        for t in list(self._calls.values()):
+        tasks = [*self._calls.values(), *self._batches]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._calls.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close(linger=0)
         self._ctx.term()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.engine.dispatch import handlers, handles
+from service.engine.dispatch import batchers, handlers, handles, handles_batch
 from service.protocol import ops
 from tests.service.conftest import ClientFactory, app_of
 
@@ -19,6 +19,10 @@ class _Part:
         return {"part": self.name}
 
     async def helper(self) -> None:  # not marked: not a handler
+        return None
+
+    @handles_batch(ops.Health)
+    async def healths(self, calls: object, reply: object, gone: object) -> None:
         return None
 
 
@@ -43,3 +47,16 @@ async def test_the_engine_handles_every_operation(make_client: ClientFactory) ->
     async with make_client() as c:
         local = app_of(c).state.local
         assert set(handlers(*local.parts)) == set(ops.operations())
+
+
+def test_a_batch_handler_is_found_apart_from_the_handler() -> None:
+    part = _Part("a")
+    assert batchers(part) == {ops.Health: part.healths}
+    assert handlers(part) == {ops.Health: part.health}
+
+
+async def test_in_the_engine_session_feeds_have_a_batch_handler(make_client: ClientFactory) -> None:
+    async with make_client() as c:
+        local = app_of(c).state.local
+        assert local.batcher(ops.Feed) == local.sessions.feed_batch
+        assert local.batcher(ops.Health) is None

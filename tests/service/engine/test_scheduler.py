@@ -277,6 +277,23 @@ async def test_bounded_queue_and_shutdown() -> None:
         await s.prefill([1])
 
 
+async def test_submit_queues_jobs_together_and_refuses_only_those_past_the_queue() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    s = make(runner, max_queue=2)
+    first = asyncio.ensure_future(s.prefill([1]))
+    await asyncio.sleep(0.02)  # (running: the queue is empty again)
+    futures = s.submit([([1], None), ([2, 3], None), ([4], None)])
+    assert not futures[0].done() and not futures[1].done()
+    with pytest.raises(Overloaded):
+        await futures[2]
+    runner.gate.set()
+    (a_logits, _), (b_logits, _) = [await f for f in futures[:2]]
+    assert a_logits.shape == b_logits.shape
+    await first
+    await s.close(1)
+
+
 async def test_a_lone_client_pays_no_batching_delay() -> None:
     import time
 

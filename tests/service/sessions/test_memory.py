@@ -147,6 +147,28 @@ async def test_a_caller_cancelled_while_waiting_never_holds_the_session(
     assert not store._locks
 
 
+async def test_lock_now_takes_only_a_free_session_and_unlock_hands_it_on_in_order(
+    clock: FakeClock,
+) -> None:
+    store = MemoryStore(10, clock=clock)
+    assert store.lock_now("s") and not store.lock_now("s")  # held: not again
+    order: list[str] = []
+
+    async def op(name: str) -> None:
+        async with store.lock("s"):
+            order.append(name)
+
+    waiting = [asyncio.create_task(op(n)) for n in ("x", "y")]
+    await asyncio.sleep(0)
+    assert order == []  # they wait for the holder
+    store.unlock("s")
+    await asyncio.gather(*waiting)
+    assert order == ["x", "y"] and not store._locks
+    assert store.lock_now("s")
+    store.unlock("s")
+    assert not store._locks
+
+
 async def test_sweep_drops_expired(clock: FakeClock) -> None:
     store = MemoryStore(10, clock=clock, expired_memory_s=100)
     await store.create(rec("a", clock))

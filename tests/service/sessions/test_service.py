@@ -4,62 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
-import numpy as np
 import pytest
 
-from service.engine.engine import Engine
-from service.engine.registry import LoadedModel, Registry
-from service.engine.scheduler import SchedulerConfig
+from service.engine.registry import LoadedModel
 from service.errors import EngineError, ModelChanged
 from service.protocol.messages import GenerateParams
 from service.protocol.ops import CreateSession, ExportState, Feed, SessionGenerate
-from service.sessions import MemoryStore
 from service.sessions.service import SessionService
 from tests.conftest import LONG
-from tests.service.conftest import LM, FakeClock
-
-
-class FlakyRunner:
-    def __init__(self, real: Any) -> None:
-        self.real = real
-        self.manifest = real.manifest
-        self.session = real.session
-        self.provider = real.provider
-        self.device = real.device
-        self.fail_after: int | None = None
-        self.calls = 0
-
-    def run(self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]) -> Any:
-        self.calls += 1
-        if self.fail_after is not None and self.calls > self.fail_after:
-            raise RuntimeError("injected onnxruntime failure")
-        return self.real.run(tokens, lengths, states)
-
-
-@pytest.fixture
-async def svc(registry: Registry, clock: FakeClock) -> AsyncIterator[SessionService]:
-    m = registry.models[LM]
-    flaky = FlakyRunner(m.runner)
-    reg = Registry({LM: LoadedModel(m.manifest, flaky, m.tokenizer, m.path)})  # type: ignore[arg-type]
-    engine = Engine(reg, SchedulerConfig(max_wait_ms=1.0))
-    engine.start()
-    yield SessionService(
-        engine,
-        MemoryStore(100, clock=clock),
-        default_ttl_s=60,
-        max_ttl_s=600,
-        idempotency_ttl_s=60,
-        clock=clock,
-    )
-    await engine.close(1)
-
-
-def _flaky(svc: SessionService) -> FlakyRunner:
-    runner: FlakyRunner = svc.engine.model(LM).runner  # type: ignore[assignment]
-    return runner
+from tests.service.conftest import LM
+from tests.service.sessions.conftest import flaky as _flaky
 
 
 async def test_operations_apply_in_arrival_order(svc: SessionService) -> None:

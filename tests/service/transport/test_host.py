@@ -7,12 +7,14 @@ import asyncio
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
 
+from service.protocol.messages import FeedResult
 from service.protocol.ops import CreateSession, Feed, GetSession
 from service.transport import wire
 from service.transport.host import EngineHost
@@ -81,9 +83,8 @@ async def test_a_steps_tokens_leave_as_one_ids_frame_in_order_with_the_frames_ar
 async def test_frames_sent_as_the_socket_closes_are_reported_not_lost_in_a_future(
     make_client: ClientFactory, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
-    """A decode step's tokens posted while the engine shuts down: the asyncio socket reports
-    the failed send on the future it returns, which the host reads (an unread one is logged at
-    exit as "Future exception was never retrieved")."""
+    """A decode step's tokens posted while the engine shuts down: the failed send is logged,
+    not raised into the loop, and leaves nothing unretrieved behind it."""
     async with make_client() as c:
         host = EngineHost(app_of(c).state.local, f"ipc://{tmp_path}/engine.sock")
         host._sock.close(linger=0)
@@ -99,3 +100,59 @@ async def test_frames_sent_as_the_socket_closes_are_reported_not_lost_in_a_futur
         host._ctx.term()
     assert unretrieved == []
     assert "frames to a worker not sent" in caplog.text
+
+
+async def test_feeds_read_together_run_as_one_batch_each_answered_on_its_own(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Feeds from one worker read in one go are one batch (`SessionService.feed_batch`): each
+    answered under its own rid, in order on one session, errors its own; a Cancel read after
+    them marks only its feed gone (not answered, not committed)."""
+    host, local = wired.host, wired.local
+    for sid in ("b1", "b2"):
+        await local.call(CreateSession(LM, sid, None, None, None))
+    sizes: list[int] = []
+    real = local.sessions.feed_batch
+
+    async def spy(ops: Any, reply: Any, gone: Any) -> None:
+        sizes.append(len(ops))
+        await real(ops, reply, gone)
+
+    monkeypatch.setitem(local._batchers, Feed, spy)
+    sent: list[wire.Frame] = []
+    monkeypatch.setattr(host, "_send", lambda ident, frames: sent.extend(frames))
+    calls = [("b1", "ab"), ("b2", "x"), ("b1", "cd"), ("nope", "z")]
+    for rid, (sid, text) in enumerate(calls, 1):
+        call = wire.Call(rid, Feed(sid, text, 3, None, None, None))
+        host._read(b"w", wire.encoder.encode(call))
+    host._read(b"w", wire.encoder.encode(wire.Cancel(2)))  # (starts the batch, then cancels)
+    await until(lambda: len(sent) == 3)
+    assert sizes == [4]
+    by_rid = {f.rid: f for f in sent if isinstance(f, wire.Result | wire.Failed)}
+    assert set(by_rid) == {1, 3, 4}
+    first, second, missing = by_rid[1], by_rid[3], by_rid[4]
+    assert isinstance(first, wire.Result) and isinstance(second, wire.Result)
+    assert wire.decode_result(FeedResult, first.value).version == 1
+    assert wire.decode_result(FeedResult, second.value).version == 2
+    assert isinstance(missing, wire.Failed) and missing.error.code == "session_not_found"
+    assert (await local.call(GetSession("b2", None))).version == 0  # its caller went
+    assert host._members == {} and host._batches == {}
+
+
+async def test_a_lone_feed_runs_as_any_call_not_as_a_batch(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host, local = wired.host, wired.local
+    await local.call(CreateSession(LM, "l1", None, None, None))
+    sizes: list[int] = []
+
+    async def spy(ops: Any, reply: Any, gone: Any) -> None:  # pragma: no cover (must not run)
+        sizes.append(len(ops))
+
+    monkeypatch.setitem(local._batchers, Feed, spy)
+    sent: list[wire.Frame] = []
+    monkeypatch.setattr(host, "_send", lambda ident, frames: sent.extend(frames))
+    host._read(b"w", wire.encoder.encode(wire.Call(1, Feed("l1", "a", 3, None, None, None))))
+    host._start_batches()  # (the end of a drain)
+    await until(lambda: len(sent) == 1)
+    assert sizes == [] and isinstance(sent[0], wire.Result)
