@@ -313,7 +313,7 @@ class Engine:
             return out
         k = min(max(top_k[i] for i in live), p.shape[1])
         top = np.argsort(-p, axis=1, kind="stable")[:, :k]  # (B, k)
-        probs = np.take_along_axis(p, top, axis=1).tolist()
+        probs = p[np.arange(len(p))[:, None], top].tolist()  # (B, k)
         vocab = m.view.vocab
         for i, ids, ps in zip(live, top.tolist(), probs, strict=True):
             n = top_k[i]

@@ -168,6 +168,7 @@ class Scheduler:
                 job.trace = (ctx, tracing.now_ns())
             jobs.append(job)
             futures.append(fut)
+        chunk = self._budget.chunk()
         with self._cv:
             for job in jobs:
                 try:
@@ -175,7 +176,7 @@ class Scheduler:
                 except ServiceError as e:
                     job.future.set_exception(e)
                     continue
-                self._prefill.add(job, self._budget.chunk())
+                self._prefill.add(job, chunk)
             self._cv.notify()
         self._gauge()
         return futures

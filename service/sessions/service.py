@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Container, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -166,22 +166,23 @@ class SessionService:
         """`advance` for each (m, rec, ids, pending, version): every prefill queued before any
         is awaited (one wake-up of each model's engine thread for the lot), and each record's
         outcome its own (a refused or failed row fails its record alone)."""
-        queued: dict[str, tuple[LoadedModel, list[tuple[list[int], StateRows]]]] = {}
-        plans: list[tuple[str, int, int] | Exception] = []
+        # (by the loaded instance's id: `LoadedModel.ident` formats a string each time)
+        queued: dict[int, tuple[LoadedModel, list[tuple[list[int], StateRows]]]] = {}
+        plans: list[tuple[int, int, int] | Exception] = []
         for m, rec, ids, pending, _ in work:
             try:
                 peek = m.tokenizer.encode(pending) if pending else []
             except Exception as e:
                 plans.append(e)
                 continue
-            jobs = queued.setdefault(m.ident, (m, []))[1]
-            plans.append((m.ident, len(jobs), bool(ids) + bool(peek)))
+            jobs = queued.setdefault(id(m), (m, []))[1]
+            plans.append((id(m), len(jobs), bool(ids) + bool(peek)))
             states = list(rec.states)
             if ids:
                 jobs.append((ids, states))
             if peek:
                 jobs.append((ids + peek, states))
-        futures: dict[str, list[asyncio.Future[PrefillResult]] | Exception] = {}
+        futures: dict[int, list[asyncio.Future[PrefillResult]] | Exception] = {}
         for ident, (m, jobs) in queued.items():
             try:
                 futures[ident] = self.engine.submit(m, jobs) if jobs else []
@@ -434,15 +435,14 @@ class SessionService:
     ) -> list[Output | None]:
         """Each advanced step's output (`Engine.outputs`, a model's rows at once)."""
         out: list[Output | None] = [None] * len(steps)
-        by_model: dict[str, list[int]] = {}
+        rows: dict[int, list[tuple[int, np.ndarray | None]]] = {}  # by id(model): (i, logits)
         for i, (step, adv) in enumerate(zip(steps, advanced, strict=True)):
             if not isinstance(adv, Exception):
-                by_model.setdefault(step.m.ident, []).append(i)
-        for idx in by_model.values():
-            m = steps[idx[0]].m
-            rows = [cast("tuple[np.ndarray | None, SessionRecord]", advanced[i])[0] for i in idx]
-            got = self.engine.outputs(m, rows, [steps[i].op.top_k for i in idx])
-            for i, o in zip(idx, got, strict=True):
+                rows.setdefault(id(step.m), []).append((i, adv[0]))
+        for mine in rows.values():
+            m = steps[mine[0][0]].m
+            got = self.engine.outputs(m, [r for _, r in mine], [steps[i].op.top_k for i, _ in mine])
+            for (i, _), o in zip(mine, got, strict=True):
                 out[i] = o
         return out
 
