@@ -160,6 +160,9 @@ SPREAD, SLACK = 1.5, 16
 def length_buckets(jobs: list[R], max_batch_tokens: int) -> list[list[R]]:
     """Group by length so short rows are not padded to a long one: a job joins a bucket when at
     most `SPREAD` x its shortest + `SLACK`, within `max_batch_tokens`."""
+    sizes = [j.tokens.size for j in jobs]
+    if sizes and min(sizes) == max(sizes) and sizes[0] * len(jobs) <= max_batch_tokens:
+        return [jobs]  # (every row the same length, as a batch of one-character feeds: one call)
     jobs.sort(key=lambda j: j.tokens.size)
     out: list[list[R]] = []
     for j in jobs:
@@ -178,11 +181,15 @@ def pack(
 ) -> tuple[np.ndarray, np.ndarray, StateRows]:
     """(tokens (B, T) zero-padded, lengths (B,), states) for one bucket; `lengths` make the
     padding inert, and rows without a state start from `init_row`."""
-    B, T = len(jobs), max(j.tokens.size for j in jobs)
-    tokens = np.zeros((B, T), np.int64)
-    for i, j in enumerate(jobs):
-        tokens[i, : j.tokens.size] = j.tokens
-    lengths = np.array([j.tokens.size for j in jobs], np.int32)
+    sizes = [j.tokens.size for j in jobs]
+    B, T = len(jobs), max(sizes)
+    if min(sizes) == T:  # no padding: one copy (a batch of one-character feeds)
+        tokens = np.stack([j.tokens for j in jobs])
+    else:
+        tokens = np.zeros((B, T), np.int64)
+        for i, j in enumerate(jobs):
+            tokens[i, : j.tokens.size] = j.tokens
+    lengths = np.array(sizes, np.int32)
     states = [
         np.concatenate([(j.states or init_row)[k] for j in jobs], axis=ax)
         for k, ax in enumerate(axes)

@@ -329,7 +329,7 @@ async def test_stream_error_is_an_error_event_then_terminal(
     make_client: ClientFactory, registry: Any
 ) -> None:
     from service.engine.registry import LoadedModel, Registry
-    from tests.service.sessions.test_service import FlakyRunner
+    from tests.service.sessions.conftest import FlakyRunner
 
     m = registry.models[LM]
     flaky = FlakyRunner(m.runner)
