@@ -159,11 +159,12 @@ class Scheduler:
         job's result, or the refusal (`Overloaded` past `max_queue`) of that job alone."""
         loop = asyncio.get_running_loop()
         jobs, futures = [], []
+        now = time.perf_counter()
         for tokens, states in work:
             arr = np.asarray(tokens, dtype=np.int64)
             assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
             fut: asyncio.Future[PrefillResult] = loop.create_future()
-            job = PrefillJob(arr, states, fut)
+            job = PrefillJob(arr, states, fut, now)
             if tracing.enabled and (ctx := tracing.capture()) is not None:
                 job.trace = (ctx, tracing.now_ns())
             jobs.append(job)

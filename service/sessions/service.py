@@ -195,9 +195,16 @@ class SessionService:
                 continue
             ident, first, n = plan
             mine = futures[ident]
-            done, error = await _outcomes(
-                mine if isinstance(mine, Exception) else mine[first : first + n]
-            )
+            if isinstance(mine, Exception):
+                out.append(mine)
+                continue
+            done: list[PrefillResult] = []
+            error: Exception | None = None
+            for fut in mine[first : first + n]:  # (each awaited: no error goes unretrieved)
+                try:
+                    done.append(await fut)
+                except Exception as e:
+                    error = error or e
             if error is not None:
                 out.append(error)
                 continue
@@ -610,19 +617,3 @@ class _FeedStep:
     def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:
         """Its arguments to `advance`."""
         return self.m, self.rec, self.ids, self.pending, self.rec.version + 1
-
-
-async def _outcomes(
-    futures: list[asyncio.Future[PrefillResult]] | Exception,
-) -> tuple[list[PrefillResult], Exception | None]:
-    """The results of one record's prefills, or the first error (every future is awaited, so
-    that no error goes unretrieved)."""
-    if isinstance(futures, Exception):
-        return [], futures
-    done, error = [], None
-    for fut in futures:
-        try:
-            done.append(await fut)
-        except Exception as e:
-            error = error or e
-    return done, error
