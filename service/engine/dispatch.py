@@ -56,5 +56,6 @@ def handlers(*parts: object, mark: str = _MARK) -> dict[type, Callable[..., Any]
 
 
 def batchers(*parts: object) -> dict[type, Batcher]:
-    """Each operation's batch handler, bound to the part that defines it."""
-    return handlers(*parts, mark=_BATCH)
+    """Each operation's batch handler, bound to the part that defines it; none of a part
+    whose `batching` is False (the session service over a store whose locks need I/O)."""
+    return handlers(*(p for p in parts if getattr(p, "batching", True)), mark=_BATCH)

@@ -190,11 +190,13 @@ class MemoryStore:
     def lock(self, session_id: str) -> _SessionLock:
         return _SessionLock(self._locks, session_id)
 
-    def lock_now(self, session_id: str) -> bool:
-        if session_id in self._locks:
-            return False
-        self._locks[session_id] = _Users()
-        return True
+    local_locks = True
+
+    def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
+        return _SessionLock(self._locks, session_id).enter()
+
+    def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
+        _SessionLock(self._locks, session_id).abandon(turn)
 
     def unlock(self, session_id: str) -> None:
         _SessionLock(self._locks, session_id).release()
@@ -243,21 +245,35 @@ class _SessionLock:
     def __init__(self, locks: dict[str, _Users], sid: str) -> None:
         self._locks, self._sid = locks, sid
 
-    async def __aenter__(self) -> None:
+    def enter(self) -> asyncio.Future[None] | None:
+        """Take the session now (None), or queue for it now: the future resolves when it is
+        this caller's turn (then it holds the session until `release`; or `abandon` it)."""
         users = self._locks.get(self._sid)
         if users is None:
             self._locks[self._sid] = _Users()
-            return
+            return None
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         users.waiters.append(turn)
+        return turn
+
+    def abandon(self, turn: asyncio.Future[None]) -> None:
+        """Give up a queued turn: if it was handed the session meanwhile, the session goes on
+        to the next caller."""
+        if turn.done() and not turn.cancelled():  # handed the session as it was given up
+            self.release()
+            return
+        turn.cancel()
+        with contextlib.suppress(ValueError):
+            self._locks[self._sid].waiters.remove(turn)
+
+    async def __aenter__(self) -> None:
+        turn = self.enter()
+        if turn is None:
+            return
         try:
             await turn
         except BaseException:
-            if turn.done() and not turn.cancelled():  # handed the session as it was cancelled
-                self.release()
-            else:
-                with contextlib.suppress(ValueError):
-                    users.waiters.remove(turn)
+            self.abandon(turn)
             raise
 
     async def __aexit__(self, *exc: object) -> None:

@@ -620,11 +620,16 @@ class RedisStore:
         lk, q, w = (self._k(session_id, k) for k in ("lock", "q", "w"))
         return self._lease.hold(session_id, (lk, q, w))
 
-    def lock_now(self, session_id: str) -> bool:
-        return False  # a lease is taken in Redis: never without I/O
+    local_locks = False  # a lease is taken in Redis: never without I/O
+
+    def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
+        raise RuntimeError("a Redis lease is not taken without I/O (local_locks is False)")
+
+    def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
+        raise RuntimeError("a Redis lease is not taken without I/O (local_locks is False)")
 
     def unlock(self, session_id: str) -> None:
-        raise RuntimeError("no lock is taken without waiting in Redis (lock_now)")
+        raise RuntimeError("a Redis lease is not taken without I/O (local_locks is False)")
 
     async def sweep(self) -> int:
         removed, live = await self._sweep_all()

@@ -348,57 +348,90 @@ class SessionService:
         assert result is not None  # (its caller cannot be gone: it is awaiting this)
         return result
 
+    @property
+    def batching(self) -> bool:
+        """Whether feeds may run in batches (`feed_batch`): where the store takes its locks
+        without I/O, so a batch takes its sessions, or their places in line, as it is read."""
+        return self.store.local_locks
+
     @handles_batch(Feed)
     async def feed_batch(self, ops: Sequence[Feed], reply: Reply, gone: Container[int]) -> None:
-        """Feeds read together (one worker's, from the wire) run as one: each takes its session
-        at once when it is free, and a busy one's feed waits its turn on its own as `feed`
-        does; every check is `feed`'s, every prefill is queued with one wake-up of the engine
-        thread (`advance_many`), and each feed is replied and committed on its own (one that
-        fails, or whose caller is `gone` before its commit, leaves its session as it was)."""
+        """Feeds read together (one worker's, from the wire) run as one. In its first step,
+        before anything read after it runs, the batch takes each feed's session, or its place
+        in that session's line when it is busy (arrival order, as `feed`'s lock); a feed that
+        waits runs on its own when its turn comes. The others run together: `feed`'s checks,
+        every prefill queued with one wake-up of the engine thread (`advance_many`), and each
+        committed and replied on its own (one that fails, or whose caller is `gone` before its
+        commit, leaves its session as it was)."""
         held: list[str] = []
-        alone: list[asyncio.Task[None]] = []
+        queued: list[tuple[int, str, asyncio.Future[None], asyncio.Task[None]]] = []
+        started: set[int] = set()  # the queued feeds whose task ran (and owns its turn)
         steps: list[tuple[int, _FeedStep]] = []
         try:
-            for i, op in enumerate(ops):
-                sid = store_id(op.session_id, op.owner)
-                if not self.store.lock_now(sid):  # busy (or a store that cannot tell at once)
-                    alone.append(asyncio.create_task(self._feed_alone(i, op, reply, gone)))
-                    continue
-                held.append(sid)
-                try:
-                    begun = await self._feed_begin(op)
-                except Exception as e:
-                    reply(i, e)
-                    continue
-                if isinstance(begun, FeedResult):
-                    reply(i, begun)
-                else:
-                    steps.append((i, begun))
-            advanced = await self.advance_many([s.work for _, s in steps])
-            shown = self._outputs([s for _, s in steps], advanced)
-            for (i, step), adv, output in zip(steps, advanced, shown, strict=True):
-                if isinstance(adv, Exception):
-                    reply(i, adv)
-                elif i not in gone:
+            try:
+                for i, op in enumerate(ops):
+                    sid = store_id(op.session_id, op.owner)
+                    turn = self.store.lock_now(sid)
+                    if turn is not None:  # busy: in line now, run when its turn comes
+                        run = self._feed_in_turn(i, op, sid, turn, started, reply, gone)
+                        queued.append((i, sid, turn, asyncio.create_task(run)))
+                        continue
+                    held.append(sid)
                     try:
-                        reply(i, await self._feed_end(step, adv[1], output))
+                        begun = await self._feed_begin(op)
                     except Exception as e:
                         reply(i, e)
+                        continue
+                    if isinstance(begun, FeedResult):
+                        reply(i, begun)
+                    else:
+                        steps.append((i, begun))
+                advanced = await self.advance_many([s.work for _, s in steps])
+                shown = self._outputs([s for _, s in steps], advanced)
+                for (i, step), adv, output in zip(steps, advanced, shown, strict=True):
+                    if isinstance(adv, Exception):
+                        reply(i, adv)
+                    elif i not in gone:
+                        try:
+                            reply(i, await self._feed_end(step, adv[1], output))
+                        except Exception as e:
+                            reply(i, e)
+            finally:
+                for sid in held:
+                    self.store.unlock(sid)
+            if queued:
+                await asyncio.gather(*(t for *_, t in queued))
         except BaseException:
-            for t in alone:
+            for *_, t in queued:
                 t.cancel()
             raise
         finally:
-            for sid in held:
-                self.store.unlock(sid)
-        if alone:
-            await asyncio.gather(*alone)
+            for i, sid, turn, _ in queued:
+                if i not in started:  # its task never ran: its place in line is given up
+                    self.store.abandon(sid, turn)
 
-    async def _feed_alone(self, i: int, op: Feed, reply: Reply, gone: Container[int]) -> None:
-        """One feed of a batch whose session was busy: `feed`, its outcome replied."""
+    async def _feed_in_turn(
+        self,
+        i: int,
+        op: Feed,
+        sid: str,
+        turn: asyncio.Future[None],
+        started: set[int],
+        reply: Reply,
+        gone: Container[int],
+    ) -> None:
+        """A feed of a batch that waited in its session's line: `feed` once its turn comes."""
+        started.add(i)  # (from here on, this task gives its turn up if it must)
         try:
-            async with self.store.lock(store_id(op.session_id, op.owner)):
+            try:
+                await turn
+            except BaseException:
+                self.store.abandon(sid, turn)
+                raise
+            try:
                 result = await self._feed_locked(op, lambda: i in gone)
+            finally:
+                self.store.unlock(sid)
         except Exception as e:
             reply(i, e)
             return

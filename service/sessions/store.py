@@ -11,6 +11,7 @@ Guarantees an implementation must give:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -80,10 +81,18 @@ class SessionStore(Protocol):
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """Serialize operations on one session, first come first served."""
 
-    def lock_now(self, session_id: str) -> bool:
-        """Take the session's lock if that needs no waiting: it is free, and the store can
-        tell so without I/O (a lease in Redis cannot: always False there). True: held until
-        `unlock`. (A batch of feeds takes its sessions this way: `SessionService.feed_batch`.)"""
+    # whether `lock_now` works: the lock is taken or queued for without I/O (in memory; not
+    # a lease in Redis). A batch of feeds takes its sessions this way (`SessionService
+    # .feed_batch`), which only a store with local locks is given.
+    local_locks: bool
+
+    def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
+        """Take the session's lock at once (None), or take its place in the session's queue
+        at once (arrival order): the future resolves when it is this caller's turn. Held
+        until `unlock`; a turn not waited for is given up with `abandon`."""
+
+    def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
+        """Give up a turn from `lock_now` (released on, if it was already handed over)."""
 
     def unlock(self, session_id: str) -> None:
         """Release a lock taken by `lock_now`."""

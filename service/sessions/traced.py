@@ -4,6 +4,7 @@ tracing is on (`engine/startup.py`), so a server without tracing pays nothing fo
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AbstractAsyncContextManager
 
 from service import tracing
@@ -66,11 +67,16 @@ class TracedStore:
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         return self.inner.lock(session_id)
 
-    def lock_now(self, session_id: str) -> bool:
-        return False  # (each feed its own task, so that its spans are its request's)
+    local_locks = False  # (each feed its own task, so that its spans are its request's)
+
+    def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
+        raise RuntimeError("traced stores take locks one request at a time")
+
+    def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
+        raise RuntimeError("traced stores take locks one request at a time")
 
     def unlock(self, session_id: str) -> None:
-        self.inner.unlock(session_id)
+        raise RuntimeError("traced stores take locks one request at a time")
 
     async def sweep(self) -> int:
         return await self.inner.sweep()

@@ -5,8 +5,9 @@ Each call runs as its own task: the host decodes the frame, hands the operation 
 `InProcessClient` and encodes its answer, knowing no operation by name. Calls of an operation
 with a batch handler (session feeds: `SessionService.feed_batch`) that one worker sent and the
 host read in one go run as ONE task, each answered under its own rid as soon as it is done; a
-`Cancel` marks its call gone (not answered, nothing of it committed), and everything read
-starts in the order it was read. A stream's tokens skip
+`Cancel` marks its call gone (not answered, nothing of it committed). Everything read starts
+in the order it was read: each task's first step runs in the order the tasks were made, and a
+batch takes its sessions' locks, or their places in line, in its first step. A stream's tokens skip
 that task: the stream is routed to its worker's sink (`stream.Route`), so each decode step hands
 the host ONE pair of arrays per worker (stream ids, token ids), sent as a `StepIds` frame that
 the worker decodes; a stream whose tokens need text in the engine (stop strings, logprobs) has

@@ -10,10 +10,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from service.engine.dispatch import batchers
 from service.errors import EngineError, SessionNotFound, VersionConflict
 from service.protocol.messages import FeedResult
-from service.protocol.ops import CreateSession, Feed, GetSession
+from service.protocol.ops import CreateSession, Feed, GetSession, Reset
 from service.sessions.service import SessionService
+from service.sessions.traced import TracedStore
 from tests.service.conftest import LM
 from tests.service.sessions.conftest import flaky
 
@@ -174,3 +176,39 @@ async def test_a_cancelled_batch_releases_its_sessions(svc: SessionService, canc
     assert (await svc.get(GetSession(b, None))).version == 0
     assert (await svc.feed(_feed(a, "z"))).version in (1, 2)
     assert (await svc.feed(_feed(b, "z"))).version == 1
+
+
+async def test_a_busy_sessions_feed_keeps_its_place_before_what_was_read_after_it(
+    svc: SessionService,
+) -> None:
+    """The batch takes a busy session's place in line in its first step, so an operation
+    read after it (started after the batch) comes after it, not before."""
+    busy, other = await _sessions(svc, 2)
+    got: dict[int, Any] = {}
+    lock = svc.store.lock(busy)
+    await lock.__aenter__()
+    batch = asyncio.create_task(
+        svc.feed_batch([_feed(busy, "a"), _feed(other, "b")], got.__setitem__, ())
+    )
+    later = asyncio.create_task(svc.reset(Reset(busy, None, None, None)))  # read after it
+    async with asyncio.timeout(10):
+        while 1 not in got:
+            await asyncio.sleep(0.005)
+    await lock.__aexit__(None, None, None)
+    await asyncio.wait_for(batch, 10)
+    reset = await asyncio.wait_for(later, 10)
+    assert got[0].version == 1 and reset.version == 2
+
+
+def test_no_batches_over_a_store_whose_locks_need_io(svc: SessionService) -> None:
+    """A Redis lease cannot be taken (or queued for) without a round trip, nor a traced
+    store's lock without its span: each feed then runs as its own call."""
+    assert batchers(svc) == {Feed: svc.feed_batch}
+    traced = SessionService(
+        svc.engine,
+        TracedStore(svc.store),
+        default_ttl_s=60,
+        max_ttl_s=600,
+        idempotency_ttl_s=60,
+    )
+    assert not traced.batching and batchers(traced) == {}

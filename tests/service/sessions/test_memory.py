@@ -147,26 +147,52 @@ async def test_a_caller_cancelled_while_waiting_never_holds_the_session(
     assert not store._locks
 
 
-async def test_lock_now_takes_only_a_free_session_and_unlock_hands_it_on_in_order(
+async def test_lock_now_takes_a_free_session_or_a_place_in_line_at_once(
     clock: FakeClock,
 ) -> None:
     store = MemoryStore(10, clock=clock)
-    assert store.lock_now("s") and not store.lock_now("s")  # held: not again
+    assert store.lock_now("s") is None  # free: taken
     order: list[str] = []
 
     async def op(name: str) -> None:
         async with store.lock("s"):
             order.append(name)
 
-    waiting = [asyncio.create_task(op(n)) for n in ("x", "y")]
+    x = asyncio.create_task(op("x"))
+    await asyncio.sleep(0)  # x waits in line
+    turn = store.lock_now("s")  # in line behind x, at once
+    y = asyncio.create_task(op("y"))
     await asyncio.sleep(0)
-    assert order == []  # they wait for the holder
+    assert turn is not None and not turn.done() and order == []
+    store.unlock("s")  # the holder's release: x's turn
+    await x
+    await turn  # then this caller's
+    assert order == ["x"]
     store.unlock("s")
-    await asyncio.gather(*waiting)
+    await y
     assert order == ["x", "y"] and not store._locks
-    assert store.lock_now("s")
-    store.unlock("s")
+
+
+async def test_a_place_in_line_given_up_passes_the_session_on(clock: FakeClock) -> None:
+    """`abandon`: a turn given up while it waits is skipped; one given up after it was handed
+    the session releases it to the next in line."""
+    store = MemoryStore(10, clock=clock)
+    assert store.lock_now("s") is None
+    waiting, handed = store.lock_now("s"), store.lock_now("s")
+    assert waiting is not None and handed is not None
+    store.abandon("s", waiting)
+    store.unlock("s")  # to the first still in line: `handed`
+    assert handed.done() and not handed.cancelled()
+    later = asyncio.create_task(_hold(store, "s"))
+    await asyncio.sleep(0)
+    store.abandon("s", handed)  # handed the session, gives it up: `later` gets it
+    await asyncio.wait_for(later, 5)
     assert not store._locks
+
+
+async def _hold(store: MemoryStore, sid: str) -> None:
+    async with store.lock(sid):
+        pass
 
 
 async def test_sweep_drops_expired(clock: FakeClock) -> None:
