@@ -1,5 +1,6 @@
-"""`SessionService.feed_batch`: feeds read together run as one, and each is exactly the feed it
-would have been alone (outcome, order on one session, errors, replays, a caller gone)."""
+"""`sessions/feeds.py`: `feed_batch` runs the feeds read together as one, and each is exactly
+the feed it would have been alone (outcome, order on one session, errors, replays, a caller
+gone)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,200 @@
+"""Feeding a session (DESIGN §4): `feed`, one at a time under the session's lock, and
+`feed_batch`, the feeds the engine process read together from one worker, run as one. Both run
+the same steps (`_feed_begin`: the checks; `advance_many`; `_feed_end`: the answer and the
+commit), so a feed in a batch is exactly the feed it would be alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.engine.dispatch import Reply, handles, handles_batch
+from service.engine.registry import LoadedModel
+from service.protocol.messages import FeedResult, Output
+from service.protocol.ops import Feed
+from service.sessions import SessionRecord
+from service.sessions.rules import SessionRules
+from service.sessions.store import public_id, store_id
+
+
+class SessionFeeds(SessionRules):
+    """The feed operations of the session service (`SessionService` is one)."""
+
+    @handles(Feed)
+    async def feed(self, op: Feed) -> FeedResult:
+        async with self.store.lock(store_id(op.session_id, op.owner)):
+            result = await self._feed_locked(op)
+        assert result is not None  # (its caller cannot be gone: it is awaiting this)
+        return result
+
+    @property
+    def batching(self) -> bool:
+        """Whether feeds may run in batches (`feed_batch`): where the store takes its locks
+        without I/O, so a batch takes its sessions, or their places in line, as it is read."""
+        return self.store.local_locks
+
+    @handles_batch(Feed)
+    async def feed_batch(self, ops: Sequence[Feed], reply: Reply, gone: Container[int]) -> None:
+        """Feeds read together (one worker's, from the wire) run as one. In its first step,
+        before anything read after it runs, the batch takes each feed's session, or its place
+        in that session's line when it is busy (arrival order, as `feed`'s lock); a feed that
+        waits runs on its own when its turn comes. The others run together: `feed`'s checks,
+        every prefill queued with one wake-up of the engine thread (`advance_many`), and each
+        committed and replied on its own (one that fails, or whose caller is `gone` before its
+        commit, leaves its session as it was)."""
+        held: list[str] = []
+        queued: list[tuple[int, str, asyncio.Future[None], asyncio.Task[None]]] = []
+        started: set[int] = set()  # the queued feeds whose task ran (and owns its turn)
+        steps: list[tuple[int, _FeedStep]] = []
+        try:
+            try:
+                for i, op in enumerate(ops):
+                    sid = store_id(op.session_id, op.owner)
+                    turn = self.store.lock_now(sid)
+                    if turn is not None:  # busy: in line now, run when its turn comes
+                        run = self._feed_in_turn(i, op, sid, turn, started, reply, gone)
+                        queued.append((i, sid, turn, asyncio.create_task(run)))
+                        continue
+                    held.append(sid)
+                    try:
+                        begun = await self._feed_begin(op)
+                    except Exception as e:
+                        reply(i, e)
+                        continue
+                    if isinstance(begun, FeedResult):
+                        reply(i, begun)
+                    else:
+                        steps.append((i, begun))
+                advanced = await self.advance_many([s.work for _, s in steps])
+                shown = self._outputs([s for _, s in steps], advanced)
+                for (i, step), adv, output in zip(steps, advanced, shown, strict=True):
+                    if isinstance(adv, Exception):
+                        reply(i, adv)
+                    elif i not in gone:
+                        try:
+                            reply(i, await self._feed_end(step, adv[1], output))
+                        except Exception as e:
+                            reply(i, e)
+            finally:
+                for sid in held:
+                    self.store.unlock(sid)
+            if queued:
+                await asyncio.gather(*(t for *_, t in queued))
+        except BaseException:
+            for *_, t in queued:
+                t.cancel()
+            raise
+        finally:
+            for i, sid, turn, _ in queued:
+                if i not in started:  # its task never ran: its place in line is given up
+                    self.store.abandon(sid, turn)
+
+    async def _feed_in_turn(
+        self,
+        i: int,
+        op: Feed,
+        sid: str,
+        turn: asyncio.Future[None],
+        started: set[int],
+        reply: Reply,
+        gone: Container[int],
+    ) -> None:
+        """A feed of a batch that waited in its session's line: `feed` once its turn comes."""
+        started.add(i)  # (from here on, this task gives its turn up if it must)
+        try:
+            try:
+                await turn
+            except BaseException:
+                self.store.abandon(sid, turn)
+                raise
+            try:
+                result = await self._feed_locked(op, lambda: i in gone)
+            finally:
+                self.store.unlock(sid)
+        except Exception as e:
+            reply(i, e)
+            return
+        if result is not None:
+            reply(i, result)
+
+    async def _feed_locked(
+        self, op: Feed, gone: Callable[[], bool] = lambda: False
+    ) -> FeedResult | None:
+        """A feed under its session's lock; None when its caller went before the commit."""
+        begun = await self._feed_begin(op)
+        if isinstance(begun, FeedResult):
+            return begun
+        shown, new = await self.advance(*begun.work)
+        if gone():
+            return None
+        return await self._feed_end(begun, new, self.engine.output(begun.m, shown, begun.op.top_k))
+
+    async def _feed_begin(self, op: Feed) -> FeedResult | _FeedStep:
+        """A feed's checks, under its session's lock: the result an `Idempotency-Key` replays,
+        or the step to run."""
+        rec = await self._get(op.session_id, op.owner)
+        # (a request without a key is never replayed: no fingerprint to compute)
+        fp = (
+            ""
+            if op.key is None
+            else self._fingerprint("feed", {"text": op.text, "top_k": op.top_k})
+        )
+        replay = await self._replay(rec, op.key, fp, FeedResult)
+        if replay is not None:
+            return replay
+        self._check_version(rec, op.expected_version)
+        m = self._model(rec)
+        ids, pending = self.engine.encode_stream(m, rec.pending, op.text, "text")
+        return _FeedStep(op, rec, m, ids, pending, fp)
+
+    def _outputs(
+        self,
+        steps: list[_FeedStep],
+        advanced: list[tuple[np.ndarray | None, SessionRecord] | Exception],
+    ) -> list[Output | None]:
+        """Each advanced step's output (`Engine.outputs`, a model's rows at once)."""
+        out: list[Output | None] = [None] * len(steps)
+        rows: dict[int, list[tuple[int, np.ndarray | None]]] = {}  # by id(model): (i, logits)
+        for i, (step, adv) in enumerate(zip(steps, advanced, strict=True)):
+            if not isinstance(adv, Exception):
+                rows.setdefault(id(step.m), []).append((i, adv[0]))
+        for mine in rows.values():
+            m = steps[mine[0][0]].m
+            got = self.engine.outputs(m, [r for _, r in mine], [steps[i].op.top_k for i, _ in mine])
+            for (i, _), o in zip(mine, got, strict=True):
+                out[i] = o
+        return out
+
+    async def _feed_end(
+        self, step: _FeedStep, new: SessionRecord, output: Output | None
+    ) -> FeedResult:
+        """A feed's answer, committed with its new record."""
+        result = FeedResult(
+            session_id=public_id(step.rec.id),
+            version=new.version,
+            tokens=len(step.ids),
+            pending_chars=len(step.pending),
+            output=output,
+        )
+        await self._commit(step.rec, new, step.op.key, step.fp, result)
+        return result
+
+
+@dataclass(slots=True)
+class _FeedStep:
+    """A feed between its checks and its commit, under its session's lock."""
+
+    op: Feed
+    rec: SessionRecord
+    m: LoadedModel
+    ids: list[int]  # the tokens it commits
+    pending: str  # the unfinished word held back after them
+    fp: str  # its request's fingerprint ("" without an Idempotency-Key)
+
+    @property
+    def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:
+        """Its arguments to `advance`."""
+        return self.m, self.rec, self.ids, self.pending, self.rec.version + 1
