@@ -282,7 +282,7 @@ async def test_submit_queues_jobs_together_and_refuses_only_those_past_the_queue
     runner.gate.clear()
     s = make(runner, max_queue=2)
     first = asyncio.ensure_future(s.prefill([1]))
-    await asyncio.sleep(0.02)  # (running: the queue is empty again)
+    assert await asyncio.to_thread(runner.entered.wait, 5)  # running: the queue is empty again
     futures = s.submit([([1], None), ([2, 3], None), ([4], None)])
     assert not futures[0].done() and not futures[1].done()
     with pytest.raises(Overloaded):
