@@ -13,7 +13,7 @@ the host ONE pair of arrays per worker (stream ids, token ids), sent as a `StepI
 the worker decodes; a stream whose tokens need text in the engine (stop strings, logprobs) has
 each token posted from the loop callback that emits the step (`Generation.forward_tokens`). The
 task wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in
-the same loop iteration leave as one message. A `Cancel` (the worker's client went away)
+the same loop iteration leave as one message (`channel.py`), as a worker's do. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
 and nothing is committed. A stream slot (`wire.SlotRef`) is taken or refused as the first frame
 naming it is read (no task), and held until the worker cancels its id; a generation under a
@@ -41,29 +41,29 @@ from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, Finished
 from service.protocol.ops import Op, SessionGenerate, StreamOp
 from service.transport import wire
+from service.transport.channel import Channel
 
 log = get_logger("engine.host")
-
-_DRAIN = 256  # messages read in one go before the loop runs anything else
 
 
 class EngineHost:
     def __init__(self, client: InProcessClient, address: str) -> None:
         self.client = client
         self.address = address
-        # a plain (not asyncio) socket, read from the loop's reader callback on its descriptor:
-        # no future per message received or sent (pyzmq's asyncio socket made one each way,
-        # ~14 % of the engine's Python per session step and ~7 % per token, py-spy)
+        # a plain (not asyncio) socket, read and written by a `Channel` (channel.py says why)
         self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-        self._sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a worker gone: drop its frames
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a worker gone: drop its frames
         # no high-water mark: at the default (1000 frames) a ROUTER silently DROPS frames for a
         # worker that is behind, and a stream whose end was dropped never ends (found by the
         # 256-stream bench). Memory stays bounded by the workers' per-stream backlog bound.
-        self._sock.setsockopt(zmq.SNDHWM, 0)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
-        self._sock.bind(address)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.bind(address)
+        # frames for a worker wait until the loop has run every task that is ready, then leave
+        # as ONE message: after a decode step every stream's frame goes out together
+        self._channel = Channel(sock, self._read, self._start_batches)
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         # calls of an operation with a batch handler (session feeds), read in this drain: by
         # worker and operation, each worker's run as one task when the drain ends
@@ -74,14 +74,6 @@ class EngineHost:
         # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
         # worker's Cancel: every generation of one request names the same slot
         self._slots: dict[tuple[bytes, int], LocalHold] = {}
-        # frames wait here until the loop has run every task that is ready, then each worker
-        # gets all of its frames in ONE multipart message: after a decode step every stream's
-        # task posts its tokens, and a send (and the worker's receive) per stream per step was
-        # a large part of the engine's CPU per token at 256 streams (docs/benchmarks.md)
-        self._outbox: dict[bytes, list[wire.Frame]] = {}
-        self._flush_due = False
-        self._recheck_due = False
-        self._closing = False
         # each worker's token sink (`stream.Route`): a decode step's ids for its streams
         self._sinks: dict[bytes, TokenSink] = {}
         # session generations waiting for their worker's `Drained` (and its text) to commit
@@ -98,52 +90,25 @@ class EngineHost:
             self._post(ident, info)
 
     async def serve(self) -> None:
-        """Read the workers' frames until cancelled (each read by `_readable`, no task)."""
-        loop = asyncio.get_running_loop()
-        fd = int(self._sock.getsockopt(zmq.FD))
-        loop.add_reader(fd, self._readable)
-        self._readable()  # (anything queued before the reader was added)
+        """Read the workers' frames until cancelled (each message read by the channel's reader
+        callback, no task)."""
+        self._channel.start()
         try:
-            await loop.create_future()  # until cancelled
+            await asyncio.get_running_loop().create_future()  # until cancelled
         finally:
-            loop.remove_reader(fd)
+            self._channel.stop()
 
-    def _readable(self) -> None:
-        """Read what is queued, up to a bound (then the rest in the next loop iteration).
-
-        ZeroMQ's descriptor is edge-triggered and only says "look at ZMQ_EVENTS": every
-        queued message must be read before it signals again, and a send may consume the edge
-        of a message that arrived meanwhile, which is why `_flush` looks again (`_recheck`)."""
-        self._recheck_due = False
-        sock = self._sock
+    def _read(self, ident: bytes | None, raw: bytes) -> None:
+        assert ident is not None  # (a ROUTER's messages name their sender)
         try:
-            for _ in range(_DRAIN):
-                try:
-                    ident, raw = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.ZMQError:  # zmq.Again: nothing more queued (or the socket closing)
-                    return
-                self._read(ident, raw)
-            self._recheck()  # the bound was reached: the rest after the loop runs what is ready
-        finally:
-            self._start_batches()
-
-    def _recheck(self) -> None:
-        if self._recheck_due or self._closing:
-            return
-        try:
-            ready = int(self._sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
-        except zmq.ZMQError:
-            return
-        if ready:
-            self._recheck_due = True
-            asyncio.get_running_loop().call_soon(self._readable)
-
-    def _read(self, ident: bytes, raw: bytes) -> None:
-        try:
-            frame = wire.decoder.decode(raw)
+            got = wire.incoming_decoder.decode(raw)
         except Exception:
             log.error("undecodable frame from a worker", extra={"worker": ident.hex()})
             return
+        for frame in got if isinstance(got, list) else (got,):
+            self._read_frame(ident, frame)
+
+    def _read_frame(self, ident: bytes, frame: wire.Frame) -> None:
         if isinstance(frame, wire.Call) and (op := self._batchable(frame)) is not None:
             self._batching.setdefault((ident, type(op)), []).append((frame.rid, op))
             return
@@ -274,7 +239,7 @@ class EngineHost:
     async def close(self) -> None:
         # the engine may still step the streams that are closing: what they post from now on
         # has no socket to go to (and one warning per step at 4,096 streams said nothing new)
-        self._closing = True
+        self._channel.stop()
         for slot in self._slots.values():
             slot.release()
         self._slots.clear()
@@ -282,12 +247,11 @@ class EngineHost:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._sock.close(linger=0)
+        self._channel.sock.close(linger=0)
         self._ctx.term()
 
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
-        self._outbox.setdefault(ident, []).append(frame)
-        self._flush_soon()
+        self._channel.post(ident, frame)
 
     def _sink(self, ident: bytes) -> TokenSink:
         """Where the engine's decode steps put this worker's routed tokens: a `StepIds` frame
@@ -295,37 +259,13 @@ class EngineHost:
         known = self._sinks.get(ident)
         if known is not None:
             return known
+        post = self._channel.post
 
         def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
-            self._outbox.setdefault(ident, []).append(wire.StepIds.of(rids, ids, ends))
-            self._flush_soon()
+            post(ident, wire.StepIds.of(rids, ids, ends))
 
         self._sinks[ident] = sink
         return sink
-
-    def _flush_soon(self) -> None:
-        if not self._flush_due:
-            self._flush_due = True
-            # call_soon runs after the tasks already ready in this loop iteration, i.e. after
-            # every stream woken by the same engine step has posted its frame
-            asyncio.get_running_loop().call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_due = False
-        out, self._outbox = self._outbox, {}
-        for ident, frames in out.items():
-            self._send(ident, frames)
-        self._recheck()  # (a send may have taken the edge of a message that came meanwhile)
-
-    def _send(self, ident: bytes, frames: list[wire.Frame]) -> None:
-        """A worker's frames, as one message."""
-        if self._closing:
-            return
-        try:
-            # no high-water mark (above): a send never waits, so NOBLOCK never refuses
-            self._sock.send_multipart([ident, wire.encoder.encode(frames)], zmq.NOBLOCK)
-        except zmq.ZMQError as e:  # the socket is closing
-            log.warning("frames to a worker not sent", extra={"error": str(e)})
 
     async def _traced(
         self,

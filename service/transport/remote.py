@@ -1,8 +1,10 @@
 """An API worker's side of the wire: `RemoteClient`, the `EngineClient` of an engine in another
 process (`host.EngineHost`), over one ZeroMQ DEALER socket.
 
-A reader task routes every answer to its call by request id: a future for a unary call, a
-buffer for a stream (`remote_streams.py`). A call whose caller is cancelled (its HTTP client
+Its socket is read and written by a `Channel` (`channel.py`), as the engine's: every answer is
+routed by request id to its call (a future for a unary call, a buffer for a stream:
+`remote_streams.py`) from the loop's reader callback, and the frames the worker's tasks send in
+one loop iteration leave as one message. A call whose caller is cancelled (its HTTP client
 left, a timeout) sends `Cancel`, so the engine stops the work and commits nothing. A stream's
 tokens wait in the worker for its HTTP client (the engine forwards them as they are made); that
 backlog is bounded by `stream_buffer_bytes`, as in one process: past it the stream is cancelled
@@ -12,14 +14,12 @@ and ends with `client_too_slow`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import os
 from typing import Any, TypeVar
 
 import msgspec
 import zmq
-import zmq.asyncio
 
 from service import tracing
 from service.contract import ModelManifest, tokenizer_from_spec
@@ -29,6 +29,7 @@ from service.protocol.client import StreamHold
 from service.protocol.messages import PROTOCOL_VERSION, GenerationResult
 from service.protocol.ops import Op, StreamOp
 from service.transport import wire
+from service.transport.channel import Channel
 from service.transport.remote_streams import RemoteGeneration, RemoteHold
 
 R = TypeVar("R")
@@ -48,25 +49,33 @@ class RemoteClient:
     def __init__(self, address: str, stream_buffer_bytes: int = 2**62) -> None:
         self.address = address
         self.stream_buffer_bytes = stream_buffer_bytes
-        self._ctx = zmq.asyncio.Context()
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block a call (host.py says why)
-        self._sock.setsockopt(zmq.RCVHWM, 0)
+        self._ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        sock: zmq.Socket[bytes] = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block a call (host.py says why)
+        sock.setsockopt(zmq.RCVHWM, 0)
         # the engine knows a worker by this id (the supervisor names a dead worker by its pid)
-        self._sock.setsockopt(zmq.IDENTITY, worker_identity(os.getpid()))
-        self._sock.connect(address)
+        sock.setsockopt(zmq.IDENTITY, worker_identity(os.getpid()))
+        sock.connect(address)
+        self._channel = Channel(sock, self._read)
         self._ids = itertools.count(1)
         self._calls: dict[int, asyncio.Future[msgspec.Raw]] = {}
         self._streams: dict[int, RemoteGeneration] = {}
-        self._reader: asyncio.Task[None] | None = None
         self._gone: EngineGone | None = None  # set once the engine process is known dead
         self.catalog = Catalog()
         self._generation = 0  # of the catalog held (the engine numbers each one it sends)
 
     async def connect(self, timeout_s: float = 300.0) -> None:
-        self._reader = asyncio.create_task(self._read())
-        raw = await asyncio.wait_for(self._unary(wire.Hello(wire.WIRE_VERSION)), timeout_s)
+        self._channel.start()
+        rid = next(self._ids)
+        hello: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
+        self._calls[rid] = hello
+        # alone in its message: an engine of another wire version must read it, and answer
+        self._channel.send_alone(wire.Call(rid, wire.Hello(wire.WIRE_VERSION)))
+        try:
+            raw = await asyncio.wait_for(hello, timeout_s)
+        finally:
+            self._calls.pop(rid, None)
         try:
             info = wire.decode_result(wire.CatalogInfo, raw)
         except msgspec.DecodeError:  # (a validation error too)
@@ -102,12 +111,9 @@ class RemoteClient:
         self.catalog = Catalog(defaults, dict(info.failed), versions)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        self._channel.stop()
         self._fail_all(EngineGone("the worker is shutting down"))
-        self._sock.close(linger=0)
+        self._channel.sock.close(linger=0)
         self._ctx.term()
 
     @property
@@ -124,11 +130,10 @@ class RemoteClient:
         self._fail_all(self._gone)
 
     # -- plumbing
-    async def _read(self) -> None:
-        while True:
-            # one message holds every frame the engine had ready for this worker (host.py)
-            for frame in wire.frames_decoder.decode(await self._sock.recv()):
-                self._dispatch(frame)
+    def _read(self, _peer: bytes | None, raw: bytes) -> None:
+        # one message holds every frame the engine had ready for this worker (host.py)
+        for frame in wire.frames_decoder.decode(raw):
+            self._dispatch(frame)
 
     def _dispatch(self, frame: wire.Frame) -> None:
         if type(frame) is wire.StepIds:  # most frames by far: one per engine step
@@ -181,17 +186,17 @@ class RemoteClient:
             gen._end(e)
 
     def _cancel(self, rid: int) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            self._sock.send(wire.encoder.encode(wire.Cancel(rid)), flags=zmq.NOBLOCK)
+        self._channel.post(None, wire.Cancel(rid))
 
     def _drained(self, rid: int, text: str | None) -> None:
-        with contextlib.suppress(zmq.ZMQError):
-            self._sock.send(wire.encoder.encode(wire.Drained(rid, text)), flags=zmq.NOBLOCK)
+        self._channel.post(None, wire.Drained(rid, text))
 
     @staticmethod
-    def _encode(frame: wire.Call) -> bytes:
+    def _encode(frame: wire.Call) -> msgspec.Raw:
+        """A call, encoded as it is made: one that cannot cross the wire fails alone, with the
+        error the in-process engine gives (not the message it would have shared)."""
         try:
-            return wire.encoder.encode(frame)
+            return msgspec.Raw(wire.encoder.encode(frame))
         except UnicodeEncodeError:
             raise _not_text(frame.op) from None
         except OverflowError:  # the schemas bound every integer; this guards the wire itself
@@ -206,7 +211,7 @@ class RemoteClient:
         fut: asyncio.Future[msgspec.Raw] = asyncio.get_running_loop().create_future()
         self._calls[rid] = fut
         try:
-            await self._sock.send(self._encode(wire.Call(rid, op)))
+            self._channel.post(None, self._encode(wire.Call(rid, op)))
             return await fut
         except asyncio.CancelledError:
             if self._calls.pop(rid, None) is not None:
@@ -221,7 +226,7 @@ class RemoteClient:
         self._calls[rid] = fut
         error: BaseException | None = None
         try:
-            await self._sock.send(self._encode(wire.Call(rid, op, trace=carrier)))
+            self._channel.post(None, self._encode(wire.Call(rid, op, trace=carrier)))
             return await fut
         except asyncio.CancelledError as e:
             error = e
@@ -260,7 +265,7 @@ class RemoteClient:
         gen.span = span
         self._streams[rid] = gen
         try:
-            await self._sock.send(frame)
+            self._channel.post(None, frame)
             await gen.opened  # the engine's own errors at start (unknown session, bad prompt)
         except asyncio.CancelledError:
             await gen.aclose()

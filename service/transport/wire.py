@@ -22,7 +22,7 @@ from service import errors
 from service.protocol.messages import Message, StepLogprob
 from service.protocol.ops import Op, StreamOp, operations
 
-WIRE_VERSION = 14  # 2: a message from the engine may carry several frames; 3: HoldStream;
+WIRE_VERSION = 15  # 2: a message from the engine may carry several frames; 3: HoldStream;
 # 4: a generation names the HoldStream call it runs under; 5: ... and takes it (`SlotRef`);
 # 6: those frames travel as ONE msgpack array (`frames_decoder`), not one message part each;
 # 7: a session generation commits only after its worker says the client took every token
@@ -33,7 +33,8 @@ WIRE_VERSION = 14  # 2: a message from the engine may carry several frames; 3: H
 # 12: `StepIds` replaces `StepTokens` (the worker decodes a routed stream's tokens and matches
 # its stop strings' text: `Opened.model`, `Drained.text`); 13: the catalog lists every version
 # serving with its settings, and comes again to every worker when it changes (`CatalogInfo`); 14: a `Call` may carry its caller's trace
-# context (`Call.trace`, W3C `traceparent` / `tracestate`: service/tracing.py)
+# context (`Call.trace`, W3C `traceparent` / `tracestate`: service/tracing.py); 15: a worker's
+# frames travel as one array per message too (`incoming_decoder`), all but its `Hello`
 
 
 class Tensor(Message, frozen=True):
@@ -234,7 +235,10 @@ def _decode_array(kind: type, obj: Any) -> Any:
 
 
 encoder = msgspec.msgpack.Encoder(enc_hook=_encode_array)
-decoder = msgspec.msgpack.Decoder(Frame)  # worker -> engine: one frame per message
+decoder = msgspec.msgpack.Decoder(Frame)  # one frame
+# worker -> engine: every frame the worker had ready in one loop iteration, as one array
+# (`channel.py`), or one frame alone (a `Hello`, which an engine of any wire version reads)
+incoming_decoder = msgspec.msgpack.Decoder(Frame | list[Frame])
 # engine -> worker: every frame ready for that worker in one array. One ZeroMQ message part per
 # frame cost a send each, and each send gives up the GIL: at 256 streams a quarter of the
 # engine's samples were those sends and the wake-ups around them (py-spy, docs/benchmarks.md)
