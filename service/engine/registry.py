@@ -50,12 +50,12 @@ class LoadedModel:
     def version(self) -> str:
         return self.manifest.version
 
-    @property
+    @cached_property  # (formatted once: every stream and feed looks its scheduler up by it)
     def key(self) -> str:
         """`name@version`: how a request names this very version."""
         return f"{self.name}@{self.version}"
 
-    @property
+    @cached_property
     def ident(self) -> str:
         """This loaded instance (a version reloaded in place drains its old instance beside the
         new one: same key, two engine threads)."""

@@ -179,7 +179,8 @@ class Scheduler:
                     continue
                 self._prefill.add(job, chunk)
             self._cv.notify()
-        self._gauge()
+        # (the gauges are the engine thread's to set, as it takes the work: setting them here
+        # too cost two gauge writes on the loop for every feed batch and every stream)
         return futures
 
     def join(self, stream: Stream) -> None:
@@ -188,7 +189,6 @@ class Scheduler:
             self._admit(len(self._joining))
             self._joining.append(stream)
             self._cv.notify()
-        self._gauge()
 
     @property
     def active_streams(self) -> int:
