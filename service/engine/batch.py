@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from service.engine.holes import fill, order, plan
 from service.engine.prefill import StateRows
 from service.engine.row_params import Rows
 from service.engine.sampling import Draws, all_plain
@@ -70,13 +71,20 @@ class DecodeBatch:
         self._changed()
 
     def keep(self, keep: np.ndarray) -> None:
-        """Filter the batch to the rows where `keep` is True."""
-        idx = np.flatnonzero(keep)
-        self.streams = tuple(self.streams[i] for i in idx)
-        self.states = self.place.take(self.states, idx)
-        self.logits = self.logits[idx]
+        """Filter the batch to the rows where `keep` is True. The rows that stay past the new
+        end move into the holes (`holes.py`): the large arrays (state, logits, draws) are moved
+        in place and cut, O(rows leaving); the per-row parameters, small, are gathered (new
+        arrays: the loop may still hold the last step's `rids`)."""
+        holes, movers, m = plan(keep)
+        idx = order(holes, movers, m)
+        streams = list(self.streams)
+        for h, mv in zip(holes.tolist(), movers.tolist(), strict=True):
+            streams[h] = streams[mv]
+        self.streams = tuple(streams[:m])
+        self.states = self.place.leave(self.states, holes, movers, m)
+        self.logits = fill(self.logits, holes, movers, m)
         self.rows = self.rows.take(idx)
-        self.draws.keep(idx)
+        self.draws.leave(holes, movers, m)
         self.sink_of, self.rids = self.sink_of[idx], self.rids[idx]
         if self.stops is not None:
             self.stops.keep(idx)

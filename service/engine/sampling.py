@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.engine.holes import fill
 from service.protocol.messages import Alternative, StepLogprob
 from service.protocol.softmax import log_softmax
 
@@ -80,6 +81,10 @@ class Draws:
 
     def keep(self, idx: np.ndarray) -> None:
         self._u = self._u[idx]
+
+    def leave(self, holes: np.ndarray, movers: np.ndarray, m: int) -> None:
+        """Rows leaving as the batch's arrays do (`holes.fill`): in place, no copy of the block."""
+        self._u = fill(self._u, holes, movers, m)
 
     def join(self, seeds: np.ndarray, count: np.ndarray) -> None:
         """Append rows (after the current ones) at `count` tokens sampled."""

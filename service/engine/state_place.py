@@ -23,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import onnxruntime as ort
 
+from service.engine import holes as holes_
 from service.engine.device_graphs import graph
 from service.engine.prefill import StateRows
 from service.engine.runner import Runner
@@ -47,6 +48,11 @@ class HostState:
 
     def take(self, held: Held, idx: np.ndarray) -> Held:
         return [np.take(s, idx, axis=ax) for s, ax in zip(held, self.axes, strict=True)]
+
+    def leave(self, held: Held, holes: np.ndarray, movers: np.ndarray, m: int) -> Held:
+        """Rows leaving (`holes.plan`): the batch's own arrays (the last step's outputs),
+        rows moved in place and cut to m rows."""
+        return [holes_.fill(s, holes, movers, m, ax) for s, ax in zip(held, self.axes, strict=True)]
 
     def rows(self, held: Held, idx: Sequence[int]) -> list[StateRows]:
         """Rows `idx` as host arrays, one row each (a finished stream's state)."""
@@ -87,6 +93,10 @@ class DeviceState:
         return [
             self._call(c, {"a": a, "b": b}) for c, a, b in zip(self._concat, held, up, strict=True)
         ]
+
+    def leave(self, held: Held, holes: np.ndarray, movers: np.ndarray, m: int) -> Held:
+        """Rows leaving: the same order as on the host, gathered on the device."""
+        return self.take(held, holes_.order(holes, movers, m))
 
     def take(self, held: Held, idx: np.ndarray) -> Held:
         if not len(idx):

@@ -99,6 +99,9 @@ class Stream:
         # set by the scheduler when the stream joins: tells it that a row needs removing, so a
         # step scans the batch for cancelled rows only when one was cancelled
         self.on_cancel: Callable[[], None] | None = None
+        # its row has left the batch for good (it finished or failed): a cancel from then on
+        # (every consumer closes its stream at its end) leaves the scheduler nothing to scan for
+        self._ended = False
         self.backlog_bytes = 0
         self._event_bytes = EVENT_BYTES + LOGPROB_BYTES * (self.params.logprobs or 0)
         # `forward_tokens`: tokens go straight to this callback as they are emitted
@@ -107,7 +110,7 @@ class Stream:
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
         self.cancelled = True
-        if self.on_cancel is not None:
+        if self.on_cancel is not None and not self._ended:
             self.on_cancel()
         if self.trace is not None:
             self.trace.end("cancelled")
@@ -177,6 +180,7 @@ class Stream:
         self, logits: np.ndarray, states: list[np.ndarray], sampled: int, stop: str | None
     ) -> None:
         """The row ended after `sampled` tokens, on the stop string `stop` or by length."""
+        self._ended = True
         if self.cancelled:
             return
         reason: FinishReason = "stop" if stop is not None else "length"
@@ -186,6 +190,7 @@ class Stream:
         self._push(DoneEvent(reason, sampled, logits, states, stop))
 
     def fail(self, error: BaseException) -> None:
+        self._ended = True  # (a failed row is out of the batch, or never joined it)
         if self.trace is not None:
             self.trace.end("failed", error=error)
             self.trace = None

@@ -64,3 +64,22 @@ def test_draws_of_rows_joining_mid_block_are_their_own() -> None:
     b.join([_stream(1, seed=22)])
     u = b.draws.step(b.rows.seeds, b.rows.count)
     assert u.tolist() == counter_uniforms(b.rows.seeds, b.rows.count).tolist()
+
+
+def test_rows_leaving_from_anywhere_leave_every_other_row_its_own_data() -> None:
+    """Rows move into the holes the leaving ones left: each stream that stays keeps its own
+    state, logits, parameters and draws, wherever its row went."""
+    b = DecodeBatch(HostState([1]))
+    streams = [_stream(float(i), seed=i) for i in range(9)]
+    b.join(streams)
+    b.draws.step(b.rows.seeds, b.rows.count)  # (a block of draws computed for every row)
+    draws = {id(s): b.draws._u[i].copy() for i, s in enumerate(b.streams)}
+    keep = np.array([True, False, True, False, True, True, False, True, True])
+    b.keep(keep)
+    assert {id(s) for s in b.streams} == {id(s) for s, k in zip(streams, keep, strict=True) if k}
+    for i, s in enumerate(b.streams):
+        row = s.logits[0]
+        assert b.logits[i].tolist() == [row] * K
+        assert b.states[0][:, i].tolist() == [[row] * 3] * 2
+        assert int(b.rows.seeds[i]) == s.params.seed
+        assert np.array_equal(b.draws._u[i], draws[id(s)])
