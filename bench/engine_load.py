@@ -155,8 +155,14 @@ class _Worker:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(address)
         self.sock.send(_call(0, {"type": "hello", "wire_version": 0}))
-        (info,) = msgspec.msgpack.decode(self.sock.recv())
-        self.batches = info["value"]["wire_version"] >= 15
+        # (the answer may come beside frames for the last load's streams still running: the
+        # engine knows this identity from the last measurement)
+        info = None
+        while info is None:
+            for f in msgspec.msgpack.decode(self.sock.recv()):
+                if f.get("type") == "result" and f.get("rid") == 0:
+                    info = f["value"]
+        self.batches = info["wire_version"] >= 15
         self._pending: list[bytes] = []
 
     def call(self, rid: int, op: dict[str, Any]) -> None:

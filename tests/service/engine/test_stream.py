@@ -64,3 +64,23 @@ async def test_a_forwarded_stream_cancelled_forwards_nothing_more() -> None:
     s.cancel()
     s.emit(1, None, None)  # a step already under way
     assert got == [0]
+
+
+def test_only_a_stream_still_in_the_batch_tells_the_scheduler_of_its_cancel() -> None:
+    """A consumer closes its stream at its end too: once the row finished or failed it has left
+    the batch, and a step must not scan the batch for it (one scan per ended stream per step
+    at 4,096 streams); a stream cancelled while it runs, or cut off as too slow, is told."""
+    told: list[str] = []
+    running, finished, failed = (_stream(None, 10**9) for _ in range(3))
+    for name, s in [("running", running), ("finished", finished), ("failed", failed)]:
+        s.on_cancel = lambda name=name: told.append(name)
+    finished.finish(np.zeros(5, np.float32), [], 3, None)
+    failed.fail(RuntimeError("the step failed"))
+    for s in (running, finished, failed):
+        s.cancel()
+    assert told == ["running"] and all(s.cancelled for s in (running, finished, failed))
+    slow = _stream(None, EVENT_BYTES)
+    slow.on_cancel = lambda: told.append("slow")
+    slow.emit(1, None, None)
+    slow.emit(1, None, None)  # past its backlog bound: cancelled, and the scheduler told
+    assert told == ["running", "slow"]
