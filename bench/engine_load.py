@@ -155,8 +155,6 @@ class _Worker:
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.connect(address)
         self.sock.send(_call(0, {"type": "hello", "wire_version": 0}))
-        # (the answer may come beside frames for the last load's streams still running: the
-        # engine knows this identity from the last measurement)
         info = None
         while info is None:
             for f in msgspec.msgpack.decode(self.sock.recv()):
@@ -185,7 +183,9 @@ class _Worker:
 def streams_load(address: str, n: int, seconds: float, warm: float, model: str) -> dict[str, Any]:
     """Keep `n` generations open (each ended one replaced at once) and count tokens in a
     window; returns the window's bounds so the engine's CPU is read over the same span."""
-    w = _Worker(address, b"bench-load")
+    # a load process of its own identity: the last load's streams, still running out their
+    # tokens, are not counted as this one's (nor replaced by new ones past `n`)
+    w = _Worker(address, f"bench-load-{os.getpid()}".encode())
     sock = w.sock
     rid = 0
     for _ in range(n):
