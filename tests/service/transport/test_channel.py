@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from service.transport import wire
+from service.transport import channel, wire
 from service.transport.channel import DRAIN, Channel
 from tests.service.transport.conftest import until
 
@@ -59,6 +59,30 @@ async def test_what_one_loop_iteration_posts_leaves_as_one_message_in_order(
             engine.post(b"w1", wire.Cancel(8))
             await until(lambda: len(worker_got) == 1)
             assert wire.frames_decoder.decode(worker_got[0]) == [wire.Cancel(7), wire.Cancel(8)]
+        finally:
+            engine.stop()
+            worker.stop()
+
+
+async def test_frames_wait_for_the_end_of_the_iteration_at_most_the_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A frame that has waited past `HOLD_S` leaves with the ones posted since, at once: the
+    engine starts on a worker's first calls while the worker still reads the rest."""
+    monkeypatch.setattr(channel, "HOLD_S", -1.0)  # (every frame has waited past it)
+    messages: list[object] = []
+    with pair(tmp_path) as (router, dealer):
+        engine = Channel(
+            router, lambda _peer, raw: messages.append(wire.incoming_decoder.decode(raw))
+        )
+        worker = Channel(dealer, lambda _peer, _raw: None)
+        engine.start()
+        worker.start()
+        try:
+            for rid in (1, 2, 3):  # 1 and 2 leave as 2 is posted; 3 at the iteration's end
+                worker.post(None, wire.Cancel(rid))
+            await until(lambda: len(messages) == 2)
+            assert messages == [[wire.Cancel(1), wire.Cancel(2)], [wire.Cancel(3)]]
         finally:
             engine.stop()
             worker.stop()
