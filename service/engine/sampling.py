@@ -79,9 +79,6 @@ class Draws:
         self._col += 1
         return u
 
-    def keep(self, idx: np.ndarray) -> None:
-        self._u = self._u[idx]
-
     def leave(self, holes: np.ndarray, movers: np.ndarray, m: int) -> None:
         """Rows leaving as the batch's arrays do (`holes.fill`): in place, no copy of the block."""
         self._u = fill(self._u, holes, movers, m)

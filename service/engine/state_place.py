@@ -46,9 +46,6 @@ class HostState:
             for k, ax in enumerate(self.axes)
         ]
 
-    def take(self, held: Held, idx: np.ndarray) -> Held:
-        return [np.take(s, idx, axis=ax) for s, ax in zip(held, self.axes, strict=True)]
-
     def leave(self, held: Held, holes: np.ndarray, movers: np.ndarray, m: int) -> Held:
         """Rows leaving (`holes.plan`): the batch's own arrays (the last step's outputs),
         rows moved in place and cut to m rows."""

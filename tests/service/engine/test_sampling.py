@@ -133,6 +133,7 @@ def test_all_plain_batches_take_the_plain_path_with_the_same_tokens() -> None:
 def test_block_draws_are_the_per_step_draws_through_joins_and_leaves() -> None:
     """`Draws` computes a block of steps at once; every step's draws must still be exactly
     counter_uniforms(seed, tokens sampled so far), whatever joins or leaves, and when."""
+    from service.engine.holes import order, plan
     from service.engine.sampling import Draws, counter_uniforms
 
     rng = np.random.default_rng(11)
@@ -147,8 +148,9 @@ def test_block_draws_are_the_per_step_draws_through_joins_and_leaves() -> None:
             draws.join(new, np.zeros(n, np.uint64))
             seeds, count = np.r_[seeds, new], np.r_[count, np.zeros(n, np.uint64)]
         elif op == 1 and len(seeds):  # some rows leave
-            keep = np.flatnonzero(rng.random(len(seeds)) < 0.7)
-            draws.keep(keep)
+            holes, movers, m = plan(rng.random(len(seeds)) < 0.7)
+            draws.leave(holes, movers, m)
+            keep = order(holes, movers, m)
             seeds, count = seeds[keep], count[keep]
         else:  # a step
             u = draws.step(seeds, count)
