@@ -114,18 +114,22 @@ class DecodeBatch:
 
     def finished(
         self, done: np.ndarray, hits: np.ndarray | None
-    ) -> list[tuple[Stream, np.ndarray, StateRows, int, str | None]]:
+    ) -> list[tuple[Stream, np.ndarray | None, StateRows | None, int, str | None]]:
         """The rows `done` at this step (after `advance`): each stream, its logits and state
-        rows after its last token, the tokens it sampled and the stop string that ended it."""
-        out = []
+        rows after its last token (None for a stream that keeps no final state), the tokens
+        it sampled and the stop string that ended it."""
         idx = np.flatnonzero(done).tolist()
-        for i, rows in zip(idx, self.place.rows(self.states, idx), strict=True):
+        streams = self.streams
+        kept = [i for i in idx if streams[i].keep_final]
+        finals = dict(zip(kept, self.place.rows(self.states, kept), strict=True)) if kept else {}
+        out: list[tuple[Stream, np.ndarray | None, StateRows | None, int, str | None]] = []
+        for i in idx:
             stop = None
             if hits is not None and hits[i] and self.stops is not None:
                 stop = self.stops.stop_of(i, int(hits[i]))
-            out.append(
-                (self.streams[i], self.logits[i].copy(), rows, int(self.rows.count[i]), stop)
-            )
+            rows = finals.get(i)
+            logits = self.logits[i].copy() if rows is not None else None
+            out.append((streams[i], logits, rows, int(self.rows.count[i]), stop))
         return out
 
     def _routes(self, new: list[Stream]) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stops import StopAutomata, StopAutomaton
 from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
 from service.engine.traced import DecodeTrace
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import EngineError, InvalidInput, ModelNotFound
 from service.metrics import Metrics
 from service.protocol.catalog import Catalog
 from service.protocol.events import EventsFromBatches, TokenEvent
@@ -131,12 +131,27 @@ class Generation(EventsFromBatches):
         finally:
             await self.aclose()
 
+    def result_of(self, ev: DoneEvent) -> GenerationResult:
+        """The result at `ev`, for a generation that commits nothing (no `finalize`, nothing
+        awaited before it) whose tokens went to `forward_tokens` or a route: its text is what
+        was forwarded (a routed stream's consumer fills in its own), without logprobs."""
+        assert self.finalize is None and self.before_commit is None
+        return self._plain_result(ev, self._pieces, None)
+
     async def _result(
+        self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
+    ) -> GenerationResult:
+        result = self._plain_result(ev, pieces, logprobs)
+        if self.finalize is not None:
+            result = await self.finalize(ev, result)
+        return result
+
+    def _plain_result(
         self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
     ) -> GenerationResult:
         prompt = self.stream.prompt_tokens
         wanted = self.stream.params.logprobs is not None and logprobs is not None
-        result = GenerationResult(
+        return GenerationResult(
             model=self.model,
             text="".join(pieces),
             finish_reason=ev.finish_reason,
@@ -146,9 +161,6 @@ class Generation(EventsFromBatches):
             logprobs=tuple(logprobs) if wanted and logprobs is not None else None,
             session_id=self.session_id,
         )
-        if self.finalize is not None:
-            result = await self.finalize(ev, result)
-        return result
 
     async def aclose(self) -> None:
         if self._closed:
@@ -421,9 +433,11 @@ class Engine:
         states: StateRows | None,
         logits: np.ndarray | None,
         route: Route | None = None,
+        keep_final: bool = True,
     ) -> Stream:
         """Prefill `ids` (or prime an empty context), then join the decode batch, its tokens
-        going by `route` when it has one (see `stream.Route`)."""
+        going by `route` when it has one (see `stream.Route`); `keep_final`: its end carries
+        its logits and state rows (see `Stream.keep_final`)."""
         started = time.perf_counter()  # time to first token includes the prefill
         if not ids and logits is None:
             ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
@@ -436,6 +450,21 @@ class Engine:
             # would fail the whole decode batch: it never joins (a session's state is checked
             # at import and at every commit; this guards whatever got past that)
             require_finite(m, [logits], rows)
+        stream = self._stream(m, params, logits, rows, len(ids), started, route, keep_final)
+        self._join(m, stream)
+        return stream
+
+    def _stream(
+        self,
+        m: LoadedModel,
+        params: SamplingParams,
+        logits: np.ndarray,
+        rows: StateRows,
+        prompt_tokens: int,
+        started: float,
+        route: Route | None,
+        keep_final: bool = True,
+    ) -> Stream:
         stream = Stream(
             params,
             logits,
@@ -443,22 +472,22 @@ class Engine:
             m.view.vocab.__getitem__,
             created=started,
             max_backlog_bytes=self.config.stream_buffer_bytes,
-            prompt_tokens=len(ids),
+            prompt_tokens=prompt_tokens,
             route=route,
             stop_automaton=self.stop_automaton(m, params.stop),
+            keep_final=keep_final,
         )
-        sched = self._scheduler(m)
         if tracing.enabled and (ctx := tracing.capture()) is not None:
             span = tracing.start("decode", ctx, {"rnnserve.model": m.key})
-            stream.trace = DecodeTrace(span, sched.counts)
-        try:
-            sched.join(stream)
-        except BaseException as e:
-            if stream.trace is not None:
-                stream.trace.end("refused", error=e)
-                stream.trace = None
-            raise
+            stream.trace = DecodeTrace(span, self._scheduler(m).counts)
         return stream
+
+    def _join(self, m: LoadedModel, stream: Stream) -> None:
+        try:
+            self._scheduler(m).join(stream)
+        except BaseException as e:
+            _refused(stream, e)
+            raise
 
     async def generate(
         self, name: str, p: GenerateParams, route: Route | None = None
@@ -467,5 +496,74 @@ class Engine:
         m = self.model(name)
         m.view.require_lm()
         ids = m.view.encode_full(p.prompt, "prompt") if p.prompt else []
-        stream = await self.start_generation(m, self.sampling(m, p), ids, None, None, route)
+        # (nothing commits a stateless generation's final state: keep_final False)
+        params = self.sampling(m, p)
+        stream = await self.start_generation(m, params, ids, None, None, route, False)
         return Generation(stream, m.name, key=m.key)
+
+    async def generate_many(
+        self, asks: Sequence[tuple[str, GenerateParams, Route | None]]
+    ) -> list[Generation | Exception]:
+        """`generate` for each (model, params, route), the lot started together: every
+        prompt's prefill queued with one wake-up of each model's engine thread, and every
+        stream joining with one more. Each item's own error (an unknown model, a bad prompt,
+        a full queue) is its entry in the answer; the others start."""
+        out: list[Generation | Exception | None] = [None] * len(asks)
+        started = time.perf_counter()
+        todo: dict[str, tuple[LoadedModel, list[tuple[int, SamplingParams, list[int]]]]] = {}
+        for i, (name, p, _route) in enumerate(asks):
+            try:
+                m = self.model(name)
+                m.view.require_lm()
+                ids = m.view.encode_full(p.prompt, "prompt") if p.prompt else []
+                if not ids:  # (as start_generation: an empty context is primed)
+                    ids = m.tokenizer.encode(m.manifest.sampling.prime_text)
+                todo.setdefault(m.ident, (m, []))[1].append((i, self.sampling(m, p), ids))
+            except Exception as e:
+                out[i] = e
+        # every model's prefills queued before any is awaited
+        queued = [(m, items, self._scheduler(m).submit([(ids, None) for *_, ids in items]))
+                  for m, items in todo.values()]  # fmt: skip
+        try:
+            await self._join_all(asks, queued, started, out)
+        except BaseException:  # cancelled: what started stops (its consumer is gone)
+            for o in out:
+                if isinstance(o, Generation):
+                    o.stream.cancel()
+            raise
+        return [o if o is not None else EngineError("not started") for o in out]
+
+    async def _join_all(
+        self,
+        asks: Sequence[tuple[str, GenerateParams, Route | None]],
+        queued: list[tuple[LoadedModel, list[tuple[int, SamplingParams, list[int]]], Any]],
+        started: float,
+        out: list[Generation | Exception | None],
+    ) -> None:
+        # every prefill awaited first, then every stream joins with no await in between: its
+        # caller hears of it before any of its tokens can come (the host's `Opened` first)
+        results = [await asyncio.gather(*futures, return_exceptions=True) for *_, futures in queued]
+        for (m, items, _), done in zip(queued, results, strict=True):
+            joining: list[tuple[int, Stream]] = []
+            for (i, params, ids), res in zip(items, done, strict=True):
+                if isinstance(res, BaseException):
+                    out[i] = res if isinstance(res, Exception) else EngineError(str(res))
+                    continue
+                logits, rows = res
+                route = asks[i][2]
+                stream = self._stream(m, params, logits, rows, len(ids), started, route, False)
+                joining.append((i, stream))
+            refusals = self._scheduler(m).join_many([s for _, s in joining])
+            for (i, stream), refused in zip(joining, refusals, strict=True):
+                if refused is not None:
+                    _refused(stream, refused)
+                    out[i] = refused
+                else:
+                    out[i] = Generation(stream, m.name, key=m.key)
+
+
+def _refused(stream: Stream, error: BaseException) -> None:
+    """A stream that never joined: its decode span ends as refused."""
+    if stream.trace is not None:
+        stream.trace.end("refused", error=error)
+        stream.trace = None

@@ -5,6 +5,7 @@ straight to its handler (`dispatch.py`): the engine's own below, the session rul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -83,6 +84,15 @@ class InProcessClient:
             raise InvalidInput(f"the engine has no stream operation {type(op).__name__}")
         gen: Generation = await handler(op, before_commit, route)
         return gen
+
+    async def open_many(
+        self, ops: Sequence[Generate], routes: Sequence[Route | None]
+    ) -> list[Generation | Exception]:
+        """`open` of several stateless generations, started together (`generate_many`); each
+        one's error in its place. The engine process's host opens what one worker asked for
+        in one read this way; their stream slots are the host's to check."""
+        asks = [(op.model, op.params, r) for op, r in zip(ops, routes, strict=True)]
+        return await self.engine.generate_many(asks)
 
     def hold_stream(self, owner: str | None, rows: int = 1) -> LocalHold:
         return LocalHold(self.slots, owner, rows)

@@ -185,10 +185,26 @@ class Scheduler:
 
     def join(self, stream: Stream) -> None:
         """Add a generation stream; it advances from the next decode step on."""
+        (refused,) = self.join_many([stream])
+        if refused is not None:
+            raise refused
+
+    def join_many(self, streams: Sequence[Stream]) -> list[ServiceError | None]:
+        """Add several streams with ONE wake-up of the engine thread (the generations one
+        worker asked for together); each one's refusal (`Overloaded` past `max_queue`
+        joining, or shutting down), or None where it joined."""
+        out: list[ServiceError | None] = []
         with self._cv:
-            self._admit(len(self._joining))
-            self._joining.append(stream)
+            for stream in streams:
+                try:
+                    self._admit(len(self._joining))
+                except ServiceError as e:
+                    out.append(e)
+                    continue
+                self._joining.append(stream)
+                out.append(None)
             self._cv.notify()
+        return out
 
     @property
     def active_streams(self) -> int:

@@ -42,8 +42,10 @@ class Route:
 class DoneEvent:
     finish_reason: FinishReason
     completion_tokens: int
-    logits: np.ndarray  # (K,) after the last generated token
-    states: list[np.ndarray]  # one row each, after the last generated token
+    # (K,) and one state row each, after the last generated token; None for a stream that
+    # asked for no final state (`Stream.keep_final`: nothing commits it)
+    logits: np.ndarray | None
+    states: list[np.ndarray] | None
     stop: str | None = None
 
 
@@ -85,6 +87,9 @@ class Stream:
     # back and released is matched by whoever decodes the tokens (`stop_text` for its own)
     stop_automaton: StopAutomaton | None = None
     trace: DecodeTrace | None = None  # its `decode` span (a sampled request's), ended at its end
+    # its logits and state rows after the last token come with its end (a session commits
+    # them); a stateless generation's are never read, so the engine thread skips the copies
+    keep_final: bool = True
 
     def __post_init__(self) -> None:
         self.stopper = StopMatcher(self.params.stop)
@@ -106,6 +111,8 @@ class Stream:
         self._event_bytes = EVENT_BYTES + LOGPROB_BYTES * (self.params.logprobs or 0)
         # `forward_tokens`: tokens go straight to this callback as they are emitted
         self._sink: Callable[[TokenEvent], None] | None = None
+        # `on_end`: the terminal event goes straight to this callback instead of the buffer
+        self._end: Callable[[DoneEvent | ErrorEvent], None] | None = None
 
     def cancel(self) -> None:
         """The consumer went away: the scheduler drops the stream before its next step."""
@@ -125,6 +132,10 @@ class Stream:
     # -- event loop -------------------------------------------------------------------------
 
     def _push(self, ev: Event) -> None:
+        if self._end is not None and not isinstance(ev, TokenEvent):
+            end, self._end = self._end, None
+            end(ev)
+            return
         self._buf.append(ev)
         w = self._waiter
         if w is not None and not w.done():
@@ -144,6 +155,22 @@ class Stream:
             sink(ev)
         self.backlog_bytes = 0
         self._sink = sink
+
+    def on_end(self, end: Callable[[DoneEvent | ErrorEvent], None]) -> None:
+        """Hand the terminal event (`DoneEvent` or `ErrorEvent`) to `end` when it comes, on the
+        loop, instead of buffering it for `iter_batches`; at once if it has come already. For a
+        stream whose tokens do not reach the buffer (routed, or after `forward_tokens`).
+
+        That leaves its consumer nothing to wait on: the engine process's host opens the
+        generations one worker asked for together and answers each one's end from this
+        callback, with no task per stream (docs/benchmarks.md)."""
+        buf = self._buf
+        if buf:
+            ev = buf.popleft()
+            assert not isinstance(ev, TokenEvent), "on_end before forward_tokens"
+            end(ev)
+            return
+        self._end = end
 
     @property
     def forwarded(self) -> bool:
@@ -177,7 +204,11 @@ class Stream:
         self._push(TokenEvent(text, token, self.produced - 1, logprob))
 
     def finish(
-        self, logits: np.ndarray, states: list[np.ndarray], sampled: int, stop: str | None
+        self,
+        logits: np.ndarray | None,
+        states: list[np.ndarray] | None,
+        sampled: int,
+        stop: str | None,
     ) -> None:
         """The row ended after `sampled` tokens, on the stop string `stop` or by length."""
         self._ended = True

@@ -79,7 +79,9 @@ def record(m: Meters, n: int, step_s: float, gap_s: float | None) -> None:
         m.itl.observe(gap_s)
 
 
-def finish(done: list[tuple[Stream, np.ndarray, StateRows, int, str | None]]) -> None:
+def finish(
+    done: list[tuple[Stream, np.ndarray | None, StateRows | None, int, str | None]],
+) -> None:
     for s, logits, rows, sampled, stop in done:
         s.finish(logits, rows, sampled, stop)
 

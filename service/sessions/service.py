@@ -177,6 +177,7 @@ class SessionService(SessionFeeds):
             raise
 
         async def finalize(done: DoneEvent, result: GenerationResult) -> GenerationResult:
+            assert done.logits is not None and done.states is not None  # (keep_final: default)
             require_finite(m, [done.logits], done.states)
             fed = result.usage.total_tokens
             new = rec.replace(

@@ -5,14 +5,16 @@ Each call runs as its own task: the host decodes the frame, hands the operation 
 `InProcessClient` and encodes its answer, knowing no operation by name. Calls of an operation
 with a batch handler (session feeds: `SessionService.feed_batch`) that one worker sent and the
 host read in one go run as ONE task, each answered under its own rid as soon as it is done; a
-`Cancel` marks its call gone (not answered, nothing of it committed). Everything read starts
+`Cancel` marks its call gone (not answered, nothing of it committed). So do the stateless
+generations (`Generate`) one worker sent in one read: opened together (`open_many`), each one's
+end answered from its stream's `on_end` callback, no task per stream. Everything read starts
 in the order it was read: each task's first step runs in the order the tasks were made, and a
 batch takes its sessions' locks, or their places in line, in its first step. A stream's tokens skip
 that task: the stream is routed to its worker's sink (`stream.Route`), so each decode step hands
 the host ONE pair of arrays per worker (stream ids, token ids), sent as a `StepIds` frame that
-the worker decodes; a stream whose tokens need text in the engine (stop strings, logprobs) has
-each token posted from the loop callback that emits the step (`Generation.forward_tokens`). The
-task wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in
+the worker decodes; a stream whose tokens need text in the engine (logprobs) has each token
+posted from the loop callback that emits the step (`Generation.forward_tokens`). A session
+generation's task wakes only for the end, its `Result` or `Failed`. Frames for one worker that are ready in
 the same loop iteration leave as one message (`channel.py`), as a worker's do. A `Cancel` (the worker's client went away)
 cancels the task, which closes the generation: the decode slot and the session's lock are freed
 and nothing is committed. A stream slot (`wire.SlotRef`) is taken or refused as the first frame
@@ -26,20 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
 
 import numpy as np
 import zmq
 
 from service import tracing
 from service.engine.dispatch import Batcher
+from service.engine.engine import Generation
 from service.engine.local import InProcessClient, LocalHold
-from service.engine.stream import Route, TokenSink
+from service.engine.stream import DoneEvent, ErrorEvent, Route, TokenSink
 from service.logging import get_logger
 from service.protocol.events import TokenEvent
 from service.protocol.messages import PROTOCOL_VERSION, Finished
-from service.protocol.ops import Op, SessionGenerate, StreamOp
+from service.protocol.ops import Generate, Op, SessionGenerate, StreamOp
 from service.transport import wire
 from service.transport.channel import Channel
 
@@ -71,6 +74,11 @@ class EngineHost:
         # a batched call's (batch's gone set, its index there): its Cancel marks it gone
         self._members: dict[tuple[bytes, int], tuple[set[int], int]] = {}
         self._batches: dict[asyncio.Task[None], bytes] = {}  # each batch's task, its worker
+        # stateless generations read in this drain, by worker, with the stream slot each took
+        # as it was read: each worker's opened as one task when the drain ends (`_open_batch`)
+        self._opening: dict[bytes, list[tuple[wire.Call, LocalHold | None]]] = {}
+        # the generations such a batch opened, until their end: a `Cancel` stops one
+        self._open: dict[tuple[bytes, int], Generation] = {}
         # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
         # worker's Cancel: every generation of one request names the same slot
         self._slots: dict[tuple[bytes, int], LocalHold] = {}
@@ -108,9 +116,14 @@ class EngineHost:
         for frame in got if isinstance(got, list) else (got,):
             self._read_frame(ident, frame)
 
-    def _read_frame(self, ident: bytes, frame: wire.Frame) -> None:
+    def _read_frame(self, ident: bytes, frame: wire.Call | wire.Frame) -> None:
         if isinstance(frame, wire.Call) and (op := self._batchable(frame)) is not None:
             self._batching.setdefault((ident, type(op)), []).append((frame.rid, op))
+            return
+        if isinstance(frame, wire.Call) and self._openable(frame):
+            # (its slot decided now, as for any call: a `Cancel` read later finds it)
+            hold = self._slot(ident, frame.slot) if frame.slot is not None else None
+            self._opening.setdefault(ident, []).append((frame, hold))
             return
         self._start_batches()  # (first: every call starts in the order it was read)
         if isinstance(frame, wire.Cancel):
@@ -132,9 +145,20 @@ class EngineHost:
             return op
         return None
 
+    @staticmethod
+    def _openable(call: wire.Call) -> bool:
+        """A stateless generation with no trace of its own (a traced call gets its own span)."""
+        return isinstance(call.op, Generate) and not (call.trace is not None and tracing.enabled)
+
     def _start_batches(self) -> None:
-        """Start the batchable calls read so far: one task per worker and operation (a lone
-        call as any other call)."""
+        """Start the batchable calls and generations read so far: one task per worker and
+        operation (a lone call as any other call)."""
+        if self._opening:
+            opening, self._opening = self._opening, {}
+            for ident, opens in opening.items():  # (a lone one too: no task per stream)
+                gone: set[int] = set()
+                rids = [c.rid for c, _ in opens]
+                self._track(ident, rids, gone, self._open_batch(ident, opens, gone))
         if not self._batching:
             return
         pending, self._batching = self._batching, {}
@@ -145,21 +169,79 @@ class EngineHost:
                 continue
             batcher = self.client.batcher(kind)
             assert batcher is not None
-            gone: set[int] = set()
+            gone = set()
             rids = [rid for rid, _ in calls]
             run = self._run_batch(ident, rids, [op for _, op in calls], gone, batcher)
-            task = asyncio.create_task(run)
-            self._batches[task] = ident
-            keys = [(ident, rid) for rid in rids]
-            for i, key in enumerate(keys):
-                self._members[key] = (gone, i)
+            self._track(ident, rids, gone, run)
 
-            def forget(t: asyncio.Task[None], keys: list[tuple[bytes, int]] = keys) -> None:
-                self._batches.pop(t, None)
-                for key in keys:
-                    self._members.pop(key, None)
+    def _track(
+        self, ident: bytes, rids: list[int], gone: set[int], run: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run a batch of one worker's calls as a task: a `Cancel` of one marks its index in
+        `gone`; the worker's end cancels the task."""
+        task = asyncio.create_task(run)
+        self._batches[task] = ident
+        keys = [(ident, rid) for rid in rids]
+        for i, key in enumerate(keys):
+            self._members[key] = (gone, i)
 
-            task.add_done_callback(forget)
+        def forget(t: asyncio.Task[None]) -> None:
+            self._batches.pop(t, None)
+            for key in keys:
+                self._members.pop(key, None)
+
+        task.add_done_callback(forget)
+
+    async def _open_batch(
+        self, ident: bytes, calls: list[tuple[wire.Call, LocalHold | None]], gone: set[int]
+    ) -> None:
+        """Open the generations one worker asked for in one read together (`open_many`: one
+        wake-up of the engine thread for their prefills, one for their joins) and answer each
+        one's end from its stream's `on_end`: no task per stream."""
+        live: list[int] = []
+        for i, (call, hold) in enumerate(calls):
+            if hold is not None and hold.refusal is not None:  # (as `open` refuses it)
+                self._post(ident, wire.Failed(call.rid, wire.error_info(hold.refusal)))
+            else:
+                live.append(i)
+        sink = self._sink(ident)
+        ops = [cast(Generate, calls[i][0].op) for i in live]
+        routes: list[Route | None] = [Route(sink, calls[i][0].rid) for i in live]
+        opened = await self.client.open_many(ops, routes) if live else []
+        for i, gen in zip(live, opened, strict=True):
+            rid = calls[i][0].rid
+            if isinstance(gen, Generation) and i in gone:
+                gen.stream.cancel()  # (its caller went while it started)
+            elif isinstance(gen, Generation):
+                self._opened(ident, rid, gen)
+            elif i not in gone:
+                self._post(ident, wire.Failed(rid, wire.error_info(gen)))
+
+    def _opened(self, ident: bytes, rid: int, gen: Generation) -> None:
+        """Tell the worker its generation started; from then on its tokens go out as the
+        engine emits them (by its route, or one `Tokens` frame each) and its end from the
+        stream's `on_end`."""
+        key = (ident, rid)
+        self._open[key] = gen
+        post = self._post
+        post(ident, wire.Opened(rid, (gen.key or gen.model) if gen.routed else None))
+        if not gen.routed:
+            gen.forward_tokens(
+                lambda ev: post(
+                    ident,
+                    wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),
+                )
+            )
+
+        def end(ev: DoneEvent | ErrorEvent) -> None:
+            if self._open.pop(key, None) is None:
+                return  # (cancelled: nobody waits)
+            if isinstance(ev, ErrorEvent):
+                post(ident, wire.Failed(rid, wire.error_info(ev.error)))
+            else:
+                post(ident, wire.Result(rid, wire.answer(gen.result_of(ev))))
+
+        gen.stream.on_end(end)
 
     async def _run_batch(
         self, ident: bytes, rids: list[int], ops: list[Op[Any]], gone: set[int], batcher: Batcher
@@ -187,6 +269,9 @@ class EngineHost:
         member = self._members.get((ident, rid))
         if member is not None:
             member[0].add(member[1])
+        gen = self._open.pop((ident, rid), None)
+        if gen is not None:
+            gen.stream.cancel()
         task = self._calls.get((ident, rid))
         if task is not None:
             task.cancel()
@@ -232,9 +317,12 @@ class EngineHost:
         held = [k for k in self._slots if k[0] == ident]
         for k in held:
             self._slots.pop(k).release()
+        streams = [k for k in self._open if k[0] == ident]
+        for k in streams:
+            self._open.pop(k).stream.cancel()
         self._sinks.pop(ident, None)
         self._peers.discard(ident)
-        return len(gone) + len(held)
+        return len(gone) + len(held) + len(streams)
 
     async def close(self) -> None:
         # the engine may still step the streams that are closing: what they post from now on
@@ -243,6 +331,9 @@ class EngineHost:
         for slot in self._slots.values():
             slot.release()
         self._slots.clear()
+        for gen in self._open.values():
+            gen.stream.cancel()
+        self._open.clear()
         tasks = [*self._calls.values(), *self._batches]
         for t in tasks:
             t.cancel()

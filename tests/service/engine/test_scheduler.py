@@ -294,6 +294,29 @@ async def test_submit_queues_jobs_together_and_refuses_only_those_past_the_queue
     await s.close(1)
 
 
+async def test_join_many_joins_together_refusing_only_those_past_the_queue() -> None:
+    """Streams joining with one wake-up (`join_many`, the host's batched opens): each one past
+    `max_queue` waiting to join is refused on its own; a stream that keeps no final state ends
+    without one, the others with theirs."""
+    runner = FakeRunner()
+    runner.gate.clear()
+    s = make(runner, max_queue=2)
+    busy = asyncio.ensure_future(s.prefill([1]))
+    assert await asyncio.to_thread(runner.entered.wait, 5)  # the engine thread is in a call
+    streams = [_stream(runner, max_tokens=3) for _ in range(3)]
+    streams[0].keep_final = False
+    refusals = s.join_many(streams)
+    assert refusals[:2] == [None, None] and isinstance(refusals[2], Overloaded)
+    runner.gate.set()
+    await busy
+    (toks0, done0), (toks1, done1) = await asyncio.gather(*(_drain(st) for st in streams[:2]))
+    assert isinstance(done0, DoneEvent) and isinstance(done1, DoneEvent)
+    assert len(toks0) == len(toks1) == 3
+    assert done0.logits is None and done0.states is None
+    assert done1.logits is not None and done1.states is not None
+    await s.close(1)
+
+
 async def test_a_lone_client_pays_no_batching_delay() -> None:
     import time
 

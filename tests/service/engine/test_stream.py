@@ -84,3 +84,23 @@ def test_only_a_stream_still_in_the_batch_tells_the_scheduler_of_its_cancel() ->
     slow.emit(1, None, None)
     slow.emit(1, None, None)  # past its backlog bound: cancelled, and the scheduler told
     assert told == ["running", "slow"]
+
+
+async def test_on_end_hands_over_the_end_alone_and_at_once_if_it_came_already() -> None:
+    from service.engine.stream import DoneEvent
+
+    s = _stream(None, 10 * EVENT_BYTES)
+    got: list[object] = []
+    s.forward_tokens(lambda ev: got.append(ev.index))
+    s.on_end(got.append)
+    s.emit(1, None, None)
+    s.finish(None, None, 1, None)
+    assert got[0] == 0 and isinstance(got[1], DoneEvent) and len(got) == 2
+    assert not s._buf  # nothing left for iter_batches
+
+    late = _stream(None, 10 * EVENT_BYTES)
+    late.forward_tokens(lambda ev: None)
+    late.fail(RuntimeError("boom"))  # before anyone asked for the end: buffered ...
+    ends: list[object] = []
+    late.on_end(ends.append)  # ... and handed over as the callback is set
+    assert len(ends) == 1 and str(ends[0].error) == "boom"  # type: ignore[attr-defined]

@@ -14,8 +14,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
-from service.protocol.messages import FeedResult
-from service.protocol.ops import CreateSession, Feed, GetSession
+from service.protocol.messages import FeedResult, GenerateParams, GenerationResult
+from service.protocol.ops import CreateSession, Feed, Generate, GetSession
 from service.transport import wire
 from service.transport.host import EngineHost
 from service.transport.remote import worker_identity
@@ -160,6 +160,126 @@ async def test_a_lone_feed_runs_as_any_call_not_as_a_batch(
     host._start_batches()  # (the end of a drain)
     await until(lambda: len(sent) == 1)
     assert sizes == [] and isinstance(sent[0], wire.Result)
+
+
+def _gen(rid: int, max_tokens: int, model: str = LM) -> wire.Call:
+    return wire.Call(rid, Generate(model, GenerateParams("ROMEO:", max_tokens, 1.0, seed=rid)))
+
+
+def _tokens_by_rid(sent: list[wire.Frame]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for f in sent:
+        if isinstance(f, wire.StepIds):
+            for rid, tok in zip(*f.arrays(), strict=True):
+                out.setdefault(rid, []).append(tok)
+    return out
+
+
+async def test_generations_read_together_open_as_one_batch_and_end_with_no_task_each(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stateless generations one worker asked for in one read open together (`open_many`):
+    each is told `Opened` before any of its tokens, gets exactly its `max_tokens` ids, and
+    its end is a `Result` of its own; an unknown model fails alone. No task stays per stream."""
+    host, local = wired.host, wired.local
+    sizes: list[int] = []
+    real = local.open_many
+
+    async def spy(ops: Any, routes: Any) -> Any:
+        sizes.append(len(ops))
+        return await real(ops, routes)
+
+    monkeypatch.setattr(local, "open_many", spy)
+    sent = _sent(host, monkeypatch)
+    calls = [_gen(1, 5), _gen(2, 9), _gen(3, 4, model="nope"), _gen(4, 1)]
+    host._read(b"w", wire.encoder.encode(calls))
+    host._start_batches()  # (the end of a drain)
+    ends = lambda: {f.rid for f in sent if isinstance(f, wire.Result | wire.Failed)}  # noqa: E731
+    await until(lambda: ends() == {1, 2, 3, 4})
+    assert sizes == [4]
+    assert host._calls == {} and host._batches == {} and host._open == {}
+    opened = [i for i, f in enumerate(sent) if isinstance(f, wire.Opened)]
+    assert [sent[i].rid for i in opened] == [1, 2, 4]  # type: ignore[attr-defined]
+    first_ids = min(i for i, f in enumerate(sent) if isinstance(f, wire.StepIds))
+    assert max(opened) < first_ids
+    assert {r: len(t) for r, t in _tokens_by_rid(sent).items()} == {1: 5, 2: 9, 4: 1}
+    by_rid = {f.rid: f for f in sent if isinstance(f, wire.Result | wire.Failed)}
+    failed = by_rid[3]
+    assert isinstance(failed, wire.Failed) and failed.error.code == "model_not_found"
+    for rid, n in ((1, 5), (2, 9), (4, 1)):
+        res = by_rid[rid]
+        assert isinstance(res, wire.Result)
+        result = wire.decode_result(GenerationResult, res.value)
+        assert result.finish_reason == "length" and result.usage.completion_tokens == n
+        assert result.seed == rid
+
+
+async def test_a_batched_generation_gives_the_tokens_it_gives_alone(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seeded stream's tokens do not depend on how it was opened: in a batch of three over
+    the wire, or alone through the in-process client."""
+    host, local = wired.host, wired.local
+    sent = _sent(host, monkeypatch)
+    host._read(b"w", wire.encoder.encode([_gen(1, 12), _gen(2, 12), _gen(3, 12)]))
+    host._start_batches()
+    await until(lambda: sum(isinstance(f, wire.Result) for f in sent) == 3)
+    alone = await local.open(Generate(LM, GenerateParams("ROMEO:", 12, 1.0, seed=2)))
+    ids = [ev.token_id async for ev in alone.events() if hasattr(ev, "token_id")]
+    assert _tokens_by_rid(sent)[2] == ids
+
+
+async def test_a_cancel_stops_only_its_generation_and_answers_nothing(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = wired.host
+    sent = _sent(host, monkeypatch)
+    host._read(b"w", wire.encoder.encode([_gen(1, 10_000), _gen(2, 3)]))
+    host._start_batches()
+    await until(lambda: (b"w", 1) in host._open)
+    stream = host._open[(b"w", 1)].stream
+    host._read(b"w", wire.encoder.encode(wire.Cancel(1)))
+    assert stream.cancelled and (b"w", 1) not in host._open
+    await until(lambda: any(isinstance(f, wire.Result) and f.rid == 2 for f in sent))
+    await until(lambda: wired.local.engine.scheduler(LM).active_streams == 0)
+    assert not any(isinstance(f, wire.Result | wire.Failed) and f.rid == 1 for f in sent)
+
+
+async def test_a_cancel_read_with_the_calls_drops_its_generation_before_it_opens(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = wired.host
+    sent = _sent(host, monkeypatch)
+    host._read(b"w", wire.encoder.encode([_gen(1, 10_000), _gen(2, 2)]))
+    host._read(b"w", wire.encoder.encode(wire.Cancel(1)))  # (starts the batch, then cancels)
+    await until(lambda: any(isinstance(f, wire.Result) and f.rid == 2 for f in sent))
+    await until(lambda: wired.local.engine.scheduler(LM).active_streams == 0)
+    assert not any(f.rid == 1 for f in sent if not isinstance(f, wire.StepIds))  # type: ignore[union-attr]
+    assert host._open == {}
+
+
+async def test_a_refused_slot_refuses_its_generation_in_a_batch_and_a_dead_worker_stops_the_rest(
+    make_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with make_client(max_open_streams=1) as c:
+        local = app_of(c).state.local
+        async with hosted(local) as (host, _worker):
+            sent = _sent(host, monkeypatch)
+            calls = [
+                wire.Call(1, Generate(LM, GenerateParams("a", 10_000)), wire.SlotRef(1, "o")),
+                wire.Call(2, Generate(LM, GenerateParams("b", 10_000)), wire.SlotRef(2, "o")),
+            ]
+            host._read(b"w", wire.encoder.encode(calls))
+            host._start_batches()
+            await until(lambda: (b"w", 1) in host._open)
+            refused = [f for f in sent if isinstance(f, wire.Failed)]
+            assert [f.rid for f in refused] == [2]
+            assert refused[0].error.code in {"overloaded", "stream_limit"}
+            # its two slots (one granted, one refused: kept until the worker's Cancel) and its
+            # one open generation
+            assert host.forget_worker(b"w") == 3
+            assert host._open == {} and local.slots.open == 0
+            await until(lambda: local.engine.scheduler(LM).active_streams == 0)
 
 
 def _sent(host: EngineHost, monkeypatch: pytest.MonkeyPatch) -> list[wire.Frame]:
