@@ -79,6 +79,9 @@ class EngineHost:
         self._opening: dict[bytes, list[tuple[wire.Call, LocalHold | None]]] = {}
         # the generations such a batch opened, until their end: a `Cancel` stops one
         self._open: dict[tuple[bytes, int], Generation] = {}
+        # the calls of both kinds read but not started yet: a `Cancel` of one of them starts
+        # them first (so that it finds its call); any other `Cancel` is applied as it is read
+        self._unstarted: set[tuple[bytes, int]] = set()
         # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
         # worker's Cancel: every generation of one request names the same slot
         self._slots: dict[tuple[bytes, int], LocalHold] = {}
@@ -119,11 +122,18 @@ class EngineHost:
     def _read_frame(self, ident: bytes, frame: wire.Call | wire.Frame) -> None:
         if isinstance(frame, wire.Call) and (op := self._batchable(frame)) is not None:
             self._batching.setdefault((ident, type(op)), []).append((frame.rid, op))
+            self._unstarted.add((ident, frame.rid))
             return
         if isinstance(frame, wire.Call) and self._openable(frame):
             # (its slot decided now, as for any call: a `Cancel` read later finds it)
             hold = self._slot(ident, frame.slot) if frame.slot is not None else None
             self._opening.setdefault(ident, []).append((frame, hold))
+            self._unstarted.add((ident, frame.rid))
+            return
+        if isinstance(frame, wire.Cancel) and (ident, frame.rid) not in self._unstarted:
+            # the end of a call already started (over HTTP every stream's slot ends so): the
+            # calls read before it need not start first, and the ones after it still batch
+            self._cancel(ident, frame.rid)
             return
         self._start_batches()  # (first: every call starts in the order it was read)
         if isinstance(frame, wire.Cancel):
@@ -153,6 +163,7 @@ class EngineHost:
     def _start_batches(self) -> None:
         """Start the batchable calls and generations read so far: one task per worker and
         operation (a lone call as any other call)."""
+        self._unstarted.clear()
         if self._opening:
             opening, self._opening = self._opening, {}
             for ident, opens in opening.items():  # (a lone one too: no task per stream)

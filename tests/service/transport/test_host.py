@@ -214,6 +214,31 @@ async def test_generations_read_together_open_as_one_batch_and_end_with_no_task_
         assert result.seed == rid
 
 
+async def test_the_end_of_an_earlier_stream_between_generations_does_not_split_their_batch(
+    wired: Wired, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTP a worker's message mixes new generations with the Cancels that end finished
+    streams' slots: a Cancel of a call already started is applied as read, and the
+    generations around it still open as one batch."""
+    host, local = wired.host, wired.local
+    sizes: list[int] = []
+    real = local.open_many
+
+    async def spy(ops: Any, routes: Any) -> Any:
+        sizes.append(len(ops))
+        return await real(ops, routes)
+
+    monkeypatch.setattr(local, "open_many", spy)
+    sent = _sent(host, monkeypatch)
+    slot = host._slot(b"w", wire.SlotRef(7, None))  # an earlier stream's, still held
+    frames = [_gen(1, 2), wire.Cancel(7), _gen(2, 2), wire.Cancel(8), _gen(3, 2)]
+    host._read(b"w", wire.encoder.encode(frames))
+    assert (b"w", 7) not in host._slots and slot._slots is None  # released as it was read
+    host._start_batches()
+    await until(lambda: sum(isinstance(f, wire.Result) for f in sent) == 3)
+    assert sizes == [3]
+
+
 async def test_a_batched_generation_gives_the_tokens_it_gives_alone(
     wired: Wired, monkeypatch: pytest.MonkeyPatch
 ) -> None:
