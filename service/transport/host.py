@@ -7,7 +7,8 @@ with a batch handler (session feeds: `SessionService.feed_batch`) that one worke
 host read in one go run as ONE task, each answered under its own rid as soon as it is done; a
 `Cancel` marks its call gone (not answered, nothing of it committed). So do the stateless
 generations (`Generate`) one worker sent in one read: opened together (`open_many`), each one's
-end answered from its stream's `on_end` callback, no task per stream. Everything read starts
+end answered from its stream's `on_end` callback, no task per stream (a `Cancel` of a call
+already started, as every HTTP stream's slot ends, does not split them). Everything read starts
 in the order it was read: each task's first step runs in the order the tasks were made, and a
 batch takes its sessions' locks, or their places in line, in its first step. A stream's tokens skip
 that task: the stream is routed to its worker's sink (`stream.Route`), so each decode step hands
