@@ -166,6 +166,19 @@ def _gen(rid: int, max_tokens: int, model: str = LM) -> wire.Call:
     return wire.Call(rid, Generate(model, GenerateParams("ROMEO:", max_tokens, 1.0, seed=rid)))
 
 
+def _open_batch_sizes(wired: Wired, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many generations each `open_many` call of the engine opens, from now on."""
+    sizes: list[int] = []
+    real = wired.local.open_many
+
+    async def spy(ops: Any, routes: Any) -> Any:
+        sizes.append(len(ops))
+        return await real(ops, routes)
+
+    monkeypatch.setattr(wired.local, "open_many", spy)
+    return sizes
+
+
 def _tokens_by_rid(sent: list[wire.Frame]) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for f in sent:
@@ -181,15 +194,8 @@ async def test_generations_read_together_open_as_one_batch_and_end_with_no_task_
     """Stateless generations one worker asked for in one read open together (`open_many`):
     each is told `Opened` before any of its tokens, gets exactly its `max_tokens` ids, and
     its end is a `Result` of its own; an unknown model fails alone. No task stays per stream."""
-    host, local = wired.host, wired.local
-    sizes: list[int] = []
-    real = local.open_many
-
-    async def spy(ops: Any, routes: Any) -> Any:
-        sizes.append(len(ops))
-        return await real(ops, routes)
-
-    monkeypatch.setattr(local, "open_many", spy)
+    host = wired.host
+    sizes = _open_batch_sizes(wired, monkeypatch)
     sent = _sent(host, monkeypatch)
     calls = [_gen(1, 5), _gen(2, 9), _gen(3, 4, model="nope"), _gen(4, 1)]
     host._read(b"w", wire.encoder.encode(calls))
@@ -220,15 +226,8 @@ async def test_the_end_of_an_earlier_stream_between_generations_does_not_split_t
     """Over HTTP a worker's message mixes new generations with the Cancels that end finished
     streams' slots: a Cancel of a call already started is applied as read, and the
     generations around it still open as one batch."""
-    host, local = wired.host, wired.local
-    sizes: list[int] = []
-    real = local.open_many
-
-    async def spy(ops: Any, routes: Any) -> Any:
-        sizes.append(len(ops))
-        return await real(ops, routes)
-
-    monkeypatch.setattr(local, "open_many", spy)
+    host = wired.host
+    sizes = _open_batch_sizes(wired, monkeypatch)
     sent = _sent(host, monkeypatch)
     slot = host._slot(b"w", wire.SlotRef(7, None))  # an earlier stream's, still held
     frames = [_gen(1, 2), wire.Cancel(7), _gen(2, 2), wire.Cancel(8), _gen(3, 2)]
