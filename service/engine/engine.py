@@ -1,4 +1,5 @@
-"""The engine facade: models, schedulers, encoding, outputs, prediction and generation.
+"""The engine facade: models, schedulers, encoding, prediction and generation (the running
+generation a caller holds is `generation.py`'s; what logits say, `outputs.py`).
 
 It speaks numpy and plain Python; the API layer translates HTTP/WebSocket to these calls.
 """
@@ -10,165 +11,30 @@ import contextlib
 import dataclasses
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from service import tracing
 from service.contract.model_settings import EffectiveSettings, effective
+from service.engine.generation import Generation
+from service.engine.outputs import output
 from service.engine.prefill import StateRows
 from service.engine.registry import LoadedModel, Registry
 from service.engine.sampling import SamplingParams
 from service.engine.scheduler import Scheduler, SchedulerConfig
 from service.engine.stops import StopAutomata, StopAutomaton
-from service.engine.stream import DoneEvent, ErrorEvent, Route, Stream
+from service.engine.stream import Route, Stream
 from service.engine.traced import DecodeTrace
 from service.errors import EngineError, InvalidInput, ModelNotFound
 from service.metrics import Metrics
 from service.protocol.catalog import Catalog
-from service.protocol.events import EventsFromBatches, TokenEvent
 from service.protocol.messages import (
-    Classification,
-    Finished,
     GenerateParams,
-    GenerationResult,
-    NextTokens,
     Output,
-    Prob,
-    TokenLogprob,
-    Usage,
 )
-from service.protocol.softmax import softmax
 from service.sessions.bounds import require_finite
-
-Finalizer = Callable[[DoneEvent, GenerationResult], Awaitable[GenerationResult]]
-BeforeCommit = Callable[[], Awaitable[str | None]]
-
-
-@dataclass(eq=False)
-class Generation(EventsFromBatches):
-    """A running generation. Iterate `events()`; `aclose()` always (it cancels and releases)."""
-
-    stream: Stream
-    model: str
-    session_id: str | None = None
-    finalize: Finalizer | None = None
-    release: Callable[[], Awaitable[None]] | None = None
-    replay: GenerationResult | None = None  # an idempotent replay: no stream ran
-    # awaited after the last token was taken and before `finalize` commits (the engine process:
-    # until the worker's client has been handed every token too); it answers the text the
-    # consumer was handed when the consumer decoded the tokens itself (a routed stream)
-    before_commit: BeforeCommit | None = None
-    key: str | None = None  # the version generating (name@version), whose vocab decodes it
-    _closed: bool = field(default=False, init=False)
-    _pieces: list[str] = field(default_factory=list, init=False)  # the result's text
-
-    def forward_tokens(self, send: Callable[[TokenEvent], None]) -> None:
-        """Hand every token to `send` as the engine emits it, and leave only the end (the
-        result, after `before_commit` and `finalize`, or the error) to `batches()`.
-
-        For a consumer that only forwards (the engine process's host); the result then leaves
-        out the per-token logprobs, as with `batches(keep_logprobs=False)`."""
-        pieces = self._pieces
-
-        def sink(ev: TokenEvent) -> None:
-            pieces.append(ev.text)
-            send(ev)
-
-        self.stream.forward_tokens(sink)
-
-    @property
-    def routed(self) -> bool:
-        """Its tokens go by its `Route` as arrays: its consumer decodes them, and only the end
-        comes through `batches()` (with the text left for the consumer to fill in)."""
-        return self.stream.route is not None
-
-    async def batches(
-        self, keep_logprobs: bool = True
-    ) -> AsyncIterator[list[TokenEvent | Finished]]:
-        """The events available at each wake-up (see `Stream.iter_batches`); the last batch
-        ends with `Finished`. A failed stream raises its error after its last tokens.
-
-        `keep_logprobs=False` (streams: each token event carried its own) leaves them out of
-        the final result: kept, 4096 tokens with 20 alternatives are ~12 MB a generation, which
-        a client that stops reading made the server hold for every stream it opened."""
-        if self.replay is not None:
-            yield [Finished(self.replay)]
-            return
-        pieces = self._pieces
-        keep_logprobs = keep_logprobs and not self.stream.forwarded
-        logprobs: list[TokenLogprob] | None = [] if keep_logprobs else None
-        try:
-            async for evs in self.stream.iter_batches():
-                out: list[TokenEvent | Finished] = []
-                for ev in evs:
-                    if isinstance(ev, TokenEvent):
-                        pieces.append(ev.text)
-                        if ev.logprob is not None and logprobs is not None:
-                            lp = ev.logprob
-                            logprobs.append(TokenLogprob(ev.text, lp.logprob, lp.top))
-                        out.append(ev)
-                    elif isinstance(ev, ErrorEvent):
-                        if out:
-                            yield out
-                        raise ev.error
-                    else:
-                        if self.finalize is not None:
-                            # a session commits only once its consumer has taken every token:
-                            # the last ones go out first (a client gone before that commits
-                            # nothing), and over the wire the host waits for the worker's word
-                            if out:
-                                yield out
-                                out = []
-                            if self.before_commit is not None:
-                                text = await self.before_commit()
-                                if text is not None:  # a routed stream's, decoded by its consumer
-                                    pieces[:] = [text]
-                        out.append(Finished(await self._result(ev, pieces, logprobs)))
-                yield out
-        finally:
-            await self.aclose()
-
-    def result_of(self, ev: DoneEvent) -> GenerationResult:
-        """The result at `ev`, for a generation that commits nothing (no `finalize`, nothing
-        awaited before it) whose tokens went to `forward_tokens` or a route: its text is what
-        was forwarded (a routed stream's consumer fills in its own), without logprobs."""
-        assert self.finalize is None and self.before_commit is None
-        return self._plain_result(ev, self._pieces, None)
-
-    async def _result(
-        self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
-    ) -> GenerationResult:
-        result = self._plain_result(ev, pieces, logprobs)
-        if self.finalize is not None:
-            result = await self.finalize(ev, result)
-        return result
-
-    def _plain_result(
-        self, ev: DoneEvent, pieces: list[str], logprobs: list[TokenLogprob] | None
-    ) -> GenerationResult:
-        prompt = self.stream.prompt_tokens
-        wanted = self.stream.params.logprobs is not None and logprobs is not None
-        return GenerationResult(
-            model=self.model,
-            text="".join(pieces),
-            finish_reason=ev.finish_reason,
-            usage=Usage(prompt, ev.completion_tokens, prompt + ev.completion_tokens),
-            seed=self.stream.params.seed,
-            stop=ev.stop,
-            logprobs=tuple(logprobs) if wanted and logprobs is not None else None,
-            session_id=self.session_id,
-        )
-
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.stream.cancel()
-        if self.release is not None:
-            await self.release()
 
 
 class Engine:
@@ -295,47 +161,6 @@ class Engine:
     def encode_stream(m: LoadedModel, pending: str, text: str, field: str) -> tuple[list[int], str]:
         return m.view.encode_stream(pending, text, field)
 
-    @staticmethod
-    def output(m: LoadedModel, logits: np.ndarray | None, top_k: int) -> Output | None:
-        """Classifier: label + probs. Language model: the `top_k` most likely next tokens."""
-        if logits is None:
-            return None
-        p = softmax(logits)
-        labels = m.manifest.labels
-        if labels is not None:
-            return Classification(
-                labels[int(np.argmax(p))], dict(zip(labels, p.tolist(), strict=True))
-            )
-        top = np.argsort(-p, kind="stable")[: min(top_k, p.size)].tolist()
-        vocab = m.view.vocab
-        return NextTokens(tuple(map(Prob, [vocab[i] for i in top], p[top].tolist())))
-
-    @staticmethod
-    def outputs(
-        m: LoadedModel, rows: Sequence[np.ndarray | None], top_k: Sequence[int]
-    ) -> list[Output | None]:
-        """`output` of each row (K,) with its own `top_k`, the arithmetic done once for the
-        lot (a batch of session feeds): the same numbers `output` gives row by row."""
-        live = [i for i, r in enumerate(rows) if r is not None]
-        out: list[Output | None] = [None] * len(rows)
-        if not live:
-            return out
-        p = softmax(np.stack([r for r in rows if r is not None]))  # (B, K)
-        labels = m.manifest.labels
-        if labels is not None:
-            best = np.argmax(p, axis=1).tolist()
-            for i, b, row in zip(live, best, p.tolist(), strict=True):
-                out[i] = Classification(labels[b], dict(zip(labels, row, strict=True)))
-            return out
-        k = min(max(top_k[i] for i in live), p.shape[1])
-        top = np.argsort(-p, axis=1, kind="stable")[:, :k]  # (B, k)
-        probs = p[np.arange(len(p))[:, None], top].tolist()  # (B, k)
-        vocab = m.view.vocab
-        for i, ids, ps in zip(live, top.tolist(), probs, strict=True):
-            n = top_k[i]
-            out[i] = NextTokens(tuple(map(Prob, [vocab[t] for t in ids[:n]], ps[:n])))
-        return out
-
     def scheduler(self, ref: str) -> Scheduler:
         """The engine thread of `name` (its default version) or `name@version`."""
         return self._scheduler(self.registry.get(ref))
@@ -367,7 +192,7 @@ class Engine:
         m = self.model(name)
         self._require_work(rows, "inputs")
         done = await self._prefill_all(m, rows)
-        return [self.output(m, logits, top_k) for logits, _ in done]
+        return [output(m, logits, top_k) for logits, _ in done]
 
     async def logits(self, name: str, rows: list[list[int]]) -> np.ndarray:
         """Each row of ids prefilled from a fresh state, batched with everything waiting:

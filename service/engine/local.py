@@ -11,7 +11,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from service.engine.dispatch import Batcher, batchers, handlers, handles
-from service.engine.engine import BeforeCommit, Engine, Generation
+from service.engine.engine import Engine
+from service.engine.generation import BeforeCommit, Generation
 from service.engine.stream import Route
 from service.engine.stream_slots import StreamSlots
 from service.errors import InvalidInput, ServiceError

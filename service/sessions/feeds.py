@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.engine import outputs
 from service.engine.dispatch import Reply, handles, handles_batch
 from service.engine.registry import LoadedModel
 from service.protocol.messages import FeedResult, Output
@@ -130,7 +131,7 @@ class SessionFeeds(SessionRules):
         shown, new = await self.advance(*begun.work)
         if gone():
             return None
-        return await self._feed_end(begun, new, self.engine.output(begun.m, shown, begun.op.top_k))
+        return await self._feed_end(begun, new, outputs.output(begun.m, shown, begun.op.top_k))
 
     async def _feed_begin(self, op: Feed) -> FeedResult | _FeedStep:
         """A feed's checks, under its session's lock: the result an `Idempotency-Key` replays,
@@ -155,7 +156,7 @@ class SessionFeeds(SessionRules):
         steps: list[_FeedStep],
         advanced: list[tuple[np.ndarray | None, SessionRecord] | Exception],
     ) -> list[Output | None]:
-        """Each advanced step's output (`Engine.outputs`, a model's rows at once)."""
+        """Each advanced step's output (`outputs.outputs`, a model's rows at once)."""
         out: list[Output | None] = [None] * len(steps)
         rows: dict[int, list[tuple[int, np.ndarray | None]]] = {}  # by id(model): (i, logits)
         for i, (step, adv) in enumerate(zip(steps, advanced, strict=True)):
@@ -163,7 +164,7 @@ class SessionFeeds(SessionRules):
                 rows.setdefault(id(step.m), []).append((i, adv[0]))
         for mine in rows.values():
             m = steps[mine[0][0]].m
-            got = self.engine.outputs(m, [r for _, r in mine], [steps[i].op.top_k for i, _ in mine])
+            got = outputs.outputs(m, [r for _, r in mine], [steps[i].op.top_k for i, _ in mine])
             for (i, _), o in zip(mine, got, strict=True):
                 out[i] = o
         return out

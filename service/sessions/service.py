@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from service.engine.dispatch import handles
-from service.engine.engine import BeforeCommit, Generation
+from service.engine.generation import BeforeCommit, Generation
 from service.engine.registry import LoadedModel, split_ref
 from service.engine.sampling import SamplingParams
 from service.engine.stream import DoneEvent, Route, Stream

@@ -8,8 +8,8 @@ host read in one go run as ONE task, each answered under its own rid as soon as 
 `Cancel` marks its call gone (not answered, nothing of it committed). So do the stateless
 generations (`Generate`) one worker sent in one read: opened together (`open_many`), each one's
 end answered from its stream's `on_end` callback, no task per stream (a `Cancel` of a call
-already started, as every HTTP stream's slot ends, does not split them). Everything read starts
-in the order it was read: each task's first step runs in the order the tasks were made, and a
+already started, as every HTTP stream's slot ends, does not split them; the generations
+are `host_streams.HostStreams`'). Everything read starts in the order it was read: each task's first step runs in the order the tasks were made, and a
 batch takes its sessions' locks, or their places in line, in its first step. A stream's tokens skip
 that task: the stream is routed to its worker's sink (`stream.Route`), so each decode step hands
 the host ONE pair of arrays per worker (stream ids, token ids), sent as a `StepIds` frame that
@@ -30,22 +30,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 import zmq
 
 from service import tracing
 from service.engine.dispatch import Batcher
-from service.engine.engine import Generation
 from service.engine.local import InProcessClient, LocalHold
-from service.engine.stream import DoneEvent, ErrorEvent, Route, TokenSink
 from service.logging import get_logger
-from service.protocol.events import TokenEvent
-from service.protocol.messages import PROTOCOL_VERSION, Finished
-from service.protocol.ops import Generate, Op, SessionGenerate, StreamOp
+from service.protocol.messages import PROTOCOL_VERSION
+from service.protocol.ops import Generate, Op, StreamOp
 from service.transport import wire
 from service.transport.channel import Channel
+from service.transport.host_streams import HostStreams
 
 log = get_logger("engine.host")
 
@@ -78,18 +75,14 @@ class EngineHost:
         # stateless generations read in this drain, by worker, with the stream slot each took
         # as it was read: each worker's opened as one task when the drain ends (`_open_batch`)
         self._opening: dict[bytes, list[tuple[wire.Call, LocalHold | None]]] = {}
-        # the generations such a batch opened, until their end: a `Cancel` stops one
-        self._open: dict[tuple[bytes, int], Generation] = {}
         # the calls of both kinds read but not started yet: a `Cancel` of one of them starts
         # them first (so that it finds its call); any other `Cancel` is applied as it is read
         self._unstarted: set[tuple[bytes, int]] = set()
         # stream slots by (worker, slot id), granted or refused (`LocalHold.refusal`) until the
         # worker's Cancel: every generation of one request names the same slot
         self._slots: dict[tuple[bytes, int], LocalHold] = {}
-        # each worker's token sink (`stream.Route`): a decode step's ids for its streams
-        self._sinks: dict[bytes, TokenSink] = {}
-        # session generations waiting for their worker's `Drained` (and its text) to commit
-        self._drains: dict[tuple[bytes, int], asyncio.Future[str | None]] = {}
+        # the generations: opened together, run as tasks, and each worker's token sink
+        self.streams = HostStreams(client, self._post)
         # the workers that said Hello: each gets the catalog again when the models change
         self._peers: set[bytes] = set()
         self._catalogs = 0  # catalogs sent so far (a worker keeps the newest)
@@ -140,9 +133,7 @@ class EngineHost:
         if isinstance(frame, wire.Cancel):
             self._cancel(ident, frame.rid)
         elif isinstance(frame, wire.Drained):
-            drained = self._drains.get((ident, frame.rid))
-            if drained is not None and not drained.done():
-                drained.set_result(frame.text)
+            self.streams.drained(ident, frame)
         elif isinstance(frame, wire.Call):
             self._start(ident, frame)
 
@@ -170,7 +161,7 @@ class EngineHost:
             for ident, opens in opening.items():  # (a lone one too: no task per stream)
                 gone: set[int] = set()
                 rids = [c.rid for c, _ in opens]
-                self._track(ident, rids, gone, self._open_batch(ident, opens, gone))
+                self._track(ident, rids, gone, self.streams.open_batch(ident, opens, gone))
         if not self._batching:
             return
         pending, self._batching = self._batching, {}
@@ -204,57 +195,6 @@ class EngineHost:
 
         task.add_done_callback(forget)
 
-    async def _open_batch(
-        self, ident: bytes, calls: list[tuple[wire.Call, LocalHold | None]], gone: set[int]
-    ) -> None:
-        """Open the generations one worker asked for in one read together (`open_many`: one
-        wake-up of the engine thread for their prefills, one for their joins) and answer each
-        one's end from its stream's `on_end`: no task per stream."""
-        live: list[int] = []
-        for i, (call, hold) in enumerate(calls):
-            if hold is not None and hold.refusal is not None:  # (as `open` refuses it)
-                self._post(ident, wire.Failed(call.rid, wire.error_info(hold.refusal)))
-            else:
-                live.append(i)
-        sink = self._sink(ident)
-        ops = [cast(Generate, calls[i][0].op) for i in live]
-        routes: list[Route | None] = [Route(sink, calls[i][0].rid) for i in live]
-        opened = await self.client.open_many(ops, routes) if live else []
-        for i, gen in zip(live, opened, strict=True):
-            rid = calls[i][0].rid
-            if isinstance(gen, Generation) and i in gone:
-                gen.stream.cancel()  # (its caller went while it started)
-            elif isinstance(gen, Generation):
-                self._opened(ident, rid, gen)
-            elif i not in gone:
-                self._post(ident, wire.Failed(rid, wire.error_info(gen)))
-
-    def _opened(self, ident: bytes, rid: int, gen: Generation) -> None:
-        """Tell the worker its generation started; from then on its tokens go out as the
-        engine emits them (by its route, or one `Tokens` frame each) and its end from the
-        stream's `on_end`."""
-        key = (ident, rid)
-        self._open[key] = gen
-        post = self._post
-        post(ident, wire.Opened(rid, (gen.key or gen.model) if gen.routed else None))
-        if not gen.routed:
-            gen.forward_tokens(
-                lambda ev: post(
-                    ident,
-                    wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),
-                )
-            )
-
-        def end(ev: DoneEvent | ErrorEvent) -> None:
-            if self._open.pop(key, None) is None:
-                return  # (cancelled: nobody waits)
-            if isinstance(ev, ErrorEvent):
-                post(ident, wire.Failed(rid, wire.error_info(ev.error)))
-            else:
-                post(ident, wire.Result(rid, wire.answer(gen.result_of(ev))))
-
-        gen.stream.on_end(end)
-
     async def _run_batch(
         self, ident: bytes, rids: list[int], ops: list[Op[Any]], gone: set[int], batcher: Batcher
     ) -> None:
@@ -281,9 +221,7 @@ class EngineHost:
         member = self._members.get((ident, rid))
         if member is not None:
             member[0].add(member[1])
-        gen = self._open.pop((ident, rid), None)
-        if gen is not None:
-            gen.stream.cancel()
+        self.streams.cancel(ident, rid)
         task = self._calls.get((ident, rid))
         if task is not None:
             task.cancel()
@@ -329,12 +267,9 @@ class EngineHost:
         held = [k for k in self._slots if k[0] == ident]
         for k in held:
             self._slots.pop(k).release()
-        streams = [k for k in self._open if k[0] == ident]
-        for k in streams:
-            self._open.pop(k).stream.cancel()
-        self._sinks.pop(ident, None)
+        streams = self.streams.forget(ident)
         self._peers.discard(ident)
-        return len(gone) + len(held) + len(streams)
+        return len(gone) + len(held) + streams
 
     async def close(self) -> None:
         # the engine may still step the streams that are closing: what they post from now on
@@ -343,9 +278,7 @@ class EngineHost:
         for slot in self._slots.values():
             slot.release()
         self._slots.clear()
-        for gen in self._open.values():
-            gen.stream.cancel()
-        self._open.clear()
+        self.streams.close()
         tasks = [*self._calls.values(), *self._batches]
         for t in tasks:
             t.cancel()
@@ -355,20 +288,6 @@ class EngineHost:
 
     def _post(self, ident: bytes, frame: wire.Frame) -> None:
         self._channel.post(ident, frame)
-
-    def _sink(self, ident: bytes) -> TokenSink:
-        """Where the engine's decode steps put this worker's routed tokens: a `StepIds` frame
-        in its outbox (after any frame already there, before any posted later)."""
-        known = self._sinks.get(ident)
-        if known is not None:
-            return known
-        post = self._channel.post
-
-        def sink(rids: np.ndarray, ids: np.ndarray, ends: np.ndarray | None) -> None:
-            post(ident, wire.StepIds.of(rids, ids, ends))
-
-        self._sinks[ident] = sink
-        return sink
 
     async def _traced(
         self,
@@ -390,7 +309,7 @@ class EngineHost:
     ) -> None:
         try:
             if isinstance(op, StreamOp):
-                await self._stream(ident, rid, op, hold)
+                await self.streams.run(ident, rid, op, hold)
                 return
             if isinstance(op, Op):
                 value: Any = await self.client.call(op)
@@ -404,49 +323,6 @@ class EngineHost:
             raise
         except Exception as e:
             self._post(ident, wire.Failed(rid, wire.error_info(e)))
-
-    async def _stream(self, ident: bytes, rid: int, op: StreamOp, hold: LocalHold | None) -> None:
-        before_commit = None
-        if isinstance(op, SessionGenerate):
-            # commit only once the worker's client has been handed every token: the engine
-            # reads the stream ahead of the client, and a client gone before the end must
-            # leave the session as it was (docs/reliability.md, guarantee 2)
-            drained: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
-            self._drains[(ident, rid)] = drained
-
-            async def before_commit() -> str | None:
-                self._post(ident, wire.Finishing(rid))
-                return await drained  # (the text its client got, when the worker decoded it)
-
-        route = Route(self._sink(ident), rid)
-        try:
-            gen = await self.client.open(op, hold, before_commit=before_commit, route=route)
-        except BaseException:
-            self._drains.pop((ident, rid), None)
-            raise
-        try:
-            self._post(ident, wire.Opened(rid, (gen.key or gen.model) if gen.routed else None))
-            post = self._post
-
-            # a stream the engine decodes (logprobs): each token goes out as the engine emits
-            # it (no task wakes per token), in a frame that carries its logprobs, from which
-            # the worker rebuilds a result's list
-            def send(ev: TokenEvent) -> None:
-                post(
-                    ident,
-                    wire.Tokens(rid, [wire.Token(ev.text, ev.token_id, ev.index, ev.logprob)]),
-                )
-
-            gen.forward_tokens(send)
-            async for batch in gen.batches(keep_logprobs=False):
-                for ev in batch:  # only the end is left (Finished, or the error raised) ...
-                    if isinstance(ev, Finished):
-                        post(ident, wire.Result(rid, wire.answer(ev.result)))
-                    else:  # ... but a token that got here would still go out, in order
-                        send(ev)
-        finally:
-            self._drains.pop((ident, rid), None)
-            await gen.aclose()
 
     def _slot(self, ident: bytes, ref: wire.SlotRef) -> LocalHold:
         """The slot `ref` names, taken (or refused) by the first frame that names it."""

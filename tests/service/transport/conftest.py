@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import pytest
 
 from service.engine.local import InProcessClient
+from service.transport import wire
 from service.transport.host import EngineHost
 from service.transport.remote import RemoteClient
 from tests.service.conftest import ClientFactory, app_of
@@ -55,3 +56,12 @@ async def wired(make_client: ClientFactory) -> AsyncIterator[Wired]:
         local: InProcessClient = app_of(c).state.local
         async with hosted(local) as (host, worker):
             yield Wired(local, host, worker)
+
+
+def sent_frames(host: EngineHost, monkeypatch: pytest.MonkeyPatch) -> list[wire.Frame]:
+    """Every frame the host sends from now on, in order (its socket bypassed)."""
+    sent: list[wire.Frame] = []
+    monkeypatch.setattr(
+        host._channel, "_send", lambda _ident, raw: sent.extend(wire.frames_decoder.decode(raw))
+    )
+    return sent
