@@ -9,7 +9,7 @@ Each model has one **engine thread** that alternates between
   far for its next chunk (`prefill.PrefillQueue`: short jobs first), so one huge request delays
   others by a pass, never by its whole length, and is dropped between chunks once its caller
   has timed out or gone;
-* a **decode step**: every active generation stream samples one token and the whole batch
+* a **decode step** (`decode.Decoder`): every active generation stream samples one token and the whole batch
   advances by that token in ONE onnxruntime call. Streams join and leave between steps. A
   step's tokens leave as arrays: one (stream ids, tokens) pair per sink for the routed rows
   (`stream.Route`: in the engine process, a worker, which decodes them), so the engine's Python
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from service import tracing
-from service.engine.batch import DecodeBatch
+from service.engine.decode import Decoder
 from service.engine.pass_budget import PassBudget
 from service.engine.prefill import (
     Chunk,
@@ -51,21 +51,10 @@ from service.engine.prefill import (
     StateRows,
 )
 from service.engine.prefill_pass import PrefillPass
-from service.engine.row_params import special_rows
 from service.engine.runner import Runner
-from service.engine.sampling import sample, sample_plain
 from service.engine.state_place import StateOnDevice, place_for
 from service.engine.stream import Stream
-from service.engine.to_loop import (
-    Meters,
-    as_service_error,
-    emit,
-    fail_streams,
-    finish,
-    record,
-    reject,
-)
-from service.engine.traced import StepCount
+from service.engine.to_loop import Meters, fail_streams, reject
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
@@ -92,9 +81,6 @@ def _shutting_down() -> Overloaded:
     return Overloaded("the server is shutting down", code="shutting_down")
 
 
-# -- callbacks run on the event loop (the only place futures and stream events are touched) ----
-
-
 class Scheduler:
     """Create inside the running loop (`start()` captures it and starts the engine thread)."""
 
@@ -118,16 +104,19 @@ class Scheduler:
         self._closing = False
         self._abort = False
         place = place_for(runner, config.state_on_device)
-        self._batch = DecodeBatch(place)  # owned by the engine thread
-        # a decode step binds the batch's state where it lives when that is the device (the
-        # runner's method is looked up at each step, not kept: tests gate `runner.run`)
-        self._bound = place.on_device
-        self._ones = np.ones(config.max_streams, np.int32)
-        self._last_step: float | None = None  # start of the last decode step
-        self.counts = StepCount()  # decode steps and rows so far (a traced stream's batch sizes)
-        self._stats: tuple[Meters, int, float, float | None] | None = None  # not yet recorded
-        self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
-        self._cancels_seen = 0
+        # the decode half of the engine thread: the batch of live streams and its step
+        self.decoder = Decoder(
+            runner,
+            place,
+            config.max_streams,
+            self._cv,
+            self._joining,
+            self._post,
+            self._m,
+            self._gauge,
+            self.name,
+        )
+        self.counts = self.decoder.counts  # decode steps and rows so far (traced streams)
         self._last_rows = 2  # jobs in the last prefill batch (start by waiting)
         self._budget = PassBudget(
             config.prefill_pass_ms, config.max_batch_tokens, config.prefill_chunk_tokens
@@ -208,7 +197,7 @@ class Scheduler:
 
     @property
     def active_streams(self) -> int:
-        return len(self._batch) + len(self._joining)
+        return len(self.decoder.batch) + len(self._joining)
 
     def stalled_s(self) -> float | None:
         """How long the engine thread has held work without moving (no call returned, no wait
@@ -237,11 +226,12 @@ class Scheduler:
         err = _shutting_down()
         with self._cv:
             jobs = self._prefill.drain()
-            joining, self._joining = list(self._joining), deque()
+            joining = list(self._joining)
+            self._joining.clear()
         reject([j.future for j in jobs], err)
         fail_streams(joining, err)
         if self._thread.is_alive():
-            fail_streams(self._batch.streams, err)
+            fail_streams(self.decoder.batch.streams, err)
 
     def release(self) -> None:
         """After `close`: let go of the model (an unloaded version's graph and its memory). The
@@ -250,7 +240,7 @@ class Scheduler:
         session would never be freed, so the links to the model are cut here."""
         if self._thread.is_alive():  # a thread stuck in a call still uses them
             return
-        del self._pass, self._batch, self.runner
+        del self._pass, self.decoder, self.runner
 
     async def _joined(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -284,8 +274,8 @@ class Scheduler:
                     return
                 if chunks:
                     self._pass.run(chunks, self._put_back)
-                if self._batch.streams or self._joining:
-                    self._decode_step()
+                if self.decoder.batch.streams or self._joining:
+                    self.decoder.step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
                 self._fail_all(EngineError(f"scheduler error: {e}"))
@@ -299,7 +289,7 @@ class Scheduler:
                 if self._abort:
                     self._fail_all(_shutting_down())
                     return None
-                decoding = bool(self._batch.streams or self._joining)
+                decoding = bool(self.decoder.batch.streams or self._joining)
                 if not (self._prefill or decoding):
                     if self._closing:
                         return None
@@ -341,126 +331,11 @@ class Scheduler:
         with self._cv:  # behind the long jobs still waiting
             self._prefill.put_back(jobs)
 
-    def _admit_joins(self) -> None:
-        if not self._joining:  # the usual step (a join racing this check is seen next step)
-            return
-        room = self.config.max_streams - len(self._batch)
-        new: list[Stream] = []
-        with self._cv:
-            while self._joining and len(new) < room:
-                s = self._joining.popleft()
-                s.on_cancel = self._count_cancel  # before the check: no cancel goes unseen
-                if not s.cancelled:
-                    new.append(s)
-        if not new:
-            return
-        try:
-            self._batch.join(new)
-        except Exception as e:
-            log.exception("streams could not join", extra={"model": self.name, "rows": len(new)})
-            self._post(fail_streams, new, EngineError(f"could not join the decode batch: {e}"))
-            return
-        self._gauge()
-
-    def _keep(self, keep: np.ndarray) -> None:
-        self._batch.keep(keep)
-        self._gauge()
-
-    def _clear_batch(self) -> None:
-        self._batch.clear()
-        self._gauge()
-
-    def _count_cancel(self) -> None:
-        self._cancels += 1  # on the loop thread; the engine thread only reads it
-
-    def _decode_step(self) -> None:
-        b = self._batch
-        if self._cancels != self._cancels_seen:
-            self._cancels_seen = self._cancels
-            cancelled = [s.cancelled for s in b.streams]
-            if any(cancelled):
-                self._keep(~np.array(cancelled, bool))
-        self._admit_joins()
-        streams = b.streams
-        n = len(streams)
-        if n == 0:
-            return
-        t0 = time.perf_counter()
-        counts = self.counts
-        counts.steps += 1
-        counts.rows += n
-        r = b.rows
-        u = b.draws.step(r.seeds, r.count)  # (n,), one draw per row
-        if b.plain:  # the usual batch: temperature only, no per-step masks
-            tokens = sample_plain(b.logits, r.inv_temp, u)  # (n,)
-        else:
-            tokens = sample(b.logits, r.temp, r.top_k, r.top_p, u)  # (n,)
-        np.add(r.count, np.uint64(1), out=r.count)  # in place: the array is this batch's own
-        b.until_done -= 1
-        stops = b.stops if b.stops is not None and b.stops.active else None
-        hits = stops.step(tokens) if stops is not None else None  # (n,) 1 + stop completed
-        stopped = hits is not None and bool(hits.any())
-        if b.until_done <= 0 or r.any_special or stopped:
-            done = r.count >= r.max  # (n,) finished by length ...
-            if hits is not None and stopped:
-                done |= hits > 0  # ... or by a stop string
-            texts, logprobs = special_rows(r, streams, b.logits, tokens, done)
-        else:  # no row can finish at this step
-            done, texts, logprobs = None, None, None
-        if b.fresh:
-            b.fresh = False
-            self._first_tokens(streams, t0)
-        # the tokens reach their consumers while onnxruntime computes the step: the routed
-        # rows' as one pair of arrays per sink, the others stream by stream
-        stats, self._stats = self._stats, None
-        local = b.local
-        self._post(
-            emit,
-            streams,
-            local,
-            tokens.tolist() if local != () else [],
-            texts,
-            logprobs,
-            b.routed(tokens, done) if b.sinks else [],
-            stats,
-        )
-        try:
-            # (n, 1) tokens: finished rows are fed too, so their final state includes the token
-            step = self.runner.run_bound if self._bound else self.runner.run
-            logits, states = step(tokens[:, None], self._ones[:n], b.states)
-        except Exception as e:
-            log.exception("decode step failed", extra={"model": self.name, "rows": n})
-            self._post(fail_streams, streams, as_service_error(e))
-            if self._stats is not None:
-                self._post(record, *self._stats)
-                self._stats = None
-            self._clear_batch()
-            return
-        b.advance(logits, states)
-        if done is not None and done.any():
-            self._post(finish, b.finished(done, hits))
-            self._keep(~done)
-        if self._m is not None:  # recorded on the loop with the next step's tokens
-            gap = None if self._last_step is None else t0 - self._last_step
-            self._stats = (self._m, n, time.perf_counter() - t0, gap)
-            if not b.streams:  # no next step: record now
-                self._post(record, *self._stats)
-                self._stats = None
-        self._last_step = t0 if b.streams else None
-
-    def _first_tokens(self, streams: Sequence[Stream], t0: float) -> None:
-        """Time to first token, for the rows sampling their first token now (the newest)."""
-        for s in reversed(streams):
-            if s.first_token_at is not None:
-                return
-            s.first_token_at = t0
-            if self._m is not None:
-                self._m.ttft.observe(t0 - s.created)
-
     def _fail_all(self, err: ServiceError) -> None:
         with self._cv:
             jobs = self._prefill.drain()
-            joining, self._joining = list(self._joining), deque()
+            joining = list(self._joining)
+            self._joining.clear()
         self._post(reject, [j.future for j in jobs], err)
-        self._post(fail_streams, [*self._batch.streams, *joining], err)
-        self._clear_batch()
+        self._post(fail_streams, [*self.decoder.batch.streams, *joining], err)
+        self.decoder.clear()

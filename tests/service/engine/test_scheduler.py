@@ -3,58 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import pytest
 
-from service.contract import load_manifest
-from service.engine.sampling import SamplingParams
-from service.engine.scheduler import Scheduler, SchedulerConfig
-from service.engine.stream import DoneEvent, ErrorEvent, Stream
+from service.engine.stream import DoneEvent
 from service.errors import EngineError, InvalidState, Overloaded
-from service.protocol.events import TokenEvent
-from tests.conftest import FIXTURE_MODELS
-
-
-class FakeRunner:
-    """State h accumulates the sum of real tokens; logits point at (h mod K)."""
-
-    def __init__(self) -> None:
-        self.manifest = load_manifest(FIXTURE_MODELS / "tiny-char-gru")
-        self.device = "cpu"
-        self.calls: list[tuple[int, int]] = []  # (B, T) per call
-        self.fail = False
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()  # set as a call begins (before the gate)
-
-    def run(
-        self, tokens: np.ndarray, lengths: np.ndarray, states: Sequence[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        self.entered.set()
-        self.gate.wait(5)
-        self.calls.append(tokens.shape)
-        if self.fail:
-            raise RuntimeError("boom")
-        mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
-        add = (tokens * mask).sum(axis=1).astype(np.float32)  # (B,)
-        h = states[0] + add[None, :, None]
-        k = 58
-        logits = np.full((tokens.shape[0], k), -10.0, np.float32)
-        top = np.nan_to_num(h[0, :, 0], nan=0.0, posinf=0.0, neginf=0.0)  # (a poisoned row)
-        logits[np.arange(tokens.shape[0]), top.astype(int) % k] = 10.0
-        return logits, [h]
-
-
-def make(runner: FakeRunner, **cfg: Any) -> Scheduler:
-    # (no time bound on a pass unless a test asks: a fake runner's cost a token says nothing)
-    base = {"max_wait_ms": 5.0, "prefill_pass_ms": 0.0}
-    s = Scheduler(runner, SchedulerConfig(**{**base, **cfg}))  # type: ignore[arg-type]
-    s.start()
-    return s
+from tests.service.engine.fake_runner import FakeRunner, drain, make, new_stream
 
 
 async def test_prefill_batches_concurrent_jobs_exactly() -> None:
@@ -166,99 +121,6 @@ async def test_failed_batch_fails_every_waiter_and_recovers() -> None:
     await s.close(1)
 
 
-def _stream(runner: FakeRunner, max_tokens: int, seed: int = 0) -> Stream:
-    params = SamplingParams(temperature=0.0, top_k=0, top_p=1.0, seed=seed, max_tokens=max_tokens)
-    logits = np.zeros(58, np.float32)
-    logits[1] = 1
-    return Stream(params, logits, runner.manifest.init_states(1), str)
-
-
-async def _drain(stream: Stream) -> tuple[list[TokenEvent], DoneEvent | ErrorEvent]:
-    toks: list[TokenEvent] = []
-    async for ev in stream.iter_events():
-        if isinstance(ev, TokenEvent):
-            toks.append(ev)
-        else:
-            return toks, ev
-    raise AssertionError("no final event")
-
-
-async def test_decode_is_continuously_batched() -> None:
-    runner = FakeRunner()
-    s = make(runner, max_streams=64)
-    streams = [_stream(runner, max_tokens=3 + i % 4) for i in range(40)]
-    for st in streams:
-        s.join(st)
-    outs = await asyncio.gather(*(_drain(st) for st in streams))
-    for st, (toks, done) in zip(streams, outs, strict=True):
-        assert isinstance(done, DoneEvent)
-        assert len(toks) == st.params.max_tokens == done.completion_tokens
-        # greedy on the fake model: h accumulates tokens, so the final state is their sum
-        assert done.states[0][0, 0, 0] == sum(t.token_id for t in toks)
-    decode_calls = [c for c in runner.calls if c[1] == 1]
-    assert len(decode_calls) == 6  # one call per step for all streams; longest stream has 6
-    assert decode_calls[0] == (40, 1)
-    await s.close(1)
-
-
-async def test_streams_join_between_steps_and_cancelled_ones_leave() -> None:
-    runner = FakeRunner()
-    s = make(runner)
-    # `a` runs until cancelled: the engine thread runs ahead of its consumer, so a short `a`
-    # could be finished before `b` joins
-    a, b = _stream(runner, 10**6), _stream(runner, 5)
-    s.join(a)
-    while a.produced < 3:
-        await asyncio.sleep(0.001)
-    s.join(b)
-    toks, done = await _drain(b)
-    assert isinstance(done, DoneEvent) and len(toks) == 5
-    a.cancel()
-    for _ in range(200):  # the engine thread drops it at its next step
-        if s.active_streams == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert s.active_streams == 0
-    assert any(c == (2, 1) for c in runner.calls)
-    await s.close(1)
-
-
-async def test_rows_joining_and_leaving_at_any_step_each_get_exactly_max_tokens() -> None:
-    """The length check runs only at steps where some row can finish (a countdown recomputed
-    when rows join or leave): rows joining mid-run, alongside a stop-string row, still end at
-    exactly their own max_tokens, in any order."""
-    runner = FakeRunner()
-    s = make(runner, max_streams=64)
-    params = SamplingParams(1.0, 0, 1.0, seed=1, max_tokens=50, stop=("x",))  # never matches
-    stop = Stream(params, np.zeros(58, np.float32), runner.manifest.init_states(1), str)
-    streams: list[Stream] = [stop]
-    s.join(stop)
-    tasks = [asyncio.ensure_future(_drain(stop))]
-    for wave in range(6):
-        for i in range(5):
-            st = _stream(runner, max_tokens=1 + (7 * wave + 3 * i) % 23)
-            streams.append(st)
-            s.join(st)
-            tasks.append(asyncio.ensure_future(_drain(st)))
-        await asyncio.sleep(0.002 * wave)
-    for st, (toks, done) in zip(streams, await asyncio.gather(*tasks), strict=True):
-        assert isinstance(done, DoneEvent)
-        assert len(toks) == done.completion_tokens == st.params.max_tokens
-    await s.close(1)
-
-
-async def test_decode_failure_fails_all_streams() -> None:
-    runner = FakeRunner()
-    s = make(runner)
-    runner.fail = True
-    streams = [_stream(runner, 10) for _ in range(3)]
-    for st in streams:
-        s.join(st)
-    outs = await asyncio.gather(*(_drain(st) for st in streams))
-    assert all(isinstance(done, ErrorEvent) for _, done in outs)
-    await s.close(1)
-
-
 async def test_bounded_queue_and_shutdown() -> None:
     runner = FakeRunner()
     runner.gate.clear()
@@ -303,13 +165,13 @@ async def test_join_many_joins_together_refusing_only_those_past_the_queue() -> 
     s = make(runner, max_queue=2)
     busy = asyncio.ensure_future(s.prefill([1]))
     assert await asyncio.to_thread(runner.entered.wait, 5)  # the engine thread is in a call
-    streams = [_stream(runner, max_tokens=3) for _ in range(3)]
+    streams = [new_stream(runner, max_tokens=3) for _ in range(3)]
     streams[0].keep_final = False
     refusals = s.join_many(streams)
     assert refusals[:2] == [None, None] and isinstance(refusals[2], Overloaded)
     runner.gate.set()
     await busy
-    (toks0, done0), (toks1, done1) = await asyncio.gather(*(_drain(st) for st in streams[:2]))
+    (toks0, done0), (toks1, done1) = await asyncio.gather(*(drain(st) for st in streams[:2]))
     assert isinstance(done0, DoneEvent) and isinstance(done1, DoneEvent)
     assert len(toks0) == len(toks1) == 3
     assert done0.logits is None and done0.states is None
@@ -360,31 +222,6 @@ async def test_a_batch_waits_for_as_many_rows_as_the_last_one_had() -> None:
     assert runner.calls == [(3, 1)]
     assert time.perf_counter() - t0 >= 0.25  # three of six: waited for company
     await s.close(1)
-
-
-async def test_rows_joining_under_load_never_change_a_handed_off_step() -> None:
-    """The streams of a step are handed to the loop with its tokens; rows joining on the engine
-    thread before the loop runs that callback must not change what it sees (a join once
-    extended that list in place: `zip() argument 2 is shorter`, from asyncio's handler)."""
-    loop = asyncio.get_running_loop()
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _, ctx: errors.append(ctx))
-    runner = FakeRunner()
-    s = make(runner, max_streams=512)
-    streams: list[Stream] = []
-    tasks = []
-    for _ in range(30):  # waves of joins while the batch decodes
-        for _ in range(10):
-            st = _stream(runner, max_tokens=40)
-            streams.append(st)
-            s.join(st)
-            tasks.append(asyncio.ensure_future(_drain(st)))
-        await asyncio.sleep(0.001)
-    for st, (toks, done) in zip(streams, await asyncio.gather(*tasks), strict=True):
-        assert isinstance(done, DoneEvent) and len(toks) == st.params.max_tokens
-    await s.close(1)
-    loop.set_exception_handler(None)
-    assert [e.get("message") for e in errors] == []
 
 
 async def test_a_thread_stuck_in_a_call_reads_as_stalled_and_an_idle_one_does_not() -> None:

@@ -113,7 +113,7 @@ async def test_the_server_answers_the_same_with_the_state_on_the_device(
     got = {}
     for mode in ("off", "on"):
         async with make_client(state_on_device=mode) as c:
-            batch = app_of(c).state.local.engine.scheduler(model)._batch
+            batch = app_of(c).state.local.engine.scheduler(model).decoder.batch
             assert batch.place.on_device is (mode == "on")  # the path under test is the one run
             got[mode] = await _workload(c, model)
     off, on = got["off"], got["on"]

@@ -91,7 +91,7 @@ async def test_a_generation_takes_its_requests_slot_and_is_refused_before_it_sta
         # for the engine thread to end that step, then one loop turn for the posted callback
         sched = engine.scheduler(LM)
         for _ in range(500):
-            if sched.active_streams == 0 and sched._last_step is None:
+            if sched.active_streams == 0 and sched.decoder.last_step is None:
                 break
             await asyncio.sleep(0.01)
         await asyncio.sleep(0.01)
