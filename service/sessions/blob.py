@@ -14,10 +14,14 @@ import json
 import math
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from service.errors import InvalidState
+
+if TYPE_CHECKING:
+    from service.sessions.record import SessionRecord
 
 MAGIC = b"RNNSTATE"
 FORMAT = 1
@@ -35,6 +39,20 @@ class StateBlob:
     tokens_seen: int
     states: list[np.ndarray]
     logits: np.ndarray | None
+
+    @classmethod
+    def of(cls, rec: SessionRecord) -> StateBlob:
+        """What of a session the blob carries: its model, version, text and state."""
+        states = list(rec.states)
+        return cls(
+            rec.model,
+            rec.model_sha256,
+            rec.version,
+            rec.pending,
+            rec.tokens_seen,
+            states,
+            rec.logits,
+        )
 
 
 def encode_state(blob: StateBlob, state_names: list[str]) -> bytes:

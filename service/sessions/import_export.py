@@ -12,16 +12,7 @@ from service.sessions.bounds import check_import
 
 def export_blob(m: LoadedModel, rec: SessionRecord) -> bytes:
     """The encoded state of `rec` (its model, version, pending text, states and logits)."""
-    blob = StateBlob(
-        rec.model,
-        rec.model_sha256,
-        rec.version,
-        rec.pending,
-        rec.tokens_seen,
-        list(rec.states),
-        rec.logits,
-    )
-    return encode_state(blob, [s.name for s in m.manifest.io.states])
+    return encode_state(StateBlob.of(rec), [s.name for s in m.manifest.io.states])
 
 
 def restore(m: LoadedModel, rec: SessionRecord, blob: StateBlob) -> SessionRecord:

@@ -13,8 +13,10 @@ from service.engine.engine import Engine
 from service.engine.registry import LoadedModel, Registry
 from service.engine.scheduler import SchedulerConfig
 from service.sessions import MemoryStore
+from service.sessions.redis_store import RedisStore
 from service.sessions.service import SessionService
 from tests.service.conftest import LM, FakeClock
+from tests.service.redis_server import Target, two_stores
 
 
 class FlakyRunner:
@@ -55,3 +57,11 @@ async def svc(registry: Registry, clock: FakeClock) -> AsyncIterator[SessionServ
 def flaky(svc: SessionService) -> FlakyRunner:
     runner: FlakyRunner = svc.engine.model(LM).runner  # type: ignore[assignment]
     return runner
+
+
+@pytest.fixture
+async def stores(any_redis: Target) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
+    """Two replicas with a short lease so a dead holder costs little (1 s: long enough that
+    renewal survives a busy shared CI machine)."""
+    async with two_stores(any_redis, lock_lease_s=1.0) as pair:
+        yield pair

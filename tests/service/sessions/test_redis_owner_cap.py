@@ -13,10 +13,9 @@ from service.errors import SessionEvicted, SessionExpired, SessionLimit
 from service.sessions import SessionRecord
 from service.sessions.redis_store import RedisStore
 from tests.service.redis_server import Target, _cluster, any_redis, rec, redis_server, two_stores
-from tests.service.sessions.test_redis_store import stores
 
 pytestmark = pytest.mark.redis
-__all__ = ["_cluster", "any_redis", "redis_server", "stores"]  # fixtures, used by name
+__all__ = ["_cluster", "any_redis", "redis_server"]  # fixtures, used by name
 
 
 def owned(sid: str, owner: str | None, ttl: float = 30.0) -> SessionRecord:

@@ -7,9 +7,7 @@ Two `RedisStore` instances on one server stand for two replicas: they share noth
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -38,14 +36,6 @@ from tests.service.redis_server import (
 
 pytestmark = pytest.mark.redis
 __all__ = ["_cluster", "any_redis", "redis_server"]  # the fixtures, used by name
-
-
-@pytest.fixture
-async def stores(any_redis: Target) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
-    """Two replicas with a short lease so a dead holder costs little (1 s: long enough that
-    renewal survives a busy shared CI machine)."""
-    async with two_stores(any_redis, lock_lease_s=1.0) as pair:
-        yield pair
 
 
 def idem(result: dict[str, Any], ttl: float = 30.0) -> IdempotencyRecord:
@@ -178,124 +168,6 @@ async def test_idempotency_records_live_beside_the_state(
     assert await b.get_idempotent("s", "key-2") is None
 
 
-async def test_lock_serializes_read_modify_write_across_replicas(
-    stores: tuple[RedisStore, RedisStore],
-) -> None:
-    """Many concurrent increments through two replicas: none lost, none doubled, no conflict."""
-    a, b = stores
-    await a.create(rec("ctr"))
-    n = 24
-
-    async def bump(store: RedisStore) -> None:
-        async with store.lock("ctr"):
-            cur = await store.get("ctr")
-            await asyncio.sleep(0.002)  # widen the race window
-            await store.commit(cur.replace(version=cur.version + 1), cur.version)
-
-    await asyncio.gather(*(bump(a if i % 2 else b) for i in range(n)))
-    assert (await a.get("ctr")).version == n
-
-    # without the lock, the same race is caught by compare-and-set instead
-    async def unlocked(store: RedisStore) -> bool:
-        cur = await store.get("ctr")
-        await asyncio.sleep(0.01)
-        try:
-            await store.commit(cur.replace(version=cur.version + 1), cur.version)
-        except VersionConflict:
-            return False
-        return True
-
-    wins = await asyncio.gather(unlocked(a), unlocked(b), unlocked(a), unlocked(b))
-    assert sum(wins) == 1
-    assert (await b.get("ctr")).version == n + 1
-
-
-async def test_lock_grants_in_arrival_order_across_replicas(
-    stores: tuple[RedisStore, RedisStore], any_redis: Target
-) -> None:
-    a, b = stores
-    order: list[int] = []
-    gate, release = asyncio.Event(), asyncio.Event()
-
-    async def holder() -> None:
-        async with a.lock("q"):
-            gate.set()
-            await release.wait()
-
-    async def waiter(i: int) -> None:
-        async with (a if i % 2 else b).lock("q"):
-            order.append(i)
-
-    h = asyncio.create_task(holder())
-    await gate.wait()
-    tasks = []
-    raw = any_redis.raw()
-    try:
-        for i in range(6):
-            tasks.append(asyncio.create_task(waiter(i)))
-            # each has queued (in Redis's queue of the session) before the next arrives
-            while await raw.zcard(a.layout.key("q", "q")) < i + 1:
-                await asyncio.sleep(0.005)
-    finally:
-        await raw.aclose()
-    release.set()
-    await asyncio.gather(h, *tasks)
-    assert order == list(range(6))
-
-
-async def test_lease_is_renewed_while_held(stores: tuple[RedisStore, RedisStore]) -> None:
-    a, b = stores
-    got_it = False
-
-    async def contender() -> None:
-        nonlocal got_it
-        async with b.lock("long"):
-            got_it = True
-
-    async with a.lock("long"):
-        t = asyncio.create_task(contender())
-        await asyncio.sleep(2.5)  # 2.5 leases: only renewal keeps b out
-        assert not got_it
-    await asyncio.wait_for(t, 2)
-    assert got_it
-
-
-async def test_a_dead_holder_blocks_for_at_most_one_lease(
-    stores: tuple[RedisStore, RedisStore], any_redis: Target
-) -> None:
-    """A replica killed while holding the lease (no release, no renewal) stalls the session for
-    at most one lease; its late commit is then refused by compare-and-set."""
-    a, b = stores
-    await a.create(rec("d"))
-    raw = any_redis.raw()
-    try:
-        # what a kill -9 leaves behind: a lease with a token nobody will release or renew
-        await raw.set(a.layout.key("d", "lock"), "dead-replica", px=1000)
-        stale = await a.get("d")
-        t0 = time.monotonic()
-        async with b.lock("d"):
-            waited = time.monotonic() - t0
-            cur = await b.get("d")
-            await b.commit(cur.replace(version=1), 0)
-        assert 0.5 < waited < 4
-        with pytest.raises(VersionConflict):
-            await a.commit(stale.replace(version=1, pending="stale"), 0)
-        assert (await a.get("d")).pending == "unfinished wo"
-        # a waiter that went away (cancelled) does not hold up the ones behind it
-        async with a.lock("d"):
-            gone = asyncio.create_task(b.lock("d").__aenter__())
-            await asyncio.sleep(0.05)
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-        t0 = time.monotonic()
-        async with b.lock("d"):
-            assert time.monotonic() - t0 < 1.5  # under the 2 s a dead waiter would cost
-        assert sum([await raw.exists(a.layout.key("d", k)) for k in ("q", "w", "lock")]) == 0
-    finally:
-        await raw.aclose()
-
-
 async def test_a_hung_redis_fails_each_call_within_the_deadline_and_leaves_no_lease(
     any_redis: Target,
 ) -> None:
@@ -359,37 +231,6 @@ async def _lock_once(store: RedisStore, session_id: str, *, retry: bool) -> None
             await asyncio.sleep(0.05)
 
 
-async def test_a_forgotten_token_is_never_granted_in_either_order(
-    stores: tuple[RedisStore, RedisStore], any_redis: Target
-) -> None:
-    """The two orders in which a failed request's buffered acquire and the janitor's cleanup can
-    reach Redis: cleanup first leaves a tombstone that refuses the acquire; acquire first is
-    undone by the cleanup."""
-    from service.sessions import redis_lease
-
-    raw = any_redis.raw()
-    acquire, forget = (
-        raw.register_script(redis_lease._ACQUIRE),
-        raw.register_script(redis_lease._FORGET),
-    )
-    try:
-        for sid, forget_first in (("o1", True), ("o2", False)):
-            lk, q, w = (stores[0].layout.key(sid, k) for k in ("lock", "q", "w"))
-            keys = [lk, q, w, f"{lk}:x:tok"]
-            if forget_first:
-                await forget(keys=keys, args=["tok", 60_000])
-                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 0
-            else:
-                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 1
-                await forget(keys=keys, args=["tok", 60_000])
-            assert sum([await raw.exists(k) for k in keys[:3]]) == 0
-            t0 = time.monotonic()
-            async with stores[1].lock(sid):
-                assert time.monotonic() - t0 < 0.5
-    finally:
-        await raw.aclose()
-
-
 async def test_unavailable_store_is_503_and_recovers(
     stores: tuple[RedisStore, RedisStore], any_redis: Target
 ) -> None:
@@ -445,20 +286,3 @@ async def test_sweep_counts_expired_sessions(any_redis: Target) -> None:
         assert changes[-1] == 1 and evictions == ["expired"]
     finally:
         await s.close()
-
-
-async def test_with_wait_a_change_is_answered_once_a_replica_has_it(any_redis: Target) -> None:
-    """`wait_replicas`: a change is acknowledged only once a replica has it. The test cluster's
-    primaries have a replica each; the lone primary has none, so there the change stands on the
-    primary but is never confirmed: 503, and a retry finds it."""
-    async with two_stores(any_redis, wait_replicas=1, wait_timeout_s=0.3) as (a, b):
-        if not any_redis.cluster:
-            with pytest.raises(StoreUnavailable, match="reached 0 of 1 replicas"):
-                await a.create(rec("w"))
-            assert (await b.get("w")).version == 0  # it stands on the primary
-            return
-        for i in range(8):  # sessions on every shard
-            await a.create(rec(f"w{i}"))
-            await b.commit(rec(f"w{i}", version=1), 0)
-        await a.delete("w0")
-        assert await b.count() == 7
