@@ -47,7 +47,8 @@ lint: setup-dev
 
 # Then every HTTP suite again with the API reaching the engine over the wire that `--workers`
 # uses (RNNSERVE_ENGINE_TRANSPORT=zmq): the process boundary under the whole suite (the session
-# layer's own tests, stores included, reach no engine: they run once). Last, the
+# layer's own tests, stores included, reach no engine, the supervisor's always run `--workers N`
+# over that wire, and the contract's and protocol's reach no server: they run once). Last, the
 # suites that start a real `rnnserve` process run once more against `--workers 2` (a supervisor,
 # an engine process and two API workers; their RSS and sockets are summed over the tree).
 REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/api/test_http_server.py \
@@ -57,7 +58,8 @@ REAL_SERVER_SUITES = tests/docs tests/service/test_server.py tests/service/api/t
 pytest: setup-dev
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	RNNSERVE_ENGINE_TRANSPORT=zmq $(BIN)/python -m pytest -q tests/service tests/hardening tests/docs tests/e2e \
-		--ignore=tests/service/sessions
+		--ignore=tests/service/sessions --ignore=tests/service/supervisor \
+		--ignore=tests/service/contract --ignore=tests/service/protocol
 	RNNSERVE_WORKERS=2 $(BIN)/python -m pytest -q $(REAL_SERVER_SUITES)
 
 ## Set up everything and run the whole test suite (what CI runs).
