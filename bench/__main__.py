@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, model, stats, targets, venvs
+from bench import loadgen, model, stats, targets, venvs, workloads
 from bench.genclient import run as gen_run
 from bench.procs import Server
 
@@ -222,7 +222,7 @@ def main() -> None:
                 )
             live = [t for t in want if targets.TARGETS[t] in servers]
             if "step" in only:
-                from bench.targets import sample_state, step_requests
+                from bench.workloads import sample_state, step_requests
 
                 h, c = sample_state(mods)
                 reqs = {}
@@ -238,7 +238,7 @@ def main() -> None:
                 reqs = {}
                 for t in live:
                     prefix = OUT / "reqs" / f"classify-{t}"
-                    loadgen.write_requests(prefix, targets.classify_requests(t, mods, texts, 2))
+                    loadgen.write_requests(prefix, workloads.classify_requests(t, mods, texts, 2))
                     reqs[t] = prefix
                 res["classify"] = wrk_workload(
                     "classify", servers, reqs, 32, a.rounds, a.seconds, warm

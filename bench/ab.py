@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, model, targets
+from bench import loadgen, model, targets, workloads
 from bench.genclient import run as gen_run
 from bench.procs import Server, free_port
 
@@ -109,13 +109,13 @@ def _wrk_round(s: Server, name: str, reqs: list[list[loadgen.Req]], secs: float)
 
 
 def step_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:
-    h, c = targets.sample_state(m)
-    reqs = targets.step_requests("rnnserve", s.base, m, h, c, 2, 32)
+    h, c = workloads.sample_state(m)
+    reqs = workloads.step_requests("rnnserve", s.base, m, h, c, 2, 32)
     return _wrk_round(s, "step", reqs, secs)
 
 
 def classify_round(s: Server, m: targets.Models, texts: list[str], secs: float) -> dict[str, Any]:
-    return _wrk_round(s, "classify", targets.classify_requests("rnnserve", m, texts, 2), secs)
+    return _wrk_round(s, "classify", workloads.classify_requests("rnnserve", m, texts, 2), secs)
 
 
 def session_round(s: Server, m: targets.Models, secs: float) -> dict[str, Any]:

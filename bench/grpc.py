@@ -1,7 +1,7 @@
 """`python -m bench.grpc`: session steps over gRPC against HTTP, and against PyTriton's gRPC.
 
 One character per request on a server-held sequence (the `python -m bench` session-step
-workload, `targets.step_requests`: each client's sequence is first fed `STEP_TEXT`, then steps
+workload, `workloads.step_requests`: each client's sequence is first fed `STEP_TEXT`, then steps
 through 16 of its characters), `--clients` concurrent clients in a closed loop, through:
 
 * `rnnserve-http`: the native feed route `POST /v1/sessions/{id}/feed` (wrk, as `python -m bench`
@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import loadgen, model, stats, targets, venvs
+from bench import loadgen, model, stats, targets, venvs, workloads
 from bench.grpcload import STREAM, Spec, build_requests, channel_options, run_clients
 from bench.procs import Server, free_port
 
@@ -176,7 +176,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 res["pytriton_error"] = str(e)
         want = [t for t in want if t.split("-")[0] in servers]
 
-        h, c = targets.sample_state(mods)
+        h, c = workloads.sample_state(mods)
         state = OUT / "reqs" / "grpc-state.npz"
         state.parent.mkdir(parents=True, exist_ok=True)
         np.savez(state, h=h, c=c)
@@ -189,7 +189,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     t, "pytriton-bin"
                 )
                 prefix = OUT / "reqs" / f"grpc-step-{t}"
-                per = targets.step_requests(kind, srv.base, mods, h, c, 2, a.clients)
+                per = workloads.step_requests(kind, srv.base, mods, h, c, 2, a.clients)
                 loadgen.write_requests(prefix, per)
                 status, body = loadgen.probe(
                     srv.base, loadgen.read_requests(Path(f"{prefix}.0"))[0]

@@ -75,9 +75,9 @@ def _bytes_tensor(values: Sequence[str]) -> bytes:
 
 def build_requests(spec: Spec, client: int) -> tuple[bytes | None, list[bytes]]:
     """(the request that opens client `client`'s sequence, or None; the step requests it
-    cycles through), serialized. The same step workload as the HTTP one (`targets.step_requests`):
+    cycles through), serialized. The same step workload as the HTTP one (`workloads.step_requests`):
     one character a request, 16 distinct characters of `STEP_TEXT`, after feeding all of it."""
-    from bench.targets import STEP_TEXT
+    from bench.workloads import STEP_TEXT
     from service.api.grpc import inference_pb2 as pb
 
     chars = list(dict.fromkeys(STEP_TEXT))[:16]

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, model, targets
+from bench import loadgen, model, targets, workloads
 from bench.__main__ import imdb_texts, machine
 from bench.genclient import run as gen_run
 from bench.procs import Server, cpu_by_name
@@ -83,7 +83,7 @@ def streams(srv: Server, m: targets.Models, n: int, seconds: float, warm: float)
 def measure(
     srv: Server, m: targets.Models, texts: list[str], seconds: float, warm: float, kind: str
 ) -> dict[str, Any]:
-    from bench.targets import sample_state, step_requests
+    from bench.workloads import sample_state, step_requests
 
     out: dict[str, Any] = {}
     h, c = sample_state(m)
@@ -91,7 +91,7 @@ def measure(
     loadgen.write_requests(prefix, step_requests(kind, srv.base, m, h, c, 2, 32))
     out["step"] = wrk(srv, prefix, seconds, warm)
     prefix = OUT / "reqs" / f"w-classify-{srv.name}"
-    loadgen.write_requests(prefix, targets.classify_requests(kind, m, texts, 2))
+    loadgen.write_requests(prefix, workloads.classify_requests(kind, m, texts, 2))
     out["classify"] = wrk(srv, prefix, seconds, warm)
     log(
         f"{srv.name}: step {out['step']['rps']:.0f} req/s (p99 {out['step']['p99_ms']:.1f} ms, "
