@@ -73,7 +73,8 @@ class EngineHost:
         self._members: dict[tuple[bytes, int], tuple[set[int], int]] = {}
         self._batches: dict[asyncio.Task[None], bytes] = {}  # each batch's task, its worker
         # stateless generations read in this drain, by worker, with the stream slot each took
-        # as it was read: each worker's opened as one task when the drain ends (`_open_batch`)
+        # as it was read: each worker's opened as one task when the drain ends
+        # (`HostStreams.open_batch`)
         self._opening: dict[bytes, list[tuple[wire.Call, LocalHold | None]]] = {}
         # the calls of both kinds read but not started yet: a `Cancel` of one of them starts
         # them first (so that it finds its call); any other `Cancel` is applied as it is read
