@@ -11,11 +11,15 @@ gRPC by default; `console`), the sampler (`OTEL_TRACES_SAMPLER[_ARG]`), the batc
 endpoint, headers and timeouts. Every span carries this process's `process.pid` and its role.
 
 Off, the request path pays one check of the module's `enabled` flag at each place a span could
-start, and touches no OpenTelemetry object. The spans go to this module's own provider, not the
+start, and touches no OpenTelemetry object. On, the spans are `service/spans.py`'s (the SDK's
+sampler, ids, processors and exporters; a lighter span object than the SDK's `Tracer` makes):
+a request's root span asks the sampler once, its children follow it, and an unsampled
+request makes nothing but that decision. The spans go to this module's own provider, not the
 global one (`opentelemetry.trace.set_tracer_provider` may be called once per process, and the
 tests install an in-memory exporter at this seam: `configure(role, processor=...)`).
 
-Context crosses process and thread boundaries explicitly: W3C `traceparent` / `tracestate` from
+The current span is this module's own context variable (`capture()`), set only while a sampled
+span is current. Context crosses process and thread boundaries explicitly: W3C `traceparent` / `tracestate` from
 an HTTP request's headers (or any carrier: `server_span`), in the wire's `Call` frame, and on a
 prefill job or a decode stream for the engine thread, which runs outside the event loop's
 context.
@@ -27,19 +31,23 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import format_trace_id as _hex
+from opentelemetry.trace import get_current_span as _span_in
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from service.spans import Pipeline
+    from service.spans import Span as Span  # (re-exported: `tracing.Span` in annotations)
 
 Role = Literal["engine", "worker", "server"]  # server: engine and API in one process
 ROLE = "rnnserve.role"  # the resource attribute naming a process's role
@@ -47,8 +55,10 @@ DEFAULT_SERVICE_NAME = "rnnserve"
 
 enabled = False  # read (as `tracing.enabled`) before touching anything below on the hot path
 _provider: TracerProvider | None = None
-_tracer: trace.Tracer = trace.NoOpTracer()
+_pipeline: Pipeline | None = None  # (set exactly while `enabled`)
 _w3c = TraceContextTextMapPropagator()  # W3C trace context: what is read and what is sent
+# the span current in this task (a sampled one's context; None: none, or not sampled)
+_current: ContextVar[SpanContext | None] = ContextVar("rnnserve_span", default=None)
 
 
 def wanted(env: Mapping[str, str] = os.environ) -> bool:
@@ -93,21 +103,32 @@ def configure(role: Role, *, processor: SpanProcessor | None = None) -> bool:
     """Turn tracing on for this process when the environment asks (or with `processor`, the
     tests' seam: its spans go there and nowhere else); whether it is on. Called once as a
     process starts; a second call replaces the first's provider (flushed)."""
-    global _provider, _tracer, enabled
+    global _provider, _pipeline, enabled
     if processor is None and not wanted():
         return False
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from service.spans import HashedOnce, Pipeline
 
     processors = (
         [processor] if processor is not None else [BatchSpanProcessor(e()) for e in exporters()]
     )
     shutdown()
-    # the sampler is the SDK's own reading of OTEL_TRACES_SAMPLER / _ARG (sampler=None)
-    provider = TracerProvider(resource=resource(role), shutdown_on_exit=False)
+    # the sampler is the SDK's own reading of OTEL_TRACES_SAMPLER / _ARG (sampler=None); the
+    # provider owns the processors (its shutdown flushes them)
+    provider = TracerProvider(resource=HashedOnce(resource(role)), shutdown_on_exit=False)
     for p in processors:
         provider.add_span_processor(p)
-    _provider, _tracer = provider, provider.get_tracer("rnnserve")
+    _provider = provider
+    _pipeline = Pipeline(
+        sampler=provider.sampler,
+        ids=provider.id_generator,
+        processors=tuple(processors),
+        resource=provider.resource,
+        scope=InstrumentationScope("rnnserve", "", ""),  # as `get_tracer("rnnserve")` names it
+    )
     enabled = True
     return True
 
@@ -115,35 +136,49 @@ def configure(role: Role, *, processor: SpanProcessor | None = None) -> bool:
 def shutdown() -> None:
     """Export what is pending and turn tracing off (a process calls this as it stops: a
     multiprocessing child exits without running `atexit`)."""
-    global _provider, _tracer, enabled
+    global _provider, _pipeline, enabled
     enabled = False
-    provider, _provider, _tracer = _provider, None, trace.NoOpTracer()
+    provider, _provider, _pipeline = _provider, None, None
     if provider is not None:
         provider.shutdown()
 
 
-# -- spans ----------------------------------------------------------------------------------
+# -- spans: roots (a request's, a call's far end), current for a block -----------------------
 
 
-class _Current:
-    """`span` current (attached) for a `with` block and ended after it; an exception leaving
-    the block marks it as an error (and goes on). Lighter than the SDK's
-    `start_as_current_span`, three generator context managers deep."""
+class _Active:
+    """A sampled `span` current for a `with` block and ended after it (None: nothing to do);
+    an exception leaving the block marks it as an error (and goes on)."""
 
     __slots__ = ("_span", "_token")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span | None) -> None:
         self._span = span
 
-    def __enter__(self) -> Span:
-        self._token = otel_context.attach(trace.set_span_in_context(self._span))
+    def __enter__(self) -> Span | None:
+        if self._span is not None:
+            self._token = _current.set(self._span.context)
         return self._span
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, _: Any) -> None:
-        otel_context.detach(self._token)
+        s = self._span
+        if s is None:
+            return
+        _current.reset(self._token)
         if e is not None:
-            self._span.set_status(Status(StatusCode.ERROR, type(e).__name__))
-        self._span.end()
+            s.set_status(Status(StatusCode.ERROR, type(e).__name__))
+        s.end()
+
+
+def _root(
+    name: str,
+    carrier: Mapping[str, str] | None,
+    attributes: Attributes = None,
+    links: list[Link] | None = None,
+) -> Span | None:
+    assert _pipeline is not None  # (called only when `enabled`)
+    parent = _w3c.extract(carrier) if carrier else None
+    return _pipeline.root(name, parent, SpanKind.SERVER, attributes, links)
 
 
 @contextlib.contextmanager
@@ -153,48 +188,30 @@ def server_span(
     """A SERVER span for a request that came in by `carrier` (its W3C `traceparent` and
     `tracestate`, lower-case keys: HTTP headers, gRPC metadata as a dict), current for the
     block: every `EngineClient` call made inside it carries it to the engine. Yields the span,
-    or None with tracing off (then nothing is read and nothing is started). An exception
-    leaving the block marks the span as an error and goes on."""
+    or None with tracing off or the request not sampled (then nothing is started). An
+    exception leaving the block marks the span as an error and goes on."""
     if not enabled:
         yield None
         return
-    parent = _w3c.extract(carrier) if carrier else None
-    with _Current(
-        _tracer.start_span(name, context=parent, kind=SpanKind.SERVER, attributes=attributes)
-    ) as s:
+    with _Active(_root(name, carrier, attributes)) as s:
         yield s
 
 
-def span(name: str, attributes: Attributes = None) -> _Current:
-    """An INTERNAL span child of the current one, current for the `with` block (call only
-    when `enabled`)."""
-    return _Current(_tracer.start_span(name, attributes=attributes))
-
-
-def linked_span(name: str, attributes: Attributes = None) -> _Current:
+def linked_span(name: str, attributes: Attributes = None) -> AbstractContextManager[Span | None]:
     """A SERVER span that starts a trace of its own, linked to the current span, current for
     the `with` block (call only when `enabled`): a request on a long-lived stream, sampled and
     bounded on its own (one trace per stream would be all or nothing, and unbounded), and
-    found from the stream's span by the link."""
-    current = trace.get_current_span().get_span_context()
-    return _Current(
-        _tracer.start_span(
-            name,
-            context=otel_context.Context(),  # no parent: a root, sampled anew
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            links=[trace.Link(current)] if current.is_valid else None,
-        )
-    )
+    found from the stream's span by the link (when that one was sampled)."""
+    current = _current.get()
+    return _Active(_root(name, None, attributes, [Link(current)] if current else None))
 
 
-def remote_span(name: str, carrier: Mapping[str, str], attributes: Attributes = None) -> _Current:
-    """The SERVER span of a call whose caller sent `carrier`, current for the `with` block."""
-    return _Current(
-        _tracer.start_span(
-            name, context=_w3c.extract(carrier), kind=SpanKind.SERVER, attributes=attributes
-        )
-    )
+def remote_span(
+    name: str, carrier: Mapping[str, str], attributes: Attributes = None
+) -> AbstractContextManager[Span | None]:
+    """The SERVER span of a call whose caller sent `carrier`, current for the `with` block
+    (call only when `enabled`)."""
+    return _Active(_root(name, carrier, attributes))
 
 
 def carrier_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -206,32 +223,33 @@ def carrier_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     return out
 
 
-class RequestSpan:
-    """An HTTP request's SERVER span, current (attached) from its start until `end`, which
-    names it by its route once the router has matched one. An unsampled one is never made
-    current: the calls it makes then see no recording span and start none."""
+def caller_trace_id(carrier: Mapping[str, str]) -> str | None:
+    """The trace id (hex) of a valid W3C `traceparent` in `carrier`, sampled or not: the
+    caller's trace, worth logging even when this server does not sample it."""
+    if "traceparent" not in carrier:
+        return None
+    ctx = _span_in(_w3c.extract(carrier)).get_span_context()
+    return _hex(ctx.trace_id) if ctx.is_valid else None
 
-    __slots__ = ("_token", "remote", "span")
+
+class RequestSpan:
+    """An HTTP request's SERVER span, current from its start until `end`, which names it by its
+    route once the router has matched one. Not sampled: nothing is made and nothing is current,
+    so the calls it makes start no span."""
+
+    __slots__ = ("_carrier", "_token", "span")
 
     def __init__(self, method: str, headers: list[tuple[bytes, bytes]]) -> None:
-        carrier = carrier_of(headers)
-        parent = _w3c.extract(carrier) if carrier else None
-        # a valid incoming context: the caller's trace id is worth logging even unsampled
-        self.remote = (
-            parent is not None and trace.get_current_span(parent).get_span_context().is_valid
-        )
-        self.span = s = _tracer.start_span(f"HTTP {method}", context=parent, kind=SpanKind.SERVER)
-        self._token = (
-            otel_context.attach(trace.set_span_in_context(s)) if s.is_recording() else None
-        )
+        self._carrier = carrier = carrier_of(headers)
+        self.span = s = _root(f"HTTP {method}", carrier)
+        self._token = _current.set(s.context) if s is not None else None
 
     def end(self, route: str, method: str, status: int) -> str | None:
         """End it; the trace id to log (hex): when it was sampled, or the caller sent one."""
         s = self.span
-        if self._token is None:  # not sampled: nothing was recorded
-            ctx = s.get_span_context()
-            return trace.format_trace_id(ctx.trace_id) if self.remote else None
-        otel_context.detach(self._token)
+        if s is None or self._token is None:
+            return caller_trace_id(self._carrier) if self._carrier else None
+        _current.reset(self._token)
         s.update_name(f"HTTP {method} {route}")
         s.set_attributes(
             {
@@ -243,16 +261,34 @@ class RequestSpan:
         if status >= 500:
             s.set_status(Status(StatusCode.ERROR))
         s.end()
-        return trace.format_trace_id(s.get_span_context().trace_id)
+        return _hex(s.context.trace_id)
+
+
+# -- spans: children of the current (sampled) one, here or on another thread ---------------
+
+
+def capture() -> SpanContext | None:
+    """The current span's context when there is one (a sampled request's): the parent of the
+    spans its work makes, on this thread or handed to another; else None."""
+    return _current.get()
+
+
+def span(name: str, attributes: Attributes = None) -> Span:
+    """An INTERNAL span child of the current one, for a `with` block, not made current:
+    nothing starts inside a store call (call only when `capture()` is not None)."""
+    parent = _current.get()
+    assert parent is not None and _pipeline is not None
+    return _pipeline.child(name, parent, attributes)
 
 
 def client_span(name: str, attributes: Attributes = None) -> tuple[Span, dict[str, str]]:
     """A CLIENT span child of the current one (a call leaving for the engine) and the W3C
-    carrier that makes the other end's span its child (call only when `enabled`)."""
-    s = _tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes)
-    carrier: dict[str, str] = {}
-    _w3c.inject(carrier, trace.set_span_in_context(s))
-    return s, carrier
+    carrier that makes the other end's span its child (call only when `capture()` is not
+    None)."""
+    parent = _current.get()
+    assert parent is not None and _pipeline is not None
+    s = _pipeline.child(name, parent, attributes, SpanKind.CLIENT)
+    return s, s.carrier()
 
 
 def end_span(s: Span, error: BaseException | None = None) -> None:
@@ -261,17 +297,9 @@ def end_span(s: Span, error: BaseException | None = None) -> None:
     s.end()
 
 
-def capture() -> Context | None:
-    """The current context when its span records (a sampled request), for work handed to
-    another thread; else None (call only when `enabled`)."""
-    if trace.get_current_span().is_recording():
-        return otel_context.get_current()
-    return None
-
-
 def record(
     name: str,
-    parent: Context,
+    parent: SpanContext,
     start_ns: int,
     end_ns: int,
     attributes: Attributes = None,
@@ -279,15 +307,18 @@ def record(
 ) -> None:
     """A span that already happened (the engine thread's: a queue wait, a batch), child of
     `parent`. Thread-safe."""
-    s = _tracer.start_span(name, context=parent, attributes=attributes, start_time=start_ns)
+    if _pipeline is None:  # (turned off since: a test's provider, shut down)
+        return
+    s = _pipeline.child(name, parent, attributes, start_ns=start_ns)
     if error is not None:
         s.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    s.end(end_time=end_ns)
+    s.end(end_ns)
 
 
-def start(name: str, parent: Context, attributes: Attributes = None) -> Span:
+def start(name: str, parent: SpanContext, attributes: Attributes = None) -> Span:
     """A span child of `parent`, ended by its owner (a decode stream's)."""
-    return _tracer.start_span(name, context=parent, attributes=attributes)
+    assert _pipeline is not None
+    return _pipeline.child(name, parent, attributes)
 
 
 def now_ns() -> int:

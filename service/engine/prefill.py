@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 import numpy as np
 
 if TYPE_CHECKING:
-    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanContext
 
 StateRows = list[np.ndarray]
 PrefillResult = tuple[np.ndarray, StateRows]
@@ -35,7 +35,7 @@ class PrefillJob:
     done: int = 0  # tokens already run (by earlier passes, from `states` on)
     # (its request's trace context, when queued, ns since the epoch): a sampled request's job
     # (service/tracing.py); the engine thread records its queue wait and batches under it
-    trace: tuple[Context, int] | None = None
+    trace: tuple[SpanContext, int] | None = None
 
     @property
     def remaining(self) -> int:

@@ -6,8 +6,6 @@ or two run after it left."""
 
 from __future__ import annotations
 
-from opentelemetry.trace import Span
-
 from service import tracing
 
 
@@ -27,7 +25,7 @@ class DecodeTrace:
 
     __slots__ = ("_counts", "_rows0", "_steps0", "span")
 
-    def __init__(self, span: Span, counts: StepCount) -> None:
+    def __init__(self, span: tracing.Span, counts: StepCount) -> None:
         self.span, self._counts = span, counts
         self._steps0, self._rows0 = counts.steps, counts.rows
 

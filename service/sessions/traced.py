@@ -1,15 +1,20 @@
 """`TracedStore`: a session store whose record reads and writes are spans (`store.get`,
 `store.commit`, ...), children of the request's span. Put in front of the store only when
-tracing is on (`engine/startup.py`), so a server without tracing pays nothing for it."""
+tracing is on (`engine/startup.py`), so a server without tracing pays nothing for it; with
+tracing on, an unsampled request's call goes straight to the store's own coroutine."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 from service import tracing
 from service.sessions.record import IdempotencyRecord, SessionRecord
 from service.sessions.store import SessionStore
+
+T = TypeVar("T")
 
 
 class TracedStore:
@@ -18,41 +23,51 @@ class TracedStore:
     def __init__(self, inner: SessionStore) -> None:
         self.inner = inner
         self._attrs = {"db.system.name": type(inner).__name__}
+        # a batch of feeds runs only unsampled ones (a traced call runs alone: the wire's host),
+        # so batches keep the store's own locks
+        self.local_locks = inner.local_locks
 
-    async def create(self, record: SessionRecord) -> None:
+    def create(self, record: SessionRecord) -> Coroutine[Any, Any, None]:
         if tracing.capture() is None:
-            return await self.inner.create(record)
-        with tracing.span("store.create", self._attrs):
-            await self.inner.create(record)
+            return self.inner.create(record)
+        return self._traced("store.create", self.inner.create(record))
 
-    async def get(self, session_id: str) -> SessionRecord:
+    def get(self, session_id: str) -> Coroutine[Any, Any, SessionRecord]:
         if tracing.capture() is None:
-            return await self.inner.get(session_id)
-        with tracing.span("store.get", self._attrs):
-            return await self.inner.get(session_id)
+            return self.inner.get(session_id)
+        return self._traced("store.get", self.inner.get(session_id))
 
-    async def commit(
+    def commit(
         self,
         record: SessionRecord,
         expected_version: int,
         idempotency: tuple[str, IdempotencyRecord] | None = None,
-    ) -> SessionRecord:
+    ) -> Coroutine[Any, Any, SessionRecord]:
         if tracing.capture() is None:
-            return await self.inner.commit(record, expected_version, idempotency)
-        with tracing.span("store.commit", {**self._attrs, "rnnserve.version": record.version}):
-            return await self.inner.commit(record, expected_version, idempotency)
+            return self.inner.commit(record, expected_version, idempotency)
+        return self._traced(
+            "store.commit",
+            self.inner.commit(record, expected_version, idempotency),
+            {"rnnserve.version": record.version},
+        )
 
-    async def delete(self, session_id: str) -> None:
+    def delete(self, session_id: str) -> Coroutine[Any, Any, None]:
         if tracing.capture() is None:
-            return await self.inner.delete(session_id)
-        with tracing.span("store.delete", self._attrs):
-            await self.inner.delete(session_id)
+            return self.inner.delete(session_id)
+        return self._traced("store.delete", self.inner.delete(session_id))
 
-    async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
+    def get_idempotent(
+        self, session_id: str, key: str
+    ) -> Coroutine[Any, Any, IdempotencyRecord | None]:
         if tracing.capture() is None:
-            return await self.inner.get_idempotent(session_id, key)
-        with tracing.span("store.get_idempotent", self._attrs):
-            return await self.inner.get_idempotent(session_id, key)
+            return self.inner.get_idempotent(session_id, key)
+        return self._traced("store.get_idempotent", self.inner.get_idempotent(session_id, key))
+
+    async def _traced(
+        self, name: str, call: Coroutine[Any, Any, T], attrs: dict[str, Any] | None = None
+    ) -> T:
+        with tracing.span(name, {**self._attrs, **attrs} if attrs else self._attrs):
+            return await call
 
     # -- the rest, as they are
     async def count(self) -> int:
@@ -67,16 +82,14 @@ class TracedStore:
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         return self.inner.lock(session_id)
 
-    local_locks = False  # (each feed its own task, so that its spans are its request's)
-
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
-        raise RuntimeError("traced stores take locks one request at a time")
+        return self.inner.lock_now(session_id)
 
     def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
-        raise RuntimeError("traced stores take locks one request at a time")
+        self.inner.abandon(session_id, turn)
 
     def unlock(self, session_id: str) -> None:
-        raise RuntimeError("traced stores take locks one request at a time")
+        self.inner.unlock(session_id)
 
     async def sweep(self) -> int:
         return await self.inner.sweep()

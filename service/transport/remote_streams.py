@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from opentelemetry.trace import Span
 
 from service import tracing
 from service.errors import ServiceError
@@ -59,7 +58,9 @@ class RemoteGeneration(EventsFromBatches):
         self._stopper: StopMatcher | None = None  # the text its stop strings hold back
         self._pieces: list[str] = []
         self._next = 0  # the next token's index
-        self.span: Span | None = None  # its CLIENT span (tracing on and sampled), ended by aclose
+        self.span: tracing.Span | None = (
+            None  # its CLIENT span (tracing on and sampled), ended by aclose
+        )
 
     def decode_with(self, vocab: list[str]) -> None:
         self._vocab = vocab

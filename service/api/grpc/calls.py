@@ -22,9 +22,9 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
-from opentelemetry.trace import Span, format_trace_id
 from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.trace import StatusCode as SpanStatusCode
+from opentelemetry.trace import format_trace_id
 
 from service import tracing
 from service.api.deps import Services
@@ -218,7 +218,7 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-def _end_status(span: Span, code: grpc.StatusCode) -> None:
+def _end_status(span: tracing.Span, code: grpc.StatusCode) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in _SERVER_FAULTS:
         span.set_status(SpanStatus(SpanStatusCode.ERROR, code.name))
@@ -236,14 +236,11 @@ def _carrier(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return out
 
 
-def _trace_id(span: Span | None, carrier: dict[str, str] | None) -> str | None:
+def _trace_id(span: tracing.Span | None, carrier: dict[str, str] | None) -> str | None:
     """The trace id to log (tracing on): a sampled call's, or the caller's own."""
-    if span is None:
-        return None
-    ctx = span.get_span_context()
-    if ctx.trace_flags.sampled or (carrier and "traceparent" in carrier):
-        return format_trace_id(ctx.trace_id)
-    return None
+    if span is not None:
+        return format_trace_id(span.context.trace_id)
+    return tracing.caller_trace_id(carrier) if carrier else None
 
 
 Req = TypeVar("Req")

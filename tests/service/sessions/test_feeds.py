@@ -201,15 +201,15 @@ async def test_a_busy_sessions_feed_keeps_its_place_before_what_was_read_after_i
     assert got[0].version == 1 and reset.version == 2
 
 
-def test_no_batches_over_a_store_whose_locks_need_io(svc: SessionService) -> None:
-    """A Redis lease cannot be taken (or queued for) without a round trip, nor a traced
-    store's lock without its span: each feed then runs as its own call."""
+def test_batches_only_over_a_store_whose_locks_need_no_io(svc: SessionService) -> None:
+    """A Redis lease cannot be taken (or queued for) without a round trip: each feed then
+    runs as its own call. A traced store batches as the store it wraps does (a traced call
+    runs alone, in its own span: the wire's host)."""
     assert batchers(svc) == {Feed: svc.feed_batch}
+    store = TracedStore(svc.store)
     traced = SessionService(
-        svc.engine,
-        TracedStore(svc.store),
-        default_ttl_s=60,
-        max_ttl_s=600,
-        idempotency_ttl_s=60,
+        svc.engine, store, default_ttl_s=60, max_ttl_s=600, idempotency_ttl_s=60
     )
+    assert traced.batching and batchers(traced) == {Feed: traced.feed_batch}
+    store.local_locks = False  # (as `RedisStore` says of its leases)
     assert not traced.batching and batchers(traced) == {}

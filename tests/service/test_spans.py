@@ -1,0 +1,158 @@
+"""The spans (service/spans.py) with the SDK's samplers: a request's root span is sampled once,
+its children follow it, an unsampled request makes no span (and still logs its caller's trace
+id), and unsampled feeds keep running in batches over the wire. Real requests, the SDK's
+in-memory exporter at the seam."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, format_trace_id
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from service import tracing
+from service.protocol.ops import Feed
+from tests.service.conftest import LM, ClientFactory, app_of, new_session
+from tests.service.test_tracing import TRACE, TRACEPARENT, Records, access_log
+
+__all__ = ["access_log"]  # the fixture, used by name
+
+Sampled = Callable[[str, str | None], InMemorySpanExporter]
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sampled]:
+    """`traced(sampler, arg)`: tracing on in this process with the SDK's sampler of that name
+    (as `OTEL_TRACES_SAMPLER[_ARG]` name it), every span kept in memory."""
+
+    def on(sampler: str, arg: str | None = None) -> InMemorySpanExporter:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+        if arg is not None:
+            monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+        exporter = InMemorySpanExporter()
+        tracing.configure("server", processor=SimpleSpanProcessor(exporter))
+        return exporter
+
+    try:
+        yield on
+    finally:
+        tracing.shutdown()
+
+
+async def test_an_unsampled_request_makes_no_span_and_logs_its_callers_trace(
+    make_client: ClientFactory, traced: Sampled, access_log: Records
+) -> None:
+    spans = traced("always_off", None)
+    async with make_client(engine_transport="zmq") as c:
+        sid = (await new_session(c))["session_id"]
+        headers = {"traceparent": TRACEPARENT}
+        r = await c.post(f"/v1/sessions/{sid}/feed", json={"text": "Hi"}, headers=headers)
+        assert r.status_code == 200, r.text
+        r = await c.post(f"/v1/sessions/{sid}/feed", json={"text": "!"})
+        assert r.status_code == 200, r.text
+    assert spans.get_finished_spans() == ()
+    logged = [vars(x) for x in access_log.records if x.msg == "request"]
+    feeds = [line for line in logged if line["route"].endswith("/feed")]
+    assert [line.get("trace_id") for line in feeds] == [TRACE, None]
+
+
+@pytest.mark.parametrize(("flags", "made"), [("00", False), ("01", True)])
+async def test_the_callers_sampling_decision_is_followed(
+    make_client: ClientFactory, traced: Sampled, flags: str, made: bool
+) -> None:
+    """The SDK's default sampler (`parentbased_always_on`): the caller's flag decides."""
+    spans = traced("parentbased_always_on", None)
+    async with make_client() as c:
+        sid = (await new_session(c))["session_id"]
+        headers = {"traceparent": f"{TRACEPARENT[:-2]}{flags}"}
+        r = await c.post(f"/v1/sessions/{sid}/feed", json={"text": "Hi"}, headers=headers)
+        assert r.status_code == 200, r.text
+    of_trace = [
+        s for s in spans.get_finished_spans() if format_trace_id(s.context.trace_id) == TRACE
+    ]
+    assert bool(of_trace) is made
+    assert all(s.context.trace_flags.sampled for s in of_trace)
+
+
+async def test_at_any_ratio_a_trace_is_whole_or_absent(
+    make_client: ClientFactory, traced: Sampled
+) -> None:
+    """`traceidratio` 0.5 over the wire: each request's spans, in the worker and in the engine,
+    all there or none (the children follow the root's decision, never sampled anew)."""
+    spans = traced("traceidratio", "0.5")
+    async with make_client(engine_transport="zmq") as c:
+        sid = (await new_session(c))["session_id"]
+        for _ in range(40):
+            r = await c.post(f"/v1/sessions/{sid}/feed", json={"text": "a"})
+            assert r.status_code == 200, r.text
+    by_trace: dict[int, list[str]] = defaultdict(list)
+    for s in spans.get_finished_spans():
+        by_trace[s.context.trace_id].append(s.name)
+    feeds = [names for names in by_trace.values() if any(n.endswith("/feed") for n in names)]
+    assert 0 < len(feeds) < 40  # (each way: 2^-40)
+    whole = [
+        "HTTP POST /v1/sessions/{session_id}/feed",
+        "engine Feed",
+        "prefill batch",
+        "queue wait",
+        "store.commit",
+        "store.get",
+        "wire Feed",
+    ]
+    assert all(sorted(names) == whole for names in feeds), feeds
+
+
+async def test_unsampled_feeds_still_run_in_batches(
+    make_client: ClientFactory, traced: Sampled
+) -> None:
+    """A traced store keeps its store's local locks: feeds read together from one worker run
+    as one batch with tracing on, as without it (a sampled one would run on its own)."""
+    traced("always_off", None)
+    async with make_client(engine_transport="zmq") as c:
+        local = app_of(c).state.local
+        batch = local.batcher(Feed)
+        assert batch is not None
+        sizes: list[int] = []
+
+        async def counted(ops: Any, *rest: Any) -> None:
+            sizes.append(len(ops))
+            await batch(ops, *rest)
+
+        local._batchers[Feed] = counted
+        sids = [(await new_session(c, LM))["session_id"] for _ in range(16)]
+        answers = await asyncio.gather(
+            *(c.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"}) for sid in sids)
+        )
+    assert [r.status_code for r in answers] == [200] * 16
+    assert [r.json()["version"] for r in answers] == [1] * 16
+    assert sizes and max(sizes) > 1, sizes
+
+
+def test_a_span_names_itself_as_the_w3c_parent_and_keeps_an_ok_status(
+    traced: Sampled,
+) -> None:
+    spans = traced("always_on", None)
+    with tracing.server_span("grpc Feed", {"traceparent": TRACEPARENT}) as server:
+        assert server is not None
+        client, carrier = tracing.client_span("wire Feed")
+        client.set_status(Status(StatusCode.OK))
+        client.set_status(Status(StatusCode.ERROR, "late"))  # OK is final, as the SDK's
+        tracing.end_span(client)
+    ctx = client.get_span_context()
+    expected: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(
+        expected,
+        tracing._w3c.extract(carrier),  # (what the engine end reads back)
+    )
+    assert carrier == expected
+    assert carrier["traceparent"] == f"00-{TRACE}-{ctx.span_id:016x}-01"
+    (wire,) = [s for s in spans.get_finished_spans() if s.name == "wire Feed"]
+    assert wire.status.status_code is StatusCode.OK
+    assert wire.parent == server.context and isinstance(wire.parent, SpanContext)
+    assert wire.context.trace_flags == TraceFlags(TraceFlags.SAMPLED)
