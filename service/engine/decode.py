@@ -64,6 +64,11 @@ class Decoder:
         self._cancels = 0  # streams cancelled so far (counted by Stream.on_cancel, loop thread)
         self._cancels_seen = 0
 
+    @property
+    def busy(self) -> bool:
+        """Whether there is a step to run: streams in the batch or waiting to join."""
+        return bool(self.batch.streams or self._joining)
+
     def _admit_joins(self) -> None:
         if not self._joining:  # the usual step (a join racing this check is seen next step)
             return

@@ -30,10 +30,7 @@ from service.engine.traced import DecodeTrace
 from service.errors import EngineError, InvalidInput, ModelNotFound
 from service.metrics import Metrics
 from service.protocol.catalog import Catalog
-from service.protocol.messages import (
-    GenerateParams,
-    Output,
-)
+from service.protocol.messages import GenerateParams, Output
 from service.sessions.bounds import require_finite
 
 
@@ -154,12 +151,6 @@ class Engine:
     def model(self, ref: str) -> LoadedModel:
         """`name` (its default version) or `name@version`."""
         return self.registry.get(ref)
-
-    # -- text in, outputs out ---------------------------------------------------------------
-
-    @staticmethod
-    def encode_stream(m: LoadedModel, pending: str, text: str, field: str) -> tuple[list[int], str]:
-        return m.view.encode_stream(pending, text, field)
 
     def scheduler(self, ref: str) -> Scheduler:
         """The engine thread of `name` (its default version) or `name@version`."""

@@ -274,7 +274,7 @@ class Scheduler:
                     return
                 if chunks:
                     self._pass.run(chunks, self._put_back)
-                if self.decoder.batch.streams or self._joining:
+                if self.decoder.busy:
                     self.decoder.step()
             except Exception as e:  # a bug here must not leave waiters hanging forever
                 log.exception("scheduler error", extra={"model": self.name})
@@ -289,7 +289,7 @@ class Scheduler:
                 if self._abort:
                     self._fail_all(_shutting_down())
                     return None
-                decoding = bool(self.decoder.batch.streams or self._joining)
+                decoding = self.decoder.busy
                 if not (self._prefill or decoding):
                     if self._closing:
                         return None

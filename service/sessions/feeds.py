@@ -148,7 +148,7 @@ class SessionFeeds(SessionRules):
             return replay
         self._check_version(rec, op.expected_version)
         m = self._model(rec)
-        ids, pending = self.engine.encode_stream(m, rec.pending, op.text, "text")
+        ids, pending = m.view.encode_stream(rec.pending, op.text, "text")
         return _FeedStep(op, rec, m, ids, pending, fp)
 
     def _outputs(

@@ -34,15 +34,15 @@ class LiveCounts:
         r: Redis | RedisCluster,
         layout: Layout,
         run: Run,
-        sweep: Any,
-        evict: Any,
+        sweep_script: Any,
+        evict_script: Any,
         clock: Clock,
         deadline_s: float,
         expired_memory_s: float,
         on_evict: Callable[[str], None] | None,
     ) -> None:
         self._r, self.layout, self._run = r, layout, run
-        self._sweep, self._evict = sweep, evict  # the scripts
+        self._sweep, self._evict = sweep_script, evict_script
         self.clock, self.deadline_s, self.expired_memory_s = clock, deadline_s, expired_memory_s
         self._on_evict = on_evict
         self.cluster = layout.buckets is not None

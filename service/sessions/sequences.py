@@ -7,7 +7,6 @@ request must carry tokens."""
 
 from __future__ import annotations
 
-from service.engine.engine import Engine
 from service.engine.registry import LoadedModel
 from service.errors import (
     InvalidInput,
@@ -44,7 +43,6 @@ def require_model(seq: SequenceRef, held: str, asked: str) -> None:
 
 
 def row(
-    engine: Engine,
     m: LoadedModel,
     seq: SequenceRef,
     pending: str,
@@ -53,7 +51,7 @@ def row(
 ) -> tuple[list[int], str]:
     """The tokens a request's row adds, and the unfinished word held back after it."""
     if text is not None:
-        return engine.encode_stream(m, pending, text, "TEXT")
+        return m.view.encode_stream(pending, text, "TEXT")
     if pending:
         raise InvalidInput(
             f"sequence {seq.label} holds unfinished text; continue it with TEXT",

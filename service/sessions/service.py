@@ -158,7 +158,7 @@ class SessionService(SessionFeeds):
             if replay is None:
                 self._check_version(rec, expected_version)
             ids, pending = (
-                self.engine.encode_stream(m, rec.pending, p.prompt, "prompt")
+                m.view.encode_stream(rec.pending, p.prompt, "prompt")
                 if p.prompt
                 else ([], rec.pending)
             )
@@ -241,7 +241,7 @@ class SessionService(SessionFeeds):
                 require_streamable(m)
                 sid = store_id(seq.session_id, owner)
                 base = fresh_record(m, sid, owner, self.clock(), self.default_ttl_s)
-            ids, pending = sequences.row(self.engine, m, seq, base.pending, op.text, op.ids)
+            ids, pending = sequences.row(m, seq, base.pending, op.text, op.ids)
             version = rec.version + 1 if rec is not None else 1
             shown, new = await self.advance(m, base, ids, pending, version)
             if shown is None:
