@@ -30,10 +30,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace import format_trace_id as _hex
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from service.spans import Pipeline
     from service.spans import Span as Span  # (re-exported: `tracing.Span` in annotations)
 
+T = TypeVar("T")
 Role = Literal["engine", "worker", "server"]  # server: engine and API in one process
 ROLE = "rnnserve.role"  # the resource attribute naming a process's role
 DEFAULT_SERVICE_NAME = "rnnserve"
@@ -170,13 +171,16 @@ class _Active:
         s.end()
 
 
-def _root(
+def root(
     name: str,
     carrier: Mapping[str, str] | None,
     attributes: Attributes = None,
     links: list[Link] | None = None,
 ) -> Span | None:
-    assert _pipeline is not None  # (called only when `enabled`)
+    """A SERVER span, not made current, for a request whose caller sent `carrier` (none: a
+    trace of its own), or None when the sampler does not sample it (call only when
+    `enabled`)."""
+    assert _pipeline is not None
     parent = _w3c.extract(carrier) if carrier else None
     return _pipeline.root(name, parent, SpanKind.SERVER, attributes, links)
 
@@ -193,7 +197,7 @@ def server_span(
     if not enabled:
         yield None
         return
-    with _Active(_root(name, carrier, attributes)) as s:
+    with _Active(root(name, carrier, attributes)) as s:
         yield s
 
 
@@ -203,7 +207,7 @@ def linked_span(name: str, attributes: Attributes = None) -> AbstractContextMana
     bounded on its own (one trace per stream would be all or nothing, and unbounded), and
     found from the stream's span by the link (when that one was sampled)."""
     current = _current.get()
-    return _Active(_root(name, None, attributes, [Link(current)] if current else None))
+    return _Active(root(name, None, attributes, [Link(current)] if current else None))
 
 
 def remote_span(
@@ -211,7 +215,7 @@ def remote_span(
 ) -> AbstractContextManager[Span | None]:
     """The SERVER span of a call whose caller sent `carrier`, current for the `with` block
     (call only when `enabled`)."""
-    return _Active(_root(name, carrier, attributes))
+    return _Active(root(name, carrier, attributes))
 
 
 def carrier_of(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
@@ -241,7 +245,7 @@ class RequestSpan:
 
     def __init__(self, method: str, headers: list[tuple[bytes, bytes]]) -> None:
         self._carrier = carrier = carrier_of(headers)
-        self.span = s = _root(f"HTTP {method}", carrier)
+        self.span = s = root(f"HTTP {method}", carrier)
         self._token = _current.set(s.context) if s is not None else None
 
     def end(self, route: str, method: str, status: int) -> str | None:
@@ -271,6 +275,16 @@ def capture() -> SpanContext | None:
     """The current span's context when there is one (a sampled request's): the parent of the
     spans its work makes, on this thread or handed to another; else None."""
     return _current.get()
+
+
+async def within(parent: SpanContext, work: Awaitable[T]) -> T:
+    """`work` awaited with `parent` as the current span: the spans it makes (a store call's)
+    are that span's children, in a task that runs several requests' work (a feed batch)."""
+    token = _current.set(parent)
+    try:
+        return await work
+    finally:
+        _current.reset(token)
 
 
 def span(name: str, attributes: Attributes = None) -> Span:

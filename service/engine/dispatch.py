@@ -7,15 +7,30 @@ the calls of it that it reads from one worker together (`transport/host.py`)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Container, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # each call's outcome as soon as it is known: (its index in the batch, its result or error)
 Reply = Callable[[int, Any], None]
-# a batch handler: (the calls, reply, the indexes of calls whose caller has gone: their outcome
-# is not wanted, and nothing of theirs is committed after they went)
-Batcher = Callable[[Sequence[Any], Reply, Container[int]], Awaitable[None]]
+
+
+class Batcher(Protocol):
+    """A batch handler: (the calls, reply, the indexes of calls whose caller has gone: their
+    outcome is not wanted, and nothing of theirs is committed after they went, and, tracing
+    on, each call's span in the engine when it was sampled: the parent of that call's spans)."""
+
+    def __call__(
+        self,
+        ops: Sequence[Any],
+        reply: Reply,
+        gone: Container[int],
+        traces: Sequence[SpanContext | None] | None = None,
+    ) -> Awaitable[None]: ...
+
 
 _MARK = "__rnnserve_handles__"
 _BATCH = "__rnnserve_handles_batch__"

@@ -12,7 +12,7 @@ import dataclasses
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from service.metrics import Metrics
 from service.protocol.catalog import Catalog
 from service.protocol.messages import GenerateParams, Output
 from service.sessions.bounds import require_finite
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 
 class Engine:
@@ -173,10 +176,13 @@ class Engine:
         return await self._scheduler(m).prefill(ids, states)
 
     def submit(
-        self, m: LoadedModel, work: Sequence[tuple[list[int], StateRows | None]]
+        self,
+        m: LoadedModel,
+        work: Sequence[tuple[list[int], StateRows | None]],
+        traces: Sequence[SpanContext | None] | None = None,
     ) -> list[asyncio.Future[tuple[np.ndarray, StateRows]]]:
         """Queue several prefills of `m` at once (`Scheduler.submit`)."""
-        return self._scheduler(m).submit(work)
+        return self._scheduler(m).submit(work, traces)
 
     async def predict(self, name: str, rows: list[list[int]], top_k: int) -> list[Output | None]:
         """Each row of token ids (the API tokenized them) from a fresh state: its output."""

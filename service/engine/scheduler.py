@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +58,9 @@ from service.engine.to_loop import Meters, fail_streams, reject
 from service.errors import EngineError, Overloaded, ServiceError
 from service.logging import get_logger
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 log = get_logger("scheduler")
 
@@ -141,20 +144,27 @@ class Scheduler:
         return await fut
 
     def submit(
-        self, work: Sequence[tuple[Sequence[int] | np.ndarray, StateRows | None]]
+        self,
+        work: Sequence[tuple[Sequence[int] | np.ndarray, StateRows | None]],
+        traces: Sequence[SpanContext | None] | None = None,
     ) -> list[asyncio.Future[PrefillResult]]:
         """Queue each (tokens, state rows) as a prefill job with ONE wake-up of the engine
         thread (a batch of session feeds read from the wire together); each future holds its
-        job's result, or the refusal (`Overloaded` past `max_queue`) of that job alone."""
+        job's result, or the refusal (`Overloaded` past `max_queue`) of that job alone.
+        `traces`: each job's parent span (tracing on: a batch's sampled feeds), else the
+        current span's."""
         loop = asyncio.get_running_loop()
         jobs, futures = [], []
         now = time.perf_counter()
-        for tokens, states in work:
+        for k, (tokens, states) in enumerate(work):
             arr = np.asarray(tokens, dtype=np.int64)
             assert arr.ndim == 1 and arr.size >= 1, "prefill needs at least one token"
             fut: asyncio.Future[PrefillResult] = loop.create_future()
             job = PrefillJob(arr, states, fut, now)
-            if tracing.enabled and (ctx := tracing.capture()) is not None:
+            if (
+                tracing.enabled
+                and (ctx := traces[k] if traces is not None else tracing.capture()) is not None
+            ):
                 job.trace = (ctx, tracing.now_ns())
             jobs.append(job)
             futures.append(fut)

@@ -6,11 +6,13 @@ commit), so a feed in a batch is exactly the feed it would be alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from service import tracing
 from service.engine import outputs
 from service.engine.dispatch import Reply, handles, handles_batch
 from service.engine.registry import LoadedModel
@@ -19,6 +21,11 @@ from service.protocol.ops import Feed
 from service.sessions import SessionRecord
 from service.sessions.rules import SessionRules
 from service.sessions.store import public_id, store_id
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
+
+T = TypeVar("T")
 
 
 class SessionFeeds(SessionRules):
@@ -38,14 +45,21 @@ class SessionFeeds(SessionRules):
         return self.store.local_locks
 
     @handles_batch(Feed)
-    async def feed_batch(self, ops: Sequence[Feed], reply: Reply, gone: Container[int]) -> None:
+    async def feed_batch(
+        self,
+        ops: Sequence[Feed],
+        reply: Reply,
+        gone: Container[int],
+        traces: Sequence[SpanContext | None] | None = None,
+    ) -> None:
         """Feeds read together (one worker's, from the wire) run as one. In its first step,
         before anything read after it runs, the batch takes each feed's session, or its place
         in that session's line when it is busy (arrival order, as `feed`'s lock); a feed that
         waits runs on its own when its turn comes. The others run together: `feed`'s checks,
         every prefill queued with one wake-up of the engine thread (`advance_many`), and each
         committed and replied on its own (one that fails, or whose caller is `gone` before its
-        commit, leaves its session as it was)."""
+        commit, leaves its session as it was). `traces`: each sampled feed's span (tracing on),
+        under which its store calls and prefill are recorded."""
         held: list[str] = []
         queued: list[tuple[int, str, asyncio.Future[None], asyncio.Task[None]]] = []
         started: set[int] = set()  # the queued feeds whose task ran (and owns its turn)
@@ -55,13 +69,14 @@ class SessionFeeds(SessionRules):
                 for i, op in enumerate(ops):
                     sid = store_id(op.session_id, op.owner)
                     turn = self.store.lock_now(sid)
+                    parent = traces[i] if traces is not None else None
                     if turn is not None:  # busy: in line now, run when its turn comes
                         run = self._feed_in_turn(i, op, sid, turn, started, reply, gone)
-                        queued.append((i, sid, turn, asyncio.create_task(run)))
+                        queued.append((i, sid, turn, asyncio.create_task(_under(parent, run))))
                         continue
                     held.append(sid)
                     try:
-                        begun = await self._feed_begin(op)
+                        begun = await _under(parent, self._feed_begin(op))
                     except Exception as e:
                         reply(i, e)
                         continue
@@ -69,14 +84,18 @@ class SessionFeeds(SessionRules):
                         reply(i, begun)
                     else:
                         steps.append((i, begun))
-                advanced = await self.advance_many([s.work for _, s in steps])
+                advanced = await self.advance_many(
+                    [s.work for _, s in steps],
+                    [traces[i] for i, _ in steps] if traces is not None else None,
+                )
                 shown = self._outputs([s for _, s in steps], advanced)
                 for (i, step), adv, output in zip(steps, advanced, shown, strict=True):
                     if isinstance(adv, Exception):
                         reply(i, adv)
                     elif i not in gone:
                         try:
-                            reply(i, await self._feed_end(step, adv[1], output))
+                            parent = traces[i] if traces is not None else None
+                            reply(i, await _under(parent, self._feed_end(step, adv[1], output)))
                         except Exception as e:
                             reply(i, e)
             finally:
@@ -199,3 +218,8 @@ class _FeedStep:
     def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:
         """Its arguments to `advance`."""
         return self.m, self.rec, self.ids, self.pending, self.rec.version + 1
+
+
+def _under(parent: SpanContext | None, work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """`work`, with `parent` (a sampled feed's span in a batch) as its current span."""
+    return work if parent is None else tracing.within(parent, work)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from service.errors import (
 from service.protocol.messages import Message, R, SessionInfo, replayed, stored
 from service.sessions import Clock, IdempotencyRecord, SessionRecord, SessionStore
 from service.sessions.store import public_id, store_id
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 
 class SessionRules:
@@ -112,15 +115,19 @@ class SessionRules:
         return out
 
     async def advance_many(
-        self, work: Sequence[tuple[LoadedModel, SessionRecord, list[int], str, int]]
+        self,
+        work: Sequence[tuple[LoadedModel, SessionRecord, list[int], str, int]],
+        traces: Sequence[SpanContext | None] | None = None,
     ) -> list[tuple[np.ndarray | None, SessionRecord] | Exception]:
         """`advance` for each (m, rec, ids, pending, version): every prefill queued before any
         is awaited (one wake-up of each model's engine thread for the lot), and each record's
-        outcome its own (a refused or failed row fails its record alone)."""
+        outcome its own (a refused or failed row fails its record alone). `traces`: each
+        one's parent span (its prefills' spans go under it)."""
         # (by the loaded instance's id: `LoadedModel.ident` formats a string each time)
         queued: dict[int, tuple[LoadedModel, list[tuple[list[int], StateRows]]]] = {}
+        parents: dict[int, list[SpanContext | None]] = {}  # (each job's, when traces are given)
         plans: list[tuple[int, int, int] | Exception] = []
-        for m, rec, ids, pending, _ in work:
+        for k, (m, rec, ids, pending, _) in enumerate(work):
             try:
                 peek = m.tokenizer.encode(pending) if pending else []
             except Exception as e:
@@ -133,10 +140,16 @@ class SessionRules:
                 jobs.append((ids, states))
             if peek:
                 jobs.append((ids + peek, states))
+            if traces is not None:
+                parents.setdefault(id(m), []).extend([traces[k]] * (bool(ids) + bool(peek)))
         futures: dict[int, list[asyncio.Future[PrefillResult]] | Exception] = {}
         for ident, (m, jobs) in queued.items():
             try:
-                futures[ident] = self.engine.submit(m, jobs) if jobs else []
+                futures[ident] = (
+                    self.engine.submit(m, jobs, parents.get(ident) if traces else None)
+                    if jobs
+                    else []
+                )
             except Exception as e:  # (the model went away since the record was read)
                 futures[ident] = e
         out: list[tuple[np.ndarray | None, SessionRecord] | Exception] = []

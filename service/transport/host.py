@@ -68,7 +68,10 @@ class EngineHost:
         self._calls: dict[tuple[bytes, int], asyncio.Task[None]] = {}
         # calls of an operation with a batch handler (session feeds), read in this drain: by
         # worker and operation, each worker's run as one task when the drain ends
-        self._batching: dict[tuple[bytes, type], list[tuple[int, Op[Any]]]] = {}
+        # (rid, op, its caller's trace context when the worker sampled it)
+        self._batching: dict[
+            tuple[bytes, type], list[tuple[int, Op[Any], dict[str, str] | None]]
+        ] = {}
         # a batched call's (batch's gone set, its index there): its Cancel marks it gone
         self._members: dict[tuple[bytes, int], tuple[set[int], int]] = {}
         self._batches: dict[asyncio.Task[None], bytes] = {}  # each batch's task, its worker
@@ -116,7 +119,7 @@ class EngineHost:
 
     def _read_frame(self, ident: bytes, frame: wire.Call | wire.Frame) -> None:
         if isinstance(frame, wire.Call) and (op := self._batchable(frame)) is not None:
-            self._batching.setdefault((ident, type(op)), []).append((frame.rid, op))
+            self._batching.setdefault((ident, type(op)), []).append((frame.rid, op, frame.trace))
             self._unstarted.add((ident, frame.rid))
             return
         if isinstance(frame, wire.Call) and self._openable(frame):
@@ -140,9 +143,9 @@ class EngineHost:
 
     def _batchable(self, call: wire.Call) -> Op[Any] | None:
         """The call's operation if it has a batch handler and nothing of its own to set up (a
-        stream slot, or a trace: a traced call gets its own span)."""
+        stream slot). A traced one's span is started as its batch starts (`_run_batch`)."""
         op = call.op
-        if call.slot is not None or (call.trace is not None and tracing.enabled):
+        if call.slot is not None:
             return None
         if isinstance(op, Op) and self.client.batcher(type(op)) is not None:
             return op
@@ -168,14 +171,16 @@ class EngineHost:
         pending, self._batching = self._batching, {}
         for (ident, kind), calls in pending.items():
             if len(calls) == 1:
-                rid, op = calls[0]
-                self._start(ident, wire.Call(rid, op))
+                rid, op, trace = calls[0]
+                self._start(ident, wire.Call(rid, op, trace=trace))
                 continue
             batcher = self.client.batcher(kind)
             assert batcher is not None
             gone = set()
-            rids = [rid for rid, _ in calls]
-            run = self._run_batch(ident, rids, [op for _, op in calls], gone, batcher)
+            rids = [rid for rid, _, _ in calls]
+            traces = [t for _, _, t in calls] if tracing.enabled else []
+            ops = [op for _, op, _ in calls]
+            run = self._run_batch(ident, rids, ops, gone, batcher, traces)
             self._track(ident, rids, gone, run)
 
     def _track(
@@ -197,12 +202,24 @@ class EngineHost:
         task.add_done_callback(forget)
 
     async def _run_batch(
-        self, ident: bytes, rids: list[int], ops: list[Op[Any]], gone: set[int], batcher: Batcher
+        self,
+        ident: bytes,
+        rids: list[int],
+        ops: list[Op[Any]],
+        gone: set[int],
+        batcher: Batcher,
+        carriers: list[dict[str, str] | None],
     ) -> None:
         replied: set[int] = set()
+        # each sampled call's SERVER span (as `_traced` makes a lone call's), ended as it is
+        # answered: the parent its handler gives that call's spans
+        spans = self._spans(ident, ops, carriers) if any(carriers) else None
 
         def reply(i: int, value: Any) -> None:
             replied.add(i)
+            if spans is not None and (span := spans[i]) is not None:
+                spans[i] = None
+                tracing.end_span(span, value if isinstance(value, Exception) else None)
             if i in gone:  # (its caller cancelled it: it waits for no answer)
                 return
             if isinstance(value, Exception):
@@ -211,12 +228,29 @@ class EngineHost:
                 self._post(ident, wire.Result(rids[i], wire.answer(value)))
 
         try:
-            await batcher(ops, reply, gone)
+            if spans is None:
+                await batcher(ops, reply, gone)
+            else:
+                await batcher(ops, reply, gone, [s.context if s else None for s in spans])
         except Exception as e:  # a bug: every call not answered yet is told, none left hanging
             log.exception("batch failed", extra={"calls": len(ops)})
             for i in range(len(ops)):
                 if i not in replied:
                     reply(i, e)
+        finally:
+            for span in spans or ():  # (cancelled: the worker went)
+                if span is not None:
+                    tracing.end_span(span, asyncio.CancelledError())
+
+    @staticmethod
+    def _spans(
+        ident: bytes, ops: list[Op[Any]], carriers: list[dict[str, str] | None]
+    ) -> list[tracing.Span | None]:
+        attrs = {"rpc.system": "rnnserve.wire", "rnnserve.worker": ident.decode("latin-1")}
+        return [
+            tracing.root(f"engine {type(op).__name__}", c, attrs) if c is not None else None
+            for op, c in zip(ops, carriers, strict=True)
+        ]
 
     def _cancel(self, ident: bytes, rid: int) -> None:
         member = self._members.get((ident, rid))

@@ -156,3 +156,42 @@ def test_a_span_names_itself_as_the_w3c_parent_and_keeps_an_ok_status(
     assert wire.status.status_code is StatusCode.OK
     assert wire.parent == server.context and isinstance(wire.parent, SpanContext)
     assert wire.context.trace_flags == TraceFlags(TraceFlags.SAMPLED)
+
+
+async def test_sampled_feeds_in_a_batch_each_keep_their_whole_trace(
+    make_client: ClientFactory, traced: Sampled
+) -> None:
+    """Sampled feeds run in the feed batch too; each one's store calls, queue wait and prefill
+    batch are children of its own `engine Feed` span, including a feed that waited in its
+    session's line inside the batch."""
+    spans = traced("always_on", None)
+    async with make_client(engine_transport="zmq") as c:
+        local = app_of(c).state.local
+        batch = local.batcher(Feed)
+        assert batch is not None
+        traced_sizes: list[int] = []
+
+        async def counted(ops: Any, reply: Any, gone: Any, traces: Any = None) -> None:
+            if traces is not None:
+                traced_sizes.append(sum(t is not None for t in traces))
+            await batch(ops, reply, gone, traces)
+
+        local._batchers[Feed] = counted
+        sids = [(await new_session(c, LM))["session_id"] for _ in range(8)]
+        answers = await asyncio.gather(
+            *(c.post(f"/v1/sessions/{sid}/feed", json={"text": "ab"}) for sid in [*sids, sids[0]])
+        )
+    assert [r.status_code for r in answers] == [200] * 9
+    assert sorted(r.json()["version"] for r in answers) == [1] * 8 + [2]
+    assert traced_sizes and max(traced_sizes) > 1, traced_sizes
+    by_trace: dict[int, dict[str, Any]] = defaultdict(dict)
+    for s in spans.get_finished_spans():
+        by_trace[s.context.trace_id][s.name] = s
+    feeds = [t for t in by_trace.values() if "HTTP POST /v1/sessions/{session_id}/feed" in t]
+    assert len(feeds) == 9
+    for t in feeds:
+        engine, wire = t["engine Feed"], t["wire Feed"]
+        assert engine.parent.span_id == wire.context.span_id
+        for name in ("store.get", "queue wait", "prefill batch", "store.commit"):
+            assert t[name].parent.span_id == engine.context.span_id, name
+        assert engine.end_time >= t["store.commit"].end_time
