@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 _UNSET = Status(StatusCode.UNSET)
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+# W3C level 2's flag that the trace id is random, set as the SDK sets it
+_SAMPLED_RANDOM = TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
 _NO_PARENT = Context()  # (the sampler then decides a root, whatever the OTel API's context)
 
 
@@ -95,11 +97,16 @@ class Pipeline:
         )
         if decided.decision is not Decision.RECORD_AND_SAMPLE:
             return None
+        random = (
+            remote.trace_flags.random_trace_id
+            if remote is not None
+            else self.ids.is_trace_id_random()
+        )
         context = SpanContext(
             trace_id,
             self.ids.generate_span_id(),
             is_remote=False,
-            trace_flags=_SAMPLED,
+            trace_flags=_SAMPLED_RANDOM if random else _SAMPLED,
             trace_state=decided.trace_state,
         )
         attrs = dict(attributes) if attributes else {}
@@ -133,6 +140,7 @@ class Span:
 
     __slots__ = (
         "_attributes",
+        "_ended",
         "_kind",
         "_links",
         "_parent",
@@ -163,6 +171,7 @@ class Span:
         self._links = links
         self._status = _UNSET
         self._start_ns = time.time_ns() if start_ns is None else start_ns
+        self._ended = False
 
     def get_span_context(self) -> SpanContext:
         return self.context
@@ -191,6 +200,10 @@ class Span:
         return out
 
     def end(self, end_ns: int | None = None) -> None:
+        """Hand it to the span processors; a second end does nothing (as the SDK's)."""
+        if self._ended:
+            return
+        self._ended = True
         p = self._pipeline
         done = ReadableSpan(
             name=self.name,

@@ -28,11 +28,11 @@ context.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import time
 from collections.abc import Awaitable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
@@ -59,7 +59,9 @@ _provider: TracerProvider | None = None
 _pipeline: Pipeline | None = None  # (set exactly while `enabled`)
 _w3c = TraceContextTextMapPropagator()  # W3C trace context: what is read and what is sent
 # the span current in this task (a sampled one's context; None: none, or not sampled)
-_current: ContextVar[SpanContext | None] = ContextVar("rnnserve_span", default=None)
+_current: contextvars.ContextVar[SpanContext | None] = contextvars.ContextVar(
+    "rnnserve_span", default=None
+)
 
 
 def wanted(env: Mapping[str, str] = os.environ) -> bool:
@@ -148,8 +150,10 @@ def shutdown() -> None:
 
 
 class _Active:
-    """A sampled `span` current for a `with` block and ended after it (None: nothing to do);
-    an exception leaving the block marks it as an error (and goes on)."""
+    """A root `span` current for a `with` block and ended after it; not sampled (None), no
+    span is current in the block, whatever was outside it (a request on a sampled gRPC
+    stream is a trace of its own, sampled or not). An exception leaving the block marks the
+    span as an error (and goes on)."""
 
     __slots__ = ("_span", "_token")
 
@@ -157,15 +161,15 @@ class _Active:
         self._span = span
 
     def __enter__(self) -> Span | None:
-        if self._span is not None:
-            self._token = _current.set(self._span.context)
-        return self._span
+        s = self._span
+        self._token = _current.set(s.context if s is not None else None)
+        return s
 
     def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, _: Any) -> None:
+        _current.reset(self._token)
         s = self._span
         if s is None:
             return
-        _current.reset(self._token)
         if e is not None:
             s.set_status(Status(StatusCode.ERROR, type(e).__name__))
         s.end()
@@ -277,6 +281,14 @@ def capture() -> SpanContext | None:
     return _current.get()
 
 
+def context_under(parent: SpanContext) -> contextvars.Context:
+    """A copy of the current context with `parent` as the current span: for a task that runs
+    one request's work inside another's (a feed that waits in its session's line in a batch)."""
+    ctx = contextvars.copy_context()
+    ctx.run(_current.set, parent)
+    return ctx
+
+
 async def within(parent: SpanContext, work: Awaitable[T]) -> T:
     """`work` awaited with `parent` as the current span: the spans it makes (a store call's)
     are that span's children, in a task that runs several requests' work (a feed batch)."""
@@ -321,9 +333,10 @@ def record(
 ) -> None:
     """A span that already happened (the engine thread's: a queue wait, a batch), child of
     `parent`. Thread-safe."""
-    if _pipeline is None:  # (turned off since: a test's provider, shut down)
+    p = _pipeline  # (read once: the loop thread may turn tracing off meanwhile)
+    if p is None:
         return
-    s = _pipeline.child(name, parent, attributes, start_ns=start_ns)
+    s = p.child(name, parent, attributes, start_ns=start_ns)
     if error is not None:
         s.set_status(Status(StatusCode.ERROR, type(error).__name__))
     s.end(end_ns)

@@ -72,7 +72,12 @@ class SessionFeeds(SessionRules):
                     parent = traces[i] if traces is not None else None
                     if turn is not None:  # busy: in line now, run when its turn comes
                         run = self._feed_in_turn(i, op, sid, turn, started, reply, gone)
-                        queued.append((i, sid, turn, asyncio.create_task(_under(parent, run))))
+                        task = (
+                            asyncio.create_task(run)
+                            if parent is None
+                            else asyncio.create_task(run, context=tracing.context_under(parent))
+                        )
+                        queued.append((i, sid, turn, task))
                         continue
                     held.append(sid)
                     try:

@@ -23,8 +23,8 @@ class TracedStore:
     def __init__(self, inner: SessionStore) -> None:
         self.inner = inner
         self._attrs = {"db.system.name": type(inner).__name__}
-        # a batch of feeds runs only unsampled ones (a traced call runs alone: the wire's host),
-        # so batches keep the store's own locks
+        # feed batches as the store allows them (a sampled feed's store calls in a batch are
+        # made under its own span: `SessionFeeds.feed_batch`)
         self.local_locks = inner.local_locks
 
     def create(self, record: SessionRecord) -> Coroutine[Any, Any, None]:

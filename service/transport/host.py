@@ -213,7 +213,7 @@ class EngineHost:
         replied: set[int] = set()
         # each sampled call's SERVER span (as `_traced` makes a lone call's), ended as it is
         # answered: the parent its handler gives that call's spans
-        spans = self._spans(ident, ops, carriers) if any(carriers) else None
+        spans: list[tracing.Span | None] | None = None
 
         def reply(i: int, value: Any) -> None:
             replied.add(i)
@@ -228,6 +228,8 @@ class EngineHost:
                 self._post(ident, wire.Result(rids[i], wire.answer(value)))
 
         try:
+            if any(carriers):
+                spans = self._spans(ident, ops, carriers)
             if spans is None:
                 await batcher(ops, reply, gone)
             else:

@@ -6,6 +6,7 @@ in-memory exporter at the seam."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -112,7 +114,7 @@ async def test_unsampled_feeds_still_run_in_batches(
     make_client: ClientFactory, traced: Sampled
 ) -> None:
     """A traced store keeps its store's local locks: feeds read together from one worker run
-    as one batch with tracing on, as without it (a sampled one would run on its own)."""
+    as one batch with tracing on, as without it."""
     traced("always_off", None)
     async with make_client(engine_transport="zmq") as c:
         local = app_of(c).state.local
@@ -162,8 +164,8 @@ async def test_sampled_feeds_in_a_batch_each_keep_their_whole_trace(
     make_client: ClientFactory, traced: Sampled
 ) -> None:
     """Sampled feeds run in the feed batch too; each one's store calls, queue wait and prefill
-    batch are children of its own `engine Feed` span, including a feed that waited in its
-    session's line inside the batch."""
+    batch are children of its own `engine Feed` span (two feeds on one session: the second
+    waits in its line, in the batch or on its own; `test_feeds.py` makes it wait in one)."""
     spans = traced("always_on", None)
     async with make_client(engine_transport="zmq") as c:
         local = app_of(c).state.local
@@ -184,14 +186,45 @@ async def test_sampled_feeds_in_a_batch_each_keep_their_whole_trace(
     assert [r.status_code for r in answers] == [200] * 9
     assert sorted(r.json()["version"] for r in answers) == [1] * 8 + [2]
     assert traced_sizes and max(traced_sizes) > 1, traced_sizes
-    by_trace: dict[int, dict[str, Any]] = defaultdict(dict)
+    by_trace: dict[int, list[Any]] = defaultdict(list)
     for s in spans.get_finished_spans():
-        by_trace[s.context.trace_id][s.name] = s
-    feeds = [t for t in by_trace.values() if "HTTP POST /v1/sessions/{session_id}/feed" in t]
+        by_trace[s.context.trace_id].append(s)
+    feed = "HTTP POST /v1/sessions/{session_id}/feed"
+    feeds = [t for t in by_trace.values() if any(s.name == feed for s in t)]
     assert len(feeds) == 9
     for t in feeds:
-        engine, wire = t["engine Feed"], t["wire Feed"]
-        assert engine.parent.span_id == wire.context.span_id
+        one = {s.name: s for s in t}
+        assert len(one) == len(t) == 7, sorted(s.name for s in t)  # each name once
+        http, wire, engine = one[feed], one["wire Feed"], one["engine Feed"]
+        assert wire.parent == http.context and engine.parent.span_id == wire.context.span_id
         for name in ("store.get", "queue wait", "prefill batch", "store.commit"):
-            assert t[name].parent.span_id == engine.context.span_id, name
-        assert engine.end_time >= t["store.commit"].end_time
+            assert one[name].parent == engine.context, name
+        assert engine.end_time >= one["store.commit"].end_time
+
+
+def test_a_request_on_a_sampled_stream_is_a_trace_of_its_own_sampled_or_not(
+    traced: Sampled,
+) -> None:
+    """An unsampled request on a sampled gRPC stream (`linked_span`) has no current span: its
+    calls make none, and nothing lands in the stream's trace."""
+    spans = traced("always_on", None)
+    pipeline = tracing._pipeline
+    assert pipeline is not None
+
+    class ByName(Sampler):  # the stream sampled, its requests not
+        def should_sample(self, parent: Any, trace_id: int, name: str, *a: Any, **k: Any) -> Any:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE if name == "stream" else Decision.DROP)
+
+        def get_description(self) -> str:
+            return "by name"
+
+    tracing._pipeline = dataclasses.replace(pipeline, sampler=ByName())
+    with tracing.server_span("stream") as stream:
+        assert stream is not None
+        with tracing.linked_span("request") as request:
+            assert request is None and tracing.capture() is None
+        assert tracing.capture() == stream.context
+    assert [s.name for s in spans.get_finished_spans()] == ["stream"]
+    (done,) = spans.get_finished_spans()
+    # a root's trace id is random, and its flags say so (W3C level 2), as the SDK's do
+    assert done.context.trace_flags == TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)

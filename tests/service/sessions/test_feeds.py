@@ -10,7 +10,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from service import tracing
 from service.engine.dispatch import batchers
 from service.errors import EngineError, SessionNotFound, VersionConflict
 from service.protocol.messages import FeedResult
@@ -203,8 +206,7 @@ async def test_a_busy_sessions_feed_keeps_its_place_before_what_was_read_after_i
 
 def test_batches_only_over_a_store_whose_locks_need_no_io(svc: SessionService) -> None:
     """A Redis lease cannot be taken (or queued for) without a round trip: each feed then
-    runs as its own call. A traced store batches as the store it wraps does (a traced call
-    runs alone, in its own span: the wire's host)."""
+    runs as its own call. A traced store batches as the store it wraps does."""
     assert batchers(svc) == {Feed: svc.feed_batch}
     store = TracedStore(svc.store)
     traced = SessionService(
@@ -213,3 +215,43 @@ def test_batches_only_over_a_store_whose_locks_need_no_io(svc: SessionService) -
     assert traced.batching and batchers(traced) == {Feed: traced.feed_batch}
     store.local_locks = False  # (as `RedisStore` says of its leases)
     assert not traced.batching and batchers(traced) == {}
+
+
+async def test_a_sampled_feeds_spans_in_a_batch_are_its_own_even_when_it_waited(
+    svc: SessionService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each sampled feed of a batch records its store calls, queue wait and prefill under its
+    own span (the host's `engine Feed`), the one that waited in its session's line too."""
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")
+    exporter = InMemorySpanExporter()
+    tracing.configure("server", processor=SimpleSpanProcessor(exporter))
+    try:
+        traced = SessionService(
+            svc.engine,
+            TracedStore(svc.store),
+            default_ttl_s=60,
+            max_ttl_s=600,
+            idempotency_ttl_s=60,
+        )
+        busy, free = await _sessions(svc, 2)
+        roots = [tracing.root(f"engine Feed {n}", None) for n in ("busy", "free")]
+        parents = [r.context for r in roots if r is not None]
+        got: dict[int, Any] = {}
+        lock = svc.store.lock(busy)
+        await lock.__aenter__()  # (another operation holds the session: feed 0 waits in line)
+        run = asyncio.create_task(
+            traced.feed_batch([_feed(busy, "a"), _feed(free, "b")], got.__setitem__, (), parents)
+        )
+        async with asyncio.timeout(10):
+            while 1 not in got:
+                await asyncio.sleep(0.005)
+        await lock.__aexit__(None, None, None)
+        await asyncio.wait_for(run, 10)
+        assert got[0].version == 1 and got[1].version == 1
+    finally:
+        tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    for parent in parents:
+        mine = sorted(s.name for s in spans if s.parent is not None and s.parent == parent)
+        assert mine == ["prefill batch", "queue wait", "store.commit", "store.get"], mine
+    assert all(s.parent in parents for s in spans), [s.name for s in spans]
