@@ -31,7 +31,7 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -289,22 +289,19 @@ def context_under(parent: SpanContext) -> contextvars.Context:
     return ctx
 
 
-async def within(parent: SpanContext, work: Awaitable[T]) -> T:
-    """`work` awaited with `parent` as the current span: the spans it makes (a store call's)
-    are that span's children, in a task that runs several requests' work (a feed batch)."""
+def within(parent: SpanContext | None, work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """`work` with `parent` as its current span (None: `work` as it is): the spans it makes (a
+    store call's) are that span's children, in a task that runs several requests' work (a
+    feed batch)."""
+    return work if parent is None else _within(parent, work)
+
+
+async def _within(parent: SpanContext, work: Coroutine[Any, Any, T]) -> T:
     token = _current.set(parent)
     try:
         return await work
     finally:
         _current.reset(token)
-
-
-def span(name: str, attributes: Attributes = None) -> Span:
-    """An INTERNAL span child of the current one, for a `with` block, not made current:
-    nothing starts inside a store call (call only when `capture()` is not None)."""
-    parent = _current.get()
-    assert parent is not None and _pipeline is not None
-    return _pipeline.child(name, parent, attributes)
 
 
 def client_span(name: str, attributes: Attributes = None) -> tuple[Span, dict[str, str]]:
@@ -317,10 +314,10 @@ def client_span(name: str, attributes: Attributes = None) -> tuple[Span, dict[st
     return s, s.carrier()
 
 
-def end_span(s: Span, error: BaseException | None = None) -> None:
+def end_span(s: Span, error: BaseException | None = None, end_ns: int | None = None) -> None:
     if error is not None:
         s.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    s.end()
+    s.end(end_ns)
 
 
 def record(
@@ -336,14 +333,12 @@ def record(
     p = _pipeline  # (read once: the loop thread may turn tracing off meanwhile)
     if p is None:
         return
-    s = p.child(name, parent, attributes, start_ns=start_ns)
-    if error is not None:
-        s.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    s.end(end_ns)
+    end_span(p.child(name, parent, attributes, start_ns=start_ns), error, end_ns)
 
 
 def start(name: str, parent: SpanContext, attributes: Attributes = None) -> Span:
-    """A span child of `parent`, ended by its owner (a decode stream's)."""
+    """A span child of `parent`, ended by its owner (a decode stream's), or by the end of a
+    `with` block (a store call's)."""
     assert _pipeline is not None
     return _pipeline.child(name, parent, attributes)
 

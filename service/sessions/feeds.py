@@ -6,9 +6,9 @@ commit), so a feed in a batch is exactly the feed it would be alone."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Container, Coroutine, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,8 +24,6 @@ from service.sessions.store import public_id, store_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
-
-T = TypeVar("T")
 
 
 class SessionFeeds(SessionRules):
@@ -81,7 +79,7 @@ class SessionFeeds(SessionRules):
                         continue
                     held.append(sid)
                     try:
-                        begun = await _under(parent, self._feed_begin(op))
+                        begun = await tracing.within(parent, self._feed_begin(op))
                     except Exception as e:
                         reply(i, e)
                         continue
@@ -100,7 +98,10 @@ class SessionFeeds(SessionRules):
                     elif i not in gone:
                         try:
                             parent = traces[i] if traces is not None else None
-                            reply(i, await _under(parent, self._feed_end(step, adv[1], output)))
+                            reply(
+                                i,
+                                await tracing.within(parent, self._feed_end(step, adv[1], output)),
+                            )
                         except Exception as e:
                             reply(i, e)
             finally:
@@ -223,8 +224,3 @@ class _FeedStep:
     def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:
         """Its arguments to `advance`."""
         return self.m, self.rec, self.ids, self.pending, self.rec.version + 1
-
-
-def _under(parent: SpanContext | None, work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
-    """`work`, with `parent` (a sampled feed's span in a batch) as its current span."""
-    return work if parent is None else tracing.within(parent, work)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service import tracing
 from service.sessions.record import IdempotencyRecord, SessionRecord
 from service.sessions.store import SessionStore
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import SpanContext
 
 T = TypeVar("T")
 
@@ -28,14 +31,16 @@ class TracedStore:
         self.local_locks = inner.local_locks
 
     def create(self, record: SessionRecord) -> Coroutine[Any, Any, None]:
-        if tracing.capture() is None:
+        parent = tracing.capture()
+        if parent is None:
             return self.inner.create(record)
-        return self._traced("store.create", self.inner.create(record))
+        return self._traced("store.create", parent, self.inner.create(record))
 
     def get(self, session_id: str) -> Coroutine[Any, Any, SessionRecord]:
-        if tracing.capture() is None:
+        parent = tracing.capture()
+        if parent is None:
             return self.inner.get(session_id)
-        return self._traced("store.get", self.inner.get(session_id))
+        return self._traced("store.get", parent, self.inner.get(session_id))
 
     def commit(
         self,
@@ -43,30 +48,40 @@ class TracedStore:
         expected_version: int,
         idempotency: tuple[str, IdempotencyRecord] | None = None,
     ) -> Coroutine[Any, Any, SessionRecord]:
-        if tracing.capture() is None:
+        parent = tracing.capture()
+        if parent is None:
             return self.inner.commit(record, expected_version, idempotency)
         return self._traced(
             "store.commit",
+            parent,
             self.inner.commit(record, expected_version, idempotency),
             {"rnnserve.version": record.version},
         )
 
     def delete(self, session_id: str) -> Coroutine[Any, Any, None]:
-        if tracing.capture() is None:
+        parent = tracing.capture()
+        if parent is None:
             return self.inner.delete(session_id)
-        return self._traced("store.delete", self.inner.delete(session_id))
+        return self._traced("store.delete", parent, self.inner.delete(session_id))
 
     def get_idempotent(
         self, session_id: str, key: str
     ) -> Coroutine[Any, Any, IdempotencyRecord | None]:
-        if tracing.capture() is None:
+        parent = tracing.capture()
+        if parent is None:
             return self.inner.get_idempotent(session_id, key)
-        return self._traced("store.get_idempotent", self.inner.get_idempotent(session_id, key))
+        return self._traced(
+            "store.get_idempotent", parent, self.inner.get_idempotent(session_id, key)
+        )
 
     async def _traced(
-        self, name: str, call: Coroutine[Any, Any, T], attrs: dict[str, Any] | None = None
+        self,
+        name: str,
+        parent: SpanContext,
+        call: Coroutine[Any, Any, T],
+        attrs: dict[str, Any] | None = None,
     ) -> T:
-        with tracing.span(name, {**self._attrs, **attrs} if attrs else self._attrs):
+        with tracing.start(name, parent, {**self._attrs, **attrs} if attrs else self._attrs):
             return await call
 
     # -- the rest, as they are
