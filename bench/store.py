@@ -73,20 +73,33 @@ def _record(sid: str, states: tuple[np.ndarray, ...], logits: np.ndarray | None)
     return SessionRecord(sid, "m", "ab" * 32, 0, states, "", logits, now, 3600, now + 3600)
 
 
-async def _steps(
-    url: str, cluster: bool, clients: int, seconds: float, wait: int = 0
-) -> dict[str, float]:
-    store = RedisStore(url, 10**9, cluster=cluster, socket_timeout_s=5.0, wait_replicas=wait)
+# One store's session steps in a process of its own, from a tree's `service` (`-c` puts the
+# working directory first on sys.path), so that `--base` measures a baseline's store beside
+# this tree's on the same Redis. Prints {"steps_per_s", "cpu_s"}: the client's CPU over the loop.
+STEPS = """
+import asyncio, json, sys, time
+import numpy as np
+from service.sessions.record import SessionRecord
+from service.sessions.redis_store import RedisStore
+
+url, cluster, clients, seconds, wait = sys.argv[1], sys.argv[2] == "1", *map(float, sys.argv[3:])
+
+def record(sid, states, logits):
+    now = time.time()
+    return SessionRecord(sid, "m", "ab" * 32, 0, states, "", logits, now, 3600, now + 3600)
+
+async def main():
+    store = RedisStore(url, 10**9, cluster=cluster, socket_timeout_s=5.0, wait_replicas=int(wait))
     states = (np.zeros((2, 1, 256), np.float32), np.zeros((2, 1, 256), np.float32))
     logits = np.zeros(65, np.float32)
     try:
-        ids = [f"step-{cluster}-{i}-{time.monotonic_ns()}" for i in range(clients)]
+        ids = [f"step-{cluster}-{i}-{time.monotonic_ns()}" for i in range(int(clients))]
         for sid in ids:
-            await store.create(_record(sid, states, logits))
+            await store.create(record(sid, states, logits))
         done = 0
         stop_at = time.monotonic() + seconds
 
-        async def client(sid: str) -> None:
+        async def client(sid):
             nonlocal done
             while time.monotonic() < stop_at:
                 async with store.lock(sid):
@@ -94,11 +107,38 @@ async def _steps(
                     await store.commit(rec.replace(version=rec.version + 1), rec.version)
                 done += 1
 
-        t0 = time.monotonic()
+        t0, c0 = time.monotonic(), time.process_time()
         await asyncio.gather(*(client(s) for s in ids))
-        return {"steps_per_s": done / (time.monotonic() - t0)}
+        took, cpu = time.monotonic() - t0, time.process_time() - c0
+        return {"steps_per_s": done / took, "cpu_s": cpu * seconds / took, "steps": done}
     finally:
         await store.close()
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+
+def _steps(
+    tree: Path, url: str, cluster: bool, clients: int, seconds: float, wait: int = 0
+) -> dict[str, float]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            STEPS,
+            url,
+            str(int(cluster)),
+            str(clients),
+            str(seconds),
+            str(wait),
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    got: dict[str, float] = json.loads(out)
+    return got
 
 
 async def _commands(port: int) -> dict[str, int]:
@@ -195,34 +235,54 @@ def main(argv: list[str] | None = None) -> int:
         help="run bench.ab with A's server on the primary, B's on the cluster",
     )
     ap.add_argument("ab_args", nargs="*", help="(after --) bench.ab's own arguments")
+    ap.add_argument(
+        "--base",
+        help="a git ref whose store is measured beside this tree's (A = base, B = tree), "
+        "rounds interleaved on the same Redis processes",
+    )
     args = ap.parse_args(argv)
     if args.through_server:
         return _through_server(args.ab_args)
-    result: dict[str, Any] = {"clients": args.clients, "seconds": args.seconds}
+    trees = [("B", REPO)]
+    if args.base:
+        from bench.ab import worktree
+
+        trees.insert(0, ("A", worktree(args.base)))
+    result: dict[str, Any] = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "trees": {t: str(path) for t, path in trees},
+        "base": args.base,
+    }
+    stores = (
+        ("primary", False, 0),
+        ("cluster", True, 0),
+        ("cluster_wait", True, 1),  # RNNSERVE_REDIS_WAIT_REPLICAS=1
+    )
+    runs: dict[str, dict[str, list[float]]] = {
+        f"{t}:{name}": {"steps_per_s": [], "client": [], "redis": []}
+        for t, _ in trees
+        for name, *_ in stores
+    }
     with _stores() as (one, replica, cluster):
-        runs: dict[str, list[float]] = {"primary": [], "cluster": [], "cluster_wait": []}
-        cpu: dict[str, dict[str, list[float]]] = {k: {"client": [], "redis": []} for k in runs}
         assert one.proc is not None
         servers = {
             "primary": [one.proc.pid, replica.proc.pid],
             "cluster": [p.pid for p in cluster.procs.values()],
         }
         for _ in range(args.rounds):
-            for name, url, is_cluster, wait in (
-                ("primary", one.url, False, 0),
-                ("cluster", cluster.url, True, 0),
-                ("cluster_wait", cluster.url, True, 1),  # RNNSERVE_REDIS_WAIT_REPLICAS=1
-            ):
-                pids = servers["cluster" if is_cluster else "primary"]
-                c0, r0 = time.process_time(), cpu_seconds(pids)
-                got = asyncio.run(_steps(url, is_cluster, args.clients, args.seconds, wait))
-                steps = got["steps_per_s"] * args.seconds
-                runs[name].append(got["steps_per_s"])
-                # CPU per step (µs), the client's (this process) and the Redis processes'
-                cpu[name]["client"].append(1e6 * (time.process_time() - c0) / steps)
-                cpu[name]["redis"].append(1e6 * (cpu_seconds(pids) - r0) / steps)
-        result["steps_per_s"] = runs
-        result["cpu_us_per_step"] = cpu
+            for name, is_cluster, wait in stores:
+                for t, tree in trees:
+                    pids = servers["cluster" if is_cluster else "primary"]
+                    url = cluster.url if is_cluster else one.url
+                    r0 = cpu_seconds(pids)
+                    got = _steps(tree, url, is_cluster, args.clients, args.seconds, wait)
+                    run = runs[f"{t}:{name}"]
+                    run["steps_per_s"].append(got["steps_per_s"])
+                    # CPU per step (µs), the client's and the Redis processes'
+                    run["client"].append(1e6 * got["cpu_s"] / got["steps"])
+                    run["redis"].append(1e6 * (cpu_seconds(pids) - r0) / got["steps"])
+        result["runs"] = runs
         result |= asyncio.run(_ops(one.url, one.port))
         result["bytes_per_session"] = asyncio.run(
             _bytes_per_session(one.url, one.port, args.sessions)
@@ -231,25 +291,41 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or OUT / f"store-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    p, c, w = (
-        statistics.median(result["steps_per_s"][k]) for k in ("primary", "cluster", "cluster_wait")
-    )
     print(
-        f"| store ({args.clients} sessions, {args.rounds} rounds) | steps/s (median) | rounds "
-        "| client CPU µs/step | Redis CPU µs/step |"
+        f"| tree | store ({args.clients} sessions, {args.rounds} rounds) | steps/s (median) "
+        "| rounds | client CPU µs/step | Redis CPU µs/step |"
     )
-    print("|---|---|---|---|---|")
-    for key, name, med in (
-        ("primary", "one primary", p),
-        ("cluster", "cluster, 3 primaries + 3 replicas", c),
-        ("cluster_wait", "the cluster with WAIT 1 (acknowledged = on a replica)", w),
-    ):
-        rounds = ", ".join(f"{x:.0f}" for x in result["steps_per_s"][key])
-        us = {k: statistics.median(v) for k, v in result["cpu_us_per_step"][key].items()}
-        print(f"| {name} | {med:.0f} | {rounds} | {us['client']:.0f} | {us['redis']:.0f} |")
-    print(f"\ncluster / primary: {c / p:.2f}; with WAIT 1: {w / p:.2f}")
+    print("|---|---|---|---|---|---|")
+    labels = {
+        "primary": "one primary",
+        "cluster": "cluster, 3 primaries + 3 replicas",
+        "cluster_wait": "the cluster with WAIT 1 (acknowledged = on a replica)",
+    }
+    med = {k: statistics.median(v["steps_per_s"]) for k, v in runs.items()}
+    for name, *_ in stores:
+        for t, _ in trees:
+            run = runs[f"{t}:{name}"]
+            rounds = ", ".join(f"{x:.0f}" for x in run["steps_per_s"])
+            client, redis_us = statistics.median(run["client"]), statistics.median(run["redis"])
+            tree = f"A: {args.base}" if t == "A" else "B: this tree"
+            print(
+                f"| {tree} | {labels[name]} | {med[f'{t}:{name}']:.0f} | {rounds} "
+                f"| {client:.0f} | {redis_us:.0f} |"
+            )
+    for t, _ in trees:
+        p, c, w = (med[f"{t}:{k}"] for k in ("primary", "cluster", "cluster_wait"))
+        print(f"\n{t}: cluster / primary: {c / p:.2f}; with WAIT 1: {w / p:.2f}")
+    if args.base:
+        for name, *_ in stores:
+            ratios = [
+                b / a
+                for a, b in zip(
+                    runs[f"A:{name}"]["steps_per_s"], runs[f"B:{name}"]["steps_per_s"], strict=True
+                )
+            ]
+            print(f"B/A {labels[name]}: {statistics.median(ratios):.2f} (median of per-round)")
     print(
-        f"per create: {result['scripts_per_create']:.1f} scripts (round trips), "
+        f"this tree, per create: {result['scripts_per_create']:.1f} scripts (round trips), "
         f"{result['commands_per_create']:.1f} Redis commands; per step: "
         f"{result['scripts_per_step']:.1f} scripts, {result['commands_per_step']:.1f} commands"
     )

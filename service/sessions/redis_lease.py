@@ -25,59 +25,81 @@ import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 
 from service.errors import StoreUnavailable
-from service.sessions.redis_scripts import NOW, ms
+from service.sessions.redis_scripts import ms
 
 log = logging.getLogger("rnnserve.sessions.redis")
 
 # Runs a registered script with the store's error mapping (Redis errors -> StoreUnavailable).
 Run = Callable[[Any, list[str], list[Any]], Awaitable[Any]]
 
-# KEYS lock q w tomb | ARGV token lease_ms alive_ms  -> 1 granted, 0 wait
-# (already holding it means granted: a resent call whose first reply was lost; a tombstoned
-# token's request has already failed: never granted, never queued)
+# `acquire(lock, q, w, tomb, token, lease_ms, alive_ms)` -> 1 granted, 0 wait. A session nobody
+# holds and nobody waits for (nearly every request's) is taken with four commands, no queue
+# entry; otherwise the caller takes its place in the queue. (Already holding it means granted: a
+# resent call whose first reply was lost; a tombstoned token's request has already failed: never
+# granted, never queued.)
+_ACQUIRE_FN = """
+local function acquire(lock, q, w, tomb, token, lease_ms, alive_ms)
+  if redis.call('EXISTS', tomb) == 1 then return 0 end
+  local holder = redis.call('GET', lock)
+  if holder == token then return 1 end
+  if not holder and redis.call('EXISTS', q) == 0 then
+    redis.call('SET', lock, token, 'PX', lease_ms)
+    return 1
+  end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if redis.call('ZSCORE', q, token) == false then
+    redis.call('ZADD', q, redis.call('HINCRBY', w, '#seq', 1), token)
+  end
+  redis.call('HSET', w, token, now + tonumber(alive_ms))
+  local got = 0
+  for _, h in ipairs(redis.call('ZRANGE', q, 0, -1)) do
+    if h == token then break end
+    if tonumber(redis.call('HGET', w, h) or '0') >= now then got = -1; break end
+    redis.call('ZREM', q, h)
+    redis.call('HDEL', w, h)
+  end
+  if got == 0 and redis.call('SET', lock, token, 'NX', 'PX', lease_ms) then
+    redis.call('ZREM', q, token)
+    redis.call('HDEL', w, token)
+    got = 1
+  end
+  if redis.call('ZCARD', q) == 0 then
+    redis.call('DEL', q, w)
+  else
+    redis.call('PEXPIRE', q, 2 * tonumber(alive_ms))
+    redis.call('PEXPIRE', w, 2 * tonumber(alive_ms))
+  end
+  return math.max(got, 0)
+end
+"""
+
+# KEYS lock q w tomb, then the read's | ARGV token lease_ms alive_ms, then the read's ->
+# {1, what `read` returns} granted, {0} wait. `read(keys, args)` is the caller's Lua (the
+# store's read of the session), run in the same call once the lease is granted.
 _ACQUIRE = (
-    NOW
+    _ACQUIRE_FN
     + """
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-if redis.call('GET', KEYS[1]) == ARGV[1] then return 1 end
-if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false then
-  redis.call('ZADD', KEYS[2], redis.call('HINCRBY', KEYS[3], '#seq', 1), ARGV[1])
-end
-redis.call('HSET', KEYS[3], ARGV[1], now + tonumber(ARGV[3]))
-local got = 0
-for _, h in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-  if h == ARGV[1] then break end
-  if tonumber(redis.call('HGET', KEYS[3], h) or '0') >= now then got = -1; break end
-  redis.call('ZREM', KEYS[2], h)
-  redis.call('HDEL', KEYS[3], h)
-end
-if got == 0 and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  got = 1
-end
-if redis.call('ZCARD', KEYS[2]) == 0 then
-  redis.call('DEL', KEYS[2], KEYS[3])
-else
-  redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
-  redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[3]))
-end
-return math.max(got, 0)
+if acquire(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3]) == 0 then return {0} end
+return {1, read({unpack(KEYS, 5)}, {unpack(ARGV, 4)})}
 """
 )
 
 # KEYS lock q w tomb | ARGV token tomb_ms: whatever the token has (lease, place in the queue) is
-# given up, and the tombstone keeps an acquire of it that runs later from being granted
+# given up, and the tombstone keeps an acquire of it that runs later from being granted (the
+# waiters' hash goes with the last of the queue: an acquire that finds no queue never reads it)
 _FORGET = """
 redis.call('SET', KEYS[4], '1', 'PX', ARGV[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('DEL', KEYS[3]) end
 return 1
 """
 
@@ -139,38 +161,65 @@ class Janitor:
                 await self._task
 
 
+@dataclass(slots=True)
+class Held:
+    """A lease held: its token and lock key, what the read given to `hold` returned as the
+    lease was granted (None once used or out of date), and whether a commit already gave it up in its own
+    call (`RedisStore.commit`: then there is nothing left to release or renew)."""
+
+    token: str
+    lock: str
+    read: Any = None
+    released: bool = False
+
+
 class RedisLease:
-    """`hold(session_id, keys)`: the lease on one session (`keys`: its lock, queue and waiters)."""
+    """`hold(session_id, keys, read)`: the lease on one session (`keys`: its lock, queue and
+    waiters), and the session read as it is granted. `read`: the store's read of a session as a
+    Lua function `read(keys, args)`, run in the same call as the acquire that grants the lease
+    (`hold`'s `read`: its keys and args)."""
 
     def __init__(
-        self, client: Redis | RedisCluster, run: Run, lease_s: float, poll_max_s: float
+        self,
+        client: Redis | RedisCluster,
+        run: Run,
+        lease_s: float,
+        poll_max_s: float,
+        read: str,
     ) -> None:
         self.lease_s = lease_s
         self.poll_max_s = poll_max_s
         self._run = run
         reg = client.register_script
-        self._acquire, self._renew, self._release = reg(_ACQUIRE), reg(_RENEW), reg(_RELEASE)
+        self._acquire = reg(read + _ACQUIRE)
+        self._renew, self._release = reg(_RENEW), reg(_RELEASE)
         # a tombstone outlives any acquire still buffered when Redis resumes (the janitor runs as
         # soon as Redis answers, so both run within moments of each other)
         self.janitor = Janitor(run, reg(_FORGET), ms(max(60.0, 10 * lease_s)))
 
     @contextlib.asynccontextmanager
-    async def hold(self, session_id: str, keys: tuple[str, str, str]) -> AsyncIterator[None]:
+    async def hold(
+        self,
+        session_id: str,
+        keys: tuple[str, str, str],
+        read: tuple[list[str], list[Any]],
+    ) -> AsyncIterator[Held]:
         token = secrets.token_hex(16)
         lk, q, w = keys
         mine = [lk, q, w, f"{lk}:x:{token}"]  # the tombstone shares the session's hash tag
         lease_ms = ms(self.lease_s)
         alive_ms = max(2000, ms(40 * self.poll_max_s))
+        call_keys, args = mine + read[0], [token, lease_ms, alive_ms, *read[1]]
         delay = 0.001
         task = asyncio.current_task()
         try:
             while True:
-                granted = await self._run(self._acquire, mine, [token, lease_ms, alive_ms])
+                out = await self._run(self._acquire, call_keys, args)
                 # redis-py can swallow a cancellation that lands mid-command; the task still
                 # says it is being cancelled, and a waiter whose client left must not go on
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError
-                if granted:
+                if out[0]:
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.poll_max_s)
@@ -179,35 +228,50 @@ class RedisLease:
             # place in the queue (or a lease granted in the meantime) is given up in the background
             self.janitor.forget(token, mine)
             raise
-        renewer = asyncio.create_task(self._keep(session_id, lk, token, lease_ms))
-        try:
-            yield
-        finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
-            try:
-                await self._run(self._release, [lk], [token])
-            except StoreUnavailable:
-                # the request's own work is done (committed or failed); it does not wait
-                log.warning(
-                    "lease not released (store unavailable); released once Redis answers",
-                    extra={"session": session_id},
-                )
-                self.janitor.forget(token, mine)
-            except asyncio.CancelledError:
-                self.janitor.forget(token, mine)
-                raise
+        held = Held(token, lk, out[1])
+        # renewed from lease/3 on: a timer, not a task, for the many holds that end before
+        # (a task made and cancelled per hold cost the client more than the timer)
+        renewer: asyncio.Task[None] | None = None
 
-    async def _keep(self, session_id: str, key: str, token: str, lease_ms: int) -> None:
-        while True:
-            await asyncio.sleep(lease_ms / 3000)
+        def renew() -> None:
+            nonlocal renewer
+            renewer = asyncio.get_running_loop().create_task(self._keep(session_id, held, lease_ms))
+
+        timer = asyncio.get_running_loop().call_later(lease_ms / 3000, renew)
+        try:
+            yield held
+        finally:
+            timer.cancel()
+            if renewer is not None:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+            if not held.released:
+                await self._give_up(session_id, held, mine)
+
+    async def _give_up(self, session_id: str, held: Held, mine: list[str]) -> None:
+        try:
+            await self._run(self._release, [held.lock], [held.token])
+        except StoreUnavailable:
+            # the request's own work is done (committed or failed); it does not wait
+            log.warning(
+                "lease not released (store unavailable); released once Redis answers",
+                extra={"session": session_id},
+            )
+            self.janitor.forget(held.token, mine)
+        except asyncio.CancelledError:
+            self.janitor.forget(held.token, mine)
+            raise
+
+    async def _keep(self, session_id: str, held: Held, lease_ms: int) -> None:
+        while not held.released:
             try:
-                held = await self._run(self._renew, [key], [token, lease_ms])
+                renewed = await self._run(self._renew, [held.lock], [held.token, lease_ms])
             except StoreUnavailable:
-                continue  # the commit will fail with store_unavailable anyway
-            if not held:
+                renewed = True  # the commit will fail with store_unavailable anyway
+            if not renewed and not held.released:
                 # Only reachable after a stall longer than the lease or a failover; the version
                 # compare-and-set still refuses any stale commit.
                 log.warning("session lease lost", extra={"session": session_id})
                 return
+            await asyncio.sleep(lease_ms / 3000)

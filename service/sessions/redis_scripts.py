@@ -95,53 +95,68 @@ return {'ok', tostring(now), evicted, tostring(redis.call('ZCARD', KEYS[4]))}
 """
 )
 
-# KEYS s g live | ARGV id extra_ms
-GET = (
+# `read(keys, args)`: KEYS s g live | ARGV id extra_ms. A session read touches it (its idle TTL
+# starts again). Also run by the lease's acquire, in the same call (`RedisLease.hold`'s `read`).
+READ = (
     NOW
     + _TOUCH_OWNER
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
-local h = redis.call('HMGET', KEYS[1], 'v', 'st', 'm', 't', 'o')
-local ttl = tonumber(h[4])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[2]))
-redis.call('ZADD', KEYS[3], now + ttl, ARGV[1])
-if h[5] then touch_owner(h[5], ARGV[1], ttl) end
-return {'ok', tostring(now), h[1], h[2], h[3]}
+local function read(keys, args)
+  local s, g, live, id = keys[1], keys[2], keys[3], args[1]
+  if redis.call('EXISTS', s) == 0 then return {'missing', redis.call('GET', g) or ''} end
+  local h = redis.call('HMGET', s, 'v', 'st', 'm', 't', 'o')
+  local ttl = tonumber(h[4])
+  redis.call('PEXPIRE', s, ttl)
+  redis.call('SET', g, 'live', 'PX', ttl + tonumber(args[2]))
+  redis.call('ZADD', live, now + ttl, id)
+  if h[5] then touch_owner(h[5], id, ttl) end
+  return {'ok', tostring(now), h[1], h[2], h[3]}
+end
 """
 )
 
-# KEYS s g i live | ARGV id expected new st m ttl_ms extra_ms idem_key idem_val idem_ttl_ms nonce
-# (`nonce` is unique per commit call: a network retry of the same call finds its own write)
+# KEYS s g live | ARGV id extra_ms
+GET = READ + "return read(KEYS, ARGV)\n"
+
+# KEYS s g i live [lock] | ARGV id expected new st m ttl_ms extra_ms idem_key idem_val idem_ttl_ms
+# nonce [token]
+# (`nonce` is unique per commit call: a network retry of the same call finds its own write;
+# `lock` and `token`: the caller's lease on the session, given up in the same call whatever
+# the outcome, as the caller's last store call under it)
 COMMIT = (
     NOW
     + _TOUCH_OWNER
     + """
-if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur ~= ARGV[2] then
-  if cur == ARGV[3] and redis.call('HGET', KEYS[1], 'w') == ARGV[11] then return {'ok', tostring(now)} end
-  return {'conflict', cur}
-end
-local ttl = tonumber(ARGV[6])
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', ARGV[4], 'm', ARGV[5], 't', ARGV[6], 'w', ARGV[11])
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[7]))
-redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
-local own = redis.call('HGET', KEYS[1], 'o')
-if own then touch_owner(own, ARGV[1], ttl) end
-if ARGV[8] ~= '' then
-  redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
-  if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then redis.call('PEXPIRE', KEYS[3], ARGV[10]) end
-  -- bounded cleanup (like Redis's own expiry): sample a few records, drop the expired ones
-  if redis.call('HLEN', KEYS[3]) > 64 then
-    for _, f in ipairs(redis.call('HRANDFIELD', KEYS[3], 16)) do
-      local v = redis.call('HGET', KEYS[3], f)
-      if v and tonumber(string.match(v, '^(%d+)|')) <= now then redis.call('HDEL', KEYS[3], f) end
+local function commit()
+  if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
+  local cur = redis.call('HGET', KEYS[1], 'v')
+  if cur ~= ARGV[2] then
+    if cur == ARGV[3] and redis.call('HGET', KEYS[1], 'w') == ARGV[11] then return {'ok', tostring(now)} end
+    return {'conflict', cur}
+  end
+  local ttl = tonumber(ARGV[6])
+  redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', ARGV[4], 'm', ARGV[5], 't', ARGV[6], 'w', ARGV[11])
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[7]))
+  redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
+  local own = redis.call('HGET', KEYS[1], 'o')
+  if own then touch_owner(own, ARGV[1], ttl) end
+  if ARGV[8] ~= '' then
+    redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
+    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then redis.call('PEXPIRE', KEYS[3], ARGV[10]) end
+    -- bounded cleanup (like Redis's own expiry): sample a few records, drop the expired ones
+    if redis.call('HLEN', KEYS[3]) > 64 then
+      for _, f in ipairs(redis.call('HRANDFIELD', KEYS[3], 16)) do
+        local v = redis.call('HGET', KEYS[3], f)
+        if v and tonumber(string.match(v, '^(%d+)|')) <= now then redis.call('HDEL', KEYS[3], f) end
+      end
     end
   end
+  return {'ok', tostring(now)}
 end
-return {'ok', tostring(now)}
+local out = commit()
+if KEYS[5] and redis.call('GET', KEYS[5]) == ARGV[12] then redis.call('DEL', KEYS[5]) end
+return out
 """
 )
 

@@ -45,9 +45,10 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
@@ -75,7 +76,7 @@ from service.sessions.redis_codec import (
 from service.sessions.redis_counts import LiveCounts
 from service.sessions.redis_errors import store_errors
 from service.sessions.redis_layout import CLUSTER_BUCKETS, Layout
-from service.sessions.redis_lease import RedisLease
+from service.sessions.redis_lease import Held, RedisLease
 from service.sessions.redis_scripts import ms
 from service.sessions.redis_wait import ReplicaWait
 from service.sessions.store import Clock, global_limit, owner_limit
@@ -168,7 +169,10 @@ class RedisStore:
         self._put_idem, self._delete = reg(lua.PUT_IDEM), reg(lua.DELETE)
         self._sweep, self._evict = reg(lua.SWEEP), reg(lua.EVICT)
         self._get_idem = reg(lua.GET_IDEM)
-        self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s)
+        self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s, lua.READ)
+        # the leases this process holds, by session: the task holding each (a read or commit
+        # by that task goes with the lease's own calls) and the lease
+        self._held: dict[str, tuple[asyncio.Task[Any] | None, Held]] = {}
         self._counts = LiveCounts(
             self._r,
             self.layout,
@@ -231,6 +235,7 @@ class RedisStore:
     # -- SessionStore -----------------------------------------------------------------------
 
     async def create(self, record: SessionRecord) -> None:
+        self._stale(record.id)
         st, meta = encode_record(record)
         keys = self._keys(record.id)
         if record.owner is not None:
@@ -276,8 +281,12 @@ class RedisStore:
         self._changed(self._counts.counted(int(out[3]), 0 if out[2] else 1))
 
     async def get(self, session_id: str) -> SessionRecord:
-        s, g, _, live = self._keys(session_id)
-        out = await self._run(self._get, [s, g, live], [session_id, ms(self.expired_memory_s)])
+        held = self._mine(session_id)
+        if held is not None and held.read is not None:  # read as the lease was granted
+            out, held.read = held.read, None
+        else:
+            s, g, _, live = self._keys(session_id)
+            out = await self._run(self._get, [s, g, live], [session_id, ms(self.expired_memory_s)])
         if out[0] == b"missing":
             raise self._missing(session_id, out[1])
         return decode_record(session_id, out[3], out[4], int(out[1]))
@@ -293,23 +302,27 @@ class RedisStore:
         if idempotency is not None:
             idem_key = idempotency[0]
             idem_val, idem_ttl = encode_idempotent(idempotency[1], self.clock())
-        out = await self._write(
-            self._commit,
-            self._keys(record.id),
-            [
-                record.id,
-                expected_version,
-                record.version,
-                st,
-                meta,
-                ms(record.ttl_s),
-                ms(self.expired_memory_s),
-                idem_key,
-                idem_val,
-                idem_ttl,
-                secrets.token_hex(8),
-            ],
-        )
+        keys = self._keys(record.id)
+        args = [
+            record.id,
+            expected_version,
+            record.version,
+            st,
+            meta,
+            ms(record.ttl_s),
+            ms(self.expired_memory_s),
+            idem_key,
+            idem_val,
+            idem_ttl,
+            secrets.token_hex(8),
+        ]
+        held = self._mine(record.id)
+        if held is not None:  # the caller's last call under its lease: released in this one
+            keys.append(held.lock)
+            args.append(held.token)
+        out = await self._write(self._commit, keys, args)
+        if held is not None:
+            held.released = True
         if out[0] == b"missing":
             raise self._missing(record.id, out[1])
         if out[0] == b"conflict":
@@ -320,6 +333,7 @@ class RedisStore:
         return record.replace(expires_at=int(out[1]) / 1000 + record.ttl_s)
 
     async def delete(self, session_id: str) -> None:
+        self._stale(session_id)
         out = await self._write(self._delete, self._keys(session_id), [session_id])
         if out[0] == b"missing":
             raise self._missing(session_id, out[1])
@@ -347,12 +361,42 @@ class RedisStore:
         return None if raw is None else decode_idempotent(raw, self.clock())
 
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
+        self._stale(session_id)
         val, ttl = encode_idempotent(record, self.clock())
         await self._run(self._put_idem, [self._k(session_id, "i")], [key, val, ttl])
 
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        return self._locked(session_id)
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, session_id: str) -> AsyncIterator[None]:
+        """The session's lease, taken with the session read in the same call (the holder's
+        `get` uses that read) and given up with the holder's commit where there is one: a
+        feed is two calls to Redis, not four."""
         lk, q, w = (self._k(session_id, k) for k in ("lock", "q", "w"))
-        return self._lease.hold(session_id, (lk, q, w))
+        s, g, _, live = self._keys(session_id)
+        read = ([s, g, live], [session_id, ms(self.expired_memory_s)])
+        async with self._lease.hold(session_id, (lk, q, w), read) as held:
+            mine = (asyncio.current_task(), held)
+            self._held[session_id] = mine
+            try:
+                yield
+            finally:
+                if self._held.get(session_id) is mine:
+                    del self._held[session_id]
+
+    def _stale(self, session_id: str) -> None:
+        """A change by the lease's holder: the session read with the lease is out of date."""
+        held = self._mine(session_id)
+        if held is not None:
+            held.read = None
+
+    def _mine(self, session_id: str) -> Held | None:
+        """The lease on the session that this task holds, if it does (and has not released)."""
+        got = self._held.get(session_id)
+        if got is None or got[0] is not asyncio.current_task() or got[1].released:
+            return None
+        return got[1]
 
     local_locks = False  # a lease is taken in Redis: never without I/O
 

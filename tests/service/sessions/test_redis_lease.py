@@ -1,7 +1,8 @@
 """The Redis store's lock (`redis_lease.py`), against a real `redis-server` on one primary and on
 a Redis Cluster: a lease that serializes two replicas' read-modify-write, granted in arrival
 order, renewed while held, lost by a dead holder after at most one lease, and never granted to
-a token its waiter forgot."""
+a token its waiter forgot; taken with the session's read and given up with the holder's commit
+(two calls to Redis a step), that read never used once out of date."""
 
 from __future__ import annotations
 
@@ -10,10 +11,19 @@ import contextlib
 import time
 
 import pytest
+import redis.asyncio
 
-from service.errors import VersionConflict
+from service.errors import SessionNotFound, VersionConflict
 from service.sessions.redis_store import RedisStore
-from tests.service.redis_server import Target, _cluster, any_redis, rec, redis_server
+from tests.loopback import RedisProcess
+from tests.service.redis_server import (
+    Target,
+    _cluster,
+    any_redis,
+    rec,
+    redis_server,
+    two_stores,
+)
 
 pytestmark = pytest.mark.redis
 __all__ = ["_cluster", "any_redis", "redis_server"]  # the fixtures, used by name
@@ -143,22 +153,24 @@ async def test_a_forgotten_token_is_never_granted_in_either_order(
     """The two orders in which a failed request's buffered acquire and the janitor's cleanup can
     reach Redis: cleanup first leaves a tombstone that refuses the acquire; acquire first is
     undone by the cleanup."""
-    from service.sessions import redis_lease
+    from service.sessions import redis_lease, redis_scripts
 
     raw = any_redis.raw()
     acquire, forget = (
-        raw.register_script(redis_lease._ACQUIRE),
+        raw.register_script(redis_scripts.READ + redis_lease._ACQUIRE),
         raw.register_script(redis_lease._FORGET),
     )
     try:
         for sid, forget_first in (("o1", True), ("o2", False)):
             lk, q, w = (stores[0].layout.key(sid, k) for k in ("lock", "q", "w"))
             keys = [lk, q, w, f"{lk}:x:tok"]
+            s, g, _, live = stores[0]._keys(sid)
+            take = {"keys": [*keys, s, g, live], "args": ["tok", 5000, 2000, sid, 1000]}
             if forget_first:
                 await forget(keys=keys, args=["tok", 60_000])
-                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 0
+                assert (await acquire(**take))[0] == 0
             else:
-                assert await acquire(keys=keys, args=["tok", 5000, 2000]) == 1
+                assert (await acquire(**take))[0] == 1
                 await forget(keys=keys, args=["tok", 60_000])
             assert sum([await raw.exists(k) for k in keys[:3]]) == 0
             t0 = time.monotonic()
@@ -166,3 +178,71 @@ async def test_a_forgotten_token_is_never_granted_in_either_order(
                 assert time.monotonic() - t0 < 0.5
     finally:
         await raw.aclose()
+
+
+async def test_a_step_is_two_calls_to_redis_and_leaves_no_queue_behind(
+    redis_server: RedisProcess,
+) -> None:
+    """Lease with the session's read, commit with the lease's release: a step that finds its
+    session free makes two calls (scripts) to Redis, and no waiters' queue."""
+    async with two_stores(redis_server) as (a, _):
+        await a.create(rec("t"))
+        await a.create(rec("warm"))
+        async with a.lock("warm"):  # (each script's first call loads it into Redis)
+            await a.commit((await a.get("warm")).replace(version=1), 0)
+        raw = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            before = (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
+            async with a.lock("t"):
+                cur = await a.get("t")
+                await a.commit(cur.replace(version=1), 0)
+            after = (await raw.info("commandstats"))["cmdstat_evalsha"]["calls"]
+            assert after - before == 2
+            assert not [k for k in await raw.keys("*") if k.endswith((b":q", b":w", b":lock"))]
+            assert (await a.get("t")).version == 1
+        finally:
+            await raw.aclose()
+
+
+async def test_the_lease_ends_with_its_holders_commit(
+    stores: tuple[RedisStore, RedisStore], any_redis: Target
+) -> None:
+    """The next holder is granted as soon as the commit is done (not when the holder's block
+    ends), and the first holder's end does not release the next one's lease."""
+    a, b = stores
+    await a.create(rec("c"))
+    lock = a.layout.key("c", "lock")
+    raw = any_redis.raw()
+    try:
+        async with a.lock("c"):
+            cur = await a.get("c")
+            await a.commit(cur.replace(version=1), 0)
+            nxt = b.lock("c")
+            async with asyncio.timeout(0.5):  # (a lease still held would make it wait 1 s)
+                await nxt.__aenter__()
+        assert await raw.exists(lock) == 1  # b's lease, untouched by a's exit
+        assert (await b.get("c")).version == 1
+        await nxt.__aexit__(None, None, None)
+        assert await raw.exists(lock) == 0
+    finally:
+        await raw.aclose()
+
+
+async def test_the_read_taken_with_the_lease_is_never_out_of_date(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """The holder's first read is the one made as the lease was granted; after a change of its
+    own (a commit, a delete) it reads Redis again, and another task's read never takes it."""
+    a, _ = stores
+    await a.create(rec("r"))
+    async with a.lock("r"):
+        other = await asyncio.create_task(a.get("r"))  # a read, not the holder's
+        assert other.version == 0
+        cur = await a.get("r")
+        assert cur.version == 0
+        await a.commit(cur.replace(version=1), 0)
+        assert (await a.get("r")).version == 1
+    async with a.lock("r"):
+        await a.delete("r")
+        with pytest.raises(SessionNotFound):
+            await a.get("r")
