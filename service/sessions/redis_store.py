@@ -35,6 +35,9 @@ Guarantees:
   exclusion is for liveness only: if a lease is ever lost (pause longer than the lease,
   failover), CAS still refuses the stale writer with `VersionConflict`, so no update is lost and
   none is applied twice;
+* a step is two calls to Redis: the lease is taken with the session's read (the holder's first
+  `get` is that read, unless it changed the session since), and the holder's `commit` gives the
+  lease up in its own script (the next caller is granted as soon as the commit is done);
 * no local state cache: every read sees the committed version;
 * Redis unreachable, hung, loading, read-only or out of memory -> `StoreUnavailable` (503
   `store_unavailable`, Retry-After) within one deadline per call (`socket_timeout_s`: connect,
