@@ -54,9 +54,11 @@ RUN --mount=type=secret,id=build_ca,required=false \
 RUN ort=$(echo /opt/venv/lib/python3*/site-packages/onnxruntime) \
     && rm -rf "$ort/transformers" "$ort/quantization" "$ort/tools" \
     && find /opt/venv/lib -path '*/site-packages/*/*' -type d -name tests -prune -exec rm -rf {} +
-# The image must never carry torch (DESIGN §1): fail the build if any dependency pulled it in.
+# The image must never carry torch (DESIGN §1): fail the build if any dependency pulled it in;
+# nor serve Redis sessions with redis-py's pure-Python reply parser (hiredis, pyproject.toml).
 RUN python3 -c "import importlib.util as u, sys; sys.exit('torch found in the serving image' if u.find_spec('torch') else 0)" \
-    && python3 -c "import service.app, onnxruntime, fastapi, redis; print('onnxruntime', onnxruntime.__version__)" \
+    && python3 -c "import service.app, onnxruntime, fastapi, redis.utils; print('onnxruntime', onnxruntime.__version__)" \
+    && python3 -c "import redis.utils, sys; sys.exit(0 if redis.utils.HIREDIS_AVAILABLE else 'redis-py without hiredis')" \
     && python3 -m compileall -q /opt/venv/lib
 # pip and setuptools are build tools: the runtime venv does not need them.
 RUN pip uninstall -y -q pip setuptools

@@ -79,10 +79,11 @@ def _record(sid: str, states: tuple[np.ndarray, ...], logits: np.ndarray | None)
 STEPS = """
 import asyncio, json, sys, time
 import numpy as np
-from service.sessions.record import SessionRecord
+from service.sessions.record import IdempotencyRecord, SessionRecord
 from service.sessions.redis_store import RedisStore
 
-url, cluster, clients, seconds, wait = sys.argv[1], sys.argv[2] == "1", *map(float, sys.argv[3:])
+url, cluster, keyed = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+clients, seconds, wait = map(float, sys.argv[4:])
 
 def record(sid, states, logits):
     now = time.time()
@@ -102,9 +103,24 @@ async def main():
         async def client(sid):
             nonlocal done
             while time.monotonic() < stop_at:
-                async with store.lock(sid):
+                if not keyed:
+                    async with store.lock(sid):
+                        rec = await store.get(sid)
+                        await store.commit(rec.replace(version=rec.version + 1), rec.version)
+                    done += 1
+                    continue
+                # a feed with an Idempotency-Key: its record looked up, and stored with the commit
+                key = f"k{done}"
+                try:
+                    lock = store.lock(sid, key)
+                except TypeError:  # (a tree whose lock takes no key)
+                    lock = store.lock(sid)
+                async with lock:
                     rec = await store.get(sid)
-                    await store.commit(rec.replace(version=rec.version + 1), rec.version)
+                    assert await store.get_idempotent(sid, key) is None
+                    new = rec.replace(version=rec.version + 1)
+                    idem = (key, IdempotencyRecord("fp", {"v": new.version}, time.time() + 60))
+                    await store.commit(new, rec.version, idem)
                 done += 1
 
         t0, c0 = time.monotonic(), time.process_time()
@@ -119,7 +135,13 @@ print(json.dumps(asyncio.run(main())))
 
 
 def _steps(
-    tree: Path, url: str, cluster: bool, clients: int, seconds: float, wait: int = 0
+    tree: Path,
+    url: str,
+    cluster: bool,
+    clients: int,
+    seconds: float,
+    wait: int = 0,
+    keyed: bool = False,
 ) -> dict[str, float]:
     out = subprocess.run(
         [
@@ -128,6 +150,7 @@ def _steps(
             STEPS,
             url,
             str(int(cluster)),
+            str(int(keyed)),
             str(clients),
             str(seconds),
             str(wait),
@@ -236,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("ab_args", nargs="*", help="(after --) bench.ab's own arguments")
     ap.add_argument(
+        "--keyed",
+        action="store_true",
+        help="each step as a feed with an Idempotency-Key asks it: its record looked up, and "
+        "stored with the commit",
+    )
+    ap.add_argument(
         "--base",
         help="a git ref whose store is measured beside this tree's (A = base, B = tree), "
         "rounds interleaved on the same Redis processes",
@@ -249,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
         trees.insert(0, ("A", worktree(args.base)))
     result: dict[str, Any] = {
+        "keyed": args.keyed,
         "clients": args.clients,
         "seconds": args.seconds,
         "trees": {t: str(path) for t, path in trees},
@@ -276,7 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                     pids = servers["cluster" if is_cluster else "primary"]
                     url = cluster.url if is_cluster else one.url
                     r0 = cpu_seconds(pids)
-                    got = _steps(tree, url, is_cluster, args.clients, args.seconds, wait)
+                    got = _steps(
+                        tree, url, is_cluster, args.clients, args.seconds, wait, args.keyed
+                    )
                     run = runs[f"{t}:{name}"]
                     run["steps_per_s"].append(got["steps_per_s"])
                     # CPU per step (µs), the client's and the Redis processes'

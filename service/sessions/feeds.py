@@ -31,7 +31,7 @@ class SessionFeeds(SessionRules):
 
     @handles(Feed)
     async def feed(self, op: Feed) -> FeedResult:
-        async with self.store.lock(store_id(op.session_id, op.owner)):
+        async with self.store.lock(store_id(op.session_id, op.owner), op.key):
             result = await self._feed_locked(op)
         assert result is not None  # (its caller cannot be gone: it is awaiting this)
         return result

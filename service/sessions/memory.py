@@ -187,7 +187,7 @@ class MemoryStore:
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
         self._idem.setdefault(session_id, {})[key] = record
 
-    def lock(self, session_id: str) -> _SessionLock:
+    def lock(self, session_id: str, key: str | None = None) -> _SessionLock:
         return _SessionLock(self._locks, session_id)
 
     local_locks = True

@@ -95,8 +95,10 @@ return {'ok', tostring(now), evicted, tostring(redis.call('ZCARD', KEYS[4]))}
 """
 )
 
-# `read(keys, args)`: KEYS s g live | ARGV id extra_ms. A session read touches it (its idle TTL
-# starts again). Also run by the lease's acquire, in the same call (`RedisLease.hold`'s `read`).
+# `read(keys, args)`: KEYS s g live [i] | ARGV id extra_ms [idem_key] -> {'missing', marker} or
+# {'ok', now, v, st, m[, the idempotency record of idem_key or nil]}. A session read touches it
+# (its idle TTL starts again). Also run by the lease's acquire, in the same call
+# (`RedisLease.hold`'s `read`), where a request with an `Idempotency-Key` reads its record too.
 READ = (
     NOW
     + _TOUCH_OWNER
@@ -110,6 +112,7 @@ local function read(keys, args)
   redis.call('SET', g, 'live', 'PX', ttl + tonumber(args[2]))
   redis.call('ZADD', live, now + ttl, id)
   if h[5] then touch_owner(h[5], id, ttl) end
+  if keys[4] then return {'ok', tostring(now), h[1], h[2], h[3], redis.call('HGET', keys[4], args[3])} end
   return {'ok', tostring(now), h[1], h[2], h[3]}
 end
 """

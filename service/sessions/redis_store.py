@@ -35,9 +35,11 @@ Guarantees:
   exclusion is for liveness only: if a lease is ever lost (pause longer than the lease,
   failover), CAS still refuses the stale writer with `VersionConflict`, so no update is lost and
   none is applied twice;
-* a step is two calls to Redis: the lease is taken with the session's read (the holder's first
-  `get` is that read, unless it changed the session since), and the holder's `commit` gives the
-  lease up in its own script (the next caller is granted as soon as the commit is done);
+* a step is two calls to Redis: the lease is taken with the session's read and, given the
+  request's `Idempotency-Key` (`lock(id, key)`), the record it would replay (the holder's first
+  `get` and `get_idempotent(key)` use them, unless it changed the session since), and the
+  holder's `commit` gives the lease up in its own script (the next caller is granted as soon as
+  the commit is done);
 * no local state cache: every read sees the committed version;
 * Redis unreachable, hung, loading, read-only or out of memory -> `StoreUnavailable` (503
   `store_unavailable`, Retry-After) within one deadline per call (`socket_timeout_s`: connect,
@@ -53,6 +55,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis, RedisCluster
@@ -83,6 +86,16 @@ from service.sessions.redis_lease import Held, RedisLease
 from service.sessions.redis_scripts import ms
 from service.sessions.redis_wait import ReplicaWait
 from service.sessions.store import Clock, global_limit, owner_limit
+
+
+@dataclass(slots=True)
+class _Holding:
+    """A lease this process holds: the task holding it (only its calls use what was read
+    with it), the lease, and the `Idempotency-Key` record read with it ((key, raw or None))."""
+
+    task: asyncio.Task[Any] | None
+    lease: Held
+    idempotent: tuple[str, bytes | None] | None = None
 
 
 class RedisStore:
@@ -175,7 +188,7 @@ class RedisStore:
         self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s, lua.READ)
         # the leases this process holds, by session: the task holding each (a read or commit
         # by that task goes with the lease's own calls) and the lease
-        self._held: dict[str, tuple[asyncio.Task[Any] | None, Held]] = {}
+        self._held: dict[str, _Holding] = {}
         self._counts = LiveCounts(
             self._r,
             self.layout,
@@ -284,9 +297,9 @@ class RedisStore:
         self._changed(self._counts.counted(int(out[3]), 0 if out[2] else 1))
 
     async def get(self, session_id: str) -> SessionRecord:
-        held = self._mine(session_id)
-        if held is not None and held.read is not None:  # read as the lease was granted
-            out, held.read = held.read, None
+        mine = self._mine(session_id)
+        if mine is not None and mine.lease.read is not None:  # read as the lease was granted
+            out, mine.lease.read = mine.lease.read, None
         else:
             s, g, _, live = self._keys(session_id)
             out = await self._run(self._get, [s, g, live], [session_id, ms(self.expired_memory_s)])
@@ -319,13 +332,13 @@ class RedisStore:
             idem_ttl,
             secrets.token_hex(8),
         ]
-        held = self._mine(record.id)
-        if held is not None:  # the caller's last call under its lease: released in this one
-            keys.append(held.lock)
-            args.append(held.token)
+        mine = self._mine(record.id)
+        if mine is not None:  # the caller's last call under its lease: released in this one
+            keys.append(mine.lease.lock)
+            args.append(mine.lease.token)
         out = await self._write(self._commit, keys, args)
-        if held is not None:
-            held.released = True
+        if mine is not None:
+            mine.lease.released = True
         if out[0] == b"missing":
             raise self._missing(record.id, out[1])
         if out[0] == b"conflict":
@@ -359,8 +372,12 @@ class RedisStore:
                     f"{self.wait_replicas} replicas (RNNSERVE_REDIS_WAIT_REPLICAS); retry"
                 )
         else:
-            async with store_errors(self.deadline_s):
-                raw = await self._r.hget(self._k(session_id, "i"), key)
+            mine = self._mine(session_id)
+            if mine is not None and mine.idempotent is not None and mine.idempotent[0] == key:
+                raw, mine.idempotent = mine.idempotent[1], None  # read with the lease
+            else:
+                async with store_errors(self.deadline_s):
+                    raw = await self._r.hget(self._k(session_id, "i"), key)
         return None if raw is None else decode_idempotent(raw, self.clock())
 
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
@@ -368,19 +385,27 @@ class RedisStore:
         val, ttl = encode_idempotent(record, self.clock())
         await self._run(self._put_idem, [self._k(session_id, "i")], [key, val, ttl])
 
-    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
-        return self._locked(session_id)
+    def lock(self, session_id: str, key: str | None = None) -> AbstractAsyncContextManager[None]:
+        return self._locked(session_id, key)
 
     @contextlib.asynccontextmanager
-    async def _locked(self, session_id: str) -> AsyncIterator[None]:
+    async def _locked(self, session_id: str, key: str | None) -> AsyncIterator[None]:
         """The session's lease, taken with the session read in the same call (the holder's
-        `get` uses that read) and given up with the holder's commit where there is one: a
-        feed is two calls to Redis, not four."""
+        `get` uses that read, and its `get_idempotent(key)` the record read with it) and given
+        up with the holder's commit where there is one: a feed is two calls to Redis, not
+        four or five. (With `wait_replicas`, a replay's record is read by `get_idempotent`
+        itself: it waits for the replicas.)"""
         lk, q, w = (self._k(session_id, k) for k in ("lock", "q", "w"))
-        s, g, _, live = self._keys(session_id)
+        s, g, i, live = self._keys(session_id)
         read = ([s, g, live], [session_id, ms(self.expired_memory_s)])
+        with_record = key is not None and not self.wait_replicas
+        if with_record:
+            read[0].append(i)
+            read[1].append(key)
         async with self._lease.hold(session_id, (lk, q, w), read) as held:
-            mine = (asyncio.current_task(), held)
+            mine = _Holding(asyncio.current_task(), held)
+            if key is not None and with_record and held.read[0] == b"ok":
+                mine.idempotent = (key, held.read[5])
             self._held[session_id] = mine
             try:
                 yield
@@ -389,17 +414,17 @@ class RedisStore:
                     del self._held[session_id]
 
     def _stale(self, session_id: str) -> None:
-        """A change by the lease's holder: the session read with the lease is out of date."""
-        held = self._mine(session_id)
-        if held is not None:
-            held.read = None
+        """A change by the lease's holder: what was read with the lease is out of date."""
+        mine = self._mine(session_id)
+        if mine is not None:
+            mine.lease.read = mine.idempotent = None
 
-    def _mine(self, session_id: str) -> Held | None:
+    def _mine(self, session_id: str) -> _Holding | None:
         """The lease on the session that this task holds, if it does (and has not released)."""
         got = self._held.get(session_id)
-        if got is None or got[0] is not asyncio.current_task() or got[1].released:
+        if got is None or got.task is not asyncio.current_task() or got.lease.released:
             return None
-        return got[1]
+        return got
 
     local_locks = False  # a lease is taken in Redis: never without I/O
 

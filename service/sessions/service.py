@@ -117,7 +117,7 @@ class SessionService(SessionFeeds):
     @handles(Reset)
     async def reset(self, op: Reset) -> SessionInfo:
         key, expected_version = op.key, op.expected_version
-        async with self.store.lock(store_id(op.session_id, op.owner)):
+        async with self.store.lock(store_id(op.session_id, op.owner), key):
             rec = await self._get(op.session_id, op.owner)
             fp = self._fingerprint("reset", {})
             replay = await self._replay(rec, key, fp, SessionInfo)
@@ -148,7 +148,7 @@ class SessionService(SessionFeeds):
         `before_commit`: the engine process waits there for its worker's client)."""
         p, key, expected_version = op.params, op.key, op.expected_version
         stack = AsyncExitStack()
-        await stack.enter_async_context(self.store.lock(store_id(op.session_id, op.owner)))
+        await stack.enter_async_context(self.store.lock(store_id(op.session_id, op.owner), key))
         try:
             rec = await self._get(op.session_id, op.owner)
             fp = self._fingerprint("generate", msgspec.structs.asdict(p))

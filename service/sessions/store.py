@@ -78,8 +78,10 @@ class SessionStore(Protocol):
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
         """Store a result without a state change (e.g. for a replayed delete)."""
 
-    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
-        """Serialize operations on one session, first come first served."""
+    def lock(self, session_id: str, key: str | None = None) -> AbstractAsyncContextManager[None]:
+        """Serialize operations on one session, first come first served. `key`: the
+        `Idempotency-Key` the holder will look up (`get_idempotent`), which a store may read
+        as it takes the lock (Redis: in the same call)."""
 
     # whether `lock_now` works: the lock is taken or queued for without I/O (in memory; not
     # a lease in Redis). A batch of feeds takes its sessions this way (`SessionService

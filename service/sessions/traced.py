@@ -94,8 +94,8 @@ class TracedStore:
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
         await self.inner.put_idempotent(session_id, key, record)
 
-    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
-        return self.inner.lock(session_id)
+    def lock(self, session_id: str, key: str | None = None) -> AbstractAsyncContextManager[None]:
+        return self.inner.lock(session_id, key)
 
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
         return self.inner.lock_now(session_id)

@@ -21,7 +21,7 @@ def test_both_stores_step_and_the_costs_come_back(tmp_path: Path) -> None:
         pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
     out = tmp_path / "store.json"
     args = ["--clients", "2", "--seconds", "0.5", "--rounds", "1", "--sessions", "20"]
-    assert store.main([*args, "--base", "HEAD", "--out", str(out)]) == 0
+    assert store.main([*args, "--base", "HEAD", "--keyed", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert set(r["runs"]) == {
         f"{tree}:{s}" for tree in "AB" for s in ("primary", "cluster", "cluster_wait")

@@ -1,19 +1,22 @@
 """The Redis store's lock (`redis_lease.py`), against a real `redis-server` on one primary and on
 a Redis Cluster: a lease that serializes two replicas' read-modify-write, granted in arrival
 order, renewed while held, lost by a dead holder after at most one lease, and never granted to
-a token its waiter forgot; taken with the session's read and given up with the holder's commit
-(two calls to Redis a step), that read never used once out of date."""
+a token its waiter forgot; taken with the session's read (and a keyed request's idempotency
+record) and given up with the holder's commit (two calls to Redis a step), what was read never
+used once out of date."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio
 
 from service.errors import SessionNotFound, VersionConflict
+from service.sessions.record import IdempotencyRecord
 from service.sessions.redis_store import RedisStore
 from tests.loopback import RedisProcess
 from tests.service.redis_server import (
@@ -246,3 +249,36 @@ async def test_the_read_taken_with_the_lease_is_never_out_of_date(
         await a.delete("r")
         with pytest.raises(SessionNotFound):
             await a.get("r")
+
+
+async def test_a_keyed_request_reads_its_idempotency_record_with_the_lease(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """`lock(id, key)`: the record an `Idempotency-Key` replays is read in the lease's own call
+    (no lookup of its own), for that key only, and never once the holder changed it."""
+    a, _ = stores
+    await a.create(rec("k"))
+    stored = IdempotencyRecord("fp", {"version": 1}, time.time() + 60)
+    async with a.lock("k"):
+        cur = await a.get("k")
+        await a.commit(cur.replace(version=1), 0, ("key-1", stored))
+    lookups: list[str] = []
+    hget = a._r.hget
+
+    def counted(name: str, key: str) -> Any:
+        lookups.append(key)
+        return hget(name, key)
+
+    a._r.hget = counted  # type: ignore[method-assign,assignment]
+    async with a.lock("k", "key-1"):
+        assert (await a.get("k")).version == 1
+        got = await a.get_idempotent("k", "key-1")
+        assert got is not None and got.result == {"version": 1}
+        assert lookups == []  # read with the lease
+        assert await a.get_idempotent("k", "key-2") is None  # another key: looked up
+        assert lookups == ["key-2"]
+    async with a.lock("k", "key-3"):  # a key with no record: read (as none) with the lease
+        assert await a.get_idempotent("k", "key-3") is None
+        await a.put_idempotent("k", "key-3", stored)
+        assert await a.get_idempotent("k", "key-3") is not None  # changed since: looked up
+    assert lookups == ["key-2", "key-3"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis.utils
 
 from service.errors import (
     SessionEvicted,
@@ -286,3 +287,9 @@ async def test_sweep_counts_expired_sessions(any_redis: Target) -> None:
         assert changes[-1] == 1 and evictions == ["expired"]
     finally:
         await s.close()
+
+
+def test_replies_are_parsed_by_hiredis() -> None:
+    """pyproject.toml asks for `redis[hiredis]`: redis-py's C reply parser, 1.08-1.23x the
+    store's session steps/s of its pure-Python one (docs/benchmarks.md)."""
+    assert redis.utils.HIREDIS_AVAILABLE
