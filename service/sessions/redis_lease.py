@@ -38,13 +38,13 @@ log = logging.getLogger("rnnserve.sessions.redis")
 # Runs a registered script with the store's error mapping (Redis errors -> StoreUnavailable).
 Run = Callable[[Any, list[str], list[Any]], Awaitable[Any]]
 
-# `acquire(lock, q, w, tomb, token, lease_ms, alive_ms)` -> 1 granted, 0 wait. A session nobody
-# holds and nobody waits for (nearly every request's) is taken with four commands, no queue
-# entry; otherwise the caller takes its place in the queue. (Already holding it means granted: a
-# resent call whose first reply was lost; a tombstoned token's request has already failed: never
-# granted, never queued.)
+# `acquire(lock, q, w, tomb, token, lease_ms, alive_ms, now)` -> 1 granted, 0 wait. A session
+# nobody holds and nobody waits for (nearly every request's) is taken with four commands, no
+# queue entry; otherwise the caller takes its place in the queue. (Already holding it means
+# granted: a resent call whose first reply was lost; a tombstoned token's request has already
+# failed: never granted, never queued.)
 _ACQUIRE_FN = """
-local function acquire(lock, q, w, tomb, token, lease_ms, alive_ms)
+local function acquire(lock, q, w, tomb, token, lease_ms, alive_ms, now)
   if redis.call('EXISTS', tomb) == 1 then return 0 end
   local holder = redis.call('GET', lock)
   if holder == token then return 1 end
@@ -52,8 +52,6 @@ local function acquire(lock, q, w, tomb, token, lease_ms, alive_ms)
     redis.call('SET', lock, token, 'PX', lease_ms)
     return 1
   end
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   if redis.call('ZSCORE', q, token) == false then
     redis.call('ZADD', q, redis.call('HINCRBY', w, '#seq', 1), token)
   end
@@ -82,11 +80,14 @@ end
 
 # KEYS lock q w tomb, then the read's | ARGV token lease_ms alive_ms, then the read's ->
 # {1, what `read` returns} granted, {0} wait. `read(keys, args)` is the caller's Lua (the
-# store's read of the session), run in the same call once the lease is granted.
+# store's read of the session), run in the same call once the lease is granted; it comes after
+# `redis_scripts.NOW`, whose clock reading (`now`) the acquire uses too.
 _ACQUIRE = (
     _ACQUIRE_FN
     + """
-if acquire(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3]) == 0 then return {0} end
+if acquire(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], now) == 0 then
+  return {0}
+end
 return {1, read({unpack(KEYS, 5)}, {unpack(ARGV, 4)})}
 """
 )
@@ -176,8 +177,9 @@ class Held:
 class RedisLease:
     """`hold(session_id, keys, read)`: the lease on one session (`keys`: its lock, queue and
     waiters), and the session read as it is granted. `read`: the store's read of a session as a
-    Lua function `read(keys, args)`, run in the same call as the acquire that grants the lease
-    (`hold`'s `read`: its keys and args)."""
+    Lua function `read(keys, args)` after `redis_scripts.NOW` (the acquire reads its clock),
+    run in the same call as the acquire that grants the lease (`hold`'s `read`: its keys and
+    args)."""
 
     def __init__(
         self,

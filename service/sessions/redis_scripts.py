@@ -121,11 +121,14 @@ end
 # KEYS s g live | ARGV id extra_ms
 GET = READ + "return read(KEYS, ARGV)\n"
 
-# KEYS s g i live [lock] | ARGV id expected new st m ttl_ms extra_ms idem_key idem_val idem_ttl_ms
-# nonce [token]
+# KEYS s g i live [lock done] | ARGV id expected new st m ttl_ms extra_ms idem_key idem_val
+# idem_ttl_ms nonce [token done_ms]
 # (`nonce` is unique per commit call: a network retry of the same call finds its own write;
 # `lock` and `token`: the caller's lease on the session, given up in the same call whatever
-# the outcome, as the caller's last store call under it)
+# the outcome, as the caller's last store call under it. Then another holder may commit before
+# a retry of this call arrives, so the retry could no longer tell its own write by the version
+# and nonce: `done`, this call's own key in the session's slot, says it was applied, for
+# `done_ms`)
 COMMIT = (
     NOW
     + _TOUCH_OWNER
@@ -157,8 +160,12 @@ local function commit()
   end
   return {'ok', tostring(now)}
 end
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then return {'ok', tostring(now)} end
 local out = commit()
-if KEYS[5] and redis.call('GET', KEYS[5]) == ARGV[12] then redis.call('DEL', KEYS[5]) end
+if KEYS[5] then
+  if redis.call('GET', KEYS[5]) == ARGV[12] then redis.call('DEL', KEYS[5]) end
+  if out[1] == 'ok' then redis.call('SET', KEYS[6], '1', 'PX', ARGV[13]) end
+end
 return out
 """
 )

@@ -319,6 +319,7 @@ class RedisStore:
             idem_key = idempotency[0]
             idem_val, idem_ttl = encode_idempotent(idempotency[1], self.clock())
         keys = self._keys(record.id)
+        nonce = secrets.token_hex(8)
         args = [
             record.id,
             expected_version,
@@ -330,15 +331,21 @@ class RedisStore:
             idem_key,
             idem_val,
             idem_ttl,
-            secrets.token_hex(8),
+            nonce,
         ]
         mine = self._mine(record.id)
         if mine is not None:  # the caller's last call under its lease: released in this one
-            keys.append(mine.lease.lock)
-            args.append(mine.lease.token)
-        out = await self._write(self._commit, keys, args)
-        if mine is not None:
+            keys += [mine.lease.lock, self._k(record.id, f"c:{nonce}")]
+            args += [mine.lease.token, ms(max(10.0, 5 * self.deadline_s))]
+            # (from now on the lease is not renewed: a renewal racing this call would find it
+            # gone and say it was lost)
             mine.lease.released = True
+        try:
+            out = await self._write(self._commit, keys, args)
+        except BaseException:
+            if mine is not None:  # (whether the call ran is unknown: the lock's exit releases)
+                mine.lease.released = False
+            raise
         if out[0] == b"missing":
             raise self._missing(record.id, out[1])
         if out[0] == b"conflict":

@@ -61,7 +61,8 @@ class SessionStore(Protocol):
         idempotency: tuple[str, IdempotencyRecord] | None = None,
     ) -> SessionRecord:
         """Store `record` if the current version is `expected_version`; returns it with the
-        expiry refreshed."""
+        expiry refreshed. A holder's commit is its last call under the session's lock: a store
+        may give the lock up in the same call (Redis does, whatever the outcome)."""
 
     async def delete(self, session_id: str) -> None:
         """Remove a session (`SessionNotFound` if unknown)."""

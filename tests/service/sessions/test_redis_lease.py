@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from service.errors import SessionNotFound, VersionConflict
+from service.errors import SessionNotFound, StoreUnavailable, VersionConflict
 from service.sessions.record import IdempotencyRecord
 from service.sessions.redis_store import RedisStore
 from tests.loopback import RedisProcess
@@ -236,19 +236,87 @@ async def test_the_read_taken_with_the_lease_is_never_out_of_date(
 ) -> None:
     """The holder's first read is the one made as the lease was granted; after a change of its
     own (a commit, a delete) it reads Redis again, and another task's read never takes it."""
-    a, _ = stores
+    a, b = stores
     await a.create(rec("r"))
     async with a.lock("r"):
-        other = await asyncio.create_task(a.get("r"))  # a read, not the holder's
-        assert other.version == 0
+        # another task's read is a read of its own: the holder's read stays for the holder
+        await asyncio.create_task(a.get("r"))
+        assert a._held["r"].lease.read is not None
         cur = await a.get("r")
-        assert cur.version == 0
+        assert cur.version == 0 and a._held["r"].lease.read is None
+    async with a.lock("r"):  # a commit before any read: the read made with the lease is old
         await a.commit(cur.replace(version=1), 0)
         assert (await a.get("r")).version == 1
     async with a.lock("r"):
         await a.delete("r")
         with pytest.raises(SessionNotFound):
             await a.get("r")
+    await b.create(rec("r"))  # (another replica)
+    async with a.lock("r"):  # created again by its holder: the read ("missing") is old
+        await a.delete("r")
+        await a.create(rec("r", version=5))
+        assert (await a.get("r")).version == 5
+
+
+async def test_a_commit_retried_after_the_next_holder_committed_is_still_its_own(
+    stores: tuple[RedisStore, RedisStore],
+) -> None:
+    """The commit that gives the lease up lets the next holder in before its reply: when that
+    reply is lost and redis-py sends the call again (the same nonce), the retry is answered
+    as the success it was, not as a conflict with the next holder's version (which would have
+    a client without an Idempotency-Key apply its change twice)."""
+    a, b = stores
+    await a.create(rec("n"))
+    write = a._write
+    retried: list[Any] = []
+
+    async def reply_lost(script: Any, keys: list[str], args: list[Any]) -> Any:
+        await write(script, keys, args)  # applied; its answer never arrives
+        async with b.lock("n"):  # meanwhile another replica takes the lease and commits
+            cur = await b.get("n")
+            await b.commit(cur.replace(version=cur.version + 1), cur.version)
+        retried.append(await write(script, keys, args))  # the same call again
+        return retried[-1]
+
+    async with a.lock("n"):
+        cur = await a.get("n")
+        a._write = reply_lost  # type: ignore[method-assign]
+        try:
+            done = await a.commit(cur.replace(version=1, pending="mine"), 0)
+        finally:
+            a._write = write  # type: ignore[method-assign]
+    assert retried and retried[0][0] == b"ok" and done.version == 1
+    now = await a.get("n")
+    assert now.version == 2 and now.pending == "mine"  # once, then the other replica's step
+
+
+async def test_a_commit_that_fails_or_runs_elsewhere_leaves_no_lease(
+    redis_server: RedisProcess,
+) -> None:
+    """A commit answered with an error (here `WAIT` finding no replica) and a commit from a
+    task other than the holder's (a generation commits from its stream's task) give the lease
+    up when the lock is left, as any holder does."""
+    async with two_stores(redis_server) as (a, _):
+        await a.create(rec("f"))
+    async with two_stores(redis_server, wait_replicas=1, wait_timeout_s=0.05) as (a, _):
+        lock = a.layout.key("f", "lock")
+        raw = redis.asyncio.Redis(port=redis_server.port)
+        try:
+            async with a.lock("f"):
+                cur = await a.get("f")
+                with pytest.raises(StoreUnavailable):
+                    await a.commit(cur.replace(version=1), 0)
+            assert await raw.exists(lock) == 0
+        finally:
+            await raw.aclose()
+    async with two_stores(redis_server) as (a, b):
+        async with a.lock("f"):
+            cur = await a.get("f")  # (version 1: the refused change stands on the primary)
+            await asyncio.create_task(a.commit(cur.replace(version=cur.version + 1), cur.version))
+            assert a._held["f"].lease.released is False  # not the holder's call: still held
+        async with asyncio.timeout(2.0):
+            async with b.lock("f"):
+                assert (await b.get("f")).version == cur.version + 1
 
 
 async def test_a_keyed_request_reads_its_idempotency_record_with_the_lease(
