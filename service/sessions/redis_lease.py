@@ -165,8 +165,8 @@ class Janitor:
 @dataclass(slots=True)
 class Held:
     """A lease held: its token and lock key, what the read given to `hold` returned as the
-    lease was granted (None once used or out of date), and whether a commit already gave it up in its own
-    call (`RedisStore.commit`: then there is nothing left to release or renew)."""
+    lease was granted (None once used or out of date), and whether a commit gives it up in its
+    own call (`RedisStore.commit`: then there is nothing left to release or renew)."""
 
     token: str
     lock: str

@@ -112,8 +112,8 @@ local function read(keys, args)
   redis.call('SET', g, 'live', 'PX', ttl + tonumber(args[2]))
   redis.call('ZADD', live, now + ttl, id)
   if h[5] then touch_owner(h[5], id, ttl) end
-  if keys[4] then return {'ok', tostring(now), h[1], h[2], h[3], redis.call('HGET', keys[4], args[3])} end
-  return {'ok', tostring(now), h[1], h[2], h[3]}
+  if not keys[4] then return {'ok', tostring(now), h[1], h[2], h[3]} end
+  return {'ok', tostring(now), h[1], h[2], h[3], redis.call('HGET', keys[4], args[3])}
 end
 """
 )
@@ -134,14 +134,19 @@ COMMIT = (
     + _TOUCH_OWNER
     + """
 local function commit()
-  if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing', redis.call('GET', KEYS[2]) or ''} end
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    return {'missing', redis.call('GET', KEYS[2]) or ''}
+  end
   local cur = redis.call('HGET', KEYS[1], 'v')
   if cur ~= ARGV[2] then
-    if cur == ARGV[3] and redis.call('HGET', KEYS[1], 'w') == ARGV[11] then return {'ok', tostring(now)} end
+    if cur == ARGV[3] and redis.call('HGET', KEYS[1], 'w') == ARGV[11] then
+      return {'ok', tostring(now)}
+    end
     return {'conflict', cur}
   end
   local ttl = tonumber(ARGV[6])
-  redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', ARGV[4], 'm', ARGV[5], 't', ARGV[6], 'w', ARGV[11])
+  redis.call('HSET', KEYS[1], 'v', ARGV[3], 'st', ARGV[4], 'm', ARGV[5], 't', ARGV[6],
+             'w', ARGV[11])
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('SET', KEYS[2], 'live', 'PX', ttl + tonumber(ARGV[7]))
   redis.call('ZADD', KEYS[4], now + ttl, ARGV[1])
@@ -149,7 +154,9 @@ local function commit()
   if own then touch_owner(own, ARGV[1], ttl) end
   if ARGV[8] ~= '' then
     redis.call('HSET', KEYS[3], ARGV[8], ARGV[9])
-    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then redis.call('PEXPIRE', KEYS[3], ARGV[10]) end
+    if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[10]) then
+      redis.call('PEXPIRE', KEYS[3], ARGV[10])
+    end
     -- bounded cleanup (like Redis's own expiry): sample a few records, drop the expired ones
     if redis.call('HLEN', KEYS[3]) > 64 then
       for _, f in ipairs(redis.call('HRANDFIELD', KEYS[3], 16)) do
