@@ -1,8 +1,9 @@
 """The Redis session store: any replica serves any session (redis-py asyncio; one Redis primary, or
 a Redis Cluster with `cluster=True`: `Layout` says where the keys go there). Its parts: how a
 record is written (`redis_codec.py`), what a Redis failure is to the caller (`redis_errors.py`),
-the Lua scripts (`redis_scripts.py`), the lease (`redis_lease.py`), acknowledged writes
-(`redis_wait.py`) and the live counts behind the caps (`redis_counts.py`).
+the Lua scripts (`redis_scripts.py`), the lease (`redis_lease.py`) and what was read with the
+leases this process holds (`redis_holds.py`), the connections (`redis_clients.py`),
+acknowledged writes (`redis_wait.py`) and the live counts behind the caps (`redis_counts.py`).
 
 Keys on one primary (the id in a hash tag, so one session's keys share a slot):
 
@@ -50,18 +51,13 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialBackoff, NoBackoff
 
 from service.errors import (
     SessionEvicted,
@@ -73,6 +69,7 @@ from service.errors import (
 )
 from service.sessions import redis_scripts as lua
 from service.sessions.record import IdempotencyRecord, SessionRecord
+from service.sessions.redis_clients import connect
 from service.sessions.redis_codec import (
     decode_idempotent,
     decode_record,
@@ -81,21 +78,12 @@ from service.sessions.redis_codec import (
 )
 from service.sessions.redis_counts import LiveCounts
 from service.sessions.redis_errors import store_errors
+from service.sessions.redis_holds import Holds
 from service.sessions.redis_layout import CLUSTER_BUCKETS, Layout
-from service.sessions.redis_lease import Held, RedisLease
+from service.sessions.redis_lease import RedisLease
 from service.sessions.redis_scripts import ms
 from service.sessions.redis_wait import ReplicaWait
 from service.sessions.store import Clock, global_limit, owner_limit
-
-
-@dataclass(slots=True)
-class _Holding:
-    """A lease this process holds: the task holding it (only its calls use what was read
-    with it), the lease, and the `Idempotency-Key` record read with it ((key, raw or None))."""
-
-    task: asyncio.Task[Any] | None
-    lease: Held
-    idempotent: tuple[str, bytes | None] | None = None
 
 
 class RedisStore:
@@ -138,45 +126,19 @@ class RedisStore:
         # failover then loses was never acknowledged (docs/reliability.md)
         self.wait_replicas, self.wait_timeout_s = wait_replicas, wait_timeout_s
         self.layout = Layout(key_prefix, CLUSTER_BUCKETS if cluster else None)
-        # a cluster's summed live count as last read (for the gauge), and when
-        # one quick retry on a fresh connection: a pooled connection that died with a
-        # restarted Redis is replaced instead of failing the request
-        retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), 1)
-        timeouts: dict[str, Any] = {
-            "socket_timeout": socket_timeout_s,
-            "socket_connect_timeout": min(socket_timeout_s, 1.0),
-            "retry": retry,
-        }
-        # redis-py's cluster client: slots, MOVED/ASK and failovers are its business (a
-        # failed-over slot is found again on the next call)
-        self._sentinel = (
-            # a primary found through Sentinel: its client asks the sentinels again for the
-            # primary whenever a connection fails (a failover's new primary, on the next call)
-            Sentinel(
-                sentinels,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=min(socket_timeout_s, 1.0),
-            )
-            if sentinels and client is None
-            else None
-        )
-        self.sentinel_master = sentinel_master
-        self._r: Redis | RedisCluster = client or (
-            RedisCluster.from_url(url, **timeouts)
-            if cluster
-            else self._sentinel.master_for(sentinel_master, **timeouts)
-            if self._sentinel is not None
-            else Redis.from_url(url, health_check_interval=15, **timeouts)
-        )
         # `WAIT` pipelines go down connections that never resend (`redis_wait.py` says why)
-        wait_client: Redis | RedisCluster = self._r
-        if wait_replicas and not cluster and client is None:
-            no_resend = {**timeouts, "retry": Retry(NoBackoff(), 0)}
-            wait_client = (
-                self._sentinel.master_for(sentinel_master, **no_resend)
-                if self._sentinel is not None
-                else Redis.from_url(url, **no_resend)
+        self._r, wait_client = (
+            (client, client)
+            if client is not None
+            else connect(
+                url,
+                socket_timeout_s,
+                cluster=cluster,
+                sentinels=sentinels,
+                sentinel_master=sentinel_master,
+                wait_replicas=wait_replicas,
             )
+        )
         self._wait = ReplicaWait(
             self._r, wait_client, wait_replicas, wait_timeout_s, socket_timeout_s, cluster
         )
@@ -186,9 +148,7 @@ class RedisStore:
         self._sweep, self._evict = reg(lua.SWEEP), reg(lua.EVICT)
         self._get_idem = reg(lua.GET_IDEM)
         self._lease = RedisLease(self._r, self._run, lock_lease_s, lock_poll_max_s, lua.READ)
-        # the leases this process holds, by session: the task holding each (a read or commit
-        # by that task goes with the lease's own calls) and the lease
-        self._held: dict[str, _Holding] = {}
+        self._holds = Holds(self._lease)  # and what was read with each (`redis_holds.py`)
         self._counts = LiveCounts(
             self._r,
             self.layout,
@@ -251,7 +211,7 @@ class RedisStore:
     # -- SessionStore -----------------------------------------------------------------------
 
     async def create(self, record: SessionRecord) -> None:
-        self._stale(record.id)
+        self._holds.stale(record.id)
         st, meta = encode_record(record)
         keys = self._keys(record.id)
         if record.owner is not None:
@@ -297,10 +257,8 @@ class RedisStore:
         self._changed(self._counts.counted(int(out[3]), 0 if out[2] else 1))
 
     async def get(self, session_id: str) -> SessionRecord:
-        mine = self._mine(session_id)
-        if mine is not None and mine.lease.read is not None:  # read as the lease was granted
-            out, mine.lease.read = mine.lease.read, None
-        else:
+        out = self._holds.read(session_id)  # (as the lease was granted)
+        if out is None:
             s, g, _, live = self._keys(session_id)
             out = await self._run(self._get, [s, g, live], [session_id, ms(self.expired_memory_s)])
         if out[0] == b"missing":
@@ -333,18 +291,15 @@ class RedisStore:
             idem_ttl,
             nonce,
         ]
-        mine = self._mine(record.id)
-        if mine is not None:  # the caller's last call under its lease: released in this one
-            keys += [mine.lease.lock, self._k(record.id, f"c:{nonce}")]
-            args += [mine.lease.token, ms(max(10.0, 5 * self.deadline_s))]
-            # (from now on the lease is not renewed: a renewal racing this call would find it
-            # gone and say it was lost)
-            mine.lease.released = True
+        lease = self._holds.for_commit(record.id)
+        if lease is not None:  # the caller's last call under its lease: released in this one
+            keys += [lease.lock, self._k(record.id, f"c:{nonce}")]
+            args += [lease.token, ms(max(10.0, 5 * self.deadline_s))]
         try:
             out = await self._write(self._commit, keys, args)
         except BaseException:
-            if mine is not None:  # (whether the call ran is unknown: the lock's exit releases)
-                mine.lease.released = False
+            if lease is not None:
+                self._holds.kept(lease)
             raise
         if out[0] == b"missing":
             raise self._missing(record.id, out[1])
@@ -356,7 +311,7 @@ class RedisStore:
         return record.replace(expires_at=int(out[1]) / 1000 + record.ttl_s)
 
     async def delete(self, session_id: str) -> None:
-        self._stale(session_id)
+        self._holds.stale(session_id)
         out = await self._write(self._delete, self._keys(session_id), [session_id])
         if out[0] == b"missing":
             raise self._missing(session_id, out[1])
@@ -379,24 +334,23 @@ class RedisStore:
                     f"{self.wait_replicas} replicas (RNNSERVE_REDIS_WAIT_REPLICAS); retry"
                 )
         else:
-            mine = self._mine(session_id)
-            if mine is not None and mine.idempotent is not None and mine.idempotent[0] == key:
-                raw, mine.idempotent = mine.idempotent[1], None  # read with the lease
+            got = self._holds.idempotent(session_id, key)  # (read with the lease)
+            if got is not None:
+                raw = got[0]
             else:
                 async with store_errors(self.deadline_s):
                     raw = await self._r.hget(self._k(session_id, "i"), key)
         return None if raw is None else decode_idempotent(raw, self.clock())
 
     async def put_idempotent(self, session_id: str, key: str, record: IdempotencyRecord) -> None:
-        self._stale(session_id)
+        self._holds.stale(session_id)
         val, ttl = encode_idempotent(record, self.clock())
         await self._run(self._put_idem, [self._k(session_id, "i")], [key, val, ttl])
 
     def lock(self, session_id: str, key: str | None = None) -> AbstractAsyncContextManager[None]:
         return self._locked(session_id, key)
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, session_id: str, key: str | None) -> AsyncIterator[None]:
+    def _locked(self, session_id: str, key: str | None) -> AbstractAsyncContextManager[None]:
         """The session's lease, taken with the session read in the same call (the holder's
         `get` uses that read, and its `get_idempotent(key)` the record read with it) and given
         up with the holder's commit where there is one: a feed is two calls to Redis, not
@@ -405,33 +359,12 @@ class RedisStore:
         lk, q, w = (self._k(session_id, k) for k in ("lock", "q", "w"))
         s, g, i, live = self._keys(session_id)
         read = ([s, g, live], [session_id, ms(self.expired_memory_s)])
-        with_record = key is not None and not self.wait_replicas
-        if with_record:
+        if key is not None and not self.wait_replicas:
             read[0].append(i)
             read[1].append(key)
-        async with self._lease.hold(session_id, (lk, q, w), read) as held:
-            mine = _Holding(asyncio.current_task(), held)
-            if key is not None and with_record and held.read[0] == b"ok":
-                mine.idempotent = (key, held.read[5])
-            self._held[session_id] = mine
-            try:
-                yield
-            finally:
-                if self._held.get(session_id) is mine:
-                    del self._held[session_id]
-
-    def _stale(self, session_id: str) -> None:
-        """A change by the lease's holder: what was read with the lease is out of date."""
-        mine = self._mine(session_id)
-        if mine is not None:
-            mine.lease.read = mine.idempotent = None
-
-    def _mine(self, session_id: str) -> _Holding | None:
-        """The lease on the session that this task holds, if it does (and has not released)."""
-        got = self._held.get(session_id)
-        if got is None or got.task is not asyncio.current_task() or got.lease.released:
-            return None
-        return got
+        else:
+            key = None
+        return self._holds.hold(session_id, (lk, q, w), read, key)
 
     local_locks = False  # a lease is taken in Redis: never without I/O
 

@@ -1,9 +1,9 @@
 """The Redis store's lock (`redis_lease.py`), against a real `redis-server` on one primary and on
 a Redis Cluster: a lease that serializes two replicas' read-modify-write, granted in arrival
 order, renewed while held, lost by a dead holder after at most one lease, and never granted to
-a token its waiter forgot; taken with the session's read (and a keyed request's idempotency
-record) and given up with the holder's commit (two calls to Redis a step), what was read never
-used once out of date."""
+a token its waiter forgot; taken with the session's read and given up with the holder's commit
+(two calls to Redis a step), a retried commit still its own after the next holder's (what is
+read with the lease: `test_redis_holds.py`)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 import redis.asyncio
 
-from service.errors import SessionNotFound, StoreUnavailable, VersionConflict
-from service.sessions.record import IdempotencyRecord
+from service.errors import VersionConflict
 from service.sessions.redis_store import RedisStore
 from tests.loopback import RedisProcess
 from tests.service.redis_server import (
@@ -231,33 +230,6 @@ async def test_the_lease_ends_with_its_holders_commit(
         await raw.aclose()
 
 
-async def test_the_read_taken_with_the_lease_is_never_out_of_date(
-    stores: tuple[RedisStore, RedisStore],
-) -> None:
-    """The holder's first read is the one made as the lease was granted; after a change of its
-    own (a commit, a delete) it reads Redis again, and another task's read never takes it."""
-    a, b = stores
-    await a.create(rec("r"))
-    async with a.lock("r"):
-        # another task's read is a read of its own: the holder's read stays for the holder
-        await asyncio.create_task(a.get("r"))
-        assert a._held["r"].lease.read is not None
-        cur = await a.get("r")
-        assert cur.version == 0 and a._held["r"].lease.read is None
-    async with a.lock("r"):  # a commit before any read: the read made with the lease is old
-        await a.commit(cur.replace(version=1), 0)
-        assert (await a.get("r")).version == 1
-    async with a.lock("r"):
-        await a.delete("r")
-        with pytest.raises(SessionNotFound):
-            await a.get("r")
-    await b.create(rec("r"))  # (another replica)
-    async with a.lock("r"):  # created again by its holder: the read ("missing") is old
-        await a.delete("r")
-        await a.create(rec("r", version=5))
-        assert (await a.get("r")).version == 5
-
-
 async def test_a_commit_retried_after_the_next_holder_committed_is_still_its_own(
     stores: tuple[RedisStore, RedisStore],
 ) -> None:
@@ -288,65 +260,3 @@ async def test_a_commit_retried_after_the_next_holder_committed_is_still_its_own
     assert retried and retried[0][0] == b"ok" and done.version == 1
     now = await a.get("n")
     assert now.version == 2 and now.pending == "mine"  # once, then the other replica's step
-
-
-async def test_a_commit_that_fails_or_runs_elsewhere_leaves_no_lease(
-    redis_server: RedisProcess,
-) -> None:
-    """A commit answered with an error (here `WAIT` finding no replica) and a commit from a
-    task other than the holder's (a generation commits from its stream's task) give the lease
-    up when the lock is left, as any holder does."""
-    async with two_stores(redis_server) as (a, _):
-        await a.create(rec("f"))
-    async with two_stores(redis_server, wait_replicas=1, wait_timeout_s=0.05) as (a, _):
-        lock = a.layout.key("f", "lock")
-        raw = redis.asyncio.Redis(port=redis_server.port)
-        try:
-            async with a.lock("f"):
-                cur = await a.get("f")
-                with pytest.raises(StoreUnavailable):
-                    await a.commit(cur.replace(version=1), 0)
-            assert await raw.exists(lock) == 0
-        finally:
-            await raw.aclose()
-    async with two_stores(redis_server) as (a, b):
-        async with a.lock("f"):
-            cur = await a.get("f")  # (version 1: the refused change stands on the primary)
-            await asyncio.create_task(a.commit(cur.replace(version=cur.version + 1), cur.version))
-            assert a._held["f"].lease.released is False  # not the holder's call: still held
-        async with asyncio.timeout(2.0):
-            async with b.lock("f"):
-                assert (await b.get("f")).version == cur.version + 1
-
-
-async def test_a_keyed_request_reads_its_idempotency_record_with_the_lease(
-    stores: tuple[RedisStore, RedisStore],
-) -> None:
-    """`lock(id, key)`: the record an `Idempotency-Key` replays is read in the lease's own call
-    (no lookup of its own), for that key only, and never once the holder changed it."""
-    a, _ = stores
-    await a.create(rec("k"))
-    stored = IdempotencyRecord("fp", {"version": 1}, time.time() + 60)
-    async with a.lock("k"):
-        cur = await a.get("k")
-        await a.commit(cur.replace(version=1), 0, ("key-1", stored))
-    lookups: list[str] = []
-    hget = a._r.hget
-
-    def counted(name: str, key: str) -> Any:
-        lookups.append(key)
-        return hget(name, key)
-
-    a._r.hget = counted  # type: ignore[method-assign,assignment]
-    async with a.lock("k", "key-1"):
-        assert (await a.get("k")).version == 1
-        got = await a.get_idempotent("k", "key-1")
-        assert got is not None and got.result == {"version": 1}
-        assert lookups == []  # read with the lease
-        assert await a.get_idempotent("k", "key-2") is None  # another key: looked up
-        assert lookups == ["key-2"]
-    async with a.lock("k", "key-3"):  # a key with no record: read (as none) with the lease
-        assert await a.get_idempotent("k", "key-3") is None
-        await a.put_idempotent("k", "key-3", stored)
-        assert await a.get_idempotent("k", "key-3") is not None  # changed since: looked up
-    assert lookups == ["key-2", "key-3"]
