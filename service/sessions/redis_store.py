@@ -348,9 +348,6 @@ class RedisStore:
         await self._run(self._put_idem, [self._k(session_id, "i")], [key, val, ttl])
 
     def lock(self, session_id: str, key: str | None = None) -> AbstractAsyncContextManager[None]:
-        return self._locked(session_id, key)
-
-    def _locked(self, session_id: str, key: str | None) -> AbstractAsyncContextManager[None]:
         """The session's lease, taken with the session read in the same call (the holder's
         `get` uses that read, and its `get_idempotent(key)` the record read with it) and given
         up with the holder's commit where there is one: a feed is two calls to Redis, not
