@@ -61,9 +61,9 @@ class LoadedModel:
         new one: same key, two engine threads)."""
         return f"{self.key}#{id(self):x}"
 
-    @property
+    @cached_property
     def sha256(self) -> str:
-        """sha256 of the graph actually loaded."""
+        """sha256 of the graph actually loaded (each session step checks it: looked up once)."""
         for v in self.manifest.variants:
             if v.name == self.variant:
                 return v.sha256

@@ -170,13 +170,15 @@ class Scheduler:
             futures.append(fut)
         chunk = self._budget.chunk()
         with self._cv:
+            depth = len(self._prefill)
             for job in jobs:
                 try:
-                    self._admit(len(self._prefill))
+                    self._admit(depth)
                 except ServiceError as e:
                     job.future.set_exception(e)
                     continue
                 self._prefill.add(job, chunk)
+                depth += 1
             self._cv.notify()
         # (the gauges are the engine thread's to set, as it takes the work: setting them here
         # too cost two gauge writes on the loop for every feed batch and every stream)

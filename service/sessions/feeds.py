@@ -18,9 +18,9 @@ from service.engine.dispatch import Reply, handles, handles_batch
 from service.engine.registry import LoadedModel
 from service.protocol.messages import FeedResult, Output
 from service.protocol.ops import Feed
-from service.sessions import SessionRecord
+from service.sessions import IdempotencyRecord, SessionRecord
 from service.sessions.rules import SessionRules
-from service.sessions.store import public_id, store_id
+from service.sessions.store import LocalRecords, public_id, store_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -58,6 +58,7 @@ class SessionFeeds(SessionRules):
         committed and replied on its own (one that fails, or whose caller is `gone` before its
         commit, leaves its session as it was). `traces`: each sampled feed's span (tracing on),
         under which its store calls and prefill are recorded."""
+        local = self.store.local  # (an unsampled feed's record calls: no coroutine each)
         held: list[str] = []
         queued: list[tuple[int, str, asyncio.Future[None], asyncio.Task[None]]] = []
         started: set[int] = set()  # the queued feeds whose task ran (and owns its turn)
@@ -79,7 +80,11 @@ class SessionFeeds(SessionRules):
                         continue
                     held.append(sid)
                     try:
-                        begun = await tracing.within(parent, self._feed_begin(op))
+                        begun = (
+                            self._feed_begin_now(local, op)
+                            if parent is None and local is not None
+                            else await tracing.within(parent, self._feed_begin(op))
+                        )
                     except Exception as e:
                         reply(i, e)
                         continue
@@ -100,7 +105,11 @@ class SessionFeeds(SessionRules):
                             parent = traces[i] if traces is not None else None
                             reply(
                                 i,
-                                await tracing.within(parent, self._feed_end(step, adv[1], output)),
+                                self._feed_end_now(local, step, adv[1], output)
+                                if parent is None and local is not None
+                                else await tracing.within(
+                                    parent, self._feed_end(step, adv[1], output)
+                                ),
                             )
                         except Exception as e:
                             reply(i, e)
@@ -162,13 +171,26 @@ class SessionFeeds(SessionRules):
         """A feed's checks, under its session's lock: the result an `Idempotency-Key` replays,
         or the step to run."""
         rec = await self._get(op.session_id, op.owner)
+        stored = None if op.key is None else await self.store.get_idempotent(rec.id, op.key)
+        return self._feed_checked(op, rec, stored)
+
+    def _feed_begin_now(self, local: LocalRecords, op: Feed) -> FeedResult | _FeedStep:
+        """`_feed_begin` with the store's records in this process (no coroutine)."""
+        rec = self._get_now(local, op.session_id, op.owner)
+        stored = None if op.key is None else local.get_idempotent_now(rec.id, op.key)
+        return self._feed_checked(op, rec, stored)
+
+    def _feed_checked(
+        self, op: Feed, rec: SessionRecord, stored: IdempotencyRecord | None
+    ) -> FeedResult | _FeedStep:
+        """`_feed_begin`'s checks on the record read and the key's stored record, if any."""
         # (a request without a key is never replayed: no fingerprint to compute)
         fp = (
             ""
             if op.key is None
             else self._fingerprint("feed", {"text": op.text, "top_k": op.top_k})
         )
-        replay = await self._replay(rec, op.key, fp, FeedResult)
+        replay = self._replayed(stored, fp, FeedResult)
         if replay is not None:
             return replay
         self._check_version(rec, op.expected_version)
@@ -198,14 +220,16 @@ class SessionFeeds(SessionRules):
         self, step: _FeedStep, new: SessionRecord, output: Output | None
     ) -> FeedResult:
         """A feed's answer, committed with its new record."""
-        result = FeedResult(
-            session_id=public_id(step.rec.id),
-            version=new.version,
-            tokens=len(step.ids),
-            pending_chars=len(step.pending),
-            output=output,
-        )
+        result = step.result(new, output)
         await self._commit(step.rec, new, step.op.key, step.fp, result)
+        return result
+
+    def _feed_end_now(
+        self, local: LocalRecords, step: _FeedStep, new: SessionRecord, output: Output | None
+    ) -> FeedResult:
+        """`_feed_end` with the store's records in this process (no coroutine)."""
+        result = step.result(new, output)
+        local.commit_now(new, step.rec.version, self._idempotency(step.op.key, step.fp, result))
         return result
 
 
@@ -219,6 +243,16 @@ class _FeedStep:
     ids: list[int]  # the tokens it commits
     pending: str  # the unfinished word held back after them
     fp: str  # its request's fingerprint ("" without an Idempotency-Key)
+
+    def result(self, new: SessionRecord, output: Output | None) -> FeedResult:
+        """Its answer, once advanced to `new`."""
+        return FeedResult(
+            session_id=public_id(self.rec.id),
+            version=new.version,
+            tokens=len(self.ids),
+            pending_chars=len(self.pending),
+            output=output,
+        )
 
     @property
     def work(self) -> tuple[LoadedModel, SessionRecord, list[int], str, int]:

@@ -44,7 +44,7 @@ class MemoryStore:
         self._live: OrderedDict[str, SessionRecord] = OrderedDict()  # least recently used first
         self._gone: OrderedDict[str, tuple[Gone, float]] = OrderedDict()
         self._idem: dict[str, dict[str, IdempotencyRecord]] = {}
-        self._locks: dict[str, _Users] = {}  # sessions in use: their lock and its users
+        self._locks: Users = {}  # sessions in use: the callers waiting for each
         self._owned: dict[str, set[str]] = {}  # owner -> live session ids
 
     # -- lifecycle helpers ------------------------------------------------------------------
@@ -135,13 +135,30 @@ class MemoryStore:
         self._changed()
 
     async def get(self, session_id: str) -> SessionRecord:
+        return self.get_now(session_id)
+
+    async def commit(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        idempotency: tuple[str, IdempotencyRecord] | None = None,
+    ) -> SessionRecord:
+        return self.commit_now(record, expected_version, idempotency)
+
+    # -- LocalRecords: the same, without a coroutine (an unsampled feed batch's) ------------
+
+    @property
+    def local(self) -> MemoryStore:
+        return self
+
+    def get_now(self, session_id: str) -> SessionRecord:
         rec = self._live_record(session_id)
         rec = rec.replace(expires_at=self.clock() + rec.ttl_s)
         self._live[session_id] = rec
         self._live.move_to_end(session_id)
         return rec
 
-    async def commit(
+    def commit_now(
         self,
         record: SessionRecord,
         expected_version: int,
@@ -178,6 +195,9 @@ class MemoryStore:
         )
 
     async def get_idempotent(self, session_id: str, key: str) -> IdempotencyRecord | None:
+        return self.get_idempotent_now(session_id, key)
+
+    def get_idempotent_now(self, session_id: str, key: str) -> IdempotencyRecord | None:
         rec = self._idem.get(session_id, {}).get(key)
         if rec is not None and rec.expires_at <= self.clock():
             del self._idem[session_id][key]
@@ -193,13 +213,13 @@ class MemoryStore:
     local_locks = True
 
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
-        return _SessionLock(self._locks, session_id).enter()
+        return _enter(self._locks, session_id)
 
     def abandon(self, session_id: str, turn: asyncio.Future[None]) -> None:
-        _SessionLock(self._locks, session_id).abandon(turn)
+        _abandon(self._locks, session_id, turn)
 
     def unlock(self, session_id: str) -> None:
-        _SessionLock(self._locks, session_id).release()
+        _release(self._locks, session_id)
 
     async def sweep(self) -> int:
         now = self.clock()
@@ -223,67 +243,69 @@ class MemoryStore:
         return None
 
 
-class _Users:
-    """A session in use: whoever holds it, and the callers waiting for it, first come first
-    served (an `asyncio.Lock` per use cost a lock and its waiter set for every feed, though
-    nearly every one finds its session free)."""
+# The sessions in use: a session's entry is its callers waiting in line, first come first
+# served, or None while nobody waits (nearly every feed finds its session free: no lock, no
+# queue and no future is made for it; an `asyncio.Lock` per use cost a lock and its waiter set).
+Users = dict[str, "deque[asyncio.Future[None]] | None"]
 
-    __slots__ = ("waiters",)
 
-    def __init__(self) -> None:
-        self.waiters: deque[asyncio.Future[None]] = deque()
+def _enter(locks: Users, sid: str) -> asyncio.Future[None] | None:
+    """Take the session now (None), or queue for it now: the future resolves when it is this
+    caller's turn (then it holds the session until `_release`; or `_abandon` it)."""
+    if sid not in locks:
+        locks[sid] = None
+        return None
+    line = locks[sid]
+    if line is None:
+        line = locks[sid] = deque()
+    turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    line.append(turn)
+    return turn
+
+
+def _abandon(locks: Users, sid: str, turn: asyncio.Future[None]) -> None:
+    """Give up a queued turn: if it was handed the session meanwhile, the session goes on to
+    the next caller."""
+    if turn.done() and not turn.cancelled():  # handed the session as it was given up
+        _release(locks, sid)
+        return
+    turn.cancel()
+    with contextlib.suppress(ValueError):
+        line = locks[sid]
+        assert line is not None  # (a turn was queued)
+        line.remove(turn)
+
+
+def _release(locks: Users, sid: str) -> None:
+    line = locks[sid]
+    while line:
+        turn = line.popleft()
+        if not turn.done():  # (one cancelled while it waited is skipped)
+            turn.set_result(None)  # the session is the next caller's now
+            return
+    del locks[sid]
 
 
 class _SessionLock:
-    """`MemoryStore.lock`: a plain async context manager over `_Users` (a generator-based one
-    cost ~8 % of the engine's Python per session step in its set-up alone). A session free is
-    taken at once, with no future; a busy one queues, and a release hands it to the first
-    caller still waiting."""
+    """`MemoryStore.lock`: a plain async context manager (a generator-based one cost ~8 % of
+    the engine's Python per session step in its set-up alone). A session free is taken at once,
+    with no future; a busy one queues, and a release hands it to the first caller still
+    waiting."""
 
     __slots__ = ("_locks", "_sid")
 
-    def __init__(self, locks: dict[str, _Users], sid: str) -> None:
+    def __init__(self, locks: Users, sid: str) -> None:
         self._locks, self._sid = locks, sid
 
-    def enter(self) -> asyncio.Future[None] | None:
-        """Take the session now (None), or queue for it now: the future resolves when it is
-        this caller's turn (then it holds the session until `release`; or `abandon` it)."""
-        users = self._locks.get(self._sid)
-        if users is None:
-            self._locks[self._sid] = _Users()
-            return None
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        users.waiters.append(turn)
-        return turn
-
-    def abandon(self, turn: asyncio.Future[None]) -> None:
-        """Give up a queued turn: if it was handed the session meanwhile, the session goes on
-        to the next caller."""
-        if turn.done() and not turn.cancelled():  # handed the session as it was given up
-            self.release()
-            return
-        turn.cancel()
-        with contextlib.suppress(ValueError):
-            self._locks[self._sid].waiters.remove(turn)
-
     async def __aenter__(self) -> None:
-        turn = self.enter()
+        turn = _enter(self._locks, self._sid)
         if turn is None:
             return
         try:
             await turn
         except BaseException:
-            self.abandon(turn)
+            _abandon(self._locks, self._sid, turn)
             raise
 
     async def __aexit__(self, *exc: object) -> None:
-        self.release()
-
-    def release(self) -> None:
-        waiters = self._locks[self._sid].waiters
-        while waiters:
-            turn = waiters.popleft()
-            if not turn.done():  # (one cancelled while it waited is skipped)
-                turn.set_result(None)  # the session is the next caller's now
-                return
-        del self._locks[self._sid]
+        _release(self._locks, self._sid)

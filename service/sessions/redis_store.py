@@ -364,6 +364,7 @@ class RedisStore:
         return self._holds.hold(session_id, (lk, q, w), read, key)
 
     local_locks = False  # a lease is taken in Redis: never without I/O
+    local = None  # (nor a record read or written)
 
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
         raise RuntimeError("a Redis lease is not taken without I/O (local_locks is False)")

@@ -20,6 +20,7 @@ from service.engine.registry import LoadedModel
 from service.errors import (
     IdempotencyKeyReused,
     ModelChanged,
+    ServiceError,
     SessionEvicted,
     SessionExpired,
     SessionNotFound,
@@ -27,7 +28,7 @@ from service.errors import (
 )
 from service.protocol.messages import Message, R, SessionInfo, replayed, stored
 from service.sessions import Clock, IdempotencyRecord, SessionRecord, SessionStore
-from service.sessions.store import public_id, store_id
+from service.sessions.store import LocalRecords, public_id, store_id
 
 if TYPE_CHECKING:
     from opentelemetry.trace import SpanContext
@@ -75,13 +76,20 @@ class SessionRules:
         try:
             rec = await self.store.get(sid)
         except (SessionNotFound, SessionExpired, SessionEvicted) as e:
-            if sid != session_id:  # the message names the id the caller sent
-                e.message = e.message.replace(repr(sid), repr(session_id))
-                e.args = (e.message,)
+            _name_as_sent(e, sid, session_id)
             raise
-        if rec.owner != owner:  # another key's session looks exactly like a missing one
-            raise SessionNotFound(f"session {session_id!r} does not exist")
-        return rec
+        return _theirs(rec, session_id, owner)
+
+    @staticmethod
+    def _get_now(local: LocalRecords, session_id: str, owner: str | None) -> SessionRecord:
+        """`_get` from a store's records in this process (no coroutine)."""
+        sid = store_id(session_id, owner)
+        try:
+            rec = local.get_now(sid)
+        except (SessionNotFound, SessionExpired, SessionEvicted) as e:
+            _name_as_sent(e, sid, session_id)
+            raise
+        return _theirs(rec, session_id, owner)
 
     def _model(self, rec: SessionRecord) -> LoadedModel:
         """The version the session is pinned to: the one whose graph made its state, served
@@ -195,7 +203,12 @@ class SessionRules:
     ) -> R | None:
         if key is None:
             return None
-        stored = await self.store.get_idempotent(rec.id, key)
+        return self._replayed(await self.store.get_idempotent(rec.id, key), fingerprint, kind)
+
+    @staticmethod
+    def _replayed(stored: IdempotencyRecord | None, fingerprint: str, kind: type[R]) -> R | None:
+        """The answer an `Idempotency-Key`'s stored record replays (None: not used yet), or
+        `IdempotencyKeyReused` if it was made for another request."""
         if stored is None:
             return None
         if stored.fingerprint != fingerprint:
@@ -220,10 +233,28 @@ class SessionRules:
         fp: str,
         result: Message,
     ) -> SessionRecord:
-        idem = None
-        if key is not None:
-            expires = self.clock() + self.idempotency_ttl_s
-            idem = (key, IdempotencyRecord(fp, stored(result), expires))
-        return await self.store.commit(new, old.version, idem)
+        return await self.store.commit(new, old.version, self._idempotency(key, fp, result))
+
+    def _idempotency(
+        self, key: str | None, fp: str, result: Message
+    ) -> tuple[str, IdempotencyRecord] | None:
+        """The record a commit stores for its request's `Idempotency-Key` (None: no key)."""
+        if key is None:
+            return None
+        return key, IdempotencyRecord(fp, stored(result), self.clock() + self.idempotency_ttl_s)
 
     # -- lifecycle --------------------------------------------------------------------------
+
+
+def _name_as_sent(e: ServiceError, sid: str, session_id: str) -> None:
+    """A store's not-found error for `sid`, made to name the id the caller sent."""
+    if sid != session_id:
+        e.message = e.message.replace(repr(sid), repr(session_id))
+        e.args = (e.message,)
+
+
+def _theirs(rec: SessionRecord, session_id: str, owner: str | None) -> SessionRecord:
+    """`rec` if `owner` owns it: another key's session looks exactly like a missing one."""
+    if rec.owner != owner:
+        raise SessionNotFound(f"session {session_id!r} does not exist")
+    return rec

@@ -45,6 +45,23 @@ def owner_limit(cap: int) -> SessionLimit:
     )
 
 
+class LocalRecords(Protocol):
+    """A store's records where they live in this process (memory): `get`, `commit` and
+    `get_idempotent` as plain calls, which a feed batch makes without a coroutine each (the
+    feed path's per-call cost is what bounds one engine process: docs/benchmarks.md)."""
+
+    def get_now(self, session_id: str) -> SessionRecord: ...
+
+    def commit_now(
+        self,
+        record: SessionRecord,
+        expected_version: int,
+        idempotency: tuple[str, IdempotencyRecord] | None = None,
+    ) -> SessionRecord: ...
+
+    def get_idempotent_now(self, session_id: str, key: str) -> IdempotencyRecord | None: ...
+
+
 class SessionStore(Protocol):
     async def create(self, record: SessionRecord) -> None:
         """Insert a new session; `SessionExists` if the id is live, `SessionLimit` at the cap
@@ -88,6 +105,11 @@ class SessionStore(Protocol):
     # a lease in Redis). A batch of feeds takes its sessions this way (`SessionService
     # .feed_batch`), which only a store with local locks is given.
     local_locks: bool
+
+    @property
+    def local(self) -> LocalRecords | None:
+        """The same records without I/O (the same guarantees), or None where they are
+        remote (Redis). Bypasses tracing: for calls of no sampled request."""
 
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
         """Take the session's lock at once (None), or take its place in the session's queue

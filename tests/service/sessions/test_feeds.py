@@ -18,6 +18,7 @@ from service.engine.dispatch import batchers
 from service.errors import EngineError, SessionNotFound, VersionConflict
 from service.protocol.messages import FeedResult
 from service.protocol.ops import CreateSession, Feed, GetSession, Reset
+from service.sessions.redis_store import RedisStore
 from service.sessions.service import SessionService
 from service.sessions.traced import TracedStore
 from tests.service.conftest import LM
@@ -55,7 +56,19 @@ async def _state(svc: SessionService, sid: str) -> list[bytes]:
     return [s.tobytes() for s in rec.states] + [logits, rec.pending.encode()]
 
 
-async def test_each_feed_of_a_batch_is_the_feed_it_would_be_alone(svc: SessionService) -> None:
+@pytest.mark.parametrize("records", ["local", "awaited"])
+async def test_each_feed_of_a_batch_is_the_feed_it_would_be_alone(
+    svc: SessionService, records: str
+) -> None:
+    """Read and committed through the store's local face (memory: no coroutine a call) or
+    awaited (as a store without one, Redis, is): the same outcome as each feed alone."""
+    if records == "awaited":
+        store = TracedStore(svc.store)  # (tracing off: its calls go straight to the store)
+        store.local = None
+        svc = SessionService(
+            svc.engine, store, default_ttl_s=60, max_ttl_s=600, idempotency_ttl_s=60
+        )
+    assert (svc.store.local is not None) == (records == "local")
     texts = ["To be", " or not", "x", "ROMEO:\n", "a" * 40]
     batched, alone = await _sessions(svc, len(texts)), await _sessions(svc, len(texts))
     got = await _batch(svc, [_feed(s, t) for s, t in zip(batched, texts, strict=True)])
@@ -215,6 +228,8 @@ def test_batches_only_over_a_store_whose_locks_need_no_io(svc: SessionService) -
     assert traced.batching and batchers(traced) == {Feed: traced.feed_batch}
     store.local_locks = False  # (as `RedisStore` says of its leases)
     assert not traced.batching and batchers(traced) == {}
+    # (nor are its records read or written without a round trip)
+    assert not RedisStore.local_locks and RedisStore.local is None
 
 
 async def test_a_sampled_feeds_spans_in_a_batch_are_its_own_even_when_it_waited(

@@ -206,3 +206,31 @@ async def test_sweep_drops_expired(clock: FakeClock) -> None:
     await store.sweep()
     with pytest.raises(SessionNotFound):  # forgotten after expired_memory_s
         await store.get("a")
+
+
+async def test_the_local_face_is_the_same_records_without_a_coroutine(clock: FakeClock) -> None:
+    """`store.local` (what an unsampled feed batch reads and commits through): `get_now`
+    refreshes the TTL and tells expired from unknown, `commit_now` is compare-and-set with its
+    idempotency record, as the coroutines are (they are these calls)."""
+    store = MemoryStore(10, clock=clock)
+    local = store.local
+    assert local is store
+    r0 = rec("a", clock)
+    await store.create(r0)
+    clock.advance(9)
+    assert local.get_now("a").expires_at == clock() + 10  # refreshed
+    clock.advance(9)
+    idem = IdempotencyRecord("fp", {"x": 1}, clock() + 5)
+    done = local.commit_now(r0.replace(version=1), 0, ("k", idem))
+    assert done.version == 1 and done.expires_at == clock() + 10
+    with pytest.raises(VersionConflict):
+        local.commit_now(r0.replace(version=1), 0)
+    assert (await store.get("a")).version == 1
+    assert local.get_idempotent_now("a", "k") == idem
+    clock.advance(6)
+    assert local.get_idempotent_now("a", "k") is None
+    clock.advance(10.5)
+    with pytest.raises(SessionExpired):
+        local.get_now("a")
+    with pytest.raises(SessionNotFound):
+        local.get_now("never")
