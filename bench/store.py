@@ -19,6 +19,10 @@ Writes bench/.out/store-<UTC>.json and prints Markdown tables.
 once, A on the primary (with its replica), B on the cluster, `bench.ab`'s session step and 256
 streams in interleaved rounds (`bench.ab --base HEAD --env-a ... --env-b ...`; its own flags
 follow `--`, e.g. `-- --rounds 4`).
+
+`--redis-cpus 1` runs every Redis process on CPU 1 and the rest (the store's client, the
+servers, the load) on the other CPUs: Redis on a core of its own, as it would be on machines of
+its own, instead of six `redis-server`s taking the servers' cores on a small machine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -227,19 +232,30 @@ async def _bytes_per_session(url: str, port: int, sessions: int) -> dict[str, fl
 
 
 @contextlib.contextmanager
-def _stores() -> Iterator[tuple[RedisProcess, RedisReplica, RedisCluster]]:
+def _stores(
+    redis_cpus: set[int] | None = None,
+) -> Iterator[tuple[RedisProcess, RedisReplica, RedisCluster]]:
     """One primary with a replica (as in production, and as each cluster shard has: the
     replication work is then the same on both sides) and a cluster of 3 primaries with a
-    replica each, all local, for the block."""
+    replica each, all local, for the block. `redis_cpus`: every Redis process runs on these
+    CPUs only, and this process (with what it starts from now on: the servers, the load) on
+    the others."""
     with tempfile.TemporaryDirectory() as tmp:
         one = RedisProcess(Path(tmp))
         one.start()
         replica = _replica_of(one, Path(tmp) / "replica")
         cluster = RedisCluster(Path(tmp) / "cluster")
         cluster.start()
+        mine = os.sched_getaffinity(0)
+        if redis_cpus is not None:
+            assert one.proc is not None and replica.proc is not None
+            for proc in [one.proc, replica.proc, *cluster.procs.values()]:
+                os.sched_setaffinity(proc.pid, redis_cpus)
+            os.sched_setaffinity(0, mine - redis_cpus)
         try:
             yield one, replica, cluster
         finally:
+            os.sched_setaffinity(0, mine)
             cluster.stop()
             replica.stop()
             one.stop()
@@ -259,6 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("ab_args", nargs="*", help="(after --) bench.ab's own arguments")
     ap.add_argument(
+        "--redis-cpus",
+        type=lambda v: {int(c) for c in v.split(",")},
+        help="CPUs (e.g. 1, or 2,3) that every Redis process runs on, the servers and the "
+        "load on the others: Redis on cores of its own, as on machines of its own",
+    )
+    ap.add_argument(
         "--keyed",
         action="store_true",
         help="each step as a feed with an Idempotency-Key asks it: its record looked up, and "
@@ -270,8 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         "rounds interleaved on the same Redis processes",
     )
     args = ap.parse_args(argv)
+    if args.redis_cpus is not None and not args.redis_cpus < os.sched_getaffinity(0):
+        ap.error("--redis-cpus must leave this process a CPU of its own")
     if args.through_server:
-        return _through_server(args.ab_args)
+        return _through_server(args.ab_args, args.redis_cpus)
     trees = [("B", REPO)]
     if args.base:
         from bench.ab import worktree
@@ -294,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         for t, _ in trees
         for name, *_ in stores
     }
-    with _stores() as (one, replica, cluster):
+    with _stores(args.redis_cpus) as (one, replica, cluster):
         assert one.proc is not None
         servers = {
             "primary": [one.proc.pid, replica.proc.pid],
@@ -367,10 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _through_server(ab_args: list[str]) -> int:
+def _through_server(ab_args: list[str], redis_cpus: set[int] | None) -> int:
     """bench.ab, A's server with the primary (and its replica) as its store, B's with the
     cluster; both stores up for the whole run."""
-    with _stores() as (one, _, cluster):
+    with _stores(redis_cpus) as (one, _, cluster):
         store = "--env-a=RNNSERVE_STORE=redis", "--env-b=RNNSERVE_STORE=redis"
         cmd = [sys.executable, "-m", "bench.ab", "--base", "HEAD", *store]
         cmd += [f"--env-a=RNNSERVE_REDIS_URL={one.url}"]
