@@ -72,6 +72,11 @@ def api_app(
         lifespan=lifespan,
         docs_url=None,  # served by service/api/docs.py, with its assets (no CDN)
         redoc_url=None,
+        # FastAPI's own OpenTelemetry (on by default since 0.165 once a global provider is
+        # set): our spans cover the request (service/tracing.py, which sets none), its would
+        # be a second server span of each, and even unused its per-request check of the
+        # global providers cost ~4 us a request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     install_error_handlers(app)
     install_docs(app)
