@@ -159,13 +159,18 @@ class SessionFeeds(SessionRules):
         self, op: Feed, gone: Callable[[], bool] = lambda: False
     ) -> FeedResult | None:
         """A feed under its session's lock; None when its caller went before the commit."""
-        begun = await self._feed_begin(op)
+        # (an unsampled feed's record calls without a coroutine each, as in a batch)
+        local = self.store.local if tracing.capture() is None else None
+        begun = self._feed_begin_now(local, op) if local is not None else await self._feed_begin(op)
         if isinstance(begun, FeedResult):
             return begun
         shown, new = await self.advance(*begun.work)
         if gone():
             return None
-        return await self._feed_end(begun, new, outputs.output(begun.m, shown, begun.op.top_k))
+        output = outputs.output(begun.m, shown, begun.op.top_k)
+        if local is not None:
+            return self._feed_end_now(local, begun, new, output)
+        return await self._feed_end(begun, new, output)
 
     async def _feed_begin(self, op: Feed) -> FeedResult | _FeedStep:
         """A feed's checks, under its session's lock: the result an `Idempotency-Key` replays,

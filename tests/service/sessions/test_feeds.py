@@ -66,7 +66,12 @@ async def test_each_feed_of_a_batch_is_the_feed_it_would_be_alone(
         store = TracedStore(svc.store)  # (tracing off: its calls go straight to the store)
         store.local = None
         svc = SessionService(
-            svc.engine, store, default_ttl_s=60, max_ttl_s=600, idempotency_ttl_s=60
+            svc.engine,
+            store,
+            default_ttl_s=60,
+            max_ttl_s=600,
+            idempotency_ttl_s=60,
+            clock=svc.clock,
         )
     assert (svc.store.local is not None) == (records == "local")
     texts = ["To be", " or not", "x", "ROMEO:\n", "a" * 40]
