@@ -247,12 +247,13 @@ def _stores(
         cluster = RedisCluster(Path(tmp) / "cluster")
         cluster.start()
         mine = os.sched_getaffinity(0)
-        if redis_cpus is not None:
-            assert one.proc is not None and replica.proc is not None
-            for proc in [one.proc, replica.proc, *cluster.procs.values()]:
-                os.sched_setaffinity(proc.pid, redis_cpus)
-            os.sched_setaffinity(0, mine - redis_cpus)
         try:
+            if redis_cpus is not None:
+                assert one.proc is not None and replica.proc is not None
+                for proc in [one.proc, replica.proc, *cluster.procs.values()]:
+                    for task in Path(f"/proc/{proc.pid}/task").iterdir():  # (every thread)
+                        os.sched_setaffinity(int(task.name), redis_cpus)
+                os.sched_setaffinity(0, mine - redis_cpus)
             yield one, replica, cluster
         finally:
             os.sched_setaffinity(0, mine)

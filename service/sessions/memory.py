@@ -270,10 +270,12 @@ def _abandon(locks: Users, sid: str, turn: asyncio.Future[None]) -> None:
         _release(locks, sid)
         return
     turn.cancel()
-    with contextlib.suppress(ValueError):
-        line = locks[sid]
-        assert line is not None  # (a turn was queued)
-        line.remove(turn)
+    # (a turn cancelled while it waited may already be out of line: a release skipped it, and
+    # the session since went free, or to a caller who found nobody waiting)
+    line = locks.get(sid)
+    if line:
+        with contextlib.suppress(ValueError):
+            line.remove(turn)
 
 
 def _release(locks: Users, sid: str) -> None:

@@ -52,6 +52,7 @@ def test_redis_on_cpus_of_its_own_and_this_process_on_the_rest_until_the_end() -
         assert one.proc is not None and replica.proc is not None
         pids = [one.proc.pid, replica.proc.pid, *(p.pid for p in cluster.procs.values())]
         assert len(pids) == 8
-        assert all(os.sched_getaffinity(pid) == last for pid in pids)
+        tasks = [int(t.name) for pid in pids for t in Path(f"/proc/{pid}/task").iterdir()]
+        assert all(os.sched_getaffinity(t) == last for t in tasks)  # (each thread of each)
         assert os.sched_getaffinity(0) == cpus - last
     assert os.sched_getaffinity(0) == cpus

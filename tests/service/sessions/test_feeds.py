@@ -20,6 +20,7 @@ from service.protocol.messages import FeedResult
 from service.protocol.ops import CreateSession, Feed, GetSession, Reset
 from service.sessions.redis_store import RedisStore
 from service.sessions.service import SessionService
+from service.sessions.store import store_id
 from service.sessions.traced import TracedStore
 from tests.service.conftest import LM
 from tests.service.sessions.conftest import flaky
@@ -85,6 +86,13 @@ async def test_each_feed_of_a_batch_is_the_feed_it_would_be_alone(
         assert (res.version, res.tokens, res.pending_chars) == (1, want.tokens, want.pending_chars)
         assert res.output == want.output  # the same numbers, bit for bit
         assert await _state(svc, b) == await _state(svc, a)
+    # a keyed feed's record, stored by the batch's commit, replays it (and nothing runs)
+    keyed = _feed(batched[0], " again", key="k1")
+    (first,) = (await _batch(svc, [keyed])).values()
+    retried = await svc.feed(keyed)
+    assert retried.replayed and retried.version == first.version == 2
+    assert retried.output == first.output
+    assert (await svc.store.get(store_id(batched[0], None))).version == 2
 
 
 async def test_feeds_of_one_session_in_a_batch_apply_in_the_order_read(

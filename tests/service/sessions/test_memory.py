@@ -190,6 +190,30 @@ async def test_a_place_in_line_given_up_passes_the_session_on(clock: FakeClock) 
     assert not store._locks
 
 
+@pytest.mark.parametrize("then", ["free", "taken"])
+async def test_a_waiter_cancelled_before_the_session_went_on_ends_cancelled(
+    clock: FakeClock, then: str
+) -> None:
+    """A waiting caller cancelled (its turn with it) before it runs again, while the holder
+    releases (skipping that turn) and the session goes free or to a new caller: the waiter
+    ends with its cancellation, nothing else, and never holds the session (as when a worker's
+    calls are all cancelled at once, holder first)."""
+    store = MemoryStore(10, clock=clock)
+    assert store.lock_now("s") is None
+    waiter = asyncio.create_task(_hold(store, "s"))
+    while not store._locks["s"]:  # (queued: its turn is in the session's line)
+        await asyncio.sleep(0)
+    waiter.cancel()  # its turn is cancelled now; the task runs later
+    store.unlock("s")
+    if then == "taken":
+        assert store.lock_now("s") is None
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    if then == "taken":
+        store.unlock("s")
+    assert not store._locks
+
+
 async def _hold(store: MemoryStore, sid: str) -> None:
     async with store.lock(sid):
         pass
