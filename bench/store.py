@@ -22,23 +22,21 @@ follow `--`, e.g. `-- --rounds 4`).
 
 `--redis-cpus 1` runs every Redis process on CPU 1 and the rest (the store's client, the
 servers, the load) on the other CPUs: Redis on a core of its own, as it would be on machines of
-its own, instead of six `redis-server`s taking the servers' cores on a small machine.
+its own, instead of six `redis-server`s taking the servers' cores on a small machine. (The
+Redis processes: `bench/redis_stores.py`.)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +45,13 @@ import redis.asyncio
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / ".out"
-sys.path.insert(0, str(REPO))  # the tests' local Redis and cluster (not part of the service)
+sys.path.insert(0, str(REPO))  # (run as a script: the tree's packages first)
 
+from bench import redis_stores  # noqa: E402
 from bench.procs import cpu_seconds  # noqa: E402
 from service.contract import load_manifest, tokenizer_from_spec  # noqa: E402
 from service.sessions.record import SessionRecord  # noqa: E402
 from service.sessions.redis_store import RedisStore  # noqa: E402
-from tests.loopback import (  # noqa: E402
-    REDIS_SERVER,
-    RedisProcess,
-    RedisReplica,
-    wait_until,
-)
-from tests.redis_cluster import RedisCluster  # noqa: E402
-
-
-def _replica_of(primary: RedisProcess, folder: Path) -> RedisReplica:
-    replica = RedisReplica(folder, primary.port)
-    wait_until(lambda: "state=online" in _cli(primary.port, "INFO", "replication"), 30, "sync")
-    return replica
-
-
-def _cli(port: int, *args: str) -> str:
-    cli = str(Path(REDIS_SERVER).with_name("redis-cli"))
-    return subprocess.run([cli, "-p", str(port), *args], capture_output=True, text=True).stdout
 
 
 def _record(sid: str, states: tuple[np.ndarray, ...], logits: np.ndarray | None) -> SessionRecord:
@@ -231,37 +212,6 @@ async def _bytes_per_session(url: str, port: int, sessions: int) -> dict[str, fl
     return out
 
 
-@contextlib.contextmanager
-def _stores(
-    redis_cpus: set[int] | None = None,
-) -> Iterator[tuple[RedisProcess, RedisReplica, RedisCluster]]:
-    """One primary with a replica (as in production, and as each cluster shard has: the
-    replication work is then the same on both sides) and a cluster of 3 primaries with a
-    replica each, all local, for the block. `redis_cpus`: every Redis process runs on these
-    CPUs only, and this process (with what it starts from now on: the servers, the load) on
-    the others."""
-    with tempfile.TemporaryDirectory() as tmp:
-        one = RedisProcess(Path(tmp))
-        one.start()
-        replica = _replica_of(one, Path(tmp) / "replica")
-        cluster = RedisCluster(Path(tmp) / "cluster")
-        cluster.start()
-        mine = os.sched_getaffinity(0)
-        try:
-            if redis_cpus is not None:
-                assert one.proc is not None and replica.proc is not None
-                for proc in [one.proc, replica.proc, *cluster.procs.values()]:
-                    for task in Path(f"/proc/{proc.pid}/task").iterdir():  # (every thread)
-                        os.sched_setaffinity(int(task.name), redis_cpus)
-                os.sched_setaffinity(0, mine - redis_cpus)
-            yield one, replica, cluster
-        finally:
-            os.sched_setaffinity(0, mine)
-            cluster.stop()
-            replica.stop()
-            one.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--clients", type=int, default=32)
@@ -319,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         for t, _ in trees
         for name, *_ in stores
     }
-    with _stores(args.redis_cpus) as (one, replica, cluster):
+    with redis_stores.stores(args.redis_cpus) as (one, replica, cluster):
         assert one.proc is not None
         servers = {
             "primary": [one.proc.pid, replica.proc.pid],
@@ -395,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 def _through_server(ab_args: list[str], redis_cpus: set[int] | None) -> int:
     """bench.ab, A's server with the primary (and its replica) as its store, B's with the
     cluster; both stores up for the whole run."""
-    with _stores(redis_cpus) as (one, _, cluster):
+    with redis_stores.stores(redis_cpus) as (one, _, cluster):
         store = "--env-a=RNNSERVE_STORE=redis", "--env-b=RNNSERVE_STORE=redis"
         cmd = [sys.executable, "-m", "bench.ab", "--base", "HEAD", *store]
         cmd += [f"--env-a=RNNSERVE_REDIS_URL={one.url}"]

@@ -145,7 +145,7 @@ class MemoryStore:
     ) -> SessionRecord:
         return self.commit_now(record, expected_version, idempotency)
 
-    # -- LocalRecords: the same, without a coroutine (an unsampled feed batch's) ------------
+    # -- LocalRecords: the same, without a coroutine (for a feed tracing does not sample) ---
 
     @property
     def local(self) -> MemoryStore:

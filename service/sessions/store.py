@@ -47,8 +47,9 @@ def owner_limit(cap: int) -> SessionLimit:
 
 class LocalRecords(Protocol):
     """A store's records where they live in this process (memory): `get`, `commit` and
-    `get_idempotent` as plain calls, which a feed batch makes without a coroutine each (the
-    feed path's per-call cost is what bounds one engine process: docs/benchmarks.md)."""
+    `get_idempotent` as plain calls, which a feed that tracing does not sample makes without a
+    coroutine each (the feed path's per-call cost is what bounds one engine process:
+    docs/benchmarks.md)."""
 
     def get_now(self, session_id: str) -> SessionRecord: ...
 

@@ -29,7 +29,7 @@ class TracedStore:
         # feed batches as the store allows them (a sampled feed's store calls in a batch are
         # made under its own span: `SessionFeeds.feed_batch`)
         self.local_locks = inner.local_locks
-        # (an unsampled feed batch reads and commits through it, as through `inner` itself)
+        # (an unsampled feed reads and commits through it, as through `inner` itself)
         self.local = inner.local
 
     def create(self, record: SessionRecord) -> Coroutine[Any, Any, None]:

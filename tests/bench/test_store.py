@@ -5,7 +5,6 @@ in one JSON file."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -35,24 +34,3 @@ def test_both_stores_step_and_the_costs_come_back(tmp_path: Path) -> None:
     assert r["commands_per_step"] > r["scripts_per_step"]  # (what the scripts run inside)
     assert {"char-lstm", "sentiment-lstm"} <= set(r["bytes_per_session"])
     assert all(b > 500 for b in r["bytes_per_session"].values())
-
-
-@pytest.mark.timeout(120)
-def test_redis_on_cpus_of_its_own_and_this_process_on_the_rest_until_the_end() -> None:
-    """`--redis-cpus`: every Redis process (the primary, its replica, the cluster's six) on the
-    CPUs given, this process (and what it starts: the servers, the load) on the others, and
-    its own CPUs back once the stores are stopped."""
-    if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (scripts/system-deps.sh installs it)")
-    cpus = os.sched_getaffinity(0)
-    if len(cpus) < 2:
-        pytest.skip("one CPU: nothing to split")
-    last = {max(cpus)}
-    with store._stores(last) as (one, replica, cluster):
-        assert one.proc is not None and replica.proc is not None
-        pids = [one.proc.pid, replica.proc.pid, *(p.pid for p in cluster.procs.values())]
-        assert len(pids) == 8
-        tasks = [int(t.name) for pid in pids for t in Path(f"/proc/{pid}/task").iterdir()]
-        assert all(os.sched_getaffinity(t) == last for t in tasks)  # (each thread of each)
-        assert os.sched_getaffinity(0) == cpus - last
-    assert os.sched_getaffinity(0) == cpus
