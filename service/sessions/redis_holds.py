@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from service.sessions.redis_lease import Held, RedisLease
+
+
+class _Unread(enum.Enum):
+    NOT_READ = enum.auto()
+
+
+# what `Holds.idempotent` answers for a record not read with the lease (read it from Redis)
+NOT_READ: Literal[_Unread.NOT_READ] = _Unread.NOT_READ
 
 
 @dataclass(slots=True)
@@ -62,14 +71,14 @@ class Holds:
         out, mine.lease.read = mine.lease.read, None
         return out
 
-    def idempotent(self, session_id: str, key: str) -> tuple[bytes | None] | None:
-        """`key`'s record (or None: there is none) as read with this task's lease, once, in a
-        1-tuple; None where it was not read with the lease (read it from Redis)."""
+    def idempotent(self, session_id: str, key: str) -> bytes | Literal[_Unread.NOT_READ] | None:
+        """`key`'s record (or None: there is none) as read with this task's lease, once;
+        `NOT_READ` where it was not read with the lease (read it from Redis)."""
         mine = self._mine(session_id)
         if mine is None or mine.idempotent is None or mine.idempotent[0] != key:
-            return None
+            return NOT_READ
         raw, mine.idempotent = mine.idempotent[1], None
-        return (raw,)
+        return raw
 
     def stale(self, session_id: str) -> None:
         """A change by the lease's holder: what was read with the lease is out of date."""

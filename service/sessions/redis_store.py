@@ -78,7 +78,7 @@ from service.sessions.redis_codec import (
 )
 from service.sessions.redis_counts import LiveCounts
 from service.sessions.redis_errors import store_errors
-from service.sessions.redis_holds import Holds
+from service.sessions.redis_holds import NOT_READ, Holds
 from service.sessions.redis_layout import CLUSTER_BUCKETS, Layout
 from service.sessions.redis_lease import RedisLease
 from service.sessions.redis_scripts import ms
@@ -334,10 +334,8 @@ class RedisStore:
                     f"{self.wait_replicas} replicas (RNNSERVE_REDIS_WAIT_REPLICAS); retry"
                 )
         else:
-            got = self._holds.idempotent(session_id, key)  # (read with the lease)
-            if got is not None:
-                raw = got[0]
-            else:
+            raw = self._holds.idempotent(session_id, key)  # (read with the lease)
+            if raw is NOT_READ:
                 async with store_errors(self.deadline_s):
                     raw = await self._r.hget(self._k(session_id, "i"), key)
         return None if raw is None else decode_idempotent(raw, self.clock())
