@@ -7,6 +7,8 @@
     python -m bench.ab --base HEAD --only step --otlp-sink \
         --env-b OTEL_TRACES_SAMPLER=traceidratio --env-b OTEL_TRACES_SAMPLER_ARG=0.1
                                    # tracing on at 10 % (B) vs off (A), exported for real
+    python -m bench.ab --base HEAD~1 --only step --otlp-sink ab --env-a ... --env-b ...
+                                   # both traced (the same sampler variables in each)
 
 Both servers run at once on loopback (the baseline from a `git worktree` of `--base` under
 bench/.out/, with the same venv), and every measurement goes in interleaved rounds (A, B, A,
@@ -171,9 +173,11 @@ def main() -> None:
     p.add_argument("--env-b", action="append", default=[], help="KEY=VALUE for B's server")
     p.add_argument(
         "--otlp-sink",
-        action="store_true",
+        nargs="?",
+        const="b",
+        choices=["b", "ab"],
         help="run an OTLP/gRPC receiver (bench/otlp_sink.py) and point B's traces at it "
-        "(OTEL_EXPORTER_OTLP_ENDPOINT: tracing on in B)",
+        "(OTEL_EXPORTER_OTLP_ENDPOINT: tracing on in B), or both servers' with `ab`",
     )
     a = p.parse_args()
     only = set(a.only.split(","))
@@ -201,7 +205,10 @@ def main() -> None:
             text=True,
         )
         assert sink.stdout is not None and sink.stdout.readline().startswith("listening")
-        a.env_b.append(f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{sink_port}")
+        to = f"OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{sink_port}"
+        a.env_b.append(to)
+        if a.otlp_sink == "ab":
+            a.env_a.append(to)
     servers = {
         "A": server("A", worktree(a.base), root, env(a.env_a)),
         "B": server("B", REPO, root, env(a.env_b)),

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import grpc
 import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,6 +23,7 @@ from service import tracing
 from tests.hardening.conftest import KEY_A, KEYS, auth
 from tests.servers import server_process
 from tests.service.conftest import LM, ClientFactory, new_session
+from tests.service.otlp_receiver import Receiver, running
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 CALLER = "b7ad6b7169203331"
@@ -289,37 +286,10 @@ def test_server_span_is_the_parent_of_the_calls_made_inside_it(
 # -- a real server, a real OTLP receiver ----------------------------------------------------
 
 
-class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver (a collector's front door) keeping (pid, role, trace id,
-    span name) of every span exported to it."""
-
-    def __init__(self) -> None:
-        self.cv = threading.Condition()
-        self.spans: list[tuple[int, str, str, str]] = []
-
-    def Export(self, request: Any, context: Any) -> Any:
-        with self.cv:
-            for rs in request.resource_spans:
-                attrs = {kv.key: kv.value for kv in rs.resource.attributes}
-                pid, role = attrs["process.pid"].int_value, attrs["rnnserve.role"].string_value
-                for scope in rs.scope_spans:
-                    for s in scope.spans:
-                        self.spans.append((pid, role, s.trace_id.hex(), s.name))
-            self.cv.notify_all()
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, int]]:
-    r = Receiver()
-    server = grpc.server(ThreadPoolExecutor(2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(r, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield r, port
-    finally:
-        server.stop(None)
+    with running() as r:
+        yield r
 
 
 def test_a_server_with_workers_exports_its_spans_to_an_otlp_collector(
@@ -354,10 +324,10 @@ def test_a_server_with_workers_exports_its_spans_to_an_otlp_collector(
         }
 
         def seen() -> set[tuple[str, str]]:
-            return {(role, name) for _, role, t, name in got.spans if t == TRACE}
+            return {(role, name) for _, role, t, name in got.spans() if t == TRACE}
 
         with got.cv:  # the exporters send in the background: wait for every span, or fail
             assert got.cv.wait_for(lambda: want <= seen(), timeout=30), seen()
-            pids = {(role, pid) for pid, role, t, _ in got.spans if t == TRACE}
+            pids = {(role, pid) for pid, role, t, _ in got.spans() if t == TRACE}
     assert {pid for role, pid in pids if role == "engine"} == {engine}
     assert {pid for role, pid in pids if role == "worker"} <= workers
