@@ -199,32 +199,39 @@ def _scope(scope: InstrumentationScope | None) -> bytes:
 
 
 def encode(spans: Sequence[ReadableSpan]) -> bytes:
-    """An `ExportTraceServiceRequest` of `spans`, serialized: grouped by resource, then by
-    instrumentation scope, in the order they first appear (as the SDK's `encode_spans`)."""
+    """An `ExportTraceServiceRequest` of `spans`, serialized: this module's (`encoded`), or
+    the SDK encoder's where this one does not encode a span."""
     try:
-        groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
-        for s in spans:
-            by_scope = groups.get(s.resource)
-            if by_scope is None:
-                by_scope = groups[s.resource] = {}
-            scope = s.instrumentation_scope or None
-            encoded = by_scope.get(scope)
-            if encoded is None:
-                encoded = by_scope[scope] = []
-            encoded.append(_len(b"\x12", _span(s)))
+        return encoded(spans)
     except Unencodable:
         theirs: bytes = encode_spans(spans).SerializeToString()
         return theirs
+
+
+def encoded(spans: Sequence[ReadableSpan]) -> bytes:
+    """`spans` as the SDK's `encode_spans` makes them (grouped by resource, then by
+    instrumentation scope, in the order they first appear), serialized; `Unencodable` where a
+    span has what this module does not encode."""
+    groups: dict[Resource, dict[InstrumentationScope | None, list[bytes]]] = {}
+    for s in spans:
+        by_scope = groups.get(s.resource)
+        if by_scope is None:
+            by_scope = groups[s.resource] = {}
+        scope = s.instrumentation_scope or None
+        rows = by_scope.get(scope)
+        if rows is None:
+            rows = by_scope[scope] = []
+        rows.append(_len(b"\x12", _span(s)))
     out = []
     for resource, by_scope in groups.items():
         body = [_len(b"\x0a", _attributes(b"\x0a", resource.attributes))]
-        for scope, encoded in by_scope.items():
+        for scope, rows in by_scope.items():
             schema = scope.schema_url if scope is not None else ""
             body.append(
                 _len(
                     b"\x12",
                     _len(b"\x0a", _scope(scope))
-                    + b"".join(encoded)
+                    + b"".join(rows)
                     + (_text(b"\x1a", schema) if schema else b""),
                 )
             )

@@ -12,14 +12,16 @@ from typing import Any
 
 import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
 
-from service import tracing
+from service import span_export, tracing
 from tests.hardening.conftest import KEY_A, KEYS, auth
 from tests.servers import server_process
 from tests.service.conftest import LM, ClientFactory, new_session
@@ -84,6 +86,12 @@ def access_log() -> Iterator[Records]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def assert_encoded_fast(spans: list[ReadableSpan]) -> None:
+    """The spans a request made are what `service/span_export.py` encodes itself (none falls
+    back to the SDK's slower encoder), to the SDK's message."""
+    assert ExportTraceServiceRequest.FromString(span_export.encoded(spans)) == encode_spans(spans)
 
 
 # -- configuration ----------------------------------------------------------------------------
@@ -216,6 +224,7 @@ async def test_a_feed_is_one_trace_from_the_callers_traceparent_down_to_the_stor
         assert s.resource.attributes["process.pid"] == os.getpid()
     line = access_log.access("/feed")
     assert line["trace_id"] == TRACE and line["key_name"] == "alice"
+    assert_encoded_fast(got)
 
 
 @pytest.mark.parametrize("transport", ["inprocess", "zmq"])
@@ -249,6 +258,7 @@ async def test_a_streamed_generation_has_one_decode_span_with_its_steps(
     assert commit.start_time is not None and decode.end_time is not None
     assert commit.start_time >= decode.end_time
     assert {format_trace_id(s.context.trace_id) for s in got} == {TRACE}
+    assert_encoded_fast(got)
 
 
 async def test_without_a_traceparent_a_sampled_request_starts_a_trace_and_logs_it(
