@@ -32,7 +32,7 @@ import contextlib
 import contextvars
 import os
 import time
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -304,6 +304,18 @@ async def _within(parent: SpanContext, work: Coroutine[Any, Any, T]) -> T:
     token = _current.set(parent)
     try:
         return await work
+    finally:
+        _current.reset(token)
+
+
+def call_under(parent: SpanContext | None, call: Callable[..., T], *args: Any) -> T:
+    """`call(*args)` with `parent` as the current span (None: as it is): `within` for a plain
+    call (a sampled feed's record calls in a feed batch)."""
+    if parent is None:
+        return call(*args)
+    token = _current.set(parent)
+    try:
+        return call(*args)
     finally:
         _current.reset(token)
 

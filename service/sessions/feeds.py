@@ -57,8 +57,8 @@ class SessionFeeds(SessionRules):
         every prefill queued with one wake-up of the engine thread (`advance_many`), and each
         committed and replied on its own (one that fails, or whose caller is `gone` before its
         commit, leaves its session as it was). `traces`: each sampled feed's span (tracing on),
-        under which its store calls and prefill are recorded."""
-        local = self.store.local  # (an unsampled feed's record calls: no coroutine each)
+        current for its store calls (`tracing.call_under`) and its prefill's parent."""
+        local = self.store.local  # (the record calls without a coroutine each)
         held: list[str] = []
         queued: list[tuple[int, str, asyncio.Future[None], asyncio.Task[None]]] = []
         started: set[int] = set()  # the queued feeds whose task ran (and owns its turn)
@@ -81,8 +81,8 @@ class SessionFeeds(SessionRules):
                     held.append(sid)
                     try:
                         begun = (
-                            self._feed_begin_now(local, op)
-                            if parent is None and local is not None
+                            tracing.call_under(parent, self._feed_begin_now, local, op)
+                            if local is not None
                             else await tracing.within(parent, self._feed_begin(op))
                         )
                     except Exception as e:
@@ -105,8 +105,10 @@ class SessionFeeds(SessionRules):
                             parent = traces[i] if traces is not None else None
                             reply(
                                 i,
-                                self._feed_end_now(local, step, adv[1], output)
-                                if parent is None and local is not None
+                                tracing.call_under(
+                                    parent, self._feed_end_now, local, step, adv[1], output
+                                )
+                                if local is not None
                                 else await tracing.within(
                                     parent, self._feed_end(step, adv[1], output)
                                 ),
@@ -159,8 +161,7 @@ class SessionFeeds(SessionRules):
         self, op: Feed, gone: Callable[[], bool] = lambda: False
     ) -> FeedResult | None:
         """A feed under its session's lock; None when its caller went before the commit."""
-        # (an unsampled feed's record calls without a coroutine each, as in a batch)
-        local = self.store.local if tracing.capture() is None else None
+        local = self.store.local  # (the record calls without a coroutine each, as in a batch)
         begun = self._feed_begin_now(local, op) if local is not None else await self._feed_begin(op)
         if isinstance(begun, FeedResult):
             return begun

@@ -145,7 +145,7 @@ class MemoryStore:
     ) -> SessionRecord:
         return self.commit_now(record, expected_version, idempotency)
 
-    # -- LocalRecords: the same, without a coroutine (for a feed tracing does not sample) ---
+    # -- LocalRecords: the same, without a coroutine (a feed's record calls) ---------------
 
     @property
     def local(self) -> MemoryStore:

@@ -47,9 +47,8 @@ def owner_limit(cap: int) -> SessionLimit:
 
 class LocalRecords(Protocol):
     """A store's records where they live in this process (memory): `get`, `commit` and
-    `get_idempotent` as plain calls, which a feed that tracing does not sample makes without a
-    coroutine each (the feed path's per-call cost is what bounds one engine process:
-    docs/benchmarks.md)."""
+    `get_idempotent` as plain calls, which a feed makes without a coroutine each (the feed
+    path's per-call cost is what bounds one engine process: docs/benchmarks.md)."""
 
     def get_now(self, session_id: str) -> SessionRecord: ...
 
@@ -110,7 +109,8 @@ class SessionStore(Protocol):
     @property
     def local(self) -> LocalRecords | None:
         """The same records without I/O (the same guarantees), or None where they are
-        remote (Redis). Bypasses tracing: for calls of no sampled request."""
+        remote (Redis). A traced store's records its calls as spans for a sampled request, as
+        its coroutines do (`TracedRecords`)."""
 
     def lock_now(self, session_id: str) -> asyncio.Future[None] | None:
         """Take the session's lock at once (None), or take its place in the session's queue
