@@ -177,7 +177,9 @@ def main() -> None:
         const="b",
         choices=["b", "ab"],
         help="run an OTLP/gRPC receiver (bench/otlp_sink.py) and point B's traces at it "
-        "(OTEL_EXPORTER_OTLP_ENDPOINT: tracing on in B), or both servers' with `ab`",
+        "(OTEL_EXPORTER_OTLP_ENDPOINT: tracing on in B), or both servers' with `ab` (give "
+        "A the same OTEL_TRACES_SAMPLER* then, else the SDK's default samples every request; "
+        "the spans reported are both servers')",
     )
     a = p.parse_args()
     only = set(a.only.split(","))

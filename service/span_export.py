@@ -10,8 +10,9 @@ field for field (a test parses both and compares them), at a fraction of the cos
 
 `encode(spans)` covers what spans carry (attributes of every OTLP value type, links, status,
 trace state, parents local or remote); a batch with anything else (a span with events, an
-attribute of a type OTLP has no value for) goes to the SDK's encoder, which is then the one
-that decides (it drops such an attribute with a log line).
+attribute of a type OTLP has no value for, an integer outside int64, a string that is not
+UTF-8) goes to the SDK's encoder, which is then the one that decides (it drops such an
+attribute with a log line and sends the rest).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _SMALL = [bytes([n]) for n in range(0x80)]  # one-byte varints
 _KIND = {k: _SMALL[k.value + 1] for k in SpanKind}  # the SDK's kinds, 0-based; OTLP's, 1-based
 _HAS_IS_REMOTE, _IS_REMOTE = 0x100, 0x200  # OTLP's SpanFlags, as the SDK sets them
 _UINT64 = (1 << 64) - 1
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 # attributes already encoded: most repeat from span to span (a model's name, a route, a status,
 # a batch size), and looking one up costs a tenth of encoding it; emptied when full
 _seen: dict[tuple[bytes, str, type, Any], bytes] = {}
@@ -80,6 +82,8 @@ def _value(v: Any) -> bytes:
     if isinstance(v, str):
         return _text(b"\x0a", v)
     if isinstance(v, int):
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise Unencodable("an integer outside int64")  # (the SDK's drops the attribute)
         return b"\x18" + _varint(v & _UINT64)  # int64: two's complement, as 10 bytes when < 0
     if isinstance(v, float):
         return b"\x21" + _D(v)
@@ -203,7 +207,9 @@ def encode(spans: Sequence[ReadableSpan]) -> bytes:
     the SDK encoder's where this one does not encode a span."""
     try:
         return encoded(spans)
-    except Unencodable:
+    except Exception:  # (Unencodable, or what encoding a value raised: a string with a lone
+        # surrogate, a key that is not a string; the SDK's encoder drops just that attribute,
+        # with a log line, and sends the rest, where an error here would lose the batch)
         theirs: bytes = encode_spans(spans).SerializeToString()
         return theirs
 

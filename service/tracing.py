@@ -309,9 +309,9 @@ async def _within(parent: SpanContext, work: Coroutine[Any, Any, T]) -> T:
 
 
 def call_under(parent: SpanContext | None, call: Callable[..., T], *args: Any) -> T:
-    """`call(*args)` with `parent` as the current span (None: as it is): `within` for a plain
-    call (a sampled feed's record calls in a feed batch)."""
-    if parent is None:
+    """`call(*args)` with `parent` as the current span (None: none): `within` for a plain call,
+    in a task that runs several requests' work (a feed batch's record calls)."""
+    if parent is None and _current.get() is None:  # (the common case: nothing to change)
         return call(*args)
     token = _current.set(parent)
     try:

@@ -20,7 +20,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from service import span_export
-from service.span_export import GrpcSpanExporter, encode, faster
+from service.span_export import GrpcSpanExporter, Unencodable, encode, encoded, faster
 from tests.service.otlp_receiver import Receiver, running
 
 RESOURCE = Resource({"service.name": "rnnserve", "process.pid": 4242, "rnnserve.role": "engine"})
@@ -131,15 +131,39 @@ def test_a_full_attribute_cache_is_emptied_and_encodes_the_same(
     assert len(span_export._seen) <= 3
 
 
+def test_the_int64_bounds_are_encoded_here() -> None:
+    spans = [span(attributes={"max": 2**63 - 1, "min": -(2**63), "in": [2**63 - 1]})]
+    assert ExportTraceServiceRequest.FromString(encoded(spans)) == encode_spans(spans)
+
+
 @pytest.mark.parametrize(
     "spans",
     [
         [span(), span(events=(Event("retry", {"n": 1}, 5),), span_id=2)],
         [span(attributes={"ok": 1, "bad": object()})],  # (the SDK's encoder drops `bad`, logged)
+        [span(attributes={"ok": 1, "big": 2**63})],
+        [span(attributes={"small": -(2**63) - 1})],
+        [span(attributes={"in": [1, 2**64 + 5]})],
+        [span(attributes={"ok": "x", "bad": "caf\udce9"})],  # (a lone surrogate: not UTF-8)
+        [span(attributes={"m": {"k": "\ud800"}})],
+        [span(attributes={1: "x", "ok": True})],  # type: ignore[dict-item]
+        [span(resource=Resource({"team": "caf\udce9", "env": "prod"}))],
     ],
-    ids=["a span with events", "an attribute OTLP has no value for"],
+    ids=[
+        "a span with events",
+        "an attribute OTLP has no value for",
+        "an int above int64",
+        "an int below int64",
+        "an int above int64 in an array",
+        "a string with a lone surrogate",
+        "a lone surrogate in a map",
+        "a key that is not a string",
+        "a resource attribute that is not UTF-8",
+    ],
 )
 def test_what_it_does_not_encode_goes_to_the_sdk_encoder(spans: list[ReadableSpan]) -> None:
+    with pytest.raises((Unencodable, UnicodeEncodeError, AttributeError)):
+        encoded(spans)
     assert encode(spans) == encode_spans(spans).SerializeToString()
 
 

@@ -228,3 +228,16 @@ def test_a_request_on_a_sampled_stream_is_a_trace_of_its_own_sampled_or_not(
     (done,) = spans.get_finished_spans()
     # a root's trace id is random, and its flags say so (W3C level 2), as the SDK's do
     assert done.context.trace_flags == TraceFlags(TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID)
+
+
+def test_a_call_under_no_span_runs_under_none_whatever_is_current(traced: Sampled) -> None:
+    """A feed batch's unsampled member's record calls are no span's children, even in a task
+    where another span is current."""
+    traced("always_on", None)
+    with tracing.server_span("batch") as outer:
+        assert outer is not None
+        assert tracing.call_under(None, tracing.capture) is None
+        inner = SpanContext(outer.context.trace_id, 0x1234, False, TraceFlags(1))
+        assert tracing.call_under(inner, tracing.capture) == inner
+        assert tracing.capture() == outer.context
+    assert tracing.call_under(None, tracing.capture) is None
