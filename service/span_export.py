@@ -1,12 +1,11 @@
 """Spans to OTLP's protobuf bytes without building protobuf messages, and the OTLP/gRPC
 exporter that sends them.
 
-Why: with tracing on, the SDK's OTLP exporter spent ~25 us of CPU a span on this project's 2-core
-VM, most of it in `encode_spans` making a protobuf message object per span, attribute and value
-from Python; on the serving process's batch-processor thread, under the same GIL as the event
-loop, that was most of what tracing at 10 % cost a session step (docs/benchmarks.md, "Spans
-encoded straight to bytes"). Here a span is a few byte strings joined: the same message,
-field for field (a test parses both and compares them), at a fraction of the cost.
+Why: the SDK's `encode_spans` makes a protobuf message object per span, attribute and value
+from Python: 31-33 us a span on this project's 2-core VM, spent on the serving process's
+batch-processor thread under the same GIL as its event loop (docs/benchmarks.md, "Spans encoded
+straight to bytes"). Here a span is a few byte strings joined, 7.5 us: the same message, field
+for field (a test parses both and compares them).
 
 `encode(spans)` covers what spans carry (attributes of every OTLP value type, links, status,
 trace state, parents local or remote); a batch with anything else (a span with events, an

@@ -23,10 +23,9 @@ from tests.service.test_tracing import (
     _of_trace,
     _one,
     access_log,
-    spans,
 )
 
-__all__ = ["access_log", "spans"]  # the fixtures, used by name
+__all__ = ["access_log"]  # the fixture, used by name (`spans` is tests/service/conftest.py's)
 
 
 @pytest.mark.parametrize("transport", ["inprocess", "zmq"])
