@@ -295,6 +295,14 @@ class Settings(BaseSettings):
         description="Characters of WebSocket messages waiting behind the running operation on "
         "one connection; past it the socket is closed with code 1008.",
     )
+    keep_alive_timeout_s: int = Field(
+        75,
+        ge=1,
+        description="An idle kept-alive connection is closed after this. Longer than the "
+        "idle timeouts of common clients and balancers (httpx 5 s, nginx and AWS ALB 60 s), "
+        "so they drop an idle connection first: when the server closed it first, a request "
+        "sent on it meanwhile was lost (`ReadError`, or a 502 from the balancer).",
+    )
     header_timeout_s: float = Field(
         10.0,
         gt=0,

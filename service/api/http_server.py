@@ -60,6 +60,8 @@ def run_app(app: Any, settings: Settings, sockets: list[socket.socket] | None = 
         log_config=None,  # our JSON logging (service.logging) is configured by create_app
         access_log=False,  # the app logs one line per request itself, with its request id
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        # longer than the clients' and balancers' own idle timeouts (settings.py says why)
+        timeout_keep_alive=settings.keep_alive_timeout_s,
         lifespan="on",
         # httptools (or h11) with deadlines for a request's headers and a response's last
         # bytes, and an abort

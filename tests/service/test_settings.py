@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 
 from service.settings import Settings
@@ -59,3 +60,14 @@ def test_the_redis_sentinels_and_the_wait_are_checked_at_start_up() -> None:
     ):
         with pytest.raises(ValueError, match=why):
             Settings(**bad)
+
+
+def test_idle_connections_outlive_the_clients_and_balancers_idle_timeouts() -> None:
+    """The side that closes an idle kept-alive connection first must be the client (or the
+    balancer before the server): a request sent on a connection the server is closing at that
+    moment is lost. With uvicorn's 5 s, the same as httpx's default, a client with default
+    settings got `ReadError` now and then under load (a CI failure, 1 run in 30 with a CPU hog
+    here). nginx's `keepalive_timeout` and AWS ALB's idle timeout are 60 s."""
+    idle = Settings().keep_alive_timeout_s
+    assert idle > httpx.Limits().keepalive_expiry  # httpx's default client: 5 s
+    assert idle > 60

@@ -1,18 +1,22 @@
-"""The server logs the address it really listens on: with port 0 the system picks the port, and
-the logged URL is the one that answers."""
+"""The server logs the address it really listens on (with port 0 the system picks the port, and
+the logged URL is the one that answers), and closes idle kept-alive connections when told."""
 
 from __future__ import annotations
 
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
 
 import httpx
 
 from tests.conftest import FIXTURE_MODELS, ROOT
+from tests.servers import server_process
 
 
 def test_logs_the_bound_address_even_for_port_zero() -> None:
@@ -49,3 +53,20 @@ def test_logs_the_bound_address_even_for_port_zero() -> None:
         rest.append(lines.get())
     said = [x for x in rest if x.startswith("{") and '"listening on ' in x]
     assert said == [], said
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
+    tmp_path: Path,
+) -> None:
+    """`RNNSERVE_KEEP_ALIVE_TIMEOUT_S` reaches uvicorn: an idle connection is closed once it has
+    passed, never before. 6 s, past uvicorn's own 5 s, so that a setting ignored fails the
+    bound (the default's bounds: tests/service/test_settings.py)."""
+    with server_process(tmp_path, keep_alive_timeout_s="6") as server:
+        host, port = server.addr.split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sent = time.monotonic()  # the server's idle clock starts after this
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            while sock.recv(4096):  # to the server's close (socket.timeout: it never closed)
+                pass
+            assert time.monotonic() - sent >= 6.0
