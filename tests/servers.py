@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,18 +121,21 @@ class ServerProcess:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
 
-    def connections(self) -> int:
+    def connections(self, from_ports: Collection[int] | None = None) -> int:
         """Client connections the server holds open: its processes' TCP sockets on its port,
-        listening ones excluded. Only those: a count of every socket also moved with the
-        server's own (a worker still connecting to the engine when a test began was once
-        counted as a connection left open)."""
+        listening ones excluded (only those from the clients' local `from_ports` when given:
+        the server keeps other clients' idle connections 75 s). Only those: a count of every
+        socket also moved with the server's own (a worker still connecting to the engine when
+        a test began was once counted as a connection left open)."""
         port = int(self.addr.rpartition(":")[2])
         accepted: set[str] = set()
         for table in ("/proc/net/tcp", "/proc/net/tcp6"):
             with contextlib.suppress(OSError):
                 for line in Path(table).read_text().splitlines()[1:]:
                     f = line.split()  # sl local remote state ... uid timeout inode
-                    if int(f[1].rpartition(":")[2], 16) == port and f[3] != "0A":  # 0A: LISTEN
+                    if int(f[1].rpartition(":")[2], 16) != port or f[3] == "0A":  # 0A: LISTEN
+                        continue
+                    if from_ports is None or int(f[2].rpartition(":")[2], 16) in from_ports:
                         accepted.add(f"socket:[{f[9]}]")
         n = 0
         for pid in self.pids():
