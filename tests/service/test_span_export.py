@@ -108,6 +108,14 @@ CASES: dict[str, list[ReadableSpan]] = {
         span(span_id=4, scope=None),
         span(span_id=5),
     ],
+    "one shape again and again, its parent, status or types aside": [
+        span(attributes={"m": "lm", "n": 1}, span_id=i + 1, parent=p, status=st)
+        for i, (p, st) in enumerate(
+            [(None, None), (LOCAL, None), (REMOTE, None), (None, Status(StatusCode.ERROR, "E"))] * 2
+        )
+    ]
+    + [span(attributes={"m": "lm", "n": True}, span_id=9), span(attributes={"m": "lm"})],
+    "an unhashable value, twice": [span(attributes={"ints": [1, 2]}, span_id=i) for i in (1, 2)],
     "the same attributes, one as int and one as bool": [
         span(attributes={"a": 1, "b": 0}),
         span(attributes={"a": True, "b": False}, span_id=2),
@@ -129,6 +137,16 @@ def test_a_full_attribute_cache_is_emptied_and_encodes_the_same(
     spans = [span(attributes={"i": i, "s": str(i)}, span_id=i + 1) for i in range(10)]
     assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
     assert len(span_export._seen) <= 3
+
+
+def test_a_full_shape_cache_is_emptied_and_encodes_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(span_export, "_SEEN_MAX", 3)
+    monkeypatch.setattr(span_export, "_shapes", {})
+    spans = [span(f"s{i % 5}", attributes={"i": i % 4}, span_id=i + 1) for i in range(20)]
+    assert ExportTraceServiceRequest.FromString(encode(spans)) == encode_spans(spans)
+    assert 0 < len(span_export._shapes) <= 3
 
 
 def test_the_int64_bounds_are_encoded_here() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,12 +15,27 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags, format_trace_id
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import (
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    format_trace_id,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from service import tracing
 from service.protocol.ops import Feed
+from service.spans import root_drops
 from tests.service.conftest import LM, ClientFactory, app_of, new_session
 from tests.service.test_tracing import TRACE, TRACEPARENT, Records, access_log
 
@@ -241,3 +257,78 @@ def test_a_call_under_no_span_runs_under_none_whatever_is_current(traced: Sample
         assert tracing.call_under(inner, tracing.capture) == inner
         assert tracing.capture() == outer.context
     assert tracing.call_under(None, tracing.capture) is None
+
+
+class _Fixed(RandomIdGenerator):
+    """The SDK's ids, with the trace id a test chose."""
+
+    def __init__(self, trace_id: int) -> None:
+        self.trace_id = trace_id
+
+    def generate_trace_id(self) -> int:
+        return self.trace_id
+
+
+@pytest.mark.parametrize(
+    ("sampler", "arg", "shortcut"),
+    [
+        ("traceidratio", "0.1", True),
+        ("parentbased_traceidratio", "0.1", True),
+        ("parentbased_traceidratio", "0.5", True),
+        ("traceidratio", "0", True),
+        ("parentbased_traceidratio", "1", True),
+        ("always_off", None, True),
+        ("parentbased_always_off", None, True),
+        ("always_on", None, False),
+        ("parentbased_always_on", None, False),
+    ],
+)
+def test_a_root_is_sampled_exactly_when_the_sdks_sampler_samples_it(
+    traced: Sampled,
+    monkeypatch: pytest.MonkeyPatch,
+    sampler: str,
+    arg: str | None,
+    shortcut: bool,
+) -> None:
+    """The shortcut that decides a root without the sampler's objects (`root_drops`) agrees
+    with the sampler, on random trace ids and on those at the ratio's bound."""
+    traced(sampler, arg)
+    pipeline = tracing._pipeline
+    assert pipeline is not None
+    assert (pipeline.drops is not None) is shortcut
+    rng = random.Random(31)
+    bound = getattr(getattr(pipeline.sampler, "_root", pipeline.sampler), "bound", 1 << 63)
+    low = [max(bound + d, 0) & (2**64 - 1) for d in (-2, -1, 0, 1, 2)]
+    ids = [rng.getrandbits(128) for _ in range(4000)] + [(7 << 64) | x for x in low]
+    decide = pipeline.sampler.should_sample
+    asked = 0
+
+    def counted(*a: Any, **k: Any) -> SamplingResult:
+        nonlocal asked
+        asked += 1
+        return decide(*a, **k)
+
+    made = 0
+    for trace_id in ids:
+        sdk = decide(None, trace_id, "HTTP POST").decision
+        with monkeypatch.context() as m:  # (the instance's: the shortcut still applies)
+            m.setattr(pipeline.sampler, "should_sample", counted)
+            span = dataclasses.replace(pipeline, ids=_Fixed(trace_id)).root(
+                "HTTP POST", None, SpanKind.SERVER
+            )
+        assert (span is not None) is (sdk is Decision.RECORD_AND_SAMPLE), hex(trace_id)
+        made += span is not None
+    if arg not in (None, "0", "1"):  # both decisions were taken
+        assert 0 < made < len(ids)
+    # with the shortcut the sampler is asked about the roots it samples, and no other
+    assert asked == (made if shortcut else len(ids))
+
+
+def test_a_sampler_that_decides_otherwise_is_always_asked() -> None:
+    class Odd(TraceIdRatioBased):  # the ratio's type, another decision
+        def should_sample(self, *a: Any, **k: Any) -> SamplingResult:
+            return SamplingResult(Decision.RECORD_AND_SAMPLE)
+
+    assert root_drops(Odd(0.1)) is None
+    assert root_drops(ParentBased(Odd(0.1))) is None
+    assert root_drops(TraceIdRatioBased(0.1)) is not None
