@@ -9,7 +9,8 @@ options do not offer.
   A dropped stream (client stalled) must free its socket, and `transport.close()` waits to flush
   what the client never reads, so the socket stayed open until the client closed it.
 * A flush deadline: a response that is complete but still unsent after `flush_timeout_s` (the
-  client stopped reading: a stream that ended `client_too_slow`, say) aborts the connection.
+  client stopped reading: a stream that ended `client_too_slow`, say) aborts the connection;
+  the client's next request (or a WebSocket upgrade) ends the deadline.
 
 The guards are one mixin over both of uvicorn's parsers. httptools (C, llhttp) is the default:
 the session step spends most of its server CPU in HTTP handling, and the pure-Python h11 parser
@@ -48,14 +49,23 @@ class _Guards:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
+        self._unflush()
         super().connection_lost(exc)  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
         super().on_response_complete()  # type: ignore[misc]
-        if self._flush_timer is None and self.transport.get_write_buffer_size() > 0:
+        self._unflush()  # (each response its own deadline)
+        if self.transport.get_write_buffer_size() > 0:
             self._flush_timer = self.loop.call_later(self.flush_timeout_s, self._flush_timeout)
+
+    def _unflush(self) -> None:
+        """No flush deadline: the client asked for more (it read the response, or pipelines,
+        and then a send that waits on it is bounded by the send timeout), or the connection is
+        another protocol's. A deadline left armed would abort the connection if that later
+        response had bytes in the buffer at the moment it fired."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
 
     def _flush_timeout(self) -> None:
         self._flush_timer = None
@@ -75,6 +85,7 @@ class _Guards:
     def _headers_in(self) -> None:
         """A request's headers are in: the header deadline is met, and the app gets the abort."""
         self._disarm()
+        self._unflush()
         extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
         extensions[ABORT] = self.transport.abort
 
@@ -108,6 +119,7 @@ class GuardedH11Protocol(_Guards, H11Protocol):
 
     def handle_websocket_upgrade(self, event: Any) -> None:
         self._disarm()  # the WebSocket protocol owns the connection from here
+        self._unflush()
         super().handle_websocket_upgrade(event)
 
 
@@ -126,6 +138,7 @@ def _httptools_class() -> type[asyncio.Protocol] | None:
 
         def handle_websocket_upgrade(self) -> None:
             self._disarm()  # the WebSocket protocol owns the connection from here
+            self._unflush()
             super().handle_websocket_upgrade()
 
     return GuardedHttpToolsProtocol
