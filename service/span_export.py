@@ -178,10 +178,19 @@ def _shape(s: ReadableSpan) -> bytes:
     looked up where a span of that shape was encoded before, encoded and kept otherwise.
 
     Keyed by what the shape is made of, read from the span's own fields where it is a plain
-    `ReadableSpan` with a dict of attributes (what `service/spans.py` makes: nothing dropped,
-    no events or links); any other span is encoded in full."""
+    `ReadableSpan` with a dict of attributes and empty tuples of events and links (what
+    `service/spans.py` makes: nothing can have been dropped); any other span is encoded in
+    full."""
     attributes = getattr(s, "_attributes", None)
-    if type(s) is not ReadableSpan or type(attributes) is not dict or s._events or s._links:
+    events, links = getattr(s, "_events", None), getattr(s, "_links", None)
+    if (
+        type(s) is not ReadableSpan
+        or type(attributes) is not dict
+        or type(events) is not tuple
+        or events
+        or type(links) is not tuple
+        or links
+    ):
         if s.events:
             raise Unencodable("a span with events")
         return _shape_of(s)

@@ -10,7 +10,8 @@ what tracing at 10 % cost. Here a request's root span consults the sampler once;
 children are sampled with it (as `ParentBased`, the SDK's default, decides them, and as
 `traceidratio` does, by the trace id they share); an unsampled request makes no object at
 all, and with the SDK's ratio (or always-off) sampler it does not even ask the sampler,
-whose answer is built of objects: one comparison of the trace id decides (`root_drops`). What is given up: span limits (the attributes are this project's own few scalars) and
+whose answer is built of objects: one comparison of the trace id decides (`root_drops`).
+What is given up: span limits (the attributes are this project's own few scalars) and
 `on_start` (the processors here act at the end), and a sampler's `RECORD_ONLY` decision is
 taken as "not sampled" (a span not sampled is never exported).
 """
