@@ -73,10 +73,10 @@ authed = schemathesis.openapi.from_dict(
 )
 
 
-def _ensure_sessions(url: str) -> None:
+def _ensure_sessions(http: httpx.Client) -> None:
     for sid, model in SESSIONS.items():
-        if httpx.get(f"{url}/v1/sessions/{sid}").status_code == 404:
-            r = httpx.post(f"{url}/v1/sessions", json={"model": model, "session_id": sid})
+        if http.get(f"/v1/sessions/{sid}").status_code == 404:
+            r = http.post("/v1/sessions", json={"model": model, "session_id": sid})
             assert r.status_code == 201, r.text
 
 
@@ -104,6 +104,14 @@ def live_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         url = f"http://{addr}"
         EXPORTED[:] = [_export(url, m) for m in ALL_MODELS]
         yield url
+
+
+@pytest.fixture(scope="module")
+def http(live_url: str) -> Iterator[httpx.Client]:
+    """One client for the checks made before each case: `httpx.get` builds a client, and
+    with it an SSL context, per call (that was most of this module's own CPU)."""
+    with httpx.Client(base_url=live_url, timeout=30.0) as client:
+        yield client
 
 
 # -- what the hooks draw: real names, real and damaged state blobs ---------------------------
@@ -230,11 +238,13 @@ def authed_url() -> Iterator[str]:
     phases=[Phase.explicit, Phase.generate],
     suppress_health_check=list(HealthCheck),
 )
-def test_api_conforms_to_its_schema(case: schemathesis.Case, live_url: str) -> None:
+def test_api_conforms_to_its_schema(
+    case: schemathesis.Case, live_url: str, http: httpx.Client
+) -> None:
     # positive_data_acceptance is off: rules no JSON schema can state (a state blob's contents,
     # `expected_version` only with `session_id`, prompts × n <= max_inputs, a model name that
     # exists) rightly answer 4xx to schema-valid requests
-    _ensure_sessions(live_url)
+    _ensure_sessions(http)
     case.call_and_validate(
         base_url=live_url, timeout=30, excluded_checks=[checks.positive_data_acceptance]
     )
@@ -331,11 +341,11 @@ def _stream_case(path: str, **kwargs: Any) -> schemathesis.Case:
     return schema[path]["POST"].Case(media_type="application/json", **kwargs)
 
 
-def test_every_sse_event_is_checked_against_its_schema(live_url: str) -> None:
+def test_every_sse_event_is_checked_against_its_schema(live_url: str, http: httpx.Client) -> None:
     # each surface's stream with everything it can carry (logprobs per token, several choices,
     # echo, usage), held to the schema of its events: schemathesis parses the stream and
     # validates every event's `data` against its `contentSchema`
-    _ensure_sessions(live_url)
+    _ensure_sessions(http)
     cases = [
         _stream_case(
             "/v1/models/{model}/generate",
