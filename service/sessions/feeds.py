@@ -80,11 +80,12 @@ class SessionFeeds(SessionRules):
                         continue
                     held.append(sid)
                     try:
-                        begun = (
-                            tracing.call_under(parent, self._feed_begin_now, local, op)
-                            if local is not None
-                            else await tracing.within(parent, self._feed_begin(op))
-                        )
+                        if local is None:
+                            begun = await tracing.within(parent, self._feed_begin(op))
+                        elif traces is None:  # (no feed here is traced: no span to make current)
+                            begun = self._feed_begin_now(local, op)
+                        else:
+                            begun = tracing.call_under(parent, self._feed_begin_now, local, op)
                     except Exception as e:
                         reply(i, e)
                         continue
@@ -103,16 +104,16 @@ class SessionFeeds(SessionRules):
                     elif i not in gone:
                         try:
                             parent = traces[i] if traces is not None else None
-                            reply(
-                                i,
-                                tracing.call_under(
+                            if local is None:
+                                end = self._feed_end(step, adv[1], output)
+                                result = await tracing.within(parent, end)
+                            elif traces is None:
+                                result = self._feed_end_now(local, step, adv[1], output)
+                            else:
+                                result = tracing.call_under(
                                     parent, self._feed_end_now, local, step, adv[1], output
                                 )
-                                if local is not None
-                                else await tracing.within(
-                                    parent, self._feed_end(step, adv[1], output)
-                                ),
-                            )
+                            reply(i, result)
                         except Exception as e:
                             reply(i, e)
             finally:
