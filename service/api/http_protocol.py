@@ -11,6 +11,11 @@ options do not offer.
 * A flush deadline: a response that is complete but still unsent after `flush_timeout_s` (the
   client stopped reading: a stream that ended `client_too_slow`, say) aborts the connection;
   the client's next request (or a WebSocket upgrade) ends the deadline.
+* A response's head and body in one send: uvicorn writes the status line and headers as the
+  app starts the response, then the body, two sends (two system calls, and over loopback two
+  wake-ups of the client) for every plain response. The head is held (`_HeadWithBody`) until
+  the body's first write, or the end of this loop iteration when none comes in it (a stream
+  whose first event is not ready yet).
 
 The guards are one mixin over both of uvicorn's parsers. httptools (C, llhttp) is the default:
 the session step spends most of its server CPU in HTTP handling, and the pure-Python h11 parser
@@ -20,6 +25,7 @@ costs more per request (docs/benchmarks.md); `RNNSERVE_HTTP=h11` keeps h11 avail
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Literal
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -28,6 +34,47 @@ from service.logging import get_logger
 
 log = get_logger("http")
 ABORT = "rnnserve.abort"
+
+
+class _HeadWithBody:
+    """A request cycle's view of the connection's transport: the response's first write (its
+    head) held and sent with the next (the body), or at the end of this loop iteration when no
+    other write comes in it. Every write after the first goes through at once, so the buffer
+    that the flush deadline reads holds a complete response's bytes when it completes."""
+
+    __slots__ = ("_flush", "_head", "_loop", "transport", "write")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._flush: asyncio.Handle | None = None
+        # (the instance's own, switched after the first write: no flag tested at every write)
+        self.write: Callable[[bytes], None] = self._first
+
+    def _first(self, data: bytes) -> None:
+        self.write = self._now
+        self._head = data
+        self._flush = self._loop.call_soon(self._send_head)
+
+    def _now(self, data: bytes) -> None:
+        if self._head is not None and self._flush is not None:  # the body: with the head
+            self._flush.cancel()
+            data, self._head, self._flush = self._head + data, None, None
+        self.transport.write(data)
+
+    def _send_head(self) -> None:
+        head, self._head, self._flush = self._head, None, None
+        if head is not None and not self.transport.is_closing():
+            self.transport.write(head)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        if self._head is not None:
+            self._send_head()
+        self.transport.close()
 
 
 class _Guards:
@@ -83,9 +130,11 @@ class _Guards:
         super().data_received(data)  # type: ignore[misc]
 
     def _headers_in(self) -> None:
-        """A request's headers are in: the header deadline is met, and the app gets the abort."""
+        """A request's headers are in: the header deadline is met, the app gets the abort, and
+        the request's cycle writes its response's head with its body."""
         self._disarm()
         self._unflush()
+        self.cycle.transport = _HeadWithBody(self.transport, self.loop)
         extensions: dict[str, Any] = self.cycle.scope.setdefault("extensions", {})
         extensions[ABORT] = self.transport.abort
 

@@ -45,9 +45,15 @@ class _Transport(asyncio.Transport):
         self.buffered = 0
         self.aborted = False
         self.closed = False
+        self.writes: list[bytes] = []  # each write, as the kernel would get it (one send each)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        pass
+        self.writes.append(bytes(data))
+
+    def sends(self) -> list[bytes]:
+        """The writes a socket would send (asyncio's and uvloop's transports make no system
+        call for an empty one, which h11 writes to end a response with a length)."""
+        return [w for w in self.writes if w]
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
@@ -121,3 +127,65 @@ async def test_a_flush_deadline_ends_with_the_next_request(impl: HttpImpl) -> No
 async def _aborted(t: _Transport) -> None:
     while not t.aborted:
         await asyncio.sleep(0.01)
+
+
+def _protocol(app: Any, impl: HttpImpl) -> tuple[Any, _Transport]:
+    cls = protocol_for(10.0, 10.0, impl)
+    config = uvicorn.Config(app, lifespan="off", log_config=None, http=cls)
+    config.load()
+    proto: Any = cls(config=config, server_state=ServerState(), app_state={})  # type: ignore[call-arg]
+    t = _Transport()
+    proto.connection_made(t)
+    return proto, t
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+async def test_a_response_goes_out_in_one_write_and_a_streams_head_without_its_first_event(
+    impl: HttpImpl,
+) -> None:
+    """A plain response: its head and its body in one write (one send, where uvicorn made
+    two). A stream whose first event is not ready: its head goes out anyway as this loop
+    iteration ends (the client sees the 200 before the first event), then each event on its own.
+    Two requests on one connection, each held apart."""
+    first_event = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"] == "/stream":  # (chunked, as an SSE response)
+            headers = [(b"content-type", b"text/event-stream")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await first_event.wait()
+            await send({"type": "http.response.body", "body": b"data: 1", "more_body": True})
+        else:
+            headers = [(b"content-type", b"text/plain"), (b"content-length", b"3")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"end"})
+
+    proto, t = _protocol(app, impl)
+    proto.data_received(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+    await _until(lambda: proto.cycle is not None and proto.cycle.response_complete)
+    assert len(sends := t.sends()) == 1, sends
+    assert sends[0].startswith(b"HTTP/1.1 200 ") and sends[0].endswith(b"\r\n\r\nend")
+
+    proto.data_received(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    await _until(lambda: len(t.sends()) == 2)  # the head, alone, while the event is not ready
+    head = t.sends()[1]
+    assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head
+    first_event.set()
+    await _until(lambda: proto.cycle.response_complete)
+    sends = t.sends()
+    assert b"data: 1" in sends[2] and b"end" in sends[3], sends
+
+
+@pytest.mark.parametrize("impl", ["httptools", "h11"])
+async def test_a_held_head_is_sent_before_the_connection_closes(impl: HttpImpl) -> None:
+    """An app that fails after starting its response: uvicorn closes the connection, and the
+    head it had written goes out before the close, as it did when it was written at once."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("the app failed mid-response")
+
+    proto, t = _protocol(app, impl)
+    proto.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await _until(lambda: t.closed)
+    assert len(sends := t.sends()) == 1 and sends[0].startswith(b"HTTP/1.1 200 "), sends
